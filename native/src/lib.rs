@@ -1,0 +1,20 @@
+//! pysfu data plane. Python sees only `pysfu._native`; everything per-packet stays here.
+
+pub mod rtcp;
+pub mod rtp;
+pub mod seq;
+pub mod srtp;
+
+use pyo3::prelude::*;
+
+/// Version of the native engine, for logs and benchmark records.
+#[pyfunction]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(version, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+from pysfu.cli import main
+
+raise SystemExit(main())
