@@ -1,0 +1,191 @@
+"""ICE-lite server (RFC 8445 §2.5, RFC 7675 consent), sans-IO: one per WebRTC transport.
+
+The server is always *controlled*: it never sends checks, it answers Binding requests and
+learns from them which remote 5-tuples are valid and which one the browser nominated.
+Feed datagrams in with :meth:`IceLiteServer.handle_datagram`; send ``response`` back to the
+address it came from and act on ``events``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pysfu import stun
+
+Address = tuple[str, int]
+IceState = Literal["new", "connected", "completed", "disconnected"]
+
+MAX_TUPLES = 8
+# ice-char = ALPHA / DIGIT / "+" / "/" (RFC 8839); letters and digits only, to stay out of
+# trouble with URL-ish handling of "/" and "+" anywhere downstream.
+_ICE_CHARS = string.ascii_letters + string.digits
+_CREDENTIAL_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class TupleValidated:
+    """First authenticated Binding request from ``addr``: media may flow from/to it."""
+
+    addr: Address
+
+
+@dataclass(frozen=True)
+class TupleSelected:
+    """The browser nominated ``addr``: send everything there from now on."""
+
+    addr: Address
+
+
+IceEvent = TupleValidated | TupleSelected
+
+
+@dataclass
+class IceOutput:
+    response: bytes | None = None
+    events: list[IceEvent] = field(default_factory=list)
+
+
+class IceLiteServer:
+    def __init__(
+        self, local_ufrag: str, local_password: str, *, consent_timeout: float = 30.0
+    ) -> None:
+        self.local_ufrag = local_ufrag
+        self.local_password = local_password
+        # After restart(), the previous credentials stay valid until the new ones are used.
+        self._old_credentials: tuple[str, str] | None = None
+        self.consent_timeout = consent_timeout  # <= 0 disables consent expiry
+        self.state: IceState = "new"
+        self.selected_tuple: Address | None = None
+        self._tuples: OrderedDict[Address, float] = OrderedDict()  # addr -> last valid request
+        self._last_nomination = 0
+        self._last_valid: float | None = None
+        # Counters, for stats and tests.
+        self.requests_ok = 0
+        self.requests_rejected = 0
+
+    @staticmethod
+    def generate_credentials() -> tuple[str, str]:
+        def rnd() -> str:
+            return "".join(secrets.choice(_ICE_CHARS) for _ in range(_CREDENTIAL_LENGTH))
+
+        return rnd(), rnd()
+
+    @property
+    def tuples(self) -> list[Address]:
+        """Validated remote addresses, oldest first."""
+        return list(self._tuples)
+
+    def restart(self) -> tuple[str, str]:
+        """ICE restart: new local credentials; the old ones keep working until the browser
+        sends a request with the new ones."""
+        self._old_credentials = (self.local_ufrag, self.local_password)
+        self.local_ufrag, self.local_password = self.generate_credentials()
+        return self.local_ufrag, self.local_password
+
+    # ---- input --------------------------------------------------------------------------------
+
+    def handle_datagram(self, data: bytes, addr: Address, now: float) -> IceOutput:
+        try:
+            msg = stun.parse(data)
+        except stun.StunError:
+            return IceOutput(self._bad_request_for_garbage(data))
+        if not msg.is_request:
+            return IceOutput()  # responses/indications: ICE-lite never sends requests
+        if msg.fingerprint_offset is not None and not stun.verify_fingerprint(msg):
+            return IceOutput()  # corrupted or not really STUN: drop silently (RFC 5389 §7.3)
+        txid = msg.transaction_id
+        if (
+            msg.method != stun.METHOD_BINDING
+            or msg.fingerprint_offset is None
+            or msg.integrity_offset is None
+            or msg.username is None
+            or msg.priority is None
+        ):
+            return self._reject(txid, 400)
+        password = self._password_for(msg.username)
+        if password is None or not stun.verify_integrity(msg, password.encode()):
+            return self._reject(txid, 401)
+        if msg.has(stun.ATTR_ICE_CONTROLLED):
+            # Both sides think they are controlled; we are lite, so the peer must switch.
+            return self._reject(txid, 487, password)
+        return self._accept(msg, password, addr, now)
+
+    def _bad_request_for_garbage(self, data: bytes) -> bytes | None:
+        # Answer 400 only to something that is recognisably a Binding request; anything
+        # else on the STUN port is noise and gets no reply (no amplification).
+        if len(data) < stun.HEADER_SIZE or not stun.is_stun(data):
+            return None
+        if (data[0] << 8 | data[1]) != 0x0001:
+            return None
+        self.requests_rejected += 1
+        return stun.error_response(data[8:20], 400)
+
+    def _reject(self, txid: bytes, code: int, password: str | None = None) -> IceOutput:
+        self.requests_rejected += 1
+        return IceOutput(stun.error_response(txid, code, password=password))
+
+    def _password_for(self, username: str) -> str | None:
+        local, sep, _remote = username.partition(":")
+        if not sep:
+            return None
+        if secrets.compare_digest(local.encode(), self.local_ufrag.encode()):
+            return self.local_password
+        if self._old_credentials is not None and secrets.compare_digest(
+            local.encode(), self._old_credentials[0].encode()
+        ):
+            return self._old_credentials[1]
+        return None
+
+    def _accept(
+        self, msg: stun.StunMessage, password: str, addr: Address, now: float
+    ) -> IceOutput:
+        self.requests_ok += 1
+        if password == self.local_password:
+            self._old_credentials = None  # the browser has moved to the new credentials
+        self._last_valid = now
+        out = IceOutput(stun.binding_success(msg.transaction_id, addr, password))
+
+        if addr in self._tuples:
+            self._tuples.move_to_end(addr)
+        else:
+            out.events.append(TupleValidated(addr))
+            self._prune()
+        self._tuples[addr] = now
+
+        nominated = msg.use_candidate
+        nomination = msg.nomination
+        if nomination is not None and nomination > self._last_nomination:
+            self._last_nomination = nomination
+            nominated = True
+        if nominated and addr != self.selected_tuple:
+            self.selected_tuple = addr
+            out.events.append(TupleSelected(addr))
+        self.state = "completed" if self.selected_tuple is not None else "connected"
+        return out
+
+    def _prune(self) -> None:
+        # Make room for one more: drop the least recently used tuple that is not selected.
+        while len(self._tuples) >= MAX_TUPLES:
+            for victim in self._tuples:
+                if victim != self.selected_tuple:
+                    del self._tuples[victim]
+                    break
+
+    # ---- time ---------------------------------------------------------------------------------
+
+    def check_consent(self, now: float) -> bool:
+        """False once no valid request arrived for ``consent_timeout`` seconds after the first
+        one (RFC 7675); the transport must then close. True before any request."""
+        if self._last_valid is None or self.consent_timeout <= 0:
+            return True
+        if now - self._last_valid < self.consent_timeout:
+            return True
+        if self.state != "disconnected":
+            self.state = "disconnected"
+            self.selected_tuple = None
+            self._tuples.clear()
+        return False
