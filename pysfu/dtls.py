@@ -335,7 +335,10 @@ class DtlsTransport:
             self._rtx_interval = RTX_INITIAL
             self._rtx_deadline = now + RTX_INITIAL
         if done:
-            self._on_handshake_done()
+            try:
+                self._on_handshake_done()
+            except SSL.Error:  # e.g. the exporter failing: no keys, no connection
+                self._fail("handshake_error")
 
     def _on_handshake_done(self) -> None:
         self._rtx_deadline = None

@@ -143,11 +143,15 @@ class IceLiteServer:
     def _accept(
         self, msg: stun.StunMessage, password: str, addr: Address, now: float
     ) -> IceOutput:
+        try:
+            response = stun.binding_success(msg.transaction_id, addr, password)
+        except ValueError:
+            return IceOutput()  # not an IP address we can map back: nothing sensible to say
+        out = IceOutput(response)
         self.requests_ok += 1
         if password == self.local_password:
             self._old_credentials = None  # the browser has moved to the new credentials
         self._last_valid = now
-        out = IceOutput(stun.binding_success(msg.transaction_id, addr, password))
 
         if addr in self._tuples:
             self._tuples.move_to_end(addr)

@@ -484,3 +484,37 @@ def test_server_start_is_optional_and_idempotent() -> None:
     assert server.next_timeout() == pytest.approx(30.0)
     run_raw(client, server, now=1.0)
     assert server.state == "connected"
+
+
+# ---- the keys work with libsrtp ---------------------------------------------------------------
+
+_LIBSRTP_PROFILES = {
+    "AES_CM_128_HMAC_SHA1_80": "SRTP_PROFILE_AES128_CM_SHA1_80",
+    "AEAD_AES_128_GCM": "SRTP_PROFILE_AEAD_AES_128_GCM",
+    "AEAD_AES_256_GCM": "SRTP_PROFILE_AEAD_AES_256_GCM",
+}
+
+
+@pytest.mark.parametrize("profile", [p[0] for p in SRTP_PROFILES])
+def test_exported_keys_protect_and_unprotect_with_libsrtp(profile: str) -> None:
+    pylibsrtp = pytest.importorskip("pylibsrtp")
+    client = RawClient(next(p[1] for p in SRTP_PROFILES if p[0] == profile).encode())
+    server = DtlsTransport(
+        Certificate.generate(), role="server", remote_fingerprint=fp(client.cert)
+    )
+    run_raw(client, server)
+    ours, theirs = server.srtp_keys, client.keys()
+    assert ours is not None
+    srtp_profile = getattr(pylibsrtp.Policy, _LIBSRTP_PROFILES[profile])
+
+    def session(key: bytes, salt: bytes, direction: str) -> object:
+        policy = pylibsrtp.Policy(key=key + salt, ssrc_type=getattr(pylibsrtp.Policy, direction),
+                                  srtp_profile=srtp_profile)
+        return pylibsrtp.Session(policy=policy)
+
+    rtp = bytes([0x80, 96, 0, 1, 0, 0, 0, 1, 0x12, 0x34, 0x56, 0x78]) + b"payload" * 10
+    sent = session(ours.local_key, ours.local_salt, "SSRC_ANY_OUTBOUND").protect(rtp)
+    got = session(theirs.remote_key, theirs.remote_salt, "SSRC_ANY_INBOUND").unprotect(sent)
+    assert got == rtp
+    back = session(theirs.local_key, theirs.local_salt, "SSRC_ANY_OUTBOUND").protect(rtp)
+    assert session(ours.remote_key, ours.remote_salt, "SSRC_ANY_INBOUND").unprotect(back) == rtp

@@ -295,3 +295,10 @@ def test_fuzz_handle_datagram_never_raises(data: bytes) -> None:
     ice = server()
     out = ice.handle_datagram(b"\x00\x01" + data[2:] if len(data) > 2 else data, BROWSER, 0.0)
     assert out.events == []
+
+
+def test_unmappable_source_address_is_not_validated() -> None:
+    ice = server()
+    out = ice.handle_datagram(request(use_candidate=True), ("not-an-ip", 1), 0.0)
+    assert out.response is None and out.events == []
+    assert ice.state == "new"
