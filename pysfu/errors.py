@@ -1,0 +1,30 @@
+"""Errors that answer a signaling request with a stable ``code``."""
+
+from __future__ import annotations
+
+
+class SignalingError(Exception):
+    """A request failed; ``code`` is part of the protocol, ``message`` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# The stable codes, in one place so tests and clients can refer to them.
+BAD_REQUEST = "bad_request"            # not JSON, not an object, no event
+UNKNOWN_EVENT = "unknown_event"
+INVALID_FIELD = "invalid_field"        # missing or mistyped field
+NOT_JOINED = "not_joined"
+ALREADY_JOINED = "already_joined"
+FORBIDDEN = "forbidden"                # not the owner / not allowed for this role or room
+LIMIT_EXCEEDED = "limit_exceeded"
+RATE_LIMITED = "rate_limited"
+TRANSPORT_NOT_FOUND = "transport_not_found"
+PRODUCER_NOT_FOUND = "producer_not_found"
+CONSUMER_NOT_FOUND = "consumer_not_found"
+ALREADY_CONNECTED = "already_connected"
+INVALID_DTLS_PARAMETERS = "invalid_dtls_parameters"
+CANNOT_CONSUME = "cannot_consume"
+INTERNAL_ERROR = "internal_error"

@@ -1,0 +1,93 @@
+"""The Python side of the data plane: owns the native Engine and dispatches its upcalls.
+
+The engine runs on its own threads. STUN and DTLS datagrams it cannot handle alone are queued
+and an event fd becomes readable; one Trio task here drains them and hands each to its
+transport. RTP and RTCP never come up here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from pysfu import _native
+from pysfu.log import log_event
+
+if TYPE_CHECKING:
+    from pysfu.transport import WebRtcTransport
+
+logger = logging.getLogger("pysfu.media")
+
+
+class MediaEngine:
+    def __init__(self, host: str, port: int) -> None:
+        self.native = _native.Engine(host, port)
+        self.port: int = self.native.port
+        self._transports: dict[int, WebRtcTransport] = {}
+        self.undeliverable = 0
+        log_event(logger, "engine.started", ip=host, port=self.port)
+
+    async def run(self) -> None:
+        """Drain the engine's upcalls until cancelled."""
+        fd = self.native.fileno()
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            for kind, handle, ip, port, data in self.native.drain():
+                transport = self._transports.get(handle)
+                if transport is None:
+                    self.undeliverable += 1
+                else:
+                    transport.deliver(kind, ip, port, data)
+
+    def close(self) -> None:
+        self.native.close()
+
+    # Transports register their Python object so upcalls can reach them.
+    def add_transport(self, handle: int, ufrag: str, transport: WebRtcTransport) -> None:
+        self.native.add_transport(handle, ufrag)
+        self._transports[handle] = transport
+
+    def remove_transport(self, handle: int) -> None:
+        if self._transports.pop(handle, None) is not None:
+            self.native.remove_transport(handle)
+
+    def send(self, handle: int, ip: str, port: int, data: bytes) -> None:
+        self.native.send(handle, ip, port, data)
+
+    def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None:
+        self.native.bind_tuple(handle, ip, port, selected)
+
+    def set_srtp(self, handle: int, profile: str, local_key: bytes, local_salt: bytes,
+                 remote_key: bytes, remote_salt: bytes) -> None:
+        self.native.set_srtp(handle, profile, local_key, local_salt, remote_key, remote_salt)
+
+    def add_producer(self, handle: int, transport: int, spec: dict[str, Any]) -> None:
+        self.native.add_producer(handle, transport, spec)
+
+    def remove_producer(self, handle: int) -> None:
+        self.native.remove_producer(handle)
+
+    def add_consumer(
+        self, handle: int, transport: int, producer: int, spec: dict[str, Any]
+    ) -> None:
+        self.native.add_consumer(handle, transport, producer, spec)
+
+    def remove_consumer(self, handle: int) -> None:
+        self.native.remove_consumer(handle)
+
+    def pause_consumer(self, handle: int) -> None:
+        self.native.pause_consumer(handle)
+
+    def resume_consumer(self, handle: int) -> None:
+        self.native.resume_consumer(handle)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.native.counts())
+
+    def stats(self, handle: int) -> dict[str, Any]:
+        return dict(self.native.stats(handle))
+
+    def drops(self) -> dict[str, int]:
+        return dict(self.native.drops())

@@ -1,0 +1,389 @@
+"""Rooms: one router per roomId, its own Trio nursery, registries with owners.
+
+Everything a room owns (transports, producers, consumers, and every task working for them)
+lives in the room's nursery, so closing a room is one cancel: nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import trio
+
+from pysfu import errors, ortc
+from pysfu.errors import SignalingError
+from pysfu.ids import new_id
+from pysfu.log import log_event
+
+if TYPE_CHECKING:
+    from pysfu.server import ServerContext
+    from pysfu.transport import WebRtcTransport
+
+logger = logging.getLogger("pysfu.room")
+
+Role = Literal["host", "viewer"]
+Notify = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(eq=False)
+class Producer:
+    id: str
+    owner: str
+    transport: WebRtcTransport
+    kind: str
+    rtp_parameters: dict[str, Any]
+    mapping: dict[str, Any]
+    consumable: dict[str, Any]
+    handle: int
+    paused: bool = False
+    consumers: set[str] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class Consumer:
+    id: str
+    owner: str
+    transport: WebRtcTransport
+    producer: Producer
+    kind: str
+    rtp_parameters: dict[str, Any]
+    handle: int
+    paused: bool = True
+
+
+@dataclass(eq=False)
+class Peer:
+    id: str
+    role: Role
+    notify: Notify | None  # None while the peer has no live socket (reconnect grace)
+    transports: dict[str, WebRtcTransport] = field(default_factory=dict)
+    producers: dict[str, Producer] = field(default_factory=dict)
+    consumers: dict[str, Consumer] = field(default_factory=dict)
+    grace_scope: trio.CancelScope | None = None
+
+
+class Room:
+    """A router: peers, their transports, producers and consumers, and a nursery."""
+
+    def __init__(self, room_id: str, ctx: ServerContext, on_closed: Callable[[Room], None]):
+        self.id = room_id
+        self.ctx = ctx
+        self.peers: dict[str, Peer] = {}
+        self.transports: dict[str, WebRtcTransport] = {}
+        self.producers: dict[str, Producer] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.closed = False
+        self.started = trio.Event()  # set once the nursery runs
+        self.finished = trio.Event()  # set once the nursery has exited
+        self._on_closed = on_closed
+        self._nursery: trio.Nursery | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                log_event(logger, "room.created", room=self.id)
+                self.started.set()
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._release_all()
+            self.finished.set()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "room not started"
+        return self._nursery
+
+    def close(self, reason: str) -> None:
+        """Close everything of the room, tell the peers, cancel the room's tasks."""
+        if self.closed:
+            return
+        self.closed = True
+        for peer in list(self.peers.values()):
+            if peer.notify is not None:
+                peer.notify("roomClosed", {"roomId": self.id, "reason": reason})
+        self._release_all()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        log_event(logger, "room.closed", room=self.id, reason=reason)
+        self._on_closed(self)
+
+    def _release_all(self) -> None:
+        for peer in list(self.peers.values()):
+            self._release_peer(peer)
+        self.peers.clear()
+
+    # ---- peers ------------------------------------------------------------------------------
+
+    @property
+    def host(self) -> Peer | None:
+        return next((p for p in self.peers.values() if p.role == "host"), None)
+
+    def join(self, peer_id: str, role: Role, notify: Notify) -> tuple[Peer, bool]:
+        """Add a peer, or re-attach a known one (reconnect). Returns (peer, reconnected)."""
+        self._check_open()
+        peer = self.peers.get(peer_id)
+        if peer is not None:
+            if peer.role != role:
+                raise SignalingError(errors.FORBIDDEN, "peerId is in use with another role")
+            # Reconnect: the old socket's transports and producers go, and only those.
+            if peer.grace_scope is not None:
+                peer.grace_scope.cancel()
+                peer.grace_scope = None
+            self._release_peer(peer)
+            peer.notify = notify
+            log_event(logger, "peer.reconnected", room=self.id, peer=peer_id, role=role)
+            return peer, True
+        if role == "host" and self.host is not None:
+            raise SignalingError(errors.FORBIDDEN, "the room already has a host")
+        if len(self.peers) >= self.ctx.config.max_peers_per_room:
+            raise SignalingError(errors.LIMIT_EXCEEDED, "the room is full")
+        peer = Peer(peer_id, role, notify)
+        self.peers[peer_id] = peer
+        log_event(logger, "peer.joined", room=self.id, peer=peer_id, role=role)
+        return peer, False
+
+    def leave(self, peer: Peer) -> None:
+        """A peer leaves for good: the host takes the room with it."""
+        if self.peers.get(peer.id) is not peer:
+            return
+        if peer.role == "host":
+            self.close("host_left")
+            return
+        self._release_peer(peer)
+        del self.peers[peer.id]
+        log_event(logger, "peer.left", room=self.id, peer=peer.id)
+        if not self.peers:
+            self.close("empty")
+
+    def disconnected(self, peer: Peer) -> None:
+        """The peer's socket closed. Viewers leave; the host gets a grace period to return."""
+        if self.closed or self.peers.get(peer.id) is not peer:
+            return
+        peer.notify = None
+        if peer.role != "host":
+            self.leave(peer)
+            return
+        log_event(logger, "peer.disconnected", room=self.id, peer=peer.id,
+                  grace=self.ctx.config.host_grace_period)
+        scope = trio.CancelScope()
+        peer.grace_scope = scope
+        self.nursery.start_soon(self._host_grace, peer, scope)
+
+    async def _host_grace(self, peer: Peer, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(self.ctx.config.host_grace_period)
+            if peer.notify is None and self.peers.get(peer.id) is peer:
+                self.close("host_left")
+
+    def _release_peer(self, peer: Peer) -> None:
+        for producer in list(peer.producers.values()):
+            self.close_producer(peer, producer.id)
+        for transport in list(peer.transports.values()):
+            self._close_transport(transport)
+
+    def _broadcast(self, event: str, data: dict[str, Any], *, exclude: Peer | None = None) -> None:
+        for peer in self.peers.values():
+            if peer is not exclude and peer.notify is not None:
+                peer.notify(event, data)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SignalingError(errors.NOT_JOINED, "the room is closed")
+
+    # ---- transports -------------------------------------------------------------------------
+
+    def create_transport(self, peer: Peer, direction: str) -> WebRtcTransport:
+        from pysfu.transport import WebRtcTransport
+
+        self._check_open()
+        if direction == "send" and peer.role != "host":
+            raise SignalingError(errors.FORBIDDEN, "only the host may create a send transport")
+        if len(peer.transports) >= self.ctx.config.max_transports_per_peer:
+            raise SignalingError(errors.LIMIT_EXCEEDED, "too many transports for this peer")
+        transport = WebRtcTransport(new_id(), self, peer.id, direction)
+        transport.start(self.nursery)
+        peer.transports[transport.id] = transport
+        self.transports[transport.id] = transport
+        log_event(logger, "transport.created", room=self.id, peer=peer.id,
+                  transport=transport.id, direction=direction)
+        return transport
+
+    def owned_transport(self, peer: Peer, transport_id: str) -> WebRtcTransport:
+        transport = self.transports.get(transport_id)
+        if transport is None:
+            raise SignalingError(errors.TRANSPORT_NOT_FOUND, "no such transport in this room")
+        if transport.owner != peer.id:
+            raise SignalingError(errors.FORBIDDEN, "the transport belongs to another peer")
+        return transport
+
+    def transport_closed(self, transport: WebRtcTransport, reason: str) -> None:
+        """Called by a transport whose ICE consent or DTLS failed: tell its owner, clean up."""
+        if self.transports.get(transport.id) is not transport:
+            return
+        owner = self.peers.get(transport.owner)
+        self._close_transport(transport)
+        if owner is not None and owner.notify is not None:
+            owner.notify("transportClosed", {"transportId": transport.id, "reason": reason})
+
+    def _close_transport(self, transport: WebRtcTransport) -> None:
+        owner = self.peers.get(transport.owner)
+        for producer in list(self.producers.values()):
+            if producer.transport is transport and owner is not None:
+                self.close_producer(owner, producer.id)
+        for consumer in list(self.consumers.values()):
+            if consumer.transport is transport:
+                self._close_consumer(consumer)
+        self.transports.pop(transport.id, None)
+        if owner is not None:
+            owner.transports.pop(transport.id, None)
+        transport.close()
+        log_event(logger, "transport.closed", room=self.id, peer=transport.owner,
+                  transport=transport.id)
+
+    # ---- producers --------------------------------------------------------------------------
+
+    def produce(self, peer: Peer, transport_id: str, kind: str, rtp_parameters: Any) -> Producer:
+        self._check_open()
+        if peer.role != "host":
+            raise SignalingError(errors.FORBIDDEN, "viewers cannot produce")
+        transport = self.owned_transport(peer, transport_id)
+        if transport.direction != "send":
+            raise SignalingError(errors.FORBIDDEN, "produce needs a send transport")
+        if len(peer.producers) >= self.ctx.config.max_producers_per_peer:
+            raise SignalingError(errors.LIMIT_EXCEEDED, "too many producers for this peer")
+        caps = self.ctx.router_rtp_capabilities
+        try:
+            params = ortc.validate_producer_rtp_parameters(
+                kind, rtp_parameters, transport.producer_mids(), transport.producer_ssrcs()
+            )
+            mapping = ortc.get_producer_rtp_parameters_mapping(params, caps)
+            consumable = ortc.get_consumable_rtp_parameters(kind, params, caps, mapping)
+        except ortc.OrtcError as exc:
+            raise SignalingError(exc.code, str(exc)) from None
+        # The transport's first CNAME wins for every later producer (A/V sync at the viewer).
+        consumable["rtcp"]["cname"] = transport.claim_cname(params.get("rtcp", {}).get("cname"))
+        producer = Producer(new_id(), peer.id, transport, kind, params, mapping, consumable,
+                            handle=self.ctx.next_handle())
+        transport.add_producer(producer)
+        peer.producers[producer.id] = producer
+        self.producers[producer.id] = producer
+        log_event(logger, "producer.created", room=self.id, peer=peer.id,
+                  transport=transport.id, producer=producer.id, kind=kind)
+        self._broadcast("newProducer", {"producerId": producer.id, "kind": kind}, exclude=peer)
+        return producer
+
+    def close_producer(self, peer: Peer, producer_id: str) -> None:
+        producer = self.producers.get(producer_id)
+        if producer is None:
+            raise SignalingError(errors.PRODUCER_NOT_FOUND, "no such producer in this room")
+        if producer.owner != peer.id:
+            raise SignalingError(errors.FORBIDDEN, "the producer belongs to another peer")
+        for consumer_id in list(producer.consumers):
+            self._close_consumer(self.consumers[consumer_id])
+        producer.transport.remove_producer(producer)
+        del self.producers[producer_id]
+        peer.producers.pop(producer_id, None)
+        log_event(logger, "producer.closed", room=self.id, peer=peer.id, producer=producer_id)
+        self._broadcast("producerClosed", {"producerId": producer_id}, exclude=peer)
+
+    def producer_list(self, peer: Peer) -> list[dict[str, str]]:
+        return [{"id": p.id, "kind": p.kind} for p in self.producers.values() if p.owner != peer.id]
+
+    # ---- consumers --------------------------------------------------------------------------
+
+    def consume(self, peer: Peer, transport_id: str, producer_id: str, caps: Any) -> Consumer:
+        self._check_open()
+        transport = self.owned_transport(peer, transport_id)
+        if transport.direction != "recv":
+            raise SignalingError(errors.FORBIDDEN, "consume needs a recv transport")
+        producer = self.producers.get(producer_id)
+        if producer is None:
+            raise SignalingError(errors.PRODUCER_NOT_FOUND, "no such producer in this room")
+        if len(peer.consumers) >= self.ctx.config.max_consumers_per_peer:
+            raise SignalingError(errors.LIMIT_EXCEEDED, "too many consumers for this peer")
+        try:
+            caps = ortc.validate_rtp_capabilities(caps)
+            if not ortc.can_consume(producer.consumable, caps):
+                raise SignalingError(errors.CANNOT_CONSUME, "device cannot receive this producer")
+            rtp = ortc.get_consumer_rtp_parameters(
+                producer.consumable, caps, enable_rtx=producer.kind == "video"
+            )
+        except ortc.OrtcError as exc:
+            raise SignalingError(exc.code, str(exc)) from None
+        rtp["mid"] = transport.next_mid()
+        consumer = Consumer(new_id(), peer.id, transport, producer, producer.kind, rtp,
+                            handle=self.ctx.next_handle())
+        transport.add_consumer(consumer)
+        producer.consumers.add(consumer.id)
+        peer.consumers[consumer.id] = consumer
+        self.consumers[consumer.id] = consumer
+        log_event(logger, "consumer.created", room=self.id, peer=peer.id,
+                  transport=transport.id, consumer=consumer.id, producer=producer.id)
+        return consumer
+
+    def owned_consumer(self, peer: Peer, consumer_id: str) -> Consumer:
+        consumer = self.consumers.get(consumer_id)
+        if consumer is None:
+            raise SignalingError(errors.CONSUMER_NOT_FOUND, "no such consumer in this room")
+        if consumer.owner != peer.id:
+            raise SignalingError(errors.FORBIDDEN, "the consumer belongs to another peer")
+        return consumer
+
+    def set_consumer_paused(self, peer: Peer, consumer_id: str, paused: bool) -> Consumer:
+        consumer = self.owned_consumer(peer, consumer_id)
+        if consumer.paused != paused:
+            consumer.paused = paused
+            consumer.transport.set_consumer_paused(consumer, paused)
+        return consumer
+
+    def _close_consumer(self, consumer: Consumer) -> None:
+        consumer.transport.remove_consumer(consumer)
+        consumer.producer.consumers.discard(consumer.id)
+        self.consumers.pop(consumer.id, None)
+        owner = self.peers.get(consumer.owner)
+        if owner is not None:
+            owner.consumers.pop(consumer.id, None)
+
+    def snapshot(self) -> dict[str, int]:
+        """Registry sizes, for tests and metrics."""
+        return {
+            "peers": len(self.peers),
+            "transports": len(self.transports),
+            "producers": len(self.producers),
+            "consumers": len(self.consumers),
+        }
+
+
+class RoomRegistry:
+    """All rooms of a server; rooms run as tasks in the server's nursery."""
+
+    def __init__(self, ctx: ServerContext, nursery: trio.Nursery) -> None:
+        self.ctx = ctx
+        self._nursery = nursery
+        self.rooms: dict[str, Room] = {}
+
+    def get(self, room_id: str) -> Room | None:
+        return self.rooms.get(room_id)
+
+    async def get_or_create(self, room_id: str) -> Room:
+        room = self.rooms.get(room_id)
+        if room is not None and not room.closed:
+            await room.started.wait()  # a concurrent join may still be starting it
+            return room
+        if len(self.rooms) >= self.ctx.config.max_rooms:
+            raise SignalingError(errors.LIMIT_EXCEEDED, "too many rooms on this server")
+        room = Room(room_id, self.ctx, self._forget)
+        self.rooms[room_id] = room
+        await self._nursery.start(room.run)
+        return room
+
+    def _forget(self, room: Room) -> None:
+        if self.rooms.get(room.id) is room:
+            del self.rooms[room.id]

@@ -1,0 +1,119 @@
+"""Parsing and validation of signaling messages (JSON text frames, one object each)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pysfu import errors
+from pysfu.errors import SignalingError
+
+# Room and peer ids come from clients: keep them to a safe, log-friendly alphabet.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+FINGERPRINT_ALGORITHMS = frozenset({"sha-1", "sha-224", "sha-256", "sha-384", "sha-512"})
+_HEX_PAIRS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){19,63}$")
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int | str | None
+    event: str
+    data: dict[str, Any]
+
+
+def parse_request(text: str | bytes) -> Request:
+    """Parse one frame; raises SignalingError(bad_request) with the request id when known."""
+    try:
+        msg = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise SignalingError(errors.BAD_REQUEST, "message is not valid JSON") from None
+    if not isinstance(msg, dict):
+        raise SignalingError(errors.BAD_REQUEST, "message must be a JSON object")
+    req_id = msg.get("id")
+    if req_id is not None and (
+        isinstance(req_id, bool) or not isinstance(req_id, int | str) or len(str(req_id)) > 64
+    ):
+        raise SignalingError(errors.BAD_REQUEST, "id must be an integer or a short string")
+    event = msg.get("event")
+    if not isinstance(event, str) or not event:
+        raise RequestError(req_id, errors.BAD_REQUEST, "event must be a non-empty string")
+    data = msg.get("data", {})
+    if not isinstance(data, dict):
+        raise RequestError(req_id, errors.INVALID_FIELD, "data must be an object")
+    return Request(req_id, event, data)
+
+
+class RequestError(SignalingError):
+    """A SignalingError that already knows which request id it answers."""
+
+    def __init__(self, request_id: int | str | None, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
+def _invalid(name: str, why: str) -> SignalingError:
+    return SignalingError(errors.INVALID_FIELD, f"{name}: {why}")
+
+
+def get_str(data: dict[str, Any], name: str, *, choices: frozenset[str] | None = None) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise _invalid(name, "required non-empty string")
+    if len(value) > 256:
+        raise _invalid(name, "too long")
+    if choices is not None and value not in choices:
+        raise _invalid(name, f"must be one of {', '.join(sorted(choices))}")
+    return value
+
+
+def get_name(data: dict[str, Any], name: str) -> str:
+    """A client-chosen id (roomId, peerId): 1-64 chars of [A-Za-z0-9_.:-]."""
+    value = data.get(name)
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise _invalid(name, "required, 1-64 characters of letters, digits, _ . : -")
+    return value
+
+
+def get_object(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name)
+    if not isinstance(value, dict):
+        raise _invalid(name, "required object")
+    return value
+
+
+def get_dtls_parameters(data: dict[str, Any]) -> dict[str, Any]:
+    """Validate mediasoup DtlsParameters: {role?, fingerprints: [{algorithm, value}, ...]}."""
+    params = get_object(data, "dtlsParameters")
+    role = params.get("role", "auto")
+    if role not in ("auto", "client", "server"):
+        raise SignalingError(errors.INVALID_DTLS_PARAMETERS, "role must be auto, client or server")
+    fps = params.get("fingerprints")
+    if not isinstance(fps, list) or not fps or len(fps) > 8:
+        raise SignalingError(errors.INVALID_DTLS_PARAMETERS, "fingerprints: non-empty list")
+    clean = []
+    for fp in fps:
+        if not isinstance(fp, dict):
+            raise SignalingError(errors.INVALID_DTLS_PARAMETERS, "fingerprint must be an object")
+        alg, value = fp.get("algorithm"), fp.get("value")
+        if alg not in FINGERPRINT_ALGORITHMS:
+            raise SignalingError(errors.INVALID_DTLS_PARAMETERS, f"unknown algorithm {alg!r}")
+        if not isinstance(value, str) or not _HEX_PAIRS_RE.match(value):
+            raise SignalingError(errors.INVALID_DTLS_PARAMETERS, "fingerprint: hex pairs")
+        clean.append({"algorithm": alg, "value": value.upper()})
+    return {"role": role, "fingerprints": clean}
+
+
+def encode(event: str, data: dict[str, Any], request_id: int | str | None = None) -> str:
+    msg: dict[str, Any] = {"event": event, "data": data}
+    if request_id is not None:
+        msg["id"] = request_id
+    return json.dumps(msg, separators=(",", ":"))
+
+
+def encode_error(request_id: int | str | None, code: str, message: str, event: str | None) -> str:
+    data: dict[str, Any] = {"code": code, "message": message}
+    if event is not None:
+        data["request"] = event
+    return json.dumps({"id": request_id, "event": "error", "data": data}, separators=(",", ":"))

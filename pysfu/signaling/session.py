@@ -1,0 +1,252 @@
+"""One WebSocket connection: parse, validate, rate-limit and dispatch requests; push notifications.
+
+Requests of one connection are handled in order. Notifications from the room go through a
+bounded queue to a writer task, so a slow or stuck socket cannot block the room: when its
+queue is full the connection is closed (code 1008) and the room goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+import trio_websocket
+
+from pysfu import errors
+from pysfu.errors import SignalingError
+from pysfu.log import log_event
+from pysfu.room import Peer, Room, RoomRegistry
+from pysfu.signaling.schema import (
+    Request,
+    RequestError,
+    encode,
+    encode_error,
+    get_dtls_parameters,
+    get_name,
+    get_object,
+    get_str,
+    parse_request,
+)
+
+if TYPE_CHECKING:
+    from pysfu.server import ServerContext
+
+logger = logging.getLogger("pysfu.signaling")
+
+_OUTBOX_SIZE = 256
+_ROLES = frozenset({"host", "viewer"})
+_DIRECTIONS = frozenset({"send", "recv"})
+_KINDS = frozenset({"audio", "video"})
+
+
+class TokenBucket:
+    """Requests per second with a burst allowance."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens = float(burst)
+        self.stamp = trio.current_time()
+
+    def take(self) -> bool:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Session:
+    def __init__(
+        self, ws: trio_websocket.WebSocketConnection, ctx: ServerContext, rooms: RoomRegistry
+    ) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.rooms = rooms
+        self.room: Room | None = None
+        self.peer: Peer | None = None
+        self._out_send, self._out_recv = trio.open_memory_channel[str](_OUTBOX_SIZE)
+        self._bucket = TokenBucket(ctx.config.requests_per_second, ctx.config.request_burst)
+        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[str, dict]]]] = {
+            "join": self._join,
+            "leave": self._leave,
+            "getRouterRtpCapabilities": self._get_caps,
+            "createTransport": self._create_transport,
+            "connectTransport": self._connect_transport,
+            "produce": self._produce,
+            "getProducers": self._get_producers,
+            "consume": self._consume,
+            "resumeConsumer": self._resume_consumer,
+            "pauseConsumer": self._pause_consumer,
+            "closeProducer": self._close_producer,
+        }
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                try:
+                    await self._reader()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._detach()
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                text = await self.ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            await self._handle(text)
+
+    async def _writer(self) -> None:
+        async for text in self._out_recv:
+            try:
+                await self.ws.send_message(text)
+            except trio_websocket.ConnectionClosed:
+                return
+
+    def _queue(self, text: str) -> None:
+        try:
+            self._out_send.send_nowait(text)
+        except trio.WouldBlock:
+            # The client does not read: drop it rather than let it hold up the room.
+            log_event(logger, "session.overflow", level=logging.WARNING,
+                      room=self.room.id if self.room else None,
+                      peer=self.peer.id if self.peer else None)
+            self._detach()
+            trio.lowlevel.spawn_system_task(self.ws.aclose, 1008, "outbound queue overflow")
+
+    def notify(self, event: str, data: dict[str, Any]) -> None:
+        self._queue(encode(event, data))
+
+    async def _handle(self, text: str | bytes) -> None:
+        req_id: int | str | None = None
+        event: str | None = None
+        try:
+            request = parse_request(text)
+            req_id, event = request.id, request.event
+            if not self._bucket.take():
+                raise SignalingError(errors.RATE_LIMITED, "too many requests, slow down")
+            handler = self._handlers.get(request.event)
+            if handler is None:
+                raise SignalingError(errors.UNKNOWN_EVENT, f"unknown event {request.event!r}")
+            answer, data = await handler(request.data)
+            self._queue(encode(answer, data, req_id))
+        except RequestError as exc:
+            self._queue(encode_error(exc.request_id, exc.code, exc.message, event))
+        except SignalingError as exc:
+            self._queue(encode_error(req_id, exc.code, exc.message, event))
+        except Exception:
+            log_event(logger, "request.crashed", level=logging.ERROR, request=event,
+                      room=self.room.id if self.room else None,
+                      peer=self.peer.id if self.peer else None, exc_info=True)
+            self._queue(encode_error(req_id, errors.INTERNAL_ERROR, "internal error", event))
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _joined(self, data: dict[str, Any]) -> tuple[Room, Peer]:
+        """The room and peer of this connection; the request's roomId must name that room."""
+        room_id = get_name(data, "roomId")
+        room, peer = self.room, self.peer
+        if room is None or peer is None or room.closed or room.peers.get(peer.id) is not peer:
+            raise SignalingError(errors.NOT_JOINED, "join the room first")
+        if peer.notify != self.notify:
+            raise SignalingError(errors.NOT_JOINED, "this peer reconnected on another connection")
+        if room_id != room.id:
+            raise SignalingError(errors.FORBIDDEN, "this connection is joined to another room")
+        return room, peer
+
+    def _detach(self) -> None:
+        room, peer = self.room, self.peer
+        self.room = self.peer = None
+        if room is not None and peer is not None and peer.notify == self.notify:
+            room.disconnected(peer)
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    async def _join(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room_id = get_name(data, "roomId")
+        role = get_str(data, "role", choices=_ROLES)
+        peer_id = get_name(data, "peerId")
+        if self.room is not None and not self.room.closed:
+            raise SignalingError(errors.ALREADY_JOINED, "this connection already joined a room")
+        room = await self.rooms.get_or_create(room_id)
+        peer, reconnected = room.join(peer_id, role, self.notify)  # type: ignore[arg-type]
+        self.room, self.peer = room, peer
+        return "joined", {"roomId": room_id, "peerId": peer_id, "role": role,
+                          "reconnected": reconnected}
+
+    async def _leave(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        self.room = self.peer = None
+        room.leave(peer)
+        return "left", {"roomId": room.id}
+
+    async def _get_caps(self, data: dict[str, Any]) -> tuple[str, dict]:
+        get_name(data, "roomId")  # capabilities are the same for every room of this server
+        return "routerRtpCapabilities", {"rtpCapabilities": self.ctx.router_rtp_capabilities}
+
+    async def _create_transport(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        direction = get_str(data, "direction", choices=_DIRECTIONS)
+        transport = room.create_transport(peer, direction)
+        return "transportCreated", transport.parameters()
+
+    async def _connect_transport(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        transport = room.owned_transport(peer, get_str(data, "transportId"))
+        transport.connect(get_dtls_parameters(data))
+        return "transportConnected", {"transportId": transport.id}
+
+    async def _produce(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        transport_id = get_str(data, "transportId")
+        kind = get_str(data, "kind", choices=_KINDS)
+        rtp_parameters = get_object(data, "rtpParameters")
+        producer = room.produce(peer, transport_id, kind, rtp_parameters)
+        return "produced", {"kind": kind, "id": producer.id}
+
+    async def _get_producers(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        return "producers", {"producers": room.producer_list(peer)}
+
+    async def _consume(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        consumer = room.consume(
+            peer,
+            get_str(data, "transportId"),
+            get_str(data, "producerId"),
+            get_object(data, "rtpCapabilities"),
+        )
+        return "consumed", {
+            "id": consumer.id,
+            "producerId": consumer.producer.id,
+            "kind": consumer.kind,
+            "rtpParameters": consumer.rtp_parameters,
+            "type": "simple",
+            "producerPaused": consumer.producer.paused,
+        }
+
+    async def _resume_consumer(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        consumer = room.set_consumer_paused(peer, get_str(data, "consumerId"), False)
+        return "consumerResumed", {"consumerId": consumer.id}
+
+    async def _pause_consumer(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        consumer = room.set_consumer_paused(peer, get_str(data, "consumerId"), True)
+        return "consumerPaused", {"consumerId": consumer.id}
+
+    async def _close_producer(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        producer_id = get_str(data, "producerId")
+        room.close_producer(peer, producer_id)
+        return "producerClosed", {"producerId": producer_id}
+
+
+__all__ = ["Request", "Session"]

@@ -1,0 +1,334 @@
+"""WebRtcTransport: ICE-lite + DTLS for one peer connection, and its handle in the engine.
+
+Each transport is one task in its room's nursery. STUN and DTLS datagrams reach it from the
+engine (through the media dispatcher); RTP/RTCP never do. The task's ``finally`` removes the
+transport from the engine, so a cancelled room leaves nothing native behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import string
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from pysfu import errors
+from pysfu.dtls import DtlsTransport
+from pysfu.errors import SignalingError
+from pysfu.ice import IceLiteServer, TupleSelected, TupleValidated
+from pysfu.log import log_event
+
+if TYPE_CHECKING:
+    from pysfu.room import Consumer, Producer, Room
+
+logger = logging.getLogger("pysfu.transport")
+
+# Same shape as mediasoup: host type preference 64, first listen entry, component 1.
+_CANDIDATE_PRIORITY = (64 << 24) + (10000 << 8) + 255
+_INBOX_SIZE = 256
+_CNAME_ALPHABET = string.ascii_letters + string.digits
+
+Datagram = tuple[str, str, int, bytes]  # (kind "stun" | "dtls", ip, port, data)
+
+
+class WebRtcTransport:
+    def __init__(self, transport_id: str, room: Room, owner: str, direction: str) -> None:
+        self.id = transport_id
+        self.room = room
+        self.owner = owner
+        self.direction = direction
+        ctx = room.ctx
+        self.handle = ctx.next_handle()
+        self._media = ctx.media
+        self._config = ctx.config
+        ufrag, password = IceLiteServer.generate_credentials()
+        self.ice = IceLiteServer(ufrag, password, consent_timeout=ctx.config.consent_timeout)
+        self.dtls: DtlsTransport | None = None
+        self.remote_dtls: dict[str, Any] | None = None
+        self.srtp_profile: str | None = None
+        self.cname: str | None = None
+        self.closed = False
+        self._mids = itertools.count()
+        self._producers: dict[int, Producer] = {}
+        self._consumers: dict[int, Consumer] = {}
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[Datagram](_INBOX_SIZE)
+        self.inbox_dropped = 0
+        self._cancel = trio.CancelScope()
+        self._created_at = trio.current_time()
+
+    # ---- signaling-facing ---------------------------------------------------------------------
+
+    def parameters(self) -> dict[str, Any]:
+        """The transportCreated payload (mediasoup TransportOptions shape)."""
+        ip = self._config.candidate_ip
+        return {
+            "direction": self.direction,
+            "transportId": self.id,
+            "id": self.id,
+            "iceParameters": {
+                "usernameFragment": self.ice.local_ufrag,
+                "password": self.ice.local_password,
+                "iceLite": True,
+            },
+            "iceCandidates": [{
+                "foundation": "udpcandidate",
+                "priority": _CANDIDATE_PRIORITY,
+                "ip": ip,
+                "address": ip,
+                "protocol": "udp",
+                "port": self._media.port,
+                "type": "host",
+            }],
+            "dtlsParameters": {
+                "role": "auto",
+                "fingerprints": self.room.ctx.certificate.dtls_fingerprints(),
+            },
+        }
+
+    def connect(self, dtls_parameters: dict[str, Any]) -> None:
+        """Record the browser's DTLS fingerprint and role; the handshake follows ICE."""
+        if self.remote_dtls is not None:
+            raise SignalingError(errors.ALREADY_CONNECTED, "transport already connected")
+        self.remote_dtls = dtls_parameters
+        # The browser says "client" (mediasoup-client always does): we are the DTLS server.
+        role = "client" if dtls_parameters["role"] == "server" else "server"
+        self.dtls = DtlsTransport(
+            self.room.ctx.certificate,
+            role=role,
+            remote_fingerprint=dtls_parameters["fingerprints"][0],
+        )
+        if role == "client" and self.ice.state in ("connected", "completed"):
+            self.dtls.start(trio.current_time())
+            self._flush_dtls()
+        log_event(logger, "transport.connect", room=self.room.id, peer=self.owner,
+                  transport=self.id, dtls_role=role)
+
+    def next_mid(self) -> str:
+        # Never repeats on this transport (mediasoup-client recycles m-sections by mid).
+        return str(next(self._mids) % 100_000_000)
+
+    def claim_cname(self, cname: str | None) -> str:
+        if self.cname is None:
+            self.cname = cname or "".join(secrets.choice(_CNAME_ALPHABET) for _ in range(8))
+        return self.cname
+
+    def producer_mids(self) -> set[str]:
+        return {p.rtp_parameters["mid"] for p in self._producers.values()
+                if p.rtp_parameters.get("mid")}
+
+    def producer_ssrcs(self) -> set[int]:
+        ssrcs: set[int] = set()
+        for p in self._producers.values():
+            for enc in p.rtp_parameters.get("encodings", []):
+                ssrcs.update(s for s in (enc.get("ssrc"), (enc.get("rtx") or {}).get("ssrc")) if s)
+        return ssrcs
+
+    # ---- engine objects ---------------------------------------------------------------------
+
+    def add_producer(self, producer: Producer) -> None:
+        self._media.add_producer(producer.handle, self.handle, producer_spec(producer))
+        self._producers[producer.handle] = producer
+
+    def remove_producer(self, producer: Producer) -> None:
+        if self._producers.pop(producer.handle, None) is not None:
+            self._media.remove_producer(producer.handle)
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self._media.add_consumer(
+            consumer.handle, self.handle, consumer.producer.handle, consumer_spec(consumer)
+        )
+        self._consumers[consumer.handle] = consumer
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        if self._consumers.pop(consumer.handle, None) is not None:
+            self._media.remove_consumer(consumer.handle)
+
+    def set_consumer_paused(self, consumer: Consumer, paused: bool) -> None:
+        if paused:
+            self._media.pause_consumer(consumer.handle)
+        else:
+            self._media.resume_consumer(consumer.handle)
+
+    # ---- task ---------------------------------------------------------------------------------
+
+    def start(self, nursery: trio.Nursery) -> None:
+        # Registered with the engine before the first await, so STUN can find it at once.
+        self._media.add_transport(self.handle, self.ice.local_ufrag, self)
+        nursery.start_soon(self._run)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.dtls is not None and self.dtls.state == "connected":
+            for datagram in self.dtls.close():
+                self._send(datagram)
+        self._cancel.cancel()
+        self._media.remove_transport(self.handle)
+
+    def deliver(self, kind: str, ip: str, port: int, data: bytes) -> None:
+        """Called by the media dispatcher; never blocks (a flood is dropped and counted)."""
+        try:
+            self._inbox_send.send_nowait((kind, ip, port, data))
+        except trio.WouldBlock:
+            self.inbox_dropped += 1
+
+    async def _run(self) -> None:
+        try:
+            with self._cancel:
+                while True:
+                    with trio.move_on_at(self._next_deadline()):
+                        kind, ip, port, data = await self._inbox_recv.receive()
+                        now = trio.current_time()
+                        if kind == "stun":
+                            self._on_stun(data, (ip, port), now)
+                        elif kind == "dtls" and self.dtls is not None:
+                            self.dtls.receive(data, now)
+                            self._after_dtls()
+                    self._on_timer(trio.current_time())
+        finally:
+            self._media.remove_transport(self.handle)
+
+    def _next_deadline(self) -> float:
+        deadline = trio.current_time() + 1.0  # consent is checked at least once a second
+        if self.dtls is not None:
+            timeout = self.dtls.next_timeout()
+            if timeout is not None:
+                deadline = min(deadline, timeout)
+        return deadline
+
+    def _on_timer(self, now: float) -> None:
+        if self.dtls is not None and self.dtls.state == "connecting":
+            timeout = self.dtls.next_timeout()
+            if timeout is not None and now >= timeout:
+                self.dtls.handle_timeout(now)
+                self._after_dtls()
+        if not self.ice.check_consent(now):
+            self._fail("ice_consent_timeout")
+
+    def _on_stun(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        out = self.ice.handle_datagram(data, addr, now)
+        if out.response is not None:
+            self._media.send(self.handle, addr[0], addr[1], out.response)
+        for event in out.events:
+            if isinstance(event, TupleValidated | TupleSelected):
+                selected = isinstance(event, TupleSelected)
+                self._media.bind_tuple(self.handle, event.addr[0], event.addr[1], selected)
+                if selected:
+                    log_event(logger, "ice.selected", room=self.room.id, peer=self.owner,
+                              transport=self.id, remote=f"{event.addr[0]}:{event.addr[1]}")
+        dtls = self.dtls
+        if dtls is not None and dtls.state == "new" and self.ice.state != "new":
+            if self.remote_dtls is not None and self.remote_dtls["role"] == "server":
+                dtls.start(now)
+                self._flush_dtls()
+
+    def _after_dtls(self) -> None:
+        dtls = self.dtls
+        assert dtls is not None
+        self._flush_dtls()
+        if dtls.state == "connected" and dtls.srtp_keys is not None and self.srtp_profile is None:
+            keys = dtls.srtp_keys
+            self.srtp_profile = keys.profile
+            self._media.set_srtp(self.handle, keys.profile, keys.local_key, keys.local_salt,
+                                 keys.remote_key, keys.remote_salt)
+            log_event(logger, "dtls.connected", room=self.room.id, peer=self.owner,
+                      transport=self.id, srtp_profile=keys.profile)
+        elif dtls.state == "failed":
+            self._fail(f"dtls_{dtls.failure_reason or 'failed'}")
+
+    def _flush_dtls(self) -> None:
+        assert self.dtls is not None
+        for datagram in self.dtls.take_outgoing():
+            self._send(datagram)
+
+    def _send(self, datagram: bytes) -> None:
+        addr = self.ice.selected_tuple
+        if addr is not None:
+            self._media.send(self.handle, addr[0], addr[1], datagram)
+
+    def _fail(self, reason: str) -> None:
+        log_event(logger, "transport.failed", level=logging.WARNING, room=self.room.id,
+                  peer=self.owner, transport=self.id, reason=reason)
+        self.room.transport_closed(self, reason)
+
+
+def _key_frame_request(codec: dict[str, Any]) -> str | None:
+    feedback = {(fb.get("type"), fb.get("parameter", "")) for fb in codec.get("rtcpFeedback", [])}
+    if ("nack", "pli") in feedback:
+        return "pli"
+    if ("ccm", "fir") in feedback:
+        return "fir"
+    return None
+
+
+def producer_spec(producer: Producer) -> dict[str, Any]:
+    """Translate the producer's negotiated parameters into the engine's ingress table."""
+    params, mapping = producer.rtp_parameters, producer.mapping
+    mapped = {c["payloadType"]: c["mappedPayloadType"] for c in mapping["codecs"]}
+    consumable_rtx = {
+        c["parameters"]["apt"]: c["payloadType"]
+        for c in producer.consumable["codecs"] if c["mimeType"].lower().endswith("/rtx")
+    }
+    codecs = []
+    key_frame_request = None
+    for codec in params["codecs"]:
+        if codec["mimeType"].lower().endswith("/rtx"):
+            continue
+        pt = codec["payloadType"]
+        rtx = next((c["payloadType"] for c in params["codecs"]
+                    if c["mimeType"].lower().endswith("/rtx")
+                    and c.get("parameters", {}).get("apt") == pt), None)
+        codecs.append({
+            "payload_type": pt,
+            "mapped_payload_type": mapped[pt],
+            "mime": codec["mimeType"],
+            "rtx_payload_type": rtx,
+            "mapped_rtx_payload_type": consumable_rtx.get(mapped[pt]) if rtx is not None else None,
+        })
+        key_frame_request = key_frame_request or _key_frame_request(codec)
+    router_ids = {ext["uri"]: ext["id"] for ext in producer.consumable["headerExtensions"]}
+    header_extensions = [
+        {"id": ext["id"], "router_id": router_ids.get(ext["uri"]), "uri": ext["uri"]}
+        for ext in params.get("headerExtensions", [])
+    ]
+    encodings = [
+        {
+            "ssrc": enc.get("ssrc"),
+            "rtx_ssrc": enc.get("rtxSsrc"),
+            "rid": enc.get("rid"),
+            "mapped_ssrc": enc["mappedSsrc"],
+        }
+        for enc in mapping["encodings"]
+    ]
+    return {
+        "kind": producer.kind,
+        "mid": params.get("mid"),
+        "codecs": codecs,
+        "encodings": encodings,
+        "header_extensions": header_extensions,
+        "key_frame_request": key_frame_request,
+        "paused": producer.paused,
+    }
+
+
+def consumer_spec(consumer: Consumer) -> dict[str, Any]:
+    """The engine's egress table for one consumer."""
+    rtp = consumer.rtp_parameters
+    encoding = rtp["encodings"][0]
+    mid_ext = next((ext["id"] for ext in rtp.get("headerExtensions", [])
+                    if ext["uri"] == "urn:ietf:params:rtp-hdrext:sdes:mid"), None)
+    return {
+        "ssrc": encoding["ssrc"],
+        "rtx_ssrc": (encoding.get("rtx") or {}).get("ssrc"),
+        "mid": rtp.get("mid"),
+        "mid_ext_id": mid_ext,
+        "payload_types": {
+            c["payloadType"]: c["payloadType"]
+            for c in rtp["codecs"] if not c["mimeType"].lower().endswith("/rtx")
+        },
+        "paused": consumer.paused,
+    }

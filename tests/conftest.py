@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+import trio
+
+from pysfu.client import SignalingClient, connect
+from pysfu.config import Config, load_config
+from pysfu.server import Server, serve
+
+
+def test_config(**overrides: Any) -> Config:
+    """Loopback, ephemeral ports, short grace period."""
+    base = {"port": 0, "rtc_port": 0, "host_grace_period": 0.5}
+    base.update(overrides)
+    return load_config(overrides=base)
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, config_overrides: dict[str, Any]) -> Server:
+    return await nursery.start(serve, test_config(**config_overrides))
+
+
+@pytest.fixture
+def client(server: Server) -> Callable[[], AbstractAsyncContextManager[SignalingClient]]:
+    """Factory: ``async with client() as c:`` opens a signaling connection to the server."""
+
+    def open_client() -> AbstractAsyncContextManager[SignalingClient]:
+        return connect(f"ws://127.0.0.1:{server.port}/ws")
+
+    return open_client
+
+
+@pytest.fixture
+async def host(client: Callable[[], Any]) -> AsyncIterator[SignalingClient]:
+    async with client() as c:
+        yield c

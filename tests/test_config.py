@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pysfu.config import Config, ConfigError, load_config
+
+
+def test_defaults() -> None:
+    cfg = load_config()
+    assert cfg == Config()
+    assert (cfg.port, cfg.rtc_port, cfg.candidate_ip) == (8080, 40000, "127.0.0.1")
+
+
+def test_precedence_file_env_cli(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('port = 9000\nrtc_port = 41000\nannounced_ip = "203.0.113.7"\n')
+    cfg = load_config(file, {"PYSFU_RTC_PORT": "42000", "HOME": "/x"}, {"announced_ip": None})
+    assert (cfg.port, cfg.rtc_port, cfg.candidate_ip) == (9000, 42000, "203.0.113.7")
+    cfg = load_config(file, {"PYSFU_RTC_PORT": "42000"}, {"rtc_port": "43000"})
+    assert cfg.rtc_port == 43000
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"PYSFU_PORT": "eighty"}, "port"),
+        ({"PYSFU_PORT": "70000"}, "port"),
+        ({"PYSFU_HOST": "not-an-ip"}, "host"),
+        ({"PYSFU_RTC_IP": "0.0.0.0"}, "announced_ip"),
+        ({"PYSFU_HOST_GRACE_PERIOD": "-1"}, "host_grace_period"),
+        ({"PYSFU_LOG_LEVEL": "loud"}, "log_level"),
+        ({"PYSFU_NO_SUCH": "1"}, "PYSFU_NO_SUCH"),
+        ({"PYSFU_MAX_ROOMS": "0"}, "max_rooms"),
+    ],
+)
+def test_invalid_settings_are_refused(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, env)
+
+
+def test_invalid_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    bad.write_text("colour = 'blue'")
+    with pytest.raises(ConfigError, match="unknown setting 'colour'"):
+        load_config(bad)
+    bad.write_text("port = '8080'")
+    with pytest.raises(ConfigError, match="port"):
+        load_config(bad)
+    bad.write_text('media_codecs = [{kind = "audio", mimeType = "audio/chicken", '
+                   'clockRate = 8000}]')
+    with pytest.raises(ConfigError, match="media_codecs"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_refuses_invalid_config() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pysfu", "serve", "--port", "nope"],
+        capture_output=True, text=True, timeout=30, env={**os.environ},
+    )
+    assert proc.returncode == 2
+    assert "invalid setting port='nope'" in proc.stderr
+
+
+def test_cli_serves_and_logs_structured_lines() -> None:
+    port, rtc_port = _free_port(), _free_port(socket.SOCK_DGRAM)
+    env = {**os.environ, "PYSFU_RTC_PORT": str(rtc_port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pysfu", "serve", "--port", str(port)],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        deadline = time.monotonic() + 20
+        while "server.listening" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert "event=server.listening" in line
+        assert f"port={port}" in line and f"rtc_port={rtc_port}" in line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+            assert b'"rooms": 0' in resp.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)

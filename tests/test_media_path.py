@@ -1,0 +1,224 @@
+"""End to end over real UDP on loopback: a host made of an independent stack (hand-built STUN,
+pyOpenSSL DTLS client, libsrtp) produces through the server to two viewers."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+
+from pysfu.client import SignalingClient
+from pysfu.server import Server
+from tests.fixtures import device_caps, vp8_producer
+from tests.webrtc_peer import WebRtcPeer, build_rtp, vp8_payload
+
+ROOM = "media"
+HOST_SSRC = 0x11223344
+CHROME_VP8_PT = 96
+CHROME_MID_EXT = 4
+
+
+@dataclass
+class Viewer:
+    client: SignalingClient
+    peer: WebRtcPeer
+    consumer: dict[str, Any]
+
+
+async def open_peer(client: SignalingClient, direction: str, **kwargs: Any) -> WebRtcPeer:
+    transport = await client.create_transport(ROOM, direction)
+    peer = WebRtcPeer(transport, **kwargs)
+    await peer.bind()
+    await client.connect_transport(ROOM, transport["id"], peer.dtls_parameters())
+    await peer.connect()
+    return peer
+
+
+@pytest.fixture
+async def host(server: Server, client: Any) -> AsyncIterator[tuple[SignalingClient, WebRtcPeer,
+                                                                   str]]:
+    async with client() as c:
+        await c.join(ROOM, "host", "host")
+        peer = await open_peer(c, "send")
+        producer_id = await c.produce(ROOM, peer.transport["id"], "video",
+                                      vp8_producer(mid="0", ssrc=HOST_SSRC))
+        try:
+            yield c, peer, producer_id
+        finally:
+            peer.close()
+
+
+async def add_viewer(client: Any, stack: Any, name: str, producer_id: str,
+                     **kwargs: Any) -> Viewer:
+    c = await stack.enter_async_context(client())
+    await c.join(ROOM, "viewer", name)
+    peer = await open_peer(c, "recv", **kwargs)
+    caps = device_caps(await c.router_rtp_capabilities(ROOM))
+    consumer = await c.consume(ROOM, peer.transport["id"], producer_id, caps)
+    await c.resume_consumer(ROOM, consumer["id"])
+    return Viewer(c, peer, consumer)
+
+
+async def send_frames(peer: WebRtcPeer, first_seq: int, count: int, *,
+                      keyframe_first: bool = True) -> list[bytes]:
+    sent = []
+    for i in range(count):
+        payload = vp8_payload(keyframe=keyframe_first and i == 0)
+        rtp = build_rtp(CHROME_VP8_PT, first_seq + i, 90 * (first_seq + i), HOST_SSRC, payload,
+                        marker=True, extensions={CHROME_MID_EXT: b"0"})
+        sent.append(await peer.send_rtp(rtp))
+        await trio.sleep(0.002)
+    return sent
+
+
+def rtcp_types(packet: bytes) -> list[tuple[int, int, int]]:
+    """(packet type, FMT, media SSRC) of each packet in a compound RTCP packet."""
+    out, offset = [], 0
+    while offset + 4 <= len(packet):
+        fmt, ptype, words = packet[offset] & 0x1F, packet[offset + 1], struct.unpack_from(
+            "!H", packet, offset + 2)[0]
+        media = struct.unpack_from("!I", packet, offset + 8)[0] if ptype in (205, 206) else 0
+        out.append((ptype, fmt, media))
+        offset += 4 * (words + 1)
+    return out
+
+
+async def test_every_packet_reaches_each_viewer(server: Server, client: Any, host: Any) -> None:
+    host_client, host_peer, producer_id = host
+    async with AsyncExitStack() as stack:
+        viewers = [await add_viewer(client, stack, f"v{i}", producer_id) for i in range(2)]
+        caps = await host_client.router_rtp_capabilities(ROOM)
+        router_vp8 = next(c["preferredPayloadType"] for c in caps["codecs"]
+                          if c["mimeType"] == "video/VP8")
+        await trio.sleep(0.1)
+        sent = 50
+        await send_frames(host_peer, 1000, sent)
+        for viewer in viewers:
+            rtp = viewer.consumer["rtpParameters"]
+            got = []
+            while len(got) < sent:
+                packet = await viewer.peer.recv_rtp(timeout=3)
+                assert packet is not None, f"{len(got)} of {sent} packets arrived"
+                got.append(packet)
+            assert {p.ssrc for p in got} == {rtp["encodings"][0]["ssrc"]}
+            assert {p.pt for p in got} == {router_vp8}
+            seqs = [p.seq for p in got]
+            assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(sent)]
+            assert [p.ts for p in got] == [90 * (1000 + i) for i in range(sent)]
+            mid_id = next(e["id"] for e in rtp["headerExtensions"]
+                          if e["uri"] == "urn:ietf:params:rtp-hdrext:sdes:mid")
+            assert {p.extensions.get(mid_id) for p in got} == {rtp["mid"].encode()}
+        stats = server.media.drops()
+        assert stats.get("replay", 0) == 0
+
+
+async def test_pause_resume_asks_key_frame_and_keeps_sequence(server: Server, client: Any,
+                                                              host: Any) -> None:
+    host_client, host_peer, producer_id = host
+    async with AsyncExitStack() as stack:
+        viewer = await add_viewer(client, stack, "v", producer_id)
+        await trio.sleep(0.1)
+        await send_frames(host_peer, 1, 5)
+        first = [await viewer.peer.recv_rtp() for _ in range(5)]
+        assert all(first)
+        await viewer.client.request("pauseConsumer", {"roomId": ROOM,
+                                                      "consumerId": viewer.consumer["id"]})
+        await send_frames(host_peer, 6, 5)
+        assert await viewer.peer.recv_rtp(timeout=0.3) is None  # paused: nothing forwarded
+
+        await viewer.client.resume_consumer(ROOM, viewer.consumer["id"])
+        # The server asks the host for a key frame (PLI, media SSRC = the host's SSRC).
+        rtcp = await host_peer.recv_rtcp(timeout=2)
+        assert rtcp is not None
+        assert (206, 1, HOST_SSRC) in rtcp_types(rtcp)
+        # Delta frames before the key frame are held back; the key frame restarts the stream.
+        await send_frames(host_peer, 11, 3, keyframe_first=False)
+        await send_frames(host_peer, 14, 3, keyframe_first=True)
+        after = [await viewer.peer.recv_rtp() for _ in range(3)]
+        assert all(after)
+        assert after[0].payload[1:4] == b"\x00\x00\x00" or after[0].payload[1] & 1 == 0
+        assert [p.seq for p in after] == [(first[-1].seq + 1 + i) & 0xFFFF for i in range(3)]
+
+
+async def test_close_producer_and_room_close_free_the_engine(server: Server, client: Any,
+                                                             host: Any) -> None:
+    host_client, host_peer, producer_id = host
+    async with AsyncExitStack() as stack:
+        viewer = await add_viewer(client, stack, "v", producer_id)
+        assert server.media.counts()["consumers"] == 1
+        await host_client.close_producer(ROOM, producer_id)
+        await viewer.client.next_notification("producerClosed")
+        await send_frames(host_peer, 1, 3)
+        assert await viewer.peer.recv_rtp(timeout=0.3) is None
+        assert server.media.counts()["producers"] == 0
+        assert server.media.counts()["consumers"] == 0
+        room = server.rooms.get(ROOM)
+        await host_client.leave(ROOM)
+        await viewer.client.next_notification("roomClosed")
+        await room.finished.wait()
+        assert server.media.counts() == {"transports": 0, "producers": 0, "consumers": 0,
+                                         "streams": 0}
+
+
+async def test_replayed_and_foreign_packets_are_dropped(server: Server, client: Any,
+                                                        host: Any) -> None:
+    host_client, host_peer, producer_id = host
+    async with AsyncExitStack() as stack:
+        viewer = await add_viewer(client, stack, "v", producer_id)
+        await trio.sleep(0.1)
+        sent = await send_frames(host_peer, 1, 3)
+        for _ in range(3):
+            assert await viewer.peer.recv_rtp() is not None
+        before = server.media.drops()
+        for packet in sent:  # replays
+            await host_peer.send_raw(packet)
+        tampered = bytearray(sent[-1])
+        tampered[-1] ^= 0xFF
+        await host_peer.send_raw(bytes(tampered))
+        # A stranger on another port sends a valid-looking packet.
+        stranger = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await stranger.bind(("127.0.0.1", 0))
+        await stranger.sendto(sent[0], host_peer.server)
+        stranger.close()
+        assert await viewer.peer.recv_rtp(timeout=0.3) is None
+        after = server.media.drops()
+        grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        assert sum(grew.values()) >= 5, grew
+
+
+async def test_wrong_fingerprint_yields_no_keys(server: Server, client: Any, host: Any) -> None:
+    _, host_peer, producer_id = host
+    async with client() as c:
+        await c.join(ROOM, "viewer", "liar")
+        transport = await c.create_transport(ROOM, "recv")
+        peer = WebRtcPeer(transport)
+        await peer.bind()
+        await c.connect_transport(ROOM, transport["id"],
+                                  peer.dtls_parameters(fingerprint=":".join(["AA"] * 32)))
+        # The handshake may finish on the client's side; the server checks the client's
+        # certificate against the signaled fingerprint and refuses it.
+        with suppress(Exception):
+            await peer.connect(timeout=3)
+        _, note = await c.next_notification("transportClosed", timeout=5)
+        assert note["transportId"] == transport["id"]
+        assert note["reason"].startswith("dtls")
+        peer.close()
+
+
+async def test_bad_stun_integrity_is_refused(server: Server, client: Any) -> None:
+    async with client() as c:
+        await c.join(ROOM, "host", "h")
+        transport = await c.create_transport(ROOM, "send")
+        peer = WebRtcPeer(transport)
+        await peer.bind()
+        response = await peer.ice_check(password="x" * 24)
+        assert response is not None and response[:2] == b"\x01\x11"  # binding error response
+        assert b"\x00\x09" in response  # ERROR-CODE attribute (401)
+        room = server.rooms.get(ROOM)
+        assert room.transports[transport["id"]].ice.selected_tuple is None
+        peer.close()
