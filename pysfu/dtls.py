@@ -78,6 +78,12 @@ class Certificate:
     def __init__(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
         self.cert = cert
         self.key = key
+        self._context: SSL.Context | None = None  # shared by every transport using this cert
+
+    def ssl_context(self) -> SSL.Context:
+        if self._context is None:
+            self._context = _make_context(self)
+        return self._context
 
     @classmethod
     def generate(cls) -> Certificate:
@@ -196,7 +202,7 @@ class DtlsTransport:
         self.srtp_keys: SrtpKeys | None = None
         self.dropped = 0  # datagrams dropped: garbage, over the pending cap, after close
         self.retransmissions = 0
-        self._conn = SSL.Connection(_make_context(certificate), None)
+        self._conn = SSL.Connection(certificate.ssl_context(), None)
         self._conn.set_ciphertext_mtu(MTU)
         if role == "server":
             self._conn.set_accept_state()
