@@ -823,6 +823,10 @@ def generate_router_rtp_capabilities(
 
 # ---- producer -> router -> consumer ------------------------------------------------------
 
+def _random_cname() -> str:
+    return secrets.token_urlsafe(6)  # 8 characters
+
+
 def _random_ssrc() -> int:
     return _SSRC_MIN + secrets.randbelow(_SSRC_MAX - _SSRC_MIN + 1)
 
@@ -929,7 +933,10 @@ def get_consumable_rtp_parameters(kind: str, params: dict, caps: dict, mapping: 
         "codecs": codecs,
         "headerExtensions": exts,
         "encodings": encodings,
-        "rtcp": {"cname": params.get("rtcp", {}).get("cname", ""), "reducedSize": True},
+        # A consumer without CNAME gets no a=ssrc lines; Chrome omits it with RID simulcast.
+        # The transport normally overrides this with its own CNAME anyway.
+        "rtcp": {"cname": params.get("rtcp", {}).get("cname") or _random_cname(),
+                 "reducedSize": True},
     }
     if "msid" in params:
         consumable["msid"] = params["msid"]
