@@ -58,6 +58,7 @@ __all__ = [
     "get_consumer_rtp_parameters",
     "get_producer_rtp_parameters_mapping",
     "match_codecs",
+    "parse_h264_profile_level_id",
     "parse_scalability_mode",
     "producer_type",
     "validate_producer_rtp_parameters",

@@ -363,6 +363,10 @@ def test_mapping_vp8_producer_against_h264_router() -> None:
 
 # ---- producers (test-Producer.ts) --------------------------------------------------------
 
+def _video(**overrides: Any) -> dict[str, Any]:
+    return h264_producer(**overrides)
+
+
 PRODUCER_ROUTER_CODECS = [
     {"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 2,
      "parameters": {"foo": "111"}},
@@ -452,8 +456,6 @@ def test_producer_without_header_extensions_and_rtcp() -> None:
     assert consumable["rtcp"]["cname"]  # invented, so consumers get a=ssrc lines
 
 
-def _video(**overrides: Any) -> dict[str, Any]:
-    return h264_producer(**overrides)
 
 
 @pytest.mark.parametrize(("kind", "params"), [
@@ -463,6 +465,9 @@ def _video(**overrides: Any) -> dict[str, Any]:
     ("audio", {"codecs": [], "headerExtensions": [], "encodings": [{"ssrc": "1111"}],
                "rtcp": {"cname": "qwerty"}}),
     ("audio", audio_producer(codecs=[])),
+    ("audio", audio_producer(encodings=[{"ssrc": "1111"}])),
+    # Empty encodings become one empty encoding, which without a mid routes nothing.
+    ("video", {k: v for k, v in _video(encodings=[]).items() if k != "mid"}),
     # RTX apt pointing nowhere (mediasoup's own case also has an audio/video mix-up).
     ("video", _video(codecs=[h264_producer()["codecs"][0],
                              {"mimeType": "video/rtx", "payloadType": 113, "clockRate": 90000,
