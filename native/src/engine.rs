@@ -1,0 +1,534 @@
+//! `pysfu._native.Engine`: the UDP socket, the I/O thread and the Python-facing control API.
+//!
+//! The I/O thread owns the receive side: recvmmsg batch → `Router` (under its mutex) →
+//! sendmmsg batch (outside the mutex). Python control calls take the mutex briefly with the
+//! GIL released. STUN/DTLS datagrams for Python are queued in the router; an eventfd is
+//! readable while the queue is non-empty, and `drain()` empties both.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::io;
+use crate::router::{
+    CodecSpec, ConsumerSpec, Drop, EncodingSpec, ExtSpec, Handle, KeyFrameMethod, Output, ProducerSpec, Router,
+    RouterError, StatValue,
+};
+use crate::wake::EventFd;
+
+/// Periodic router work (key frame re-requests) at least this often.
+const TICK: Duration = Duration::from_millis(50);
+
+struct State {
+    router: Router,
+    /// The up fd has been set and not yet reset by `drain`.
+    signalled: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    socket: UdpSocket,
+    up_fd: EventFd,
+    stop_fd: EventFd,
+    stop: AtomicBool,
+    send_failed: AtomicU64,
+}
+
+impl Shared {
+    /// Send a batch produced by the router (called without the router lock).
+    fn send(&self, out: &mut Output) {
+        if out.transmits.is_empty() {
+            return;
+        }
+        let r = io::send_batch(self.socket.as_raw_fd(), out.transmits.iter().map(|t| (&t.dest, t.buf.as_slice())));
+        if r.failed > 0 {
+            self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
+        }
+        out.recycle();
+    }
+
+    /// Set the up fd if there is something to drain and it is not set yet. Call with the lock.
+    fn signal(&self, st: &mut State) {
+        if !st.signalled && st.router.has_upcalls() {
+            st.signalled = true;
+            self.up_fd.set();
+        }
+    }
+}
+
+fn io_thread(shared: Arc<Shared>) {
+    let fd = shared.socket.as_raw_fd();
+    let stop_fd = shared.stop_fd.as_raw_fd();
+    let mut batch = io::RecvBatch::new();
+    let mut out = Output::new();
+    let mut last_tick = Instant::now();
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            let wait = TICK.saturating_sub(last_tick.elapsed());
+            let ms = wait.as_millis().clamp(1, 1000) as i32;
+            if io::wait(fd, stop_fd, ms) {
+                break;
+            }
+        }
+        let now = Instant::now();
+        let tick = now.duration_since(last_tick) >= TICK;
+        if n == 0 && !tick {
+            continue;
+        }
+        {
+            let mut st = shared.state.lock();
+            let st = &mut *st;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                for i in 0..n {
+                    if let Some((from, data, truncated)) = batch.get(i) {
+                        if truncated {
+                            st.router.count_drop(Drop::Truncated, 1);
+                        } else {
+                            st.router.handle_datagram(now, from, data, &mut out);
+                        }
+                    }
+                }
+                if tick {
+                    st.router.handle_timeout(now, &mut out);
+                }
+            }));
+            if result.is_err() {
+                st.router.count_drop(Drop::Panic, 1);
+            }
+            shared.signal(st);
+        }
+        if tick {
+            last_tick = now;
+        }
+        shared.send(&mut out);
+    }
+}
+
+fn router_err(e: RouterError) -> PyErr {
+    match e {
+        RouterError::Unknown(m) => PyKeyError::new_err(m),
+        RouterError::Invalid(m) => PyValueError::new_err(m),
+    }
+}
+
+fn parse_addr(ip: &str, port: u16) -> PyResult<SocketAddr> {
+    let ip: IpAddr = ip.parse().map_err(|_| PyValueError::new_err(format!("bad IP address {ip:?}")))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+// ---------------------------------------------------------------------------------------
+// Spec parsing (Python dicts → router specs), with clear messages
+
+fn get<'py>(d: &Bound<'py, PyDict>, key: &str, what: &str) -> PyResult<Bound<'py, PyAny>> {
+    d.get_item(key)?.ok_or_else(|| PyValueError::new_err(format!("{what}: missing key {key:?}")))
+}
+
+/// Optional: absent or None → None.
+fn get_opt<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    Ok(d.get_item(key)?.filter(|v| !v.is_none()))
+}
+
+fn as_dict<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyDict>> {
+    v.cast::<PyDict>().cloned().map_err(|_| PyValueError::new_err(format!("{what}: expected a dict")))
+}
+
+fn int<T: TryFrom<i64>>(v: &Bound<'_, PyAny>, what: &str) -> PyResult<T> {
+    let i: i64 = v.extract().map_err(|_| PyValueError::new_err(format!("{what}: expected an int")))?;
+    T::try_from(i).map_err(|_| PyValueError::new_err(format!("{what}: {i} out of range")))
+}
+
+fn opt_int<T: TryFrom<i64>>(d: &Bound<'_, PyDict>, key: &str, what: &str) -> PyResult<Option<T>> {
+    match get_opt(d, key)? {
+        Some(v) => Ok(Some(int(&v, &format!("{what}.{key}"))?)),
+        None => Ok(None),
+    }
+}
+
+fn string(v: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+    v.extract::<String>().map_err(|_| PyValueError::new_err(format!("{what}: expected a str")))
+}
+
+fn opt_string(d: &Bound<'_, PyDict>, key: &str, what: &str) -> PyResult<Option<String>> {
+    match get_opt(d, key)? {
+        Some(v) => Ok(Some(string(&v, &format!("{what}.{key}"))?)),
+        None => Ok(None),
+    }
+}
+
+fn opt_bool(d: &Bound<'_, PyDict>, key: &str, what: &str) -> PyResult<bool> {
+    match get_opt(d, key)? {
+        Some(v) => v.extract::<bool>().map_err(|_| PyValueError::new_err(format!("{what}.{key}: expected a bool"))),
+        None => Ok(false),
+    }
+}
+
+fn list<'py>(d: &Bound<'py, PyDict>, key: &str, what: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let v = get(d, key, what)?;
+    if v.is_instance_of::<pyo3::types::PyString>() {
+        return Err(PyValueError::new_err(format!("{what}.{key}: expected a list")));
+    }
+    let mut out = Vec::new();
+    for item in v.try_iter().map_err(|_| PyValueError::new_err(format!("{what}.{key}: expected a list")))? {
+        out.push(item?);
+    }
+    Ok(out)
+}
+
+fn parse_producer_spec(spec: &Bound<'_, PyAny>) -> PyResult<ProducerSpec> {
+    let w = "producer spec";
+    let d = as_dict(spec, w)?;
+    let kind = string(&get(&d, "kind", w)?, "producer spec.kind")?;
+    let video = match kind.as_str() {
+        "audio" => false,
+        "video" => true,
+        other => return Err(PyValueError::new_err(format!("producer spec.kind: {other:?} is not audio/video"))),
+    };
+    let mut codecs = Vec::new();
+    for c in list(&d, "codecs", w)? {
+        let w = "producer spec.codecs[]";
+        let c = as_dict(&c, w)?;
+        codecs.push(CodecSpec {
+            payload_type: int(&get(&c, "payload_type", w)?, "payload_type")?,
+            mapped_payload_type: int(&get(&c, "mapped_payload_type", w)?, "mapped_payload_type")?,
+            mime: string(&get(&c, "mime", w)?, "mime")?,
+            rtx_payload_type: opt_int(&c, "rtx_payload_type", w)?,
+            mapped_rtx_payload_type: opt_int(&c, "mapped_rtx_payload_type", w)?,
+        });
+    }
+    let mut encodings = Vec::new();
+    for e in list(&d, "encodings", w)? {
+        let w = "producer spec.encodings[]";
+        let e = as_dict(&e, w)?;
+        encodings.push(EncodingSpec {
+            ssrc: opt_int(&e, "ssrc", w)?,
+            rtx_ssrc: opt_int(&e, "rtx_ssrc", w)?,
+            rid: opt_string(&e, "rid", w)?,
+            mapped_ssrc: int(&get(&e, "mapped_ssrc", w)?, "mapped_ssrc")?,
+        });
+    }
+    let mut header_extensions = Vec::new();
+    if get_opt(&d, "header_extensions")?.is_some() {
+        for x in list(&d, "header_extensions", w)? {
+            let w = "producer spec.header_extensions[]";
+            let x = as_dict(&x, w)?;
+            header_extensions.push(ExtSpec {
+                id: int(&get(&x, "id", w)?, "id")?,
+                router_id: opt_int(&x, "router_id", w)?,
+                uri: string(&get(&x, "uri", w)?, "uri")?,
+            });
+        }
+    }
+    let key_frame_request = match opt_string(&d, "key_frame_request", w)?.as_deref() {
+        None => None,
+        Some("pli") => Some(KeyFrameMethod::Pli),
+        Some("fir") => Some(KeyFrameMethod::Fir),
+        Some(other) => {
+            return Err(PyValueError::new_err(format!("producer spec.key_frame_request: {other:?} is not pli/fir/None")))
+        }
+    };
+    Ok(ProducerSpec {
+        video,
+        mid: opt_string(&d, "mid", w)?,
+        codecs,
+        encodings,
+        header_extensions,
+        key_frame_request,
+        paused: opt_bool(&d, "paused", w)?,
+    })
+}
+
+fn parse_consumer_spec(spec: &Bound<'_, PyAny>) -> PyResult<ConsumerSpec> {
+    let w = "consumer spec";
+    let d = as_dict(spec, w)?;
+    let pts = as_dict(&get(&d, "payload_types", w)?, "consumer spec.payload_types")?;
+    let mut payload_types = Vec::new();
+    for (k, v) in pts.iter() {
+        payload_types.push((int(&k, "payload_types key")?, int(&v, "payload_types value")?));
+    }
+    Ok(ConsumerSpec {
+        ssrc: int(&get(&d, "ssrc", w)?, "consumer spec.ssrc")?,
+        rtx_ssrc: opt_int(&d, "rtx_ssrc", w)?,
+        mid: opt_string(&d, "mid", w)?,
+        mid_ext_id: opt_int(&d, "mid_ext_id", w)?,
+        payload_types,
+        paused: opt_bool(&d, "paused", w)?,
+        encoding: opt_int(&d, "encoding", w)?.unwrap_or(0),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// The data plane: one UDP socket, one I/O thread, the forwarding router.
+#[pyclass(frozen, module = "pysfu._native")]
+pub struct Engine {
+    port: u16,
+    up_raw_fd: i32,
+    inner: Mutex<Option<(Arc<Shared>, JoinHandle<()>)>>,
+}
+
+impl Engine {
+    fn shared(&self) -> PyResult<Arc<Shared>> {
+        match &*self.inner.lock() {
+            Some((s, _)) => Ok(s.clone()),
+            None => Err(PyValueError::new_err("engine is closed")),
+        }
+    }
+
+    /// Run a router control call with the GIL released, then send what it produced.
+    fn control<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Router, Instant, &mut Output) -> Result<T, RouterError> + Send,
+    ) -> PyResult<T> {
+        let shared = self.shared()?;
+        py.detach(move || {
+            let mut out = Output::new();
+            let r = {
+                let mut st = shared.state.lock();
+                let r = catch_unwind(AssertUnwindSafe(|| f(&mut st.router, Instant::now(), &mut out)));
+                match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        st.router.count_drop(Drop::Panic, 1);
+                        Err(RouterError::Invalid("internal error (panic) in engine call".into()))
+                    }
+                }
+            };
+            shared.send(&mut out);
+            r
+        })
+        .map_err(router_err)
+    }
+
+    fn shutdown(&self) {
+        let taken = self.inner.lock().take();
+        if let Some((shared, thread)) = taken {
+            shared.stop.store(true, Ordering::Release);
+            shared.stop_fd.set();
+            let _ = thread.join();
+            // Dropping the last Arc closes the socket and both fds.
+            drop(shared);
+        }
+    }
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (host = "127.0.0.1", port = 0))]
+    fn new(host: &str, port: u16) -> PyResult<Self> {
+        let socket = io::bind(host, port).map_err(|e| PyValueError::new_err(format!("cannot bind {host}:{port}: {e}")))?;
+        let port = socket.local_addr().map_err(|e| PyValueError::new_err(e.to_string()))?.port();
+        let up_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
+        let stop_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
+        let up_raw_fd = up_fd.as_raw_fd();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { router: Router::new(), signalled: false }),
+            socket,
+            up_fd,
+            stop_fd,
+            stop: AtomicBool::new(false),
+            send_failed: AtomicU64::new(0),
+        });
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("pysfu-io".into())
+            .spawn(move || io_thread(s2))
+            .map_err(|e| PyValueError::new_err(format!("cannot start I/O thread: {e}")))?;
+        Ok(Engine { port, up_raw_fd, inner: Mutex::new(Some((shared, thread))) })
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A file descriptor that is readable while `drain()` has items.
+    fn fileno(&self) -> PyResult<i32> {
+        self.shared()?;
+        Ok(self.up_raw_fd)
+    }
+
+    /// Take every queued STUN/DTLS datagram: (kind, transport, remote_ip, remote_port, data).
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let shared = self.shared()?;
+        let items = py.detach(|| {
+            let mut st = shared.state.lock();
+            let items = st.router.take_upcalls();
+            shared.up_fd.reset();
+            st.signalled = false;
+            items
+        });
+        let list = PyList::empty(py);
+        for u in items {
+            let t = PyTuple::new(
+                py,
+                [
+                    u.kind.name().into_pyobject(py)?.into_any(),
+                    u.transport.into_pyobject(py)?.into_any(),
+                    u.from.ip().to_string().into_pyobject(py)?.into_any(),
+                    u.from.port().into_pyobject(py)?.into_any(),
+                    PyBytes::new(py, &u.data).into_any(),
+                ],
+            )?;
+            list.append(t)?;
+        }
+        Ok(list)
+    }
+
+    /// Send a STUN/DTLS datagram for `transport` from the engine's port.
+    fn send(&self, py: Python<'_>, transport: Handle, ip: &str, port: u16, data: &[u8]) -> PyResult<()> {
+        let dest = parse_addr(ip, port)?;
+        let n = data.len();
+        let shared = self.shared()?;
+        let data = data.to_vec();
+        py.detach(move || {
+            shared.state.lock().router.note_python_send(transport, n)?;
+            let r = io::send_batch(shared.socket.as_raw_fd(), std::iter::once((&dest, data.as_slice())));
+            if r.failed > 0 {
+                shared.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .map_err(router_err)
+    }
+
+    fn add_transport(&self, py: Python<'_>, handle: Handle, local_ufrag: String) -> PyResult<()> {
+        self.control(py, move |r, _, _| r.add_transport(handle, &local_ufrag))
+    }
+
+    fn bind_tuple(&self, py: Python<'_>, handle: Handle, ip: &str, port: u16, selected: bool) -> PyResult<()> {
+        let addr = parse_addr(ip, port)?;
+        self.control(py, move |r, now, out| r.bind_tuple(now, handle, addr, selected, out))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_srtp(
+        &self,
+        py: Python<'_>,
+        handle: Handle,
+        profile: String,
+        local_key: Vec<u8>,
+        local_salt: Vec<u8>,
+        remote_key: Vec<u8>,
+        remote_salt: Vec<u8>,
+    ) -> PyResult<()> {
+        self.control(py, move |r, now, out| {
+            r.set_srtp(now, handle, &profile, &local_key, &local_salt, &remote_key, &remote_salt, out)
+        })
+    }
+
+    fn remove_transport(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
+        self.control(py, move |r, _, _| r.remove_transport(handle))
+    }
+
+    fn add_producer(&self, py: Python<'_>, handle: Handle, transport: Handle, spec: &Bound<'_, PyAny>) -> PyResult<()> {
+        let spec = parse_producer_spec(spec)?;
+        self.control(py, move |r, _, _| r.add_producer(handle, transport, spec))
+    }
+
+    fn remove_producer(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
+        self.control(py, move |r, _, _| r.remove_producer(handle))
+    }
+
+    fn pause_producer(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
+        self.control(py, move |r, _, _| r.pause_producer(handle))
+    }
+
+    fn resume_producer(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
+        self.control(py, move |r, now, out| r.resume_producer(now, handle, out))
+    }
+
+    fn add_consumer(
+        &self,
+        py: Python<'_>,
+        handle: Handle,
+        transport: Handle,
+        producer: Handle,
+        spec: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let spec = parse_consumer_spec(spec)?;
+        self.control(py, move |r, now, out| r.add_consumer(now, handle, transport, producer, spec, out))
+    }
+
+    fn remove_consumer(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
+        self.control(py, move |r, _, _| r.remove_consumer(handle))
+    }
+
+    fn pause_consumer(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
+        self.control(py, move |r, _, _| r.pause_consumer(handle))
+    }
+
+    fn resume_consumer(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
+        self.control(py, move |r, now, out| r.resume_consumer(now, handle, out))
+    }
+
+    fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.control(py, |r, _, _| Ok(r.counts()))?;
+        let d = PyDict::new(py);
+        d.set_item("transports", c.transports)?;
+        d.set_item("producers", c.producers)?;
+        d.set_item("consumers", c.consumers)?;
+        d.set_item("streams", c.streams)?;
+        Ok(d)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, PyDict>> {
+        let v = self.control(py, move |r, _, _| r.stats(handle))?;
+        let d = PyDict::new(py);
+        for (k, v) in v {
+            match v {
+                StatValue::Int(i) => d.set_item(k, i)?,
+                StatValue::Str(s) => d.set_item(k, s)?,
+                StatValue::Bool(b) => d.set_item(k, b)?,
+            }
+        }
+        Ok(d)
+    }
+
+    fn drops<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let shared = self.shared()?;
+        let drops = self.control(py, |r, _, _| Ok(r.drops().clone()))?;
+        let d = PyDict::new(py);
+        for (k, v) in drops.iter() {
+            let v = if k == Drop::SendFailed.name() { v + shared.send_failed.load(Ordering::Relaxed) } else { v };
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    /// Stop the I/O thread and close the socket (the port is free afterwards). Idempotent.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.shutdown());
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(&self, py: Python<'_>, _a: &Bound<'_, PyAny>, _b: &Bound<'_, PyAny>, _c: &Bound<'_, PyAny>) {
+        self.close(py);
+    }
+}
+
+impl std::ops::Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,302 @@
+//! UDP edge: one non-blocking socket, batched receive (recvmmsg) and batched send (sendmmsg).
+//! Nothing here knows about RTP; the router is fed and drained by `engine.rs`.
+
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Datagrams taken per recvmmsg call.
+pub const RECV_BATCH: usize = 32;
+/// Room for one datagram; larger ones are truncated by the kernel and dropped here.
+pub const SLOT: usize = 4096;
+/// Messages handed to one sendmmsg call.
+const SEND_BATCH: usize = 64;
+const SOCKET_BUFFER: libc::c_int = 8 * 1024 * 1024;
+
+/// Bind the engine's socket: non-blocking, large kernel buffers (best effort), close-on-exec.
+pub fn bind(host: &str, port: u16) -> io::Result<UdpSocket> {
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad IP address {host:?}")))?;
+    let sock = UdpSocket::bind(SocketAddr::new(ip, port))?;
+    sock.set_nonblocking(true)?;
+    let fd = sock.as_raw_fd();
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        // FORCE works as root (ignores rmem_max); otherwise fall back to the capped option.
+        if setsockopt_int(fd, force, SOCKET_BUFFER).is_err() {
+            let _ = setsockopt_int(fd, plain, SOCKET_BUFFER);
+        }
+    }
+    Ok(sock)
+}
+
+fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: valid fd, pointer to a c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &value as *const libc::c_int as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: family says this storage holds a sockaddr_in.
+            let sin: &libc::sockaddr_in = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: family says this storage holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+pub fn std_to_sockaddr(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
+            let sin: &mut libc::sockaddr_in = unsafe { &mut *(out as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr { s_addr: u32::from(*a.ip()).to_be() };
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6: &mut libc::sockaddr_in6 = unsafe { &mut *(out as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            sin6.sin6_scope_id = a.scope_id();
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Receive buffers for one recvmmsg call, reused forever by the I/O thread.
+pub struct RecvBatch {
+    bufs: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    lens: Vec<usize>,
+    truncated: Vec<bool>,
+    count: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBatch {
+    pub fn new() -> Self {
+        RecvBatch {
+            bufs: vec![0u8; RECV_BATCH * SLOT],
+            // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+            addrs: vec![unsafe { mem::zeroed() }; RECV_BATCH],
+            lens: vec![0; RECV_BATCH],
+            truncated: vec![false; RECV_BATCH],
+            count: 0,
+        }
+    }
+
+    /// One non-blocking recvmmsg. Ok(0) when nothing is waiting.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let mut iov: [libc::iovec; RECV_BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; RECV_BATCH];
+        // SAFETY: mmsghdr is plain old data; all-zero is valid.
+        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { mem::zeroed() };
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..RECV_BATCH {
+            // SAFETY: i * SLOT + SLOT <= bufs.len().
+            iov[i].iov_base = unsafe { base.add(i * SLOT) } as *mut libc::c_void;
+            iov[i].iov_len = SLOT;
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = &mut self.addrs[i] as *mut _ as *mut libc::c_void;
+            msgs[i].msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        }
+        // SAFETY: every pointer in msgs points into buffers owned by self or this frame.
+        let n = unsafe {
+            libc::recvmmsg(fd, msgs.as_mut_ptr(), RECV_BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            self.count = 0;
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let n = n as usize;
+        for i in 0..n {
+            self.lens[i] = (msgs[i].msg_len as usize).min(SLOT);
+            self.truncated[i] = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        }
+        self.count = n;
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last call: source, bytes, truncated flag.
+    pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8], bool)> {
+        if i >= self.count {
+            return None;
+        }
+        let addr = sockaddr_to_std(&self.addrs[i])?;
+        Some((addr, &self.bufs[i * SLOT..i * SLOT + self.lens[i]], self.truncated[i]))
+    }
+}
+
+/// Outcome of sending a batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SendResult {
+    pub sent: usize,
+    pub failed: usize,
+}
+
+/// Send every `(dest, bytes)` with as few sendmmsg calls as possible. A datagram the kernel
+/// refuses (buffer full after a short wait, unreachable, …) is skipped and counted as failed.
+pub fn send_batch<'a, I>(fd: RawFd, items: I) -> SendResult
+where
+    I: IntoIterator<Item = (&'a SocketAddr, &'a [u8])>,
+{
+    let mut result = SendResult::default();
+    let mut addrs: [libc::sockaddr_storage; SEND_BATCH] = unsafe { mem::zeroed() };
+    let mut iov: [libc::iovec; SEND_BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; SEND_BATCH];
+    // SAFETY: mmsghdr is plain old data; all-zero is valid.
+    let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { mem::zeroed() };
+    let mut n = 0usize;
+    let mut iter = items.into_iter().peekable();
+    loop {
+        while n < SEND_BATCH {
+            match iter.next() {
+                Some((dest, data)) => {
+                    let len = std_to_sockaddr(dest, &mut addrs[n]);
+                    iov[n].iov_base = data.as_ptr() as *mut libc::c_void;
+                    iov[n].iov_len = data.len();
+                    msgs[n].msg_hdr.msg_name = &mut addrs[n] as *mut _ as *mut libc::c_void;
+                    msgs[n].msg_hdr.msg_namelen = len;
+                    msgs[n].msg_hdr.msg_iov = &mut iov[n];
+                    msgs[n].msg_hdr.msg_iovlen = 1;
+                    msgs[n].msg_hdr.msg_control = std::ptr::null_mut();
+                    msgs[n].msg_hdr.msg_controllen = 0;
+                    msgs[n].msg_hdr.msg_flags = 0;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        let mut start = 0usize;
+        let mut retried = false;
+        while start < n {
+            // SAFETY: msgs[start..n] point at addrs/iov of this frame and at borrowed data
+            // that outlives the call.
+            let r = unsafe {
+                libc::sendmmsg(fd, msgs.as_mut_ptr().add(start), (n - start) as libc::c_uint, 0)
+            };
+            if r > 0 {
+                start += r as usize;
+                result.sent += r as usize;
+                retried = false;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            let raw = e.raw_os_error().unwrap_or(0);
+            if raw == libc::EINTR {
+                continue;
+            }
+            if (raw == libc::EAGAIN || raw == libc::ENOBUFS) && !retried {
+                // Kernel send buffer full: wait a little for room, then try once more.
+                let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 5) };
+                retried = true;
+                continue;
+            }
+            // This datagram cannot go: skip it.
+            start += 1;
+            result.failed += 1;
+            retried = false;
+        }
+        n = 0;
+        if iter.peek().is_none() {
+            break;
+        }
+    }
+    result
+}
+
+/// Wait until `sock_fd` is readable, `wake_fd` is readable, or `timeout_ms` passed.
+/// Returns whether the wake fd fired.
+pub fn wait(sock_fd: RawFd, wake_fd: RawFd, timeout_ms: i32) -> bool {
+    let mut fds = [
+        libc::pollfd { fd: sock_fd, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: wake_fd, events: libc::POLLIN, revents: 0 },
+    ];
+    // SAFETY: two valid pollfds.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    n > 0 && fds[1].revents & libc::POLLIN != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_roundtrip_on_loopback() {
+        let a = bind("127.0.0.1", 0).unwrap();
+        let b = bind("127.0.0.1", 0).unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 10 + i as usize]).collect();
+        let items: Vec<(SocketAddr, &[u8])> = payloads.iter().map(|p| (b_addr, p.as_slice())).collect();
+        let r = send_batch(a.as_raw_fd(), items.iter().map(|(d, p)| (d, *p)));
+        assert_eq!(r, SendResult { sent: 100, failed: 0 });
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        while got.len() < 100 {
+            wait(b.as_raw_fd(), b.as_raw_fd(), 1000);
+            let n = batch.recv(b.as_raw_fd()).unwrap();
+            for i in 0..n {
+                let (from, data, trunc) = batch.get(i).unwrap();
+                assert!(!trunc);
+                assert_eq!(from, a.local_addr().unwrap());
+                got.push(data.to_vec());
+            }
+        }
+        assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn sockaddr_roundtrip() {
+        for s in ["1.2.3.4:5", "[::1]:443", "[fe80::1%2]:9"] {
+            let a: SocketAddr = s.parse().unwrap();
+            let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+            std_to_sockaddr(&a, &mut ss);
+            assert_eq!(sockaddr_to_std(&ss), Some(a));
+        }
+    }
+}
