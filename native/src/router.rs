@@ -351,7 +351,7 @@ enum PtInfo {
 
 struct CodecEntry {
     mapped_pt: u8,
-    codec: Option<rtp::Codec>,
+    codec: rtp::Codec,
 }
 
 #[derive(Default)]
@@ -1115,9 +1115,6 @@ impl Router {
 // ---------------------------------------------------------------------------------------
 // Media path
 
-/// Router-level extension elements of one ingress packet (id, value range in the packet).
-const MAX_EXTS: usize = 16;
-
 impl Router {
     fn on_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Output) {
         let Some(&th) = self.by_addr.get(&from) else {
@@ -1183,13 +1180,10 @@ impl Router {
         };
         let codec = &p.codecs[codec_idx];
         let router_pt = codec.mapped_pt;
-        let payload = rtp_payload(pkt, hdr.header_len);
-        let Some(payload) = payload else {
-            drops.inc(Drop::RtpMalformed);
-            return;
-        };
-        let padding_only = payload.is_empty();
-        let key_frame = !padding_only && p.video && codec.codec.is_some_and(|c| rtp::is_keyframe(c, payload));
+        let payload = hdr.payload(pkt);
+        let padding_only = hdr.is_padding_only();
+        let has_key_frames = p.video && codec.codec.has_keyframes();
+        let key_frame = !padding_only && has_key_frames && rtp::is_keyframe(codec.codec, payload);
         let first_packet = enc.stats.packets_in == 1;
         if key_frame {
             p.key_frames += 1;
@@ -1197,7 +1191,7 @@ impl Router {
             enc.kf.outstanding_since = None;
             enc.kf.wanted = false;
         }
-        let new_stream_needs_kf = p.video
+        let new_stream_needs_kf = has_key_frames
             && !key_frame
             && !p.paused
             && (first_packet || (enc.kf.wanted && enc.kf.outstanding_since.is_none()));
@@ -1216,26 +1210,15 @@ impl Router {
             drops.inc(Drop::ProducerPaused);
             return;
         }
-        // Router-level extensions: producer ids → router ids, only the mapped ones.
-        let mut exts: [(u8, (usize, usize)); MAX_EXTS] = [(0, (0, 0)); MAX_EXTS];
-        let mut n_exts = 0usize;
-        for (id, range) in rtp::extension_ranges(pkt, &hdr) {
-            let rid = p.ext_map[id as usize];
-            if rid != 0 && n_exts < MAX_EXTS - 1 {
-                exts[n_exts] = (rid, range);
-                n_exts += 1;
-            }
-        }
-        let mapped_ssrc = enc.spec.mapped_ssrc;
-        let _ = mapped_ssrc; // kept for RTCP reports (later issue)
+        let ext_map = &p.ext_map;
+        let map = |id: u8| {
+            let r = ext_map[id as usize];
+            (r != 0).then_some(r)
+        };
         let seq_in = hdr.sequence;
         let mut forwarded = 0u64;
         let mut forwarded_bytes = 0u64;
         // Fan-out.
-        let mut ext_refs: [(u8, &[u8]); MAX_EXTS] = [(0, &[]); MAX_EXTS];
-        for (i, (id, (a, b))) in exts[..n_exts].iter().enumerate() {
-            ext_refs[i] = (*id, &pkt[*a..*b]);
-        }
         for ch in &p.consumers {
             let Some(c) = consumers.get_mut(ch) else { continue };
             if c.encoding != enc_idx {
@@ -1257,12 +1240,16 @@ impl Router {
                 c.seq.drop(seq_in);
                 continue;
             }
-            if c.wait_key_frame {
+            if c.wait_key_frame && has_key_frames {
                 if !key_frame {
                     c.dropped += 1;
                     c.seq.drop(seq_in);
                     continue;
                 }
+                c.wait_key_frame = false;
+                c.seq.sync(seq_in);
+            } else if c.wait_key_frame {
+                // No key frame detection for this codec: start right away.
                 c.wait_key_frame = false;
                 c.seq.sync(seq_in);
             }
@@ -1271,14 +1258,15 @@ impl Router {
                 continue;
             };
             let mut buf = out.take_buf();
-            let mut n = n_exts;
-            let mut with_mid = ext_refs;
-            if let (Some(id), Some(mid)) = (c.mid_ext_id, c.mid.as_deref()) {
-                with_mid[n] = (id, mid);
-                n += 1;
+            let written = match (c.mid_ext_id, c.mid.as_deref()) {
+                (Some(id), Some(mid)) => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map, &[(id, mid)]),
+                _ => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map, &[]),
+            };
+            if written.is_err() {
+                drops.inc(Drop::RtpMalformed);
+                out.give_back(buf);
+                continue;
             }
-            rtp::write_header_with_extensions(&mut buf, pkt, &hdr, &with_mid[..n]);
-            buf.extend_from_slice(&pkt[hdr.header_len..]);
             rtp::set_sequence(&mut buf, seq_out);
             rtp::set_ssrc(&mut buf, c.ssrc);
             rtp::set_payload_type(&mut buf, cpt);
@@ -1410,22 +1398,6 @@ impl Router {
     }
 }
 
-/// Payload of a decrypted RTP packet without padding; None if the padding is inconsistent.
-fn rtp_payload(pkt: &[u8], header_len: usize) -> Option<&[u8]> {
-    if header_len > pkt.len() {
-        return None;
-    }
-    let mut end = pkt.len();
-    if pkt[0] & 0x20 != 0 {
-        let pad = *pkt.last()? as usize;
-        if pad == 0 || header_len + pad > end {
-            return None;
-        }
-        end -= pad;
-    }
-    Some(&pkt[header_len..end])
-}
-
 /// Find the producer stream of an SSRC not seen before (MID, then RID/RRID, then the single
 /// unsignalled encoding) and remember it.
 fn learn_ssrc(
@@ -1446,10 +1418,7 @@ fn learn_ssrc(
             PtInfo::Rtx(_) => true,
             PtInfo::None => continue,
         };
-        let ext = |id: Option<u8>| -> Option<&[u8]> {
-            let id = id?;
-            rtp::extension_ranges(pkt, hdr).find(|(i, _)| *i == id).map(|(_, (a, b))| &pkt[a..b])
-        };
+        let ext = |id: Option<u8>| -> Option<&[u8]> { rtp::find_extension(pkt, hdr, id?) };
         if let Some(mid) = ext(p.mid_id) {
             if p.mid.as_deref().map(str::as_bytes) != Some(mid) {
                 continue;
@@ -1636,7 +1605,7 @@ mod tests {
             let mut b = t.buf.clone();
             self.viewers[i].unprotect_rtp(&mut b).unwrap();
             let h = rtp::parse(&b).unwrap();
-            let mid = rtp::extension_ranges(&b, &h).find(|(id, _)| *id == 1).map(|(_, (a, z))| b[a..z].to_vec());
+            let mid = rtp::find_extension(&b, &h, 1).map(|v| v.to_vec());
             (h.ssrc, h.payload_type, h.sequence, mid.unwrap_or_default())
         }
     }
