@@ -41,8 +41,15 @@ def vp8_payload(key_frame: bool, size: int = 200) -> bytes:
     return bytes([0x10]) + body + b"\xab" * (size - len(body) - 1)
 
 
-def rtp(seq: int, payload: bytes, *, ssrc: int = HOST_SSRC, pt: int = VP8_PT, mid: bytes = b"0",
-        ts: int = 1234) -> bytes:
+def rtp(
+    seq: int,
+    payload: bytes,
+    *,
+    ssrc: int = HOST_SSRC,
+    pt: int = VP8_PT,
+    mid: bytes = b"0",
+    ts: int = 1234,
+) -> bytes:
     ext = bytes([(4 << 4) | (len(mid) - 1)]) + mid  # MID at the host's id 4
     ext += bytes([(2 << 4) | 2, 1, 2, 3])  # abs-send-time at id 2
     ext += bytes([(9 << 4), 0x42])  # something the router does not know
@@ -68,7 +75,14 @@ def parse_rtp(data: bytes) -> dict:
             ext_id, length = block[i] >> 4, (block[i] & 0x0F) + 1
             exts[ext_id] = block[i + 1 : i + 1 + length]
             i += 1 + length
-    return {"pt": b1 & 0x7F, "seq": seq, "ts": ts, "ssrc": ssrc, "exts": exts, "payload": data[pos:]}
+    return {
+        "pt": b1 & 0x7F,
+        "seq": seq,
+        "ts": ts,
+        "ssrc": ssrc,
+        "exts": exts,
+        "payload": data[pos:],
+    }
 
 
 @dataclass
@@ -96,8 +110,9 @@ class Peer:
 
 
 def policy(key: bytes, salt: bytes, direction: int) -> Policy:
-    return Policy(key=key + salt, ssrc_type=direction,
-                  srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
+    return Policy(
+        key=key + salt, ssrc_type=direction, srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    )
 
 
 def connect_peer(eng: Engine, handle: int, ufrag: str) -> Peer:
@@ -117,11 +132,20 @@ def producer_spec(**over) -> dict:
     spec = {
         "kind": "video",
         "mid": "0",
-        "codecs": [{"payload_type": VP8_PT, "mapped_payload_type": ROUTER_VP8, "mime": "video/VP8",
-                    "rtx_payload_type": 97, "mapped_rtx_payload_type": 102}],
+        "codecs": [
+            {
+                "payload_type": VP8_PT,
+                "mapped_payload_type": ROUTER_VP8,
+                "mime": "video/VP8",
+                "rtx_payload_type": 97,
+                "mapped_rtx_payload_type": 102,
+            }
+        ],
         "encodings": [{"ssrc": None, "rtx_ssrc": None, "rid": None, "mapped_ssrc": 777}],
-        "header_extensions": [{"id": 4, "router_id": 1, "uri": MID_URI},
-                              {"id": 2, "router_id": 3, "uri": ABS_SEND_TIME_URI}],
+        "header_extensions": [
+            {"id": 4, "router_id": 1, "uri": MID_URI},
+            {"id": 2, "router_id": 3, "uri": ABS_SEND_TIME_URI},
+        ],
         "key_frame_request": "pli",
         "paused": False,
     }
@@ -130,8 +154,14 @@ def producer_spec(**over) -> dict:
 
 
 def consumer_spec(ssrc: int, mid: str, paused: bool) -> dict:
-    return {"ssrc": ssrc, "rtx_ssrc": None, "mid": mid, "mid_ext_id": 1,
-            "payload_types": {ROUTER_VP8: ROUTER_VP8}, "paused": paused}
+    return {
+        "ssrc": ssrc,
+        "rtx_ssrc": None,
+        "mid": mid,
+        "mid_ext_id": 1,
+        "payload_types": {ROUTER_VP8: ROUTER_VP8},
+        "paused": paused,
+    }
 
 
 def plis(peer: Peer, datagrams: list[bytes]) -> list[int]:
@@ -141,7 +171,11 @@ def plis(peer: Peer, datagrams: list[bytes]) -> list[int]:
         plain = peer.rx.unprotect_rtcp(d)
         pos = 0
         while pos + 4 <= len(plain):
-            fmt, pt, length = plain[pos] & 0x1F, plain[pos + 1], struct.unpack("!H", plain[pos + 2 : pos + 4])[0]
+            fmt, pt, length = (
+                plain[pos] & 0x1F,
+                plain[pos + 1],
+                struct.unpack("!H", plain[pos + 2 : pos + 4])[0],
+            )
             if pt == 206 and fmt == 1:
                 found.append(struct.unpack("!I", plain[pos + 8 : pos + 12])[0])
             pos += 4 * (length + 1)
@@ -363,8 +397,13 @@ def test_bad_calls_raise_clear_errors(engine: Engine) -> None:
     with pytest.raises(ValueError, match="codecs"):
         engine.add_producer(10, 1, producer_spec(codecs="nope"))
     with pytest.raises(ValueError, match="payload_type"):
-        engine.add_producer(10, 1, producer_spec(codecs=[{"payload_type": 300, "mapped_payload_type": 1,
-                                                          "mime": "video/VP8"}]))
+        engine.add_producer(
+            10,
+            1,
+            producer_spec(
+                codecs=[{"payload_type": 300, "mapped_payload_type": 1, "mime": "video/VP8"}]
+            ),
+        )
     with pytest.raises(ValueError, match="key_frame_request"):
         engine.add_producer(10, 1, producer_spec(key_frame_request="please"))
     with pytest.raises(ValueError):
@@ -376,8 +415,14 @@ def test_bad_calls_raise_clear_errors(engine: Engine) -> None:
         engine.add_consumer(20, 1, 99, consumer_spec(1, "a", False))
     with pytest.raises(ValueError, match="ssrc"):
         engine.add_consumer(20, 1, 10, {"payload_types": {}})
-    for call in (engine.pause_consumer, engine.resume_consumer, engine.remove_consumer,
-                 engine.pause_producer, engine.resume_producer, engine.remove_producer):
+    for call in (
+        engine.pause_consumer,
+        engine.resume_consumer,
+        engine.remove_consumer,
+        engine.pause_producer,
+        engine.resume_producer,
+        engine.remove_producer,
+    ):
         with pytest.raises(KeyError):
             call(12345)
     with pytest.raises(KeyError):

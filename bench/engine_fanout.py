@@ -1,0 +1,184 @@
+"""Fan-out throughput of the native engine on loopback: 1 producer → N consumers.
+
+A paced Python sender pushes pre-encrypted SRTP video packets (libsrtp) at the engine; N
+"viewer" sockets are bound (read only with --drain). The figure is the engine's forwarded
+egress packets/s from its own counters (consumer packets_out), measured after a warm-up.
+Everything shares the machine's cores (sender, engine I/O thread, kernel).
+
+Prints one JSON object. Usage: python bench/engine_fanout.py [--consumers 50] [--seconds 3]
+[--rate 6000]; raise --rate until ingress_loss > 0 to find the saturation point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import struct
+import threading
+import time
+
+from pylibsrtp import Policy, Session
+from pysfu._native import Engine
+
+PROFILES = {
+    "AES_CM_128_HMAC_SHA1_80": (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 16, 14),
+    "AEAD_AES_128_GCM": (Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 16, 12),
+}
+
+
+def io_thread_cpu() -> float:
+    """CPU seconds of the engine's I/O thread (named pysfu-io), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != "pysfu-io":
+                    continue
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+    return 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--consumers", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--size", type=int, default=1200)
+    ap.add_argument("--profile", default="AEAD_AES_128_GCM", choices=sorted(PROFILES))
+    ap.add_argument("--rate", type=float, default=6000, help="ingress packets/s")
+    ap.add_argument("--drain", action="store_true", help="also read the viewer sockets")
+    args = ap.parse_args()
+    lib_profile, klen, slen = PROFILES[args.profile]
+
+    eng = Engine("127.0.0.1", 0)
+    dest = ("127.0.0.1", eng.port)
+    # Producer transport.
+    host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    host.bind(("127.0.0.1", 0))
+    hk, hs = os.urandom(klen), os.urandom(slen)
+    eng.add_transport(1, "host")
+    eng.set_srtp(1, args.profile, os.urandom(klen), os.urandom(slen), hk, hs)
+    eng.bind_tuple(1, "127.0.0.1", host.getsockname()[1], True)
+    spec = {
+        "kind": "video",
+        "mid": "0",
+        "codecs": [{"payload_type": 96, "mapped_payload_type": 101, "mime": "video/VP8"}],
+        "encodings": [{"ssrc": 1111, "mapped_ssrc": 2222}],
+        "header_extensions": [],
+        "key_frame_request": "pli",
+        "paused": False,
+    }
+    eng.add_producer(10, 1, spec)
+    viewers = []
+    for i in range(args.consumers):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        h = 100 + i
+        eng.add_transport(h, f"v{i}")
+        eng.set_srtp(h, args.profile, os.urandom(klen), os.urandom(slen), os.urandom(klen),
+                     os.urandom(slen))
+        eng.bind_tuple(h, "127.0.0.1", s.getsockname()[1], True)
+        eng.add_consumer(1000 + i, h, 10, {"ssrc": 50000 + i, "mid": str(i), "mid_ext_id": 1,
+                                            "payload_types": {101: 101}, "paused": False})
+        viewers.append(s)
+
+    # Pre-encrypt: a key frame first, then deltas (VP8 descriptor S=1; P bit in the frame tag).
+    tx = Session(Policy(key=hk + hs, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=lib_profile))
+    n_pre = 60000
+    packets = []
+    for seq in range(n_pre):
+        key = seq == 0
+        body = bytes([0x10, 0x10 if key else 0x11, 0x02, 0x00, 0x9D, 0x01, 0x2A])
+        payload = body + b"\xab" * (args.size - 12 - len(body))
+        hdr = struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, seq * 3000, 1111)
+        packets.append(tx.protect(hdr + payload))
+
+    stop = threading.Event()
+    received = [0]
+
+    def drain() -> None:
+        import select
+
+        ep = select.epoll()
+        for s in viewers:
+            ep.register(s.fileno(), select.EPOLLIN)
+        by_fd = {s.fileno(): s for s in viewers}
+        while not stop.is_set():
+            for fd, _ in ep.poll(0.1):
+                s = by_fd[fd]
+                try:
+                    while True:
+                        s.recv(4096)
+                        received[0] += 1
+                except BlockingIOError:
+                    pass
+
+    if args.drain:
+        t = threading.Thread(target=drain, daemon=True)
+        t.start()
+
+    def forwarded() -> int:
+        return sum(eng.stats(1000 + i)["packets_out"] for i in range(args.consumers))
+
+    # Paced sender: a burst every millisecond. Warm up for 0.5 s, then measure.
+    rate = args.rate
+    t0 = time.perf_counter()
+    sent = 0
+    warm = t0 + 0.5
+    end = warm + args.seconds
+    mark = None
+    while sent < n_pre:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if mark is None and now >= warm:
+            mark = (now, forwarded(), eng.stats(10)["packets_in"], sent,
+                    resource.getrusage(resource.RUSAGE_SELF), io_thread_cpu())
+        due = int((now - t0) * rate)
+        while sent < min(due, n_pre):
+            host.sendto(packets[sent], dest)
+            sent += 1
+        time.sleep(0.0005)
+    time.sleep(0.05)
+    t1 = time.perf_counter()
+    fwd1, in1 = forwarded(), eng.stats(10)["packets_in"]
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    io1 = io_thread_cpu()
+    stop.set()
+    drops = {k: v for k, v in eng.drops().items() if v}
+    eng.close()
+    assert mark is not None, "run too short"
+    m_t, m_fwd, m_in, m_sent, ru0, io0 = mark
+    elapsed = t1 - m_t
+    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    print(json.dumps({
+        "bench": "engine_fanout",
+        "profile": args.profile,
+        "size": args.size,
+        "consumers": args.consumers,
+        "seconds": round(elapsed, 3),
+        "ingress_rate_target": rate,
+        "ingress_sent": sent - m_sent,
+        "ingress_processed": in1 - m_in,
+        "ingress_loss": round(1 - (in1 - m_in) / max(1, sent - m_sent), 4),
+        "forwarded": fwd1 - m_fwd,
+        "forwarded_pps": round((fwd1 - m_fwd) / elapsed),
+        "received_by_viewers": received[0] if args.drain else None,
+        "process_cpu_s_per_s": round(cpu / elapsed, 3),
+        "io_thread_cpu_s_per_s": round((io1 - io0) / elapsed, 3),
+        "io_thread_us_per_egress_packet": round((io1 - io0) / max(1, fwd1 - m_fwd) * 1e6, 3),
+        "drops": drops,
+        "cores": os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
