@@ -75,10 +75,7 @@ fn io_thread(shared: Arc<Shared>) {
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        let n = match batch.recv(fd) {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        let n = batch.recv(fd).unwrap_or_default();
         if n == 0 {
             let wait = TICK.saturating_sub(last_tick.elapsed());
             let ms = wait.as_millis().clamp(1, 1000) as i32;

@@ -150,9 +150,9 @@ impl RecvBatch {
             };
         }
         let n = n as usize;
-        for i in 0..n {
-            self.lens[i] = (msgs[i].msg_len as usize).min(SLOT);
-            self.truncated[i] = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        for (i, m) in msgs.iter().take(n).enumerate() {
+            self.lens[i] = (m.msg_len as usize).min(SLOT);
+            self.truncated[i] = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         }
         self.count = n;
         Ok(n)

@@ -618,6 +618,7 @@ impl Router {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn set_srtp(
         &mut self,
         now: Instant,

@@ -20,7 +20,7 @@ pub fn message_type(data: &[u8]) -> Option<u16> {
         return None;
     }
     let len = u16::from_be_bytes([data[2], data[3]]) as usize;
-    if len % 4 != 0 || HEADER_LEN + len > data.len() {
+    if !len.is_multiple_of(4) || HEADER_LEN + len > data.len() {
         return None;
     }
     let cookie = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
@@ -79,7 +79,7 @@ pub(crate) fn build_binding_request(username: &str) -> Vec<u8> {
     attrs.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
     attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
     attrs.extend_from_slice(username.as_bytes());
-    while attrs.len() % 4 != 0 {
+    while !attrs.len().is_multiple_of(4) {
         attrs.push(0);
     }
     let mut out = Vec::new();
