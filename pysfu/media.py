@@ -8,6 +8,7 @@ transport. RTP and RTCP never come up here.
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -49,9 +50,12 @@ class MediaEngine:
         self.native.add_transport(handle, ufrag)
         self._transports[handle] = transport
 
+    # Removal is idempotent: removing a transport in the engine also removes its producers
+    # and consumers (and consumers of its producers), whichever side gets there first.
     def remove_transport(self, handle: int) -> None:
         if self._transports.pop(handle, None) is not None:
-            self.native.remove_transport(handle)
+            with suppress(KeyError):
+                self.native.remove_transport(handle)
 
     def send(self, handle: int, ip: str, port: int, data: bytes) -> None:
         self.native.send(handle, ip, port, data)
@@ -67,7 +71,8 @@ class MediaEngine:
         self.native.add_producer(handle, transport, spec)
 
     def remove_producer(self, handle: int) -> None:
-        self.native.remove_producer(handle)
+        with suppress(KeyError):
+            self.native.remove_producer(handle)
 
     def add_consumer(
         self, handle: int, transport: int, producer: int, spec: dict[str, Any]
@@ -75,7 +80,8 @@ class MediaEngine:
         self.native.add_consumer(handle, transport, producer, spec)
 
     def remove_consumer(self, handle: int) -> None:
-        self.native.remove_consumer(handle)
+        with suppress(KeyError):
+            self.native.remove_consumer(handle)
 
     def pause_consumer(self, handle: int) -> None:
         self.native.pause_consumer(handle)

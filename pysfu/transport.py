@@ -57,6 +57,7 @@ class WebRtcTransport:
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[Datagram](_INBOX_SIZE)
         self.inbox_dropped = 0
         self._cancel = trio.CancelScope()
+        self._registered = False
         self._created_at = trio.current_time()
 
     # ---- signaling-facing ---------------------------------------------------------------------
@@ -157,7 +158,13 @@ class WebRtcTransport:
     def start(self, nursery: trio.Nursery) -> None:
         # Registered with the engine before the first await, so STUN can find it at once.
         self._media.add_transport(self.handle, self.ice.local_ufrag, self)
+        self._registered = True
         nursery.start_soon(self._run)
+
+    def _unregister(self) -> None:
+        if self._registered:
+            self._registered = False
+            self._media.remove_transport(self.handle)
 
     def close(self) -> None:
         if self.closed:
@@ -167,7 +174,7 @@ class WebRtcTransport:
             for datagram in self.dtls.close():
                 self._send(datagram)
         self._cancel.cancel()
-        self._media.remove_transport(self.handle)
+        self._unregister()
 
     def deliver(self, kind: str, ip: str, port: int, data: bytes) -> None:
         """Called by the media dispatcher; never blocks (a flood is dropped and counted)."""
@@ -190,7 +197,7 @@ class WebRtcTransport:
                             self._after_dtls()
                     self._on_timer(trio.current_time())
         finally:
-            self._media.remove_transport(self.handle)
+            self._unregister()
 
     def _next_deadline(self) -> float:
         deadline = trio.current_time() + 1.0  # consent is checked at least once a second
@@ -247,7 +254,7 @@ class WebRtcTransport:
 
     def _send(self, datagram: bytes) -> None:
         addr = self.ice.selected_tuple
-        if addr is not None:
+        if addr is not None and self._registered:
             self._media.send(self.handle, addr[0], addr[1], datagram)
 
     def _fail(self, reason: str) -> None:

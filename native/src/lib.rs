@@ -5,6 +5,12 @@ pub mod rtp;
 pub mod seq;
 pub mod srtp;
 
+pub mod engine;
+pub mod io;
+pub mod router;
+pub mod stun_peek;
+pub mod wake;
+
 use pyo3::prelude::*;
 
 /// Version of the native engine, for logs and benchmark records.
@@ -16,5 +22,6 @@ fn version() -> &'static str {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_class::<engine::Engine>()?;
     Ok(())
 }
