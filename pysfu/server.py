@@ -10,8 +10,8 @@ import itertools
 import json
 import logging
 import mimetypes
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 

@@ -177,7 +177,10 @@ async def test_replayed_and_foreign_packets_are_dropped(server: Server, client: 
         before = server.media.drops()
         for packet in sent:  # replays
             await host_peer.send_raw(packet)
-        tampered = bytearray(sent[-1])
+        # A fresh packet (new index, so not a replay) with a broken authentication tag.
+        fresh = build_rtp(CHROME_VP8_PT, 4, 360, HOST_SSRC, vp8_payload(False),
+                          extensions={CHROME_MID_EXT: b"0"})
+        tampered = bytearray(host_peer.protect(fresh))
         tampered[-1] ^= 0xFF
         await host_peer.send_raw(bytes(tampered))
         # A stranger on another port sends a valid-looking packet.
@@ -187,8 +190,8 @@ async def test_replayed_and_foreign_packets_are_dropped(server: Server, client: 
         stranger.close()
         assert await viewer.peer.recv_rtp(timeout=0.3) is None
         after = server.media.drops()
-        grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        assert sum(grew.values()) >= 5, grew
+        grew = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        assert grew == {"srtp_replay": 3, "srtp_auth": 1, "unknown_source": 1}
 
 
 async def test_wrong_fingerprint_yields_no_keys(server: Server, client: Any, host: Any) -> None:
@@ -221,4 +224,50 @@ async def test_bad_stun_integrity_is_refused(server: Server, client: Any) -> Non
         assert b"\x00\x09" in response  # ERROR-CODE attribute (401)
         room = server.rooms.get(ROOM)
         assert room.transports[transport["id"]].ice.selected_tuple is None
+        peer.close()
+
+
+async def test_host_reconnect_replaces_media(server: Server, client: Any, host: Any) -> None:
+    host_client, host_peer, producer_id = host
+    async with AsyncExitStack() as stack:
+        viewer = await add_viewer(client, stack, "v", producer_id)
+        async with client() as host2:
+            assert (await host2.join(ROOM, "host", "host"))["reconnected"] is True
+            _, note = await viewer.client.next_notification("producerClosed")
+            assert note == {"producerId": producer_id}
+            counts = server.media.counts()
+            assert counts["producers"] == counts["consumers"] == 0
+            assert counts["transports"] == 1  # the viewer's recv transport only
+            # The reloaded host produces again; the viewer consumes the new stream.
+            peer2 = await open_peer(host2, "send")
+            new_id = await host2.produce(ROOM, peer2.transport["id"], "video",
+                                         vp8_producer(mid="0", ssrc=HOST_SSRC))
+            caps = device_caps(await viewer.client.router_rtp_capabilities(ROOM))
+            consumer = await viewer.client.consume(ROOM, viewer.peer.transport["id"], new_id,
+                                                   caps)
+            await viewer.client.resume_consumer(ROOM, consumer["id"])
+            await trio.sleep(0.1)
+            await send_frames(peer2, 500, 5)
+            got = [await viewer.peer.recv_rtp() for _ in range(5)]
+            assert all(got)
+            assert {p.ssrc for p in got} == {consumer["rtpParameters"]["encodings"][0]["ssrc"]}
+            # Packets from the old host socket go nowhere now.
+            await send_frames(host_peer, 9000, 2)
+            assert await viewer.peer.recv_rtp(timeout=0.3) is None
+            peer2.close()
+
+
+@pytest.mark.parametrize("config_overrides", [{"consent_timeout": 0.6}])
+async def test_silent_peer_loses_its_transport(server: Server, client: Any) -> None:
+    async with client() as c:
+        await c.join(ROOM, "host", "h")
+        peer = await open_peer(c, "send")
+        await c.produce(ROOM, peer.transport["id"], "video", vp8_producer(mid="0"))
+        assert server.media.counts()["transports"] == 1
+        # No more STUN consent checks from the peer: the server closes the transport.
+        _, note = await c.next_notification("transportClosed", timeout=5)
+        assert note == {"transportId": peer.transport["id"], "reason": "ice_consent_timeout"}
+        assert server.media.counts() == {"transports": 0, "producers": 0, "consumers": 0,
+                                         "streams": 0}
+        assert server.rooms.get(ROOM).snapshot()["producers"] == 0
         peer.close()
