@@ -63,32 +63,38 @@ def open_viewer(pages: Pages, room: str, name: str) -> Any:
 
 def wait_decoding(page: Any, *, timeout: float = 15.0, not_producers: set[str] = frozenset(),
                   codec: str | None = None) -> dict[str, Any]:
-    """Wait until the viewer decodes video (framesDecoded increasing) and receives audio.
+    """Wait until the viewer decodes video and receives audio (within `timeout`), then check
+    that framesDecoded keeps increasing. not_producers: ignore consumers of these (old)
+    producers. Returns the last stats."""
+    def sample() -> dict[str, Any]:
+        return page.evaluate(STATS)
 
-    not_producers: ignore consumers of these (old) producers. Returns the last stats."""
-    deadline = time.monotonic() + timeout
-    stats: dict[str, Any] = {}
-    first: int | None = None
-    while time.monotonic() < deadline:
-        stats = page.evaluate(STATS)
+    def fresh(stats: dict[str, Any]) -> bool:
         video, audio = stats.get("video"), stats.get("audio")
-        fresh = (video and audio and video["producerId"] not in not_producers
-                 and audio["producerId"] not in not_producers)
-        if (fresh and video.get("framesDecoded", 0) > 0 and audio.get("packetsReceived", 0) > 0
-                and stats["element"]["videoWidth"] > 0):
-            if first is None:
-                first = video["framesDecoded"]
-                time.sleep(1.0)
-                continue
-            if video["framesDecoded"] > first:
-                if codec:
-                    assert (video["codec"] or "").lower() == codec.lower(), video
-                return stats
+        return bool(video and audio and video["producerId"] not in not_producers
+                    and audio["producerId"] not in not_producers)
+
+    deadline = time.monotonic() + timeout
+    stats = sample()
+    while not (fresh(stats) and stats["video"].get("framesDecoded", 0) > 0
+               and stats["audio"].get("packetsReceived", 0) > 0
+               and stats["element"]["videoWidth"] > 0):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no decoded video and received audio within {timeout:.1f} s;"
+                                 f" last stats:\n{json.dumps(stats, indent=1)}")
+        time.sleep(0.2)
+        stats = sample()
+    if codec:
+        assert (stats["video"]["codec"] or "").lower() == codec.lower(), stats["video"]
+    first = stats["video"]["framesDecoded"]
+    deadline = time.monotonic() + 5
+    while stats["video"]["framesDecoded"] <= first + 5:
+        if time.monotonic() > deadline or not fresh(stats):
+            raise AssertionError(f"framesDecoded stuck at {first}; last stats:\n"
+                                 f"{json.dumps(stats, indent=1)}")
         time.sleep(0.25)
-    raise AssertionError(
-        f"no decoded video/audio within {timeout} s (framesDecoded first={first}); last stats:\n"
-        + json.dumps(stats, indent=1)
-    )
+        stats = sample()
+    return stats
 
 
 def assert_playing(stats: dict[str, Any]) -> None:
@@ -166,17 +172,19 @@ def test_host_reload_same_peer(pages: Pages) -> None:
     before = host.evaluate(STATE)
     old_ids = {p["id"] for p in before["producers"].values()}
 
+    reloaded = time.monotonic()
     host.reload()
-    _wait(host, "window.pysfu.state.sharing", what="host resumed after reload")
+    _wait(host, "window.pysfu.state.sharing", timeout=5, what="host resumed after reload")
     after = host.evaluate(STATE)
     assert after["peerId"] == before["peerId"] and after["reconnected"], after
-    resumed = time.monotonic()
+    assert not {p["id"] for p in after["producers"].values()} & old_ids, after["producers"]
     for viewer in viewers:
         _wait(viewer, f"window.pysfu.state.events.filter(e => e.event === 'producerClosed')"
                       f".length >= {len(old_ids)}", timeout=5, what="old producers closed")
         assert {d["producerId"] for d in notifications(viewer, "producerClosed")} == old_ids
-        assert_playing(wait_decoding(viewer, not_producers=old_ids,
-                                     timeout=max(0.5, 5.0 - (time.monotonic() - resumed))))
+        # Frames of the new stream decoded within 5 s of the reload.
+        left = 5.0 - (time.monotonic() - reloaded)
+        assert_playing(wait_decoding(viewer, not_producers=old_ids, timeout=max(left, 0.1)))
 
 
 # ---- 5 -----------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ const state = {
   handlerName: null,
   transports: {}, // direction -> connectionState
   sharing: false,
+  busy: false, // a start/stop/end is in progress
   source: null,
   codec: null, // mimeType the host asked for (null = router's first)
   codecs: [], // video mimeTypes this browser can send to this router
@@ -190,6 +191,9 @@ async function createTransport(direction) {
     state.transports[direction] = s;
     setPill(direction, s);
     log(`${direction} transport ${s}`, s === 'failed' ? 'error' : 'info');
+    if (s === 'failed') {
+      showError(`the ${direction} transport failed (ICE/DTLS to the media server); reload to retry`);
+    }
   });
   state.transports[direction] = 'new';
   $(`pill-${direction}`).hidden = false;
@@ -230,8 +234,12 @@ function closeMedia() {
   consumerByProducer.clear();
   wantedProducers.clear();
   state.consumers = [];
-  if (sendTransport) sendTransport.close();
-  if (recvTransport) recvTransport.close();
+  for (const t of [sendTransport, recvTransport]) {
+    if (!t) continue;
+    t.close(); // mediasoup-client emits no connectionstatechange for a local close
+    state.transports[t.direction] = 'closed';
+    setPill(t.direction, 'closed');
+  }
   sendTransport = recvTransport = null;
   $('preview').srcObject = null;
   $('remote').srcObject = null;
@@ -630,6 +638,7 @@ window.pysfu = { state, stats };
 
 function runLanding() {
   showView('landing');
+  document.querySelector('.pills').hidden = true;
   $('create-room').addEventListener('click', () => {
     location.href = `/?room=${randomRoomId()}&role=host`;
   });
