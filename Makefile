@@ -1,10 +1,10 @@
 # The two set-up commands of README.md: `make serve` and `make test`.
-.PHONY: serve test setup setup-test test-rust test-python lint
+.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser
 
 serve: setup
 	.venv/bin/pysfu serve $(ARGS)
 
-test: setup-test test-rust test-python
+test: setup-test browser web test-rust test-python
 
 setup:
 	scripts/setup.sh
@@ -21,3 +21,15 @@ test-python:
 lint:
 	.venv/bin/ruff check pysfu tests bench
 	cargo clippy --manifest-path native/Cargo.toml --all-targets -- -D warnings
+
+# Demo page: install the npm packages and rebuild pysfu/web/dist (also committed).
+web:
+	cd pysfu/web && npm ci --no-audit --no-fund && npm run build
+
+# Browser tests only (needs /usr/bin/chromium: scripts/install-browser.sh).
+e2e: setup-test browser web
+	.venv/bin/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+# Debian's chromium for tests/e2e (apt; a no-op when /usr/bin/chromium exists).
+browser:
+	scripts/install-browser.sh
