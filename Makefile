@@ -1,10 +1,10 @@
 # The two set-up commands of README.md: `make serve` and `make test`.
-.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser
+.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser fuzz
 
 serve: setup
 	.venv/bin/pysfu serve $(ARGS)
 
-test: setup-test browser web test-rust test-python
+test: setup-test browser web test-rust fuzz test-python
 
 setup:
 	scripts/setup.sh
@@ -14,6 +14,11 @@ setup-test:
 
 test-rust:
 	cargo test --release --manifest-path native/Cargo.toml
+
+# Bounded fuzzing of every cargo-fuzz target (fuzz/), FUZZ_SECONDS each; non-zero on a crash.
+FUZZ_SECONDS ?= 20
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 test-python:
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
