@@ -58,7 +58,9 @@ class WebRtcTransport:
         self.inbox_dropped = 0
         self._cancel = trio.CancelScope()
         self._registered = False
-        self._created_at = trio.current_time()
+        # Set by connectTransport: ICE and DTLS must then complete within dtls_timeout, so a
+        # peer that connects and goes silent does not hold a transport (and its port share).
+        self._connect_deadline: float | None = None
 
     # ---- signaling-facing ---------------------------------------------------------------------
 
@@ -94,6 +96,7 @@ class WebRtcTransport:
         if self.remote_dtls is not None:
             raise SignalingError(errors.ALREADY_CONNECTED, "transport already connected")
         self.remote_dtls = dtls_parameters
+        self._connect_deadline = trio.current_time() + self._config.dtls_timeout
         # The browser says "client" (mediasoup-client always does): we are the DTLS server.
         role = "client" if dtls_parameters["role"] == "server" else "server"
         self.dtls = DtlsTransport(
@@ -205,6 +208,8 @@ class WebRtcTransport:
             timeout = self.dtls.next_timeout()
             if timeout is not None:
                 deadline = min(deadline, timeout)
+        if self._connect_deadline is not None:
+            deadline = min(deadline, self._connect_deadline)
         return deadline
 
     def _on_timer(self, now: float) -> None:
@@ -215,6 +220,10 @@ class WebRtcTransport:
                 self._after_dtls()
         if not self.ice.check_consent(now):
             self._fail("ice_consent_timeout")
+        elif self._connect_deadline is not None and now >= self._connect_deadline:
+            self._connect_deadline = None
+            if self.srtp_profile is None:
+                self._fail("connect_timeout")
 
     def _on_stun(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         out = self.ice.handle_datagram(data, addr, now)
@@ -240,6 +249,7 @@ class WebRtcTransport:
         if dtls.state == "connected" and dtls.srtp_keys is not None and self.srtp_profile is None:
             keys = dtls.srtp_keys
             self.srtp_profile = keys.profile
+            self._connect_deadline = None
             self._media.set_srtp(self.handle, keys.profile, keys.local_key, keys.local_salt,
                                  keys.remote_key, keys.remote_salt)
             log_event(logger, "dtls.connected", room=self.room.id, peer=self.owner,
