@@ -187,7 +187,7 @@ impl ReceiveStats {
 }
 
 /// Sending statistics of one consumer stream and the viewer's reports about it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SendStats {
     pub packets: u64,
     /// Payload octets (the SR's octet count).
@@ -205,27 +205,6 @@ pub struct SendStats {
     pub cumulative_lost: i32,
     pub jitter: u32,
     pub reports_received: u64,
-}
-
-impl Default for SendStats {
-    fn default() -> Self {
-        SendStats {
-            packets: 0,
-            octets: 0,
-            rtx_packets: 0,
-            rtx_bytes: 0,
-            last_ts: 0,
-            last_at: None,
-            sent: [(0, None); 4],
-            sent_next: 0,
-            srs_sent: 0,
-            rtt: None,
-            fraction_lost: 0,
-            cumulative_lost: 0,
-            jitter: 0,
-            reports_received: 0,
-        }
-    }
 }
 
 impl SendStats {
