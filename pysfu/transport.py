@@ -292,6 +292,7 @@ def producer_spec(producer: Producer) -> dict[str, Any]:
     }
     codecs = []
     key_frame_request = None
+    nack = False
     for codec in params["codecs"]:
         if codec["mimeType"].lower().endswith("/rtx"):
             continue
@@ -305,8 +306,10 @@ def producer_spec(producer: Producer) -> dict[str, Any]:
             "mime": codec["mimeType"],
             "rtx_payload_type": rtx,
             "mapped_rtx_payload_type": consumable_rtx.get(mapped[pt]) if rtx is not None else None,
+            "clock_rate": codec["clockRate"],
         })
         key_frame_request = key_frame_request or _key_frame_request(codec)
+        nack = nack or _has_plain_nack(codec)
     router_ids = {ext["uri"]: ext["id"] for ext in producer.consumable["headerExtensions"]}
     header_extensions = [
         {"id": ext["id"], "router_id": router_ids.get(ext["uri"]), "uri": ext["uri"]}
@@ -329,6 +332,8 @@ def producer_spec(producer: Producer) -> dict[str, Any]:
         "header_extensions": header_extensions,
         "key_frame_request": key_frame_request,
         "paused": producer.paused,
+        # Gaps are NACKed upstream (and RTX accepted) only if the producer negotiated it.
+        "nack": nack,
     }
 
 
@@ -348,4 +353,17 @@ def consumer_spec(consumer: Consumer) -> dict[str, Any]:
             for c in rtp["codecs"] if not c["mimeType"].lower().endswith("/rtx")
         },
         "paused": consumer.paused,
+        # Retransmissions: RTX PT per media PT; answer NACKs only if the viewer negotiated them.
+        "rtx_payload_types": {
+            c["parameters"]["apt"]: c["payloadType"]
+            for c in rtp["codecs"] if c["mimeType"].lower().endswith("/rtx")
+        },
+        "nack": any(_has_plain_nack(c) for c in rtp["codecs"]
+                    if not c["mimeType"].lower().endswith("/rtx")),
+        "cname": rtp.get("rtcp", {}).get("cname"),
     }
+
+
+def _has_plain_nack(codec: dict[str, Any]) -> bool:
+    return any(fb.get("type") == "nack" and not fb.get("parameter")
+               for fb in codec.get("rtcpFeedback", []))

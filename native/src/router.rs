@@ -81,6 +81,7 @@ drop_reasons! {
     NackThrottled => "nack_throttled",
     NackNotNegotiated => "nack_not_negotiated",
     RtxDuplicate => "rtx_duplicate",
+    Duplicate => "duplicate",
 }
 
 #[derive(Clone, Debug)]
@@ -1348,6 +1349,11 @@ impl Router {
                 return;
             }
             q.rtx_in += 1;
+        } else if arrival == Arrival::Duplicate {
+            // Already forwarded (e.g. its retransmission overtook it): a second copy would
+            // reuse the consumers' sequence numbers.
+            drops.inc(Drop::Duplicate);
+            return;
         }
         q.rx.on_packet(now, hdr.sequence, hdr.timestamp, is_rtx);
         if let Some(b) = q.buffer.as_mut() {
@@ -2430,6 +2436,11 @@ mod tests {
             }
         }
         assert_eq!(room.r.drops().get(Drop::RtxDuplicate), 1);
+        // The original, overtaken by its retransmission, is not forwarded a second time.
+        room.seq = 102;
+        let out = room.send(false);
+        assert!(out.transmits.iter().all(|t| t.dest.port() == 1000));
+        assert_eq!(room.r.drops().get(Drop::Duplicate), 1);
         assert_eq!(stat(&room.r, 10, "packetsRepaired"), Some(StatValue::Int(1)));
         assert_eq!(stat(&room.r, 10, "nackPacketCount"), Some(StatValue::Int(1)));
         assert_eq!(stat(&room.r, 10, "packetsLost"), Some(StatValue::Int(0)));

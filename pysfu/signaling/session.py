@@ -26,6 +26,7 @@ from pysfu.signaling.schema import (
     get_dtls_parameters,
     get_name,
     get_object,
+    get_stats_target,
     get_str,
     parse_request,
 )
@@ -82,6 +83,7 @@ class Session:
             "resumeConsumer": self._resume_consumer,
             "pauseConsumer": self._pause_consumer,
             "closeProducer": self._close_producer,
+            "getStats": self._get_stats,
         }
 
     async def run(self) -> None:
@@ -247,6 +249,11 @@ class Session:
         producer_id = get_str(data, "producerId")
         room.close_producer(peer, producer_id)
         return "producerClosed", {"producerId": producer_id}
+
+    async def _get_stats(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        target, object_id = get_stats_target(data)
+        return "stats", {target: object_id, "stats": room.stats(peer, target, object_id)}
 
 
 __all__ = ["Request", "Session"]
