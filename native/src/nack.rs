@@ -225,7 +225,15 @@ pub enum Arrival {
     Duplicate,
     /// Newest, after a gap too large to repair: the caller should ask for a key frame.
     Overflow,
+    /// The sender restarted its numbering (two consecutive packets far behind): everything
+    /// was forgotten and counting starts again from this packet; ask for a key frame.
+    Restart,
 }
+
+/// A packet further back than this, and not missing, is a stray (RFC 3550 A.1's
+/// MAX_MISORDER, scaled to the buffer) unless the next one follows it: then the sender
+/// restarted.
+pub const MAX_MISORDER: i64 = SLOTS as i64;
 
 pub const DEFAULT_RTT: Duration = Duration::from_millis(100);
 
@@ -238,6 +246,8 @@ pub struct NackGenerator {
     /// Round-trip estimate from NACK → retransmission times (first tries only).
     rtt: Duration,
     pub rtt_measured: bool,
+    /// After a stray far-behind packet: the sequence number that would confirm a restart.
+    bad_seq: Option<u16>,
     /// Counters: sequence numbers requested (with retries), NACK batches, packets recovered
     /// after a NACK, packets recovered by reordering, packets given up, list overflows.
     pub requested: u64,
@@ -258,6 +268,7 @@ impl NackGenerator {
             next_due: None,
             rtt: DEFAULT_RTT,
             rtt_measured: false,
+            bad_seq: None,
             requested: 0,
             batches: 0,
             recovered: 0,
@@ -321,6 +332,15 @@ impl NackGenerator {
                 }
                 Arrival::Recovered
             }
+            Err(_) if !rtx && prev - ext > MAX_MISORDER => {
+                if self.bad_seq == Some(seq) {
+                    self.reset();
+                    self.seqs.update(seq);
+                    return Arrival::Restart;
+                }
+                self.bad_seq = Some(seq.wrapping_add(1));
+                Arrival::Duplicate
+            }
             Err(_) => Arrival::Duplicate,
         }
     }
@@ -380,6 +400,7 @@ impl NackGenerator {
         self.missing.clear();
         self.seqs = SeqExtender::default();
         self.next_due = None;
+        self.bad_seq = None;
     }
 }
 
@@ -515,6 +536,22 @@ mod tests {
         assert_eq!(g.missing_count(), 0);
         assert_eq!(g.overflows, 1);
         assert_eq!(g.on_packet(t0, 3002, false), Arrival::New);
+        assert_eq!(g.missing_count(), 1);
+    }
+
+    #[test]
+    fn a_sender_restart_is_detected_from_two_consecutive_far_behind_packets() {
+        let t0 = Instant::now();
+        let mut g = gen();
+        for s in 30000..30010u16 {
+            g.on_packet(t0, s, false);
+        }
+        // One stray far behind: dropped as a duplicate; the next one after it: a restart.
+        assert_eq!(g.on_packet(t0, 100, false), Arrival::Duplicate);
+        assert_eq!(g.on_packet(t0, 5000, false), Arrival::Duplicate);
+        assert_eq!(g.on_packet(t0, 5001, false), Arrival::Restart);
+        assert_eq!(g.on_packet(t0, 5002, false), Arrival::New);
+        assert_eq!(g.on_packet(t0, 5004, false), Arrival::New);
         assert_eq!(g.missing_count(), 1);
     }
 

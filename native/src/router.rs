@@ -82,6 +82,7 @@ drop_reasons! {
     NackNotNegotiated => "nack_not_negotiated",
     RtxDuplicate => "rtx_duplicate",
     Duplicate => "duplicate",
+    NackPaused => "nack_consumer_paused",
 }
 
 #[derive(Clone, Debug)]
@@ -430,6 +431,17 @@ impl StreamQuality {
             plis_sent: 0,
             firs_sent: 0,
             rate: RateMeter::default(),
+        }
+    }
+
+    /// The stream starts over (new SSRC or numbering): forget what depended on the old one.
+    fn restart(&mut self, now: Instant) {
+        self.rx = ReceiveStats::new(now, self.rx.clock_rate());
+        if let Some(b) = self.buffer.as_mut() {
+            b.clear();
+        }
+        if let Some(g) = self.nack.as_mut() {
+            g.reset();
         }
     }
 }
@@ -1355,6 +1367,13 @@ impl Router {
             drops.inc(Drop::Duplicate);
             return;
         }
+        if arrival == Arrival::Restart {
+            // New numbering: old statistics and buffered packets no longer apply.
+            q.restart(now);
+            if let Some(g) = q.nack.as_mut() {
+                g.on_packet(now, hdr.sequence, false);
+            }
+        }
         q.rx.on_packet(now, hdr.sequence, hdr.timestamp, is_rtx);
         if let Some(b) = q.buffer.as_mut() {
             if !hdr.is_padding_only() {
@@ -1365,7 +1384,7 @@ impl Router {
         if let Some(d) = q.nack.as_ref().and_then(|g| g.next_due()) {
             *next_timeout = Some(next_timeout.map_or(d, |n| n.min(d)));
         }
-        let nack_overflow = arrival == Arrival::Overflow;
+        let nack_overflow = matches!(arrival, Arrival::Overflow | Arrival::Restart);
         let codec = &p.codecs[codec_idx];
         let router_pt = codec.mapped_pt;
         let payload = hdr.payload(pkt);
@@ -1721,6 +1740,7 @@ impl Router {
             return;
         };
         if c.paused {
+            drops.inc(Drop::NackPaused);
             return;
         }
         // Once per RTT (or 100 ms while unknown) per packet: a repeated NACK inside that
@@ -2047,6 +2067,7 @@ fn learn_ssrc(
             if let Some(old) = e.media_ssrc {
                 t.ssrc_in.remove(&old);
             }
+            e.quality.restart(Instant::now());
         }
         e.media_ssrc = Some(hdr.ssrc);
     }
