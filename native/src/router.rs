@@ -2639,6 +2639,31 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_transport_that_connects_asks_for_a_key_frame() {
+        let mut room = room(false);
+        room.send(true);
+        let kf = |r: &Router| match stat(r, 10, "pliCount") {
+            Some(StatValue::Int(n)) => n,
+            _ => panic!("no pliCount"),
+        };
+        let mut out = Output::new();
+        room.r.add_transport(4, "ufrag4").unwrap();
+        room.r.add_consumer(room.now, 40, 4, 10, consumer_spec(0xCCCC, "c9", false), &mut out).unwrap();
+        let before = kf(&room.r);
+        // Keys first, then the selected tuple: media can flow only now → key frame request.
+        let later = room.now + Duration::from_secs(2);
+        let (lk, ls) = key(8);
+        let (rk, rs) = key(9);
+        let mut out = Output::new();
+        room.r.set_srtp(later, 4, P, &lk, &ls, &rk, &rs, &mut out).unwrap();
+        assert!(out.transmits.is_empty());
+        room.r.bind_tuple(later, 4, addr(4000), true, &mut out).unwrap();
+        assert_eq!(kf(&room.r), before + 1);
+        assert_eq!(out.transmits.len(), 1);
+        assert_eq!(out.transmits[0].dest, addr(1000));
+    }
+
+    #[test]
     fn hostile_datagrams_never_panic() {
         let mut room = room(false);
         let mut out = Output::new();
