@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
-use crate::reports::{NtpClock, RateMeter, ReceiveStats, SendStats};
+use crate::reports::{NtpClock, BitrateSampler, ReceiveStats, SendStats};
 use crate::rtcp;
 use crate::rtp;
 use crate::seq::SeqManager;
@@ -346,8 +346,8 @@ struct Transport {
     dtls_in: u64,
     /// Our SSRC as sender of NACKs and receiver reports on this transport.
     rtcp_ssrc: u32,
-    rate_in: RateMeter,
-    rate_out: RateMeter,
+    rate_in: BitrateSampler,
+    rate_out: BitrateSampler,
 }
 
 impl Transport {
@@ -416,7 +416,7 @@ struct StreamQuality {
     rtx_duplicate: u64,
     plis_sent: u64,
     firs_sent: u64,
-    rate: RateMeter,
+    rate: BitrateSampler,
 }
 
 impl StreamQuality {
@@ -430,7 +430,7 @@ impl StreamQuality {
             rtx_duplicate: 0,
             plis_sent: 0,
             firs_sent: 0,
-            rate: RateMeter::default(),
+            rate: BitrateSampler::default(),
         }
     }
 
@@ -460,7 +460,7 @@ struct ConsumerQuality {
     nack_seqs_in: u64,
     plis_in: u64,
     firs_in: u64,
-    rate: RateMeter,
+    rate: BitrateSampler,
 }
 
 struct Producer {
@@ -670,8 +670,8 @@ impl Router {
                 stun_in: 0,
                 dtls_in: 0,
                 rtcp_ssrc: (self.rng.next() as u32) | 1,
-                rate_in: RateMeter::default(),
-                rate_out: RateMeter::default(),
+                rate_in: BitrateSampler::default(),
+                rate_out: BitrateSampler::default(),
             },
         );
         Ok(())
@@ -1012,7 +1012,7 @@ impl Router {
             nack_seqs_in: 0,
             plis_in: 0,
             firs_in: 0,
-            rate: RateMeter::default(),
+            rate: BitrateSampler::default(),
         };
         let consumer = Consumer {
             transport,
