@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from pysfu.client import RequestFailed
+from pysfu.client import RequestFailed, connect
 from pysfu.server import Server
 from tests.lossy_relay import Impairment
 from tests.media_endpoints import HOST_SSRC, LossyRoom, lossy_room
@@ -215,3 +215,10 @@ async def test_get_stats_over_signaling_for_owners_only(server: Server) -> None:
         with pytest.raises(RequestFailed) as err:
             await stats(room, "host", producerId=room.producer_id, transportId=host_transport)
         assert err.value.code == "invalid_field"
+        with pytest.raises(RequestFailed) as err:
+            await room.host_client.request("getStats", {"roomId": ROOM, "producerId": 7})
+        assert err.value.code == "invalid_field"
+        async with connect(url(server)) as stranger:
+            with pytest.raises(RequestFailed) as err:
+                await stranger.get_stats(ROOM, producerId=room.producer_id)
+            assert err.value.code == "not_joined"

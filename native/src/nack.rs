@@ -92,12 +92,15 @@ impl RetransmissionBuffer {
 struct MapEntry {
     out: u16,
     input: u16,
+    /// Which producer stream (encoding) the input number belongs to.
+    stream: u8,
     valid: bool,
     /// Milliseconds since `SeqMap::base` of the last resend (+1; 0 = never).
     resent_ms: u32,
 }
 
-/// Output sequence number → producer sequence number, for the last [`SLOTS`] outputs.
+/// Output sequence number → (producer stream, its sequence number), for the last [`SLOTS`]
+/// outputs (a consumer may switch streams, e.g. simulcast layers).
 pub struct SeqMap {
     entries: Vec<MapEntry>,
     base: Instant,
@@ -105,17 +108,18 @@ pub struct SeqMap {
 
 impl SeqMap {
     pub fn new(now: Instant) -> Self {
-        SeqMap { entries: vec![MapEntry { out: 0, input: 0, valid: false, resent_ms: 0 }; SLOTS], base: now }
+        SeqMap { entries: vec![MapEntry { out: 0, input: 0, stream: 0, valid: false, resent_ms: 0 }; SLOTS], base: now }
     }
 
     #[inline]
-    pub fn record(&mut self, out: u16, input: u16) {
-        self.entries[out as usize & MASK] = MapEntry { out, input, valid: true, resent_ms: 0 };
+    pub fn record(&mut self, out: u16, input: u16, stream: u8) {
+        self.entries[out as usize & MASK] = MapEntry { out, input, stream, valid: true, resent_ms: 0 };
     }
 
-    pub fn lookup(&self, out: u16) -> Option<u16> {
+    /// (producer stream, producer sequence number) of output `out`.
+    pub fn lookup(&self, out: u16) -> Option<(u8, u16)> {
         let e = &self.entries[out as usize & MASK];
-        (e.valid && e.out == out).then_some(e.input)
+        (e.valid && e.out == out).then_some((e.stream, e.input))
     }
 
     /// Whether output `out` may be resent now (not resent within `min_interval`); if so it
@@ -445,10 +449,10 @@ mod tests {
     fn seq_map_maps_back_and_throttles_resends() {
         let t0 = Instant::now();
         let mut m = SeqMap::new(t0);
-        m.record(65535, 10);
-        m.record(0, 11);
-        assert_eq!(m.lookup(65535), Some(10));
-        assert_eq!(m.lookup(0), Some(11));
+        m.record(65535, 10, 0);
+        m.record(0, 11, 2);
+        assert_eq!(m.lookup(65535), Some((0, 10)));
+        assert_eq!(m.lookup(0), Some((2, 11)));
         assert_eq!(m.lookup(2048), None);
         assert!(m.try_resend(t0, 0, ms(100)));
         assert!(!m.try_resend(t0 + ms(50), 0, ms(100)));

@@ -1486,7 +1486,7 @@ impl Router {
             c.stats.tx(len);
             ct.stats.tx(len);
             if let Some(m) = c.quality.seq_map.as_mut() {
-                m.record(seq_out, seq_in);
+                m.record(seq_out, seq_in, enc_idx as u8);
             }
             c.quality.tx.on_sent(now, hdr.timestamp, hdr.payload_len);
             forwarded += 1;
@@ -1729,12 +1729,12 @@ impl Router {
             drops.inc(Drop::NackNotNegotiated);
             return;
         };
-        let Some(seq_in) = map.lookup(seq_out) else {
+        let Some((stream, seq_in)) = map.lookup(seq_out) else {
             drops.inc(Drop::NackNotBuffered);
             return;
         };
         let Some(p) = producers.get(&c.producer) else { return };
-        let Some(e) = p.encodings.get(c.encoding) else { return };
+        let Some(e) = p.encodings.get(stream as usize) else { return };
         let Some(pkt) = e.quality.buffer.as_ref().and_then(|b| b.get(now, seq_in)) else {
             drops.inc(Drop::NackNotBuffered);
             return;
