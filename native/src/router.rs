@@ -2664,6 +2664,57 @@ mod tests {
     }
 
     #[test]
+    fn audio_has_no_buffer_and_its_sender_reports_use_its_clock() {
+        let mut r = Router::new();
+        let now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        let mut spec = producer_spec(Some(0x0A0A));
+        spec.video = false;
+        spec.nack = false;
+        spec.codecs[0] = CodecSpec {
+            payload_type: 111,
+            mapped_payload_type: 100,
+            mime: "audio/opus".into(),
+            rtx_payload_type: None,
+            mapped_rtx_payload_type: None,
+            clock_rate: 48000,
+        };
+        r.add_producer(10, 1, spec).unwrap();
+        let mut c = consumer_spec(0xAAAA, "a0", false);
+        c.payload_types = vec![(100, 100)];
+        c.nack = false;
+        r.add_consumer(now, 20, 2, 10, c, &mut out).unwrap();
+        let (mut host, _) = peer(1);
+        for seq in [1u16, 2, 4] {
+            let mut pkt = rtp_packet(0x0A0A, seq, 111, Some("0"), &[1, 2, 3, 4]);
+            host.protect_rtp(&mut pkt).unwrap();
+            r.handle_datagram(now, addr(1000), &pkt, &mut out);
+        }
+        // Seq 3 is missing but the producer did not negotiate NACK: nothing is asked for.
+        let mut out = Output::new();
+        r.handle_timeout(now + Duration::from_millis(50), &mut out);
+        assert!(out.transmits.is_empty());
+        let (mut v, mut v_rx) = peer(2);
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 1, 0xAAAA, &[1000]);
+        v.protect_rtcp(&mut nack).unwrap();
+        r.handle_datagram(now, addr(2000), &nack, &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!(r.drops().get(Drop::NackNotNegotiated), 1);
+        // First SR a second later: RTP time advanced by 48000 per second past the last packet.
+        let mut out = Output::new();
+        r.handle_timeout(now + REPORT_INTERVAL + Duration::from_millis(50), &mut out);
+        let sr = out.transmits.iter().find(|t| t.dest.port() == 2000).expect("SR to the viewer");
+        let b = rtcp_of(&mut v_rx, sr);
+        let Some(Ok(rtcp::Packet::Sr(sr))) = rtcp::compound(&b).next() else { panic!("SR") };
+        assert_eq!((sr.info.ssrc, sr.info.packet_count), (0xAAAA, 3));
+        assert_eq!(sr.info.rtp_timestamp, 0x1000 + 48000 + 48000 / 20);
+        assert_eq!(stat(&r, 10, "packetsLost"), Some(StatValue::Int(1)));
+    }
+
+    #[test]
     fn hostile_datagrams_never_panic() {
         let mut room = room(false);
         let mut out = Output::new();
