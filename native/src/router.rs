@@ -83,6 +83,7 @@ drop_reasons! {
     RtxDuplicate => "rtx_duplicate",
     Duplicate => "duplicate",
     NackPaused => "nack_consumer_paused",
+    NackTruncated => "nack_truncated",
 }
 
 #[derive(Clone, Debug)]
@@ -1541,7 +1542,9 @@ impl Router {
                     }
                     for seq in n.seqs() {
                         if work.nack_seqs.len() >= MAX_NACK_SEQS {
-                            break;
+                            // More than one compound may ask for (bounds the answer burst).
+                            drops.inc(Drop::NackTruncated);
+                            continue;
                         }
                         work.nack_seqs.push((n.media_ssrc, seq));
                     }
