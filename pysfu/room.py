@@ -343,6 +343,17 @@ class Room:
             consumer.transport.set_consumer_paused(consumer, paused)
         return consumer
 
+    def set_consumer_preferred_layers(
+        self, peer: Peer, consumer_id: str, spatial: int, temporal: int | None
+    ) -> tuple[Consumer, int, int | None]:
+        """Simulcast: the highest spatial layer the viewer wants (clamped to what exists)."""
+        consumer = self.owned_consumer(peer, consumer_id)
+        spatial, temporal_set = consumer.transport.set_consumer_preferred_layers(
+            consumer, spatial, temporal)
+        log_event(logger, "consumer.preferred_layers", room=self.id, peer=peer.id,
+                  consumer=consumer.id, spatial=spatial, temporal=temporal)
+        return consumer, spatial, temporal
+
     def _close_consumer(self, consumer: Consumer) -> None:
         consumer.transport.remove_consumer(consumer)
         consumer.producer.consumers.discard(consumer.id)
