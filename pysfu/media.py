@@ -101,5 +101,9 @@ class MediaEngine:
     def stats(self, handle: int) -> dict[str, Any]:
         return dict(self.native.stats(handle))
 
+    def rtp_stats(self, handle: int) -> list[dict[str, Any]]:
+        """Per-stream RTP statistics (loss, NACK, PLI, RTT, jitter, bitrate) of an object."""
+        return [dict(r) for r in self.native.rtp_stats(handle)]
+
     def drops(self) -> dict[str, int]:
         return dict(self.native.drops())

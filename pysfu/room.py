@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from pysfu import errors, ortc
+from pysfu import errors, ortc, stats
 from pysfu.errors import SignalingError
 from pysfu.ids import new_id
 from pysfu.log import log_event
@@ -361,6 +361,23 @@ class Room:
         owner = self.peers.get(consumer.owner)
         if owner is not None:
             owner.consumers.pop(consumer.id, None)
+
+    def owned_producer(self, peer: Peer, producer_id: str) -> Producer:
+        producer = self.producers.get(producer_id)
+        if producer is None:
+            raise SignalingError(errors.PRODUCER_NOT_FOUND, "no such producer in this room")
+        if producer.owner != peer.id:
+            raise SignalingError(errors.FORBIDDEN, "the producer belongs to another peer")
+        return producer
+
+    def stats(self, peer: Peer, target: str, object_id: str) -> list[dict[str, Any]]:
+        """getStats for a transport, producer or consumer the peer owns."""
+        self._check_open()
+        if target == "transportId":
+            return stats.transport_stats(self.owned_transport(peer, object_id))
+        if target == "producerId":
+            return stats.producer_stats(self.owned_producer(peer, object_id))
+        return stats.consumer_stats(self.owned_consumer(peer, object_id))
 
     def snapshot(self) -> dict[str, int]:
         """Registry sizes, for tests and metrics."""

@@ -1,5 +1,7 @@
 //! pysfu data plane. Python sees only `pysfu._native`; everything per-packet stays here.
 
+pub mod nack;
+pub mod reports;
 pub mod rtcp;
 pub mod rtp;
 pub mod seq;

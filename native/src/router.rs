@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::bwe::BandwidthEstimator;
+use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
+use crate::reports::{NtpClock, RateMeter, ReceiveStats, SendStats};
 use crate::rtcp;
 use crate::rtp;
 use crate::seq::{SeqManager, TsOffset};
@@ -35,8 +37,6 @@ pub const URI_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-
 pub const URI_TRANSPORT_CC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 /// Transport-wide feedback toward a sender this often (mediasoup: 100 ms).
 pub const TWCC_INTERVAL: Duration = Duration::from_millis(100);
-/// Ingress bitrate of each producer stream is measured over windows this long.
-pub const RATE_WINDOW: Duration = Duration::from_millis(1000);
 
 // ---------------------------------------------------------------------------------------
 // Drops
@@ -82,10 +82,22 @@ drop_reasons! {
     ProtectFailed => "protect_failed",
     SendFailed => "send_failed",
     Panic => "panic",
+    NackNotBuffered => "nack_not_buffered",
+    NackThrottled => "nack_throttled",
+    NackNotNegotiated => "nack_not_negotiated",
+    RtxDuplicate => "rtx_duplicate",
+    Duplicate => "duplicate",
+    NackPaused => "nack_consumer_paused",
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct Drops([u64; 32]);
+#[derive(Clone, Debug)]
+pub struct Drops([u64; 64]);
+
+impl Default for Drops {
+    fn default() -> Self {
+        Drops([0; 64])
+    }
+}
 
 impl Drops {
     #[inline]
@@ -241,6 +253,8 @@ pub struct CodecSpec {
     pub mime: String,
     pub rtx_payload_type: Option<u8>,
     pub mapped_rtx_payload_type: Option<u8>,
+    /// RTP clock rate (Hz): jitter and sender-report timestamps.
+    pub clock_rate: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -267,6 +281,8 @@ pub struct ProducerSpec {
     pub header_extensions: Vec<ExtSpec>,
     pub key_frame_request: Option<KeyFrameMethod>,
     pub paused: bool,
+    /// The producer negotiated plain `nack`: gaps are NACKed upstream and its RTX accepted.
+    pub nack: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -281,6 +297,12 @@ pub struct ConsumerSpec {
     /// Which producer encoding (stream) this consumer follows; simulcast layer selection is
     /// not implemented yet.
     pub encoding: usize,
+    /// router PT → consumer RTX PT, for retransmissions (none: resend the plain packet).
+    pub rtx_payload_types: Vec<(u8, u8)>,
+    /// The viewer negotiated plain `nack`: its NACKs are answered.
+    pub nack: bool,
+    /// CNAME for the SDES item of the sender reports.
+    pub cname: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -333,6 +355,10 @@ struct Transport {
     twcc_last: Option<Instant>,
     /// What this (viewer) transport can take, from its REMB reports.
     bwe: BandwidthEstimator,
+    /// Our SSRC as sender of NACKs and receiver reports on this transport.
+    rtcp_ssrc: u32,
+    rate_in: RateMeter,
+    rate_out: RateMeter,
 }
 
 impl Transport {
@@ -357,14 +383,15 @@ struct StreamRef {
 enum PtInfo {
     None,
     Media(usize),
-    /// RTX of codec index (kept for RTX decoding once NACKs are sent).
-    #[allow(dead_code)]
+    /// RTX of codec index.
     Rtx(usize),
 }
 
 struct CodecEntry {
     mapped_pt: u8,
     codec: rtp::Codec,
+    /// The producer's own PT (an RTX packet is restored to it).
+    payload_type: u8,
 }
 
 #[derive(Default)]
@@ -384,31 +411,67 @@ struct Encoding {
     kf: KeyFrameState,
     stats: Counters,
     key_frames: u64,
+    /// Loss repair and reports (nack.rs, reports.rs).
+    quality: StreamQuality,
+}
+
+/// Loss repair and reception statistics of one producer stream.
+struct StreamQuality {
+    rx: ReceiveStats,
+    /// Recent packets for viewers' NACKs (video).
+    buffer: Option<RetransmissionBuffer>,
+    /// Upstream NACKs (producer negotiated `nack`).
+    nack: Option<NackGenerator>,
+    /// RTX packets that filled a gap / came for nothing missing.
+    rtx_in: u64,
+    rtx_duplicate: u64,
+    plis_sent: u64,
+    firs_sent: u64,
     rate: RateMeter,
 }
 
-/// Ingress bitrate of one stream over fixed windows (cheap: one add per packet).
-#[derive(Default)]
-struct RateMeter {
-    bytes: u64,
-    since: Option<Instant>,
-    /// Bits per second over the last complete window (0 = nothing arrived).
-    bitrate: u64,
-}
-
-impl RateMeter {
-    fn roll(&mut self, now: Instant) {
-        let Some(since) = self.since else {
-            self.since = Some(now);
-            return;
-        };
-        let el = now.saturating_duration_since(since);
-        if el >= RATE_WINDOW {
-            self.bitrate = (self.bytes * 8 * 1_000_000) / (el.as_micros().max(1) as u64);
-            self.bytes = 0;
-            self.since = Some(now);
+impl StreamQuality {
+    fn new(now: Instant, video: bool, nack: bool, clock_rate: u32) -> Self {
+        let max_age = if video { nack::MAX_AGE_VIDEO } else { nack::MAX_AGE_AUDIO };
+        StreamQuality {
+            rx: ReceiveStats::new(now, clock_rate),
+            buffer: video.then(|| RetransmissionBuffer::new(max_age)),
+            nack: nack.then(|| NackGenerator::new(NackConfig { max_age, ..NackConfig::default() })),
+            rtx_in: 0,
+            rtx_duplicate: 0,
+            plis_sent: 0,
+            firs_sent: 0,
+            rate: RateMeter::default(),
         }
     }
+
+    /// The stream starts over (new SSRC or numbering): forget what depended on the old one.
+    fn restart(&mut self, now: Instant) {
+        self.rx = ReceiveStats::new(now, self.rx.clock_rate());
+        if let Some(b) = self.buffer.as_mut() {
+            b.clear();
+        }
+        if let Some(g) = self.nack.as_mut() {
+            g.reset();
+        }
+    }
+}
+
+/// Loss repair and sending statistics of one consumer stream.
+struct ConsumerQuality {
+    /// Output → input sequence numbers (viewers' NACKs name output numbers).
+    seq_map: Option<SeqMap>,
+    tx: SendStats,
+    /// router PT → consumer RTX PT.
+    rtx_pt: Vec<(u8, u8)>,
+    rtx_seq: u16,
+    nack: bool,
+    cname: Vec<u8>,
+    nacks_in: u64,
+    nack_seqs_in: u64,
+    plis_in: u64,
+    firs_in: u64,
+    rate: RateMeter,
 }
 
 struct Producer {
@@ -459,6 +522,7 @@ struct Consumer {
     stats: Counters,
     dropped: u64,
     key_frame_requests_in: u64,
+    quality: ConsumerQuality,
 }
 
 /// Tiny xorshift PRNG for sequence-number starts; seeded from the OS.
@@ -509,6 +573,7 @@ pub enum StatValue {
     Int(u64),
     Str(String),
     Bool(bool),
+    Float(f64),
 }
 
 pub struct Router {
@@ -522,7 +587,33 @@ pub struct Router {
     scratch: Vec<u8>,
     rng: Rng,
     next_timeout: Option<Instant>,
+    ntp: NtpClock,
+    next_report: Option<Instant>,
+    rtcp_work: RtcpWork,
 }
+
+/// Items of an incoming compound RTCP packet, copied out of the decrypt buffer (capacity
+/// kept between packets).
+#[derive(Default)]
+struct RtcpWork {
+    /// (media SSRC, sequence number) of NACKed packets.
+    nack_seqs: Vec<(u32, u16)>,
+    /// Media SSRC of each NACK message.
+    nacks: Vec<u32>,
+    blocks: Vec<rtcp::ReportBlock>,
+    /// (SSRC, NTP, RTP timestamp) of sender reports.
+    srs: Vec<(u32, u64, u32)>,
+    /// (SSRC, is FIR) of key frame requests.
+    key_frames: Vec<(u32, bool)>,
+}
+
+/// Caps on what one compound RTCP packet may ask for.
+const MAX_NACK_SEQS: usize = 1024;
+const MAX_RTCP_ITEMS: usize = 64;
+/// Sender/receiver reports every this often (mediasoup: 1 s for video).
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Spacing of resends of the same packet to a viewer when its RTT is unknown.
+const RESEND_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Default for Router {
     fn default() -> Self {
@@ -546,6 +637,9 @@ impl Router {
             scratch: Vec::with_capacity(BUF_CAP * 2),
             rng: Rng::from_os(),
             next_timeout: None,
+            ntp: NtpClock::new(Instant::now()),
+            next_report: None,
+            rtcp_work: RtcpWork::default(),
         }
     }
 
@@ -603,6 +697,9 @@ impl Router {
                 twcc_media_ssrc: 0,
                 twcc_last: None,
                 bwe: BandwidthEstimator::new(),
+                rtcp_ssrc: (self.rng.next() as u32) | 1,
+                rate_in: RateMeter::default(),
+                rate_out: RateMeter::default(),
             },
         );
         Ok(())
@@ -753,7 +850,11 @@ impl Router {
                 }
                 pt[r as usize] = PtInfo::Rtx(i);
             }
-            codecs.push(CodecEntry { mapped_pt: c.mapped_payload_type, codec: rtp::Codec::from_mime(&c.mime) });
+            codecs.push(CodecEntry {
+                mapped_pt: c.mapped_payload_type,
+                codec: rtp::Codec::from_mime(&c.mime),
+                payload_type: c.payload_type,
+            });
         }
         let mut ext_map = [0u8; 256];
         let (mut mid_id, mut rid_id, mut rrid_id, mut tcc_id) = (None, None, None, None);
@@ -790,6 +891,8 @@ impl Router {
                 }
             }
         }
+        let now = Instant::now();
+        let clock_rate = spec.codecs[0].clock_rate;
         let encodings: Vec<Encoding> = spec
             .encodings
             .iter()
@@ -800,7 +903,7 @@ impl Router {
                 kf: KeyFrameState::default(),
                 stats: Counters::default(),
                 key_frames: 0,
-                rate: RateMeter::default(),
+                quality: StreamQuality::new(now, spec.video, spec.nack, clock_rate),
             })
             .collect();
         let producer = Producer {
@@ -924,6 +1027,26 @@ impl Router {
         let n_enc = p.encodings.len();
         let encoding = if n_enc > 1 { n_enc - 1 } else { spec.encoding };
         let initial = self.rng.initial_seq();
+        let mut rtx_pt = Vec::new();
+        for &(r, x) in &spec.rtx_payload_types {
+            if r > 127 || x > 127 {
+                return Err(invalid(format!("consumer spec: RTX payload type {r}->{x} out of range")));
+            }
+            rtx_pt.push((r, x));
+        }
+        let quality = ConsumerQuality {
+            seq_map: (video && spec.nack).then(|| SeqMap::new(now)),
+            tx: SendStats::default(),
+            rtx_pt,
+            rtx_seq: self.rng.initial_seq(),
+            nack: spec.nack,
+            cname: spec.cname.as_deref().unwrap_or("pysfu").as_bytes().iter().copied().take(255).collect(),
+            nacks_in: 0,
+            nack_seqs_in: 0,
+            plis_in: 0,
+            firs_in: 0,
+            rate: RateMeter::default(),
+        };
         let consumer = Consumer {
             transport,
             producer,
@@ -946,6 +1069,7 @@ impl Router {
             stats: Counters::default(),
             dropped: 0,
             key_frame_requests_in: 0,
+            quality,
         };
         self.consumers.insert(h, consumer);
         let t = self.transports.get_mut(&transport).expect("checked above");
@@ -1076,7 +1200,7 @@ impl Router {
             v.push(("paused", Bool(p.paused)));
             v.push(("consumers", Int(p.consumers.len() as u64)));
             let join = |f: &dyn Fn(&Encoding) -> u64| p.encodings.iter().map(|e| f(e).to_string()).collect::<Vec<_>>().join(",");
-            v.push(("layer_bitrates", Str(join(&|e| e.rate.bitrate))));
+            v.push(("layer_bitrates", Str(join(&|e| e.quality.rate.bps))));
             v.push(("layer_packets", Str(join(&|e| e.stats.packets_in))));
             v.push(("layer_key_frames", Str(join(&|e| e.key_frames))));
             return Ok(v);
@@ -1194,16 +1318,13 @@ impl Router {
     fn update_layers(&mut self, now: Instant, out: &mut Output) {
         let mut wanted: Vec<(Handle, usize)> = Vec::new();
         for p in self.producers.values_mut() {
-            for e in &mut p.encodings {
-                e.rate.roll(now);
-            }
             if p.encodings.len() < 2 {
                 continue;
             }
             let mut rates = [0u64; 8];
             let n = p.encodings.len().min(rates.len());
             for (r, e) in rates.iter_mut().zip(&p.encodings) {
-                *r = e.rate.bitrate;
+                *r = e.quality.rate.bps;
             }
             for ch in &p.consumers {
                 let Some(c) = self.consumers.get_mut(ch) else { continue };
@@ -1229,7 +1350,7 @@ impl Router {
         let p = self.producers.get(&c.producer).ok_or_else(|| unknown("producer", c.producer))?;
         c.preferred_spatial = spatial.min(p.encodings.len() - 1);
         c.preferred_temporal = temporal.unwrap_or(u8::MAX);
-        let rates: Vec<u64> = p.encodings.iter().map(|e| e.rate.bitrate).collect();
+        let rates: Vec<u64> = p.encodings.iter().map(|e| e.quality.rate.bps).collect();
         let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.available_bitrate(now));
         let target = select_layer(c.preferred_spatial, &rates, estimate);
         c.target = target;
@@ -1272,6 +1393,7 @@ impl Router {
                 self.request_key_frame(now, ph, i, out);
             }
         }
+        self.quality_timeout(now, out);
     }
 }
 
@@ -1284,7 +1406,7 @@ impl Router {
             self.drops.inc(Drop::UnknownSource);
             return;
         };
-        let Router { transports, producers, consumers, drops, scratch, .. } = self;
+        let Router { transports, producers, consumers, drops, scratch, next_timeout, .. } = self;
         let Some(t) = transports.get_mut(&th) else {
             drops.inc(Drop::UnknownSource);
             return;
@@ -1301,15 +1423,14 @@ impl Router {
             drops.inc(srtp_drop(e, false));
             return;
         }
-        let pkt: &[u8] = scratch;
-        let Ok(hdr) = rtp::parse(pkt) else {
+        let Ok(mut hdr) = rtp::parse(scratch) else {
             drops.inc(Drop::RtpMalformed);
             return;
         };
         // Which producer stream?
         let sref = match t.ssrc_in.get(&hdr.ssrc) {
             Some(r) => *r,
-            None => match learn_ssrc(t, producers, th, pkt, &hdr) {
+            None => match learn_ssrc(t, producers, th, scratch, &hdr) {
                 Some(r) => r,
                 None => {
                     drops.inc(Drop::UnknownSsrc);
@@ -1323,7 +1444,7 @@ impl Router {
         };
         p.stats.rx(data.len());
         if let Some(id) = p.tcc_id {
-            record_twcc(t, pkt, &hdr, id, now);
+            record_twcc(t, scratch, &hdr, id, now);
         }
         let enc_idx = sref.encoding;
         let Some(enc) = p.encodings.get_mut(enc_idx) else {
@@ -1331,20 +1452,73 @@ impl Router {
             return;
         };
         enc.stats.rx(data.len());
-        enc.rate.bytes += data.len() as u64;
-        let codec_idx = match p.pt[(hdr.payload_type & 0x7f) as usize] {
-            PtInfo::Media(i) if !sref.rtx => i,
-            PtInfo::Rtx(_) if sref.rtx => {
-                // No NACKs are sent yet, so every RTX packet is unrequested (probing or a
+        let (codec_idx, is_rtx) = match p.pt[(hdr.payload_type & 0x7f) as usize] {
+            PtInfo::Media(i) if !sref.rtx => (i, false),
+            PtInfo::Rtx(i) if sref.rtx => {
+                // Without upstream NACKs every RTX packet is unrequested (probing or a
                 // retransmission nobody asked for): drop it, as a NACK-less receiver would.
-                drops.inc(Drop::Rtx);
-                return;
+                let Some(media_ssrc) = enc.media_ssrc.filter(|_| enc.quality.nack.is_some()) else {
+                    drops.inc(Drop::Rtx);
+                    return;
+                };
+                if hdr.is_padding_only() {
+                    drops.inc(Drop::PaddingOnly);
+                    return;
+                }
+                // Back to the original packet (OSN as sequence number), in place.
+                let restored = rtp::rtx_restore(scratch, p.codecs[i].payload_type, media_ssrc);
+                match restored.ok().and_then(|_| rtp::parse(scratch).ok()) {
+                    Some(h) => hdr = h,
+                    None => {
+                        drops.inc(Drop::RtpMalformed);
+                        return;
+                    }
+                }
+                (i, true)
             }
             _ => {
                 drops.inc(Drop::UnknownPt);
                 return;
             }
         };
+        let pkt: &[u8] = scratch;
+        // Loss bookkeeping: gaps to NACK upstream, retransmissions that fill them.
+        let q = &mut enc.quality;
+        let arrival = match q.nack.as_mut() {
+            Some(g) => g.on_packet(now, hdr.sequence, is_rtx),
+            None => Arrival::New,
+        };
+        if is_rtx {
+            if arrival != Arrival::Recovered {
+                q.rtx_duplicate += 1;
+                drops.inc(Drop::RtxDuplicate);
+                return;
+            }
+            q.rtx_in += 1;
+        } else if arrival == Arrival::Duplicate {
+            // Already forwarded (e.g. its retransmission overtook it): a second copy would
+            // reuse the consumers' sequence numbers.
+            drops.inc(Drop::Duplicate);
+            return;
+        }
+        if arrival == Arrival::Restart {
+            // New numbering: old statistics and buffered packets no longer apply.
+            q.restart(now);
+            if let Some(g) = q.nack.as_mut() {
+                g.on_packet(now, hdr.sequence, false);
+            }
+        }
+        q.rx.on_packet(now, hdr.sequence, hdr.timestamp, is_rtx);
+        if let Some(b) = q.buffer.as_mut() {
+            if !hdr.is_padding_only() {
+                b.store(now, hdr.sequence, pkt);
+            }
+        }
+        let nack_due = q.nack.as_ref().is_some_and(|g| g.is_due(now));
+        if let Some(d) = q.nack.as_ref().and_then(|g| g.next_due()) {
+            *next_timeout = Some(next_timeout.map_or(d, |n| n.min(d)));
+        }
+        let nack_overflow = matches!(arrival, Arrival::Overflow | Arrival::Restart);
         let codec = &p.codecs[codec_idx];
         let router_pt = codec.mapped_pt;
         let payload = hdr.payload(pkt);
@@ -1436,6 +1610,10 @@ impl Router {
                     c.ts.sync_after_last(hdr.timestamp, gap);
                     c.ts_source = c.encoding;
                     c.layer_switches += 1;
+                    // Earlier outputs came from another stream: not resendable from this one.
+                    if c.quality.seq_map.is_some() {
+                        c.quality.seq_map = Some(SeqMap::new(now));
+                    }
                 }
             }
             let Some(seq_out) = c.seq.input(seq_in) else {
@@ -1453,7 +1631,8 @@ impl Router {
                 continue;
             }
             rtp::set_sequence(&mut buf, seq_out);
-            rtp::set_timestamp(&mut buf, c.ts.apply(hdr.timestamp));
+            let ts_out = c.ts.apply(hdr.timestamp);
+            rtp::set_timestamp(&mut buf, ts_out);
             c.last_out = Some(now);
             rtp::set_ssrc(&mut buf, c.ssrc);
             rtp::set_payload_type(&mut buf, cpt);
@@ -1465,14 +1644,21 @@ impl Router {
             let len = buf.len();
             c.stats.tx(len);
             ct.stats.tx(len);
+            if let Some(m) = c.quality.seq_map.as_mut() {
+                m.record(seq_out, seq_in);
+            }
+            c.quality.tx.on_sent(now, ts_out, hdr.payload_len);
             forwarded += 1;
             forwarded_bytes += len as u64;
             out.push(dest, buf);
         }
         p.stats.packets_out += forwarded;
         p.stats.bytes_out += forwarded_bytes;
-        if new_stream_needs_kf {
+        if new_stream_needs_kf || nack_overflow {
             self.request_key_frame(now, sref.producer, enc_idx, out);
+        }
+        if nack_due {
+            self.send_upstream_nacks(now, sref.producer, enc_idx, out);
         }
     }
 
@@ -1481,7 +1667,7 @@ impl Router {
             self.drops.inc(Drop::UnknownSource);
             return;
         };
-        let Router { transports, drops, scratch, .. } = self;
+        let Router { transports, drops, scratch, rtcp_work: work, .. } = self;
         let Some(t) = transports.get_mut(&th) else { return };
         t.stats.rx(data.len());
         t.rtcp_in += 1;
@@ -1498,9 +1684,29 @@ impl Router {
         // Collect key frame requests first (the compound borrows scratch).
         let mut wanted: [u32; 16] = [0; 16];
         let mut n_wanted = 0usize;
+        work.clear();
         for item in rtcp::compound(scratch) {
             match item {
+                Ok(rtcp::Packet::Sr(sr)) => {
+                    if work.srs.len() < MAX_RTCP_ITEMS {
+                        work.srs.push((sr.info.ssrc, sr.info.ntp, sr.info.rtp_timestamp));
+                    }
+                    work.add_blocks(sr.report_blocks());
+                }
+                Ok(rtcp::Packet::Rr(rr)) => work.add_blocks(rr.report_blocks()),
+                Ok(rtcp::Packet::Nack(n)) => {
+                    if work.nacks.len() < MAX_RTCP_ITEMS {
+                        work.nacks.push(n.media_ssrc);
+                    }
+                    for seq in n.seqs() {
+                        if work.nack_seqs.len() >= MAX_NACK_SEQS {
+                            break;
+                        }
+                        work.nack_seqs.push((n.media_ssrc, seq));
+                    }
+                }
                 Ok(rtcp::Packet::Pli(pli)) => {
+                    work.key_frame(pli.media_ssrc, false);
                     if n_wanted < wanted.len() {
                         wanted[n_wanted] = pli.media_ssrc;
                         n_wanted += 1;
@@ -1508,6 +1714,7 @@ impl Router {
                 }
                 Ok(rtcp::Packet::Fir(fir)) => {
                     for ssrc in fir.ssrcs() {
+                        work.key_frame(ssrc, true);
                         if n_wanted < wanted.len() {
                             wanted[n_wanted] = ssrc;
                             n_wanted += 1;
@@ -1535,6 +1742,7 @@ impl Router {
                 self.request_key_frame(now, ph, enc, out);
             }
         }
+        self.on_rtcp_quality(now, th, out);
     }
 
     /// Ask producer `ph`'s stream `enc` for a key frame: PLI or FIR (as negotiated) with the
@@ -1564,8 +1772,12 @@ impl Router {
         };
         let mut buf = out.take_buf();
         match method {
-            KeyFrameMethod::Pli => rtcp::build_pli(&mut buf, ssrc, ssrc),
+            KeyFrameMethod::Pli => {
+                e.quality.plis_sent += 1;
+                rtcp::build_pli(&mut buf, ssrc, ssrc)
+            }
             KeyFrameMethod::Fir => {
+                e.quality.firs_sent += 1;
                 e.kf.fir_seq = e.kf.fir_seq.wrapping_add(1);
                 rtcp::build_fir(&mut buf, ssrc, &[(ssrc, e.kf.fir_seq)])
             }
@@ -1610,6 +1822,391 @@ pub fn select_layer(preferred: usize, bitrates: &[u64], estimate: Option<u64>) -
     match estimate {
         None => (0..=top).rev().find(active).unwrap_or(lowest),
         Some(e) => (0..=top).rev().filter(active).find(|&i| bitrates[i] <= e).unwrap_or(lowest),
+    }
+}
+
+impl RtcpWork {
+    fn clear(&mut self) {
+        self.nack_seqs.clear();
+        self.nacks.clear();
+        self.blocks.clear();
+        self.srs.clear();
+        self.key_frames.clear();
+    }
+
+    fn add_blocks(&mut self, blocks: rtcp::ReportBlocks<'_>) {
+        for b in blocks {
+            if self.blocks.len() >= MAX_RTCP_ITEMS {
+                break;
+            }
+            self.blocks.push(b);
+        }
+    }
+
+    fn key_frame(&mut self, ssrc: u32, fir: bool) {
+        if self.key_frames.len() < MAX_RTCP_ITEMS {
+            self.key_frames.push((ssrc, fir));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loss repair and reports
+
+impl Router {
+    /// The loss-repair and report items of a compound RTCP packet from transport `th`:
+    /// producers' SRs, viewers' report blocks and NACKs (collected by `on_rtcp`).
+    fn on_rtcp_quality(&mut self, now: Instant, th: Handle, out: &mut Output) {
+        let work = std::mem::take(&mut self.rtcp_work);
+        if let Some(t) = self.transports.get(&th) {
+            for &(ssrc, ntp, rtp_ts) in &work.srs {
+                let enc = match t.ssrc_in.get(&ssrc) {
+                    Some(r) if !r.rtx => self.producers.get_mut(&r.producer).and_then(|p| p.encodings.get_mut(r.encoding)),
+                    _ => None,
+                };
+                match enc {
+                    Some(e) => e.quality.rx.on_sender_report(now, ntp, rtp_ts),
+                    None => self.drops.inc(Drop::RtcpUnknownSsrc),
+                }
+            }
+            // Blocks about a consumer's media SSRC; RTX and unknown SSRCs (the probator's
+            // 1234) are ignored.
+            for b in &work.blocks {
+                if let Some(c) = t.consumer_ssrc.get(&b.ssrc).and_then(|h| self.consumers.get_mut(h)) {
+                    if c.ssrc == b.ssrc {
+                        c.quality.tx.on_report_block(now, b);
+                    }
+                }
+            }
+            for &ssrc in &work.nacks {
+                if let Some(c) = t.consumer_ssrc.get(&ssrc).and_then(|h| self.consumers.get_mut(h)) {
+                    c.quality.nacks_in += 1;
+                }
+            }
+            for &(ssrc, fir) in &work.key_frames {
+                if let Some(c) = t.consumer_ssrc.get(&ssrc).and_then(|h| self.consumers.get_mut(h)) {
+                    if fir {
+                        c.quality.firs_in += 1;
+                    } else {
+                        c.quality.plis_in += 1;
+                    }
+                }
+            }
+        }
+        for &(ssrc, seq) in &work.nack_seqs {
+            self.answer_nack(now, th, ssrc, seq, out);
+        }
+        self.rtcp_work = work;
+    }
+
+    /// Resend output packet `seq_out` of the consumer with media SSRC `ssrc` on transport
+    /// `th` from its producer stream's buffer: as RTX (the consumer's RTX SSRC, PT and
+    /// sequence numbers, the original sequence number in front of the payload) when
+    /// negotiated, else as the original packet again.
+    fn answer_nack(&mut self, now: Instant, th: Handle, ssrc: u32, seq_out: u16, out: &mut Output) {
+        let Router { transports, producers, consumers, drops, .. } = self;
+        let Some(t) = transports.get_mut(&th) else { return };
+        let Some(c) = t.consumer_ssrc.get(&ssrc).and_then(|h| consumers.get_mut(h)).filter(|c| c.ssrc == ssrc) else {
+            drops.inc(Drop::RtcpUnknownSsrc);
+            return;
+        };
+        let q = &mut c.quality;
+        q.nack_seqs_in += 1;
+        let Some(map) = q.seq_map.as_mut().filter(|_| q.nack) else {
+            drops.inc(Drop::NackNotNegotiated);
+            return;
+        };
+        let Some(seq_in) = map.lookup(seq_out) else {
+            drops.inc(Drop::NackNotBuffered);
+            return;
+        };
+        let Some(p) = producers.get(&c.producer) else { return };
+        let Some(e) = p.encodings.get(c.encoding) else { return };
+        let Some(pkt) = e.quality.buffer.as_ref().and_then(|b| b.get(now, seq_in)) else {
+            drops.inc(Drop::NackNotBuffered);
+            return;
+        };
+        if c.paused {
+            drops.inc(Drop::NackPaused);
+            return;
+        }
+        // Once per RTT (or 100 ms while unknown) per packet: a repeated NACK inside that
+        // time is already answered by the retransmission in flight.
+        let min_interval = q.tx.rtt.map_or(RESEND_INTERVAL, |r| r.clamp(Duration::from_millis(5), RESEND_INTERVAL));
+        if !map.try_resend(now, seq_out, min_interval) {
+            drops.inc(Drop::NackThrottled);
+            return;
+        }
+        let Ok(hdr) = rtp::parse(pkt) else { return };
+        let PtInfo::Media(ci) = p.pt[(hdr.payload_type & 0x7f) as usize] else { return };
+        let cpt = c.pt[p.codecs[ci].mapped_pt as usize];
+        if cpt == 0xff {
+            drops.inc(Drop::NackNotBuffered);
+            return;
+        }
+        let dest = t.media_dest();
+        let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { return };
+        let ext_map = &p.ext_map;
+        let map_ext = |id: u8| {
+            let r = ext_map[id as usize];
+            (r != 0).then_some(r)
+        };
+        let mut buf = out.take_buf();
+        let written = match (c.mid_ext_id, c.mid.as_deref()) {
+            (Some(id), Some(mid)) => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map_ext, &[(id, mid)]),
+            _ => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map_ext, &[]),
+        };
+        if written.is_err() {
+            drops.inc(Drop::RtpMalformed);
+            out.give_back(buf);
+            return;
+        }
+        rtp::set_sequence(&mut buf, seq_out);
+        rtp::set_ssrc(&mut buf, c.ssrc);
+        rtp::set_payload_type(&mut buf, cpt);
+        let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);
+        if let (Some(rtx_ssrc), Some(rtx_pt)) = (c.rtx_ssrc, rtx_pt) {
+            let mut rtx = out.take_buf();
+            if rtp::rtx_encode(&mut rtx, &buf, rtx_pt, rtx_ssrc, q.rtx_seq).is_err() {
+                out.give_back(rtx);
+                out.give_back(buf);
+                drops.inc(Drop::RtpMalformed);
+                return;
+            }
+            q.rtx_seq = q.rtx_seq.wrapping_add(1);
+            out.give_back(std::mem::replace(&mut buf, rtx));
+        }
+        if tx.protect_rtp(&mut buf).is_err() {
+            drops.inc(Drop::ProtectFailed);
+            out.give_back(buf);
+            return;
+        }
+        let len = buf.len();
+        q.tx.rtx_packets += 1;
+        q.tx.rtx_bytes += len as u64;
+        t.stats.tx(len);
+        out.push(dest, buf);
+    }
+
+    /// NACK the producer stream's due gaps (if any) and note when to look again.
+    fn send_upstream_nacks(&mut self, now: Instant, ph: Handle, enc: usize, out: &mut Output) {
+        let Router { transports, producers, drops, next_timeout, .. } = self;
+        let Some(p) = producers.get_mut(&ph) else { return };
+        let Some(e) = p.encodings.get_mut(enc) else { return };
+        let (Some(ssrc), Some(g)) = (e.media_ssrc, e.quality.nack.as_mut()) else { return };
+        let Some(t) = transports.get_mut(&p.transport) else { return };
+        let dest = t.feedback_dest();
+        let seqs = g.collect(now);
+        if let (false, Some(tx), Some(dest)) = (seqs.is_empty(), t.tx.as_mut(), dest) {
+            let mut buf = out.take_buf();
+            rtcp::build_nack(&mut buf, t.rtcp_ssrc, ssrc, seqs);
+            if tx.protect_rtcp(&mut buf).is_ok() {
+                t.stats.tx(buf.len());
+                t.rtcp_out += 1;
+                out.push(dest, buf);
+            } else {
+                drops.inc(Drop::ProtectFailed);
+                out.give_back(buf);
+            }
+        }
+        if let Some(d) = g.next_due() {
+            *next_timeout = Some(next_timeout.map_or(d, |n| n.min(d)));
+        }
+    }
+
+    /// Timer work of loss repair and reports: NACK retries, then (every REPORT_INTERVAL)
+    /// bitrates, SRs toward viewers and RRs toward producers.
+    fn quality_timeout(&mut self, now: Instant, out: &mut Output) {
+        let mut due: Vec<(Handle, usize)> = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&ph, p) in &self.producers {
+            for (i, e) in p.encodings.iter().enumerate() {
+                let Some(g) = e.quality.nack.as_ref() else { continue };
+                if g.is_due(now) {
+                    due.push((ph, i));
+                } else if let Some(d) = g.next_due() {
+                    next = Some(next.map_or(d, |n: Instant| n.min(d)));
+                }
+            }
+        }
+        for (ph, i) in due {
+            self.send_upstream_nacks(now, ph, i, out);
+        }
+        match self.next_report {
+            Some(t) if now < t => {}
+            Some(_) => {
+                self.send_reports(now, out);
+                self.next_report = Some(now + REPORT_INTERVAL);
+            }
+            None => self.next_report = Some(now + REPORT_INTERVAL),
+        }
+        for d in [next, self.next_report].into_iter().flatten() {
+            self.next_timeout = Some(self.next_timeout.map_or(d, |n| n.min(d)));
+        }
+    }
+
+    /// Bitrate samples; SR + SDES for each consumer stream that has sent (timestamps in
+    /// the consumer's numbering); RR for the producer streams of each transport.
+    fn send_reports(&mut self, now: Instant, out: &mut Output) {
+        let Router { transports, producers, consumers, drops, ntp, .. } = self;
+        for t in transports.values_mut() {
+            t.rate_in.sample(now, t.stats.bytes_in);
+            t.rate_out.sample(now, t.stats.bytes_out);
+        }
+        for c in consumers.values_mut() {
+            c.quality.rate.sample(now, c.stats.bytes_out);
+            if c.paused || !c.quality.tx.has_sent() {
+                continue;
+            }
+            let Some(e) = producers.get(&c.producer).and_then(|p| p.encodings.get(c.encoding)) else { continue };
+            let (clock_rate, sr) = (e.quality.rx.clock_rate(), e.quality.rx.last_sr);
+            // The producer's NTP↔RTP mapping in this consumer's timestamps (simulcast offset).
+            let offset = c.ts.offset();
+            let sr = sr.map(|mut sr| {
+                sr.rtp_timestamp = sr.rtp_timestamp.wrapping_add(offset);
+                sr
+            });
+            let Some(t) = transports.get_mut(&c.transport) else { continue };
+            let dest = t.media_dest();
+            let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { continue };
+            let info = c.quality.tx.sender_info(now, ntp, clock_rate, c.ssrc, sr);
+            let mut buf = out.take_buf();
+            rtcp::build_sr(&mut buf, &info, &[]);
+            rtcp::build_sdes_cname(&mut buf, c.ssrc, &c.quality.cname);
+            if tx.protect_rtcp(&mut buf).is_err() {
+                drops.inc(Drop::ProtectFailed);
+                out.give_back(buf);
+                continue;
+            }
+            t.stats.tx(buf.len());
+            t.rtcp_out += 1;
+            out.push(dest, buf);
+        }
+        let mut blocks: Vec<rtcp::ReportBlock> = Vec::new();
+        for t in transports.values_mut() {
+            if t.producers.is_empty() {
+                continue;
+            }
+            blocks.clear();
+            for ph in &t.producers {
+                let Some(p) = producers.get_mut(ph) else { continue };
+                for e in p.encodings.iter_mut() {
+                    e.quality.rate.sample(now, e.stats.bytes_in);
+                    if let (Some(ssrc), true) = (e.media_ssrc, e.quality.rx.started()) {
+                        blocks.push(e.quality.rx.report_block(now, ssrc));
+                    }
+                }
+            }
+            let dest = t.feedback_dest();
+            let (false, Some(tx), Some(dest)) = (blocks.is_empty(), t.tx.as_mut(), dest) else { continue };
+            let mut buf = out.take_buf();
+            rtcp::build_rr(&mut buf, t.rtcp_ssrc, &blocks);
+            if tx.protect_rtcp(&mut buf).is_err() {
+                drops.inc(Drop::ProtectFailed);
+                out.give_back(buf);
+                continue;
+            }
+            t.stats.tx(buf.len());
+            t.rtcp_out += 1;
+            out.push(dest, buf);
+        }
+    }
+
+    /// Per-stream RTP statistics with mediasoup-like (camelCase) names: one record for a
+    /// transport or a consumer, one per encoding for a producer.
+    pub fn rtp_stats(&self, h: Handle) -> Result<Vec<Vec<(&'static str, StatValue)>>> {
+        use StatValue::*;
+        let ms = |d: Duration| Float(d.as_secs_f64() * 1000.0);
+        if let Some(t) = self.transports.get(&h) {
+            let mut r = vec![
+                ("type", Str("transport".into())),
+                ("bytesReceived", Int(t.stats.bytes_in)),
+                ("bytesSent", Int(t.stats.bytes_out)),
+                ("packetsReceived", Int(t.stats.packets_in)),
+                ("packetsSent", Int(t.stats.packets_out)),
+                ("rtpPacketsReceived", Int(t.rtp_in)),
+                ("rtcpPacketsReceived", Int(t.rtcp_in)),
+                ("rtcpPacketsSent", Int(t.rtcp_out)),
+                ("recvBitrate", Int(t.rate_in.bps)),
+                ("sendBitrate", Int(t.rate_out.bps)),
+                ("rembReceived", Int(t.bwe.remb_in)),
+                ("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))),
+                ("transportCcFeedbackSent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))),
+            ];
+            // The viewer's estimate (bwe.rs), only while one is known.
+            if let Some(b) = t.bwe.available_bitrate(Instant::now()) {
+                r.push(("availableBitrate", Int(b)));
+            }
+            return Ok(vec![r]);
+        }
+        if let Some(p) = self.producers.get(&h) {
+            let mut v = Vec::new();
+            for (i, e) in p.encodings.iter().enumerate() {
+                let q = &e.quality;
+                let g = q.nack.as_ref();
+                let mut r = vec![
+                    ("type", Str("inbound-rtp".into())),
+                    ("layer", Int(i as u64)),
+                    ("ssrc", Int(e.media_ssrc.unwrap_or(0) as u64)),
+                    ("rtxSsrc", Int(e.rtx_ssrc.unwrap_or(0) as u64)),
+                    ("rid", Str(e.spec.rid.clone().unwrap_or_default())),
+                    ("packetCount", Int(e.stats.packets_in)),
+                    ("byteCount", Int(e.stats.bytes_in)),
+                    ("packetsLost", Int(q.rx.lost().max(0) as u64)),
+                    ("fractionLost", Float(q.rx.fraction_lost as f64 / 256.0)),
+                    ("jitter", Int(q.rx.jitter() as u64)),
+                    ("nackCount", Int(g.map_or(0, |g| g.batches))),
+                    ("nackPacketCount", Int(g.map_or(0, |g| g.requested))),
+                    ("packetsRetransmitted", Int(q.rtx_in + q.rtx_duplicate)),
+                    ("packetsRepaired", Int(q.rtx_in)),
+                    ("packetsReordered", Int(g.map_or(0, |g| g.reordered))),
+                    ("packetsGivenUp", Int(g.map_or(0, |g| g.gave_up))),
+                    ("packetsDiscarded", Int(q.rtx_duplicate)),
+                    ("pliCount", Int(q.plis_sent)),
+                    ("firCount", Int(q.firs_sent)),
+                    ("keyFrames", Int(e.key_frames)),
+                    ("bitrate", Int(q.rate.bps)),
+                ];
+                // RTT toward the producer, estimated from NACK → retransmission times.
+                if let Some(g) = g.filter(|g| g.rtt_measured) {
+                    r.push(("roundTripTime", ms(g.rtt())));
+                }
+                v.push(r);
+            }
+            return Ok(v);
+        }
+        if let Some(c) = self.consumers.get(&h) {
+            let q = &c.quality;
+            let mut r = vec![
+                ("type", Str("outbound-rtp".into())),
+                ("layer", Int(c.encoding as u64)),
+                ("ssrc", Int(c.ssrc as u64)),
+                ("rtxSsrc", Int(c.rtx_ssrc.unwrap_or(0) as u64)),
+                ("packetCount", Int(c.stats.packets_out)),
+                ("byteCount", Int(c.stats.bytes_out)),
+                ("packetsRetransmitted", Int(q.tx.rtx_packets)),
+                ("bytesRetransmitted", Int(q.tx.rtx_bytes)),
+                ("packetsLost", Int(q.tx.cumulative_lost.max(0) as u64)),
+                ("fractionLost", Float(q.tx.fraction_lost as f64 / 256.0)),
+                ("jitter", Int(q.tx.jitter as u64)),
+                ("nackCount", Int(q.nacks_in)),
+                ("nackPacketCount", Int(q.nack_seqs_in)),
+                ("pliCount", Int(q.plis_in)),
+                ("firCount", Int(q.firs_in)),
+                ("senderReports", Int(q.tx.srs_sent)),
+                ("receiverReports", Int(q.tx.reports_received)),
+                ("bitrate", Int(q.rate.bps)),
+                ("paused", Bool(c.paused)),
+                ("targetLayer", Int(c.target as u64)),
+                ("preferredSpatialLayer", Int(c.preferred_spatial as u64)),
+                ("layerSwitches", Int(c.layer_switches)),
+            ];
+            if let Some(rtt) = q.tx.rtt {
+                r.push(("roundTripTime", ms(rtt)));
+            }
+            return Ok(vec![r]);
+        }
+        Err(RouterError::Unknown(format!("unknown handle {h}")))
     }
 }
 
@@ -1674,6 +2271,7 @@ fn learn_ssrc(
             if let Some(old) = e.media_ssrc {
                 t.ssrc_in.remove(&old);
             }
+            e.quality.restart(Instant::now());
         }
         e.media_ssrc = Some(hdr.ssrc);
     }
@@ -1754,6 +2352,7 @@ mod tests {
                 mime: "video/VP8".into(),
                 rtx_payload_type: Some(97),
                 mapped_rtx_payload_type: Some(102),
+                clock_rate: 90000,
             }],
             encodings: vec![EncodingSpec { ssrc, rtx_ssrc: None, rid: None, mapped_ssrc: 5555 }],
             header_extensions: vec![
@@ -1762,6 +2361,7 @@ mod tests {
             ],
             key_frame_request: Some(KeyFrameMethod::Pli),
             paused: false,
+            nack: true,
         }
     }
 
@@ -1774,6 +2374,9 @@ mod tests {
             payload_types: vec![(ROUTER_VP8_PT, ROUTER_VP8_PT)],
             paused,
             encoding: 0,
+            rtx_payload_types: vec![],
+            nack: true,
+            cname: None,
         }
     }
 
@@ -1913,7 +2516,7 @@ mod tests {
         room.send(true);
         let mut out = Output::new();
         room.r.handle_timeout(room.now + Duration::from_secs(3), &mut out);
-        assert!(out.transmits.is_empty());
+        assert_eq!(p(&room.r), sent + 1);
     }
 
     #[test]
@@ -1995,6 +2598,273 @@ mod tests {
         room.r.remove_transport(3).unwrap();
         assert_eq!(room.r.counts(), Counts::default());
         assert!(room.r.by_addr.is_empty() && room.r.by_ufrag.is_empty());
+    }
+
+    fn rtcp_of(ctx: &mut SrtpContext, t: &Transmit) -> Vec<u8> {
+        let mut b = t.buf.clone();
+        ctx.unprotect_rtcp(&mut b).unwrap();
+        b
+    }
+
+    fn stat(r: &Router, h: Handle, key: &str) -> Option<StatValue> {
+        r.rtp_stats(h).unwrap()[0].iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn gaps_are_nacked_upstream_and_rtx_fills_them_with_consumer_seq_continuity() {
+        let mut room = room(false);
+        room.seq = 100;
+        room.send(true); // 100
+        room.send(false); // 101
+        room.seq = 103;
+        let out = room.send(false); // 103: 102 missing
+        let seqs: Vec<u16> = out.transmits.iter().filter(|t| t.dest.port() == 2000).map(|t| room.recv(t).2).collect();
+        assert_eq!(seqs.len(), 1);
+        let out103 = seqs[0];
+        // Not yet: reordering tolerance.
+        let mut out = Output::new();
+        room.r.handle_timeout(room.now + Duration::from_millis(5), &mut out);
+        assert!(out.transmits.is_empty());
+        let mut out = Output::new();
+        room.r.handle_timeout(room.now + Duration::from_millis(11), &mut out);
+        assert_eq!(out.transmits.len(), 1);
+        assert_eq!(out.transmits[0].dest, addr(1000));
+        let plain = rtcp_of(&mut room.host_rx, &out.transmits[0]);
+        let nacked: Vec<(u32, u16)> = rtcp::compound(&plain)
+            .filter_map(|p| match p {
+                Ok(rtcp::Packet::Nack(n)) => Some(n.seqs().map(move |s| (n.media_ssrc, s)).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(nacked, vec![(0x1234, 102)]);
+        // The host answers with RTX (PT 97, own SSRC, OSN 102 in front of the payload).
+        let original = vp8_payload(false);
+        let mut rtx_payload = 102u16.to_be_bytes().to_vec();
+        rtx_payload.extend_from_slice(&original);
+        let now = room.now + Duration::from_millis(20);
+        for attempt in 0..2 {
+            let mut pkt = rtp_packet(0x9999, 7 + attempt, 97, Some("0"), &rtx_payload);
+            room.host.protect_rtp(&mut pkt).unwrap();
+            let mut out = Output::new();
+            room.r.handle_datagram(now, addr(1000), &pkt, &mut out);
+            if attempt == 0 {
+                let to_viewer: Vec<&Transmit> = out.transmits.iter().filter(|t| t.dest.port() == 2000).collect();
+                assert_eq!(to_viewer.len(), 1);
+                let mut b = to_viewer[0].buf.clone();
+                room.viewers[0].unprotect_rtp(&mut b).unwrap();
+                let h = rtp::parse(&b).unwrap();
+                assert_eq!((h.ssrc, h.payload_type, h.sequence), (0xAAAA, ROUTER_VP8_PT, out103.wrapping_sub(1)));
+                assert_eq!(h.payload(&b), &original[..]);
+            } else {
+                assert!(out.transmits.is_empty());
+            }
+        }
+        assert_eq!(room.r.drops().get(Drop::RtxDuplicate), 1);
+        // The original, overtaken by its retransmission, is not forwarded a second time.
+        room.seq = 102;
+        let out = room.send(false);
+        assert!(out.transmits.iter().all(|t| t.dest.port() == 1000));
+        assert_eq!(room.r.drops().get(Drop::Duplicate), 1);
+        assert_eq!(stat(&room.r, 10, "packetsRepaired"), Some(StatValue::Int(1)));
+        assert_eq!(stat(&room.r, 10, "nackPacketCount"), Some(StatValue::Int(1)));
+        assert_eq!(stat(&room.r, 10, "packetsLost"), Some(StatValue::Int(0)));
+        assert!(matches!(stat(&room.r, 10, "roundTripTime"), Some(StatValue::Float(ms)) if (8.0..=10.0).contains(&ms)));
+        // No more NACKs for it.
+        let mut out = Output::new();
+        room.r.handle_timeout(room.now + Duration::from_millis(500), &mut out);
+        assert!(out.transmits.iter().all(|t| t.dest.port() != 1000));
+    }
+
+    #[test]
+    fn viewer_nacks_are_answered_by_rtx_or_plain_resend_and_throttled() {
+        let mut r = Router::new();
+        let now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        connect(&mut r, now, 3, 3000, &mut out);
+        r.add_producer(10, 1, producer_spec(None)).unwrap();
+        let mut with_rtx = consumer_spec(0xAAAA, "c0", false);
+        with_rtx.rtx_ssrc = Some(0xAAAB);
+        with_rtx.rtx_payload_types = vec![(ROUTER_VP8_PT, 102)];
+        r.add_consumer(now, 20, 2, 10, with_rtx, &mut out).unwrap();
+        r.add_consumer(now, 30, 3, 10, consumer_spec(0xBBBB, "c1", false), &mut out).unwrap();
+        let (mut host, _) = peer(1);
+        let mut payloads = Vec::new();
+        let mut first_out: HashMap<u16, u16> = HashMap::new();
+        let (mut v2, mut v3) = (peer(2), peer(3));
+        for i in 0..10u16 {
+            let payload = vp8_payload(i == 0);
+            let mut pkt = rtp_packet(0x1234, 500 + i, VP8_PT, Some("0"), &payload);
+            payloads.push(payload);
+            host.protect_rtp(&mut pkt).unwrap();
+            let mut out = Output::new();
+            r.handle_datagram(now, addr(1000), &pkt, &mut out);
+            for t in out.transmits.iter().filter(|t| t.dest.port() != 1000) {
+                let mut b = t.buf.clone();
+                let ctx = if t.dest.port() == 2000 { &mut v2.1 } else { &mut v3.1 };
+                ctx.unprotect_rtp(&mut b).unwrap();
+                first_out.entry(t.dest.port()).or_insert(rtp::parse(&b).unwrap().sequence);
+            }
+        }
+        let nack_for = |ctx: &mut SrtpContext, ssrc: u32, seqs: &[u16]| {
+            let mut b = Vec::new();
+            rtcp::build_rr(&mut b, 1, &[]);
+            rtcp::build_nack(&mut b, 1, ssrc, seqs);
+            ctx.protect_rtcp(&mut b).unwrap();
+            b
+        };
+        // Viewer 2 (RTX): output seqs base+3 and base+5.
+        let base = first_out[&2000];
+        let pkt = nack_for(&mut v2.0, 0xAAAA, &[base + 3, base + 5]);
+        let mut out = Output::new();
+        r.handle_datagram(now, addr(2000), &pkt, &mut out);
+        assert_eq!(out.transmits.len(), 2);
+        for (k, t) in out.transmits.iter().enumerate() {
+            let mut b = t.buf.clone();
+            v2.1.unprotect_rtp(&mut b).unwrap();
+            let h = rtp::parse(&b).unwrap();
+            assert_eq!((h.ssrc, h.payload_type), (0xAAAB, 102));
+            let want = [3usize, 5][k];
+            let p = h.payload(&b);
+            assert_eq!(u16::from_be_bytes([p[0], p[1]]), base + want as u16);
+            assert_eq!(&p[2..], &payloads[want][..]);
+            let mid = rtp::find_extension(&b, &h, 1).unwrap();
+            assert_eq!(mid, b"c0");
+        }
+        // The same NACK again at once: already in flight.
+        let pkt = nack_for(&mut v2.0, 0xAAAA, &[base + 3]);
+        let mut out = Output::new();
+        r.handle_datagram(now, addr(2000), &pkt, &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!(r.drops().get(Drop::NackThrottled), 1);
+        // Later it is resent again, with the next RTX sequence number.
+        let pkt = nack_for(&mut v2.0, 0xAAAA, &[base + 3]);
+        let mut out = Output::new();
+        r.handle_datagram(now + Duration::from_millis(150), addr(2000), &pkt, &mut out);
+        assert_eq!(out.transmits.len(), 1);
+        // Viewer 3 (no RTX): the packet itself again; unknown seq: counted.
+        let base3 = first_out[&3000];
+        let pkt = nack_for(&mut v3.0, 0xBBBB, &[base3 + 9, base3 + 40]);
+        let mut out = Output::new();
+        r.handle_datagram(now, addr(3000), &pkt, &mut out);
+        assert_eq!(out.transmits.len(), 1);
+        let mut b = out.transmits[0].buf.clone();
+        peer(3).1.unprotect_rtp(&mut b).unwrap(); // a receiver that lost the original
+        let h = rtp::parse(&b).unwrap();
+        assert_eq!((h.ssrc, h.payload_type, h.sequence), (0xBBBB, ROUTER_VP8_PT, base3 + 9));
+        assert_eq!(h.payload(&b), &payloads[9][..]);
+        assert_eq!(r.drops().get(Drop::NackNotBuffered), 1);
+        assert_eq!(stat(&r, 20, "packetsRetransmitted"), Some(StatValue::Int(3)));
+        assert_eq!(stat(&r, 20, "nackCount"), Some(StatValue::Int(3)));
+        assert_eq!(stat(&r, 20, "nackPacketCount"), Some(StatValue::Int(4)));
+        // Too old for the buffer.
+        let pkt = nack_for(&mut v3.0, 0xBBBB, &[base3 + 8]);
+        let mut out = Output::new();
+        r.handle_datagram(now + Duration::from_millis(2100), addr(3000), &pkt, &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!(r.drops().get(Drop::NackNotBuffered), 2);
+    }
+
+    #[test]
+    fn sender_and_receiver_reports_and_round_trip_time() {
+        let mut room = room(false);
+        for i in 0..5 {
+            room.send(i == 0);
+        }
+        let t0 = room.now;
+        let mut out = Output::new();
+        room.r.handle_timeout(t0, &mut out);
+        // A producer SR (its NTP/RTP mapping is carried over to the viewers' SRs).
+        let mut sr = Vec::new();
+        let sr_ntp = 0xE000_0000_8000_0000u64;
+        rtcp::build_sr(&mut sr, &rtcp::SenderInfo { ssrc: 0x1234, ntp: sr_ntp, rtp_timestamp: 0x1000, packet_count: 5, octet_count: 500 }, &[]);
+        room.host.protect_rtcp(&mut sr).unwrap();
+        room.r.handle_datagram(t0, addr(1000), &sr, &mut out);
+        let t1 = t0 + REPORT_INTERVAL;
+        let mut out = Output::new();
+        room.r.handle_timeout(t1, &mut out);
+        let mut lsr = 0;
+        let (mut srs, mut rrs) = (0, 0);
+        for t in &out.transmits {
+            match t.dest.port() {
+                2000 => {
+                    let (_, mut v) = peer(2);
+                    let b = rtcp_of(&mut v, t);
+                    let items: Vec<_> = rtcp::compound(&b).map(|p| p.unwrap()).collect();
+                    let rtcp::Packet::Sr(sr) = items[0] else { panic!("SR first") };
+                    assert_eq!(sr.info.ssrc, 0xAAAA);
+                    assert_eq!(sr.info.packet_count, 5);
+                    assert_eq!(sr.info.ntp, crate::reports::ntp_add(sr_ntp, REPORT_INTERVAL));
+                    assert_eq!(sr.info.rtp_timestamp, 0x1000 + 90000);
+                    assert!(matches!(items[1], rtcp::Packet::Sdes));
+                    lsr = crate::reports::ntp_mid(sr.info.ntp);
+                    srs += 1;
+                }
+                3000 => srs += 1,
+                1000 => {
+                    let b = rtcp_of(&mut room.host_rx, t);
+                    let Some(Ok(rtcp::Packet::Rr(rr))) = rtcp::compound(&b).next() else { panic!("RR") };
+                    let blocks: Vec<_> = rr.report_blocks().collect();
+                    assert_eq!(blocks.len(), 1);
+                    assert_eq!(blocks[0].ssrc, 0x1234);
+                    assert_eq!(blocks[0].cumulative_lost, 0);
+                    assert_eq!(blocks[0].highest_seq, 104);
+                    assert_eq!(blocks[0].last_sr, crate::reports::ntp_mid(sr_ntp));
+                    assert_eq!(blocks[0].delay_since_last_sr, 65536);
+                    rrs += 1;
+                }
+                p => panic!("unexpected port {p}"),
+            }
+        }
+        assert_eq!((srs, rrs), (2, 1));
+        // Viewer 2 answers 50 ms later, having held the SR for 20 ms: RTT 30 ms.
+        let mut rr = Vec::new();
+        let block = rtcp::ReportBlock {
+            ssrc: 0xAAAA,
+            fraction_lost: 64,
+            cumulative_lost: 3,
+            highest_seq: 1,
+            jitter: 12,
+            last_sr: lsr,
+            delay_since_last_sr: crate::reports::to_dlsr(Duration::from_millis(20)),
+        };
+        rtcp::build_rr(&mut rr, 0x77, &[block]);
+        let (mut v, _) = peer(2);
+        v.protect_rtcp(&mut rr).unwrap();
+        room.r.handle_datagram(t1 + Duration::from_millis(50), addr(2000), &rr, &mut out);
+        let Some(StatValue::Float(rtt)) = stat(&room.r, 20, "roundTripTime") else { panic!("no rtt") };
+        assert!((29.0..=31.0).contains(&rtt), "rtt {rtt}");
+        assert_eq!(stat(&room.r, 20, "fractionLost"), Some(StatValue::Float(0.25)));
+        assert_eq!(stat(&room.r, 20, "packetsLost"), Some(StatValue::Int(3)));
+        assert_eq!(stat(&room.r, 20, "jitter"), Some(StatValue::Int(12)));
+        assert!(stat(&room.r, 30, "roundTripTime").is_none());
+    }
+
+    #[test]
+    fn a_consumer_transport_that_connects_asks_for_a_key_frame() {
+        let mut room = room(false);
+        room.send(true);
+        let kf = |r: &Router| match stat(r, 10, "pliCount") {
+            Some(StatValue::Int(n)) => n,
+            _ => panic!("no pliCount"),
+        };
+        let mut out = Output::new();
+        room.r.add_transport(4, "ufrag4").unwrap();
+        room.r.add_consumer(room.now, 40, 4, 10, consumer_spec(0xCCCC, "c9", false), &mut out).unwrap();
+        let before = kf(&room.r);
+        // Keys first, then the selected tuple: media can flow only now → key frame request.
+        let later = room.now + Duration::from_secs(2);
+        let (lk, ls) = key(8);
+        let (rk, rs) = key(9);
+        let mut out = Output::new();
+        room.r.set_srtp(later, 4, P, &lk, &ls, &rk, &rs, &mut out).unwrap();
+        assert!(out.transmits.is_empty());
+        room.r.bind_tuple(later, 4, addr(4000), true, &mut out).unwrap();
+        assert_eq!(kf(&room.r), before + 1);
+        assert_eq!(out.transmits.len(), 1);
+        assert_eq!(out.transmits[0].dest, addr(1000));
     }
 
     #[test]

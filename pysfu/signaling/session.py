@@ -27,6 +27,7 @@ from pysfu.signaling.schema import (
     get_layer,
     get_name,
     get_object,
+    get_stats_target,
     get_str,
     parse_request,
 )
@@ -84,6 +85,7 @@ class Session:
             "pauseConsumer": self._pause_consumer,
             "closeProducer": self._close_producer,
             "setPreferredLayers": self._set_preferred_layers,
+            "getStats": self._get_stats,
         }
 
     async def run(self) -> None:
@@ -261,6 +263,11 @@ class Session:
         producer_id = get_str(data, "producerId")
         room.close_producer(peer, producer_id)
         return "producerClosed", {"producerId": producer_id}
+
+    async def _get_stats(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        target, object_id = get_stats_target(data)
+        return "stats", {target: object_id, "stats": room.stats(peer, target, object_id)}
 
 
 __all__ = ["Request", "Session"]
