@@ -16,6 +16,7 @@ import trio
 from pysfu import errors, ortc, stats
 from pysfu.errors import SignalingError
 from pysfu.ids import new_id
+from pysfu.layers import watch_consumer_layers
 from pysfu.log import log_event
 
 if TYPE_CHECKING:
@@ -326,6 +327,8 @@ class Room:
         self.consumers[consumer.id] = consumer
         log_event(logger, "consumer.created", room=self.id, peer=peer.id,
                   transport=transport.id, consumer=consumer.id, producer=producer.id)
+        if len(producer.mapping["encodings"]) > 1:
+            self.nursery.start_soon(watch_consumer_layers, self, consumer)
         return consumer
 
     def owned_consumer(self, peer: Peer, consumer_id: str) -> Consumer:

@@ -196,6 +196,14 @@ async def test_default_top_layer_then_switch_down_at_a_key_frame(setup: Setup) -
     back = viewer.layers().index(2, n_before)
     assert is_vp8_keyframe(viewer.packets[back].payload)
     assert_continuous(viewer.packets)
+    # The viewer was told each time its layer changed (mediasoup's consumerLayersChanged).
+    seen = []
+    with trio.move_on_after(3):
+        while seen[-1:] != [2] or len(seen) < 3:
+            _, data = await viewer.client.next_notification("consumerLayersChanged")
+            assert data["consumerId"] == viewer.consumer["id"]
+            seen.append(data["spatialLayer"])
+    assert seen == [2, 0, 2]
 
 
 async def test_remb_estimate_moves_the_viewer_down_and_back_up(setup: Setup) -> None:

@@ -7,8 +7,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.e2e.test_browser import STATS, _wait, new_room, open_viewer, start_sharing, \
-    wait_decoding
+from tests.e2e.test_browser import (
+    STATS,
+    _wait,
+    new_room,
+    notifications,
+    open_viewer,
+    start_sharing,
+    wait_decoding,
+)
 
 Pages = Any
 
@@ -63,3 +70,7 @@ def test_simulcast_three_layers_and_viewer_switches(pages: Pages) -> None:
     viewer.evaluate("async () => await window.pysfu.setPreferredLayers(2)")
     _poll(width, lambda w: w == top, 20, "top layer again")
     assert viewer.evaluate(STATS)["video"]["framesDecoded"] > frames, "decoding went on"
+    changes = _poll(lambda: [d["spatialLayer"] for d in
+                             notifications(viewer, "consumerLayersChanged")],
+                    lambda seen: seen[-1:] == [2], 5, "consumerLayersChanged notifications")
+    assert changes[-3:] == [0, 1, 2], changes
