@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 _PROFILES = {
     b"SRTP_AES128_CM_SHA1_80": (pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 16, 14),
@@ -29,7 +29,7 @@ _PROFILES = {
 MAGIC = 0x2112A442
 
 
-def make_certificate() -> tuple[crypto.X509, crypto.PKey, str]:
+def make_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-peer")])
     now = datetime.datetime.now(datetime.UTC)
@@ -40,7 +40,7 @@ def make_certificate() -> tuple[crypto.X509, crypto.PKey, str]:
             .sign(key, hashes.SHA256()))
     der = cert.public_bytes(serialization.Encoding.DER)
     fp = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
-    return crypto.X509.from_cryptography(cert), crypto.PKey.from_cryptography_key(key), fp
+    return cert, key, fp
 
 
 def stun_binding_request(username: str, password: str, *, use_candidate: bool = True,
@@ -199,7 +199,9 @@ class WebRtcPeer:
                 except SSL.Error:
                     pass
             await self._flush(conn)
-        peer_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, conn.get_peer_certificate())
+        peer_cert = conn.get_peer_certificate(as_cryptography=True)
+        assert peer_cert is not None, "server sent no certificate"
+        peer_der = peer_cert.public_bytes(serialization.Encoding.DER)
         got = ":".join(f"{b:02X}" for b in hashlib.sha256(peer_der).digest())
         assert got == self.server_fingerprint, "server certificate does not match its fingerprint"
         self.profile = conn.get_selected_srtp_profile()
