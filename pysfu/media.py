@@ -89,6 +89,12 @@ class MediaEngine:
     def resume_consumer(self, handle: int) -> None:
         self.native.resume_consumer(handle)
 
+    def set_preferred_layers(
+        self, handle: int, spatial: int, temporal: int | None
+    ) -> tuple[int, int]:
+        spatial_set, temporal_set = self.native.set_preferred_layers(handle, spatial, temporal)
+        return spatial_set, temporal_set
+
     def counts(self) -> dict[str, int]:
         return dict(self.native.counts())
 

@@ -16,6 +16,7 @@ import trio
 from pysfu import errors, ortc, stats
 from pysfu.errors import SignalingError
 from pysfu.ids import new_id
+from pysfu.layers import watch_consumer_layers
 from pysfu.log import log_event
 
 if TYPE_CHECKING:
@@ -326,6 +327,8 @@ class Room:
         self.consumers[consumer.id] = consumer
         log_event(logger, "consumer.created", room=self.id, peer=peer.id,
                   transport=transport.id, consumer=consumer.id, producer=producer.id)
+        if len(producer.mapping["encodings"]) > 1:
+            self.nursery.start_soon(watch_consumer_layers, self, consumer)
         return consumer
 
     def owned_consumer(self, peer: Peer, consumer_id: str) -> Consumer:
@@ -342,6 +345,17 @@ class Room:
             consumer.paused = paused
             consumer.transport.set_consumer_paused(consumer, paused)
         return consumer
+
+    def set_consumer_preferred_layers(
+        self, peer: Peer, consumer_id: str, spatial: int, temporal: int | None
+    ) -> tuple[Consumer, int, int | None]:
+        """Simulcast: the highest spatial layer the viewer wants (clamped to what exists)."""
+        consumer = self.owned_consumer(peer, consumer_id)
+        spatial, temporal_set = consumer.transport.set_consumer_preferred_layers(
+            consumer, spatial, temporal)
+        log_event(logger, "consumer.preferred_layers", room=self.id, peer=peer.id,
+                  consumer=consumer.id, spatial=spatial, temporal=temporal)
+        return consumer, spatial, temporal
 
     def _close_consumer(self, consumer: Consumer) -> None:
         consumer.transport.remove_consumer(consumer)

@@ -11,6 +11,8 @@ pub mod engine;
 pub mod io;
 pub mod router;
 pub mod stun_peek;
+pub mod twcc;
+pub mod bwe;
 pub mod wake;
 
 use pyo3::prelude::*;
