@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
-use crate::reports::{NtpClock, BitrateSampler, ReceiveStats, SendStats};
+use crate::reports::{BitrateSampler, NtpClock, ReceiveStats, SendStats};
 use crate::rtcp;
 use crate::rtp;
 use crate::seq::SeqManager;
