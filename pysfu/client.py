@@ -139,6 +139,11 @@ class SignalingClient:
     async def close_producer(self, room_id: str, producer_id: str) -> dict[str, Any]:
         return await self.request("closeProducer", {"roomId": room_id, "producerId": producer_id})
 
+    async def get_stats(self, room_id: str, **target: str) -> list[dict[str, Any]]:
+        """Stats of one object: ``get_stats(room, consumerId=...)`` (or transportId,
+        producerId)."""
+        return (await self.request("getStats", {"roomId": room_id, **target}))["stats"]
+
     async def aclose(self) -> None:
         await self.ws.aclose()
 

@@ -97,11 +97,21 @@ class MediaEngine:
     def resume_consumer(self, handle: int) -> None:
         self.native.resume_consumer(handle)
 
+    def set_preferred_layers(
+        self, handle: int, spatial: int, temporal: int | None
+    ) -> tuple[int, int]:
+        spatial_set, temporal_set = self.native.set_preferred_layers(handle, spatial, temporal)
+        return spatial_set, temporal_set
+
     def counts(self) -> dict[str, int]:
         return dict(self.native.counts())
 
     def stats(self, handle: int) -> dict[str, Any]:
         return dict(self.native.stats(handle))
+
+    def rtp_stats(self, handle: int) -> list[dict[str, Any]]:
+        """Per-stream RTP statistics (loss, NACK, PLI, RTT, jitter, bitrate) of an object."""
+        return [dict(r) for r in self.native.rtp_stats(handle)]
 
     def drops(self) -> dict[str, int]:
         return dict(self.native.drops())

@@ -58,7 +58,9 @@ class WebRtcTransport:
         self.inbox_dropped = 0
         self._cancel = trio.CancelScope()
         self._registered = False
-        self._created_at = trio.current_time()
+        # Set by connectTransport: ICE and DTLS must then complete within dtls_timeout, so a
+        # peer that connects and goes silent does not hold a transport (and its port share).
+        self._connect_deadline: float | None = None
 
     # ---- signaling-facing ---------------------------------------------------------------------
 
@@ -94,6 +96,7 @@ class WebRtcTransport:
         if self.remote_dtls is not None:
             raise SignalingError(errors.ALREADY_CONNECTED, "transport already connected")
         self.remote_dtls = dtls_parameters
+        self._connect_deadline = trio.current_time() + self._config.dtls_timeout
         # The browser says "client" (mediasoup-client always does): we are the DTLS server.
         role = "client" if dtls_parameters["role"] == "server" else "server"
         self.dtls = DtlsTransport(
@@ -153,6 +156,11 @@ class WebRtcTransport:
         else:
             self._media.resume_consumer(consumer.handle)
 
+    def set_consumer_preferred_layers(
+        self, consumer: Consumer, spatial: int, temporal: int | None
+    ) -> tuple[int, int]:
+        return self._media.set_preferred_layers(consumer.handle, spatial, temporal)
+
     # ---- task ---------------------------------------------------------------------------------
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -205,6 +213,8 @@ class WebRtcTransport:
             timeout = self.dtls.next_timeout()
             if timeout is not None:
                 deadline = min(deadline, timeout)
+        if self._connect_deadline is not None:
+            deadline = min(deadline, self._connect_deadline)
         return deadline
 
     def _on_timer(self, now: float) -> None:
@@ -215,6 +225,10 @@ class WebRtcTransport:
                 self._after_dtls()
         if not self.ice.check_consent(now):
             self._fail("ice_consent_timeout")
+        elif self._connect_deadline is not None and now >= self._connect_deadline:
+            self._connect_deadline = None
+            if self.srtp_profile is None:
+                self._fail("connect_timeout")
 
     def _on_stun(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         out = self.ice.handle_datagram(data, addr, now)
@@ -240,6 +254,7 @@ class WebRtcTransport:
         if dtls.state == "connected" and dtls.srtp_keys is not None and self.srtp_profile is None:
             keys = dtls.srtp_keys
             self.srtp_profile = keys.profile
+            self._connect_deadline = None
             self._media.set_srtp(self.handle, keys.profile, keys.local_key, keys.local_salt,
                                  keys.remote_key, keys.remote_salt)
             log_event(logger, "dtls.connected", room=self.room.id, peer=self.owner,
@@ -282,6 +297,7 @@ def producer_spec(producer: Producer) -> dict[str, Any]:
     }
     codecs = []
     key_frame_request = None
+    nack = False
     for codec in params["codecs"]:
         if codec["mimeType"].lower().endswith("/rtx"):
             continue
@@ -295,8 +311,10 @@ def producer_spec(producer: Producer) -> dict[str, Any]:
             "mime": codec["mimeType"],
             "rtx_payload_type": rtx,
             "mapped_rtx_payload_type": consumable_rtx.get(mapped[pt]) if rtx is not None else None,
+            "clock_rate": codec["clockRate"],
         })
         key_frame_request = key_frame_request or _key_frame_request(codec)
+        nack = nack or _has_plain_nack(codec)
     router_ids = {ext["uri"]: ext["id"] for ext in producer.consumable["headerExtensions"]}
     header_extensions = [
         {"id": ext["id"], "router_id": router_ids.get(ext["uri"]), "uri": ext["uri"]}
@@ -319,6 +337,8 @@ def producer_spec(producer: Producer) -> dict[str, Any]:
         "header_extensions": header_extensions,
         "key_frame_request": key_frame_request,
         "paused": producer.paused,
+        # Gaps are NACKed upstream (and RTX accepted) only if the producer negotiated it.
+        "nack": nack,
     }
 
 
@@ -338,4 +358,17 @@ def consumer_spec(consumer: Consumer) -> dict[str, Any]:
             for c in rtp["codecs"] if not c["mimeType"].lower().endswith("/rtx")
         },
         "paused": consumer.paused,
+        # Retransmissions: RTX PT per media PT; answer NACKs only if the viewer negotiated them.
+        "rtx_payload_types": {
+            c["parameters"]["apt"]: c["payloadType"]
+            for c in rtp["codecs"] if c["mimeType"].lower().endswith("/rtx")
+        },
+        "nack": any(_has_plain_nack(c) for c in rtp["codecs"]
+                    if not c["mimeType"].lower().endswith("/rtx")),
+        "cname": rtp.get("rtcp", {}).get("cname"),
     }
+
+
+def _has_plain_nack(codec: dict[str, Any]) -> bool:
+    return any(fb.get("type") == "nack" and not fb.get("parameter")
+               for fb in codec.get("rtcpFeedback", []))

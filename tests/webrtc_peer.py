@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 _PROFILES = {
     b"SRTP_AES128_CM_SHA1_80": (pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 16, 14),
@@ -29,7 +29,7 @@ _PROFILES = {
 MAGIC = 0x2112A442
 
 
-def make_certificate() -> tuple[crypto.X509, crypto.PKey, str]:
+def make_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-peer")])
     now = datetime.datetime.now(datetime.UTC)
@@ -40,7 +40,7 @@ def make_certificate() -> tuple[crypto.X509, crypto.PKey, str]:
             .sign(key, hashes.SHA256()))
     der = cert.public_bytes(serialization.Encoding.DER)
     fp = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
-    return crypto.X509.from_cryptography(cert), crypto.PKey.from_cryptography_key(key), fp
+    return cert, key, fp
 
 
 def stun_binding_request(username: str, password: str, *, use_candidate: bool = True,
@@ -199,7 +199,9 @@ class WebRtcPeer:
                 except SSL.Error:
                     pass
             await self._flush(conn)
-        peer_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, conn.get_peer_certificate())
+        peer_cert = conn.get_peer_certificate(as_cryptography=True)
+        assert peer_cert is not None, "server sent no certificate"
+        peer_der = peer_cert.public_bytes(serialization.Encoding.DER)
         got = ":".join(f"{b:02X}" for b in hashlib.sha256(peer_der).digest())
         assert got == self.server_fingerprint, "server certificate does not match its fingerprint"
         self.profile = conn.get_selected_srtp_profile()
@@ -265,3 +267,120 @@ class WebRtcPeer:
 
     def close(self) -> None:
         self.sock.close()
+
+    # ---- RTCP and RTX (loss repair tests) -----------------------------------------------------
+
+    async def send_rtcp(self, packet: bytes) -> None:
+        """Protect a (compound) RTCP packet and send it."""
+        assert self.tx is not None
+        await self.sock.sendto(self.tx.protect_rtcp(packet), self.server)
+
+    async def recv_packet(self, timeout: float = 2.0) -> tuple[str, Any] | None:
+        """The next SRTP/SRTCP datagram, decrypted: ("rtp", Rtp) or ("rtcp", bytes)."""
+        assert self.rx is not None
+        with trio.move_on_after(timeout):
+            while True:
+                data = await self.sock.recv(4096)
+                if not 128 <= data[0] <= 191:
+                    continue
+                try:
+                    if 192 <= data[1] <= 223:
+                        return "rtcp", self.rx.unprotect_rtcp(data)
+                    return "rtp", parse_rtp(self.rx.unprotect(data))
+                except pylibsrtp.Error as exc:
+                    # Replays and forgeries are the sender's fault: note them, go on.
+                    self.srtp_errors = [*getattr(self, "srtp_errors", []), (str(exc), data[:12])]
+        return None
+
+
+def build_nack(sender_ssrc: int, media_ssrc: int, seqs: list[int]) -> bytes:
+    """RTPFB generic NACK (RFC 4585 §6.2.1) for ``seqs``."""
+    fci = b""
+    todo = sorted(set(s & 0xFFFF for s in seqs))
+    while todo:
+        pid, blp = todo.pop(0), 0
+        for s in list(todo):
+            d = (s - pid) & 0xFFFF
+            if 1 <= d <= 16:
+                blp |= 1 << (d - 1)
+                todo.remove(s)
+        fci += struct.pack("!HH", pid, blp)
+    return struct.pack("!BBHII", 0x81, 205, 2 + len(fci) // 4, sender_ssrc, media_ssrc) + fci
+
+
+def build_pli(sender_ssrc: int, media_ssrc: int) -> bytes:
+    return struct.pack("!BBHII", 0x81, 206, 2, sender_ssrc, media_ssrc)
+
+
+def build_rr(sender_ssrc: int, blocks: list[dict[str, int]]) -> bytes:
+    """Receiver report; blocks have ssrc, fraction_lost, lost, highest_seq, jitter, lsr, dlsr."""
+    body = b"".join(
+        struct.pack("!IIIIII", b["ssrc"], (b.get("fraction_lost", 0) << 24)
+                    | (b.get("lost", 0) & 0xFFFFFF), b.get("highest_seq", 0), b.get("jitter", 0),
+                    b.get("lsr", 0), b.get("dlsr", 0))
+        for b in blocks)
+    return struct.pack("!BBHI", 0x80 | len(blocks), 201, 1 + len(body) // 4, sender_ssrc) + body
+
+
+def build_sr(ssrc: int, ntp: int, rtp_ts: int, packets: int, octets: int) -> bytes:
+    return struct.pack("!BBHIQIII", 0x80, 200, 6, ssrc, ntp, rtp_ts & 0xFFFFFFFF, packets, octets)
+
+
+def parse_rtcp(compound: bytes) -> list[dict[str, Any]]:
+    """Each packet of a compound: {"pt", "fmt", "ssrc"} plus SR sender info / report blocks,
+    NACK/PLI media SSRC and NACKed seqs, SDES CNAME."""
+    out: list[dict[str, Any]] = []
+    pos = 0
+    while pos + 8 <= len(compound):
+        first, pt, words = struct.unpack_from("!BBH", compound, pos)
+        body = compound[pos + 4: pos + 4 * (words + 1)]
+        item: dict[str, Any] = {"pt": pt, "fmt": first & 0x1F,
+                                "ssrc": struct.unpack_from("!I", body)[0]}
+        if pt in (200, 201):
+            at = 4
+            if pt == 200:
+                item["ntp"], item["rtp_ts"], item["packets"], item["octets"] = struct.unpack_from(
+                    "!QIII", body, 4)
+                at = 24
+            item["blocks"] = []
+            for _ in range(first & 0x1F):
+                ssrc, lost, high, jitter, lsr, dlsr = struct.unpack_from("!IIIIII", body, at)
+                item["blocks"].append({"ssrc": ssrc, "fraction_lost": lost >> 24,
+                                       "lost": lost & 0xFFFFFF, "highest_seq": high,
+                                       "jitter": jitter, "lsr": lsr, "dlsr": dlsr})
+                at += 24
+        elif pt == 202 and len(body) >= 6 and body[4] == 1:
+            item["cname"] = body[6: 6 + body[5]].decode(errors="replace")
+        elif pt in (205, 206) and len(body) >= 8:
+            item["media_ssrc"] = struct.unpack_from("!I", body, 4)[0]
+            if pt == 205 and item["fmt"] == 1:
+                seqs = []
+                for at in range(8, len(body) - 3, 4):
+                    pid, blp = struct.unpack_from("!HH", body, at)
+                    seqs.append(pid)
+                    seqs += [(pid + i + 1) & 0xFFFF for i in range(16) if blp & (1 << i)]
+                item["seqs"] = seqs
+        out.append(item)
+        pos += 4 * (words + 1)
+    return out
+
+
+def rtx_original(packet: Rtp) -> tuple[int, bytes]:
+    """RFC 4588: (original sequence number, original payload) of an RTX packet."""
+    return struct.unpack_from("!H", packet.payload)[0], packet.payload[2:]
+
+
+def build_rtx(original: bytes, rtx_pt: int, rtx_ssrc: int, rtx_seq: int) -> bytes:
+    """The RTX packet (RFC 4588) for an unencrypted RTP packet: same header and extensions,
+    RTX PT/SSRC/sequence number, original sequence number in front of the payload."""
+    p = parse_rtp(original)
+    return build_rtp(rtx_pt, rtx_seq, p.ts, rtx_ssrc, struct.pack("!H", p.seq) + p.payload,
+                     marker=p.marker, extensions=p.extensions)
+
+
+def ntp_now() -> int:
+    """64-bit NTP timestamp of the wall clock."""
+    import time
+
+    t = time.time() + 2_208_988_800
+    return (int(t) << 32) | int((t % 1) * (1 << 32))

@@ -82,20 +82,25 @@ fn io_thread(shared: Arc<Shared>) {
     let mut batch = io::RecvBatch::new();
     let mut out = Output::new();
     let mut last_tick = Instant::now();
+    // The router's next timer (NACK retries, reports), refreshed after each locked section.
+    let mut deadline: Option<Instant> = None;
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
         let n = batch.recv(fd).unwrap_or_default();
         if n == 0 {
-            let wait = TICK.saturating_sub(last_tick.elapsed());
+            let mut wait = TICK.saturating_sub(last_tick.elapsed());
+            if let Some(d) = deadline {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
             let ms = wait.as_millis().clamp(1, 1000) as i32;
             if io::wait(fd, stop_fd, ms) {
                 break;
             }
         }
         let now = Instant::now();
-        let tick = now.duration_since(last_tick) >= TICK;
+        let tick = now.duration_since(last_tick) >= TICK || deadline.is_some_and(|d| now >= d);
         if n == 0 && !tick {
             continue;
         }
@@ -126,6 +131,7 @@ fn io_thread(shared: Arc<Shared>) {
                     on_io_panic(&shared, st, &*e);
                 }
             }
+            deadline = st.router.poll_timeout();
             shared.signal(st);
         }
         if tick {
@@ -232,6 +238,7 @@ fn parse_producer_spec(spec: &Bound<'_, PyAny>) -> PyResult<ProducerSpec> {
             mime: string(&get(&c, "mime", w)?, "mime")?,
             rtx_payload_type: opt_int(&c, "rtx_payload_type", w)?,
             mapped_rtx_payload_type: opt_int(&c, "mapped_rtx_payload_type", w)?,
+            clock_rate: opt_int(&c, "clock_rate", w)?.unwrap_or(if video { 90000 } else { 48000 }),
         });
     }
     let mut encodings = Vec::new();
@@ -273,6 +280,7 @@ fn parse_producer_spec(spec: &Bound<'_, PyAny>) -> PyResult<ProducerSpec> {
         header_extensions,
         key_frame_request,
         paused: opt_bool(&d, "paused", w)?,
+        nack: opt_bool(&d, "nack", w)?,
     })
 }
 
@@ -284,6 +292,16 @@ fn parse_consumer_spec(spec: &Bound<'_, PyAny>) -> PyResult<ConsumerSpec> {
     for (k, v) in pts.iter() {
         payload_types.push((int(&k, "payload_types key")?, int(&v, "payload_types value")?));
     }
+    let mut rtx_payload_types = Vec::new();
+    if let Some(rtx) = get_opt(&d, "rtx_payload_types")? {
+        for (k, v) in as_dict(&rtx, "consumer spec.rtx_payload_types")?.iter() {
+            rtx_payload_types.push((int(&k, "rtx_payload_types key")?, int(&v, "rtx_payload_types value")?));
+        }
+    }
+    let nack = match get_opt(&d, "nack")? {
+        Some(_) => opt_bool(&d, "nack", w)?,
+        None => true,
+    };
     Ok(ConsumerSpec {
         ssrc: int(&get(&d, "ssrc", w)?, "consumer spec.ssrc")?,
         rtx_ssrc: opt_int(&d, "rtx_ssrc", w)?,
@@ -292,6 +310,9 @@ fn parse_consumer_spec(spec: &Bound<'_, PyAny>) -> PyResult<ConsumerSpec> {
         payload_types,
         paused: opt_bool(&d, "paused", w)?,
         encoding: opt_int(&d, "encoding", w)?.unwrap_or(0),
+        rtx_payload_types,
+        nack,
+        cname: opt_string(&d, "cname", w)?,
     })
 }
 
@@ -502,6 +523,13 @@ impl Engine {
         self.control(py, move |r, now, out| r.resume_consumer(now, handle, out))
     }
 
+    /// Simulcast consumer: receive at most spatial layer `spatial`; returns the (clamped)
+    /// preferred (spatial, temporal) layers. The switch happens at the target's key frame.
+    #[pyo3(signature = (handle, spatial, temporal = None))]
+    fn set_preferred_layers(&self, py: Python<'_>, handle: Handle, spatial: usize, temporal: Option<u8>) -> PyResult<(usize, u8)> {
+        self.control(py, move |r, now, out| r.set_preferred_layers(now, handle, spatial, temporal, out))
+    }
+
     fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = self.control(py, |r, _, _| Ok(r.counts()))?;
         let d = PyDict::new(py);
@@ -520,9 +548,29 @@ impl Engine {
                 StatValue::Int(i) => d.set_item(k, i)?,
                 StatValue::Str(s) => d.set_item(k, s)?,
                 StatValue::Bool(b) => d.set_item(k, b)?,
+                StatValue::Float(f) => d.set_item(k, f)?,
             }
         }
         Ok(d)
+    }
+
+    /// Per-stream RTP statistics (loss, NACKs, PLIs, RTT, jitter, bitrate): a list of dicts.
+    fn rtp_stats<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, PyList>> {
+        let records = self.control(py, move |r, _, _| r.rtp_stats(handle))?;
+        let list = PyList::empty(py);
+        for rec in records {
+            let d = PyDict::new(py);
+            for (k, v) in rec {
+                match v {
+                    StatValue::Int(i) => d.set_item(k, i)?,
+                    StatValue::Str(s) => d.set_item(k, s)?,
+                    StatValue::Bool(b) => d.set_item(k, b)?,
+                    StatValue::Float(f) => d.set_item(k, f)?,
+                }
+            }
+            list.append(d)?;
+        }
+        Ok(list)
     }
 
     fn drops<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

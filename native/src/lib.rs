@@ -1,5 +1,7 @@
 //! pysfu data plane. Python sees only `pysfu._native`; everything per-packet stays here.
 
+pub mod nack;
+pub mod reports;
 pub mod rtcp;
 pub mod rtp;
 pub mod seq;
@@ -9,6 +11,8 @@ pub mod engine;
 pub mod io;
 pub mod router;
 pub mod stun_peek;
+pub mod twcc;
+pub mod bwe;
 pub mod wake;
 
 use pyo3::prelude::*;

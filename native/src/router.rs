@@ -8,9 +8,13 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::bwe::BandwidthEstimator;
+use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
+use crate::reports::{BitrateSampler, NtpClock, ReceiveStats, SendStats};
 use crate::rtcp;
 use crate::rtp;
-use crate::seq::SeqManager;
+use crate::seq::{SeqManager, TsOffset};
+use crate::twcc::TwccRecorder;
 use crate::srtp::{Profile, SrtpContext, SrtpError};
 use crate::stun_peek;
 
@@ -30,6 +34,9 @@ const BUF_CAP: usize = 1600;
 pub const URI_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 pub const URI_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 pub const URI_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+pub const URI_TRANSPORT_CC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+/// Transport-wide feedback toward a sender this often (mediasoup: 100 ms).
+pub const TWCC_INTERVAL: Duration = Duration::from_millis(100);
 
 // ---------------------------------------------------------------------------------------
 // Drops
@@ -75,10 +82,23 @@ drop_reasons! {
     ProtectFailed => "protect_failed",
     SendFailed => "send_failed",
     Panic => "panic",
+    NackNotBuffered => "nack_not_buffered",
+    NackThrottled => "nack_throttled",
+    NackNotNegotiated => "nack_not_negotiated",
+    RtxDuplicate => "rtx_duplicate",
+    Duplicate => "duplicate",
+    NackPaused => "nack_consumer_paused",
+    NackTruncated => "nack_truncated",
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct Drops([u64; 32]);
+#[derive(Clone, Debug)]
+pub struct Drops([u64; 64]);
+
+impl Default for Drops {
+    fn default() -> Self {
+        Drops([0; 64])
+    }
+}
 
 impl Drops {
     #[inline]
@@ -234,6 +254,8 @@ pub struct CodecSpec {
     pub mime: String,
     pub rtx_payload_type: Option<u8>,
     pub mapped_rtx_payload_type: Option<u8>,
+    /// RTP clock rate (Hz): jitter and sender-report timestamps.
+    pub clock_rate: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -260,6 +282,8 @@ pub struct ProducerSpec {
     pub header_extensions: Vec<ExtSpec>,
     pub key_frame_request: Option<KeyFrameMethod>,
     pub paused: bool,
+    /// The producer negotiated plain `nack`: gaps are NACKed upstream and its RTX accepted.
+    pub nack: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -274,6 +298,12 @@ pub struct ConsumerSpec {
     /// Which producer encoding (stream) this consumer follows; simulcast layer selection is
     /// not implemented yet.
     pub encoding: usize,
+    /// router PT → consumer RTX PT, for retransmissions (none: resend the plain packet).
+    pub rtx_payload_types: Vec<(u8, u8)>,
+    /// The viewer negotiated plain `nack`: its NACKs are answered.
+    pub nack: bool,
+    /// CNAME for the SDES item of the sender reports.
+    pub cname: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -320,6 +350,16 @@ struct Transport {
     rtcp_out: u64,
     stun_in: u64,
     dtls_in: u64,
+    /// Arrivals of transport-wide sequence numbers (created on the first such packet).
+    twcc: Option<Box<TwccRecorder>>,
+    twcc_media_ssrc: u32,
+    twcc_last: Option<Instant>,
+    /// What this (viewer) transport can take, from its REMB reports.
+    bwe: BandwidthEstimator,
+    /// Our SSRC as sender of NACKs and receiver reports on this transport.
+    rtcp_ssrc: u32,
+    rate_in: BitrateSampler,
+    rate_out: BitrateSampler,
 }
 
 impl Transport {
@@ -344,14 +384,15 @@ struct StreamRef {
 enum PtInfo {
     None,
     Media(usize),
-    /// RTX of codec index (kept for RTX decoding once NACKs are sent).
-    #[allow(dead_code)]
+    /// RTX of codec index.
     Rtx(usize),
 }
 
 struct CodecEntry {
     mapped_pt: u8,
     codec: rtp::Codec,
+    /// The producer's own PT (an RTX packet is restored to it).
+    payload_type: u8,
 }
 
 #[derive(Default)]
@@ -371,6 +412,67 @@ struct Encoding {
     kf: KeyFrameState,
     stats: Counters,
     key_frames: u64,
+    /// Loss repair and reports (nack.rs, reports.rs).
+    quality: StreamQuality,
+}
+
+/// Loss repair and reception statistics of one producer stream.
+struct StreamQuality {
+    rx: ReceiveStats,
+    /// Recent packets for viewers' NACKs (video).
+    buffer: Option<RetransmissionBuffer>,
+    /// Upstream NACKs (producer negotiated `nack`).
+    nack: Option<NackGenerator>,
+    /// RTX packets that filled a gap / came for nothing missing.
+    rtx_in: u64,
+    rtx_duplicate: u64,
+    plis_sent: u64,
+    firs_sent: u64,
+    rate: BitrateSampler,
+}
+
+impl StreamQuality {
+    fn new(now: Instant, video: bool, nack: bool, clock_rate: u32) -> Self {
+        let max_age = if video { nack::MAX_AGE_VIDEO } else { nack::MAX_AGE_AUDIO };
+        StreamQuality {
+            rx: ReceiveStats::new(now, clock_rate),
+            buffer: video.then(|| RetransmissionBuffer::new(max_age)),
+            nack: nack.then(|| NackGenerator::new(NackConfig { max_age, ..NackConfig::default() })),
+            rtx_in: 0,
+            rtx_duplicate: 0,
+            plis_sent: 0,
+            firs_sent: 0,
+            rate: BitrateSampler::default(),
+        }
+    }
+
+    /// The stream starts over (new SSRC or numbering): forget what depended on the old one.
+    fn restart(&mut self, now: Instant) {
+        self.rx = ReceiveStats::new(now, self.rx.clock_rate());
+        if let Some(b) = self.buffer.as_mut() {
+            b.clear();
+        }
+        if let Some(g) = self.nack.as_mut() {
+            g.reset();
+        }
+    }
+}
+
+/// Loss repair and sending statistics of one consumer stream.
+struct ConsumerQuality {
+    /// Output → input sequence numbers (viewers' NACKs name output numbers).
+    seq_map: Option<SeqMap>,
+    tx: SendStats,
+    /// router PT → consumer RTX PT.
+    rtx_pt: Vec<(u8, u8)>,
+    rtx_seq: u16,
+    nack: bool,
+    cname: Vec<u8>,
+    nacks_in: u64,
+    nack_seqs_in: u64,
+    plis_in: u64,
+    firs_in: u64,
+    rate: BitrateSampler,
 }
 
 struct Producer {
@@ -385,6 +487,8 @@ struct Producer {
     mid_id: Option<u8>,
     rid_id: Option<u8>,
     rrid_id: Option<u8>,
+    /// Transport-wide sequence number extension id (recorded for feedback, not forwarded).
+    tcc_id: Option<u8>,
     key_frame_request: Option<KeyFrameMethod>,
     paused: bool,
     consumers: Vec<Handle>,
@@ -403,11 +507,23 @@ struct Consumer {
     pt: [u8; 128],
     paused: bool,
     encoding: usize,
+    /// Simulcast: the encoding to switch to at its next key frame (== `encoding` when settled).
+    target: usize,
+    /// Simulcast: the highest spatial layer the viewer wants (temporal kept for stats only).
+    preferred_spatial: usize,
+    preferred_temporal: u8,
+    layer_switches: u64,
+    /// Timestamp offset: keeps time continuous when the source stream changes.
+    ts: TsOffset,
+    /// The encoding whose timestamps `ts` is set up for.
+    ts_source: usize,
+    last_out: Option<Instant>,
     seq: SeqManager,
     wait_key_frame: bool,
     stats: Counters,
     dropped: u64,
     key_frame_requests_in: u64,
+    quality: ConsumerQuality,
 }
 
 /// Tiny xorshift PRNG for sequence-number starts; seeded from the OS.
@@ -458,6 +574,7 @@ pub enum StatValue {
     Int(u64),
     Str(String),
     Bool(bool),
+    Float(f64),
 }
 
 pub struct Router {
@@ -471,7 +588,33 @@ pub struct Router {
     scratch: Vec<u8>,
     rng: Rng,
     next_timeout: Option<Instant>,
+    ntp: NtpClock,
+    next_report: Option<Instant>,
+    rtcp_work: RtcpWork,
 }
+
+/// Items of an incoming compound RTCP packet, copied out of the decrypt buffer (capacity
+/// kept between packets).
+#[derive(Default)]
+struct RtcpWork {
+    /// (media SSRC, sequence number) of NACKed packets.
+    nack_seqs: Vec<(u32, u16)>,
+    /// Media SSRC of each NACK message.
+    nacks: Vec<u32>,
+    blocks: Vec<rtcp::ReportBlock>,
+    /// (SSRC, NTP, RTP timestamp) of sender reports.
+    srs: Vec<(u32, u64, u32)>,
+    /// (SSRC, is FIR) of key frame requests.
+    key_frames: Vec<(u32, bool)>,
+}
+
+/// Caps on what one compound RTCP packet may ask for.
+const MAX_NACK_SEQS: usize = 1024;
+const MAX_RTCP_ITEMS: usize = 64;
+/// Sender/receiver reports every this often (mediasoup: 1 s for video).
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Spacing of resends of the same packet to a viewer when its RTT is unknown.
+const RESEND_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Default for Router {
     fn default() -> Self {
@@ -495,6 +638,9 @@ impl Router {
             scratch: Vec::with_capacity(BUF_CAP * 2),
             rng: Rng::from_os(),
             next_timeout: None,
+            ntp: NtpClock::new(Instant::now()),
+            next_report: None,
+            rtcp_work: RtcpWork::default(),
         }
     }
 
@@ -548,6 +694,13 @@ impl Router {
                 rtcp_out: 0,
                 stun_in: 0,
                 dtls_in: 0,
+                twcc: None,
+                twcc_media_ssrc: 0,
+                twcc_last: None,
+                bwe: BandwidthEstimator::new(),
+                rtcp_ssrc: (self.rng.next() as u32) | 1,
+                rate_in: BitrateSampler::default(),
+                rate_out: BitrateSampler::default(),
             },
         );
         Ok(())
@@ -698,10 +851,14 @@ impl Router {
                 }
                 pt[r as usize] = PtInfo::Rtx(i);
             }
-            codecs.push(CodecEntry { mapped_pt: c.mapped_payload_type, codec: rtp::Codec::from_mime(&c.mime) });
+            codecs.push(CodecEntry {
+                mapped_pt: c.mapped_payload_type,
+                codec: rtp::Codec::from_mime(&c.mime),
+                payload_type: c.payload_type,
+            });
         }
         let mut ext_map = [0u8; 256];
-        let (mut mid_id, mut rid_id, mut rrid_id) = (None, None, None);
+        let (mut mid_id, mut rid_id, mut rrid_id, mut tcc_id) = (None, None, None, None);
         for e in &spec.header_extensions {
             if e.id == 0 {
                 return Err(invalid(format!("producer spec: bad extension id {}", e.id)));
@@ -715,6 +872,7 @@ impl Router {
                 URI_MID => mid_id = Some(e.id),
                 URI_RID => rid_id = Some(e.id),
                 URI_RRID => rrid_id = Some(e.id),
+                URI_TRANSPORT_CC => tcc_id = Some(e.id),
                 _ => ext_map[e.id as usize] = e.router_id.unwrap_or(0),
             }
         }
@@ -734,6 +892,8 @@ impl Router {
                 }
             }
         }
+        let now = Instant::now();
+        let clock_rate = spec.codecs[0].clock_rate;
         let encodings: Vec<Encoding> = spec
             .encodings
             .iter()
@@ -744,6 +904,7 @@ impl Router {
                 kf: KeyFrameState::default(),
                 stats: Counters::default(),
                 key_frames: 0,
+                quality: StreamQuality::new(now, spec.video, spec.nack, clock_rate),
             })
             .collect();
         let producer = Producer {
@@ -757,6 +918,7 @@ impl Router {
             mid_id,
             rid_id,
             rrid_id,
+            tcc_id,
             key_frame_request: spec.key_frame_request.clone(),
             paused: spec.paused,
             consumers: Vec::new(),
@@ -862,7 +1024,30 @@ impl Router {
             pt[r as usize] = c;
         }
         let video = p.video;
+        // A simulcast consumer starts on the highest layer (mediasoup's default preference).
+        let n_enc = p.encodings.len();
+        let encoding = if n_enc > 1 { n_enc - 1 } else { spec.encoding };
         let initial = self.rng.initial_seq();
+        let mut rtx_pt = Vec::new();
+        for &(r, x) in &spec.rtx_payload_types {
+            if r > 127 || x > 127 {
+                return Err(invalid(format!("consumer spec: RTX payload type {r}->{x} out of range")));
+            }
+            rtx_pt.push((r, x));
+        }
+        let quality = ConsumerQuality {
+            seq_map: (video && spec.nack).then(|| SeqMap::new(now)),
+            tx: SendStats::default(),
+            rtx_pt,
+            rtx_seq: self.rng.initial_seq(),
+            nack: spec.nack,
+            cname: spec.cname.as_deref().unwrap_or("pysfu").as_bytes().iter().copied().take(255).collect(),
+            nacks_in: 0,
+            nack_seqs_in: 0,
+            plis_in: 0,
+            firs_in: 0,
+            rate: BitrateSampler::default(),
+        };
         let consumer = Consumer {
             transport,
             producer,
@@ -872,12 +1057,20 @@ impl Router {
             mid_ext_id: if spec.mid.is_some() { spec.mid_ext_id } else { None },
             pt,
             paused: spec.paused,
-            encoding: spec.encoding,
+            encoding,
+            target: encoding,
+            preferred_spatial: encoding,
+            preferred_temporal: u8::MAX,
+            layer_switches: 0,
+            ts: TsOffset::new(),
+            ts_source: encoding,
+            last_out: None,
             seq: SeqManager::new(initial),
             wait_key_frame: video,
             stats: Counters::default(),
             dropped: 0,
             key_frame_requests_in: 0,
+            quality,
         };
         self.consumers.insert(h, consumer);
         let t = self.transports.get_mut(&transport).expect("checked above");
@@ -938,6 +1131,7 @@ impl Router {
             return;
         }
         c.wait_key_frame = true;
+        c.encoding = c.target;
         let (ph, enc) = (c.producer, c.encoding);
         self.request_key_frame(now, ph, enc, out);
     }
@@ -993,6 +1187,10 @@ impl Router {
             v.push(("tuples", Int(t.tuples.len() as u64)));
             v.push(("selected", Str(t.selected.map(|a| a.to_string()).unwrap_or_default())));
             v.push(("srtp", Bool(t.tx.is_some())));
+            v.push(("available_bitrate", Int(t.bwe.available_bitrate(Instant::now()).unwrap_or(0))));
+            v.push(("remb_in", Int(t.bwe.remb_in)));
+            v.push(("twcc_packets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))));
+            v.push(("twcc_feedback_sent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))));
             return Ok(v);
         }
         if let Some(p) = self.producers.get(&h) {
@@ -1002,6 +1200,10 @@ impl Router {
             v.push(("key_frame_requests", Int(p.encodings.iter().map(|e| e.kf.requests_sent).sum())));
             v.push(("paused", Bool(p.paused)));
             v.push(("consumers", Int(p.consumers.len() as u64)));
+            let join = |f: &dyn Fn(&Encoding) -> u64| p.encodings.iter().map(|e| f(e).to_string()).collect::<Vec<_>>().join(",");
+            v.push(("layer_bitrates", Str(join(&|e| e.quality.rate.bps))));
+            v.push(("layer_packets", Str(join(&|e| e.stats.packets_in))));
+            v.push(("layer_key_frames", Str(join(&|e| e.key_frames))));
             return Ok(v);
         }
         if let Some(c) = self.consumers.get(&h) {
@@ -1012,6 +1214,10 @@ impl Router {
             v.push(("paused", Bool(c.paused)));
             v.push(("waiting_key_frame", Bool(c.wait_key_frame)));
             v.push(("ssrc", Int(c.ssrc as u64)));
+            v.push(("current_layer", Int(c.encoding as u64)));
+            v.push(("target_layer", Int(c.target as u64)));
+            v.push(("preferred_layer", Int(c.preferred_spatial as u64)));
+            v.push(("layer_switches", Int(c.layer_switches)));
             return Ok(v);
         }
         Err(RouterError::Unknown(format!("unknown handle {h}")))
@@ -1077,8 +1283,86 @@ impl Router {
         self.next_timeout
     }
 
-    /// Periodic work: re-request key frames still wanted after an outstanding request expired.
+    /// Periodic work: re-request key frames still wanted after an outstanding request expired;
+    /// transport-wide feedback toward senders; stream bitrates and simulcast layer choice.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Output) {
+        self.send_twcc_feedback(now, out);
+        self.update_layers(now, out);
+        self.handle_key_frame_timeouts(now, out);
+    }
+
+    fn send_twcc_feedback(&mut self, now: Instant, out: &mut Output) {
+        let Router { transports, drops, .. } = self;
+        for t in transports.values_mut() {
+            let dest = t.feedback_dest();
+            let Some(rec) = t.twcc.as_mut() else { continue };
+            if !rec.has_pending() || t.twcc_last.is_some_and(|l| now.saturating_duration_since(l) < TWCC_INTERVAL) {
+                continue;
+            }
+            let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { continue };
+            let mut buf = out.take_buf();
+            rec.build_feedback(&mut buf, 0, t.twcc_media_ssrc);
+            t.twcc_last = Some(now);
+            if tx.protect_rtcp(&mut buf).is_err() {
+                drops.inc(Drop::ProtectFailed);
+                out.give_back(buf);
+                continue;
+            }
+            t.stats.tx(buf.len());
+            t.rtcp_out += 1;
+            out.push(dest, buf);
+        }
+    }
+
+    /// Roll the stream bitrate windows and move simulcast consumers to the layer their
+    /// preference and their viewer's estimate allow (asking that layer for a key frame).
+    fn update_layers(&mut self, now: Instant, out: &mut Output) {
+        let mut wanted: Vec<(Handle, usize)> = Vec::new();
+        for p in self.producers.values_mut() {
+            if p.encodings.len() < 2 {
+                continue;
+            }
+            let mut rates = [0u64; 8];
+            let n = p.encodings.len().min(rates.len());
+            for (r, e) in rates.iter_mut().zip(&p.encodings) {
+                *r = e.quality.rate.bps;
+            }
+            for ch in &p.consumers {
+                let Some(c) = self.consumers.get_mut(ch) else { continue };
+                let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.available_bitrate(now));
+                let target = select_layer(c.preferred_spatial, &rates[..n], estimate);
+                if target != c.target {
+                    c.target = target;
+                    if target != c.encoding && !c.paused {
+                        wanted.push((c.producer, target));
+                    }
+                }
+            }
+        }
+        for (ph, enc) in wanted {
+            self.request_key_frame(now, ph, enc, out);
+        }
+    }
+
+    /// Viewer preference for a simulcast consumer: at most `spatial` (clamped to the
+    /// producer's layers). The switch happens at the target stream's next key frame.
+    pub fn set_preferred_layers(&mut self, now: Instant, h: Handle, spatial: usize, temporal: Option<u8>, out: &mut Output) -> Result<(usize, u8)> {
+        let c = self.consumers.get_mut(&h).ok_or_else(|| unknown("consumer", h))?;
+        let p = self.producers.get(&c.producer).ok_or_else(|| unknown("producer", c.producer))?;
+        c.preferred_spatial = spatial.min(p.encodings.len() - 1);
+        c.preferred_temporal = temporal.unwrap_or(u8::MAX);
+        let rates: Vec<u64> = p.encodings.iter().map(|e| e.quality.rate.bps).collect();
+        let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.available_bitrate(now));
+        let target = select_layer(c.preferred_spatial, &rates, estimate);
+        c.target = target;
+        let (ph, switch, paused, res) = (c.producer, target != c.encoding, c.paused, (c.preferred_spatial, c.preferred_temporal));
+        if switch && !paused {
+            self.request_key_frame(now, ph, target, out);
+        }
+        Ok(res)
+    }
+
+    fn handle_key_frame_timeouts(&mut self, now: Instant, out: &mut Output) {
         let mut due: Vec<(Handle, usize)> = Vec::new();
         let mut next: Option<Instant> = None;
         for (&ph, p) in &self.producers {
@@ -1099,9 +1383,9 @@ impl Router {
                 let p = &self.producers[&ph];
                 p.encodings[i].kf.wanted
                     || p.consumers.iter().any(|c| {
-                        self.consumers
-                            .get(c)
-                            .is_some_and(|c| c.encoding == i && c.wait_key_frame && !c.paused)
+                        self.consumers.get(c).is_some_and(|c| {
+                            !c.paused && ((c.encoding == i && c.wait_key_frame) || (c.target == i && c.encoding != i))
+                        })
                     })
             };
             let p = self.producers.get_mut(&ph).expect("listed above");
@@ -1110,6 +1394,7 @@ impl Router {
                 self.request_key_frame(now, ph, i, out);
             }
         }
+        self.quality_timeout(now, out);
     }
 }
 
@@ -1122,7 +1407,7 @@ impl Router {
             self.drops.inc(Drop::UnknownSource);
             return;
         };
-        let Router { transports, producers, consumers, drops, scratch, .. } = self;
+        let Router { transports, producers, consumers, drops, scratch, next_timeout, .. } = self;
         let Some(t) = transports.get_mut(&th) else {
             drops.inc(Drop::UnknownSource);
             return;
@@ -1139,15 +1424,14 @@ impl Router {
             drops.inc(srtp_drop(e, false));
             return;
         }
-        let pkt: &[u8] = scratch;
-        let Ok(hdr) = rtp::parse(pkt) else {
+        let Ok(mut hdr) = rtp::parse(scratch) else {
             drops.inc(Drop::RtpMalformed);
             return;
         };
         // Which producer stream?
         let sref = match t.ssrc_in.get(&hdr.ssrc) {
             Some(r) => *r,
-            None => match learn_ssrc(t, producers, th, pkt, &hdr) {
+            None => match learn_ssrc(t, producers, th, scratch, &hdr) {
                 Some(r) => r,
                 None => {
                     drops.inc(Drop::UnknownSsrc);
@@ -1160,25 +1444,82 @@ impl Router {
             return;
         };
         p.stats.rx(data.len());
+        if let Some(id) = p.tcc_id {
+            record_twcc(t, scratch, &hdr, id, now);
+        }
         let enc_idx = sref.encoding;
         let Some(enc) = p.encodings.get_mut(enc_idx) else {
             drops.inc(Drop::UnknownSsrc);
             return;
         };
         enc.stats.rx(data.len());
-        let codec_idx = match p.pt[(hdr.payload_type & 0x7f) as usize] {
-            PtInfo::Media(i) if !sref.rtx => i,
-            PtInfo::Rtx(_) if sref.rtx => {
-                // No NACKs are sent yet, so every RTX packet is unrequested (probing or a
+        let (codec_idx, is_rtx) = match p.pt[(hdr.payload_type & 0x7f) as usize] {
+            PtInfo::Media(i) if !sref.rtx => (i, false),
+            PtInfo::Rtx(i) if sref.rtx => {
+                // Without upstream NACKs every RTX packet is unrequested (probing or a
                 // retransmission nobody asked for): drop it, as a NACK-less receiver would.
-                drops.inc(Drop::Rtx);
-                return;
+                let Some(media_ssrc) = enc.media_ssrc.filter(|_| enc.quality.nack.is_some()) else {
+                    drops.inc(Drop::Rtx);
+                    return;
+                };
+                if hdr.is_padding_only() {
+                    drops.inc(Drop::PaddingOnly);
+                    return;
+                }
+                // Back to the original packet (OSN as sequence number), in place.
+                let restored = rtp::rtx_restore(scratch, p.codecs[i].payload_type, media_ssrc);
+                match restored.ok().and_then(|_| rtp::parse(scratch).ok()) {
+                    Some(h) => hdr = h,
+                    None => {
+                        drops.inc(Drop::RtpMalformed);
+                        return;
+                    }
+                }
+                (i, true)
             }
             _ => {
                 drops.inc(Drop::UnknownPt);
                 return;
             }
         };
+        let pkt: &[u8] = scratch;
+        // Loss bookkeeping: gaps to NACK upstream, retransmissions that fill them.
+        let q = &mut enc.quality;
+        let arrival = match q.nack.as_mut() {
+            Some(g) => g.on_packet(now, hdr.sequence, is_rtx),
+            None => Arrival::New,
+        };
+        if is_rtx {
+            if arrival != Arrival::Recovered {
+                q.rtx_duplicate += 1;
+                drops.inc(Drop::RtxDuplicate);
+                return;
+            }
+            q.rtx_in += 1;
+        } else if arrival == Arrival::Duplicate {
+            // Already forwarded (e.g. its retransmission overtook it): a second copy would
+            // reuse the consumers' sequence numbers.
+            drops.inc(Drop::Duplicate);
+            return;
+        }
+        if arrival == Arrival::Restart {
+            // New numbering: old statistics and buffered packets no longer apply.
+            q.restart(now);
+            if let Some(g) = q.nack.as_mut() {
+                g.on_packet(now, hdr.sequence, false);
+            }
+        }
+        q.rx.on_packet(now, hdr.sequence, hdr.timestamp, is_rtx);
+        if let Some(b) = q.buffer.as_mut() {
+            if !hdr.is_padding_only() {
+                b.store(now, hdr.sequence, pkt);
+            }
+        }
+        let nack_due = q.nack.as_ref().is_some_and(|g| g.is_due(now));
+        if let Some(d) = q.nack.as_ref().and_then(|g| g.next_due()) {
+            *next_timeout = Some(next_timeout.map_or(d, |n| n.min(d)));
+        }
+        let nack_overflow = matches!(arrival, Arrival::Overflow | Arrival::Restart);
         let codec = &p.codecs[codec_idx];
         let router_pt = codec.mapped_pt;
         let payload = hdr.payload(pkt);
@@ -1222,8 +1563,14 @@ impl Router {
         // Fan-out.
         for ch in &p.consumers {
             let Some(c) = consumers.get_mut(ch) else { continue };
+            let mut switching = false;
             if c.encoding != enc_idx {
-                continue;
+                // Simulcast: move to the target stream only at one of its key frames.
+                if c.target != enc_idx || !key_frame || c.paused {
+                    continue;
+                }
+                c.encoding = enc_idx;
+                switching = true;
             }
             if c.paused {
                 c.seq.drop(seq_in);
@@ -1248,11 +1595,27 @@ impl Router {
                     continue;
                 }
                 c.wait_key_frame = false;
-                c.seq.sync(seq_in);
+                switching = true;
             } else if c.wait_key_frame {
                 // No key frame detection for this codec: start right away.
                 c.wait_key_frame = false;
+                switching = true;
+            }
+            if switching {
+                // Output continues right after the last packet sent, in sequence and in
+                // time (the wall-clock gap since then, at 90 kHz), whichever stream it was.
                 c.seq.sync(seq_in);
+                let gap = c.last_out.map_or(1, |t| (now.saturating_duration_since(t).as_millis() as u32).saturating_mul(90).max(1));
+                if c.ts_source != c.encoding {
+                    // Another stream's timestamps (simulcast): continue after the last one.
+                    c.ts.sync_after_last(hdr.timestamp, gap);
+                    c.ts_source = c.encoding;
+                    c.layer_switches += 1;
+                    // Earlier outputs came from another stream: not resendable from this one.
+                    if c.quality.seq_map.is_some() {
+                        c.quality.seq_map = Some(SeqMap::new(now));
+                    }
+                }
             }
             let Some(seq_out) = c.seq.input(seq_in) else {
                 c.dropped += 1;
@@ -1269,6 +1632,9 @@ impl Router {
                 continue;
             }
             rtp::set_sequence(&mut buf, seq_out);
+            let ts_out = c.ts.apply(hdr.timestamp);
+            rtp::set_timestamp(&mut buf, ts_out);
+            c.last_out = Some(now);
             rtp::set_ssrc(&mut buf, c.ssrc);
             rtp::set_payload_type(&mut buf, cpt);
             if tx.protect_rtp(&mut buf).is_err() {
@@ -1279,14 +1645,21 @@ impl Router {
             let len = buf.len();
             c.stats.tx(len);
             ct.stats.tx(len);
+            if let Some(m) = c.quality.seq_map.as_mut() {
+                m.record(seq_out, seq_in, enc_idx as u8);
+            }
+            c.quality.tx.on_sent(now, ts_out, hdr.payload_len);
             forwarded += 1;
             forwarded_bytes += len as u64;
             out.push(dest, buf);
         }
         p.stats.packets_out += forwarded;
         p.stats.bytes_out += forwarded_bytes;
-        if new_stream_needs_kf {
+        if new_stream_needs_kf || nack_overflow {
             self.request_key_frame(now, sref.producer, enc_idx, out);
+        }
+        if nack_due {
+            self.send_upstream_nacks(now, sref.producer, enc_idx, out);
         }
     }
 
@@ -1295,7 +1668,7 @@ impl Router {
             self.drops.inc(Drop::UnknownSource);
             return;
         };
-        let Router { transports, drops, scratch, .. } = self;
+        let Router { transports, drops, scratch, rtcp_work: work, .. } = self;
         let Some(t) = transports.get_mut(&th) else { return };
         t.stats.rx(data.len());
         t.rtcp_in += 1;
@@ -1312,9 +1685,31 @@ impl Router {
         // Collect key frame requests first (the compound borrows scratch).
         let mut wanted: [u32; 16] = [0; 16];
         let mut n_wanted = 0usize;
+        work.clear();
         for item in rtcp::compound(scratch) {
             match item {
+                Ok(rtcp::Packet::Sr(sr)) => {
+                    if work.srs.len() < MAX_RTCP_ITEMS {
+                        work.srs.push((sr.info.ssrc, sr.info.ntp, sr.info.rtp_timestamp));
+                    }
+                    work.add_blocks(sr.report_blocks());
+                }
+                Ok(rtcp::Packet::Rr(rr)) => work.add_blocks(rr.report_blocks()),
+                Ok(rtcp::Packet::Nack(n)) => {
+                    if work.nacks.len() < MAX_RTCP_ITEMS {
+                        work.nacks.push(n.media_ssrc);
+                    }
+                    for seq in n.seqs() {
+                        if work.nack_seqs.len() >= MAX_NACK_SEQS {
+                            // More than one compound may ask for (bounds the answer burst).
+                            drops.inc(Drop::NackTruncated);
+                            continue;
+                        }
+                        work.nack_seqs.push((n.media_ssrc, seq));
+                    }
+                }
                 Ok(rtcp::Packet::Pli(pli)) => {
+                    work.key_frame(pli.media_ssrc, false);
                     if n_wanted < wanted.len() {
                         wanted[n_wanted] = pli.media_ssrc;
                         n_wanted += 1;
@@ -1322,12 +1717,14 @@ impl Router {
                 }
                 Ok(rtcp::Packet::Fir(fir)) => {
                     for ssrc in fir.ssrcs() {
+                        work.key_frame(ssrc, true);
                         if n_wanted < wanted.len() {
                             wanted[n_wanted] = ssrc;
                             n_wanted += 1;
                         }
                     }
                 }
+                Ok(rtcp::Packet::Remb(remb)) => t.bwe.on_remb(now, remb.bitrate),
                 Ok(_) => drops.inc(Drop::RtcpIgnored),
                 Err(_) => {
                     drops.inc(Drop::RtcpMalformed);
@@ -1348,6 +1745,7 @@ impl Router {
                 self.request_key_frame(now, ph, enc, out);
             }
         }
+        self.on_rtcp_quality(now, th, out);
     }
 
     /// Ask producer `ph`'s stream `enc` for a key frame: PLI or FIR (as negotiated) with the
@@ -1377,8 +1775,12 @@ impl Router {
         };
         let mut buf = out.take_buf();
         match method {
-            KeyFrameMethod::Pli => rtcp::build_pli(&mut buf, ssrc, ssrc),
+            KeyFrameMethod::Pli => {
+                e.quality.plis_sent += 1;
+                rtcp::build_pli(&mut buf, ssrc, ssrc)
+            }
             KeyFrameMethod::Fir => {
+                e.quality.firs_sent += 1;
                 e.kf.fir_seq = e.kf.fir_seq.wrapping_add(1);
                 rtcp::build_fir(&mut buf, ssrc, &[(ssrc, e.kf.fir_seq)])
             }
@@ -1396,6 +1798,418 @@ impl Router {
         e.kf.requests_sent += 1;
         let deadline = now + KEY_FRAME_INTERVAL;
         self.next_timeout = Some(self.next_timeout.map_or(deadline, |n| n.min(deadline)));
+    }
+}
+
+/// Note the transport-wide sequence number of a producer packet for feedback.
+fn record_twcc(t: &mut Transport, pkt: &[u8], hdr: &rtp::RtpHeader, id: u8, now: Instant) {
+    let Some(v) = rtp::find_extension(pkt, hdr, id) else { return };
+    let Some(seq) = v.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else { return };
+    let rec = t.twcc.get_or_insert_with(|| Box::new(TwccRecorder::new()));
+    let epoch = *TWCC_EPOCH.get_or_init(|| now);
+    rec.record(seq, now.saturating_duration_since(epoch).as_micros() as i64);
+    t.twcc_media_ssrc = hdr.ssrc;
+}
+
+/// Common origin of arrival times given to the transport-wide feedback recorders.
+static TWCC_EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// The simulcast layer a consumer should receive: the highest active layer not above the
+/// preferred one whose measured bitrate fits the viewer's estimate (the lowest active one
+/// if none fits). Layers with no traffic in the last window are not candidates; when no
+/// layer is known active yet, the preferred one.
+pub fn select_layer(preferred: usize, bitrates: &[u64], estimate: Option<u64>) -> usize {
+    let top = preferred.min(bitrates.len().saturating_sub(1));
+    let active = |i: &usize| bitrates[*i] > 0;
+    let Some(lowest) = (0..=top).find(active) else { return top };
+    match estimate {
+        None => (0..=top).rev().find(active).unwrap_or(lowest),
+        Some(e) => (0..=top).rev().filter(active).find(|&i| bitrates[i] <= e).unwrap_or(lowest),
+    }
+}
+
+impl RtcpWork {
+    fn clear(&mut self) {
+        self.nack_seqs.clear();
+        self.nacks.clear();
+        self.blocks.clear();
+        self.srs.clear();
+        self.key_frames.clear();
+    }
+
+    fn add_blocks(&mut self, blocks: rtcp::ReportBlocks<'_>) {
+        for b in blocks {
+            if self.blocks.len() >= MAX_RTCP_ITEMS {
+                break;
+            }
+            self.blocks.push(b);
+        }
+    }
+
+    fn key_frame(&mut self, ssrc: u32, fir: bool) {
+        if self.key_frames.len() < MAX_RTCP_ITEMS {
+            self.key_frames.push((ssrc, fir));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loss repair and reports
+
+impl Router {
+    /// The loss-repair and report items of a compound RTCP packet from transport `th`:
+    /// producers' SRs, viewers' report blocks and NACKs (collected by `on_rtcp`).
+    fn on_rtcp_quality(&mut self, now: Instant, th: Handle, out: &mut Output) {
+        let work = std::mem::take(&mut self.rtcp_work);
+        if let Some(t) = self.transports.get(&th) {
+            for &(ssrc, ntp, rtp_ts) in &work.srs {
+                let enc = match t.ssrc_in.get(&ssrc) {
+                    Some(r) if !r.rtx => self.producers.get_mut(&r.producer).and_then(|p| p.encodings.get_mut(r.encoding)),
+                    _ => None,
+                };
+                match enc {
+                    Some(e) => e.quality.rx.on_sender_report(now, ntp, rtp_ts),
+                    None => self.drops.inc(Drop::RtcpUnknownSsrc),
+                }
+            }
+            // Blocks about a consumer's media SSRC; RTX and unknown SSRCs (the probator's
+            // 1234) are ignored.
+            for b in &work.blocks {
+                if let Some(c) = t.consumer_ssrc.get(&b.ssrc).and_then(|h| self.consumers.get_mut(h)) {
+                    if c.ssrc == b.ssrc {
+                        c.quality.tx.on_report_block(now, b);
+                    }
+                }
+            }
+            for &ssrc in &work.nacks {
+                if let Some(c) = t.consumer_ssrc.get(&ssrc).and_then(|h| self.consumers.get_mut(h)) {
+                    c.quality.nacks_in += 1;
+                }
+            }
+            for &(ssrc, fir) in &work.key_frames {
+                if let Some(c) = t.consumer_ssrc.get(&ssrc).and_then(|h| self.consumers.get_mut(h)) {
+                    if fir {
+                        c.quality.firs_in += 1;
+                    } else {
+                        c.quality.plis_in += 1;
+                    }
+                }
+            }
+        }
+        for &(ssrc, seq) in &work.nack_seqs {
+            self.answer_nack(now, th, ssrc, seq, out);
+        }
+        self.rtcp_work = work;
+    }
+
+    /// Resend output packet `seq_out` of the consumer with media SSRC `ssrc` on transport
+    /// `th` from its producer stream's buffer: as RTX (the consumer's RTX SSRC, PT and
+    /// sequence numbers, the original sequence number in front of the payload) when
+    /// negotiated, else as the original packet again.
+    fn answer_nack(&mut self, now: Instant, th: Handle, ssrc: u32, seq_out: u16, out: &mut Output) {
+        let Router { transports, producers, consumers, drops, .. } = self;
+        let Some(t) = transports.get_mut(&th) else { return };
+        let Some(c) = t.consumer_ssrc.get(&ssrc).and_then(|h| consumers.get_mut(h)).filter(|c| c.ssrc == ssrc) else {
+            drops.inc(Drop::RtcpUnknownSsrc);
+            return;
+        };
+        let q = &mut c.quality;
+        q.nack_seqs_in += 1;
+        let Some(map) = q.seq_map.as_mut().filter(|_| q.nack) else {
+            drops.inc(Drop::NackNotNegotiated);
+            return;
+        };
+        let Some((stream, seq_in)) = map.lookup(seq_out) else {
+            drops.inc(Drop::NackNotBuffered);
+            return;
+        };
+        let Some(p) = producers.get(&c.producer) else { return };
+        let Some(e) = p.encodings.get(stream as usize) else { return };
+        let Some(pkt) = e.quality.buffer.as_ref().and_then(|b| b.get(now, seq_in)) else {
+            drops.inc(Drop::NackNotBuffered);
+            return;
+        };
+        if c.paused {
+            drops.inc(Drop::NackPaused);
+            return;
+        }
+        // Once per RTT (or 100 ms while unknown) per packet: a repeated NACK inside that
+        // time is already answered by the retransmission in flight.
+        let min_interval = q.tx.rtt.map_or(RESEND_INTERVAL, |r| r.clamp(Duration::from_millis(5), RESEND_INTERVAL));
+        if !map.try_resend(now, seq_out, min_interval) {
+            drops.inc(Drop::NackThrottled);
+            return;
+        }
+        let Ok(hdr) = rtp::parse(pkt) else { return };
+        let PtInfo::Media(ci) = p.pt[(hdr.payload_type & 0x7f) as usize] else { return };
+        let cpt = c.pt[p.codecs[ci].mapped_pt as usize];
+        if cpt == 0xff {
+            drops.inc(Drop::NackNotBuffered);
+            return;
+        }
+        let dest = t.media_dest();
+        let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { return };
+        let ext_map = &p.ext_map;
+        let map_ext = |id: u8| {
+            let r = ext_map[id as usize];
+            (r != 0).then_some(r)
+        };
+        let mut buf = out.take_buf();
+        let written = match (c.mid_ext_id, c.mid.as_deref()) {
+            (Some(id), Some(mid)) => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map_ext, &[(id, mid)]),
+            _ => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map_ext, &[]),
+        };
+        if written.is_err() {
+            drops.inc(Drop::RtpMalformed);
+            out.give_back(buf);
+            return;
+        }
+        rtp::set_sequence(&mut buf, seq_out);
+        rtp::set_ssrc(&mut buf, c.ssrc);
+        rtp::set_payload_type(&mut buf, cpt);
+        let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);
+        if let (Some(rtx_ssrc), Some(rtx_pt)) = (c.rtx_ssrc, rtx_pt) {
+            let mut rtx = out.take_buf();
+            if rtp::rtx_encode(&mut rtx, &buf, rtx_pt, rtx_ssrc, q.rtx_seq).is_err() {
+                out.give_back(rtx);
+                out.give_back(buf);
+                drops.inc(Drop::RtpMalformed);
+                return;
+            }
+            q.rtx_seq = q.rtx_seq.wrapping_add(1);
+            out.give_back(std::mem::replace(&mut buf, rtx));
+        }
+        if tx.protect_rtp(&mut buf).is_err() {
+            drops.inc(Drop::ProtectFailed);
+            out.give_back(buf);
+            return;
+        }
+        let len = buf.len();
+        q.tx.rtx_packets += 1;
+        q.tx.rtx_bytes += len as u64;
+        t.stats.tx(len);
+        out.push(dest, buf);
+    }
+
+    /// NACK the producer stream's due gaps (if any) and note when to look again.
+    fn send_upstream_nacks(&mut self, now: Instant, ph: Handle, enc: usize, out: &mut Output) {
+        let Router { transports, producers, drops, next_timeout, .. } = self;
+        let Some(p) = producers.get_mut(&ph) else { return };
+        let Some(e) = p.encodings.get_mut(enc) else { return };
+        let (Some(ssrc), Some(g)) = (e.media_ssrc, e.quality.nack.as_mut()) else { return };
+        let Some(t) = transports.get_mut(&p.transport) else { return };
+        let dest = t.feedback_dest();
+        let seqs = g.collect(now);
+        if let (false, Some(tx), Some(dest)) = (seqs.is_empty(), t.tx.as_mut(), dest) {
+            let mut buf = out.take_buf();
+            rtcp::build_nack(&mut buf, t.rtcp_ssrc, ssrc, seqs);
+            if tx.protect_rtcp(&mut buf).is_ok() {
+                t.stats.tx(buf.len());
+                t.rtcp_out += 1;
+                out.push(dest, buf);
+            } else {
+                drops.inc(Drop::ProtectFailed);
+                out.give_back(buf);
+            }
+        }
+        if let Some(d) = g.next_due() {
+            *next_timeout = Some(next_timeout.map_or(d, |n| n.min(d)));
+        }
+    }
+
+    /// Timer work of loss repair and reports: NACK retries, then (every REPORT_INTERVAL)
+    /// bitrates, SRs toward viewers and RRs toward producers.
+    fn quality_timeout(&mut self, now: Instant, out: &mut Output) {
+        let mut due: Vec<(Handle, usize)> = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&ph, p) in &self.producers {
+            for (i, e) in p.encodings.iter().enumerate() {
+                let Some(g) = e.quality.nack.as_ref() else { continue };
+                if g.is_due(now) {
+                    due.push((ph, i));
+                } else if let Some(d) = g.next_due() {
+                    next = Some(next.map_or(d, |n: Instant| n.min(d)));
+                }
+            }
+        }
+        for (ph, i) in due {
+            self.send_upstream_nacks(now, ph, i, out);
+        }
+        match self.next_report {
+            Some(t) if now < t => {}
+            Some(_) => {
+                self.send_reports(now, out);
+                self.next_report = Some(now + REPORT_INTERVAL);
+            }
+            None => self.next_report = Some(now + REPORT_INTERVAL),
+        }
+        for d in [next, self.next_report].into_iter().flatten() {
+            self.next_timeout = Some(self.next_timeout.map_or(d, |n| n.min(d)));
+        }
+    }
+
+    /// Bitrate samples; SR + SDES for each consumer stream that has sent (timestamps in
+    /// the consumer's numbering); RR for the producer streams of each transport.
+    fn send_reports(&mut self, now: Instant, out: &mut Output) {
+        let Router { transports, producers, consumers, drops, ntp, .. } = self;
+        for t in transports.values_mut() {
+            t.rate_in.sample(now, t.stats.bytes_in);
+            t.rate_out.sample(now, t.stats.bytes_out);
+        }
+        for c in consumers.values_mut() {
+            c.quality.rate.sample(now, c.stats.bytes_out);
+            if c.paused || !c.quality.tx.has_sent() {
+                continue;
+            }
+            let Some(e) = producers.get(&c.producer).and_then(|p| p.encodings.get(c.encoding)) else { continue };
+            let (clock_rate, sr) = (e.quality.rx.clock_rate(), e.quality.rx.last_sr);
+            // The producer's NTP↔RTP mapping in this consumer's timestamps (simulcast offset).
+            let offset = c.ts.offset();
+            let sr = sr.map(|mut sr| {
+                sr.rtp_timestamp = sr.rtp_timestamp.wrapping_add(offset);
+                sr
+            });
+            let Some(t) = transports.get_mut(&c.transport) else { continue };
+            let dest = t.media_dest();
+            let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { continue };
+            let info = c.quality.tx.sender_info(now, ntp, clock_rate, c.ssrc, sr);
+            let mut buf = out.take_buf();
+            rtcp::build_sr(&mut buf, &info, &[]);
+            rtcp::build_sdes_cname(&mut buf, c.ssrc, &c.quality.cname);
+            if tx.protect_rtcp(&mut buf).is_err() {
+                drops.inc(Drop::ProtectFailed);
+                out.give_back(buf);
+                continue;
+            }
+            t.stats.tx(buf.len());
+            t.rtcp_out += 1;
+            out.push(dest, buf);
+        }
+        let mut blocks: Vec<rtcp::ReportBlock> = Vec::new();
+        for t in transports.values_mut() {
+            if t.producers.is_empty() {
+                continue;
+            }
+            blocks.clear();
+            for ph in &t.producers {
+                let Some(p) = producers.get_mut(ph) else { continue };
+                for e in p.encodings.iter_mut() {
+                    e.quality.rate.sample(now, e.stats.bytes_in);
+                    if let (Some(ssrc), true) = (e.media_ssrc, e.quality.rx.started()) {
+                        blocks.push(e.quality.rx.report_block(now, ssrc));
+                    }
+                }
+            }
+            let dest = t.feedback_dest();
+            let (false, Some(tx), Some(dest)) = (blocks.is_empty(), t.tx.as_mut(), dest) else { continue };
+            let mut buf = out.take_buf();
+            rtcp::build_rr(&mut buf, t.rtcp_ssrc, &blocks);
+            if tx.protect_rtcp(&mut buf).is_err() {
+                drops.inc(Drop::ProtectFailed);
+                out.give_back(buf);
+                continue;
+            }
+            t.stats.tx(buf.len());
+            t.rtcp_out += 1;
+            out.push(dest, buf);
+        }
+    }
+
+    /// Per-stream RTP statistics with mediasoup-like (camelCase) names: one record for a
+    /// transport or a consumer, one per encoding for a producer.
+    pub fn rtp_stats(&self, h: Handle) -> Result<Vec<Vec<(&'static str, StatValue)>>> {
+        use StatValue::*;
+        let ms = |d: Duration| Float(d.as_secs_f64() * 1000.0);
+        if let Some(t) = self.transports.get(&h) {
+            let mut r = vec![
+                ("type", Str("transport".into())),
+                ("bytesReceived", Int(t.stats.bytes_in)),
+                ("bytesSent", Int(t.stats.bytes_out)),
+                ("packetsReceived", Int(t.stats.packets_in)),
+                ("packetsSent", Int(t.stats.packets_out)),
+                ("rtpPacketsReceived", Int(t.rtp_in)),
+                ("rtcpPacketsReceived", Int(t.rtcp_in)),
+                ("rtcpPacketsSent", Int(t.rtcp_out)),
+                ("recvBitrate", Int(t.rate_in.bps)),
+                ("sendBitrate", Int(t.rate_out.bps)),
+                ("rembReceived", Int(t.bwe.remb_in)),
+                ("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))),
+                ("transportCcFeedbackSent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))),
+            ];
+            // The viewer's estimate (bwe.rs), only while one is known.
+            if let Some(b) = t.bwe.available_bitrate(Instant::now()) {
+                r.push(("availableBitrate", Int(b)));
+            }
+            return Ok(vec![r]);
+        }
+        if let Some(p) = self.producers.get(&h) {
+            let mut v = Vec::new();
+            for (i, e) in p.encodings.iter().enumerate() {
+                let q = &e.quality;
+                let g = q.nack.as_ref();
+                let mut r = vec![
+                    ("type", Str("inbound-rtp".into())),
+                    ("layer", Int(i as u64)),
+                    ("ssrc", Int(e.media_ssrc.unwrap_or(0) as u64)),
+                    ("rtxSsrc", Int(e.rtx_ssrc.unwrap_or(0) as u64)),
+                    ("rid", Str(e.spec.rid.clone().unwrap_or_default())),
+                    ("packetCount", Int(e.stats.packets_in)),
+                    ("byteCount", Int(e.stats.bytes_in)),
+                    ("packetsLost", Int(q.rx.lost().max(0) as u64)),
+                    ("fractionLost", Float(q.rx.fraction_lost as f64 / 256.0)),
+                    ("jitter", Int(q.rx.jitter() as u64)),
+                    ("nackCount", Int(g.map_or(0, |g| g.batches))),
+                    ("nackPacketCount", Int(g.map_or(0, |g| g.requested))),
+                    ("packetsRetransmitted", Int(q.rtx_in + q.rtx_duplicate)),
+                    ("packetsRepaired", Int(q.rtx_in)),
+                    ("packetsReordered", Int(g.map_or(0, |g| g.reordered))),
+                    ("packetsGivenUp", Int(g.map_or(0, |g| g.gave_up))),
+                    ("packetsDiscarded", Int(q.rtx_duplicate)),
+                    ("pliCount", Int(q.plis_sent)),
+                    ("firCount", Int(q.firs_sent)),
+                    ("keyFrames", Int(e.key_frames)),
+                    ("bitrate", Int(q.rate.bps)),
+                ];
+                // RTT toward the producer, estimated from NACK → retransmission times.
+                if let Some(g) = g.filter(|g| g.rtt_measured) {
+                    r.push(("roundTripTime", ms(g.rtt())));
+                }
+                v.push(r);
+            }
+            return Ok(v);
+        }
+        if let Some(c) = self.consumers.get(&h) {
+            let q = &c.quality;
+            let mut r = vec![
+                ("type", Str("outbound-rtp".into())),
+                ("layer", Int(c.encoding as u64)),
+                ("ssrc", Int(c.ssrc as u64)),
+                ("rtxSsrc", Int(c.rtx_ssrc.unwrap_or(0) as u64)),
+                ("packetCount", Int(c.stats.packets_out)),
+                ("byteCount", Int(c.stats.bytes_out)),
+                ("packetsRetransmitted", Int(q.tx.rtx_packets)),
+                ("bytesRetransmitted", Int(q.tx.rtx_bytes)),
+                ("packetsLost", Int(q.tx.cumulative_lost.max(0) as u64)),
+                ("fractionLost", Float(q.tx.fraction_lost as f64 / 256.0)),
+                ("jitter", Int(q.tx.jitter as u64)),
+                ("nackCount", Int(q.nacks_in)),
+                ("nackPacketCount", Int(q.nack_seqs_in)),
+                ("pliCount", Int(q.plis_in)),
+                ("firCount", Int(q.firs_in)),
+                ("senderReports", Int(q.tx.srs_sent)),
+                ("receiverReports", Int(q.tx.reports_received)),
+                ("bitrate", Int(q.rate.bps)),
+                ("paused", Bool(c.paused)),
+                ("targetLayer", Int(c.target as u64)),
+                ("preferredSpatialLayer", Int(c.preferred_spatial as u64)),
+                ("layerSwitches", Int(c.layer_switches)),
+            ];
+            if let Some(rtt) = q.tx.rtt {
+                r.push(("roundTripTime", ms(rtt)));
+            }
+            return Ok(vec![r]);
+        }
+        Err(RouterError::Unknown(format!("unknown handle {h}")))
     }
 }
 
@@ -1460,6 +2274,7 @@ fn learn_ssrc(
             if let Some(old) = e.media_ssrc {
                 t.ssrc_in.remove(&old);
             }
+            e.quality.restart(Instant::now());
         }
         e.media_ssrc = Some(hdr.ssrc);
     }
@@ -1540,6 +2355,7 @@ mod tests {
                 mime: "video/VP8".into(),
                 rtx_payload_type: Some(97),
                 mapped_rtx_payload_type: Some(102),
+                clock_rate: 90000,
             }],
             encodings: vec![EncodingSpec { ssrc, rtx_ssrc: None, rid: None, mapped_ssrc: 5555 }],
             header_extensions: vec![
@@ -1548,6 +2364,7 @@ mod tests {
             ],
             key_frame_request: Some(KeyFrameMethod::Pli),
             paused: false,
+            nack: true,
         }
     }
 
@@ -1560,6 +2377,9 @@ mod tests {
             payload_types: vec![(ROUTER_VP8_PT, ROUTER_VP8_PT)],
             paused,
             encoding: 0,
+            rtx_payload_types: vec![],
+            nack: true,
+            cname: None,
         }
     }
 
@@ -1699,7 +2519,7 @@ mod tests {
         room.send(true);
         let mut out = Output::new();
         room.r.handle_timeout(room.now + Duration::from_secs(3), &mut out);
-        assert!(out.transmits.is_empty());
+        assert_eq!(p(&room.r), sent + 1);
     }
 
     #[test]
@@ -1781,6 +2601,422 @@ mod tests {
         room.r.remove_transport(3).unwrap();
         assert_eq!(room.r.counts(), Counts::default());
         assert!(room.r.by_addr.is_empty() && room.r.by_ufrag.is_empty());
+    }
+
+    fn rtcp_of(ctx: &mut SrtpContext, t: &Transmit) -> Vec<u8> {
+        let mut b = t.buf.clone();
+        ctx.unprotect_rtcp(&mut b).unwrap();
+        b
+    }
+
+    fn stat(r: &Router, h: Handle, key: &str) -> Option<StatValue> {
+        r.rtp_stats(h).unwrap()[0].iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn gaps_are_nacked_upstream_and_rtx_fills_them_with_consumer_seq_continuity() {
+        let mut room = room(false);
+        room.seq = 100;
+        room.send(true); // 100
+        room.send(false); // 101
+        room.seq = 103;
+        let out = room.send(false); // 103: 102 missing
+        let seqs: Vec<u16> = out.transmits.iter().filter(|t| t.dest.port() == 2000).map(|t| room.recv(t).2).collect();
+        assert_eq!(seqs.len(), 1);
+        let out103 = seqs[0];
+        // Not yet: reordering tolerance.
+        let mut out = Output::new();
+        room.r.handle_timeout(room.now + Duration::from_millis(5), &mut out);
+        assert!(out.transmits.is_empty());
+        let mut out = Output::new();
+        room.r.handle_timeout(room.now + Duration::from_millis(11), &mut out);
+        assert_eq!(out.transmits.len(), 1);
+        assert_eq!(out.transmits[0].dest, addr(1000));
+        let plain = rtcp_of(&mut room.host_rx, &out.transmits[0]);
+        let nacked: Vec<(u32, u16)> = rtcp::compound(&plain)
+            .filter_map(|p| match p {
+                Ok(rtcp::Packet::Nack(n)) => Some(n.seqs().map(move |s| (n.media_ssrc, s)).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(nacked, vec![(0x1234, 102)]);
+        // The host answers with RTX (PT 97, own SSRC, OSN 102 in front of the payload).
+        let original = vp8_payload(false);
+        let mut rtx_payload = 102u16.to_be_bytes().to_vec();
+        rtx_payload.extend_from_slice(&original);
+        let now = room.now + Duration::from_millis(20);
+        for attempt in 0..2 {
+            let mut pkt = rtp_packet(0x9999, 7 + attempt, 97, Some("0"), &rtx_payload);
+            room.host.protect_rtp(&mut pkt).unwrap();
+            let mut out = Output::new();
+            room.r.handle_datagram(now, addr(1000), &pkt, &mut out);
+            if attempt == 0 {
+                let to_viewer: Vec<&Transmit> = out.transmits.iter().filter(|t| t.dest.port() == 2000).collect();
+                assert_eq!(to_viewer.len(), 1);
+                let mut b = to_viewer[0].buf.clone();
+                room.viewers[0].unprotect_rtp(&mut b).unwrap();
+                let h = rtp::parse(&b).unwrap();
+                assert_eq!((h.ssrc, h.payload_type, h.sequence), (0xAAAA, ROUTER_VP8_PT, out103.wrapping_sub(1)));
+                assert_eq!(h.payload(&b), &original[..]);
+            } else {
+                assert!(out.transmits.is_empty());
+            }
+        }
+        assert_eq!(room.r.drops().get(Drop::RtxDuplicate), 1);
+        // The original, overtaken by its retransmission, is not forwarded a second time.
+        room.seq = 102;
+        let out = room.send(false);
+        assert!(out.transmits.iter().all(|t| t.dest.port() == 1000));
+        assert_eq!(room.r.drops().get(Drop::Duplicate), 1);
+        assert_eq!(stat(&room.r, 10, "packetsRepaired"), Some(StatValue::Int(1)));
+        assert_eq!(stat(&room.r, 10, "nackPacketCount"), Some(StatValue::Int(1)));
+        assert_eq!(stat(&room.r, 10, "packetsLost"), Some(StatValue::Int(0)));
+        assert!(matches!(stat(&room.r, 10, "roundTripTime"), Some(StatValue::Float(ms)) if (8.0..=10.0).contains(&ms)));
+        // No more NACKs for it.
+        let mut out = Output::new();
+        room.r.handle_timeout(room.now + Duration::from_millis(500), &mut out);
+        assert!(out.transmits.iter().all(|t| t.dest.port() != 1000));
+    }
+
+    #[test]
+    fn viewer_nacks_are_answered_by_rtx_or_plain_resend_and_throttled() {
+        let mut r = Router::new();
+        let now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        connect(&mut r, now, 3, 3000, &mut out);
+        r.add_producer(10, 1, producer_spec(None)).unwrap();
+        let mut with_rtx = consumer_spec(0xAAAA, "c0", false);
+        with_rtx.rtx_ssrc = Some(0xAAAB);
+        with_rtx.rtx_payload_types = vec![(ROUTER_VP8_PT, 102)];
+        r.add_consumer(now, 20, 2, 10, with_rtx, &mut out).unwrap();
+        r.add_consumer(now, 30, 3, 10, consumer_spec(0xBBBB, "c1", false), &mut out).unwrap();
+        let (mut host, _) = peer(1);
+        let mut payloads = Vec::new();
+        let mut first_out: HashMap<u16, u16> = HashMap::new();
+        let (mut v2, mut v3) = (peer(2), peer(3));
+        for i in 0..10u16 {
+            let payload = vp8_payload(i == 0);
+            let mut pkt = rtp_packet(0x1234, 500 + i, VP8_PT, Some("0"), &payload);
+            payloads.push(payload);
+            host.protect_rtp(&mut pkt).unwrap();
+            let mut out = Output::new();
+            r.handle_datagram(now, addr(1000), &pkt, &mut out);
+            for t in out.transmits.iter().filter(|t| t.dest.port() != 1000) {
+                let mut b = t.buf.clone();
+                let ctx = if t.dest.port() == 2000 { &mut v2.1 } else { &mut v3.1 };
+                ctx.unprotect_rtp(&mut b).unwrap();
+                first_out.entry(t.dest.port()).or_insert(rtp::parse(&b).unwrap().sequence);
+            }
+        }
+        let nack_for = |ctx: &mut SrtpContext, ssrc: u32, seqs: &[u16]| {
+            let mut b = Vec::new();
+            rtcp::build_rr(&mut b, 1, &[]);
+            rtcp::build_nack(&mut b, 1, ssrc, seqs);
+            ctx.protect_rtcp(&mut b).unwrap();
+            b
+        };
+        // Viewer 2 (RTX): output seqs base+3 and base+5.
+        let base = first_out[&2000];
+        let pkt = nack_for(&mut v2.0, 0xAAAA, &[base + 3, base + 5]);
+        let mut out = Output::new();
+        r.handle_datagram(now, addr(2000), &pkt, &mut out);
+        assert_eq!(out.transmits.len(), 2);
+        for (k, t) in out.transmits.iter().enumerate() {
+            let mut b = t.buf.clone();
+            v2.1.unprotect_rtp(&mut b).unwrap();
+            let h = rtp::parse(&b).unwrap();
+            assert_eq!((h.ssrc, h.payload_type), (0xAAAB, 102));
+            let want = [3usize, 5][k];
+            let p = h.payload(&b);
+            assert_eq!(u16::from_be_bytes([p[0], p[1]]), base + want as u16);
+            assert_eq!(&p[2..], &payloads[want][..]);
+            let mid = rtp::find_extension(&b, &h, 1).unwrap();
+            assert_eq!(mid, b"c0");
+        }
+        // The same NACK again at once: already in flight.
+        let pkt = nack_for(&mut v2.0, 0xAAAA, &[base + 3]);
+        let mut out = Output::new();
+        r.handle_datagram(now, addr(2000), &pkt, &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!(r.drops().get(Drop::NackThrottled), 1);
+        // Later it is resent again, with the next RTX sequence number.
+        let pkt = nack_for(&mut v2.0, 0xAAAA, &[base + 3]);
+        let mut out = Output::new();
+        r.handle_datagram(now + Duration::from_millis(150), addr(2000), &pkt, &mut out);
+        assert_eq!(out.transmits.len(), 1);
+        // Viewer 3 (no RTX): the packet itself again; unknown seq: counted.
+        let base3 = first_out[&3000];
+        let pkt = nack_for(&mut v3.0, 0xBBBB, &[base3 + 9, base3 + 40]);
+        let mut out = Output::new();
+        r.handle_datagram(now, addr(3000), &pkt, &mut out);
+        assert_eq!(out.transmits.len(), 1);
+        let mut b = out.transmits[0].buf.clone();
+        peer(3).1.unprotect_rtp(&mut b).unwrap(); // a receiver that lost the original
+        let h = rtp::parse(&b).unwrap();
+        assert_eq!((h.ssrc, h.payload_type, h.sequence), (0xBBBB, ROUTER_VP8_PT, base3 + 9));
+        assert_eq!(h.payload(&b), &payloads[9][..]);
+        assert_eq!(r.drops().get(Drop::NackNotBuffered), 1);
+        assert_eq!(stat(&r, 20, "packetsRetransmitted"), Some(StatValue::Int(3)));
+        assert_eq!(stat(&r, 20, "nackCount"), Some(StatValue::Int(3)));
+        assert_eq!(stat(&r, 20, "nackPacketCount"), Some(StatValue::Int(4)));
+        // Too old for the buffer.
+        let pkt = nack_for(&mut v3.0, 0xBBBB, &[base3 + 8]);
+        let mut out = Output::new();
+        r.handle_datagram(now + Duration::from_millis(2100), addr(3000), &pkt, &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!(r.drops().get(Drop::NackNotBuffered), 2);
+    }
+
+    #[test]
+    fn sender_and_receiver_reports_and_round_trip_time() {
+        let mut room = room(false);
+        for i in 0..5 {
+            room.send(i == 0);
+        }
+        let t0 = room.now;
+        let mut out = Output::new();
+        room.r.handle_timeout(t0, &mut out);
+        // A producer SR (its NTP/RTP mapping is carried over to the viewers' SRs).
+        let mut sr = Vec::new();
+        let sr_ntp = 0xE000_0000_8000_0000u64;
+        rtcp::build_sr(&mut sr, &rtcp::SenderInfo { ssrc: 0x1234, ntp: sr_ntp, rtp_timestamp: 0x1000, packet_count: 5, octet_count: 500 }, &[]);
+        room.host.protect_rtcp(&mut sr).unwrap();
+        room.r.handle_datagram(t0, addr(1000), &sr, &mut out);
+        let t1 = t0 + REPORT_INTERVAL;
+        let mut out = Output::new();
+        room.r.handle_timeout(t1, &mut out);
+        let mut lsr = 0;
+        let (mut srs, mut rrs) = (0, 0);
+        for t in &out.transmits {
+            match t.dest.port() {
+                2000 => {
+                    let (_, mut v) = peer(2);
+                    let b = rtcp_of(&mut v, t);
+                    let items: Vec<_> = rtcp::compound(&b).map(|p| p.unwrap()).collect();
+                    let rtcp::Packet::Sr(sr) = items[0] else { panic!("SR first") };
+                    assert_eq!(sr.info.ssrc, 0xAAAA);
+                    assert_eq!(sr.info.packet_count, 5);
+                    assert_eq!(sr.info.ntp, crate::reports::ntp_add(sr_ntp, REPORT_INTERVAL));
+                    assert_eq!(sr.info.rtp_timestamp, 0x1000 + 90000);
+                    assert!(matches!(items[1], rtcp::Packet::Sdes));
+                    lsr = crate::reports::ntp_mid(sr.info.ntp);
+                    srs += 1;
+                }
+                3000 => srs += 1,
+                1000 => {
+                    let b = rtcp_of(&mut room.host_rx, t);
+                    let Some(Ok(rtcp::Packet::Rr(rr))) = rtcp::compound(&b).next() else { panic!("RR") };
+                    let blocks: Vec<_> = rr.report_blocks().collect();
+                    assert_eq!(blocks.len(), 1);
+                    assert_eq!(blocks[0].ssrc, 0x1234);
+                    assert_eq!(blocks[0].cumulative_lost, 0);
+                    assert_eq!(blocks[0].highest_seq, 104);
+                    assert_eq!(blocks[0].last_sr, crate::reports::ntp_mid(sr_ntp));
+                    assert_eq!(blocks[0].delay_since_last_sr, 65536);
+                    rrs += 1;
+                }
+                p => panic!("unexpected port {p}"),
+            }
+        }
+        assert_eq!((srs, rrs), (2, 1));
+        // Viewer 2 answers 50 ms later, having held the SR for 20 ms: RTT 30 ms.
+        let mut rr = Vec::new();
+        let block = rtcp::ReportBlock {
+            ssrc: 0xAAAA,
+            fraction_lost: 64,
+            cumulative_lost: 3,
+            highest_seq: 1,
+            jitter: 12,
+            last_sr: lsr,
+            delay_since_last_sr: crate::reports::to_dlsr(Duration::from_millis(20)),
+        };
+        rtcp::build_rr(&mut rr, 0x77, &[block]);
+        let (mut v, _) = peer(2);
+        v.protect_rtcp(&mut rr).unwrap();
+        room.r.handle_datagram(t1 + Duration::from_millis(50), addr(2000), &rr, &mut out);
+        let Some(StatValue::Float(rtt)) = stat(&room.r, 20, "roundTripTime") else { panic!("no rtt") };
+        assert!((29.0..=31.0).contains(&rtt), "rtt {rtt}");
+        assert_eq!(stat(&room.r, 20, "fractionLost"), Some(StatValue::Float(0.25)));
+        assert_eq!(stat(&room.r, 20, "packetsLost"), Some(StatValue::Int(3)));
+        assert_eq!(stat(&room.r, 20, "jitter"), Some(StatValue::Int(12)));
+        assert!(stat(&room.r, 30, "roundTripTime").is_none());
+    }
+
+    #[test]
+    fn a_consumer_transport_that_connects_asks_for_a_key_frame() {
+        let mut room = room(false);
+        room.send(true);
+        let kf = |r: &Router| match stat(r, 10, "pliCount") {
+            Some(StatValue::Int(n)) => n,
+            _ => panic!("no pliCount"),
+        };
+        let mut out = Output::new();
+        room.r.add_transport(4, "ufrag4").unwrap();
+        room.r.add_consumer(room.now, 40, 4, 10, consumer_spec(0xCCCC, "c9", false), &mut out).unwrap();
+        let before = kf(&room.r);
+        // Keys first, then the selected tuple: media can flow only now → key frame request.
+        let later = room.now + Duration::from_secs(2);
+        let (lk, ls) = key(8);
+        let (rk, rs) = key(9);
+        let mut out = Output::new();
+        room.r.set_srtp(later, 4, P, &lk, &ls, &rk, &rs, &mut out).unwrap();
+        assert!(out.transmits.is_empty());
+        room.r.bind_tuple(later, 4, addr(4000), true, &mut out).unwrap();
+        assert_eq!(kf(&room.r), before + 1);
+        assert_eq!(out.transmits.len(), 1);
+        assert_eq!(out.transmits[0].dest, addr(1000));
+    }
+
+    #[test]
+    fn audio_has_no_buffer_and_its_sender_reports_use_its_clock() {
+        let mut r = Router::new();
+        let now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        let mut spec = producer_spec(Some(0x0A0A));
+        spec.video = false;
+        spec.nack = false;
+        spec.codecs[0] = CodecSpec {
+            payload_type: 111,
+            mapped_payload_type: 100,
+            mime: "audio/opus".into(),
+            rtx_payload_type: None,
+            mapped_rtx_payload_type: None,
+            clock_rate: 48000,
+        };
+        r.add_producer(10, 1, spec).unwrap();
+        let mut c = consumer_spec(0xAAAA, "a0", false);
+        c.payload_types = vec![(100, 100)];
+        c.nack = false;
+        r.add_consumer(now, 20, 2, 10, c, &mut out).unwrap();
+        let (mut host, _) = peer(1);
+        for seq in [1u16, 2, 4] {
+            let mut pkt = rtp_packet(0x0A0A, seq, 111, Some("0"), &[1, 2, 3, 4]);
+            host.protect_rtp(&mut pkt).unwrap();
+            r.handle_datagram(now, addr(1000), &pkt, &mut out);
+        }
+        // Seq 3 is missing but the producer did not negotiate NACK: nothing is asked for.
+        let mut out = Output::new();
+        r.handle_timeout(now + Duration::from_millis(50), &mut out);
+        assert!(out.transmits.is_empty());
+        let (mut v, mut v_rx) = peer(2);
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 1, 0xAAAA, &[1000]);
+        v.protect_rtcp(&mut nack).unwrap();
+        r.handle_datagram(now, addr(2000), &nack, &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!(r.drops().get(Drop::NackNotNegotiated), 1);
+        // First SR a second later: RTP time advanced by 48000 per second past the last packet.
+        let mut out = Output::new();
+        r.handle_timeout(now + REPORT_INTERVAL + Duration::from_millis(50), &mut out);
+        let sr = out.transmits.iter().find(|t| t.dest.port() == 2000).expect("SR to the viewer");
+        let b = rtcp_of(&mut v_rx, sr);
+        let Some(Ok(rtcp::Packet::Sr(sr))) = rtcp::compound(&b).next() else { panic!("SR") };
+        assert_eq!((sr.info.ssrc, sr.info.packet_count), (0xAAAA, 3));
+        assert_eq!(sr.info.rtp_timestamp, 0x1000 + 48000 + 48000 / 20);
+        assert_eq!(stat(&r, 10, "packetsLost"), Some(StatValue::Int(1)));
+    }
+
+    #[test]
+    fn simulcast_consumer_switches_only_at_a_target_key_frame_with_continuity() {
+        let mut r = Router::new();
+        let mut now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        let mut spec = producer_spec(None);
+        spec.encodings = (0..3u32)
+            .map(|i| EncodingSpec { ssrc: Some(0x100 + i), rtx_ssrc: None, rid: Some(format!("r{i}")), mapped_ssrc: 7000 + i })
+            .collect();
+        r.add_producer(10, 1, spec).unwrap();
+        r.add_consumer(now, 20, 2, 10, consumer_spec(0xAAAA, "c0", false), &mut out).unwrap();
+        let mut host = peer(1).0;
+        let mut viewer = peer(2).1;
+        let mut seqs = [10u16, 20_000, 65_530];
+        let ts_base = [1_000u32, 9_000_000, 4_294_960_000];
+        // One packet per layer per frame; returns what the viewer got: (layer, key, seq, ts).
+        // What the viewer got per packet: (layer, key frame, seq, ts).
+        type Got = (u8, bool, u16, u32);
+        let mut frame = |r: &mut Router, now: Instant, f: u32, keys: &[usize]| -> Vec<Got> {
+            let mut got = Vec::new();
+            for layer in 0..3usize {
+                let key = keys.contains(&layer);
+                let mut payload = vp8_payload(key);
+                payload.push(layer as u8);
+                let mut pkt = rtp_packet(0x100 + layer as u32, seqs[layer], VP8_PT, Some("0"), &payload);
+                rtp::set_timestamp(&mut pkt, ts_base[layer].wrapping_add(3000 * f));
+                seqs[layer] = seqs[layer].wrapping_add(1);
+                host.protect_rtp(&mut pkt).unwrap();
+                let mut out = Output::new();
+                r.handle_datagram(now, addr(1000), &pkt, &mut out);
+                for t in &out.transmits {
+                    let mut b = t.buf.clone();
+                    if t.dest.port() == 1000 {
+                        continue; // PLIs toward the host
+                    }
+                    viewer.unprotect_rtp(&mut b).unwrap();
+                    let h = rtp::parse(&b).unwrap();
+                    let pl = h.payload(&b);
+                    got.push((pl[pl.len() - 1], pl[1] & 1 == 0, h.sequence, h.timestamp));
+                }
+            }
+            got
+        };
+        let mut all = Vec::new();
+        // Default: the top layer, from its first key frame.
+        let got = frame(&mut r, now, 0, &[]);
+        assert!(got.is_empty(), "waiting for a key frame of layer 2");
+        let got = frame(&mut r, now, 1, &[0, 1, 2]);
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![2]);
+        all.extend(got);
+        for f in 2..5 {
+            all.extend(frame(&mut r, now, f, &[0]));
+        }
+        assert!(all.iter().all(|g| g.0 == 2), "a key frame on layer 0 is no reason to move");
+        now += Duration::from_millis(100);
+        let mut out = Output::new();
+        assert_eq!(r.set_preferred_layers(now, 20, 0, None, &mut out).unwrap(), (0, u8::MAX));
+        let mut b = out.transmits[0].buf.clone();
+        peer(1).1.unprotect_rtcp(&mut b).unwrap();
+        assert!(matches!(rtcp::compound(&b).next(), Some(Ok(rtcp::Packet::Pli(p))) if p.media_ssrc == 0x100), "PLI on r0");
+        for f in 5..8 {
+            let got = frame(&mut r, now, f, &[]);
+            assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![2], "layer 2 until r0's key frame");
+            all.extend(got);
+        }
+        now += Duration::from_millis(33);
+        let got = frame(&mut r, now, 8, &[0]);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0, got[0].1), (0, true), "the switch is at layer 0's key frame");
+        all.extend(got);
+        for f in 9..12 {
+            all.extend(frame(&mut r, now, f, &[2]));
+        }
+        assert!(all.iter().skip_while(|g| g.0 == 2).all(|g| g.0 == 0));
+        for w in all.windows(2) {
+            assert_eq!(w[1].2, w[0].2.wrapping_add(1), "continuous sequence numbers");
+            assert!(crate::seq::is_newer_ts(w[1].3, w[0].3), "timestamps move forward: {:?}", w);
+        }
+        let st = r.stats(20).unwrap();
+        assert!(st.contains(&("current_layer", StatValue::Int(0))));
+        assert!(st.contains(&("layer_switches", StatValue::Int(1))));
+    }
+
+    #[test]
+    fn layer_selection_follows_preference_activity_and_estimate() {
+        let rates = [100_000, 400_000, 1_200_000];
+        assert_eq!(select_layer(2, &rates, None), 2);
+        assert_eq!(select_layer(0, &rates, None), 0);
+        assert_eq!(select_layer(9, &rates, None), 2, "clamped");
+        assert_eq!(select_layer(2, &rates, Some(500_000)), 1);
+        assert_eq!(select_layer(2, &rates, Some(50_000)), 0, "lowest when nothing fits");
+        assert_eq!(select_layer(1, &rates, Some(5_000_000)), 1, "never above the preference");
+        assert_eq!(select_layer(2, &[100_000, 400_000, 0], None), 1, "inactive top layer skipped");
+        assert_eq!(select_layer(2, &[0, 0, 0], Some(1)), 2, "nothing known yet: the preference");
     }
 
     #[test]

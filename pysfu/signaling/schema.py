@@ -83,6 +83,23 @@ def get_object(data: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def get_layer(data: dict[str, Any], name: str) -> int:
+    """A simulcast/SVC layer index (spatialLayer, temporalLayer): integer 0..255."""
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise _invalid(name, "required integer 0..255")
+    return value
+STATS_TARGETS = ("transportId", "producerId", "consumerId")
+
+
+def get_stats_target(data: dict[str, Any]) -> tuple[str, str]:
+    """getStats names exactly one object: (which of STATS_TARGETS, its id)."""
+    given = [name for name in STATS_TARGETS if name in data]
+    if len(given) != 1:
+        raise _invalid("getStats", "give exactly one of transportId, producerId, consumerId")
+    return given[0], get_str(data, given[0])
+
+
 def get_dtls_parameters(data: dict[str, Any]) -> dict[str, Any]:
     """Validate mediasoup DtlsParameters: {role?, fingerprints: [{algorithm, value}, ...]}."""
     params = get_object(data, "dtlsParameters")
