@@ -45,6 +45,7 @@ pub fn video_spec(mid: &str, ssrc: u32) -> ProducerSpec {
             mime: "video/VP8".into(),
             rtx_payload_type: Some(97),
             mapped_rtx_payload_type: Some(102),
+            clock_rate: 90000,
         }],
         encodings: vec![
             EncodingSpec { ssrc: Some(ssrc), rtx_ssrc: Some(ssrc + 1), rid: None, mapped_ssrc: ssrc + 100 },
@@ -58,6 +59,7 @@ pub fn video_spec(mid: &str, ssrc: u32) -> ProducerSpec {
         ],
         key_frame_request: Some(KeyFrameMethod::Pli),
         paused: false,
+        nack: true,
     }
 }
 
@@ -71,11 +73,13 @@ pub fn audio_spec(mid: &str, ssrc: u32) -> ProducerSpec {
             mime: "audio/opus".into(),
             rtx_payload_type: None,
             mapped_rtx_payload_type: None,
+            clock_rate: 48000,
         }],
         encodings: vec![EncodingSpec { ssrc: Some(ssrc), rtx_ssrc: None, rid: None, mapped_ssrc: ssrc + 100 }],
         header_extensions: vec![ExtSpec { id: 4, router_id: Some(1), uri: URI_MID.into() }],
         key_frame_request: None,
         paused: false,
+        nack: false,
     }
 }
 
@@ -88,6 +92,9 @@ pub fn consumer_spec(ssrc: u32, mid: &str, encoding: usize) -> ConsumerSpec {
         payload_types: vec![(101, 101), (102, 102), (100, 100)],
         paused: false,
         encoding,
+        rtx_payload_types: vec![(101, 102)],
+        nack: true,
+        cname: Some("fuzz".into()),
     }
 }
 
