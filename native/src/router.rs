@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::bwe::BandwidthEstimator;
+use crate::layers::LayerState;
 use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
 use crate::reports::{NtpClock, RateMeter, ReceiveStats, SendStats};
 use crate::rtcp;
@@ -511,6 +512,7 @@ struct Consumer {
     /// Simulcast: the highest spatial layer the viewer wants (temporal kept for stats only).
     preferred_spatial: usize,
     preferred_temporal: u8,
+    layers: LayerState,
     layer_switches: u64,
     /// Timestamp offset: keeps time continuous when the source stream changes.
     ts: TsOffset,
@@ -1060,6 +1062,7 @@ impl Router {
             target: encoding,
             preferred_spatial: encoding,
             preferred_temporal: u8::MAX,
+            layers: LayerState::new(now),
             layer_switches: 0,
             ts: TsOffset::new(),
             ts_source: encoding,
@@ -1328,8 +1331,8 @@ impl Router {
             }
             for ch in &p.consumers {
                 let Some(c) = self.consumers.get_mut(ch) else { continue };
-                let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.available_bitrate(now));
-                let target = select_layer(c.preferred_spatial, &rates[..n], estimate);
+                let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.estimate(now));
+                let target = c.layers.decide(now, c.preferred_spatial, c.encoding, &rates[..n], estimate);
                 if target != c.target {
                     c.target = target;
                     if target != c.encoding && !c.paused {
@@ -1348,11 +1351,15 @@ impl Router {
     pub fn set_preferred_layers(&mut self, now: Instant, h: Handle, spatial: usize, temporal: Option<u8>, out: &mut Output) -> Result<(usize, u8)> {
         let c = self.consumers.get_mut(&h).ok_or_else(|| unknown("consumer", h))?;
         let p = self.producers.get(&c.producer).ok_or_else(|| unknown("producer", c.producer))?;
-        c.preferred_spatial = spatial.min(p.encodings.len() - 1);
+        let preferred = spatial.min(p.encodings.len() - 1);
+        if preferred > c.preferred_spatial {
+            c.layers.preference_raised(now);
+        }
+        c.preferred_spatial = preferred;
         c.preferred_temporal = temporal.unwrap_or(u8::MAX);
         let rates: Vec<u64> = p.encodings.iter().map(|e| e.quality.rate.bps).collect();
-        let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.available_bitrate(now));
-        let target = select_layer(c.preferred_spatial, &rates, estimate);
+        let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.estimate(now));
+        let target = c.layers.decide(now, c.preferred_spatial, c.encoding, &rates, estimate);
         c.target = target;
         let (ph, switch, paused, res) = (c.producer, target != c.encoding, c.paused, (c.preferred_spatial, c.preferred_temporal));
         if switch && !paused {
@@ -1810,20 +1817,6 @@ fn record_twcc(t: &mut Transport, pkt: &[u8], hdr: &rtp::RtpHeader, id: u8, now:
 
 /// Common origin of arrival times given to the transport-wide feedback recorders.
 static TWCC_EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-/// The simulcast layer a consumer should receive: the highest active layer not above the
-/// preferred one whose measured bitrate fits the viewer's estimate (the lowest active one
-/// if none fits). Layers with no traffic in the last window are not candidates; when no
-/// layer is known active yet, the preferred one.
-pub fn select_layer(preferred: usize, bitrates: &[u64], estimate: Option<u64>) -> usize {
-    let top = preferred.min(bitrates.len().saturating_sub(1));
-    let active = |i: &usize| bitrates[*i] > 0;
-    let Some(lowest) = (0..=top).find(active) else { return top };
-    match estimate {
-        None => (0..=top).rev().find(active).unwrap_or(lowest),
-        Some(e) => (0..=top).rev().filter(active).find(|&i| bitrates[i] <= e).unwrap_or(lowest),
-    }
-}
 
 impl RtcpWork {
     fn clear(&mut self) {
@@ -2950,19 +2943,6 @@ mod tests {
         let st = r.stats(20).unwrap();
         assert!(st.contains(&("current_layer", StatValue::Int(0))));
         assert!(st.contains(&("layer_switches", StatValue::Int(1))));
-    }
-
-    #[test]
-    fn layer_selection_follows_preference_activity_and_estimate() {
-        let rates = [100_000, 400_000, 1_200_000];
-        assert_eq!(select_layer(2, &rates, None), 2);
-        assert_eq!(select_layer(0, &rates, None), 0);
-        assert_eq!(select_layer(9, &rates, None), 2, "clamped");
-        assert_eq!(select_layer(2, &rates, Some(500_000)), 1);
-        assert_eq!(select_layer(2, &rates, Some(50_000)), 0, "lowest when nothing fits");
-        assert_eq!(select_layer(1, &rates, Some(5_000_000)), 1, "never above the preference");
-        assert_eq!(select_layer(2, &[100_000, 400_000, 0], None), 1, "inactive top layer skipped");
-        assert_eq!(select_layer(2, &[0, 0, 0], Some(1)), 2, "nothing known yet: the preference");
     }
 
     #[test]
