@@ -376,11 +376,17 @@ class Room:
     def stats(self, peer: Peer, target: str, object_id: str) -> list[dict[str, Any]]:
         """getStats for a transport, producer or consumer the peer owns."""
         self._check_open()
-        if target == "transportId":
-            return stats.transport_stats(self.owned_transport(peer, object_id))
-        if target == "producerId":
-            return stats.producer_stats(self.owned_producer(peer, object_id))
-        return stats.consumer_stats(self.owned_consumer(peer, object_id))
+        try:
+            if target == "transportId":
+                return stats.transport_stats(self.owned_transport(peer, object_id))
+            if target == "producerId":
+                return stats.producer_stats(self.owned_producer(peer, object_id))
+            return stats.consumer_stats(self.owned_consumer(peer, object_id))
+        except KeyError:
+            # Closing in the engine already (e.g. its transport just failed).
+            code = {"transportId": errors.TRANSPORT_NOT_FOUND,
+                    "producerId": errors.PRODUCER_NOT_FOUND}.get(target, errors.CONSUMER_NOT_FOUND)
+            raise SignalingError(code, "the object is closing") from None
 
     def snapshot(self) -> dict[str, int]:
         """Registry sizes, for tests and metrics."""

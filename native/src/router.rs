@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::bwe::BandwidthEstimator;
 use crate::layers::LayerState;
 use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
-use crate::reports::{NtpClock, RateMeter, ReceiveStats, SendStats};
+use crate::reports::{NtpClock, BitrateSampler, ReceiveStats, SendStats};
 use crate::rtcp;
 use crate::rtp;
 use crate::seq::{SeqManager, TsOffset};
@@ -89,6 +89,7 @@ drop_reasons! {
     RtxDuplicate => "rtx_duplicate",
     Duplicate => "duplicate",
     NackPaused => "nack_consumer_paused",
+    NackTruncated => "nack_truncated",
 }
 
 #[derive(Clone, Debug)]
@@ -358,8 +359,8 @@ struct Transport {
     bwe: BandwidthEstimator,
     /// Our SSRC as sender of NACKs and receiver reports on this transport.
     rtcp_ssrc: u32,
-    rate_in: RateMeter,
-    rate_out: RateMeter,
+    rate_in: BitrateSampler,
+    rate_out: BitrateSampler,
 }
 
 impl Transport {
@@ -428,7 +429,7 @@ struct StreamQuality {
     rtx_duplicate: u64,
     plis_sent: u64,
     firs_sent: u64,
-    rate: RateMeter,
+    rate: BitrateSampler,
 }
 
 impl StreamQuality {
@@ -442,7 +443,7 @@ impl StreamQuality {
             rtx_duplicate: 0,
             plis_sent: 0,
             firs_sent: 0,
-            rate: RateMeter::default(),
+            rate: BitrateSampler::default(),
         }
     }
 
@@ -472,7 +473,7 @@ struct ConsumerQuality {
     nack_seqs_in: u64,
     plis_in: u64,
     firs_in: u64,
-    rate: RateMeter,
+    rate: BitrateSampler,
 }
 
 struct Producer {
@@ -518,6 +519,8 @@ struct Consumer {
     ts: TsOffset,
     /// The encoding whose timestamps `ts` is set up for.
     ts_source: usize,
+    /// The stream and offset before the last switch (retransmissions of older packets).
+    ts_prev: (usize, u32),
     last_out: Option<Instant>,
     seq: SeqManager,
     wait_key_frame: bool,
@@ -700,8 +703,8 @@ impl Router {
                 twcc_last: None,
                 bwe: BandwidthEstimator::new(),
                 rtcp_ssrc: (self.rng.next() as u32) | 1,
-                rate_in: RateMeter::default(),
-                rate_out: RateMeter::default(),
+                rate_in: BitrateSampler::default(),
+                rate_out: BitrateSampler::default(),
             },
         );
         Ok(())
@@ -1047,7 +1050,7 @@ impl Router {
             nack_seqs_in: 0,
             plis_in: 0,
             firs_in: 0,
-            rate: RateMeter::default(),
+            rate: BitrateSampler::default(),
         };
         let consumer = Consumer {
             transport,
@@ -1066,6 +1069,7 @@ impl Router {
             layer_switches: 0,
             ts: TsOffset::new(),
             ts_source: encoding,
+            ts_prev: (encoding, 0),
             last_out: None,
             seq: SeqManager::new(initial),
             wait_key_frame: video,
@@ -1614,13 +1618,10 @@ impl Router {
                 let gap = c.last_out.map_or(1, |t| (now.saturating_duration_since(t).as_millis() as u32).saturating_mul(90).max(1));
                 if c.ts_source != c.encoding {
                     // Another stream's timestamps (simulcast): continue after the last one.
+                    c.ts_prev = (c.ts_source, c.ts.offset());
                     c.ts.sync_after_last(hdr.timestamp, gap);
                     c.ts_source = c.encoding;
                     c.layer_switches += 1;
-                    // Earlier outputs came from another stream: not resendable from this one.
-                    if c.quality.seq_map.is_some() {
-                        c.quality.seq_map = Some(SeqMap::new(now));
-                    }
                 }
             }
             let Some(seq_out) = c.seq.input(seq_in) else {
@@ -1652,7 +1653,7 @@ impl Router {
             c.stats.tx(len);
             ct.stats.tx(len);
             if let Some(m) = c.quality.seq_map.as_mut() {
-                m.record(seq_out, seq_in);
+                m.record(seq_out, seq_in, enc_idx as u8);
             }
             c.quality.tx.on_sent(now, ts_out, hdr.payload_len);
             forwarded += 1;
@@ -1707,7 +1708,9 @@ impl Router {
                     }
                     for seq in n.seqs() {
                         if work.nack_seqs.len() >= MAX_NACK_SEQS {
-                            break;
+                            // More than one compound may ask for (bounds the answer burst).
+                            drops.inc(Drop::NackTruncated);
+                            continue;
                         }
                         work.nack_seqs.push((n.media_ssrc, seq));
                     }
@@ -1909,12 +1912,12 @@ impl Router {
             drops.inc(Drop::NackNotNegotiated);
             return;
         };
-        let Some(seq_in) = map.lookup(seq_out) else {
+        let Some((stream, seq_in)) = map.lookup(seq_out) else {
             drops.inc(Drop::NackNotBuffered);
             return;
         };
         let Some(p) = producers.get(&c.producer) else { return };
-        let Some(e) = p.encodings.get(c.encoding) else { return };
+        let Some(e) = p.encodings.get(stream as usize) else { return };
         let Some(pkt) = e.quality.buffer.as_ref().and_then(|b| b.get(now, seq_in)) else {
             drops.inc(Drop::NackNotBuffered);
             return;
@@ -1955,6 +1958,18 @@ impl Router {
             return;
         }
         rtp::set_sequence(&mut buf, seq_out);
+        // In the consumer's timestamps (simulcast offset of the packet's stream).
+        let ts_offset = match stream as usize {
+            s if s == c.ts_source => c.ts.offset(),
+            s if s == c.ts_prev.0 => c.ts_prev.1,
+            _ => {
+                // From two or more switches ago: its timestamp mapping is gone.
+                drops.inc(Drop::NackNotBuffered);
+                out.give_back(buf);
+                return;
+            }
+        };
+        rtp::set_timestamp(&mut buf, hdr.timestamp.wrapping_add(ts_offset));
         rtp::set_ssrc(&mut buf, c.ssrc);
         rtp::set_payload_type(&mut buf, cpt);
         let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);
@@ -2943,6 +2958,81 @@ mod tests {
         let st = r.stats(20).unwrap();
         assert!(st.contains(&("current_layer", StatValue::Int(0))));
         assert!(st.contains(&("layer_switches", StatValue::Int(1))));
+        // NACKs for a packet from before and one from after the switch: each comes back with
+        // the sequence number and timestamp the viewer first got.
+        let (before, after) = (all[2], all[all.len() - 1]);
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 0x5555, 0xAAAA, &[before.2, after.2]);
+        peer(2).0.protect_rtcp(&mut nack).unwrap();
+        let mut out = Output::new();
+        r.handle_datagram(now, addr(2000), &nack, &mut out);
+        let mut fresh = peer(2).1; // no replay history: retransmissions reuse sequence numbers
+        let mut resent: Vec<(u16, u32)> = out
+            .transmits
+            .iter()
+            .filter(|t| t.dest.port() == 2000)
+            .filter_map(|t| {
+                let mut b = t.buf.clone();
+                fresh.unprotect_rtp(&mut b).ok()?;
+                let h = rtp::parse(&b).ok()?;
+                Some((h.sequence, h.timestamp))
+            })
+            .collect();
+        resent.sort();
+        let mut want = vec![(before.2, before.3), (after.2, after.3)];
+        want.sort();
+        assert_eq!(resent, want);
+    }
+
+    #[test]
+    fn audio_has_no_buffer_and_its_sender_reports_use_its_clock() {
+        let mut r = Router::new();
+        let now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        let mut spec = producer_spec(Some(0x0A0A));
+        spec.video = false;
+        spec.nack = false;
+        spec.codecs[0] = CodecSpec {
+            payload_type: 111,
+            mapped_payload_type: 100,
+            mime: "audio/opus".into(),
+            rtx_payload_type: None,
+            mapped_rtx_payload_type: None,
+            clock_rate: 48000,
+        };
+        r.add_producer(10, 1, spec).unwrap();
+        let mut c = consumer_spec(0xAAAA, "a0", false);
+        c.payload_types = vec![(100, 100)];
+        c.nack = false;
+        r.add_consumer(now, 20, 2, 10, c, &mut out).unwrap();
+        let (mut host, _) = peer(1);
+        for seq in [1u16, 2, 4] {
+            let mut pkt = rtp_packet(0x0A0A, seq, 111, Some("0"), &[1, 2, 3, 4]);
+            host.protect_rtp(&mut pkt).unwrap();
+            r.handle_datagram(now, addr(1000), &pkt, &mut out);
+        }
+        // Seq 3 is missing but the producer did not negotiate NACK: nothing is asked for.
+        let mut out = Output::new();
+        r.handle_timeout(now + Duration::from_millis(50), &mut out);
+        assert!(out.transmits.is_empty());
+        let (mut v, mut v_rx) = peer(2);
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 1, 0xAAAA, &[1000]);
+        v.protect_rtcp(&mut nack).unwrap();
+        r.handle_datagram(now, addr(2000), &nack, &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!(r.drops().get(Drop::NackNotNegotiated), 1);
+        // First SR a second later: RTP time advanced by 48000 per second past the last packet.
+        let mut out = Output::new();
+        r.handle_timeout(now + REPORT_INTERVAL + Duration::from_millis(50), &mut out);
+        let sr = out.transmits.iter().find(|t| t.dest.port() == 2000).expect("SR to the viewer");
+        let b = rtcp_of(&mut v_rx, sr);
+        let Some(Ok(rtcp::Packet::Sr(sr))) = rtcp::compound(&b).next() else { panic!("SR") };
+        assert_eq!((sr.info.ssrc, sr.info.packet_count), (0xAAAA, 3));
+        assert_eq!(sr.info.rtp_timestamp, 0x1000 + 48000 + 48000 / 20);
+        assert_eq!(stat(&r, 10, "packetsLost"), Some(StatValue::Int(1)));
     }
 
     #[test]
