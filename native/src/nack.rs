@@ -293,6 +293,11 @@ impl NackGenerator {
 
     /// A packet with sequence number `seq` arrived at `now` (`rtx`: as a retransmission).
     pub fn on_packet(&mut self, now: Instant, seq: u16, rtx: bool) -> Arrival {
+        if rtx && self.seqs.max().is_none_or(|m| self.seqs.extend(seq) > m) {
+            // A retransmission of something not even sent yet (probing with payloads):
+            // nothing asked for it, and it must not move the stream ahead of its original.
+            return Arrival::Duplicate;
+        }
         let (ext, prev) = self.seqs.update(seq);
         let Some(prev) = prev else { return Arrival::New };
         if ext > prev {
@@ -580,6 +585,18 @@ mod tests {
         assert_eq!(g.on_packet(t0, 5002, false), Arrival::New);
         assert_eq!(g.on_packet(t0, 5004, false), Arrival::New);
         assert_eq!(g.missing_count(), 1);
+    }
+
+    #[test]
+    fn a_retransmission_ahead_of_the_stream_changes_nothing() {
+        let t0 = Instant::now();
+        let mut g = gen();
+        assert_eq!(g.on_packet(t0, 7, true), Arrival::Duplicate);
+        g.on_packet(t0, 10, false);
+        assert_eq!(g.on_packet(t0, 12, true), Arrival::Duplicate);
+        assert_eq!(g.missing_count(), 0);
+        assert_eq!(g.on_packet(t0, 11, false), Arrival::New);
+        assert_eq!(g.on_packet(t0, 12, false), Arrival::New);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::bwe::BandwidthEstimator;
 use crate::layers::LayerState;
 use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
-use crate::reports::{NtpClock, BitrateSampler, ReceiveStats, SendStats};
+use crate::reports::{BitrateSampler, NtpClock, ReceiveStats, SendStats};
 use crate::rtcp;
 use crate::rtp;
 use crate::seq::{SeqManager, TsOffset};
