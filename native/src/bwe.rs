@@ -7,7 +7,9 @@
 //! sudden one-off drops by taking decreases at once (so a congested viewer is relieved
 //! quickly) and increases only when a second report confirms them (so a single optimistic
 //! report does not push a viewer onto a layer it cannot carry). A report older than
-//! [`STALE_AFTER`] no longer counts: no estimate means "no limit".
+//! [`STALE_AFTER`] no longer counts: no estimate means "no limit". How the estimate picks
+//! simulcast layers (and why an estimate only counts for the layer it was measured on) is
+//! in layers.rs.
 //!
 //! Transport-wide feedback from viewers is not used: the server does not stamp its own
 //! transport-wide sequence numbers on egress, so the transport-cc extension is offered only
@@ -50,6 +52,11 @@ impl BandwidthEstimator {
                 self.pending_increase = None;
             }
         }
+    }
+
+    /// The estimate and when it was last updated (`None` when unknown or stale).
+    pub fn estimate(&self, now: Instant) -> Option<(u64, Instant)> {
+        Some((self.available_bitrate(now)?, self.updated?))
     }
 
     /// Bits per second the viewer can take now, or `None` when unknown.

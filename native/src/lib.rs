@@ -13,6 +13,7 @@ pub mod router;
 pub mod stun_peek;
 pub mod twcc;
 pub mod bwe;
+pub mod layers;
 pub mod wake;
 
 use pyo3::prelude::*;

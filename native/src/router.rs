@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::bwe::BandwidthEstimator;
+use crate::layers::LayerState;
 use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
 use crate::reports::{BitrateSampler, NtpClock, ReceiveStats, SendStats};
 use crate::rtcp;
@@ -512,11 +513,14 @@ struct Consumer {
     /// Simulcast: the highest spatial layer the viewer wants (temporal kept for stats only).
     preferred_spatial: usize,
     preferred_temporal: u8,
+    layers: LayerState,
     layer_switches: u64,
     /// Timestamp offset: keeps time continuous when the source stream changes.
     ts: TsOffset,
     /// The encoding whose timestamps `ts` is set up for.
     ts_source: usize,
+    /// The stream and offset before the last switch (retransmissions of older packets).
+    ts_prev: (usize, u32),
     last_out: Option<Instant>,
     seq: SeqManager,
     wait_key_frame: bool,
@@ -1061,9 +1065,11 @@ impl Router {
             target: encoding,
             preferred_spatial: encoding,
             preferred_temporal: u8::MAX,
+            layers: LayerState::new(now),
             layer_switches: 0,
             ts: TsOffset::new(),
             ts_source: encoding,
+            ts_prev: (encoding, 0),
             last_out: None,
             seq: SeqManager::new(initial),
             wait_key_frame: video,
@@ -1329,8 +1335,8 @@ impl Router {
             }
             for ch in &p.consumers {
                 let Some(c) = self.consumers.get_mut(ch) else { continue };
-                let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.available_bitrate(now));
-                let target = select_layer(c.preferred_spatial, &rates[..n], estimate);
+                let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.estimate(now));
+                let target = c.layers.decide(now, c.preferred_spatial, c.encoding, &rates[..n], estimate);
                 if target != c.target {
                     c.target = target;
                     if target != c.encoding && !c.paused {
@@ -1349,11 +1355,15 @@ impl Router {
     pub fn set_preferred_layers(&mut self, now: Instant, h: Handle, spatial: usize, temporal: Option<u8>, out: &mut Output) -> Result<(usize, u8)> {
         let c = self.consumers.get_mut(&h).ok_or_else(|| unknown("consumer", h))?;
         let p = self.producers.get(&c.producer).ok_or_else(|| unknown("producer", c.producer))?;
-        c.preferred_spatial = spatial.min(p.encodings.len() - 1);
+        let preferred = spatial.min(p.encodings.len() - 1);
+        if preferred > c.preferred_spatial {
+            c.layers.preference_raised(now);
+        }
+        c.preferred_spatial = preferred;
         c.preferred_temporal = temporal.unwrap_or(u8::MAX);
         let rates: Vec<u64> = p.encodings.iter().map(|e| e.quality.rate.bps).collect();
-        let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.available_bitrate(now));
-        let target = select_layer(c.preferred_spatial, &rates, estimate);
+        let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.estimate(now));
+        let target = c.layers.decide(now, c.preferred_spatial, c.encoding, &rates, estimate);
         c.target = target;
         let (ph, switch, paused, res) = (c.producer, target != c.encoding, c.paused, (c.preferred_spatial, c.preferred_temporal));
         if switch && !paused {
@@ -1608,13 +1618,10 @@ impl Router {
                 let gap = c.last_out.map_or(1, |t| (now.saturating_duration_since(t).as_millis() as u32).saturating_mul(90).max(1));
                 if c.ts_source != c.encoding {
                     // Another stream's timestamps (simulcast): continue after the last one.
+                    c.ts_prev = (c.ts_source, c.ts.offset());
                     c.ts.sync_after_last(hdr.timestamp, gap);
                     c.ts_source = c.encoding;
                     c.layer_switches += 1;
-                    // Earlier outputs came from another stream: not resendable from this one.
-                    if c.quality.seq_map.is_some() {
-                        c.quality.seq_map = Some(SeqMap::new(now));
-                    }
                 }
             }
             let Some(seq_out) = c.seq.input(seq_in) else {
@@ -1814,20 +1821,6 @@ fn record_twcc(t: &mut Transport, pkt: &[u8], hdr: &rtp::RtpHeader, id: u8, now:
 /// Common origin of arrival times given to the transport-wide feedback recorders.
 static TWCC_EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-/// The simulcast layer a consumer should receive: the highest active layer not above the
-/// preferred one whose measured bitrate fits the viewer's estimate (the lowest active one
-/// if none fits). Layers with no traffic in the last window are not candidates; when no
-/// layer is known active yet, the preferred one.
-pub fn select_layer(preferred: usize, bitrates: &[u64], estimate: Option<u64>) -> usize {
-    let top = preferred.min(bitrates.len().saturating_sub(1));
-    let active = |i: &usize| bitrates[*i] > 0;
-    let Some(lowest) = (0..=top).find(active) else { return top };
-    match estimate {
-        None => (0..=top).rev().find(active).unwrap_or(lowest),
-        Some(e) => (0..=top).rev().filter(active).find(|&i| bitrates[i] <= e).unwrap_or(lowest),
-    }
-}
-
 impl RtcpWork {
     fn clear(&mut self) {
         self.nack_seqs.clear();
@@ -1965,6 +1958,18 @@ impl Router {
             return;
         }
         rtp::set_sequence(&mut buf, seq_out);
+        // In the consumer's timestamps (simulcast offset of the packet's stream).
+        let ts_offset = match stream as usize {
+            s if s == c.ts_source => c.ts.offset(),
+            s if s == c.ts_prev.0 => c.ts_prev.1,
+            _ => {
+                // From two or more switches ago: its timestamp mapping is gone.
+                drops.inc(Drop::NackNotBuffered);
+                out.give_back(buf);
+                return;
+            }
+        };
+        rtp::set_timestamp(&mut buf, hdr.timestamp.wrapping_add(ts_offset));
         rtp::set_ssrc(&mut buf, c.ssrc);
         rtp::set_payload_type(&mut buf, cpt);
         let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);
@@ -2871,57 +2876,6 @@ mod tests {
     }
 
     #[test]
-    fn audio_has_no_buffer_and_its_sender_reports_use_its_clock() {
-        let mut r = Router::new();
-        let now = Instant::now();
-        let mut out = Output::new();
-        connect(&mut r, now, 1, 1000, &mut out);
-        connect(&mut r, now, 2, 2000, &mut out);
-        let mut spec = producer_spec(Some(0x0A0A));
-        spec.video = false;
-        spec.nack = false;
-        spec.codecs[0] = CodecSpec {
-            payload_type: 111,
-            mapped_payload_type: 100,
-            mime: "audio/opus".into(),
-            rtx_payload_type: None,
-            mapped_rtx_payload_type: None,
-            clock_rate: 48000,
-        };
-        r.add_producer(10, 1, spec).unwrap();
-        let mut c = consumer_spec(0xAAAA, "a0", false);
-        c.payload_types = vec![(100, 100)];
-        c.nack = false;
-        r.add_consumer(now, 20, 2, 10, c, &mut out).unwrap();
-        let (mut host, _) = peer(1);
-        for seq in [1u16, 2, 4] {
-            let mut pkt = rtp_packet(0x0A0A, seq, 111, Some("0"), &[1, 2, 3, 4]);
-            host.protect_rtp(&mut pkt).unwrap();
-            r.handle_datagram(now, addr(1000), &pkt, &mut out);
-        }
-        // Seq 3 is missing but the producer did not negotiate NACK: nothing is asked for.
-        let mut out = Output::new();
-        r.handle_timeout(now + Duration::from_millis(50), &mut out);
-        assert!(out.transmits.is_empty());
-        let (mut v, mut v_rx) = peer(2);
-        let mut nack = Vec::new();
-        rtcp::build_nack(&mut nack, 1, 0xAAAA, &[1000]);
-        v.protect_rtcp(&mut nack).unwrap();
-        r.handle_datagram(now, addr(2000), &nack, &mut out);
-        assert!(out.transmits.is_empty());
-        assert_eq!(r.drops().get(Drop::NackNotNegotiated), 1);
-        // First SR a second later: RTP time advanced by 48000 per second past the last packet.
-        let mut out = Output::new();
-        r.handle_timeout(now + REPORT_INTERVAL + Duration::from_millis(50), &mut out);
-        let sr = out.transmits.iter().find(|t| t.dest.port() == 2000).expect("SR to the viewer");
-        let b = rtcp_of(&mut v_rx, sr);
-        let Some(Ok(rtcp::Packet::Sr(sr))) = rtcp::compound(&b).next() else { panic!("SR") };
-        assert_eq!((sr.info.ssrc, sr.info.packet_count), (0xAAAA, 3));
-        assert_eq!(sr.info.rtp_timestamp, 0x1000 + 48000 + 48000 / 20);
-        assert_eq!(stat(&r, 10, "packetsLost"), Some(StatValue::Int(1)));
-    }
-
-    #[test]
     fn simulcast_consumer_switches_only_at_a_target_key_frame_with_continuity() {
         let mut r = Router::new();
         let mut now = Instant::now();
@@ -3004,19 +2958,81 @@ mod tests {
         let st = r.stats(20).unwrap();
         assert!(st.contains(&("current_layer", StatValue::Int(0))));
         assert!(st.contains(&("layer_switches", StatValue::Int(1))));
+        // NACKs for a packet from before and one from after the switch: each comes back with
+        // the sequence number and timestamp the viewer first got.
+        let (before, after) = (all[2], all[all.len() - 1]);
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 0x5555, 0xAAAA, &[before.2, after.2]);
+        peer(2).0.protect_rtcp(&mut nack).unwrap();
+        let mut out = Output::new();
+        r.handle_datagram(now, addr(2000), &nack, &mut out);
+        let mut fresh = peer(2).1; // no replay history: retransmissions reuse sequence numbers
+        let mut resent: Vec<(u16, u32)> = out
+            .transmits
+            .iter()
+            .filter(|t| t.dest.port() == 2000)
+            .filter_map(|t| {
+                let mut b = t.buf.clone();
+                fresh.unprotect_rtp(&mut b).ok()?;
+                let h = rtp::parse(&b).ok()?;
+                Some((h.sequence, h.timestamp))
+            })
+            .collect();
+        resent.sort();
+        let mut want = vec![(before.2, before.3), (after.2, after.3)];
+        want.sort();
+        assert_eq!(resent, want);
     }
 
     #[test]
-    fn layer_selection_follows_preference_activity_and_estimate() {
-        let rates = [100_000, 400_000, 1_200_000];
-        assert_eq!(select_layer(2, &rates, None), 2);
-        assert_eq!(select_layer(0, &rates, None), 0);
-        assert_eq!(select_layer(9, &rates, None), 2, "clamped");
-        assert_eq!(select_layer(2, &rates, Some(500_000)), 1);
-        assert_eq!(select_layer(2, &rates, Some(50_000)), 0, "lowest when nothing fits");
-        assert_eq!(select_layer(1, &rates, Some(5_000_000)), 1, "never above the preference");
-        assert_eq!(select_layer(2, &[100_000, 400_000, 0], None), 1, "inactive top layer skipped");
-        assert_eq!(select_layer(2, &[0, 0, 0], Some(1)), 2, "nothing known yet: the preference");
+    fn audio_has_no_buffer_and_its_sender_reports_use_its_clock() {
+        let mut r = Router::new();
+        let now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        let mut spec = producer_spec(Some(0x0A0A));
+        spec.video = false;
+        spec.nack = false;
+        spec.codecs[0] = CodecSpec {
+            payload_type: 111,
+            mapped_payload_type: 100,
+            mime: "audio/opus".into(),
+            rtx_payload_type: None,
+            mapped_rtx_payload_type: None,
+            clock_rate: 48000,
+        };
+        r.add_producer(10, 1, spec).unwrap();
+        let mut c = consumer_spec(0xAAAA, "a0", false);
+        c.payload_types = vec![(100, 100)];
+        c.nack = false;
+        r.add_consumer(now, 20, 2, 10, c, &mut out).unwrap();
+        let (mut host, _) = peer(1);
+        for seq in [1u16, 2, 4] {
+            let mut pkt = rtp_packet(0x0A0A, seq, 111, Some("0"), &[1, 2, 3, 4]);
+            host.protect_rtp(&mut pkt).unwrap();
+            r.handle_datagram(now, addr(1000), &pkt, &mut out);
+        }
+        // Seq 3 is missing but the producer did not negotiate NACK: nothing is asked for.
+        let mut out = Output::new();
+        r.handle_timeout(now + Duration::from_millis(50), &mut out);
+        assert!(out.transmits.is_empty());
+        let (mut v, mut v_rx) = peer(2);
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 1, 0xAAAA, &[1000]);
+        v.protect_rtcp(&mut nack).unwrap();
+        r.handle_datagram(now, addr(2000), &nack, &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!(r.drops().get(Drop::NackNotNegotiated), 1);
+        // First SR a second later: RTP time advanced by 48000 per second past the last packet.
+        let mut out = Output::new();
+        r.handle_timeout(now + REPORT_INTERVAL + Duration::from_millis(50), &mut out);
+        let sr = out.transmits.iter().find(|t| t.dest.port() == 2000).expect("SR to the viewer");
+        let b = rtcp_of(&mut v_rx, sr);
+        let Some(Ok(rtcp::Packet::Sr(sr))) = rtcp::compound(&b).next() else { panic!("SR") };
+        assert_eq!((sr.info.ssrc, sr.info.packet_count), (0xAAAA, 3));
+        assert_eq!(sr.info.rtp_timestamp, 0x1000 + 48000 + 48000 / 20);
+        assert_eq!(stat(&r, 10, "packetsLost"), Some(StatValue::Int(1)));
     }
 
     #[test]

@@ -559,6 +559,7 @@ async function runViewer(roomId) {
   state.peerId = typeof crypto.randomUUID === 'function' ? crypto.randomUUID() : randomId();
   await connect(roomId, 'viewer', state.peerId);
   recvTransport = await createTransport('recv');
+  state.recvTransportId = recvTransport.id;
   updateRemote();
   const { producers: list } = await sig.request('getProducers', { roomId });
   log(`${list.length} producer(s) in the room`);
