@@ -57,3 +57,10 @@ async def test_engine_panics_are_contained(server: Server, client: Any, host: An
         assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(30)]
         # Control calls still work.
         assert server.media.counts()["consumers"] == 1
+        # Another room is served as usual after the panics: a new host joins and gets a
+        # transport registered in the engine.
+        async with client() as other:
+            await other.join("after-panic", "host", "h2")
+            transport = await other.create_transport("after-panic", "send")
+            assert transport["iceCandidates"][0]["port"] == server.media.port
+            assert server.media.counts()["transports"] == 3
