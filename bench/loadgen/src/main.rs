@@ -374,6 +374,8 @@ struct RecvStats {
     plis: u64,
     recv_calls: u64,
     other: u64,
+    /// RTP datagrams whose kernel receive time lies in the window (what the server sent then).
+    arrived_window: u64,
 }
 
 struct Batch {
@@ -485,6 +487,9 @@ impl Receiver {
             return;
         }
         self.stats.rtp += 1;
+        if win.contains(stamp) {
+            self.stats.arrived_window += 1;
+        }
         if v.ctx.unprotect_rtp(buf).is_err() {
             self.stats.decrypt_errors += 1;
             return;
@@ -617,7 +622,7 @@ fn percentile(hist: &[u64], q: f64) -> Option<f64> {
 }
 
 /// utime + stime of a process, seconds.
-fn proc_cpu(pid: u32) -> f64 {
+fn proc_cpu(pid: &str) -> f64 {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
     let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else { return f64::NAN };
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -626,6 +631,20 @@ fn proc_cpu(pid: u32) -> f64 {
     let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     (ut + st) / tick
+}
+
+/// CPU seconds of the process's threads named `comm` (the engine's I/O thread: pysfu-io).
+fn thread_cpu(pid: u32, comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return f64::NAN };
+    let mut total = 0.0;
+    for e in dir.flatten() {
+        let tid = e.file_name().to_string_lossy().to_string();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        if name.trim() == comm {
+            total += proc_cpu(&format!("{pid}/task/{tid}"));
+        }
+    }
+    total
 }
 
 fn proc_rss_kib(pid: u32) -> u64 {
@@ -724,9 +743,10 @@ fn main() {
     };
     let pid = cfg.server_pid;
     sleep_until(win.start);
-    let (cpu0, self0, snmp0, t0) = (proc_cpu(pid), self_cpu(), udp_snmp(), realtime_ns());
+    let ps = pid.to_string();
+    let (cpu0, io0, self0, snmp0, t0) = (proc_cpu(&ps), thread_cpu(pid, "pysfu-io"), self_cpu(), udp_snmp(), realtime_ns());
     sleep_until(win.end);
-    let (cpu1, self1, snmp1, t1) = (proc_cpu(pid), self_cpu(), udp_snmp(), realtime_ns());
+    let (cpu1, io1, self1, snmp1, t1) = (proc_cpu(&ps), thread_cpu(pid, "pysfu-io"), self_cpu(), udp_snmp(), realtime_ns());
     let rss = proc_rss_kib(pid);
     let sent = tx_thread.join().unwrap();
     let rx = rx_thread.join().unwrap();
@@ -736,6 +756,7 @@ fn main() {
     let expected_video = sent.video_in_window * n;
     let expected_audio = sent.audio_in_window * n;
     let received = rx.stats.video_window + rx.stats.audio_window;
+    let arrived = rx.stats.arrived_window;
     let expected = expected_video + expected_audio;
     let server_cpu = cpu1 - cpu0;
     let d = |k: &str| snmp1.get(k).copied().unwrap_or(0).saturating_sub(snmp0.get(k).copied().unwrap_or(0));
@@ -751,7 +772,7 @@ fn main() {
             "{{\"viewers\": {}, \"profile\": \"{}\", \"seconds\": {:.3}, ",
             "\"producer_sent\": {{\"video\": {}, \"audio\": {}, \"key_frames\": {}, \"video_window\": {}, \"audio_window\": {}, \"send_failed\": {}, \"pli_key_frames\": {}}}, ",
             "\"expected\": {}, \"received\": {}, \"lost\": {}, \"loss\": {:.6}, \"viewers_with_loss\": {}, ",
-            "\"forwarded_pps\": {:.0}, \"server_cpu_s\": {:.3}, \"server_cpu_share\": {:.3}, \"server_us_per_packet\": {:.3}, ",
+            "\"forwarded_pps\": {:.0}, \"server_cpu_s\": {:.3}, \"server_cpu_share\": {:.3}, \"server_us_per_packet\": {:.3}, \"server_io_thread_cpu_s\": {:.3}, ",
             "\"server_rss_kib\": {}, \"loadgen_cpu_share\": {:.3}, ",
             "\"latency_ms\": {{\"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max_bucket_overflow\": {}}}, ",
             "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}}}, ",
@@ -772,10 +793,11 @@ fn main() {
         expected.saturating_sub(received),
         if expected > 0 { expected.saturating_sub(received) as f64 / expected as f64 } else { 0.0 },
         viewers_with_loss,
-        received as f64 / elapsed,
+        arrived as f64 / elapsed,
         server_cpu,
         server_cpu / elapsed,
-        if received > 0 { server_cpu / received as f64 * 1e6 } else { 0.0 },
+        if arrived > 0 { server_cpu / arrived as f64 * 1e6 } else { 0.0 },
+        io1 - io0,
         rss,
         (self1 - self0) / elapsed,
         opt(percentile(&rx.hist, 0.5)),
