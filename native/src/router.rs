@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::fasthash::HandleMap;
 use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
 use crate::reports::{NtpClock, RateMeter, ReceiveStats, SendStats};
 use crate::rtcp;
@@ -553,9 +554,9 @@ pub enum StatValue {
 }
 
 pub struct Router {
-    transports: HashMap<Handle, Transport>,
-    producers: HashMap<Handle, Producer>,
-    consumers: HashMap<Handle, Consumer>,
+    transports: HandleMap<Transport>,
+    producers: HandleMap<Producer>,
+    consumers: HandleMap<Consumer>,
     by_addr: HashMap<SocketAddr, Handle>,
     by_ufrag: HashMap<String, Handle>,
     up: VecDeque<Upcall>,
@@ -603,9 +604,9 @@ impl Default for Router {
 impl Router {
     pub fn new() -> Self {
         Router {
-            transports: HashMap::new(),
-            producers: HashMap::new(),
-            consumers: HashMap::new(),
+            transports: HandleMap::default(),
+            producers: HandleMap::default(),
+            consumers: HandleMap::default(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             up: VecDeque::new(),
@@ -2010,7 +2011,7 @@ impl Router {
 /// unsignalled encoding) and remember it.
 fn learn_ssrc(
     t: &mut Transport,
-    producers: &mut HashMap<Handle, Producer>,
+    producers: &mut HandleMap<Producer>,
     th: Handle,
     pkt: &[u8],
     hdr: &rtp::RtpHeader,
