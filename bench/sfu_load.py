@@ -173,7 +173,10 @@ async def run_point(viewers: int, profile: str, args: argparse.Namespace) -> dic
             proc.kill()
             proc.wait()
     consumers = 2 * viewers
-    per_consumer_pps = result["forwarded_pps"] / consumers if consumers else 0.0
+    # Offered rate per consumer (half the consumers get video, half audio), not the measured
+    # one: past saturation that would shrink and inflate the extrapolation.
+    sent = result["producer_sent"]
+    per_consumer_pps = (sent["video_window"] + sent["audio_window"]) / result["seconds"] / 2
     us = result["server_us_per_packet"]
     result.update({
         "consumers": consumers,
@@ -214,7 +217,7 @@ def git_rev() -> tuple[str, bool]:
 def table(points: list[dict[str, Any]]) -> str:
     head = (f"{'profile':<24} {'viewers':>7} {'consumers':>9} {'fwd pps':>9} {'srv CPU':>7} "
             f"{'µs/pkt':>7} {'cons/core':>9} {'p50 ms':>7} {'p99 ms':>7} {'loss':>9} "
-            f"{'RSS MiB':>7}")
+            f"{'RSS MiB':>7} {'kernel':>6} {'gen CPU':>7}")
     rows = [head, "-" * len(head)]
     for p in points:
         lat = p["latency_ms"]
@@ -222,7 +225,9 @@ def table(points: list[dict[str, Any]]) -> str:
             f"{p['profile']:<24} {p['viewers']:>7} {p['consumers']:>9} {p['forwarded_pps']:>9.0f} "
             f"{p['server_cpu_share']:>7.2f} {p['server_us_per_packet']:>7.2f} "
             f"{p['consumers_per_core'] or 0:>9} {lat['p50'] or 0:>7.3f} {lat['p99'] or 0:>7.3f} "
-            f"{p['loss']:>9.2e} {p['server_rss_kib'] / 1024:>7.1f}")
+            f"{p['loss']:>9.2e} {p['server_rss_kib'] / 1024:>7.1f} "
+            f"{p['server_io_thread_sys_s'] / max(p['server_cpu_s'], 1e-9):>6.0%} "
+            f"{p['loadgen_cpu_share']:>7.2f}")
     return "\n".join(rows)
 
 

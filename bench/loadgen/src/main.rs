@@ -623,28 +623,37 @@ fn percentile(hist: &[u64], q: f64) -> Option<f64> {
 
 /// utime + stime of a process, seconds.
 fn proc_cpu(pid: &str) -> f64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
-    let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else { return f64::NAN };
+    let (u, s) = proc_cpu_split(pid);
+    u + s
+}
+
+/// (utime, stime) of a process or thread (`pid` or `pid/task/tid`), seconds.
+fn proc_cpu_split(pid: &str) -> (f64, f64) {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return (f64::NAN, f64::NAN) };
+    let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else { return (f64::NAN, f64::NAN) };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // SAFETY: sysconf has no preconditions.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-    (ut + st) / tick
+    (ut / tick, st / tick)
 }
 
-/// CPU seconds of the process's threads named `comm` (the engine's I/O thread: pysfu-io).
-fn thread_cpu(pid: u32, comm: &str) -> f64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return f64::NAN };
-    let mut total = 0.0;
+/// (user, system) CPU seconds of the process's threads named `comm` (the engine's I/O
+/// thread: pysfu-io); the split shows how much of the forwarding cost is the kernel's.
+fn thread_cpu(pid: u32, comm: &str) -> (f64, f64) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return (f64::NAN, f64::NAN) };
+    let (mut user, mut sys) = (0.0, 0.0);
     for e in dir.flatten() {
         let tid = e.file_name().to_string_lossy().to_string();
         let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
         if name.trim() == comm {
-            total += proc_cpu(&format!("{pid}/task/{tid}"));
+            let (u, s) = proc_cpu_split(&format!("{pid}/task/{tid}"));
+            user += u;
+            sys += s;
         }
     }
-    total
+    (user, sys)
 }
 
 fn proc_rss_kib(pid: u32) -> u64 {
@@ -772,7 +781,7 @@ fn main() {
             "{{\"viewers\": {}, \"profile\": \"{}\", \"seconds\": {:.3}, ",
             "\"producer_sent\": {{\"video\": {}, \"audio\": {}, \"key_frames\": {}, \"video_window\": {}, \"audio_window\": {}, \"send_failed\": {}, \"pli_key_frames\": {}}}, ",
             "\"expected\": {}, \"received\": {}, \"lost\": {}, \"loss\": {:.6}, \"viewers_with_loss\": {}, ",
-            "\"forwarded_pps\": {:.0}, \"server_cpu_s\": {:.3}, \"server_cpu_share\": {:.3}, \"server_us_per_packet\": {:.3}, \"server_io_thread_cpu_s\": {:.3}, ",
+            "\"forwarded_pps\": {:.0}, \"server_cpu_s\": {:.3}, \"server_cpu_share\": {:.3}, \"server_us_per_packet\": {:.3}, \"server_io_thread_cpu_s\": {:.3}, \"server_io_thread_sys_s\": {:.3}, ",
             "\"server_rss_kib\": {}, \"loadgen_cpu_share\": {:.3}, ",
             "\"latency_ms\": {{\"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max_bucket_overflow\": {}}}, ",
             "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}}}, ",
@@ -797,7 +806,8 @@ fn main() {
         server_cpu,
         server_cpu / elapsed,
         if arrived > 0 { server_cpu / arrived as f64 * 1e6 } else { 0.0 },
-        io1 - io0,
+        (io1.0 + io1.1) - (io0.0 + io0.1),
+        io1.1 - io0.1,
         rss,
         (self1 - self0) / elapsed,
         opt(percentile(&rx.hist, 0.5)),
