@@ -29,8 +29,9 @@ impl Hasher for HandleHasher {
 
     #[inline]
     fn finish(&self) -> u64 {
-        // hashbrown takes its 7-bit tag from the top bits: fold the low bits up.
-        self.0.rotate_left(26)
+        // The product's top bits (hashbrown's 7-bit tag) are well mixed; its low bits (the
+        // bucket index) take every value for consecutive handles since K is odd.
+        self.0
     }
 }
 
