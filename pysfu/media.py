@@ -57,11 +57,16 @@ class MediaEngine:
             with suppress(KeyError):
                 self.native.remove_transport(handle)
 
+    # A transport task may still answer a queued STUN/DTLS datagram after its room closed and
+    # removed it from the engine: nothing to send then (an exception here would take the
+    # room's nursery, and the server, down).
     def send(self, handle: int, ip: str, port: int, data: bytes) -> None:
-        self.native.send(handle, ip, port, data)
+        with suppress(KeyError):
+            self.native.send(handle, ip, port, data)
 
     def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None:
-        self.native.bind_tuple(handle, ip, port, selected)
+        with suppress(KeyError):
+            self.native.bind_tuple(handle, ip, port, selected)
 
     def set_srtp(self, handle: int, profile: str, local_key: bytes, local_salt: bytes,
                  remote_key: bytes, remote_salt: bytes) -> None:
@@ -88,6 +93,12 @@ class MediaEngine:
 
     def resume_consumer(self, handle: int) -> None:
         self.native.resume_consumer(handle)
+
+    def set_preferred_layers(
+        self, handle: int, spatial: int, temporal: int | None
+    ) -> tuple[int, int]:
+        spatial_set, temporal_set = self.native.set_preferred_layers(handle, spatial, temporal)
+        return spatial_set, temporal_set
 
     def counts(self) -> dict[str, int]:
         return dict(self.native.counts())

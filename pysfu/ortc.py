@@ -16,14 +16,16 @@ The chain for one producer and one viewer::
 
 Decisions worth knowing:
 
-* **transport-cc is not advertised by default.** Advertising the transport-wide-cc header
-  extension and the ``transport-cc`` RTCP feedback makes Chrome run its send-side bandwidth
-  estimator on transport-cc feedback; our data plane does not send that feedback yet, and
-  without it Chrome's upload bitrate stays low. So router capabilities carry neither unless
-  ``generate_router_rtp_capabilities(..., transport_cc=True)`` is asked for (once the data
-  plane answers with feedback). ``goog-remb`` and abs-send-time stay advertised, so Chrome
-  falls back to REMB/loss-based estimation. The supported tables below still list
-  transport-cc so switching it on is one flag.
+* **transport-cc is receive-only.** The data plane answers a sender's transport-wide
+  sequence numbers with transport-cc feedback (native/src/twcc.rs), so Chrome's send-side
+  estimator ramps its upload. It does not stamp its own transport-wide sequence numbers on
+  what it sends, so it must not offer the extension toward viewers:
+  ``generate_router_rtp_capabilities(..., transport_cc="recv")`` (what the server uses)
+  lists the extension as ``recvonly`` for both kinds (mediasoup: sendrecv for video) and
+  keeps the ``transport-cc`` feedback; consumer parameters then carry abs-send-time and
+  ``goog-remb``, and viewers report REMB, which feeds the per-viewer estimate
+  (native/src/bwe.rs). ``transport_cc=True`` is mediasoup's table verbatim, ``False``
+  (the function default) leaves transport-cc out entirely.
 * **Payload type 127 is never allocated** (nor accepted as a forced router PT):
   mediasoup-client's RTP probator uses PT 127 on every recv transport, and a second codec
   on 127 would be a BUNDLE codec collision. The dynamic pool is 100..126 then 96..99.
@@ -755,7 +757,7 @@ def match_codecs(a: dict, b: dict, *, strict: bool, modify: bool = False) -> boo
 # ---- router capabilities -----------------------------------------------------------------
 
 def generate_router_rtp_capabilities(
-    media_codecs: list[dict] | None = None, *, transport_cc: bool = False
+    media_codecs: list[dict] | None = None, *, transport_cc: bool | str = False
 ) -> dict:
     """Router RtpCapabilities for the configured media codecs (DEFAULT_MEDIA_CODECS if None).
 
@@ -819,6 +821,10 @@ def generate_router_rtp_capabilities(
                            "rtcpFeedback": []})
     exts = [copy.deepcopy(e) for e in SUPPORTED_HEADER_EXTENSIONS
             if transport_cc or e["uri"] != URI_TRANSPORT_CC]
+    if transport_cc == "recv":
+        for e in exts:
+            if e["uri"] == URI_TRANSPORT_CC:
+                e["direction"] = "recvonly"
     return {"codecs": codecs, "headerExtensions": exts}
 
 

@@ -16,6 +16,7 @@ import trio
 from pysfu import errors, ortc, stats
 from pysfu.errors import SignalingError
 from pysfu.ids import new_id
+from pysfu.layers import watch_consumer_layers
 from pysfu.log import log_event
 
 if TYPE_CHECKING:
@@ -326,6 +327,8 @@ class Room:
         self.consumers[consumer.id] = consumer
         log_event(logger, "consumer.created", room=self.id, peer=peer.id,
                   transport=transport.id, consumer=consumer.id, producer=producer.id)
+        if len(producer.mapping["encodings"]) > 1:
+            self.nursery.start_soon(watch_consumer_layers, self, consumer)
         return consumer
 
     def owned_consumer(self, peer: Peer, consumer_id: str) -> Consumer:
@@ -342,6 +345,17 @@ class Room:
             consumer.paused = paused
             consumer.transport.set_consumer_paused(consumer, paused)
         return consumer
+
+    def set_consumer_preferred_layers(
+        self, peer: Peer, consumer_id: str, spatial: int, temporal: int | None
+    ) -> tuple[Consumer, int, int | None]:
+        """Simulcast: the highest spatial layer the viewer wants (clamped to what exists)."""
+        consumer = self.owned_consumer(peer, consumer_id)
+        spatial, temporal_set = consumer.transport.set_consumer_preferred_layers(
+            consumer, spatial, temporal)
+        log_event(logger, "consumer.preferred_layers", room=self.id, peer=peer.id,
+                  consumer=consumer.id, spatial=spatial, temporal=temporal)
+        return consumer, spatial, temporal
 
     def _close_consumer(self, consumer: Consumer) -> None:
         consumer.transport.remove_consumer(consumer)
@@ -362,11 +376,17 @@ class Room:
     def stats(self, peer: Peer, target: str, object_id: str) -> list[dict[str, Any]]:
         """getStats for a transport, producer or consumer the peer owns."""
         self._check_open()
-        if target == "transportId":
-            return stats.transport_stats(self.owned_transport(peer, object_id))
-        if target == "producerId":
-            return stats.producer_stats(self.owned_producer(peer, object_id))
-        return stats.consumer_stats(self.owned_consumer(peer, object_id))
+        try:
+            if target == "transportId":
+                return stats.transport_stats(self.owned_transport(peer, object_id))
+            if target == "producerId":
+                return stats.producer_stats(self.owned_producer(peer, object_id))
+            return stats.consumer_stats(self.owned_consumer(peer, object_id))
+        except KeyError:
+            # Closing in the engine already (e.g. its transport just failed).
+            code = {"transportId": errors.TRANSPORT_NOT_FOUND,
+                    "producerId": errors.PRODUCER_NOT_FOUND}.get(target, errors.CONSUMER_NOT_FOUND)
+            raise SignalingError(code, "the object is closing") from None
 
     def snapshot(self) -> dict[str, int]:
         """Registry sizes, for tests and metrics."""

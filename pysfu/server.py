@@ -71,7 +71,7 @@ class _ReplayStream(trio.abc.Stream):
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
-        caps = ortc.generate_router_rtp_capabilities(config.media_codecs)
+        caps = ortc.generate_router_rtp_capabilities(config.media_codecs, transport_cc="recv")
         self.media = MediaEngine(config.rtc_ip, config.rtc_port)
         self.ctx = ServerContext(config, Certificate.generate(), caps, self.media)
         self.rooms: RoomRegistry | None = None

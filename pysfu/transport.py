@@ -156,6 +156,11 @@ class WebRtcTransport:
         else:
             self._media.resume_consumer(consumer.handle)
 
+    def set_consumer_preferred_layers(
+        self, consumer: Consumer, spatial: int, temporal: int | None
+    ) -> tuple[int, int]:
+        return self._media.set_preferred_layers(consumer.handle, spatial, temporal)
+
     # ---- task ---------------------------------------------------------------------------------
 
     def start(self, nursery: trio.Nursery) -> None:

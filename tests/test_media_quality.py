@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from pysfu.client import RequestFailed
+from pysfu.client import RequestFailed, connect
 from pysfu.server import Server
 from tests.lossy_relay import Impairment
 from tests.media_endpoints import HOST_SSRC, LossyRoom, lossy_room
@@ -134,8 +134,14 @@ async def test_key_frame_lost_upstream_is_requested_again(server: Server) -> Non
         after = room.viewer.stream()[5:]
         assert after and is_key_frame(after[0])
         assert not room.viewer.missing  # no gap in the viewer's numbering
+        # The server stops asking for the lost packet within its 2 s window.
+        with trio.move_on_after(3):
+            while (await stats(room, "host", producerId=room.producer_id))[0][
+                    "packetsGivenUp"] == 0:
+                await trio.sleep(0.1)
         (producer,) = await stats(room, "host", producerId=room.producer_id)
-        assert producer["packetsGivenUp"] >= 1
+        assert producer["packetsGivenUp"] == 1
+        assert room.host.nacked.count(lost_seq) == producer["nackPacketCount"] > 1
 
 
 async def test_sender_and_receiver_reports_and_round_trip_time(server: Server) -> None:
@@ -209,3 +215,10 @@ async def test_get_stats_over_signaling_for_owners_only(server: Server) -> None:
         with pytest.raises(RequestFailed) as err:
             await stats(room, "host", producerId=room.producer_id, transportId=host_transport)
         assert err.value.code == "invalid_field"
+        with pytest.raises(RequestFailed) as err:
+            await room.host_client.request("getStats", {"roomId": ROOM, "producerId": 7})
+        assert err.value.code == "invalid_field"
+        async with connect(url(server)) as stranger:
+            with pytest.raises(RequestFailed) as err:
+                await stranger.get_stats(ROOM, producerId=room.producer_id)
+            assert err.value.code == "not_joined"

@@ -504,6 +504,13 @@ impl Engine {
         self.control(py, move |r, now, out| r.resume_consumer(now, handle, out))
     }
 
+    /// Simulcast consumer: receive at most spatial layer `spatial`; returns the (clamped)
+    /// preferred (spatial, temporal) layers. The switch happens at the target's key frame.
+    #[pyo3(signature = (handle, spatial, temporal = None))]
+    fn set_preferred_layers(&self, py: Python<'_>, handle: Handle, spatial: usize, temporal: Option<u8>) -> PyResult<(usize, u8)> {
+        self.control(py, move |r, now, out| r.set_preferred_layers(now, handle, spatial, temporal, out))
+    }
+
     fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = self.control(py, |r, _, _| Ok(r.counts()))?;
         let d = PyDict::new(py);

@@ -12,6 +12,9 @@ pub mod fasthash;
 pub mod io;
 pub mod router;
 pub mod stun_peek;
+pub mod twcc;
+pub mod bwe;
+pub mod layers;
 pub mod wake;
 
 use pyo3::prelude::*;

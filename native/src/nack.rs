@@ -92,12 +92,15 @@ impl RetransmissionBuffer {
 struct MapEntry {
     out: u16,
     input: u16,
+    /// Which producer stream (encoding) the input number belongs to.
+    stream: u8,
     valid: bool,
     /// Milliseconds since `SeqMap::base` of the last resend (+1; 0 = never).
     resent_ms: u32,
 }
 
-/// Output sequence number → producer sequence number, for the last [`SLOTS`] outputs.
+/// Output sequence number → (producer stream, its sequence number), for the last [`SLOTS`]
+/// outputs (a consumer may switch streams, e.g. simulcast layers).
 pub struct SeqMap {
     entries: Vec<MapEntry>,
     base: Instant,
@@ -105,17 +108,18 @@ pub struct SeqMap {
 
 impl SeqMap {
     pub fn new(now: Instant) -> Self {
-        SeqMap { entries: vec![MapEntry { out: 0, input: 0, valid: false, resent_ms: 0 }; SLOTS], base: now }
+        SeqMap { entries: vec![MapEntry { out: 0, input: 0, stream: 0, valid: false, resent_ms: 0 }; SLOTS], base: now }
     }
 
     #[inline]
-    pub fn record(&mut self, out: u16, input: u16) {
-        self.entries[out as usize & MASK] = MapEntry { out, input, valid: true, resent_ms: 0 };
+    pub fn record(&mut self, out: u16, input: u16, stream: u8) {
+        self.entries[out as usize & MASK] = MapEntry { out, input, stream, valid: true, resent_ms: 0 };
     }
 
-    pub fn lookup(&self, out: u16) -> Option<u16> {
+    /// (producer stream, producer sequence number) of output `out`.
+    pub fn lookup(&self, out: u16) -> Option<(u8, u16)> {
         let e = &self.entries[out as usize & MASK];
-        (e.valid && e.out == out).then_some(e.input)
+        (e.valid && e.out == out).then_some((e.stream, e.input))
     }
 
     /// Whether output `out` may be resent now (not resent within `min_interval`); if so it
@@ -286,12 +290,14 @@ impl NackGenerator {
         self.missing.len()
     }
 
-    fn retry_interval(&self) -> Duration {
-        (self.rtt + self.rtt / 2).clamp(self.cfg.min_retry, self.cfg.max_retry)
-    }
 
     /// A packet with sequence number `seq` arrived at `now` (`rtx`: as a retransmission).
     pub fn on_packet(&mut self, now: Instant, seq: u16, rtx: bool) -> Arrival {
+        if rtx && self.seqs.max().is_none_or(|m| self.seqs.extend(seq) > m) {
+            // A retransmission of something not even sent yet (probing with payloads):
+            // nothing asked for it, and it must not move the stream ahead of its original.
+            return Arrival::Duplicate;
+        }
         let (ext, prev) = self.seqs.update(seq);
         let Some(prev) = prev else { return Arrival::New };
         if ext > prev {
@@ -359,8 +365,8 @@ impl NackGenerator {
     /// past their retry count or the window.
     pub fn collect(&mut self, now: Instant) -> &[u16] {
         self.batch.clear();
-        let retry = self.retry_interval();
         let cfg = self.cfg;
+        let rtt = self.rtt;
         let mut gave_up = 0u64;
         self.missing.retain(|m| {
             let expired = m.retries >= cfg.max_retries || now.saturating_duration_since(m.detected) > cfg.max_age;
@@ -374,13 +380,13 @@ impl NackGenerator {
         for m in self.missing.iter_mut() {
             let due = match m.sent {
                 None => m.detected + cfg.delay,
-                Some(s) => s + retry,
+                Some(s) => s + retry_interval(&cfg, rtt, m.retries),
             };
             if due <= now && self.batch.len() < cfg.max_batch {
                 self.batch.push(m.ext as u16);
                 m.sent = Some(now);
                 m.retries += 1;
-                let again = now + retry;
+                let again = now + retry_interval(&cfg, rtt, m.retries);
                 next = Some(next.map_or(again, |n| n.min(again)));
             } else {
                 let due = due.max(now + Duration::from_millis(1));
@@ -402,6 +408,14 @@ impl NackGenerator {
         self.next_due = None;
         self.bad_seq = None;
     }
+}
+
+/// Spacing before the next request of a packet already asked for `tries` times: grows
+/// linearly from 1.5 RTT, so that with a small RTT the 10 tries still cover about a second
+/// (a producer stalled for a moment is not given up on at once).
+fn retry_interval(cfg: &NackConfig, rtt: Duration, tries: u8) -> Duration {
+    let base = (rtt + rtt / 2).clamp(cfg.min_retry, cfg.max_retry);
+    (base * tries.max(1) as u32).min(cfg.max_retry)
 }
 
 #[cfg(test)]
@@ -440,10 +454,10 @@ mod tests {
     fn seq_map_maps_back_and_throttles_resends() {
         let t0 = Instant::now();
         let mut m = SeqMap::new(t0);
-        m.record(65535, 10);
-        m.record(0, 11);
-        assert_eq!(m.lookup(65535), Some(10));
-        assert_eq!(m.lookup(0), Some(11));
+        m.record(65535, 10, 0);
+        m.record(0, 11, 2);
+        assert_eq!(m.lookup(65535), Some((0, 10)));
+        assert_eq!(m.lookup(0), Some((2, 11)));
         assert_eq!(m.lookup(2048), None);
         assert!(m.try_resend(t0, 0, ms(100)));
         assert!(!m.try_resend(t0 + ms(50), 0, ms(100)));
@@ -509,24 +523,42 @@ mod tests {
     #[test]
     fn gives_up_after_max_retries_or_age_and_caps_the_list() {
         let t0 = Instant::now();
+        // Retries at growing spacing (150, 300, then 400 ms with the default RTT) until the
+        // 2 s window closes.
         let mut g = gen();
         g.on_packet(t0, 0, false);
         g.on_packet(t0, 2, false);
         let mut t = t0 + ms(10);
+        let mut at = Vec::new();
+        for _ in 0..250 {
+            if !g.collect(t).is_empty() {
+                at.push((t - t0).as_millis());
+            }
+            t += ms(10);
+        }
+        assert_eq!(at, vec![10, 160, 460, 860, 1260, 1660]);
+        assert_eq!(g.gave_up, 1);
+        // With a long window the count ends it: 10 requests.
+        let mut g = NackGenerator::new(NackConfig { max_age: Duration::from_secs(60), ..NackConfig::default() });
+        g.on_packet(t0, 0, false);
+        g.on_packet(t0, 2, false);
+        let mut t = t0 + ms(10);
         let mut sent = 0;
-        for _ in 0..40 {
+        for _ in 0..100 {
             sent += g.collect(t).len();
-            t += ms(200);
+            t += ms(100);
         }
         assert_eq!(sent, 10);
         assert_eq!(g.gave_up, 1);
         assert_eq!(g.missing_count(), 0);
         assert_eq!(g.on_packet(t, 1, true), Arrival::Duplicate);
         // Age: a gap older than the window is dropped even with retries left.
+        let mut g = gen();
+        g.on_packet(t, 2, false);
         g.on_packet(t, 10, false); // 3..=9 missing
         assert_eq!(g.missing_count(), 7);
         assert!(g.collect(t + ms(2001)).is_empty());
-        assert_eq!(g.gave_up, 8);
+        assert_eq!(g.gave_up, 7);
         assert_eq!(g.on_packet(t + ms(2001), 9, true), Arrival::Duplicate);
         // A huge gap overflows: nothing tracked, key frame wanted.
         let mut g = gen();
@@ -553,6 +585,18 @@ mod tests {
         assert_eq!(g.on_packet(t0, 5002, false), Arrival::New);
         assert_eq!(g.on_packet(t0, 5004, false), Arrival::New);
         assert_eq!(g.missing_count(), 1);
+    }
+
+    #[test]
+    fn a_retransmission_ahead_of_the_stream_changes_nothing() {
+        let t0 = Instant::now();
+        let mut g = gen();
+        assert_eq!(g.on_packet(t0, 7, true), Arrival::Duplicate);
+        g.on_packet(t0, 10, false);
+        assert_eq!(g.on_packet(t0, 12, true), Arrival::Duplicate);
+        assert_eq!(g.missing_count(), 0);
+        assert_eq!(g.on_packet(t0, 11, false), Arrival::New);
+        assert_eq!(g.on_packet(t0, 12, false), Arrival::New);
     }
 
     #[test]

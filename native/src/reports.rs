@@ -49,13 +49,13 @@ pub fn to_dlsr(d: Duration) -> u32 {
 
 /// Bits per second over the interval between two samples of a byte counter.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RateMeter {
+pub struct BitrateSampler {
     last_bytes: u64,
     last_at: Option<Instant>,
     pub bps: u64,
 }
 
-impl RateMeter {
+impl BitrateSampler {
     pub fn sample(&mut self, now: Instant, total_bytes: u64) {
         if let Some(at) = self.last_at {
             let dt = now.saturating_duration_since(at).as_secs_f64();
@@ -362,7 +362,7 @@ mod tests {
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         assert!(((c.ntp(t0) >> 32) as i64 - (unix + NTP_UNIX_OFFSET) as i64).abs() <= 1);
         assert_eq!(c.ntp(t0 + ms(500)) - c.ntp(t0), 1 << 31);
-        let mut m = RateMeter::default();
+        let mut m = BitrateSampler::default();
         m.sample(t0, 0);
         m.sample(t0 + ms(500), 1000);
         assert_eq!(m.bps, 16000);

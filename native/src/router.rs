@@ -8,12 +8,15 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::bwe::BandwidthEstimator;
 use crate::fasthash::HandleMap;
+use crate::layers::LayerState;
 use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
-use crate::reports::{NtpClock, RateMeter, ReceiveStats, SendStats};
+use crate::reports::{BitrateSampler, NtpClock, ReceiveStats, SendStats};
 use crate::rtcp;
 use crate::rtp;
-use crate::seq::SeqManager;
+use crate::seq::{SeqManager, TsOffset};
+use crate::twcc::TwccRecorder;
 use crate::srtp::{Profile, SrtpContext, SrtpError};
 use crate::stun_peek;
 
@@ -33,6 +36,9 @@ const BUF_CAP: usize = 1600;
 pub const URI_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 pub const URI_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 pub const URI_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+pub const URI_TRANSPORT_CC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+/// Transport-wide feedback toward a sender this often (mediasoup: 100 ms).
+pub const TWCC_INTERVAL: Duration = Duration::from_millis(100);
 
 // ---------------------------------------------------------------------------------------
 // Drops
@@ -84,6 +90,7 @@ drop_reasons! {
     RtxDuplicate => "rtx_duplicate",
     Duplicate => "duplicate",
     NackPaused => "nack_consumer_paused",
+    NackTruncated => "nack_truncated",
 }
 
 #[derive(Clone, Debug)]
@@ -345,10 +352,16 @@ struct Transport {
     rtcp_out: u64,
     stun_in: u64,
     dtls_in: u64,
+    /// Arrivals of transport-wide sequence numbers (created on the first such packet).
+    twcc: Option<Box<TwccRecorder>>,
+    twcc_media_ssrc: u32,
+    twcc_last: Option<Instant>,
+    /// What this (viewer) transport can take, from its REMB reports.
+    bwe: BandwidthEstimator,
     /// Our SSRC as sender of NACKs and receiver reports on this transport.
     rtcp_ssrc: u32,
-    rate_in: RateMeter,
-    rate_out: RateMeter,
+    rate_in: BitrateSampler,
+    rate_out: BitrateSampler,
 }
 
 impl Transport {
@@ -417,7 +430,7 @@ struct StreamQuality {
     rtx_duplicate: u64,
     plis_sent: u64,
     firs_sent: u64,
-    rate: RateMeter,
+    rate: BitrateSampler,
 }
 
 impl StreamQuality {
@@ -431,7 +444,7 @@ impl StreamQuality {
             rtx_duplicate: 0,
             plis_sent: 0,
             firs_sent: 0,
-            rate: RateMeter::default(),
+            rate: BitrateSampler::default(),
         }
     }
 
@@ -461,7 +474,7 @@ struct ConsumerQuality {
     nack_seqs_in: u64,
     plis_in: u64,
     firs_in: u64,
-    rate: RateMeter,
+    rate: BitrateSampler,
 }
 
 struct Producer {
@@ -476,6 +489,8 @@ struct Producer {
     mid_id: Option<u8>,
     rid_id: Option<u8>,
     rrid_id: Option<u8>,
+    /// Transport-wide sequence number extension id (recorded for feedback, not forwarded).
+    tcc_id: Option<u8>,
     key_frame_request: Option<KeyFrameMethod>,
     paused: bool,
     consumers: Vec<Handle>,
@@ -494,6 +509,20 @@ struct Consumer {
     pt: [u8; 128],
     paused: bool,
     encoding: usize,
+    /// Simulcast: the encoding to switch to at its next key frame (== `encoding` when settled).
+    target: usize,
+    /// Simulcast: the highest spatial layer the viewer wants (temporal kept for stats only).
+    preferred_spatial: usize,
+    preferred_temporal: u8,
+    layers: LayerState,
+    layer_switches: u64,
+    /// Timestamp offset: keeps time continuous when the source stream changes.
+    ts: TsOffset,
+    /// The encoding whose timestamps `ts` is set up for.
+    ts_source: usize,
+    /// The stream and offset before the last switch (retransmissions of older packets).
+    ts_prev: (usize, u32),
+    last_out: Option<Instant>,
     seq: SeqManager,
     wait_key_frame: bool,
     stats: Counters,
@@ -670,9 +699,13 @@ impl Router {
                 rtcp_out: 0,
                 stun_in: 0,
                 dtls_in: 0,
+                twcc: None,
+                twcc_media_ssrc: 0,
+                twcc_last: None,
+                bwe: BandwidthEstimator::new(),
                 rtcp_ssrc: (self.rng.next() as u32) | 1,
-                rate_in: RateMeter::default(),
-                rate_out: RateMeter::default(),
+                rate_in: BitrateSampler::default(),
+                rate_out: BitrateSampler::default(),
             },
         );
         Ok(())
@@ -830,7 +863,7 @@ impl Router {
             });
         }
         let mut ext_map = [0u8; 256];
-        let (mut mid_id, mut rid_id, mut rrid_id) = (None, None, None);
+        let (mut mid_id, mut rid_id, mut rrid_id, mut tcc_id) = (None, None, None, None);
         for e in &spec.header_extensions {
             if e.id == 0 {
                 return Err(invalid(format!("producer spec: bad extension id {}", e.id)));
@@ -844,6 +877,7 @@ impl Router {
                 URI_MID => mid_id = Some(e.id),
                 URI_RID => rid_id = Some(e.id),
                 URI_RRID => rrid_id = Some(e.id),
+                URI_TRANSPORT_CC => tcc_id = Some(e.id),
                 _ => ext_map[e.id as usize] = e.router_id.unwrap_or(0),
             }
         }
@@ -889,6 +923,7 @@ impl Router {
             mid_id,
             rid_id,
             rrid_id,
+            tcc_id,
             key_frame_request: spec.key_frame_request.clone(),
             paused: spec.paused,
             consumers: Vec::new(),
@@ -994,6 +1029,9 @@ impl Router {
             pt[r as usize] = c;
         }
         let video = p.video;
+        // A simulcast consumer starts on the highest layer (mediasoup's default preference).
+        let n_enc = p.encodings.len();
+        let encoding = if n_enc > 1 { n_enc - 1 } else { spec.encoding };
         let initial = self.rng.initial_seq();
         let mut rtx_pt = Vec::new();
         for &(r, x) in &spec.rtx_payload_types {
@@ -1013,7 +1051,7 @@ impl Router {
             nack_seqs_in: 0,
             plis_in: 0,
             firs_in: 0,
-            rate: RateMeter::default(),
+            rate: BitrateSampler::default(),
         };
         let consumer = Consumer {
             transport,
@@ -1024,7 +1062,16 @@ impl Router {
             mid_ext_id: if spec.mid.is_some() { spec.mid_ext_id } else { None },
             pt,
             paused: spec.paused,
-            encoding: spec.encoding,
+            encoding,
+            target: encoding,
+            preferred_spatial: encoding,
+            preferred_temporal: u8::MAX,
+            layers: LayerState::new(now),
+            layer_switches: 0,
+            ts: TsOffset::new(),
+            ts_source: encoding,
+            ts_prev: (encoding, 0),
+            last_out: None,
             seq: SeqManager::new(initial),
             wait_key_frame: video,
             stats: Counters::default(),
@@ -1091,6 +1138,7 @@ impl Router {
             return;
         }
         c.wait_key_frame = true;
+        c.encoding = c.target;
         let (ph, enc) = (c.producer, c.encoding);
         self.request_key_frame(now, ph, enc, out);
     }
@@ -1146,6 +1194,10 @@ impl Router {
             v.push(("tuples", Int(t.tuples.len() as u64)));
             v.push(("selected", Str(t.selected.map(|a| a.to_string()).unwrap_or_default())));
             v.push(("srtp", Bool(t.tx.is_some())));
+            v.push(("available_bitrate", Int(t.bwe.available_bitrate(Instant::now()).unwrap_or(0))));
+            v.push(("remb_in", Int(t.bwe.remb_in)));
+            v.push(("twcc_packets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))));
+            v.push(("twcc_feedback_sent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))));
             return Ok(v);
         }
         if let Some(p) = self.producers.get(&h) {
@@ -1155,6 +1207,10 @@ impl Router {
             v.push(("key_frame_requests", Int(p.encodings.iter().map(|e| e.kf.requests_sent).sum())));
             v.push(("paused", Bool(p.paused)));
             v.push(("consumers", Int(p.consumers.len() as u64)));
+            let join = |f: &dyn Fn(&Encoding) -> u64| p.encodings.iter().map(|e| f(e).to_string()).collect::<Vec<_>>().join(",");
+            v.push(("layer_bitrates", Str(join(&|e| e.quality.rate.bps))));
+            v.push(("layer_packets", Str(join(&|e| e.stats.packets_in))));
+            v.push(("layer_key_frames", Str(join(&|e| e.key_frames))));
             return Ok(v);
         }
         if let Some(c) = self.consumers.get(&h) {
@@ -1165,6 +1221,10 @@ impl Router {
             v.push(("paused", Bool(c.paused)));
             v.push(("waiting_key_frame", Bool(c.wait_key_frame)));
             v.push(("ssrc", Int(c.ssrc as u64)));
+            v.push(("current_layer", Int(c.encoding as u64)));
+            v.push(("target_layer", Int(c.target as u64)));
+            v.push(("preferred_layer", Int(c.preferred_spatial as u64)));
+            v.push(("layer_switches", Int(c.layer_switches)));
             return Ok(v);
         }
         Err(RouterError::Unknown(format!("unknown handle {h}")))
@@ -1230,8 +1290,90 @@ impl Router {
         self.next_timeout
     }
 
-    /// Periodic work: re-request key frames still wanted after an outstanding request expired.
+    /// Periodic work: re-request key frames still wanted after an outstanding request expired;
+    /// transport-wide feedback toward senders; stream bitrates and simulcast layer choice.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Output) {
+        self.send_twcc_feedback(now, out);
+        self.update_layers(now, out);
+        self.handle_key_frame_timeouts(now, out);
+    }
+
+    fn send_twcc_feedback(&mut self, now: Instant, out: &mut Output) {
+        let Router { transports, drops, .. } = self;
+        for t in transports.values_mut() {
+            let dest = t.feedback_dest();
+            let Some(rec) = t.twcc.as_mut() else { continue };
+            if !rec.has_pending() || t.twcc_last.is_some_and(|l| now.saturating_duration_since(l) < TWCC_INTERVAL) {
+                continue;
+            }
+            let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { continue };
+            let mut buf = out.take_buf();
+            rec.build_feedback(&mut buf, 0, t.twcc_media_ssrc);
+            t.twcc_last = Some(now);
+            if tx.protect_rtcp(&mut buf).is_err() {
+                drops.inc(Drop::ProtectFailed);
+                out.give_back(buf);
+                continue;
+            }
+            t.stats.tx(buf.len());
+            t.rtcp_out += 1;
+            out.push(dest, buf);
+        }
+    }
+
+    /// Roll the stream bitrate windows and move simulcast consumers to the layer their
+    /// preference and their viewer's estimate allow (asking that layer for a key frame).
+    fn update_layers(&mut self, now: Instant, out: &mut Output) {
+        let mut wanted: Vec<(Handle, usize)> = Vec::new();
+        for p in self.producers.values_mut() {
+            if p.encodings.len() < 2 {
+                continue;
+            }
+            let mut rates = [0u64; 8];
+            let n = p.encodings.len().min(rates.len());
+            for (r, e) in rates.iter_mut().zip(&p.encodings) {
+                *r = e.quality.rate.bps;
+            }
+            for ch in &p.consumers {
+                let Some(c) = self.consumers.get_mut(ch) else { continue };
+                let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.estimate(now));
+                let target = c.layers.decide(now, c.preferred_spatial, c.encoding, &rates[..n], estimate);
+                if target != c.target {
+                    c.target = target;
+                    if target != c.encoding && !c.paused {
+                        wanted.push((c.producer, target));
+                    }
+                }
+            }
+        }
+        for (ph, enc) in wanted {
+            self.request_key_frame(now, ph, enc, out);
+        }
+    }
+
+    /// Viewer preference for a simulcast consumer: at most `spatial` (clamped to the
+    /// producer's layers). The switch happens at the target stream's next key frame.
+    pub fn set_preferred_layers(&mut self, now: Instant, h: Handle, spatial: usize, temporal: Option<u8>, out: &mut Output) -> Result<(usize, u8)> {
+        let c = self.consumers.get_mut(&h).ok_or_else(|| unknown("consumer", h))?;
+        let p = self.producers.get(&c.producer).ok_or_else(|| unknown("producer", c.producer))?;
+        let preferred = spatial.min(p.encodings.len() - 1);
+        if preferred > c.preferred_spatial {
+            c.layers.preference_raised(now);
+        }
+        c.preferred_spatial = preferred;
+        c.preferred_temporal = temporal.unwrap_or(u8::MAX);
+        let rates: Vec<u64> = p.encodings.iter().map(|e| e.quality.rate.bps).collect();
+        let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.estimate(now));
+        let target = c.layers.decide(now, c.preferred_spatial, c.encoding, &rates, estimate);
+        c.target = target;
+        let (ph, switch, paused, res) = (c.producer, target != c.encoding, c.paused, (c.preferred_spatial, c.preferred_temporal));
+        if switch && !paused {
+            self.request_key_frame(now, ph, target, out);
+        }
+        Ok(res)
+    }
+
+    fn handle_key_frame_timeouts(&mut self, now: Instant, out: &mut Output) {
         let mut due: Vec<(Handle, usize)> = Vec::new();
         let mut next: Option<Instant> = None;
         for (&ph, p) in &self.producers {
@@ -1252,9 +1394,9 @@ impl Router {
                 let p = &self.producers[&ph];
                 p.encodings[i].kf.wanted
                     || p.consumers.iter().any(|c| {
-                        self.consumers
-                            .get(c)
-                            .is_some_and(|c| c.encoding == i && c.wait_key_frame && !c.paused)
+                        self.consumers.get(c).is_some_and(|c| {
+                            !c.paused && ((c.encoding == i && c.wait_key_frame) || (c.target == i && c.encoding != i))
+                        })
                     })
             };
             let p = self.producers.get_mut(&ph).expect("listed above");
@@ -1313,6 +1455,9 @@ impl Router {
             return;
         };
         p.stats.rx(data.len());
+        if let Some(id) = p.tcc_id {
+            record_twcc(t, scratch, &hdr, id, now);
+        }
         let enc_idx = sref.encoding;
         let Some(enc) = p.encodings.get_mut(enc_idx) else {
             drops.inc(Drop::UnknownSsrc);
@@ -1429,8 +1574,14 @@ impl Router {
         // Fan-out.
         for ch in &p.consumers {
             let Some(c) = consumers.get_mut(ch) else { continue };
+            let mut switching = false;
             if c.encoding != enc_idx {
-                continue;
+                // Simulcast: move to the target stream only at one of its key frames.
+                if c.target != enc_idx || !key_frame || c.paused {
+                    continue;
+                }
+                c.encoding = enc_idx;
+                switching = true;
             }
             if c.paused {
                 c.seq.drop(seq_in);
@@ -1455,11 +1606,24 @@ impl Router {
                     continue;
                 }
                 c.wait_key_frame = false;
-                c.seq.sync(seq_in);
+                switching = true;
             } else if c.wait_key_frame {
                 // No key frame detection for this codec: start right away.
                 c.wait_key_frame = false;
+                switching = true;
+            }
+            if switching {
+                // Output continues right after the last packet sent, in sequence and in
+                // time (the wall-clock gap since then, at 90 kHz), whichever stream it was.
                 c.seq.sync(seq_in);
+                let gap = c.last_out.map_or(1, |t| (now.saturating_duration_since(t).as_millis() as u32).saturating_mul(90).max(1));
+                if c.ts_source != c.encoding {
+                    // Another stream's timestamps (simulcast): continue after the last one.
+                    c.ts_prev = (c.ts_source, c.ts.offset());
+                    c.ts.sync_after_last(hdr.timestamp, gap);
+                    c.ts_source = c.encoding;
+                    c.layer_switches += 1;
+                }
             }
             let Some(seq_out) = c.seq.input(seq_in) else {
                 c.dropped += 1;
@@ -1476,6 +1640,9 @@ impl Router {
                 continue;
             }
             rtp::set_sequence(&mut buf, seq_out);
+            let ts_out = c.ts.apply(hdr.timestamp);
+            rtp::set_timestamp(&mut buf, ts_out);
+            c.last_out = Some(now);
             rtp::set_ssrc(&mut buf, c.ssrc);
             rtp::set_payload_type(&mut buf, cpt);
             if tx.protect_rtp(&mut buf).is_err() {
@@ -1487,9 +1654,9 @@ impl Router {
             c.stats.tx(len);
             ct.stats.tx(len);
             if let Some(m) = c.quality.seq_map.as_mut() {
-                m.record(seq_out, seq_in);
+                m.record(seq_out, seq_in, enc_idx as u8);
             }
-            c.quality.tx.on_sent(now, hdr.timestamp, hdr.payload_len);
+            c.quality.tx.on_sent(now, ts_out, hdr.payload_len);
             forwarded += 1;
             forwarded_bytes += len as u64;
             out.push(dest, buf);
@@ -1542,7 +1709,9 @@ impl Router {
                     }
                     for seq in n.seqs() {
                         if work.nack_seqs.len() >= MAX_NACK_SEQS {
-                            break;
+                            // More than one compound may ask for (bounds the answer burst).
+                            drops.inc(Drop::NackTruncated);
+                            continue;
                         }
                         work.nack_seqs.push((n.media_ssrc, seq));
                     }
@@ -1563,6 +1732,7 @@ impl Router {
                         }
                     }
                 }
+                Ok(rtcp::Packet::Remb(remb)) => t.bwe.on_remb(now, remb.bitrate),
                 Ok(_) => drops.inc(Drop::RtcpIgnored),
                 Err(_) => {
                     drops.inc(Drop::RtcpMalformed);
@@ -1638,6 +1808,19 @@ impl Router {
         self.next_timeout = Some(self.next_timeout.map_or(deadline, |n| n.min(deadline)));
     }
 }
+
+/// Note the transport-wide sequence number of a producer packet for feedback.
+fn record_twcc(t: &mut Transport, pkt: &[u8], hdr: &rtp::RtpHeader, id: u8, now: Instant) {
+    let Some(v) = rtp::find_extension(pkt, hdr, id) else { return };
+    let Some(seq) = v.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else { return };
+    let rec = t.twcc.get_or_insert_with(|| Box::new(TwccRecorder::new()));
+    let epoch = *TWCC_EPOCH.get_or_init(|| now);
+    rec.record(seq, now.saturating_duration_since(epoch).as_micros() as i64);
+    t.twcc_media_ssrc = hdr.ssrc;
+}
+
+/// Common origin of arrival times given to the transport-wide feedback recorders.
+static TWCC_EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 impl RtcpWork {
     fn clear(&mut self) {
@@ -1730,12 +1913,12 @@ impl Router {
             drops.inc(Drop::NackNotNegotiated);
             return;
         };
-        let Some(seq_in) = map.lookup(seq_out) else {
+        let Some((stream, seq_in)) = map.lookup(seq_out) else {
             drops.inc(Drop::NackNotBuffered);
             return;
         };
         let Some(p) = producers.get(&c.producer) else { return };
-        let Some(e) = p.encodings.get(c.encoding) else { return };
+        let Some(e) = p.encodings.get(stream as usize) else { return };
         let Some(pkt) = e.quality.buffer.as_ref().and_then(|b| b.get(now, seq_in)) else {
             drops.inc(Drop::NackNotBuffered);
             return;
@@ -1776,6 +1959,18 @@ impl Router {
             return;
         }
         rtp::set_sequence(&mut buf, seq_out);
+        // In the consumer's timestamps (simulcast offset of the packet's stream).
+        let ts_offset = match stream as usize {
+            s if s == c.ts_source => c.ts.offset(),
+            s if s == c.ts_prev.0 => c.ts_prev.1,
+            _ => {
+                // From two or more switches ago: its timestamp mapping is gone.
+                drops.inc(Drop::NackNotBuffered);
+                out.give_back(buf);
+                return;
+            }
+        };
+        rtp::set_timestamp(&mut buf, hdr.timestamp.wrapping_add(ts_offset));
         rtp::set_ssrc(&mut buf, c.ssrc);
         rtp::set_payload_type(&mut buf, cpt);
         let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);
@@ -1874,6 +2069,12 @@ impl Router {
             }
             let Some(e) = producers.get(&c.producer).and_then(|p| p.encodings.get(c.encoding)) else { continue };
             let (clock_rate, sr) = (e.quality.rx.clock_rate(), e.quality.rx.last_sr);
+            // The producer's NTP↔RTP mapping in this consumer's timestamps (simulcast offset).
+            let offset = c.ts.offset();
+            let sr = sr.map(|mut sr| {
+                sr.rtp_timestamp = sr.rtp_timestamp.wrapping_add(offset);
+                sr
+            });
             let Some(t) = transports.get_mut(&c.transport) else { continue };
             let dest = t.media_dest();
             let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { continue };
@@ -1926,7 +2127,7 @@ impl Router {
         use StatValue::*;
         let ms = |d: Duration| Float(d.as_secs_f64() * 1000.0);
         if let Some(t) = self.transports.get(&h) {
-            return Ok(vec![vec![
+            let mut r = vec![
                 ("type", Str("transport".into())),
                 ("bytesReceived", Int(t.stats.bytes_in)),
                 ("bytesSent", Int(t.stats.bytes_out)),
@@ -1937,7 +2138,15 @@ impl Router {
                 ("rtcpPacketsSent", Int(t.rtcp_out)),
                 ("recvBitrate", Int(t.rate_in.bps)),
                 ("sendBitrate", Int(t.rate_out.bps)),
-            ]]);
+                ("rembReceived", Int(t.bwe.remb_in)),
+                ("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))),
+                ("transportCcFeedbackSent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))),
+            ];
+            // The viewer's estimate (bwe.rs), only while one is known.
+            if let Some(b) = t.bwe.available_bitrate(Instant::now()) {
+                r.push(("availableBitrate", Int(b)));
+            }
+            return Ok(vec![r]);
         }
         if let Some(p) = self.producers.get(&h) {
             let mut v = Vec::new();
@@ -1997,6 +2206,9 @@ impl Router {
                 ("receiverReports", Int(q.tx.reports_received)),
                 ("bitrate", Int(q.rate.bps)),
                 ("paused", Bool(c.paused)),
+                ("targetLayer", Int(c.target as u64)),
+                ("preferredSpatialLayer", Int(c.preferred_spatial as u64)),
+                ("layerSwitches", Int(c.layer_switches)),
             ];
             if let Some(rtt) = q.tx.rtt {
                 r.push(("roundTripTime", ms(rtt)));
@@ -2662,6 +2874,166 @@ mod tests {
         assert_eq!(kf(&room.r), before + 1);
         assert_eq!(out.transmits.len(), 1);
         assert_eq!(out.transmits[0].dest, addr(1000));
+    }
+
+    #[test]
+    fn simulcast_consumer_switches_only_at_a_target_key_frame_with_continuity() {
+        let mut r = Router::new();
+        let mut now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        let mut spec = producer_spec(None);
+        spec.encodings = (0..3u32)
+            .map(|i| EncodingSpec { ssrc: Some(0x100 + i), rtx_ssrc: None, rid: Some(format!("r{i}")), mapped_ssrc: 7000 + i })
+            .collect();
+        r.add_producer(10, 1, spec).unwrap();
+        r.add_consumer(now, 20, 2, 10, consumer_spec(0xAAAA, "c0", false), &mut out).unwrap();
+        let mut host = peer(1).0;
+        let mut viewer = peer(2).1;
+        let mut seqs = [10u16, 20_000, 65_530];
+        let ts_base = [1_000u32, 9_000_000, 4_294_960_000];
+        // One packet per layer per frame; returns what the viewer got: (layer, key, seq, ts).
+        // What the viewer got per packet: (layer, key frame, seq, ts).
+        type Got = (u8, bool, u16, u32);
+        let mut frame = |r: &mut Router, now: Instant, f: u32, keys: &[usize]| -> Vec<Got> {
+            let mut got = Vec::new();
+            for layer in 0..3usize {
+                let key = keys.contains(&layer);
+                let mut payload = vp8_payload(key);
+                payload.push(layer as u8);
+                let mut pkt = rtp_packet(0x100 + layer as u32, seqs[layer], VP8_PT, Some("0"), &payload);
+                rtp::set_timestamp(&mut pkt, ts_base[layer].wrapping_add(3000 * f));
+                seqs[layer] = seqs[layer].wrapping_add(1);
+                host.protect_rtp(&mut pkt).unwrap();
+                let mut out = Output::new();
+                r.handle_datagram(now, addr(1000), &pkt, &mut out);
+                for t in &out.transmits {
+                    let mut b = t.buf.clone();
+                    if t.dest.port() == 1000 {
+                        continue; // PLIs toward the host
+                    }
+                    viewer.unprotect_rtp(&mut b).unwrap();
+                    let h = rtp::parse(&b).unwrap();
+                    let pl = h.payload(&b);
+                    got.push((pl[pl.len() - 1], pl[1] & 1 == 0, h.sequence, h.timestamp));
+                }
+            }
+            got
+        };
+        let mut all = Vec::new();
+        // Default: the top layer, from its first key frame.
+        let got = frame(&mut r, now, 0, &[]);
+        assert!(got.is_empty(), "waiting for a key frame of layer 2");
+        let got = frame(&mut r, now, 1, &[0, 1, 2]);
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![2]);
+        all.extend(got);
+        for f in 2..5 {
+            all.extend(frame(&mut r, now, f, &[0]));
+        }
+        assert!(all.iter().all(|g| g.0 == 2), "a key frame on layer 0 is no reason to move");
+        now += Duration::from_millis(100);
+        let mut out = Output::new();
+        assert_eq!(r.set_preferred_layers(now, 20, 0, None, &mut out).unwrap(), (0, u8::MAX));
+        let mut b = out.transmits[0].buf.clone();
+        peer(1).1.unprotect_rtcp(&mut b).unwrap();
+        assert!(matches!(rtcp::compound(&b).next(), Some(Ok(rtcp::Packet::Pli(p))) if p.media_ssrc == 0x100), "PLI on r0");
+        for f in 5..8 {
+            let got = frame(&mut r, now, f, &[]);
+            assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![2], "layer 2 until r0's key frame");
+            all.extend(got);
+        }
+        now += Duration::from_millis(33);
+        let got = frame(&mut r, now, 8, &[0]);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0, got[0].1), (0, true), "the switch is at layer 0's key frame");
+        all.extend(got);
+        for f in 9..12 {
+            all.extend(frame(&mut r, now, f, &[2]));
+        }
+        assert!(all.iter().skip_while(|g| g.0 == 2).all(|g| g.0 == 0));
+        for w in all.windows(2) {
+            assert_eq!(w[1].2, w[0].2.wrapping_add(1), "continuous sequence numbers");
+            assert!(crate::seq::is_newer_ts(w[1].3, w[0].3), "timestamps move forward: {:?}", w);
+        }
+        let st = r.stats(20).unwrap();
+        assert!(st.contains(&("current_layer", StatValue::Int(0))));
+        assert!(st.contains(&("layer_switches", StatValue::Int(1))));
+        // NACKs for a packet from before and one from after the switch: each comes back with
+        // the sequence number and timestamp the viewer first got.
+        let (before, after) = (all[2], all[all.len() - 1]);
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 0x5555, 0xAAAA, &[before.2, after.2]);
+        peer(2).0.protect_rtcp(&mut nack).unwrap();
+        let mut out = Output::new();
+        r.handle_datagram(now, addr(2000), &nack, &mut out);
+        let mut fresh = peer(2).1; // no replay history: retransmissions reuse sequence numbers
+        let mut resent: Vec<(u16, u32)> = out
+            .transmits
+            .iter()
+            .filter(|t| t.dest.port() == 2000)
+            .filter_map(|t| {
+                let mut b = t.buf.clone();
+                fresh.unprotect_rtp(&mut b).ok()?;
+                let h = rtp::parse(&b).ok()?;
+                Some((h.sequence, h.timestamp))
+            })
+            .collect();
+        resent.sort();
+        let mut want = vec![(before.2, before.3), (after.2, after.3)];
+        want.sort();
+        assert_eq!(resent, want);
+    }
+
+    #[test]
+    fn audio_has_no_buffer_and_its_sender_reports_use_its_clock() {
+        let mut r = Router::new();
+        let now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        let mut spec = producer_spec(Some(0x0A0A));
+        spec.video = false;
+        spec.nack = false;
+        spec.codecs[0] = CodecSpec {
+            payload_type: 111,
+            mapped_payload_type: 100,
+            mime: "audio/opus".into(),
+            rtx_payload_type: None,
+            mapped_rtx_payload_type: None,
+            clock_rate: 48000,
+        };
+        r.add_producer(10, 1, spec).unwrap();
+        let mut c = consumer_spec(0xAAAA, "a0", false);
+        c.payload_types = vec![(100, 100)];
+        c.nack = false;
+        r.add_consumer(now, 20, 2, 10, c, &mut out).unwrap();
+        let (mut host, _) = peer(1);
+        for seq in [1u16, 2, 4] {
+            let mut pkt = rtp_packet(0x0A0A, seq, 111, Some("0"), &[1, 2, 3, 4]);
+            host.protect_rtp(&mut pkt).unwrap();
+            r.handle_datagram(now, addr(1000), &pkt, &mut out);
+        }
+        // Seq 3 is missing but the producer did not negotiate NACK: nothing is asked for.
+        let mut out = Output::new();
+        r.handle_timeout(now + Duration::from_millis(50), &mut out);
+        assert!(out.transmits.is_empty());
+        let (mut v, mut v_rx) = peer(2);
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 1, 0xAAAA, &[1000]);
+        v.protect_rtcp(&mut nack).unwrap();
+        r.handle_datagram(now, addr(2000), &nack, &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!(r.drops().get(Drop::NackNotNegotiated), 1);
+        // First SR a second later: RTP time advanced by 48000 per second past the last packet.
+        let mut out = Output::new();
+        r.handle_timeout(now + REPORT_INTERVAL + Duration::from_millis(50), &mut out);
+        let sr = out.transmits.iter().find(|t| t.dest.port() == 2000).expect("SR to the viewer");
+        let b = rtcp_of(&mut v_rx, sr);
+        let Some(Ok(rtcp::Packet::Sr(sr))) = rtcp::compound(&b).next() else { panic!("SR") };
+        assert_eq!((sr.info.ssrc, sr.info.packet_count), (0xAAAA, 3));
+        assert_eq!(sr.info.rtp_timestamp, 0x1000 + 48000 + 48000 / 20);
+        assert_eq!(stat(&r, 10, "packetsLost"), Some(StatValue::Int(1)));
     }
 
     #[test]

@@ -83,6 +83,12 @@ def get_object(data: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def get_layer(data: dict[str, Any], name: str) -> int:
+    """A simulcast/SVC layer index (spatialLayer, temporalLayer): integer 0..255."""
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise _invalid(name, "required integer 0..255")
+    return value
 STATS_TARGETS = ("transportId", "producerId", "consumerId")
 
 

@@ -24,6 +24,7 @@ from pysfu.signaling.schema import (
     encode,
     encode_error,
     get_dtls_parameters,
+    get_layer,
     get_name,
     get_object,
     get_stats_target,
@@ -83,6 +84,7 @@ class Session:
             "resumeConsumer": self._resume_consumer,
             "pauseConsumer": self._pause_consumer,
             "closeProducer": self._close_producer,
+            "setPreferredLayers": self._set_preferred_layers,
             "getStats": self._get_stats,
         }
 
@@ -230,7 +232,7 @@ class Session:
             "producerId": consumer.producer.id,
             "kind": consumer.kind,
             "rtpParameters": consumer.rtp_parameters,
-            "type": "simple",
+            "type": "simulcast" if len(consumer.producer.mapping["encodings"]) > 1 else "simple",
             "producerPaused": consumer.producer.paused,
         }
 
@@ -243,6 +245,18 @@ class Session:
         room, peer = self._joined(data)
         consumer = room.set_consumer_paused(peer, get_str(data, "consumerId"), True)
         return "consumerPaused", {"consumerId": consumer.id}
+
+    async def _set_preferred_layers(self, data: dict[str, Any]) -> tuple[str, dict]:
+        room, peer = self._joined(data)
+        spatial = get_layer(data, "spatialLayer")
+        temporal = get_layer(data, "temporalLayer") if data.get("temporalLayer") is not None \
+            else None
+        consumer, spatial, temporal = room.set_consumer_preferred_layers(
+            peer, get_str(data, "consumerId"), spatial, temporal)
+        answer: dict[str, Any] = {"consumerId": consumer.id, "spatialLayer": spatial}
+        if temporal is not None:
+            answer["temporalLayer"] = temporal
+        return "preferredLayersSet", answer
 
     async def _close_producer(self, data: dict[str, Any]) -> tuple[str, dict]:
         room, peer = self._joined(data)

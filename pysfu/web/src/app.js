@@ -5,8 +5,11 @@
 //      /?room=ID&role=host        host view (peerId kept in sessionStorage: a reload rejoins
 //                                 as the same peer and resumes sharing)
 //      /?room=ID&role=viewer      viewer view
+//      &simulcast=1               (host) send video as three simulcast layers (r0 ¼, r1 ½, r2 full
+//                                 resolution); viewers pick one with setPreferredLayers
 //
-// Test hook: window.pysfu = { state, stats() } (see stats() below).
+// Test hook: window.pysfu = { state, stats(), setPreferredLayers(spatial), serverStats(query) }
+// (see stats() below).
 
 import { Device } from 'mediasoup-client';
 import { Signaling } from './signaling.js';
@@ -33,6 +36,7 @@ const state = {
   codecs: [], // video mimeTypes this browser can send to this router
   producers: {}, // kind -> {id, codec}
   consumers: [], // [{id, producerId, kind, codec}]
+  simulcast: false, // host: video produced as three simulcast layers
   events: [], // notifications received: {event, data, t}
   roomClosed: null, // reason, once the room is closed
   ended: false,
@@ -344,7 +348,16 @@ async function startSharing({ source, codec, mic }) {
     const [videoTrack] = localStream.getVideoTracks();
     const [audioTrack] = localStream.getAudioTracks();
     if (videoTrack) {
-      const p = await sendTransport.produce({ track: videoTrack, codec: codecCap });
+      // Simulcast: three layers at ¼, ½ and full resolution (mediasoup-client names them
+      // r0, r1, r2); the SFU forwards one of them to each viewer.
+      const encodings = state.simulcast
+        ? [
+            { scaleResolutionDownBy: 4, maxBitrate: 150000 },
+            { scaleResolutionDownBy: 2, maxBitrate: 500000 },
+            { scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+          ]
+        : undefined;
+      const p = await sendTransport.produce({ track: videoTrack, codec: codecCap, encodings });
       watchProducer(p);
     }
     if (audioTrack) {
@@ -546,6 +559,7 @@ async function runViewer(roomId) {
   state.peerId = typeof crypto.randomUUID === 'function' ? crypto.randomUUID() : randomId();
   await connect(roomId, 'viewer', state.peerId);
   recvTransport = await createTransport('recv');
+  state.recvTransportId = recvTransport.id;
   updateRemote();
   const { producers: list } = await sig.request('getProducers', { roomId });
   log(`${list.length} producer(s) in the room`);
@@ -622,8 +636,13 @@ async function stats() {
             'qualityLimitationReason', 'retransmittedPacketsSent',
           ]),
         };
-        // Several outbound-rtp (simulcast) for one kind: keep the first active one.
+        // Several outbound-rtp (simulcast) for one kind: keep the first active one, and
+        // list them all by rid.
         if (!out[r.kind]) out[r.kind] = entry;
+        if (r.rid) {
+          out.layers = out.layers || {};
+          out.layers[r.rid] = { ...pick(r, ['frameWidth', 'frameHeight', 'packetsSent', 'bytesSent', 'framesEncoded']), active: r.active };
+        }
       });
     }
   }
@@ -632,7 +651,19 @@ async function stats() {
   return out;
 }
 
-window.pysfu = { state, stats };
+// Viewer: ask the server for at most this spatial layer of the video consumer.
+async function setPreferredLayers(spatialLayer) {
+  const video = [...consumers.values()].find((c) => c.kind === 'video' && !c.closed);
+  if (!video) throw new Error('no video consumer');
+  return sig.request('setPreferredLayers', { roomId: state.roomId, consumerId: video.id, spatialLayer });
+}
+
+// The server's view (getStats request) of one of our objects, e.g. {producerId}.
+async function serverStats(query) {
+  return sig.request('getStats', { roomId: state.roomId, ...query });
+}
+
+window.pysfu = { state, stats, setPreferredLayers, serverStats };
 
 // ---- entry -----------------------------------------------------------------------------------
 
@@ -665,6 +696,7 @@ async function main() {
   }
   state.role = role;
   state.roomId = roomId;
+  state.simulcast = params.get('simulcast') === '1';
   document.title = `pysfu · ${role} · ${roomId}`;
   $('role-badge').textContent = role;
   $('role-badge').hidden = false;
