@@ -1,10 +1,10 @@
 # The two set-up commands of README.md: `make serve` and `make test`.
-.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser bench bench-native
+.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser fuzz fuzz-ci bench bench-native
 
 serve: setup
 	.venv/bin/pysfu serve $(ARGS)
 
-test: setup-test browser web test-rust test-python
+test: setup-test browser web test-rust fuzz-ci test-python
 
 setup:
 	scripts/setup.sh
@@ -15,6 +15,15 @@ setup-test:
 test-rust:
 	cargo test --release --manifest-path native/Cargo.toml
 	cargo build --release -p pysfu-loadgen
+
+# Bounded fuzzing of every cargo-fuzz target (fuzz/), FUZZ_SECONDS each; non-zero on a crash.
+# `make test` runs the short variant (15 s per target) to keep .ci/run within its budget.
+FUZZ_SECONDS ?= 45
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-ci:
+	scripts/fuzz.sh 15
 
 test-python:
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

@@ -28,6 +28,7 @@ class MediaEngine:
         self.port: int = self.native.port
         self._transports: dict[int, WebRtcTransport] = {}
         self.undeliverable = 0
+        self.panics = 0
         log_event(logger, "engine.started", ip=host, port=self.port)
 
     async def run(self) -> None:
@@ -41,6 +42,13 @@ class MediaEngine:
                     self.undeliverable += 1
                 else:
                     transport.deliver(kind, ip, port, data)
+            # A panic on the engine's I/O thread cost one datagram (counted as drop "panic");
+            # the thread carries on. Say so loudly.
+            message = self.native.take_panic()
+            if message is not None:
+                self.panics += 1
+                log_event(logger, "engine.panic", level=logging.ERROR, panic=message,
+                          total=self.drops().get("panic", 0))
 
     def close(self) -> None:
         self.native.close()

@@ -36,6 +36,17 @@ struct State {
     router: Router,
     /// The up fd has been set and not yet reset by `drain`.
     signalled: bool,
+    /// Message of the last panic caught on the I/O thread, for Python to log (`take_panic`).
+    last_panic: Option<String>,
+    /// Test hook (`_test_panic("io")`): the next datagram's processing panics.
+    panic_next: bool,
+}
+
+fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| e.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 struct Shared {
@@ -100,9 +111,14 @@ fn io_thread(shared: Arc<Shared>) {
         {
             let mut st = shared.state.lock();
             let st = &mut *st;
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                for i in 0..n {
+            // One datagram's panic costs that datagram only (counted, reported to Python);
+            // the rest of the batch, other rooms and the thread carry on.
+            for i in 0..n {
+                let result = catch_unwind(AssertUnwindSafe(|| {
                     if let Some((from, data, truncated)) = batch.get(i) {
+                        if std::mem::take(&mut st.panic_next) {
+                            panic!("test panic requested by _test_panic(\"io\")");
+                        }
                         if truncated {
                             st.router.count_drop(Drop::Truncated, 1);
                         } else {
@@ -112,13 +128,15 @@ fn io_thread(shared: Arc<Shared>) {
                             }
                         }
                     }
+                }));
+                if let Err(e) = result {
+                    on_io_panic(&shared, st, &*e);
                 }
-                if tick {
-                    st.router.handle_timeout(now, &mut out);
+            }
+            if tick {
+                if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.handle_timeout(now, &mut out))) {
+                    on_io_panic(&shared, st, &*e);
                 }
-            }));
-            if result.is_err() {
-                st.router.count_drop(Drop::Panic, 1);
             }
             deadline = st.router.poll_timeout();
             shared.signal(st);
@@ -128,6 +146,14 @@ fn io_thread(shared: Arc<Shared>) {
         }
         shared.send(&mut out);
     }
+}
+
+/// Count a panic caught on the I/O thread and wake Python so it logs it.
+fn on_io_panic(shared: &Shared, st: &mut State, e: &(dyn std::any::Any + Send)) {
+    st.router.count_drop(Drop::Panic, 1);
+    st.last_panic = Some(panic_message(e));
+    st.signalled = true;
+    shared.up_fd.set();
 }
 
 fn router_err(e: RouterError) -> PyErr {
@@ -364,7 +390,7 @@ impl Engine {
         let stop_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
         let up_raw_fd = up_fd.as_raw_fd();
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { router: Router::new(), signalled: false }),
+            state: Mutex::new(State { router: Router::new(), signalled: false, last_panic: None, panic_next: false }),
             socket,
             up_fd,
             stop_fd,
@@ -563,6 +589,27 @@ impl Engine {
             d.set_item(k, v)?;
         }
         Ok(d)
+    }
+
+    /// The message of the last panic caught on the I/O thread since the previous call, if any.
+    fn take_panic(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let shared = self.shared()?;
+        Ok(py.detach(|| shared.state.lock().last_panic.take()))
+    }
+
+    /// Test hook for panic safety: `"io"` makes the I/O thread panic on the next datagram it
+    /// processes; `"control"` panics inside a control call (→ ValueError); `"pyo3"` panics in
+    /// the method itself (→ pyo3 PanicException).
+    fn _test_panic(&self, py: Python<'_>, place: &str) -> PyResult<()> {
+        match place {
+            "io" => {
+                self.shared()?.state.lock().panic_next = true;
+                Ok(())
+            }
+            "control" => self.control(py, |_, _, _| -> Result<(), RouterError> { panic!("test panic in a control call") }),
+            "pyo3" => panic!("test panic in an Engine method"),
+            other => Err(PyValueError::new_err(format!("unknown panic place {other:?}"))),
+        }
     }
 
     /// Stop the I/O thread and close the socket (the port is free afterwards). Idempotent.

@@ -1,0 +1,151 @@
+//! The router's control state machine against a model: random add/remove/pause/resume of
+//! transports, producers and consumers (plus tuples, keys, datagrams and timers between
+//! them). Each call succeeds exactly when the model says it should, and counts, pause
+//! states and cascades (closing a transport closes its producers and their consumers)
+//! match after every step.
+#![no_main]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use pysfu_native::router::{Handle, Output, Router, StatValue};
+
+#[derive(Default)]
+struct Model {
+    transports: HashSet<Handle>,
+    /// producer → (transport, encodings, paused)
+    producers: HashMap<Handle, (Handle, usize, bool)>,
+    /// consumer → (transport, producer, paused)
+    consumers: HashMap<Handle, (Handle, Handle, bool)>,
+}
+
+impl Model {
+    fn remove_producer(&mut self, p: Handle) {
+        self.producers.remove(&p);
+        self.consumers.retain(|_, c| c.1 != p);
+    }
+    fn remove_transport(&mut self, t: Handle) {
+        self.transports.remove(&t);
+        let ps: Vec<Handle> = self.producers.iter().filter(|(_, v)| v.0 == t).map(|(k, _)| *k).collect();
+        for p in ps {
+            self.remove_producer(p);
+        }
+        self.consumers.retain(|_, c| c.0 != t);
+    }
+    fn check(&self, r: &Router) {
+        let c = r.counts();
+        assert_eq!(c.transports, self.transports.len());
+        assert_eq!(c.producers, self.producers.len());
+        assert_eq!(c.consumers, self.consumers.len());
+        let streams: usize = self.producers.values().map(|p| p.1).sum::<usize>() + self.consumers.len();
+        assert_eq!(c.streams, streams);
+    }
+}
+
+fn paused(r: &Router, h: Handle) -> bool {
+    let st = r.stats(h).expect("exists");
+    st.iter().any(|(k, v)| *k == "paused" && *v == StatValue::Bool(true))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut now = Instant::now();
+    let mut r = Router::new();
+    let mut m = Model::default();
+    let mut out = Output::new();
+    for op in data.chunks_exact(3).take(2000) {
+        let (kind, a, b) = (op[0] % 13, op[1], op[2]);
+        let t = 1 + (a % 6) as Handle;
+        let p = 100 + (a % 8) as Handle;
+        let c = 200 + (a % 16) as Handle;
+        match kind {
+            0 => {
+                let ok = r.add_transport(t, &format!("u{t}")).is_ok();
+                assert_eq!(ok, !m.transports.contains(&t));
+                m.transports.insert(t);
+            }
+            1 => {
+                assert_eq!(r.remove_transport(t).is_ok(), m.transports.contains(&t));
+                m.remove_transport(t);
+            }
+            2 => {
+                let on = 1 + (b % 6) as Handle;
+                let video = b & 0x80 != 0;
+                let ssrc = 0x10_0000 * p as u32;
+                let spec = if video { common::video_spec(&p.to_string(), ssrc) } else { common::audio_spec(&p.to_string(), ssrc) };
+                let n = spec.encodings.len();
+                let ok = r.add_producer(p, on, spec).is_ok();
+                assert_eq!(ok, !m.producers.contains_key(&p) && m.transports.contains(&on));
+                if ok {
+                    m.producers.insert(p, (on, n, false));
+                }
+            }
+            3 => {
+                assert_eq!(r.remove_producer(p).is_ok(), m.producers.contains_key(&p));
+                m.remove_producer(p);
+            }
+            4 => {
+                let on = 1 + (b % 6) as Handle;
+                let of = 100 + ((b >> 3) % 8) as Handle;
+                let spec = common::consumer_spec(0x1000 * c as u32, "c", 0);
+                let ok = r.add_consumer(now, c, on, of, spec, &mut out).is_ok();
+                let want = !m.consumers.contains_key(&c) && m.transports.contains(&on) && m.producers.contains_key(&of);
+                assert_eq!(ok, want);
+                if ok {
+                    m.consumers.insert(c, (on, of, false));
+                }
+            }
+            5 => {
+                assert_eq!(r.remove_consumer(c).is_ok(), m.consumers.contains_key(&c));
+                m.consumers.remove(&c);
+            }
+            6 | 7 => {
+                let pause = kind == 6;
+                let ok = if b & 1 == 0 {
+                    let ok = if pause { r.pause_producer(p) } else { r.resume_producer(now, p, &mut out) }.is_ok();
+                    if let Some(e) = m.producers.get_mut(&p) {
+                        e.2 = pause;
+                        assert_eq!(paused(&r, p), pause);
+                    }
+                    (ok, m.producers.contains_key(&p))
+                } else {
+                    let ok = if pause { r.pause_consumer(c) } else { r.resume_consumer(now, c, &mut out) }.is_ok();
+                    if let Some(e) = m.consumers.get_mut(&c) {
+                        e.2 = pause;
+                        assert_eq!(paused(&r, c), pause);
+                    }
+                    (ok, m.consumers.contains_key(&c))
+                };
+                assert_eq!(ok.0, ok.1);
+            }
+            8 => {
+                let ok = r.bind_tuple(now, t, common::addr(1000 + u16::from(b % 12)), b & 0x80 != 0, &mut out).is_ok();
+                assert_eq!(ok, m.transports.contains(&t));
+            }
+            9 => {
+                let (k, s) = common::key(b);
+                let ok = r.set_srtp(now, t, common::PROFILE.name(), &k, &s, &k, &s, &mut out).is_ok();
+                assert_eq!(ok, m.transports.contains(&t));
+            }
+            10 => {
+                let pkt = [0x80 | (b & 0x3f), 96 + (a & 0x7f), 0, b, 0, 0, 0, 1, 0, 0x10, 0, 0, 1, 2, 3, 4];
+                r.handle_datagram(now, common::addr(1000 + u16::from(b % 12)), &pkt, &mut out);
+            }
+            11 => {
+                now += Duration::from_millis(u64::from(b) * 10);
+                r.handle_timeout(now, &mut out);
+            }
+            _ => {
+                let _ = r.take_upcalls();
+                let _ = r.stats(u64::from(a));
+            }
+        }
+        out.recycle();
+        m.check(&r);
+        for (h, v) in &m.consumers {
+            assert_eq!(paused(&r, *h), v.2);
+        }
+    }
+});

@@ -1,0 +1,59 @@
+"""A panic inside the native engine becomes a Python exception or a logged error, never a
+process abort, and media keeps flowing afterwards (real UDP, libsrtp peers)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+import trio
+
+from pysfu.server import Server
+from tests.test_media_path import add_viewer, host, send_frames  # noqa: F401  (fixture)
+
+
+async def test_engine_panics_are_contained(server: Server, client: Any, host: Any,  # noqa: F811
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    _, host_peer, producer_id = host
+    native = server.media.native
+    async with AsyncExitStack() as stack:
+        viewer = await add_viewer(client, stack, "v", producer_id)
+        await trio.sleep(0.1)
+        await send_frames(host_peer, 1, 5)
+        for _ in range(5):
+            assert await viewer.peer.recv_rtp() is not None
+
+        # A panic in a control call: a Python exception, counted.
+        with pytest.raises(ValueError, match="panic"):
+            native._test_panic("control")
+        # A panic in the method itself: pyo3 turns it into PanicException (a BaseException).
+        with pytest.raises(BaseException) as err:
+            native._test_panic("pyo3")
+        assert type(err.value).__name__ == "PanicException"
+
+        # A panic on the I/O thread while it handles one datagram (a stranger's): that
+        # datagram is lost, counted, and logged as an error by the Python side.
+        caplog.set_level(logging.ERROR, logger="pysfu.media")
+        native._test_panic("io")
+        stranger = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await stranger.bind(("127.0.0.1", 0))
+        await stranger.sendto(b"\x00" * 20, host_peer.server)
+        stranger.close()
+        with trio.fail_after(5):
+            while not any(r.getMessage() == "engine.panic" for r in caplog.records):
+                await trio.sleep(0.02)
+        record = next(r for r in caplog.records if r.getMessage() == "engine.panic")
+        assert "test panic" in record.panic  # type: ignore[attr-defined]
+        assert server.media.drops()["panic"] == 2  # the control call's and the I/O thread's
+        assert server.media.panics == 1
+
+        # The engine still forwards every packet, in order, with nothing else lost.
+        await send_frames(host_peer, 6, 30, keyframe_first=False)
+        got = [await viewer.peer.recv_rtp() for _ in range(30)]
+        assert all(got)
+        seqs = [p.seq for p in got]
+        assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(30)]
+        # Control calls still work.
+        assert server.media.counts()["consumers"] == 1
