@@ -1,5 +1,5 @@
 # The two set-up commands of README.md: `make serve` and `make test`.
-.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser fuzz fuzz-ci
+.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser fuzz fuzz-ci bench bench-native
 
 serve: setup
 	.venv/bin/pysfu serve $(ARGS)
@@ -14,6 +14,7 @@ setup-test:
 
 test-rust:
 	cargo test --release --manifest-path native/Cargo.toml
+	cargo build --release -p pysfu-loadgen
 
 # Bounded fuzzing of every cargo-fuzz target (fuzz/), FUZZ_SECONDS each; non-zero on a crash.
 # `make test` runs the short variant (15 s per target) to keep .ci/run within its budget.
@@ -30,6 +31,7 @@ test-python:
 lint:
 	.venv/bin/ruff check pysfu tests bench
 	cargo clippy --manifest-path native/Cargo.toml --all-targets -- -D warnings
+	cargo clippy -p pysfu-loadgen -- -D warnings
 
 # Demo page: install the npm packages and rebuild pysfu/web/dist (also committed).
 web:
@@ -42,3 +44,14 @@ e2e: setup-test browser web
 # Debian's chromium for tests/e2e (apt; a no-op when /usr/bin/chromium exists).
 browser:
 	scripts/install-browser.sh
+
+# Load benchmark: a real server process, one host (video + audio), N viewers over loopback;
+# sweep of viewers × SRTP profiles; JSON in bench/results/, table on stdout.
+# BENCH_ARGS e.g. "--viewers 10,100 --profiles gcm --duration 3".
+bench: setup-test
+	cargo build --release -p pysfu-loadgen
+	.venv/bin/python bench/sfu_load.py $(BENCH_ARGS)
+
+# criterion micro-benchmarks of the native core (SRTP, rewrite, fan-out).
+bench-native:
+	cargo bench --manifest-path native/Cargo.toml $(CRITERION_ARGS)

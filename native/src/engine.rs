@@ -27,6 +27,10 @@ use crate::wake::EventFd;
 
 /// Periodic router work (key frame re-requests) at least this often.
 const TICK: Duration = Duration::from_millis(50);
+/// Send what a batch produced once this many datagrams are waiting, instead of after the whole
+/// receive batch: a key-frame burst fanned out to many consumers otherwise leaves only when
+/// its last packet is done (latency ∝ burst × consumers).
+const SEND_EARLY_AT: usize = 64;
 
 struct State {
     router: Router,
@@ -119,6 +123,9 @@ fn io_thread(shared: Arc<Shared>) {
                             st.router.count_drop(Drop::Truncated, 1);
                         } else {
                             st.router.handle_datagram(now, from, data, &mut out);
+                            if out.transmits.len() >= SEND_EARLY_AT {
+                                shared.send(&mut out);
+                            }
                         }
                     }
                 }));

@@ -8,6 +8,7 @@ pub mod seq;
 pub mod srtp;
 
 pub mod engine;
+pub mod fasthash;
 pub mod io;
 pub mod router;
 pub mod stun_peek;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::bwe::BandwidthEstimator;
+use crate::fasthash::HandleMap;
 use crate::layers::LayerState;
 use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
 use crate::reports::{BitrateSampler, NtpClock, ReceiveStats, SendStats};
@@ -582,9 +583,9 @@ pub enum StatValue {
 }
 
 pub struct Router {
-    transports: HashMap<Handle, Transport>,
-    producers: HashMap<Handle, Producer>,
-    consumers: HashMap<Handle, Consumer>,
+    transports: HandleMap<Transport>,
+    producers: HandleMap<Producer>,
+    consumers: HandleMap<Consumer>,
     by_addr: HashMap<SocketAddr, Handle>,
     by_ufrag: HashMap<String, Handle>,
     up: VecDeque<Upcall>,
@@ -632,9 +633,9 @@ impl Default for Router {
 impl Router {
     pub fn new() -> Self {
         Router {
-            transports: HashMap::new(),
-            producers: HashMap::new(),
-            consumers: HashMap::new(),
+            transports: HandleMap::default(),
+            producers: HandleMap::default(),
+            consumers: HandleMap::default(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             up: VecDeque::new(),
@@ -2222,7 +2223,7 @@ impl Router {
 /// unsignalled encoding) and remember it.
 fn learn_ssrc(
     t: &mut Transport,
-    producers: &mut HashMap<Handle, Producer>,
+    producers: &mut HandleMap<Producer>,
     th: Handle,
     pkt: &[u8],
     hdr: &rtp::RtpHeader,

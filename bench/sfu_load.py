@@ -1,0 +1,289 @@
+"""Load test of a real pysfu server process: one host producing video + audio, N viewers.
+
+For each sweep point (viewers × SRTP profile) this starts ``python -m pysfu serve`` on
+loopback with free ports, connects a host and N viewer transports exactly as browsers do
+(signaling over WebSocket, ICE binding with USE-CANDIDATE, DTLS handshake as client with
+pyOpenSSL, keys from the DTLS exporter; tests/webrtc_peer.py), and hands the connected UDP
+sockets and SRTP keys to the Rust generator ``pysfu-loadgen`` (bench/loadgen), which sends
+and checks every packet. Each viewer consumes the video and the audio producer, so the
+server has 2N consumers.
+
+The primary figure is the server's CPU time per forwarded packet (utime+stime of the server
+process over the measurement window ÷ packets the viewers received in it); "consumers per
+core" extrapolates from it at the run's average packet rate per consumer. Generator and
+server share the machine's cores, so forwarded packets/s saturate with the machine, not
+with the server.
+
+Usage: python bench/sfu_load.py [--viewers 10,50,100] [--profiles gcm,cm] [--warmup 3]
+       [--duration 5] [--out bench/results] [--no-save]
+Prints a table; writes bench/results/<UTC time>-<git rev>.json (one file per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pysfu.client import SignalingClient, connect  # noqa: E402
+from tests.fixtures import device_caps, opus_producer, vp8_producer  # noqa: E402
+from tests.webrtc_peer import _PROFILES, WebRtcPeer  # noqa: E402
+
+PROFILES = {
+    "gcm": ("AEAD_AES_128_GCM", b"SRTP_AEAD_AES_128_GCM"),
+    "cm": ("AES_CM_128_HMAC_SHA1_80", b"SRTP_AES128_CM_SHA1_80"),
+}
+VIDEO_SSRC, AUDIO_SSRC = 0x1111_0000, 0x2222_0000
+VIDEO_PT, AUDIO_PT, MID_EXT = 96, 111, 4  # as in tests/fixtures.py (Chrome's)
+LOADGEN = ROOT / "target" / "release" / "pysfu-loadgen"
+SETUP_CONCURRENCY = 16
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def srtp_keys(peer: WebRtcPeer) -> tuple[bytes, bytes, bytes, bytes]:
+    """(client key, client salt, server key, server salt) from the DTLS exporter."""
+    _, klen, slen = _PROFILES[peer.profile]
+    m = peer.dtls.export_keying_material(b"EXTRACTOR-dtls_srtp", 2 * (klen + slen))
+    return (m[:klen], m[2 * klen:2 * klen + slen], m[klen:2 * klen], m[2 * klen + slen:])
+
+
+def start_server(viewers: int) -> tuple[subprocess.Popen[bytes], int]:
+    port, rtc_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    env = dict(os.environ)
+    # Bench limits through the config (environment), not code: one viewer peer owns all
+    # the receive transports; no consent checks are sent during the run.
+    env.update({
+        "PYSFU_MAX_TRANSPORTS_PER_PEER": str(viewers + 4),
+        "PYSFU_MAX_CONSUMERS_PER_PEER": str(2 * viewers + 8),
+        "PYSFU_REQUESTS_PER_SECOND": "1000000",
+        "PYSFU_REQUEST_BURST": "1000000",
+        "PYSFU_CONSENT_TIMEOUT": "3600",
+        "PYSFU_DTLS_TIMEOUT": "600",
+        "PYSFU_LOG_LEVEL": "warning",
+    })
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pysfu", "serve", "--port", str(port), "--rtc-port", str(rtc_port)],
+        env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return proc, port
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    with trio.fail_after(30):
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                async with connect(url):
+                    return
+            except OSError:
+                await trio.sleep(0.1)
+            except Exception:  # noqa: BLE001 - handshake refused while starting
+                await trio.sleep(0.1)
+
+
+async def connect_viewer(client: SignalingClient, caps: dict[str, Any], producers: list[str],
+                         srtp: bytes) -> tuple[WebRtcPeer, list[int]]:
+    transport = await client.create_transport("bench", "recv")
+    peer = WebRtcPeer(transport, srtp_profiles=srtp)
+    await peer.bind()
+    await client.connect_transport("bench", transport["id"], peer.dtls_parameters())
+    await peer.connect()
+    ssrcs = []
+    for pid in producers:
+        consumer = await client.consume("bench", transport["id"], pid, caps)
+        ssrcs.append(consumer["rtpParameters"]["encodings"][0]["ssrc"])
+        await client.resume_consumer("bench", consumer["id"])
+    return peer, ssrcs
+
+
+async def run_point(viewers: int, profile: str, args: argparse.Namespace) -> dict[str, Any]:
+    name, srtp = PROFILES[profile]
+    proc, port = start_server(viewers)
+    url = f"ws://127.0.0.1:{port}/ws"
+    peers: list[WebRtcPeer] = []
+    try:
+        await wait_ready(url, proc)
+        t_setup = time.monotonic()
+        async with connect(url) as host, connect(url) as viewer:
+            await host.join("bench", "host", "host")
+            send = await host.create_transport("bench", "send")
+            hpeer = WebRtcPeer(send, srtp_profiles=srtp)
+            peers.append(hpeer)
+            await hpeer.bind()
+            await host.connect_transport("bench", send["id"], hpeer.dtls_parameters())
+            await hpeer.connect()
+            video = await host.produce("bench", send["id"], "video",
+                                       vp8_producer(mid="0", ssrc=VIDEO_SSRC))
+            audio = await host.produce("bench", send["id"], "audio",
+                                       opus_producer(mid="1", ssrc=AUDIO_SSRC))
+            await viewer.join("bench", "viewer", "viewers")
+            caps = device_caps(await viewer.router_rtp_capabilities("bench"))
+            lines: list[str] = []
+            limiter = trio.CapacityLimiter(SETUP_CONCURRENCY)
+
+            async def one() -> None:
+                async with limiter:
+                    peer, (vs, aus) = await connect_viewer(viewer, caps, [video, audio], srtp)
+                peers.append(peer)
+                _, _, key, salt = srtp_keys(peer)
+                lines.append(f"viewer {peer.sock.fileno()} {key.hex()} {salt.hex()} {vs} {aus}")
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(viewers):
+                    nursery.start_soon(one)
+            setup_s = time.monotonic() - t_setup
+            ck, cs, sk, ss = srtp_keys(hpeer)
+            config = [
+                f"profile {name}", f"server 127.0.0.1 {hpeer.server[1]}",
+                f"server_pid {proc.pid}", f"warmup {args.warmup}", f"duration {args.duration}",
+                f"producer {hpeer.sock.fileno()} {ck.hex()} {cs.hex()} {sk.hex()} {ss.hex()} "
+                f"{VIDEO_SSRC} {AUDIO_SSRC} {VIDEO_PT} {AUDIO_PT} {MID_EXT}",
+                *lines,
+            ]
+            fds = [p.sock.fileno() for p in peers]
+            done = await trio.run_process([str(LOADGEN)], stdin="\n".join(config).encode(),
+                                          capture_stdout=True, pass_fds=fds)
+            result = json.loads(done.stdout)
+    finally:
+        for p in peers:
+            p.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    consumers = 2 * viewers
+    # Offered rate per consumer (half the consumers get video, half audio), not the measured
+    # one: past saturation that would shrink and inflate the extrapolation.
+    sent = result["producer_sent"]
+    per_consumer_pps = (sent["video_window"] + sent["audio_window"]) / result["seconds"] / 2
+    us = result["server_us_per_packet"]
+    result.update({
+        "consumers": consumers,
+        "setup_s": round(setup_s, 2),
+        "pps_per_consumer": round(per_consumer_pps, 1),
+        # One core's worth of server CPU at this CPU cost per packet and this packet rate.
+        "consumers_per_core": (round(1e6 / (us * per_consumer_pps))
+                               if us and per_consumer_pps else None),
+        "forwarded_pps_per_core": round(1e6 / us) if us else None,
+    })
+    return result
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
+def git_rev() -> tuple[str, bool]:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=ROOT, capture_output=True, text=True).stdout.strip())
+        return rev, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def table(points: list[dict[str, Any]]) -> str:
+    head = (f"{'profile':<24} {'viewers':>7} {'consumers':>9} {'fwd pps':>9} {'srv CPU':>7} "
+            f"{'µs/pkt':>7} {'cons/core':>9} {'p50 ms':>7} {'p99 ms':>7} {'loss':>9} "
+            f"{'RSS MiB':>7} {'kernel':>6} {'gen CPU':>7}")
+    rows = [head, "-" * len(head)]
+    for p in points:
+        lat = p["latency_ms"]
+        rows.append(
+            f"{p['profile']:<24} {p['viewers']:>7} {p['consumers']:>9} {p['forwarded_pps']:>9.0f} "
+            f"{p['server_cpu_share']:>7.2f} {p['server_us_per_packet']:>7.2f} "
+            f"{p['consumers_per_core'] or 0:>9} {lat['p50'] or 0:>7.3f} {lat['p99'] or 0:>7.3f} "
+            f"{p['loss']:>9.2e} {p['server_rss_kib'] / 1024:>7.1f} "
+            f"{p['server_io_thread_sys_s'] / max(p['server_cpu_s'], 1e-9):>6.0%} "
+            f"{p['loadgen_cpu_share']:>7.2f}")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--viewers", default="10,50,100,250,500,1000,2000")
+    ap.add_argument("--profiles", default="gcm,cm")
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--duration", type=float, default=6.0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the JSON record, not a table")
+    args = ap.parse_args()
+    if not LOADGEN.exists():
+        sys.exit(f"{LOADGEN} missing: cargo build --release -p pysfu-loadgen")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    viewers = [int(v) for v in args.viewers.split(",") if v]
+    profiles = [p for p in args.profiles.split(",") if p]
+    rev, dirty = git_rev()
+    started = datetime.datetime.now(datetime.UTC)
+    points = []
+    for profile in profiles:
+        for n in viewers:
+            if 2 * n + 64 > hard:
+                print(f"skipping {n} viewers: file descriptor limit {hard}", file=sys.stderr)
+                continue
+            point = trio.run(run_point, n, profile, args)
+            points.append(point)
+            print(table([point]).splitlines()[-1] if len(points) > 1 else table([point]),
+                  file=sys.stderr, flush=True)
+    record = {
+        "bench": "sfu_load",
+        "git_rev": rev,
+        "git_dirty": dirty,
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "workload": {"video": "VP8-like 1.5 Mbit/s, 1200-byte packets, 30 fps, key frame "
+                              "(30 packets) every 2 s, one burst per frame",
+                     "audio": "50 packets/s, 160-byte payload",
+                     "consumers_per_viewer": 2, "warmup_s": args.warmup,
+                     "duration_s": args.duration},
+        "points": points,
+    }
+    if not args.no_save:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{started.strftime('%Y%m%dT%H%M%SZ')}-{rev}{'-dirty' if dirty else ''}.json"
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(table(points))
+
+
+if __name__ == "__main__":
+    main()
