@@ -50,6 +50,7 @@ PROFILES = {
 VIDEO_SSRC, AUDIO_SSRC = 0x1111_0000, 0x2222_0000
 VIDEO_PT, AUDIO_PT, MID_EXT = 96, 111, 4  # as in tests/fixtures.py (Chrome's)
 LOADGEN = ROOT / "target" / "release" / "pysfu-loadgen"
+CEILING = ROOT / "target" / "release" / "pysfu-ceiling"
 SETUP_CONCURRENCY = 16
 
 
@@ -187,6 +188,17 @@ async def run_point(viewers: int, profile: str, args: argparse.Namespace) -> dic
                                if us and per_consumer_pps else None),
         "forwarded_pps_per_core": round(1e6 / us) if us else None,
     })
+    if args.ceiling and result["forwarded_pps"] > 0:
+        # This host's floor for the same egress: protect + sendmmsg to as many loopback
+        # sockets (drained) at the same packet rate, with no routing at all.
+        done = await trio.run_process(
+            [str(CEILING), "--consumers", str(viewers), "--pps",
+             str(int(result["forwarded_pps"])), "--seconds", str(args.duration),
+             "--profile", profile], capture_stdout=True)
+        ceiling = json.loads(done.stdout)
+        result["ceiling"] = ceiling
+        result["x_ceiling"] = (round(us / ceiling["cpu_us_per_pkt"], 2)
+                               if us and ceiling["cpu_us_per_pkt"] else None)
     return result
 
 
@@ -217,7 +229,7 @@ def git_rev() -> tuple[str, bool]:
 def table(points: list[dict[str, Any]]) -> str:
     head = (f"{'profile':<24} {'viewers':>7} {'consumers':>9} {'fwd pps':>9} {'srv CPU':>7} "
             f"{'µs/pkt':>7} {'cons/core':>9} {'p50 ms':>7} {'p99 ms':>7} {'loss':>9} "
-            f"{'RSS MiB':>7} {'kernel':>6} {'gen CPU':>7}")
+            f"{'RSS MiB':>7} {'kernel':>6} {'gen CPU':>7} {'ceil µs':>7} {'×ceil':>5}")
     rows = [head, "-" * len(head)]
     for p in points:
         lat = p["latency_ms"]
@@ -227,7 +239,9 @@ def table(points: list[dict[str, Any]]) -> str:
             f"{p['consumers_per_core'] or 0:>9} {lat['p50'] or 0:>7.3f} {lat['p99'] or 0:>7.3f} "
             f"{p['loss']:>9.2e} {p['server_rss_kib'] / 1024:>7.1f} "
             f"{p['server_io_thread_sys_s'] / max(p['server_cpu_s'], 1e-9):>6.0%} "
-            f"{p['loadgen_cpu_share']:>7.2f}")
+            f"{p['loadgen_cpu_share']:>7.2f} "
+            f"{(p.get('ceiling') or {}).get('cpu_us_per_pkt', 0):>7.2f} "
+            f"{p.get('x_ceiling') or 0:>5.2f}")
     return "\n".join(rows)
 
 
@@ -240,6 +254,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the JSON record, not a table")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                    help="skip the per-point ceiling run (pysfu-ceiling)")
     args = ap.parse_args()
     if not LOADGEN.exists():
         sys.exit(f"{LOADGEN} missing: cargo build --release -p pysfu-loadgen")
