@@ -17,7 +17,7 @@ import sfu_load  # noqa: E402
 async def test_two_viewers_receive_every_packet_intact() -> None:
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "pysfu-loadgen"], cwd=ROOT,
                    check=True, timeout=900)
-    args = argparse.Namespace(warmup=0.6, duration=1.0)
+    args = argparse.Namespace(warmup=0.6, duration=1.0, ceiling=True)
     r = await sfu_load.run_point(2, "gcm", args)
     sent = r["producer_sent"]
     assert sent["video_window"] > 0 and sent["audio_window"] > 0
@@ -29,3 +29,7 @@ async def test_two_viewers_receive_every_packet_intact() -> None:
     assert r["latency_ms"]["p50"] is not None and r["latency_ms"]["p50"] < 1000
     assert r["server_cpu_s"] >= 0 and r["server_rss_kib"] > 0
     assert r["consumers"] == 4
+    # The ceiling run at the same point sent and drained its packets and measured a cost.
+    ceiling = r["ceiling"]
+    assert ceiling["consumers"] == 2 and ceiling["sent"] > 0
+    assert ceiling["received"] == ceiling["sent"] and ceiling["cpu_us_per_pkt"] > 0
