@@ -531,6 +531,13 @@ struct Consumer {
     quality: ConsumerQuality,
 }
 
+impl Consumer {
+    /// The consumer's MID header extension (id, value), when it has one.
+    fn mid_ext(&self) -> Option<(u8, &[u8])> {
+        self.mid_ext_id.zip(self.mid.as_deref())
+    }
+}
+
 /// Tiny xorshift PRNG for sequence-number starts; seeded from the OS.
 struct Rng(u64);
 
@@ -1629,22 +1636,15 @@ impl Router {
                 c.dropped += 1;
                 continue;
             };
+            let ts_out = c.ts.apply(hdr.timestamp);
             let mut buf = out.take_buf();
-            let written = match (c.mid_ext_id, c.mid.as_deref()) {
-                (Some(id), Some(mid)) => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map, &[(id, mid)]),
-                _ => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map, &[]),
-            };
-            if written.is_err() {
+            let egress = Egress { seq: seq_out, timestamp: ts_out, ssrc: c.ssrc, pt: cpt };
+            if write_egress(&mut buf, pkt, &hdr, &map, c.mid_ext(), egress).is_err() {
                 drops.inc(Drop::RtpMalformed);
                 out.give_back(buf);
                 continue;
             }
-            rtp::set_sequence(&mut buf, seq_out);
-            let ts_out = c.ts.apply(hdr.timestamp);
-            rtp::set_timestamp(&mut buf, ts_out);
             c.last_out = Some(now);
-            rtp::set_ssrc(&mut buf, c.ssrc);
-            rtp::set_payload_type(&mut buf, cpt);
             if tx.protect_rtp(&mut buf).is_err() {
                 drops.inc(Drop::ProtectFailed);
                 out.give_back(buf);
@@ -1948,17 +1948,6 @@ impl Router {
             let r = ext_map[id as usize];
             (r != 0).then_some(r)
         };
-        let mut buf = out.take_buf();
-        let written = match (c.mid_ext_id, c.mid.as_deref()) {
-            (Some(id), Some(mid)) => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map_ext, &[(id, mid)]),
-            _ => rtp::rewrite_extensions(&mut buf, pkt, &hdr, map_ext, &[]),
-        };
-        if written.is_err() {
-            drops.inc(Drop::RtpMalformed);
-            out.give_back(buf);
-            return;
-        }
-        rtp::set_sequence(&mut buf, seq_out);
         // In the consumer's timestamps (simulcast offset of the packet's stream).
         let ts_offset = match stream as usize {
             s if s == c.ts_source => c.ts.offset(),
@@ -1966,13 +1955,21 @@ impl Router {
             _ => {
                 // From two or more switches ago: its timestamp mapping is gone.
                 drops.inc(Drop::NackNotBuffered);
-                out.give_back(buf);
                 return;
             }
         };
-        rtp::set_timestamp(&mut buf, hdr.timestamp.wrapping_add(ts_offset));
-        rtp::set_ssrc(&mut buf, c.ssrc);
-        rtp::set_payload_type(&mut buf, cpt);
+        let mut buf = out.take_buf();
+        let egress = Egress {
+            seq: seq_out,
+            timestamp: hdr.timestamp.wrapping_add(ts_offset),
+            ssrc: c.ssrc,
+            pt: cpt,
+        };
+        if write_egress(&mut buf, pkt, &hdr, &map_ext, c.mid_ext_id.zip(c.mid.as_deref()), egress).is_err() {
+            drops.inc(Drop::RtpMalformed);
+            out.give_back(buf);
+            return;
+        }
         let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);
         if let (Some(rtx_ssrc), Some(rtx_pt)) = (c.rtx_ssrc, rtx_pt) {
             let mut rtx = out.take_buf();
@@ -2217,6 +2214,37 @@ impl Router {
         }
         Err(RouterError::Unknown(format!("unknown handle {h}")))
     }
+}
+
+/// Where a producer packet goes for one consumer: its sequence number, timestamp, SSRC, PT.
+#[derive(Clone, Copy)]
+struct Egress {
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    pt: u8,
+}
+
+/// Write the consumer's copy of `pkt` into `buf`: router extension ids (plus the consumer's
+/// mid), then its sequence number, timestamp, SSRC and payload type. Shared by forwarding and
+/// retransmission so both always produce the same packet.
+fn write_egress(
+    buf: &mut Vec<u8>,
+    pkt: &[u8],
+    hdr: &rtp::RtpHeader,
+    map: &impl Fn(u8) -> Option<u8>,
+    mid: Option<(u8, &[u8])>,
+    e: Egress,
+) -> std::result::Result<(), rtp::RtpError> {
+    match mid {
+        Some(m) => rtp::rewrite_extensions(buf, pkt, hdr, map, &[m])?,
+        None => rtp::rewrite_extensions(buf, pkt, hdr, map, &[])?,
+    }
+    rtp::set_sequence(buf, e.seq);
+    rtp::set_timestamp(buf, e.timestamp);
+    rtp::set_ssrc(buf, e.ssrc);
+    rtp::set_payload_type(buf, e.pt);
+    Ok(())
 }
 
 /// Find the producer stream of an SSRC not seen before (MID, then RID/RRID, then the single
