@@ -1317,14 +1317,7 @@ impl Router {
             let mut buf = out.take_buf();
             rec.build_feedback(&mut buf, 0, t.twcc_media_ssrc);
             t.twcc_last = Some(now);
-            if tx.protect_rtcp(&mut buf).is_err() {
-                drops.inc(Drop::ProtectFailed);
-                out.give_back(buf);
-                continue;
-            }
-            t.stats.tx(buf.len());
-            t.rtcp_out += 1;
-            out.push(dest, buf);
+            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
         }
     }
 
@@ -1793,14 +1786,9 @@ impl Router {
                 rtcp::build_fir(&mut buf, ssrc, &[(ssrc, e.kf.fir_seq)])
             }
         }
-        if tx.protect_rtcp(&mut buf).is_err() {
-            drops.inc(Drop::ProtectFailed);
-            out.give_back(buf);
+        if !push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf) {
             return;
         }
-        t.stats.tx(buf.len());
-        t.rtcp_out += 1;
-        out.push(dest, buf);
         e.kf.outstanding_since = Some(now);
         e.kf.wanted = false;
         e.kf.requests_sent += 1;
@@ -2079,14 +2067,7 @@ impl Router {
             let mut buf = out.take_buf();
             rtcp::build_sr(&mut buf, &info, &[]);
             rtcp::build_sdes_cname(&mut buf, c.ssrc, &c.quality.cname);
-            if tx.protect_rtcp(&mut buf).is_err() {
-                drops.inc(Drop::ProtectFailed);
-                out.give_back(buf);
-                continue;
-            }
-            t.stats.tx(buf.len());
-            t.rtcp_out += 1;
-            out.push(dest, buf);
+            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
         }
         let mut blocks: Vec<rtcp::ReportBlock> = Vec::new();
         for t in transports.values_mut() {
@@ -2107,14 +2088,7 @@ impl Router {
             let (false, Some(tx), Some(dest)) = (blocks.is_empty(), t.tx.as_mut(), dest) else { continue };
             let mut buf = out.take_buf();
             rtcp::build_rr(&mut buf, t.rtcp_ssrc, &blocks);
-            if tx.protect_rtcp(&mut buf).is_err() {
-                drops.inc(Drop::ProtectFailed);
-                out.give_back(buf);
-                continue;
-            }
-            t.stats.tx(buf.len());
-            t.rtcp_out += 1;
-            out.push(dest, buf);
+            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
         }
     }
 
@@ -2214,6 +2188,28 @@ impl Router {
         }
         Err(RouterError::Unknown(format!("unknown handle {h}")))
     }
+}
+
+/// Protect an RTCP packet we built and queue it to `dest`, counting it on its transport;
+/// false (the buffer recycled, the drop counted) if protection failed.
+fn push_rtcp(
+    tx: &mut SrtpContext,
+    stats: &mut Counters,
+    rtcp_out: &mut u64,
+    drops: &mut Drops,
+    out: &mut Output,
+    dest: SocketAddr,
+    mut buf: Vec<u8>,
+) -> bool {
+    if tx.protect_rtcp(&mut buf).is_err() {
+        drops.inc(Drop::ProtectFailed);
+        out.give_back(buf);
+        return false;
+    }
+    stats.tx(buf.len());
+    *rtcp_out += 1;
+    out.push(dest, buf);
+    true
 }
 
 /// Where a producer packet goes for one consumer: its sequence number, timestamp, SSRC, PT.
