@@ -1,5 +1,6 @@
 //! pysfu data plane. Python sees only `pysfu._native`; everything per-packet stays here.
 
+mod bytes;
 pub mod nack;
 pub mod reports;
 pub mod rtcp;

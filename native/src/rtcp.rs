@@ -9,6 +9,7 @@
 //! Builders append to a `Vec<u8>` (so several calls make a compound packet); they allocate
 //! only when the `Vec` lacks capacity.
 
+use crate::bytes::{be16, be32};
 use std::ops::Range;
 
 pub const PT_SR: u8 = 200;
@@ -53,18 +54,6 @@ impl std::fmt::Display for RtcpError {
 }
 
 impl std::error::Error for RtcpError {}
-
-#[inline]
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([s[0], s[1]]))
-}
-
-#[inline]
-fn be32(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-}
 
 /// Sender info of an SR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

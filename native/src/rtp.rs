@@ -7,6 +7,8 @@
 //! allocates except where a function takes an output `Vec` (documented per function: the
 //! `Vec` is cleared and reused; it allocates only when its capacity is too small).
 
+use crate::bytes::{be16, be32};
+
 /// One-byte header extension profile (RFC 8285 §4.2).
 pub const EXT_ONE_BYTE: u16 = 0xBEDE;
 /// Two-byte header extension profile (RFC 8285 §4.3), low 4 bits are "appbits".
@@ -91,18 +93,6 @@ impl RtpHeader {
     pub fn packet_len(&self) -> usize {
         self.header_len + self.payload_len + self.padding_len
     }
-}
-
-#[inline]
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([s[0], s[1]]))
-}
-
-#[inline]
-fn be32(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// Parse and validate an RTP header: version 2, CSRCs and extension block inside the

@@ -27,6 +27,7 @@
 //! `allow_repeat_tx`). The SRTCP index of each sender SSRC starts at 1 and counts up, as in
 //! libsrtp.
 
+use crate::bytes::{be16, be32};
 use aes::cipher::consts::U16;
 use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{
@@ -400,18 +401,6 @@ fn gcm_keys(key: &[u8], salt: [u8; 12]) -> Result<GcmKeys, SrtpError> {
         key_len: key.len(),
         salt,
     })
-}
-
-#[inline]
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at + 2)?;
-    Some(u16::from_be_bytes([s[0], s[1]]))
-}
-
-#[inline]
-fn be32(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at + 4)?;
-    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// Length of the RTP header (fixed part, CSRCs, extension block): the part that SRTP leaves
