@@ -63,9 +63,11 @@ class TokenBucket:
 
 class Session:
     def __init__(
-        self, ws: trio_websocket.WebSocketConnection, ctx: ServerContext, rooms: RoomRegistry
+        self, ws: trio_websocket.WebSocketConnection, ctx: ServerContext, rooms: RoomRegistry,
+        *, remote: str = "",
     ) -> None:
         self.ws = ws
+        self.remote = remote  # "ip:port" of the client, for logs and per-address limits
         self.ctx = ctx
         self.rooms = rooms
         self.room: Room | None = None
