@@ -1,0 +1,149 @@
+"""A live host -> viewer stream in a room of its own, to show that an attack elsewhere harmed
+no one: ``async with live_stream(server) as live: <attack>`` then ``live.assert_intact()``.
+
+The host sends one numbered VP8 packet every ``interval`` over real UDP, SRTP and the engine;
+the viewer records what arrived and how late. Both keep ICE consent alive, so the stream
+survives tests longer than ``consent_timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from pysfu.client import connect
+from tests.fixtures import device_caps, vp8_producer
+from tests.webrtc_peer import WebRtcPeer, build_rtp, stun_binding_request, vp8_payload
+
+if TYPE_CHECKING:
+    from pysfu.server import Server
+
+VP8_PT = 96  # the host's PT and MID extension id, as in fixtures.vp8_producer
+MID_EXT = 4
+HOST_SSRC = 0x4C49_5645
+CONSENT_INTERVAL = 2.0  # seconds between the peers' consent checks
+TAIL = 1.0  # seconds the viewer waits for the last packets after the host stops
+
+
+@dataclass
+class LiveStream:
+    room: str
+    sent: dict[int, float] = field(default_factory=dict)  # seq -> time sent (trio clock)
+    received: dict[int, float] = field(default_factory=dict)  # seq -> time received
+    duplicates: int = 0
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return sorted(1000 * (self.received[s] - t) for s, t in self.sent.items()
+                      if s in self.received)
+
+    def summary(self) -> dict[str, float]:
+        lat = self.latencies_ms
+        return {
+            "sent": len(self.sent),
+            "received": len(self.received),
+            "lost": len(set(self.sent) - set(self.received)),
+            "p50_ms": statistics.median(lat) if lat else float("nan"),
+            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
+        }
+
+    def assert_intact(self, *, min_packets: int = 20) -> dict[str, float]:
+        """Every packet the host sent arrived once; returns the summary (for figures)."""
+        summary = self.summary()
+        assert len(self.sent) >= min_packets, f"the live stream barely ran: {summary}"
+        missing = sorted(set(self.sent) - set(self.received))
+        assert not missing, f"live stream lost {len(missing)} packets (first {missing[:5]}): " \
+                            f"{summary}"
+        assert self.duplicates == 0, f"{self.duplicates} duplicates: {summary}"
+        return summary
+
+
+async def _open_peer(client: object, room: str, direction: str) -> WebRtcPeer:
+    transport = await client.create_transport(room, direction)  # type: ignore[attr-defined]
+    peer = WebRtcPeer(transport)
+    await peer.bind()
+    await client.connect_transport(  # type: ignore[attr-defined]
+        room, transport["id"], peer.dtls_parameters())
+    await peer.connect()
+    return peer
+
+
+async def _keep_consent(peer: WebRtcPeer) -> None:
+    request = stun_binding_request(f"{peer.ice['usernameFragment']}:{peer.ufrag}",
+                                   peer.ice["password"])
+    while True:
+        await trio.sleep(CONSENT_INTERVAL)
+        await peer.sock.sendto(request, peer.server)
+
+
+@asynccontextmanager
+async def live_stream(server: Server, *, interval: float = 0.005,
+                      room: str | None = None) -> AsyncIterator[LiveStream]:
+    """Run a host -> viewer stream in its own room for the duration of the block."""
+    room = room or "live-" + os.urandom(4).hex()
+    live = LiveStream(room)
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    async with AsyncExitStack() as stack:
+        host = await stack.enter_async_context(connect(url))
+        viewer = await stack.enter_async_context(connect(url))
+        await host.join(room, "host", "live-host")
+        host_peer = await _open_peer(host, room, "send")
+        stack.callback(host_peer.close)
+        producer_id = await host.produce(room, host_peer.transport["id"], "video",
+                                         vp8_producer(mid="0", ssrc=HOST_SSRC))
+        await viewer.join(room, "viewer", "live-viewer")
+        viewer_peer = await _open_peer(viewer, room, "recv")
+        stack.callback(viewer_peer.close)
+        caps = device_caps(await viewer.router_rtp_capabilities(room))
+        consumer = await viewer.consume(room, viewer_peer.transport["id"], producer_id, caps)
+        await viewer.resume_consumer(room, consumer["id"])
+
+        first_seq = 1000
+        stop = trio.Event()
+
+        async def send() -> None:
+            seq = first_seq
+            while not stop.is_set():
+                rtp = build_rtp(VP8_PT, seq, 90 * seq, HOST_SSRC,
+                                vp8_payload(keyframe=seq == first_seq, size=200),
+                                marker=True, extensions={MID_EXT: b"0"})
+                live.sent[seq] = trio.current_time()
+                await host_peer.send_rtp(rtp)
+                seq += 1
+                await trio.sleep(interval)
+
+        async def receive() -> None:
+            # Output sequence numbers start anywhere; the payload carries no number, so map
+            # by order of the first packet (the stream is in order on loopback).
+            base: int | None = None
+            while True:
+                packet = await viewer_peer.recv_rtp(timeout=3600)
+                if packet is None:
+                    continue
+                if base is None:
+                    base = (packet.seq - first_seq) & 0xFFFF
+                seq = first_seq + ((packet.seq - base - first_seq) & 0xFFFF)
+                if seq in live.received:
+                    live.duplicates += 1
+                else:
+                    live.received[seq] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            nursery.start_soon(_keep_consent, host_peer)
+            nursery.start_soon(_keep_consent, viewer_peer)
+            nursery.start_soon(send)
+            try:
+                yield live
+            finally:
+                stop.set()
+                with trio.move_on_after(TAIL):
+                    while set(live.sent) - set(live.received):
+                        await trio.sleep(0.02)
+                nursery.cancel_scope.cancel()
