@@ -40,6 +40,13 @@ class Config:
     max_transports_per_peer: int = 4
     max_producers_per_peer: int = 8
     max_consumers_per_peer: int = 64
+    # What one peer may pull: the producers' bitrates (declared maxBitrate or measured, the
+    # larger) summed over its consumers, bits/s.
+    max_consumed_bitrate_per_peer: int = 50_000_000
+    # Rooms one address (IP) may create per minute; a connection must join within
+    # join_timeout seconds or it is closed.
+    max_rooms_per_address_per_minute: int = 30
+    join_timeout: float = 10.0
     requests_per_second: float = 50.0
     request_burst: int = 100
     log_level: str = "info"
@@ -97,12 +104,14 @@ def _check(cfg: Config) -> Config:
         fail("announced_ip", "must not be blank")
     if ipaddress.ip_address(cfg.rtc_ip).is_unspecified and cfg.announced_ip is None:
         fail("rtc_ip", "listening on all addresses needs announced_ip (the address viewers reach)")
-    for name in ("host_grace_period", "consent_timeout", "dtls_timeout", "requests_per_second"):
+    for name in ("host_grace_period", "consent_timeout", "dtls_timeout", "requests_per_second",
+                 "join_timeout"):
         if not getattr(cfg, name) > 0:
             fail(name, "must be > 0")
     for name in (
         "max_message_size", "max_rooms", "max_peers_per_room", "max_transports_per_peer",
         "max_producers_per_peer", "max_consumers_per_peer", "request_burst",
+        "max_consumed_bitrate_per_peer", "max_rooms_per_address_per_minute",
     ):
         if getattr(cfg, name) < 1:
             fail(name, "must be >= 1")
