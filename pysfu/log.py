@@ -34,17 +34,31 @@ class LogfmtFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_") and value is not None:
                 parts.append(f"{key}={_quote(value)}")
-        if record.exc_info:
+        if record.exc_info and record.exc_info[0] is not None:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        if record.stack_info:
+            parts.append(f"stack={_quote(record.stack_info)}")
         return " ".join(parts)
 
 
 def log_event(
     logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: Any
 ) -> None:
-    """Log one event with its fields (room, peer, transport, ... ids)."""
-    if logger.isEnabledFor(level):
-        logger.log(level, event, extra=fields)
+    """Log one event with its fields (room, peer, transport, ... ids).
+
+    ``exc_info`` (True, an exception or an exc_info tuple) and ``stack_info`` are passed to
+    ``logging`` as such, so the record carries the traceback (``exc=`` in the line). A field
+    named like a ``LogRecord`` attribute (``name``, ``args``, ...) is logged with a trailing
+    ``_`` instead of making ``logging`` raise: logging an event must never fail.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    exc_info = fields.pop("exc_info", None)
+    stack_info = bool(fields.pop("stack_info", False))
+    extra = {(f"{key}_" if key in _RESERVED or key == "asctime" else key): value
+             for key, value in fields.items()}
+    logger.log(level, event, exc_info=exc_info, stack_info=stack_info, extra=extra,
+               stacklevel=2)
 
 
 def configure(level: str = "info") -> None:
