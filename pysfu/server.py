@@ -2,19 +2,36 @@
 
 ``serve(config)`` runs until cancelled. Tests start it on port 0 with ``nursery.start`` and
 get the ``Server`` back, with the real ports.
+
+The listener faces anyone, so every connection runs inside a boundary
+(``Server._handle_connection``): whatever escapes it (an exception group from a nursery, a
+reset during the WebSocket handshake, a bug in a request handler) is logged with the client's
+address and closes that connection only. ``trio.serve_tcp`` does not catch handler errors: one
+escaping exception would cancel the listener and every room with it.
+
+Deadlines and bounds, each named below or a config setting: the request head must arrive
+within ``http_timeout`` and the WebSocket be accepted within ``http_timeout`` of the TCP
+connect; each write to a client gets ``write_timeout``; at most ``max_handshakes`` connections
+are between accept and answer at once (over that a new connection is closed at once);
+WebSocket ping/pong frames are limited per connection (``PINGS_PER_SECOND``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import json
 import logging
 import mimetypes
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+import h11
 import trio
 import trio_websocket
 
@@ -29,7 +46,48 @@ from pysfu.signaling.session import Session
 logger = logging.getLogger("pysfu.server")
 
 WEB_ROOT = Path(__file__).parent / "web" / "dist"
-_MAX_HEAD = 16 * 1024
+
+# HTTP request head (request line + headers), bytes: h11's max_incomplete_event_size. Over it
+# the answer is 431. wsproto parses the head again with h11's default, which is the same.
+MAX_HEAD_SIZE = 16 * 1024
+# Request target (path and query), bytes; longer is 400 (no file of ours has such a name).
+MAX_TARGET_LENGTH = 1024
+RECEIVE_SIZE = 4096
+# After an answer we half-close and read what the client still sends for at most this long
+# (and this much), so that unread request bytes do not turn our close into a reset that
+# destroys the answer in flight.
+LINGER_TIMEOUT = 1.0
+LINGER_BYTES = 64 * 1024
+# WebSocket control frames (ping, pong) a client may send: a token bucket per connection.
+# Browsers send none on their own; libraries ping every few seconds.
+PINGS_PER_SECOND = 20.0
+PING_BURST = 40
+CLOSE_POLICY_VIOLATION = 1008
+
+# The demo page (pysfu/web/dist) loads only its own script and style sheet, uses a data: URL
+# as favicon and opens a WebSocket to its own origin ('self' covers ws:// and wss:// of the
+# page's host in CSP Level 3 browsers).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode()),
+)
+_REASONS = {
+    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 414: b"URI Too Long", 426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large",
+}
+
+# A client that goes away (reset, close, half-sent frame): not our bug, logged quietly.
+_DISCONNECTS = (
+    trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed,
+    ConnectionError,
+)
 
 
 @dataclass
@@ -45,26 +103,185 @@ class ServerContext:
         return next(self._handles)
 
 
-class _ReplayStream(trio.abc.Stream):
-    """A stream that first returns bytes already read (the HTTP head we peeked at)."""
+class StartupError(Exception):
+    """The server cannot start (a port in use, ...): one line for the operator."""
 
-    def __init__(self, prefix: bytes, stream: trio.SocketStream) -> None:
-        self._prefix = prefix
+
+def load_static(root: Path = WEB_ROOT) -> dict[str, tuple[bytes, bytes]]:
+    """Every file under ``root``, read once: URL path -> (content, content type).
+
+    Requests are answered from this dict only, so nothing a client sends (NUL bytes, long or
+    ``..`` segments) ever reaches the file system."""
+    files: dict[str, tuple[bytes, bytes]] = {}
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            if not path.is_file():
+                continue
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            if ctype.startswith("text/") or ctype in ("application/javascript",
+                                                      "application/json"):
+                ctype += "; charset=utf-8"
+            files["/" + path.relative_to(root).as_posix()] = (path.read_bytes(), ctype.encode())
+    if "/index.html" in files:
+        files["/"] = files["/index.html"]
+    return files
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        ip, port, *_ = stream.socket.getpeername()
+    except OSError:  # already gone
+        return "?"
+    return f"{ip}:{port}"
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+@dataclass
+class _Head:
+    request: h11.Request
+    raw: bytes  # the head exactly as received
+    rest: bytes  # bytes received after the head (a client may send frames right away)
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.request.headers:
+            if key == name:  # h11 lower-cases names
+                return value
+        return None
+
+
+class _ControlFrameCounter:
+    """Follows RFC 6455 frame boundaries in the bytes a client sends, to count ping and pong
+    frames before anything parses them.
+
+    Why here: trio-websocket answers pings inside its reader task (``_handle_ping_event``),
+    where no public hook exists; subclassing it would mean copying ``wrap_server_stream`` and
+    relying on private methods. The framing is fixed by the RFC, so counting in the stream
+    below the library costs a few integer operations per frame and stays correct whatever
+    the library version does."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens = float(burst)
+        self.stamp = trio.current_time()
+        self._header = bytearray()
+        self._skip = 0  # payload bytes of the current frame still to pass
+
+    def _take(self) -> bool:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def _header_length(self) -> int:
+        if len(self._header) < 2:
+            return 2
+        second = self._header[1]
+        size = second & 0x7F
+        return 2 + (2 if size == 126 else 8 if size == 127 else 0) + (4 if second & 0x80 else 0)
+
+    def feed(self, data: bytes) -> int | None:
+        """Account ``data``; the offset where a control frame over the limit starts (within
+        ``data``, 0 if its header began in an earlier chunk), else None."""
+        i, n = 0, len(data)
+        while i < n:
+            if self._skip:
+                step = min(self._skip, n - i)
+                self._skip -= step
+                i += step
+                continue
+            start = i - len(self._header)
+            take = min(self._header_length() - len(self._header), n - i)
+            self._header += data[i:i + take]
+            i += take
+            if len(self._header) < self._header_length():
+                continue
+            opcode = self._header[0] & 0x0F
+            size = self._header[1] & 0x7F
+            if size == 126:
+                size = int.from_bytes(self._header[2:4], "big")
+            elif size == 127:
+                size = int.from_bytes(self._header[2:10], "big")
+            self._header.clear()
+            self._skip = size
+            if opcode in (0x9, 0xA) and not self._take():
+                return max(start, 0)
+        return None
+
+
+class _WebSocketStream(trio.abc.Stream):
+    """The client's TCP stream as trio-websocket sees it.
+
+    It replays the HTTP head we already read, counts ping/pong frames (over the limit: a
+    1008 close frame, then end of stream), gives every write ``write_timeout`` (a client
+    that does not read is dropped, not waited for), and calls ``on_close`` when the library
+    closes the stream (it does so on a rejected handshake and then never hands out a
+    request: ``on_close`` ends our wait instead of leaving the task parked forever)."""
+
+    def __init__(self, stream: trio.SocketStream, head: _Head, write_timeout: float) -> None:
         self._stream = stream
+        self._replay = head.raw
+        self._pending = head.rest
+        self._write_timeout = write_timeout
+        self._send_lock = trio.Lock()
+        self._pings = _ControlFrameCounter(PINGS_PER_SECOND, PING_BURST)
+        self._ended = False  # no more bytes go up (ping flood)
+        self._write_closed = False
+        self.violation: str | None = None
+        self.on_close: Callable[[], None] | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
+        if self._replay:
+            data, self._replay = self._replay, b""
             return data
-        return await self._stream.receive_some(max_bytes)
+        if self._ended:
+            return b""
+        if self._pending:
+            data, self._pending = self._pending, b""
+        else:
+            data = await self._stream.receive_some(max_bytes)
+        over = self._pings.feed(data)
+        if over is not None:
+            self._ended = True
+            self.violation = "ping_flood"
+            await self._close_frame(CLOSE_POLICY_VIOLATION, b"too many pings")
+            return data[:over]  # the frames before the offending one; b"" is end of stream
+        return data
+
+    async def _close_frame(self, code: int, reason: bytes) -> None:
+        payload = struct.pack("!H", code) + reason[:123]
+        async with self._send_lock:
+            if self._write_closed:
+                return
+            self._write_closed = True
+            # Whole frames only go through this lock, so the close frame cannot split one.
+            with trio.move_on_after(min(self._write_timeout, 1.0)):
+                await self._stream.send_all(bytes([0x88, len(payload)]) + payload)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        async with self._send_lock:
+            if self._write_closed:
+                raise trio.ClosedResourceError("connection closed by the server")
+            with trio.move_on_after(self._write_timeout) as scope:
+                await self._stream.send_all(data)
+            if scope.cancelled_caught:
+                self._write_closed = True
+                self.violation = self.violation or "slow_reader"
+                raise trio.BrokenResourceError("client did not read within write_timeout")
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
+        if self.on_close is not None:
+            self.on_close()
         await self._stream.aclose()
 
 
@@ -72,11 +289,18 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         caps = ortc.generate_router_rtp_capabilities(config.media_codecs, transport_cc="recv")
-        self.media = MediaEngine(config.rtc_ip, config.rtc_port)
+        try:
+            self.media = MediaEngine(config.rtc_ip, config.rtc_port)
+        except (OSError, ValueError) as exc:
+            raise StartupError(
+                f"cannot open the media UDP port {config.rtc_ip}:{config.rtc_port} "
+                f"(rtc_ip/rtc_port): {exc}") from None
         self.ctx = ServerContext(config, Certificate.generate(), caps, self.media)
+        self.static = load_static()
         self.rooms: RoomRegistry | None = None
         self.port: int = config.port
         self.sessions = 0
+        self.handshakes = 0  # connections between accept and answer / accepted WebSocket
 
     @property
     def rtc_port(self) -> int:
@@ -87,10 +311,14 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self.rooms = RoomRegistry(self.ctx, nursery)
                 nursery.start_soon(self.media.run)
-                listeners = await nursery.start(
-                    partial(trio.serve_tcp, host=self.config.host),
-                    self._handle_connection, self.config.port,
-                )
+                try:
+                    listeners = await trio.open_tcp_listeners(self.config.port,
+                                                              host=self.config.host)
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot listen on {self.config.host}:{self.config.port} "
+                        f"(host/port, HTTP and WebSocket): {exc.strerror or exc}") from None
+                await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
                 self.port = listeners[0].socket.getsockname()[1]
                 log_event(logger, "server.listening", host=self.config.host, port=self.port,
                           rtc_port=self.rtc_port, announced_ip=self.config.candidate_ip)
@@ -98,70 +326,180 @@ class Server:
         finally:
             self.media.close()
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
-        try:
-            head = b""
-            with trio.move_on_after(10):
-                while b"\r\n\r\n" not in head and len(head) < _MAX_HEAD:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        break
-                    head += chunk
-            request_line, _, rest = head.partition(b"\r\n")
-            parts = request_line.split(b" ")
-            if len(parts) != 3 or b"\r\n\r\n" not in head:
-                await self._respond(stream, 400, b"text/plain", b"bad request\n")
-                return
-            method, target = parts[0], parts[1].split(b"?")[0].decode("latin-1")
-            upgrade = b"upgrade: websocket" in rest.lower()
-            if target == "/ws" and upgrade:
-                await self._websocket(_ReplayStream(head, stream))
-            elif method in (b"GET", b"HEAD"):
-                await self._static(stream, target)
-            else:
-                await self._respond(stream, 405, b"text/plain", b"method not allowed\n")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            await stream.aclose()
+    # ---- one connection ---------------------------------------------------------------------
 
-    async def _websocket(self, stream: _ReplayStream) -> None:
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        """The boundary: nothing a connection does may escape into the listener."""
+        remote = _remote(stream)
+        try:
+            await self._connection(stream, remote)
+        except* _DISCONNECTS as group:
+            log_event(logger, "connection.dropped", level=logging.DEBUG, remote=remote,
+                      reason=_describe(group))
+        except* Exception as group:
+            log_event(logger, "connection.crashed", level=logging.ERROR, remote=remote,
+                      exc_info=_single(group))
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _connection(self, stream: trio.SocketStream, remote: str) -> None:
+        if self.handshakes >= self.config.max_handshakes:
+            log_event(logger, "connection.refused", level=logging.DEBUG, remote=remote,
+                      reason="max_handshakes")
+            return
+        deadline = trio.current_time() + self.config.http_timeout
+        self.handshakes += 1
+        in_handshake = True
+
+        def handshake_done() -> None:
+            nonlocal in_handshake
+            if in_handshake:
+                in_handshake = False
+                self.handshakes -= 1
+
+        try:
+            head: _Head | None = None
+            bad: _BadRequest | None = None
+            with trio.move_on_at(deadline):
+                try:
+                    head = await self._read_head(stream)
+                    if head is not None:
+                        _path(head.request.target)  # 400/414 before anything else
+                except _BadRequest as exc:
+                    bad = exc
+            if bad is not None:
+                handshake_done()
+                log_event(logger, "http.bad_request", level=logging.DEBUG, remote=remote,
+                          status=bad.status, reason=str(bad))
+                await self._respond(stream, bad.status, b"bad request\n")
+                return
+            if head is None:  # closed, or too slow to send a complete head
+                log_event(logger, "http.no_request", level=logging.DEBUG, remote=remote,
+                          reason="timeout" if trio.current_time() >= deadline else "closed")
+                return
+            await self._dispatch(stream, head, remote, deadline, handshake_done)
+        finally:
+            handshake_done()
+
+    async def _read_head(self, stream: trio.SocketStream) -> _Head | None:
+        """The request head parsed by h11; None if the client closed before sending one."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+        raw = bytearray()
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
+                raise _BadRequest(status, str(exc)) from None
+            if event is h11.NEED_DATA:
+                chunk = await stream.receive_some(RECEIVE_SIZE)
+                if not chunk:
+                    if not raw:
+                        return None
+                    conn.receive_data(b"")  # h11 now says whether the head was complete
+                    continue
+                raw += chunk
+                conn.receive_data(chunk)
+                continue
+            if isinstance(event, h11.Request):
+                rest = conn.trailing_data[0]
+                head_size = len(raw) - len(rest)
+                return _Head(event, bytes(raw[:head_size]), bytes(rest))
+            return None  # h11.ConnectionClosed and the like: nothing to answer
+
+    async def _dispatch(self, stream: trio.SocketStream, head: _Head, remote: str,
+                        deadline: float, handshake_done: Callable[[], None]) -> None:
+        request = head.request
+        path = _path(request.target)
+        method = request.method
+        if path == "/ws" and head.header(b"upgrade") is not None:
+            problem = _websocket_problem(head)
+            if problem is not None:
+                handshake_done()
+                log_event(logger, "websocket.bad_upgrade", level=logging.DEBUG, remote=remote,
+                          reason=problem[1])
+                extra = ((b"Sec-WebSocket-Version", b"13"),) if problem[0] == 426 else ()
+                await self._respond(stream, problem[0], problem[1].encode() + b"\n",
+                                    extra=extra)
+                return
+            await self._websocket(stream, head, remote, deadline, handshake_done)
+            return
+        handshake_done()
+        if method not in (b"GET", b"HEAD"):
+            await self._respond(stream, 405, b"method not allowed\n",
+                                extra=((b"Allow", b"GET, HEAD"),))
+            return
+        head_only = method == b"HEAD"
+        if path == "/healthz":
+            await self._respond(stream, 200, json.dumps(self.health()).encode(),
+                                b"application/json", head_only=head_only)
+        elif path == "/ws":
+            await self._respond(stream, 426, b"websocket upgrade expected\n",
+                                extra=((b"Upgrade", b"websocket"),), head_only=head_only)
+        elif path in self.static:
+            body, ctype = self.static[path]
+            await self._respond(stream, 200, body, ctype, head_only=head_only)
+        else:
+            await self._respond(stream, 404, b"not found\n", head_only=head_only)
+
+    async def _websocket(self, stream: trio.SocketStream, head: _Head, remote: str,
+                         deadline: float, handshake_done: Callable[[], None]) -> None:
+        wrapped = _WebSocketStream(stream, head, self.config.write_timeout)
         async with trio.open_nursery() as nursery:
-            request = await trio_websocket.wrap_server_stream(
-                nursery, stream, message_queue_size=4,
-                max_message_size=self.config.max_message_size,
-            )
-            ws = await request.accept()
+            ws: trio_websocket.WebSocketConnection | None = None
+            with trio.move_on_at(deadline) as scope:
+                wrapped.on_close = scope.cancel
+                request = await trio_websocket.wrap_server_stream(
+                    nursery, wrapped, message_queue_size=4,
+                    max_message_size=self.config.max_message_size,
+                )
+                ws = await request.accept(extra_headers=list(SECURITY_HEADERS))
+            wrapped.on_close = None
+            handshake_done()
+            if ws is None:
+                log_event(logger, "websocket.handshake_failed", level=logging.DEBUG,
+                          remote=remote,
+                          reason="timeout" if trio.current_time() >= deadline else "closed")
+                nursery.cancel_scope.cancel()
+                return
             assert self.rooms is not None
             self.sessions += 1
             try:
-                await Session(ws, self.ctx, self.rooms).run()
+                await Session(ws, self.ctx, self.rooms, remote=remote).run()
             finally:
                 self.sessions -= 1
                 nursery.cancel_scope.cancel()
+        if wrapped.violation is not None:
+            log_event(logger, "websocket.closed", level=logging.INFO, remote=remote,
+                      reason=wrapped.violation)
 
-    async def _static(self, stream: trio.SocketStream, target: str) -> None:
-        if target == "/healthz":
-            body = json.dumps(self.health()).encode()
-            await self._respond(stream, 200, b"application/json", body)
+    async def _respond(self, stream: trio.SocketStream, status: int, body: bytes,
+                       ctype: bytes = b"text/plain; charset=utf-8", *, head_only: bool = False,
+                       extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """One answer, then close: security headers on every answer, no Server header, no
+        body for HEAD, ``write_timeout`` for the whole answer."""
+        lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error")),
+                 b"Content-Type: " + ctype,
+                 b"Content-Length: %d" % len(body),
+                 b"Cache-Control: no-store",
+                 b"Connection: close"]
+        lines += [name + b": " + value for name, value in SECURITY_HEADERS + extra]
+        with trio.move_on_after(self.config.write_timeout) as scope:
+            await stream.send_all(b"\r\n".join(lines) + b"\r\n\r\n")
+            if body and not head_only:
+                await stream.send_all(body)  # shared bytes: nothing copied per connection
+            await stream.send_eof()
+        if scope.cancelled_caught:
+            log_event(logger, "http.slow_reader", level=logging.DEBUG, remote=_remote(stream),
+                      status=status)
             return
-        name = "index.html" if target in ("/", "") else target.lstrip("/")
-        path = (WEB_ROOT / name).resolve()
-        if WEB_ROOT.resolve() not in path.parents or not path.is_file():
-            await self._respond(stream, 404, b"text/plain", b"not found\n")
-            return
-        ctype = (mimetypes.guess_type(path.name)[0] or "application/octet-stream").encode()
-        await self._respond(stream, 200, ctype, path.read_bytes())
-
-    @staticmethod
-    async def _respond(stream: trio.SocketStream, status: int, ctype: bytes, body: bytes) -> None:
-        reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
-        head = (
-            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-            b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
-            % (status, reason.get(status, b""), ctype, len(body))
-        )
-        await stream.send_all(head + body)
+        with trio.move_on_after(LINGER_TIMEOUT):
+            drained = 0
+            while drained < LINGER_BYTES:
+                chunk = await stream.receive_some(RECEIVE_SIZE)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     def health(self) -> dict[str, Any]:
         rooms = self.rooms.rooms if self.rooms is not None else {}
@@ -170,6 +508,73 @@ class Server:
             "sessions": self.sessions,
             "engine": self.media.counts(),
         }
+
+
+def _path(target: bytes) -> str:
+    """The request's path, percent-decoded; 400/414 for what no file of ours can be called."""
+    if len(target) > MAX_TARGET_LENGTH:
+        raise _BadRequest(414, "request target too long")
+    raw = target.split(b"?", 1)[0]
+    try:
+        path = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadRequest(400, "path is not UTF-8") from None
+    if not path.startswith("/") or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in path):
+        raise _BadRequest(400, "bad path")
+    return path
+
+
+def _websocket_problem(head: _Head) -> tuple[int, str] | None:
+    """Why this is not a WebSocket upgrade wsproto would accept (status, reason), or None.
+
+    Checked here so that a bad upgrade gets its answer from us, at once, and never reaches
+    trio-websocket: given one, the library answers and closes the stream but then waits
+    forever for a request it will never produce (``wrap_server_stream`` never returns),
+    which kept ~12 KB per invalid upgrade."""
+    request = head.request
+    if request.method != b"GET" or request.http_version != b"1.1":
+        return 400, "websocket upgrade needs GET and HTTP/1.1"
+    tokens = [t.strip().lower() for t in (head.header(b"connection") or b"").split(b",")]
+    if b"upgrade" not in tokens:
+        return 400, "missing Connection: Upgrade"
+    if (head.header(b"upgrade") or b"").strip().lower() != b"websocket":
+        return 400, "missing Upgrade: websocket"
+    version = head.header(b"sec-websocket-version")
+    if version != b"13":
+        return (426 if version else 400), "Sec-WebSocket-Version must be 13"
+    key = head.header(b"sec-websocket-key") or b""
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        return 400, "bad Sec-WebSocket-Key"
+    try:
+        (head.header(b"host") or b"").decode("idna")  # what wsproto does with it
+        request.target.decode("ascii")
+    except UnicodeError:
+        return 400, "bad Host or target"
+    return None
+
+
+def _describe(group: BaseExceptionGroup) -> str:
+    leaves: list[str] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(type(exc).__name__)
+
+    walk(group)
+    return ",".join(sorted(set(leaves)))
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one exception of a group that holds one (except* wraps even a bare one)."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]  # type: ignore[assignment]
+    return group
 
 
 async def serve(config: Config, *,
