@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +35,13 @@ class Config:
     host_grace_period: float = 10.0
     consent_timeout: float = 30.0
     dtls_timeout: float = 30.0
+    # HTTP/WebSocket listener deadlines, seconds: the request head, and connect -> WebSocket
+    # accepted (http_timeout); one write to a client that does not read (write_timeout).
+    http_timeout: float = 10.0
+    write_timeout: float = 10.0
+    # Connections between TCP accept and a sent answer / accepted WebSocket, at once; over
+    # this a new connection is closed at once.
+    max_handshakes: int = 256
     # Limits on what a peer (or everyone) can create.
     max_message_size: int = 64 * 1024
     max_rooms: int = 1000
@@ -61,6 +70,22 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _LEVELS = ("debug", "info", "warning", "error")
+_TIMEOUTS = ("host_grace_period", "consent_timeout", "dtls_timeout", "join_timeout",
+             "http_timeout", "write_timeout")
+MAX_TIMEOUT = 3600.0  # seconds; a longer time-out is a mistake (or infinite), not a choice
+MAX_HANDSHAKES = 100_000
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_hostname(name: str) -> bool:
+    """An RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens,
+    1..63 characters each, 253 in all (one trailing dot allowed); the last label is not all
+    digits (RFC 3696 2), so a malformed IPv4 address is not taken for a name."""
+    if name.endswith("."):
+        name = name[:-1]
+    labels = name.split(".")
+    return (0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())
 
 
 def _coerce(name: str, raw: Any, *, from_text: bool) -> Any:
@@ -100,14 +125,25 @@ def _check(cfg: Config) -> Config:
             ipaddress.ip_address(getattr(cfg, name))
         except ValueError:
             fail(name, "must be an IP address")
-    if cfg.announced_ip is not None and not cfg.announced_ip.strip():
-        fail("announced_ip", "must not be blank")
+    if cfg.announced_ip is not None:
+        try:
+            announced = ipaddress.ip_address(cfg.announced_ip)
+        except ValueError:
+            if not is_hostname(cfg.announced_ip):
+                fail("announced_ip", "must be an IP address or a host name (RFC 1123)")
+        else:
+            if announced.is_unspecified or announced.is_multicast:
+                fail("announced_ip", "must be an address viewers can reach (not unspecified "
+                     "or multicast)")
     if ipaddress.ip_address(cfg.rtc_ip).is_unspecified and cfg.announced_ip is None:
         fail("rtc_ip", "listening on all addresses needs announced_ip (the address viewers reach)")
-    for name in ("host_grace_period", "consent_timeout", "dtls_timeout", "requests_per_second",
-                 "join_timeout"):
-        if not getattr(cfg, name) > 0:
-            fail(name, "must be > 0")
+    for name in _TIMEOUTS:
+        if not 0 < getattr(cfg, name) <= MAX_TIMEOUT:
+            fail(name, f"must be a number of seconds > 0 and <= {MAX_TIMEOUT:g}")
+    if not 0 < cfg.requests_per_second < math.inf:
+        fail("requests_per_second", "must be > 0 and finite")
+    if not 1 <= cfg.max_handshakes <= MAX_HANDSHAKES:
+        fail("max_handshakes", f"must be 1..{MAX_HANDSHAKES}")
     for name in (
         "max_message_size", "max_rooms", "max_peers_per_room", "max_transports_per_peer",
         "max_producers_per_peer", "max_consumers_per_peer", "request_burst",
