@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import trio
 
 from pysfu import log
-from pysfu.config import ConfigError, load_config
+from pysfu.config import Config, ConfigError, load_config
 from pysfu.log import log_event
 
 
@@ -38,14 +39,41 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"pysfu: {exc}\n")  # logging is not configured yet
         return 2
     log.configure(config.log_level)
-    from pysfu.server import serve
+    logger = logging.getLogger("pysfu")
+    from pysfu.server import StartupError
 
     try:
-        trio.run(serve, config)
-    except KeyboardInterrupt:
-        log_event(logging.getLogger("pysfu"), "server.stopped", reason="interrupt")
-    except OSError as exc:
-        log_event(logging.getLogger("pysfu"), "server.failed", level=logging.ERROR,
-                  error=str(exc))
+        stopped_by = trio.run(_serve_until_signal, config)
+    except KeyboardInterrupt:  # SIGINT before the signal receiver was in place
+        stopped_by = "SIGINT"
+    except (StartupError, BaseExceptionGroup) as exc:
+        failure = _startup_error(exc, StartupError)
+        if failure is None:
+            raise  # a bug: the traceback is the report
+        log_event(logger, "server.failed", level=logging.ERROR, error=str(failure))
         return 1
-    return 0
+    log_event(logger, "server.stopped", reason=stopped_by)
+    # SIGTERM is how a service manager stops us: a clean, successful stop. SIGINT is an
+    # interrupt (shell convention 128 + 2).
+    return 0 if stopped_by == "SIGTERM" else 130
+
+
+async def _serve_until_signal(config: Config) -> str:
+    """Run the server until SIGTERM or SIGINT; the signal's name."""
+    from pysfu.server import serve
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve, config)
+            async for signum in signals:
+                nursery.cancel_scope.cancel()
+                return signal.Signals(signum).name
+    raise AssertionError("unreachable: the signal stream never ends")
+
+
+def _startup_error(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` if it is a ``kind``, or the one ``kind`` inside exception groups holding
+    nothing else (trio wraps errors of tasks in groups); else None."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, kind) else None

@@ -47,6 +47,75 @@ def test_invalid_settings_are_refused(env: dict[str, str], needle: str) -> None:
         load_config(None, env)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("announced_ip", "203.0.113.7"),
+        ("announced_ip", "2001:db8::1"),
+        ("announced_ip", "sfu.example.com"),
+        ("announced_ip", "sfu.example.com."),
+        ("announced_ip", "localhost"),
+        ("announced_ip", "a-1.b2"),
+        ("host_grace_period", "3600"),
+        ("dtls_timeout", "0.25"),
+        ("http_timeout", "1"),
+        ("write_timeout", "3600"),
+        ("max_handshakes", "1"),
+    ],
+)
+def test_valid_bounds_are_accepted(name: str, value: str) -> None:
+    cfg = load_config(None, {f"PYSFU_{name.upper()}": value})
+    got = getattr(cfg, name)
+    assert got == (value if isinstance(got, str) else float(value))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("announced_ip", " "),
+        ("announced_ip", "not an ip"),
+        ("announced_ip", "1.2.3.4.5"),
+        ("announced_ip", "999.1.1.1"),
+        ("announced_ip", "-bad.example.com"),
+        ("announced_ip", "bad-.example.com"),
+        ("announced_ip", "a" * 64 + ".example.com"),
+        ("announced_ip", ("a" * 60 + ".") * 5 + "com"),
+        ("announced_ip", "host\nname"),
+        ("announced_ip", "exa_mple.com"),
+        ("announced_ip", "a..b"),
+        ("announced_ip", "0.0.0.0"),
+        ("announced_ip", "::"),
+        ("announced_ip", "224.0.0.1"),
+        ("host_grace_period", "inf"),
+        ("host_grace_period", "3601"),
+        ("consent_timeout", "1e9"),
+        ("dtls_timeout", "nan"),
+        ("dtls_timeout", "0"),
+        ("join_timeout", "7200"),
+        ("http_timeout", "0"),
+        ("http_timeout", "-1"),
+        ("http_timeout", "inf"),
+        ("write_timeout", "86400"),
+        ("max_handshakes", "0"),
+        ("max_handshakes", "1000000"),
+        ("requests_per_second", "inf"),
+    ],
+)
+def test_absurd_values_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_config(None, {f"PYSFU_{name.upper()}": value})
+
+
+def test_listener_settings_from_file(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("http_timeout = 5\nwrite_timeout = 2.5\nmax_handshakes = 64\n")
+    cfg = load_config(file)
+    assert (cfg.http_timeout, cfg.write_timeout, cfg.max_handshakes) == (5.0, 2.5, 64)
+    file.write_text("max_handshakes = 1.5\n")
+    with pytest.raises(ConfigError, match="max_handshakes"):
+        load_config(file)
+
+
 def test_invalid_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("port = [")
