@@ -88,6 +88,17 @@ def _fail(code: str, message: str) -> NoReturn:
     raise OrtcError(code, message)
 
 
+# Limits on what a peer may send (named here, checked by _list): far above what a browser
+# sends (Chrome's full capabilities list ~40 codecs with RTX, ~15 header extensions;
+# simulcast uses 2-3 encodings), far below what costs the server anything.
+MAX_CAPABILITY_CODECS = 128
+MAX_PARAMETER_CODECS = 32
+MAX_HEADER_EXTENSIONS = 32
+MAX_RTCP_FEEDBACK = 16
+MAX_ENCODINGS = 4
+MAX_MEDIA_CODECS = 128  # the operator's list (config), not a peer's
+
+
 # ---- constants ---------------------------------------------------------------------------
 
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -240,9 +251,11 @@ def _dict(value: Any, what: str, code: str) -> dict[str, Any]:
     return value
 
 
-def _list(value: Any, what: str, code: str) -> list[Any]:
+def _list(value: Any, what: str, code: str, limit: int) -> list[Any]:
     if not isinstance(value, list):
         _fail(code, f"{what} must be an array")
+    if len(value) > limit:
+        _fail(code, f"{what} has more than {limit} entries")
     return value
 
 
@@ -277,7 +290,7 @@ def _rtcp_feedback(value: Any, code: str) -> list[dict[str, str]]:
     if value is None:
         return []
     out = []
-    for fb in _list(value, "codec.rtcpFeedback", code):
+    for fb in _list(value, "codec.rtcpFeedback", code, MAX_RTCP_FEEDBACK):
         fb = _dict(fb, "rtcpFeedback entry", code)
         type_ = _str(fb.get("type"), "rtcpFeedback.type", code, empty=False)
         param = fb.get("parameter")
@@ -407,12 +420,12 @@ def validate_rtp_capabilities(caps: object) -> dict:
     code = INVALID_RTP_CAPABILITIES
     raw = _dict(caps, "rtpCapabilities", code)
     codecs = raw.get("codecs")
+    codecs = [] if codecs is None else _list(codecs, "codecs", code, MAX_CAPABILITY_CODECS)
     exts = raw.get("headerExtensions")
+    exts = [] if exts is None else _list(exts, "headerExtensions", code, MAX_HEADER_EXTENSIONS)
     return {
-        "codecs": [_codec_capability(c, code)
-                   for c in ([] if codecs is None else _list(codecs, "codecs", code))],
-        "headerExtensions": [_header_extension_capability(e, code) for e in
-                             ([] if exts is None else _list(exts, "headerExtensions", code))],
+        "codecs": [_codec_capability(c, code) for c in codecs],
+        "headerExtensions": [_header_extension_capability(e, code) for e in exts],
     }
 
 
@@ -424,17 +437,19 @@ def validate_rtp_parameters(params: object) -> dict:
     if raw.get("mid") is not None:
         out["mid"] = _str(raw["mid"], "rtpParameters.mid", code)
     out["codecs"] = [_codec_parameters(c, code)
-                     for c in _list(raw.get("codecs"), "rtpParameters.codecs", code)]
+                     for c in _list(raw.get("codecs"), "rtpParameters.codecs", code,
+                                       MAX_PARAMETER_CODECS)]
     exts = raw.get("headerExtensions")
     out["headerExtensions"] = [
         _header_extension_parameters(e, code)
-        for e in ([] if exts is None else _list(exts, "rtpParameters.headerExtensions", code))
+        for e in ([] if exts is None else _list(exts, "rtpParameters.headerExtensions", code,
+                                      MAX_HEADER_EXTENSIONS))
     ]
     encodings = raw.get("encodings")
     out["encodings"] = [
         _encoding(e, code)
         for e in ([] if encodings is None else _list(encodings, "rtpParameters.encodings",
-                                                     code))
+                                                     code, MAX_ENCODINGS))
     ]
     rtcp_raw = raw.get("rtcp")
     rtcp_raw = {} if rtcp_raw is None else _dict(rtcp_raw, "rtpParameters.rtcp", code)
@@ -769,7 +784,7 @@ def generate_router_rtp_capabilities(
     code = INVALID_RTP_CAPABILITIES
     if media_codecs is None:
         media_codecs = DEFAULT_MEDIA_CODECS
-    media_codecs = _list(media_codecs, "mediaCodecs", code)
+    media_codecs = _list(media_codecs, "mediaCodecs", code, MAX_MEDIA_CODECS)
     pool = list(_DYNAMIC_PAYLOAD_TYPES)
     codecs: list[dict[str, Any]] = []
     used: set[int] = set()

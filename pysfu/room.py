@@ -7,6 +7,7 @@ lives in the room's nursery, so closing a room is one cancel: nothing outlives i
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from pysfu.transport import WebRtcTransport
 
 logger = logging.getLogger("pysfu.room")
+
+_CREATION_WINDOW = 60.0  # seconds over which max_rooms_per_address_per_minute counts
+_MAX_TRACKED_ADDRESSES = 10_000  # past this, addresses with no recent creation are forgotten
 
 Role = Literal["host", "viewer"]
 Notify = Callable[[str, dict[str, Any]], None]
@@ -64,6 +68,7 @@ class Peer:
     producers: dict[str, Producer] = field(default_factory=dict)
     consumers: dict[str, Consumer] = field(default_factory=dict)
     grace_scope: trio.CancelScope | None = None
+    produced: bool = False  # has had a producer (a host that never did gets no grace period)
 
 
 class Room:
@@ -85,6 +90,9 @@ class Room:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The room's nursery. It is also the room's crash boundary: a bug in any of its tasks
+        closes this room (peers told ``roomClosed`` with reason ``internal_error``) and no
+        other; Cancelled (a BaseException) still goes through."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -92,6 +100,9 @@ class Room:
                 self.started.set()
                 task_status.started()
                 await trio.sleep_forever()
+        except Exception:
+            log_event(logger, "room.crashed", level=logging.ERROR, room=self.id, exc_info=True)
+            self.close("internal_error")
         finally:
             self._release_all()
             self.finished.set()
@@ -170,6 +181,12 @@ class Room:
         peer.notify = None
         if peer.role != "host":
             self.leave(peer)
+            return
+        if not peer.produced and len(self.peers) == 1:
+            # Nothing to keep alive and nobody waiting: a host that joined alone and hung up
+            # without ever producing takes its room now, not after the grace period (so
+            # churning hosts cannot keep max_rooms full).
+            self.close("host_left")
             return
         log_event(logger, "peer.disconnected", room=self.id, peer=peer.id,
                   grace=self.ctx.config.host_grace_period)
@@ -273,6 +290,7 @@ class Room:
         producer = Producer(new_id(), peer.id, transport, kind, params, mapping, consumable,
                             handle=self.ctx.next_handle())
         transport.add_producer(producer)
+        peer.produced = True
         peer.producers[producer.id] = producer
         self.producers[producer.id] = producer
         log_event(logger, "producer.created", room=self.id, peer=peer.id,
@@ -309,6 +327,13 @@ class Room:
             raise SignalingError(errors.PRODUCER_NOT_FOUND, "no such producer in this room")
         if len(peer.consumers) >= self.ctx.config.max_consumers_per_peer:
             raise SignalingError(errors.LIMIT_EXCEEDED, "too many consumers for this peer")
+        if any(c.producer is producer for c in peer.consumers.values()):
+            raise SignalingError(errors.ALREADY_CONSUMING,
+                                 "this peer already consumes that producer")
+        pulled = sum(self._producer_bitrate(c.producer) for c in peer.consumers.values())
+        if pulled + self._producer_bitrate(producer) > \
+                self.ctx.config.max_consumed_bitrate_per_peer:
+            raise SignalingError(errors.LIMIT_EXCEEDED, "too much bitrate for this peer")
         try:
             caps = ortc.validate_rtp_capabilities(caps)
             if not ortc.can_consume(producer.consumable, caps):
@@ -330,6 +355,18 @@ class Room:
         if len(producer.mapping["encodings"]) > 1:
             self.nursery.start_soon(watch_consumer_layers, self, consumer)
         return consumer
+
+    def _producer_bitrate(self, producer: Producer) -> int:
+        """What one consumer of ``producer`` may pull, bits/s: its highest encoding's declared
+        maxBitrate or measured bitrate, whichever is larger."""
+        declared = max((e.get("maxBitrate") or 0 for e in producer.rtp_parameters["encodings"]),
+                       default=0)
+        try:
+            measured = max((s.get("bitrate", 0) for s in
+                            self.ctx.media.rtp_stats(producer.handle)), default=0)
+        except KeyError:
+            measured = 0
+        return max(int(declared), int(measured))
 
     def owned_consumer(self, peer: Peer, consumer_id: str) -> Consumer:
         consumer = self.consumers.get(consumer_id)
@@ -405,21 +442,38 @@ class RoomRegistry:
         self.ctx = ctx
         self._nursery = nursery
         self.rooms: dict[str, Room] = {}
+        self._created_by: dict[str, deque[float]] = {}  # address -> times it created rooms
 
     def get(self, room_id: str) -> Room | None:
         return self.rooms.get(room_id)
 
-    async def get_or_create(self, room_id: str) -> Room:
+    async def get_or_create(self, room_id: str, *, address: str = "") -> Room:
+        """The open room ``room_id``, created on first use (by ``address``, an IP, which may
+        create at most max_rooms_per_address_per_minute rooms a minute)."""
         room = self.rooms.get(room_id)
         if room is not None and not room.closed:
             await room.started.wait()  # a concurrent join may still be starting it
             return room
         if len(self.rooms) >= self.ctx.config.max_rooms:
             raise SignalingError(errors.LIMIT_EXCEEDED, "too many rooms on this server")
+        self._note_creation(address)
         room = Room(room_id, self.ctx, self._forget)
         self.rooms[room_id] = room
         await self._nursery.start(room.run)
         return room
+
+    def _note_creation(self, address: str) -> None:
+        now = trio.current_time()
+        if len(self._created_by) > _MAX_TRACKED_ADDRESSES:
+            self._created_by = {a: t for a, t in self._created_by.items()
+                                if t and t[-1] > now - _CREATION_WINDOW}
+        times = self._created_by.setdefault(address, deque())
+        while times and times[0] <= now - _CREATION_WINDOW:
+            times.popleft()
+        if len(times) >= self.ctx.config.max_rooms_per_address_per_minute:
+            log_event(logger, "room.creation_limited", level=logging.WARNING, remote=address)
+            raise SignalingError(errors.RATE_LIMITED, "too many new rooms from this address")
+        times.append(now)
 
     def _forget(self, room: Room) -> None:
         if self.rooms.get(room.id) is room:

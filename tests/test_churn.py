@@ -52,7 +52,8 @@ async def cycle(client: Any, i: int) -> None:
         await host.leave(room)
 
 
-@pytest.mark.parametrize("config_overrides", [{"host_grace_period": 0.05}])
+@pytest.mark.parametrize("config_overrides", [{"host_grace_period": 0.05,
+                                                "max_rooms_per_address_per_minute": 100_000}])
 async def test_churn_leaves_nothing_behind(server: Server, client: Any) -> None:
     # Warm up (imports, first allocations, lazily opened fds), then take the baseline.
     for i in range(3):

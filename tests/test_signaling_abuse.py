@@ -17,7 +17,7 @@ import trio_websocket
 
 from pysfu.client import RequestFailed
 from pysfu.server import Server
-from tests.fixtures import device_caps, vp8_producer
+from tests.fixtures import device_caps, opus_producer, vp8_producer
 
 ROOM = "abuse"
 FLOOD_MAX = 200_000
@@ -93,13 +93,14 @@ async def test_flood_is_rate_limited_and_others_keep_low_latency(server: Server,
 
 
 @pytest.mark.parametrize("config_overrides", [{"max_peers_per_room": 3,
-                                                "max_consumers_per_peer": 2}])
+                                                "max_consumers_per_peer": 1}])
 async def test_peers_per_room_and_consumers_per_peer(server: Server, client: Any) -> None:
     async with client() as host, client() as v1, client() as v2, client() as v3, \
             client() as other:
         await host.join(ROOM, "host", "h")
         send = await host.create_transport(ROOM, "send")
         producer = await host.produce(ROOM, send["id"], "video", vp8_producer(mid="0"))
+        audio = await host.produce(ROOM, send["id"], "audio", opus_producer(mid="1"))
         await v1.join(ROOM, "viewer", "v1")
         await v2.join(ROOM, "viewer", "v2")
         with pytest.raises(RequestFailed) as err:
@@ -109,12 +110,11 @@ async def test_peers_per_room_and_consumers_per_peer(server: Server, client: Any
         await other.join("elsewhere", "host", "o")
         recv = await v1.create_transport(ROOM, "recv")
         caps = device_caps(await v1.router_rtp_capabilities(ROOM))
-        for _ in range(2):
-            await v1.consume(ROOM, recv["id"], producer, caps)
+        await v1.consume(ROOM, recv["id"], producer, caps)
         with pytest.raises(RequestFailed) as err:
-            await v1.consume(ROOM, recv["id"], producer, caps)
+            await v1.consume(ROOM, recv["id"], audio, caps)
         assert err.value.code == "limit_exceeded"
-        assert server.media.counts()["consumers"] == 2
+        assert server.media.counts()["consumers"] == 1
         # A peer leaving frees its place.
         await v2.leave(ROOM)
         await v3.join(ROOM, "viewer", "v3")

@@ -10,8 +10,18 @@ from typing import Any
 from pysfu import errors
 from pysfu.errors import SignalingError
 
-# Room and peer ids come from clients: keep them to a safe, log-friendly alphabet.
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# Room and peer ids come from clients: keep them to a safe, log-friendly alphabet, matched
+# whole (``fullmatch``: ``$`` would let a trailing newline through).
+_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# JSON nesting deeper than this is refused before ``json.loads`` sees it (no message of the
+# protocol nests deeper than ~8; the C parser itself would recurse ~thousands deep).
+MAX_JSON_DEPTH = 32
+# Where a frame's request id is looked for without parsing it (rate-limited frames are
+# answered with their id but never parsed): ``"id":`` among the first bytes of the frame.
+_ID_PREFIX = 256
+_ID_RE = re.compile(r'"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,64}")')
+_STRINGS_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS_RE = re.compile(r"[^\[\]{}]+")
 FINGERPRINT_ALGORITHMS = frozenset({"sha-1", "sha-224", "sha-256", "sha-384", "sha-512"})
 _HEX_PAIRS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){19,63}$")
 
@@ -23,11 +33,42 @@ class Request:
     data: dict[str, Any]
 
 
+def peek_request_id(text: str | bytes) -> int | str | None:
+    """The request id of a frame without parsing it (None when not found up front)."""
+    head = text[:_ID_PREFIX]
+    if isinstance(head, bytes):
+        head = head.decode("utf-8", "replace")
+    m = _ID_RE.search(head)
+    if m is None:
+        return None
+    raw = m.group(1)
+    return raw[1:-1] if raw.startswith('"') else int(raw)
+
+
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit`` (C-speed regexes first;
+    the Python loop only runs over a frame with many brackets)."""
+    brackets = _NOT_BRACKETS_RE.sub("", _STRINGS_RE.sub("", text))
+    if len(brackets) <= 2 * limit:
+        return False
+    depth = 0
+    for c in brackets:
+        depth += 1 if c in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
 def parse_request(text: str | bytes) -> Request:
     """Parse one frame; raises SignalingError(bad_request) with the request id when known."""
     try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if json_depth_exceeds(text):
+            raise RequestError(peek_request_id(text), errors.BAD_REQUEST,
+                               f"JSON nested deeper than {MAX_JSON_DEPTH}")
         msg = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise SignalingError(errors.BAD_REQUEST, "message is not valid JSON") from None
     if not isinstance(msg, dict):
         raise SignalingError(errors.BAD_REQUEST, "message must be a JSON object")
@@ -71,7 +112,7 @@ def get_str(data: dict[str, Any], name: str, *, choices: frozenset[str] | None =
 def get_name(data: dict[str, Any], name: str) -> str:
     """A client-chosen id (roomId, peerId): 1-64 chars of [A-Za-z0-9_.:-]."""
     value = data.get(name)
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise _invalid(name, "required, 1-64 characters of letters, digits, _ . : -")
     return value
 

@@ -30,6 +30,7 @@ from pysfu.signaling.schema import (
     get_stats_target,
     get_str,
     parse_request,
+    peek_request_id,
 )
 
 if TYPE_CHECKING:
@@ -68,12 +69,15 @@ class Session:
     ) -> None:
         self.ws = ws
         self.remote = remote  # "ip:port" of the client, for logs and per-address limits
+        self.address = remote.rpartition(":")[0] or remote  # its IP
+        self.joined = trio.Event()  # set on the first successful join
         self.ctx = ctx
         self.rooms = rooms
         self.room: Room | None = None
         self.peer: Peer | None = None
         self._out_send, self._out_recv = trio.open_memory_channel[str](_OUTBOX_SIZE)
         self._bucket = TokenBucket(ctx.config.requests_per_second, ctx.config.request_burst)
+        self.rate_limited = 0
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[str, dict]]]] = {
             "join": self._join,
             "leave": self._leave,
@@ -94,6 +98,7 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
+                nursery.start_soon(self._join_deadline)
                 try:
                     await self._reader()
                 finally:
@@ -108,6 +113,14 @@ class Session:
             except trio_websocket.ConnectionClosed:
                 return
             await self._handle(text)
+
+    async def _join_deadline(self) -> None:
+        """A connection that has not joined a room within join_timeout is closed (1008)."""
+        with trio.move_on_after(self.ctx.config.join_timeout):
+            await self.joined.wait()
+            return
+        log_event(logger, "session.join_timeout", level=logging.INFO, remote=self.remote)
+        await self.ws.aclose(1008, "join timeout")
 
     async def _writer(self) -> None:
         async for text in self._out_recv:
@@ -133,11 +146,16 @@ class Session:
     async def _handle(self, text: str | bytes) -> None:
         req_id: int | str | None = None
         event: str | None = None
+        # The rate limit comes before any parsing: a flood costs one token check and, for the
+        # answer, a look for the id among the frame's first bytes.
+        if not self._bucket.take():
+            self.rate_limited += 1
+            self._queue(encode_error(peek_request_id(text), errors.RATE_LIMITED,
+                                     "too many requests, slow down", None))
+            return
         try:
             request = parse_request(text)
             req_id, event = request.id, request.event
-            if not self._bucket.take():
-                raise SignalingError(errors.RATE_LIMITED, "too many requests, slow down")
             handler = self._handlers.get(request.event)
             if handler is None:
                 raise SignalingError(errors.UNKNOWN_EVENT, f"unknown event {request.event!r}")
@@ -181,9 +199,10 @@ class Session:
         peer_id = get_name(data, "peerId")
         if self.room is not None and not self.room.closed:
             raise SignalingError(errors.ALREADY_JOINED, "this connection already joined a room")
-        room = await self.rooms.get_or_create(room_id)
+        room = await self.rooms.get_or_create(room_id, address=self.address)
         peer, reconnected = room.join(peer_id, role, self.notify)  # type: ignore[arg-type]
         self.room, self.peer = room, peer
+        self.joined.set()
         return "joined", {"roomId": room_id, "peerId": peer_id, "role": role,
                           "reconnected": reconnected}
 
