@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
@@ -149,10 +150,38 @@ class SignalingClient:
 
 
 @asynccontextmanager
-async def connect(url: str, *, max_message_size: int = 1 << 20) -> AsyncIterator[SignalingClient]:
-    """Open a signaling connection; the reader task lives as long as the context."""
-    async with trio_websocket.open_websocket_url(url, max_message_size=max_message_size,
-                                                 message_queue_size=16) as ws:
+async def _open_ws(url: str, max_message_size: int,
+                   local_host: str | None) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    if local_host is None:
+        async with trio_websocket.open_websocket_url(url, max_message_size=max_message_size,
+                                                     message_queue_size=16) as ws:
+            yield ws
+        return
+    # From a chosen local address (a multi-homed bot; tests of per-address limits).
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or parts.hostname is None:
+        raise ValueError("local_host needs a ws:// URL")
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    await sock.bind((local_host, 0))
+    await sock.connect((parts.hostname, parts.port or 80))
+    stream = trio.SocketStream(sock)
+    async with trio.open_nursery() as nursery:
+        ws = await trio_websocket.wrap_client_stream(
+            nursery, stream, parts.hostname, parts.path or "/",
+            max_message_size=max_message_size, message_queue_size=16)
+        try:
+            yield ws
+        finally:
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connect(url: str, *, max_message_size: int = 1 << 20,
+                  local_host: str | None = None) -> AsyncIterator[SignalingClient]:
+    """Open a signaling connection (from ``local_host`` if given); the reader task lives as
+    long as the context."""
+    async with _open_ws(url, max_message_size, local_host) as ws:
         client = SignalingClient(ws)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)

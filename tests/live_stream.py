@@ -29,6 +29,7 @@ MID_EXT = 4
 HOST_SSRC = 0x4C49_5645
 CONSENT_INTERVAL = 2.0  # seconds between the peers' consent checks
 TAIL = 1.0  # seconds the viewer waits for the last packets after the host stops
+MIN_PACKETS = 50  # the stream runs at least this long, however short the block was
 
 
 @dataclass
@@ -53,7 +54,7 @@ class LiveStream:
             "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
         }
 
-    def assert_intact(self, *, min_packets: int = 20) -> dict[str, float]:
+    def assert_intact(self, *, min_packets: int = MIN_PACKETS) -> dict[str, float]:
         """Every packet the host sent arrived once; returns the summary (for figures)."""
         summary = self.summary()
         assert len(self.sent) >= min_packets, f"the live stream barely ran: {summary}"
@@ -142,6 +143,9 @@ async def live_stream(server: Server, *, interval: float = 0.005,
             try:
                 yield live
             finally:
+                with trio.move_on_after(5):
+                    while len(live.sent) < MIN_PACKETS:
+                        await trio.sleep(interval)
                 stop.set()
                 with trio.move_on_after(TAIL):
                     while set(live.sent) - set(live.received):

@@ -78,6 +78,7 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[str](_OUTBOX_SIZE)
         self._bucket = TokenBucket(ctx.config.requests_per_second, ctx.config.request_burst)
         self.rate_limited = 0
+        self._overflowed = False
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[str, dict]]]] = {
             "join": self._join,
             "leave": self._leave,
@@ -130,9 +131,12 @@ class Session:
                 return
 
     def _queue(self, text: str) -> None:
+        if self._overflowed:
+            return  # closing already: one log line, one close
         try:
             self._out_send.send_nowait(text)
         except trio.WouldBlock:
+            self._overflowed = True
             # The client does not read: drop it rather than let it hold up the room.
             log_event(logger, "session.overflow", level=logging.WARNING,
                       room=self.room.id if self.room else None,
