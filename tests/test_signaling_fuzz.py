@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 import trio_websocket
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pysfu import errors
@@ -22,6 +22,15 @@ from pysfu.errors import SignalingError
 from pysfu.server import Server
 from pysfu.signaling import schema
 from tests.fixtures import vp8_producer
+
+
+def example_each(frames: list[Any]) -> Any:
+    def wrap(test: Any) -> Any:
+        for frame in frames:
+            test = example(frame)(test)
+        return test
+    return wrap
+
 
 CODES = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)}
 EVENTS = ["join", "leave", "getRouterRtpCapabilities", "createTransport", "connectTransport",
@@ -40,9 +49,20 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
 messages = st.fixed_dictionaries({}, optional={"id": values, "event": values, "data": values})
 
 
+# Frames that once crashed or stalled the server (the hardening issue), always tried first.
+CRASH_CORPUS = [
+    "[" * 30_000 + "]" * 30_000,
+    '{"id": 1, "event": "join", "data": ' + "{\"a\": " * 5_000 + "1" + "}" * 5_001,
+    '{"id": 1, "event": "join", "data": {"roomId": "room\\n", "role": "host", "peerId": "h"}}',
+    b"\xff\xfe[[[[",
+    '{"id": 1, "event": "x", "data": {"s": "' + "[" * 1_000 + '"}}',
+]
+
+
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(messages.map(json.dumps), st.text(max_size=200),
                  st.binary(max_size=200)))
+@example_each(CRASH_CORPUS)
 def test_parse_request_raises_only_signaling_errors(frame: str | bytes) -> None:
     try:
         req = schema.parse_request(frame)
