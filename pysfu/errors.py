@@ -18,6 +18,7 @@ UNKNOWN_EVENT = "unknown_event"
 INVALID_FIELD = "invalid_field"        # missing or mistyped field
 NOT_JOINED = "not_joined"
 ALREADY_JOINED = "already_joined"
+UNAUTHORIZED = "unauthorized"          # join token missing, malformed, bad or expired
 FORBIDDEN = "forbidden"                # not the owner / not allowed for this role or room
 LIMIT_EXCEEDED = "limit_exceeded"
 RATE_LIMITED = "rate_limited"
