@@ -364,6 +364,8 @@ class Server:
                 try:
                     head = await self._read_head(stream)
                     if head is not None:
+                        if head.request.http_version not in (b"1.0", b"1.1"):
+                            raise _BadRequest(400, "HTTP/1.0 or HTTP/1.1 only")
                         _path(head.request.target)  # 400/414 before anything else
                 except _BadRequest as exc:
                     bad = exc
@@ -404,6 +406,8 @@ class Server:
             if isinstance(event, h11.Request):
                 rest = conn.trailing_data[0]
                 head_size = len(raw) - len(rest)
+                if head_size > MAX_HEAD_SIZE:  # h11 checks only heads still incomplete
+                    raise _BadRequest(431, "request head too large")
                 return _Head(event, bytes(raw[:head_size]), bytes(rest))
             return None  # h11.ConnectionClosed and the like: nothing to answer
 
