@@ -582,7 +582,7 @@ FLOODER = textwrap.dedent("""
     import base64, json, os, socket, sys, time
     port, duration = int(sys.argv[1]), float(sys.argv[2])
     ping = bytes([0x89, 0x80]) + b"\\0\\0\\0\\0"
-    stats = {"connections": 0, "pings": 0, "closed_1008": 0}
+    stats = {"connections": 0, "pings_written": 0, "pongs": 0, "closed_1008": 0}
     end = time.monotonic() + duration
     while time.monotonic() < end:
         s = socket.create_connection(("127.0.0.1", port))
@@ -598,7 +598,7 @@ FLOODER = textwrap.dedent("""
         try:
             while time.monotonic() < end:
                 s.sendall(ping * 500)
-                stats["pings"] += 500
+                stats["pings_written"] += 500
         except OSError:
             pass
         try:
@@ -610,7 +610,8 @@ FLOODER = textwrap.dedent("""
                 rest += chunk
         except OSError:
             pass
-        if b"\\x88" in rest and b"\\x03\\xf0" in rest:
+        stats["pongs"] += rest.count(b"\\x8a\\x00")  # empty pongs
+        if b"\\x88\\x10\\x03\\xf0" in rest:  # close frame, 1008, "too many pings"
             stats["closed_1008"] += 1
         s.close()
     print(json.dumps(stats))
@@ -653,4 +654,5 @@ async def test_ping_flood_does_not_slow_other_peers(server: Server,
           f"{p50_flood:.1f} ms flooded (p90 {sorted(flooded)[int(0.9 * len(flooded))]:.1f}); "
           f"live stream {summary}")
     assert stats["connections"] >= 1 and stats["closed_1008"] >= 1
+    assert stats["pongs"] <= (PING_BURST + 1) * stats["connections"]
     assert p50_flood < max(50.0, 5 * p50_quiet), (quiet, flooded)
