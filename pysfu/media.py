@@ -53,9 +53,11 @@ class MediaEngine:
     def close(self) -> None:
         self.native.close()
 
-    # Transports register their Python object so upcalls can reach them.
-    def add_transport(self, handle: int, ufrag: str, transport: WebRtcTransport) -> None:
-        self.native.add_transport(handle, ufrag)
+    # Transports register their Python object so upcalls can reach them. The engine checks
+    # STUN MESSAGE-INTEGRITY with the ICE password before anything is queued up here.
+    def add_transport(self, handle: int, ufrag: str, password: str,
+                      transport: WebRtcTransport) -> None:
+        self.native.add_transport(handle, ufrag, password)
         self._transports[handle] = transport
 
     # Removal is idempotent: removing a transport in the engine also removes its producers
@@ -72,13 +74,18 @@ class MediaEngine:
         with suppress(KeyError):
             self.native.send(handle, ip, port, data)
 
+    # ICE reports validated and nominated tuples; the engine sends media to a nominated tuple
+    # only once it has proven itself (authenticated SRTP/SRTCP from it, or the DTLS handshake
+    # completed with it: ``remote`` of set_srtp), so a spoofed nomination redirects nothing.
     def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None:
         with suppress(KeyError):
             self.native.bind_tuple(handle, ip, port, selected)
 
     def set_srtp(self, handle: int, profile: str, local_key: bytes, local_salt: bytes,
-                 remote_key: bytes, remote_salt: bytes) -> None:
-        self.native.set_srtp(handle, profile, local_key, local_salt, remote_key, remote_salt)
+                 remote_key: bytes, remote_salt: bytes,
+                 remote: tuple[str, int] | None = None) -> None:
+        self.native.set_srtp(handle, profile, local_key, local_salt, remote_key, remote_salt,
+                             remote)
 
     def add_producer(self, handle: int, transport: int, spec: dict[str, Any]) -> None:
         self.native.add_producer(handle, transport, spec)

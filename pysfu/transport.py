@@ -165,7 +165,8 @@ class WebRtcTransport:
 
     def start(self, nursery: trio.Nursery) -> None:
         # Registered with the engine before the first await, so STUN can find it at once.
-        self._media.add_transport(self.handle, self.ice.local_ufrag, self)
+        self._media.add_transport(self.handle, self.ice.local_ufrag, self.ice.local_password,
+                                  self)
         self._registered = True
         nursery.start_soon(self._run)
 
@@ -202,7 +203,7 @@ class WebRtcTransport:
                             self._on_stun(data, (ip, port), now)
                         elif kind == "dtls" and self.dtls is not None:
                             self.dtls.receive(data, now)
-                            self._after_dtls()
+                            self._after_dtls((ip, port))
                     self._on_timer(trio.current_time())
         finally:
             self._unregister()
@@ -247,16 +248,23 @@ class WebRtcTransport:
                 dtls.start(now)
                 self._flush_dtls()
 
-    def _after_dtls(self) -> None:
+    def _after_dtls(self, source: tuple[str, int] | None = None) -> None:
+        """``source``: where the DTLS datagram just handled came from (None on a timer)."""
         dtls = self.dtls
         assert dtls is not None
+        # Where our flights are going (before flushing: the selected tuple may change later).
+        flights_to = self.ice.selected_tuple
         self._flush_dtls()
         if dtls.state == "connected" and dtls.srtp_keys is not None and self.srtp_profile is None:
             keys = dtls.srtp_keys
             self.srtp_profile = keys.profile
             self._connect_deadline = None
+            # The handshake completed with ``source`` and our flights went there too: that
+            # tuple has proven it is the peer, media may go there at once. Otherwise the
+            # engine waits for the first authenticated SRTP/SRTCP packet.
+            proven = source if source is not None and source == flights_to else None
             self._media.set_srtp(self.handle, keys.profile, keys.local_key, keys.local_salt,
-                                 keys.remote_key, keys.remote_salt)
+                                 keys.remote_key, keys.remote_salt, proven)
             log_event(logger, "dtls.connected", room=self.room.id, peer=self.owner,
                       transport=self.id, srtp_profile=keys.profile)
         elif dtls.state == "failed":

@@ -19,6 +19,7 @@ import trio
 from pylibsrtp import Policy, Session
 
 from pysfu import _native
+from tests import webrtc_peer
 
 Engine = _native.Engine
 
@@ -119,9 +120,11 @@ def connect_peer(eng: Engine, handle: int, ufrag: str) -> Peer:
     sock.bind(("127.0.0.1", 0))
     local_key, local_salt = os.urandom(16), os.urandom(14)
     remote_key, remote_salt = os.urandom(16), os.urandom(14)
-    eng.add_transport(handle, ufrag)
-    eng.set_srtp(handle, PROFILE, local_key, local_salt, remote_key, remote_salt)
+    eng.add_transport(handle, ufrag, "pw")
+    # As the control plane does: ICE nominates the tuple, DTLS completes with it.
     eng.bind_tuple(handle, "127.0.0.1", sock.getsockname()[1], True)
+    eng.set_srtp(handle, PROFILE, local_key, local_salt, remote_key, remote_salt,
+                 ("127.0.0.1", sock.getsockname()[1]))
     tx = Session(policy(remote_key, remote_salt, Policy.SSRC_ANY_OUTBOUND))
     rx = Session(policy(local_key, local_salt, Policy.SSRC_ANY_INBOUND))
     return Peer(handle, sock, tx, rx)
@@ -316,14 +319,13 @@ def test_replay_tamper_unknown_source_and_demux_drops(engine: Engine) -> None:
     assert drops["panic"] == 0
 
 
-def stun_binding_request(username: str) -> bytes:
-    user = username.encode()
-    attr = struct.pack("!HH", 0x0006, len(user)) + user + b"\0" * (-len(user) % 4)
-    return struct.pack("!HHI", 0x0001, len(attr), 0x2112A442) + os.urandom(12) + attr
+def stun_binding_request(username: str, password: str = "pw") -> bytes:
+    """A Binding request with MESSAGE-INTEGRITY and FINGERPRINT (the engine checks both)."""
+    return webrtc_peer.stun_binding_request(username, password)
 
 
 def test_stun_goes_up_and_the_fd_becomes_readable(engine: Engine) -> None:
-    engine.add_transport(5, "abcd")
+    engine.add_transport(5, "abcd", "pw")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     fd = engine.fileno()
@@ -339,6 +341,11 @@ def test_stun_goes_up_and_the_fd_becomes_readable(engine: Engine) -> None:
     sock.sendto(stun_binding_request("zzz:x"), ("127.0.0.1", engine.port))
     assert select.select([fd], [], [], 0.3)[0] == []
     assert engine.drops()["stun_unknown"] == 1
+    # The right ufrag without the password: dropped in the engine, Python never sees it.
+    sock.sendto(stun_binding_request("abcd:x", "guess"), ("127.0.0.1", engine.port))
+    assert select.select([fd], [], [], 0.3)[0] == []
+    assert engine.drops()["stun_integrity"] == 1
+    assert engine.stats(5)["stun_rejected"] == 1
     # Once bound, DTLS from that address goes up too; Python can answer through the engine.
     engine.bind_tuple(5, "127.0.0.1", sock.getsockname()[1], True)
     sock.sendto(b"\x16\xfe\xfd" + b"\1" * 20, ("127.0.0.1", engine.port))
@@ -352,7 +359,7 @@ def test_stun_goes_up_and_the_fd_becomes_readable(engine: Engine) -> None:
 
 
 async def test_trio_waits_on_the_fd(engine: Engine) -> None:
-    engine.add_transport(5, "abcd")
+    engine.add_transport(5, "abcd", "pw")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.sendto(stun_binding_request("abcd:x"), ("127.0.0.1", engine.port))
@@ -374,15 +381,15 @@ def test_remove_transport_returns_counts_to_zero(engine: Engine) -> None:
     engine.remove_transport(3)
     assert engine.counts() == {"transports": 0, "producers": 0, "consumers": 0, "streams": 0}
     # The ufrag is free again.
-    engine.add_transport(1, "hostufrag")
+    engine.add_transport(1, "hostufrag", "pw")
 
 
 def test_bad_calls_raise_clear_errors(engine: Engine) -> None:
-    engine.add_transport(1, "u1")
+    engine.add_transport(1, "u1", "pw")
     with pytest.raises(ValueError, match="already in use"):
-        engine.add_transport(1, "u2")
+        engine.add_transport(1, "u2", "pw")
     with pytest.raises(ValueError, match="ufrag"):
-        engine.add_transport(2, "u1")
+        engine.add_transport(2, "u1", "pw")
     with pytest.raises(KeyError):
         engine.remove_transport(99)
     with pytest.raises(KeyError):
@@ -437,7 +444,7 @@ def test_close_frees_the_port_and_is_idempotent() -> None:
     eng = Engine("127.0.0.1", 0)
     port = eng.port
     assert port > 0
-    eng.add_transport(1, "u")
+    eng.add_transport(1, "u", "pw")
     eng.close()
     eng.close()
     with pytest.raises(ValueError, match="closed"):

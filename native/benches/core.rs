@@ -145,8 +145,8 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
     let host: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let (k1, s1) = keys(profile, 1);
     let (k0, s0) = keys(profile, 0);
-    r.add_transport(1, "host").unwrap();
-    r.set_srtp(now, 1, profile.name(), &k0, &s0, &k1, &s1, &mut out).unwrap();
+    r.add_transport(1, "host", "host-password").unwrap();
+    r.set_srtp(now, 1, profile.name(), &k0, &s0, &k1, &s1, Some(host), &mut out).unwrap();
     r.bind_tuple(now, 1, host, true, &mut out).unwrap();
     r.add_producer(
         10,
@@ -185,8 +185,8 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
             SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 5000))
         };
         let (k, s) = keys(profile, 1000 + i as u32);
-        r.add_transport(h, &format!("v{i}")).unwrap();
-        r.set_srtp(now, h, profile.name(), &k, &s, &k, &s, &mut out).unwrap();
+        r.add_transport(h, &format!("v{i}"), "viewer-password").unwrap();
+        r.set_srtp(now, h, profile.name(), &k, &s, &k, &s, Some(addr), &mut out).unwrap();
         r.bind_tuple(now, h, addr, true, &mut out).unwrap();
         r.add_consumer(
             now,

@@ -460,8 +460,10 @@ impl Engine {
         .map_err(router_err)
     }
 
-    fn add_transport(&self, py: Python<'_>, handle: Handle, local_ufrag: String) -> PyResult<()> {
-        self.control(py, move |r, _, _| r.add_transport(handle, &local_ufrag))
+    /// A transport with local ICE credentials: STUN requests reach Python only with a valid
+    /// MESSAGE-INTEGRITY keyed with `ice_password`.
+    fn add_transport(&self, py: Python<'_>, handle: Handle, local_ufrag: String, ice_password: String) -> PyResult<()> {
+        self.control(py, move |r, _, _| r.add_transport(handle, &local_ufrag, &ice_password))
     }
 
     fn bind_tuple(&self, py: Python<'_>, handle: Handle, ip: &str, port: u16, selected: bool) -> PyResult<()> {
@@ -469,7 +471,11 @@ impl Engine {
         self.control(py, move |r, now, out| r.bind_tuple(now, handle, addr, selected, out))
     }
 
+    /// SRTP keys; `remote`: the (ip, port) the DTLS handshake completed with, which proves
+    /// that tuple (media goes only to proven tuples; without it, the first authenticated
+    /// SRTP/SRTCP packet from the nominated tuple proves it).
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (handle, profile, local_key, local_salt, remote_key, remote_salt, remote = None))]
     fn set_srtp(
         &self,
         py: Python<'_>,
@@ -479,9 +485,11 @@ impl Engine {
         local_salt: Vec<u8>,
         remote_key: Vec<u8>,
         remote_salt: Vec<u8>,
+        remote: Option<(String, u16)>,
     ) -> PyResult<()> {
+        let remote = remote.map(|(ip, port)| parse_addr(&ip, port)).transpose()?;
         self.control(py, move |r, now, out| {
-            r.set_srtp(now, handle, &profile, &local_key, &local_salt, &remote_key, &remote_salt, out)
+            r.set_srtp(now, handle, &profile, &local_key, &local_salt, &remote_key, &remote_salt, remote, out)
         })
     }
 

@@ -8,10 +8,12 @@ pub mod rtp;
 pub mod seq;
 pub mod srtp;
 
+pub mod budget;
 pub mod engine;
 pub mod fasthash;
 pub mod io;
 pub mod router;
+pub mod stun_check;
 pub mod stun_peek;
 pub mod twcc;
 pub mod bwe;

@@ -97,6 +97,8 @@ struct MapEntry {
     valid: bool,
     /// Milliseconds since `SeqMap::base` of the last resend (+1; 0 = never).
     resent_ms: u32,
+    /// How many times this output was resent.
+    resends: u8,
 }
 
 /// Output sequence number → (producer stream, its sequence number), for the last [`SLOTS`]
@@ -108,12 +110,12 @@ pub struct SeqMap {
 
 impl SeqMap {
     pub fn new(now: Instant) -> Self {
-        SeqMap { entries: vec![MapEntry { out: 0, input: 0, stream: 0, valid: false, resent_ms: 0 }; SLOTS], base: now }
+        SeqMap { entries: vec![MapEntry { out: 0, input: 0, stream: 0, valid: false, resent_ms: 0, resends: 0 }; SLOTS], base: now }
     }
 
     #[inline]
     pub fn record(&mut self, out: u16, input: u16, stream: u8) {
-        self.entries[out as usize & MASK] = MapEntry { out, input, stream, valid: true, resent_ms: 0 };
+        self.entries[out as usize & MASK] = MapEntry { out, input, stream, valid: true, resent_ms: 0, resends: 0 };
     }
 
     /// (producer stream, producer sequence number) of output `out`.
@@ -125,17 +127,55 @@ impl SeqMap {
     /// Whether output `out` may be resent now (not resent within `min_interval`); if so it
     /// is marked as resent at `now`.
     pub fn try_resend(&mut self, now: Instant, out: u16, min_interval: Duration) -> bool {
-        let ms = now.saturating_duration_since(self.base).as_millis().min(u32::MAX as u128 - 1) as u32 + 1;
-        let e = &mut self.entries[out as usize & MASK];
-        if !e.valid || e.out != out {
+        if self.check_resend(now, out, min_interval, u8::MAX) != Resend::Allowed {
             return false;
         }
-        if e.resent_ms != 0 && ms.saturating_sub(e.resent_ms) < min_interval.as_millis() as u32 {
-            return false;
-        }
-        e.resent_ms = ms;
+        self.mark_resent(now, out);
         true
     }
+
+    fn now_ms(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.base).as_millis().min(u32::MAX as u128 - 1) as u32 + 1
+    }
+
+    /// Whether output `out` may be resent now: known, not resent within `min_interval`, and
+    /// resent fewer than `max_resends` times. Nothing is marked (see `mark_resent`).
+    pub fn check_resend(&self, now: Instant, out: u16, min_interval: Duration, max_resends: u8) -> Resend {
+        let ms = self.now_ms(now);
+        let e = &self.entries[out as usize & MASK];
+        if !e.valid || e.out != out {
+            return Resend::Unknown;
+        }
+        if e.resent_ms != 0 && ms.saturating_sub(e.resent_ms) < min_interval.as_millis() as u32 {
+            return Resend::Throttled;
+        }
+        if e.resends >= max_resends {
+            return Resend::MaxResends;
+        }
+        Resend::Allowed
+    }
+
+    /// Note that output `out` was resent at `now`.
+    pub fn mark_resent(&mut self, now: Instant, out: u16) {
+        let ms = self.now_ms(now);
+        let e = &mut self.entries[out as usize & MASK];
+        if e.valid && e.out == out {
+            e.resent_ms = ms;
+            e.resends = e.resends.saturating_add(1);
+        }
+    }
+}
+
+/// Answer of [`SeqMap::check_resend`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    Allowed,
+    /// Not among the recent outputs.
+    Unknown,
+    /// Resent within the minimum interval already.
+    Throttled,
+    /// Resent the maximum number of times already.
+    MaxResends,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -463,6 +503,24 @@ mod tests {
         assert!(!m.try_resend(t0 + ms(50), 0, ms(100)));
         assert!(m.try_resend(t0 + ms(100), 0, ms(100)));
         assert!(!m.try_resend(t0, 5, ms(100)));
+    }
+
+    #[test]
+    fn seq_map_counts_resends_up_to_a_maximum() {
+        let t0 = Instant::now();
+        let mut m = SeqMap::new(t0);
+        m.record(7, 70, 0);
+        for i in 0..3u64 {
+            let now = t0 + ms(100 * i);
+            assert_eq!(m.check_resend(now, 7, ms(100), 3), Resend::Allowed);
+            m.mark_resent(now, 7);
+            assert_eq!(m.check_resend(now, 7, ms(100), 3), Resend::Throttled);
+        }
+        assert_eq!(m.check_resend(t0 + ms(1000), 7, ms(100), 3), Resend::MaxResends);
+        assert_eq!(m.check_resend(t0, 8, ms(100), 3), Resend::Unknown);
+        // A new packet in the slot starts over.
+        m.record(7, 71, 0);
+        assert_eq!(m.check_resend(t0 + ms(1000), 7, ms(100), 3), Resend::Allowed);
     }
 
     #[test]

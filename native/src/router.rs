@@ -8,22 +8,27 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::budget::{RetransmitBudget, NACK_MAX_RESENDS};
 use crate::bwe::BandwidthEstimator;
 use crate::fasthash::HandleMap;
 use crate::layers::LayerState;
-use crate::nack::{self, Arrival, NackConfig, NackGenerator, RetransmissionBuffer, SeqMap};
+use crate::nack::{self, Arrival, NackConfig, NackGenerator, Resend, RetransmissionBuffer, SeqMap};
 use crate::reports::{BitrateSampler, NtpClock, ReceiveStats, SendStats};
 use crate::rtcp;
 use crate::rtp;
 use crate::seq::{SeqManager, TsOffset};
 use crate::twcc::TwccRecorder;
 use crate::srtp::{Profile, SrtpContext, SrtpError};
+use crate::stun_check::{self, IceKey};
 use crate::stun_peek;
 
 pub type Handle = u64;
 
 /// Upcall queue cap; further STUN/DTLS datagrams are dropped and counted.
 pub const UP_QUEUE_CAP: usize = 4096;
+/// Upcalls one transport may have waiting in that queue: a flood on one transport (its own
+/// DTLS, or STUN with its valid credentials) cannot crowd out another's handshake.
+pub const UP_QUEUE_PER_TRANSPORT: u32 = 64;
 /// Validated remote addresses kept per transport.
 pub const MAX_TUPLES: usize = 8;
 /// One outstanding key frame request per producer stream for this long.
@@ -91,6 +96,9 @@ drop_reasons! {
     Duplicate => "duplicate",
     NackPaused => "nack_consumer_paused",
     NackTruncated => "nack_truncated",
+    StunIntegrity => "stun_integrity",
+    NackBudget => "nack_budget",
+    NackMaxResends => "nack_max_resends",
 }
 
 #[derive(Clone, Debug)]
@@ -332,10 +340,32 @@ impl Counters {
     }
 }
 
+/// A remote address ICE validated for a transport.
+#[derive(Clone, Copy, Debug)]
+struct Tuple {
+    addr: SocketAddr,
+    /// The peer proved it is there: an authenticated SRTP/SRTCP packet came from it, or the
+    /// DTLS handshake completed with it. Only proven tuples are sent media or feedback.
+    proven: bool,
+}
+
 struct Transport {
     ufrag: String,
-    tuples: Vec<SocketAddr>,
+    /// MESSAGE-INTEGRITY key of STUN requests (the local ICE password).
+    ice_key: IceKey,
+    /// Validated tuples, oldest first.
+    tuples: Vec<Tuple>,
+    /// The sending tuple: where media, retransmissions and reports go. Always proven.
     selected: Option<SocketAddr>,
+    /// The tuple ICE nominated last; it becomes `selected` once proven.
+    nominated: Option<SocketAddr>,
+    /// Where the DTLS handshake completed, when `set_srtp` named it before ICE bound it.
+    dtls_addr: Option<SocketAddr>,
+    /// Upcalls of this transport waiting in the shared queue, and those refused for lack of room.
+    up_pending: u32,
+    up_dropped: u64,
+    /// STUN refused by the integrity check.
+    stun_rejected: u64,
     /// Unprotects what the peer sends (remote keys).
     rx: Option<SrtpContext>,
     /// Protects what we send (local keys).
@@ -364,14 +394,70 @@ struct Transport {
     rate_out: BitrateSampler,
 }
 
+/// Tuple selection: the rule that keeps the server from being pointed at a third party.
+///
+/// ICE (Python) reports validated and nominated tuples, but a Binding request's source
+/// address can be spoofed by anyone holding the transport's credentials (the peer itself), so
+/// a nomination alone never moves the media. A nominated tuple becomes the sending tuple only
+/// once it is proven (`prove`): an SRTP/SRTCP packet from it authenticated with the peer's
+/// keys, or the DTLS handshake completed with it. Until then media, retransmissions, reports
+/// and feedback keep going to the previous proven tuple, if any; the unproven address gets
+/// only the STUN/DTLS answers Python sends.
 impl Transport {
-    /// Where media goes: the selected tuple, else none.
+    /// Where media goes: the selected (proven) tuple, else none.
+    #[inline]
     fn media_dest(&self) -> Option<SocketAddr> {
         self.selected
     }
-    /// Where RTCP toward a sender goes: the selected tuple, else the most recent validated one.
+    /// Where RTCP toward a sender goes: the selected tuple, else the most recent proven one.
     fn feedback_dest(&self) -> Option<SocketAddr> {
-        self.selected.or_else(|| self.tuples.last().copied())
+        self.selected.or_else(|| self.tuples.iter().rev().find(|t| t.proven).map(|t| t.addr))
+    }
+
+    fn is_proven(&self, addr: SocketAddr) -> bool {
+        self.tuples.iter().any(|t| t.addr == addr && t.proven)
+    }
+
+    /// ICE nominated `addr` (a bound tuple): it is the sending tuple at once if proven, else
+    /// as soon as it proves itself.
+    fn nominate(&mut self, addr: SocketAddr) {
+        self.nominated = Some(addr);
+        if self.is_proven(addr) {
+            self.selected = Some(addr);
+        }
+    }
+
+    /// `addr` proved it is the peer. True if that made it the sending tuple.
+    fn prove(&mut self, addr: SocketAddr) -> bool {
+        let Some(t) = self.tuples.iter_mut().find(|t| t.addr == addr) else { return false };
+        t.proven = true;
+        if self.nominated == Some(addr) && self.selected != Some(addr) {
+            self.selected = Some(addr);
+            return true;
+        }
+        false
+    }
+
+    /// An authenticated packet arrived from bound tuple `from` (hot path: nothing to do when
+    /// it is the sending tuple). True if the transport had no sending tuple and has one now.
+    #[inline]
+    fn authenticated_from(&mut self, from: SocketAddr) -> bool {
+        if self.selected == Some(from) {
+            return false;
+        }
+        let had = self.selected.is_some();
+        self.prove(from) && !had
+    }
+
+    /// `addr` is no longer a tuple of this transport.
+    fn forget_tuple(&mut self, addr: SocketAddr) {
+        self.tuples.retain(|t| t.addr != addr);
+        if self.selected == Some(addr) {
+            self.selected = None;
+        }
+        if self.nominated == Some(addr) {
+            self.nominated = None;
+        }
     }
 }
 
@@ -475,6 +561,10 @@ struct ConsumerQuality {
     plis_in: u64,
     firs_in: u64,
     rate: BitrateSampler,
+    /// What retransmissions to this consumer may cost (budget.rs).
+    budget: RetransmitBudget,
+    nack_budget_drops: u64,
+    nack_max_resend_drops: u64,
 }
 
 struct Producer {
@@ -603,6 +693,8 @@ pub struct Router {
     ntp: NtpClock,
     next_report: Option<Instant>,
     rtcp_work: RtcpWork,
+    /// A transport whose first sending tuple was just proven (consumers resync).
+    connect_pending: Option<Handle>,
 }
 
 /// Items of an incoming compound RTCP packet, copied out of the decrypt buffer (capacity
@@ -653,6 +745,7 @@ impl Router {
             ntp: NtpClock::new(Instant::now()),
             next_report: None,
             rtcp_work: RtcpWork::default(),
+            connect_pending: None,
         }
     }
 
@@ -677,13 +770,16 @@ impl Router {
         self.drops.add(d, n);
     }
 
-    pub fn add_transport(&mut self, h: Handle, ufrag: &str) -> Result<()> {
+    /// A transport with local ICE credentials `ufrag` / `password`: STUN requests reach
+    /// Python only if their MESSAGE-INTEGRITY is keyed with `password`.
+    pub fn add_transport(&mut self, h: Handle, ufrag: &str, password: &str) -> Result<()> {
         if self.handle_in_use(h) {
             return Err(invalid(format!("handle {h} already in use")));
         }
         if ufrag.is_empty() || ufrag.contains(':') {
             return Err(invalid(format!("bad ufrag {ufrag:?}")));
         }
+        let ice_key = IceKey::new(password.as_bytes()).ok_or_else(|| invalid("empty ICE password"))?;
         if self.by_ufrag.contains_key(ufrag) {
             return Err(invalid(format!("ufrag {ufrag:?} already in use")));
         }
@@ -692,8 +788,14 @@ impl Router {
             h,
             Transport {
                 ufrag: ufrag.to_owned(),
+                ice_key,
                 tuples: Vec::new(),
                 selected: None,
+                nominated: None,
+                dtls_addr: None,
+                up_pending: 0,
+                up_dropped: 0,
+                stun_rejected: 0,
                 rx: None,
                 tx: None,
                 producers: Vec::new(),
@@ -730,8 +832,8 @@ impl Router {
         }
         let t = self.transports.remove(&h).expect("checked above");
         for a in &t.tuples {
-            if self.by_addr.get(a) == Some(&h) {
-                self.by_addr.remove(a);
+            if self.by_addr.get(&a.addr) == Some(&h) {
+                self.by_addr.remove(&a.addr);
             }
         }
         if self.by_ufrag.get(&t.ufrag) == Some(&h) {
@@ -740,7 +842,8 @@ impl Router {
         Ok(())
     }
 
-    /// ICE validated `addr` for transport `h`; `selected` makes it the media destination.
+    /// ICE validated `addr` for transport `h`; `selected`: the peer nominated it. A nominated
+    /// tuple becomes the media destination once proven (see `Transport::prove`).
     pub fn bind_tuple(&mut self, now: Instant, h: Handle, addr: SocketAddr, selected: bool, out: &mut Output) -> Result<()> {
         if !self.transports.contains_key(&h) {
             return Err(unknown("transport", h));
@@ -749,23 +852,22 @@ impl Router {
         if let Some(&other) = self.by_addr.get(&addr) {
             if other != h {
                 if let Some(o) = self.transports.get_mut(&other) {
-                    o.tuples.retain(|a| *a != addr);
-                    if o.selected == Some(addr) {
-                        o.selected = None;
-                    }
+                    o.forget_tuple(addr);
                 }
             }
         }
         self.by_addr.insert(addr, h);
         let t = self.transports.get_mut(&h).expect("checked above");
-        if let Some(i) = t.tuples.iter().position(|a| *a == addr) {
-            t.tuples.remove(i);
-        }
-        t.tuples.push(addr);
+        let proven = match t.tuples.iter().position(|a| a.addr == addr) {
+            Some(i) => t.tuples.remove(i).proven,
+            None => t.dtls_addr == Some(addr),
+        };
+        t.tuples.push(Tuple { addr, proven });
         if t.tuples.len() > MAX_TUPLES {
-            // Evict the oldest tuple that is not the selected one.
-            if let Some(i) = t.tuples.iter().position(|a| Some(*a) != t.selected && *a != addr) {
-                let old = t.tuples.remove(i);
+            // Evict the oldest tuple that is neither the sending nor the nominated one.
+            let keep = [t.selected, t.nominated, Some(addr)];
+            if let Some(i) = t.tuples.iter().position(|a| !keep.contains(&Some(a.addr))) {
+                let old = t.tuples.remove(i).addr;
                 if self.by_addr.get(&old) == Some(&h) {
                     self.by_addr.remove(&old);
                 }
@@ -774,7 +876,7 @@ impl Router {
         let t = self.transports.get_mut(&h).expect("checked above");
         let was_connected = t.selected.is_some() && t.tx.is_some();
         if selected {
-            t.selected = Some(addr);
+            t.nominate(addr);
         }
         let now_connected = t.selected.is_some() && t.tx.is_some();
         if now_connected && !was_connected {
@@ -783,6 +885,9 @@ impl Router {
         Ok(())
     }
 
+    /// SRTP keys from the DTLS handshake; `remote`: the address the handshake completed with
+    /// (our flights went there and the peer's last one came from there), which proves that
+    /// tuple. Without it, the first authenticated SRTP/SRTCP packet proves a tuple.
     #[allow(clippy::too_many_arguments)]
     pub fn set_srtp(
         &mut self,
@@ -793,6 +898,7 @@ impl Router {
         local_salt: &[u8],
         remote_key: &[u8],
         remote_salt: &[u8],
+        remote: Option<SocketAddr>,
         out: &mut Output,
     ) -> Result<()> {
         if !self.transports.contains_key(&h) {
@@ -813,6 +919,14 @@ impl Router {
         let was_connected = t.selected.is_some() && t.tx.is_some();
         t.tx = Some(tx);
         t.rx = Some(rx);
+        if let Some(a) = remote {
+            t.dtls_addr = Some(a);
+            t.prove(a);
+            // The handshake ran there: the sending tuple, unless one is proven already.
+            if t.selected.is_none() && t.is_proven(a) {
+                t.selected = Some(a);
+            }
+        }
         if t.selected.is_some() && !was_connected {
             self.on_transport_connected(now, h, out);
         }
@@ -1059,6 +1173,9 @@ impl Router {
             plis_in: 0,
             firs_in: 0,
             rate: BitrateSampler::default(),
+            budget: RetransmitBudget::new(now),
+            nack_budget_drops: 0,
+            nack_max_resend_drops: 0,
         };
         let consumer = Consumer {
             transport,
@@ -1162,17 +1279,31 @@ impl Router {
 
     /// Take every queued upcall.
     pub fn take_upcalls(&mut self) -> VecDeque<Upcall> {
-        std::mem::take(&mut self.up)
+        let up = std::mem::take(&mut self.up);
+        for u in &up {
+            if let Some(t) = self.transports.get_mut(&u.transport) {
+                t.up_pending = t.up_pending.saturating_sub(1);
+            }
+        }
+        up
     }
 
     pub fn has_upcalls(&self) -> bool {
         !self.up.is_empty()
     }
 
+    /// Queue a datagram for Python, within the queue's cap and the transport's share of it.
     fn push_up(&mut self, kind: UpKind, transport: Handle, from: SocketAddr, data: &[u8]) {
-        if self.up.len() >= UP_QUEUE_CAP {
+        let Some(t) = self.transports.get_mut(&transport) else { return };
+        if self.up.len() >= UP_QUEUE_CAP || t.up_pending >= UP_QUEUE_PER_TRANSPORT {
+            t.up_dropped += 1;
             self.drops.inc(Drop::UpQueueFull);
             return;
+        }
+        t.up_pending += 1;
+        match kind {
+            UpKind::Stun => t.stun_in += 1,
+            UpKind::Dtls => t.dtls_in += 1,
         }
         self.up.push_back(Upcall { kind, transport, from, data: data.to_vec() });
     }
@@ -1200,6 +1331,10 @@ impl Router {
             v.push(("dtls_in", Int(t.dtls_in)));
             v.push(("tuples", Int(t.tuples.len() as u64)));
             v.push(("selected", Str(t.selected.map(|a| a.to_string()).unwrap_or_default())));
+            v.push(("nominated", Str(t.nominated.map(|a| a.to_string()).unwrap_or_default())));
+            v.push(("proven_tuples", Int(t.tuples.iter().filter(|a| a.proven).count() as u64)));
+            v.push(("stun_rejected", Int(t.stun_rejected)));
+            v.push(("up_queue_full", Int(t.up_dropped)));
             v.push(("srtp", Bool(t.tx.is_some())));
             v.push(("available_bitrate", Int(t.bwe.available_bitrate(Instant::now()).unwrap_or(0))));
             v.push(("remb_in", Int(t.bwe.remb_in)));
@@ -1232,6 +1367,8 @@ impl Router {
             v.push(("target_layer", Int(c.target as u64)));
             v.push(("preferred_layer", Int(c.preferred_spatial as u64)));
             v.push(("layer_switches", Int(c.layer_switches)));
+            v.push(("nack_budget_drops", Int(c.quality.nack_budget_drops)));
+            v.push(("nack_max_resend_drops", Int(c.quality.nack_max_resend_drops)));
             return Ok(v);
         }
         Err(RouterError::Unknown(format!("unknown handle {h}")))
@@ -1257,25 +1394,43 @@ impl Router {
                 } else {
                     self.on_rtp(now, from, data, out)
                 }
+                // The packet proved the transport's first sending tuple: media may flow.
+                if let Some(h) = self.connect_pending.take() {
+                    self.on_transport_connected(now, h, out);
+                }
             }
             _ => self.drops.inc(Drop::Demux),
         }
     }
 
+    /// A STUN message goes to Python only as a Binding request for a known transport (found
+    /// by its USERNAME's local ufrag) with a valid MESSAGE-INTEGRITY (and FINGERPRINT, if
+    /// present); everything else is dropped here, counted.
     fn on_stun(&mut self, from: SocketAddr, data: &[u8]) {
-        let h = match self.by_addr.get(&from) {
+        let h = match stun_peek::local_ufrag(data).and_then(|u| self.by_ufrag.get(u)) {
             Some(&h) => h,
-            None => match stun_peek::local_ufrag(data).and_then(|u| self.by_ufrag.get(u)) {
-                Some(&h) => h,
-                None => {
-                    self.drops.inc(Drop::StunUnknown);
-                    return;
+            None => {
+                // From a tuple of a transport: a request that failed that transport's check.
+                match self.by_addr.get(&from).and_then(|h| self.transports.get_mut(h)) {
+                    Some(t) => {
+                        t.stats.rx(data.len());
+                        t.stun_rejected += 1;
+                        self.drops.inc(Drop::StunIntegrity);
+                    }
+                    None => self.drops.inc(Drop::StunUnknown),
                 }
-            },
+                return;
+            }
         };
-        if let Some(t) = self.transports.get_mut(&h) {
-            t.stats.rx(data.len());
-            t.stun_in += 1;
+        let Some(t) = self.transports.get_mut(&h) else {
+            self.drops.inc(Drop::StunUnknown);
+            return;
+        };
+        t.stats.rx(data.len());
+        if stun_check::verify(data, &t.ice_key).is_err() {
+            t.stun_rejected += 1;
+            self.drops.inc(Drop::StunIntegrity);
+            return;
         }
         self.push_up(UpKind::Stun, h, from, data);
     }
@@ -1287,7 +1442,6 @@ impl Router {
         };
         if let Some(t) = self.transports.get_mut(&h) {
             t.stats.rx(data.len());
-            t.dtls_in += 1;
         }
         self.push_up(UpKind::Dtls, h, from, data);
     }
@@ -1418,7 +1572,7 @@ impl Router {
             self.drops.inc(Drop::UnknownSource);
             return;
         };
-        let Router { transports, producers, consumers, drops, scratch, next_timeout, .. } = self;
+        let Router { transports, producers, consumers, drops, scratch, next_timeout, connect_pending, .. } = self;
         let Some(t) = transports.get_mut(&th) else {
             drops.inc(Drop::UnknownSource);
             return;
@@ -1434,6 +1588,9 @@ impl Router {
         if let Err(e) = rx.unprotect_rtp(scratch) {
             drops.inc(srtp_drop(e, false));
             return;
+        }
+        if t.authenticated_from(from) {
+            *connect_pending = Some(th);
         }
         let Ok(mut hdr) = rtp::parse(scratch) else {
             drops.inc(Drop::RtpMalformed);
@@ -1669,7 +1826,7 @@ impl Router {
             self.drops.inc(Drop::UnknownSource);
             return;
         };
-        let Router { transports, drops, scratch, rtcp_work: work, .. } = self;
+        let Router { transports, drops, scratch, rtcp_work: work, connect_pending, .. } = self;
         let Some(t) = transports.get_mut(&th) else { return };
         t.stats.rx(data.len());
         t.rtcp_in += 1;
@@ -1682,6 +1839,9 @@ impl Router {
         if let Err(e) = rx.unprotect_rtcp(scratch) {
             drops.inc(srtp_drop(e, true));
             return;
+        }
+        if t.authenticated_from(from) {
+            *connect_pending = Some(th);
         }
         // Collect key frame requests first (the compound borrows scratch).
         let mut wanted: [u32; 16] = [0; 16];
@@ -1916,12 +2076,28 @@ impl Router {
             return;
         }
         // Once per RTT (or 100 ms while unknown) per packet: a repeated NACK inside that
-        // time is already answered by the retransmission in flight.
+        // time is already answered by the retransmission in flight. At most NACK_MAX_RESENDS
+        // times per packet, and within the consumer's retransmission budget.
         let min_interval = q.tx.rtt.map_or(RESEND_INTERVAL, |r| r.clamp(Duration::from_millis(5), RESEND_INTERVAL));
-        if !map.try_resend(now, seq_out, min_interval) {
-            drops.inc(Drop::NackThrottled);
+        match map.check_resend(now, seq_out, min_interval, NACK_MAX_RESENDS) {
+            Resend::Allowed => {}
+            Resend::Throttled | Resend::Unknown => {
+                drops.inc(Drop::NackThrottled);
+                return;
+            }
+            Resend::MaxResends => {
+                q.nack_max_resend_drops += 1;
+                drops.inc(Drop::NackMaxResends);
+                return;
+            }
+        }
+        q.budget.refill(now, c.stats.bytes_out, q.rate.bps);
+        if !q.budget.allows(pkt.len()) {
+            q.nack_budget_drops += 1;
+            drops.inc(Drop::NackBudget);
             return;
         }
+        map.mark_resent(now, seq_out);
         let Ok(hdr) = rtp::parse(pkt) else { return };
         let PtInfo::Media(ci) = p.pt[(hdr.payload_type & 0x7f) as usize] else { return };
         let cpt = c.pt[p.codecs[ci].mapped_pt as usize];
@@ -1976,6 +2152,7 @@ impl Router {
             return;
         }
         let len = buf.len();
+        q.budget.spend(len);
         q.tx.rtx_packets += 1;
         q.tx.rtx_bytes += len as u64;
         t.stats.tx(len);
@@ -2335,11 +2512,12 @@ mod tests {
 
     /// Server side of transport `h`: local (protect) keys from seed `h*2`, remote from `h*2+1`.
     fn connect(r: &mut Router, now: Instant, h: Handle, port: u16, out: &mut Output) {
-        r.add_transport(h, &format!("ufrag{h}")).unwrap();
+        r.add_transport(h, &format!("ufrag{h}"), &format!("pw{h}")).unwrap();
         let (lk, ls) = key(h as u8 * 2);
         let (rk, rs) = key(h as u8 * 2 + 1);
-        r.set_srtp(now, h, P, &lk, &ls, &rk, &rs, out).unwrap();
+        // As the control plane does: ICE nominates the tuple, then DTLS completes with it.
         r.bind_tuple(now, h, addr(port), true, out).unwrap();
+        r.set_srtp(now, h, P, &lk, &ls, &rk, &rs, Some(addr(port)), out).unwrap();
     }
 
     /// The peer of transport `h`: protects with the server's remote keys, unprotects with its local ones.
@@ -2584,45 +2762,99 @@ mod tests {
     }
 
     #[test]
-    fn stun_goes_up_by_ufrag_then_by_address() {
+    fn stun_goes_up_only_with_the_transports_password() {
         let mut r = Router::new();
         let mut out = Output::new();
-        r.add_transport(7, "abcd").unwrap();
-        let stun = stun_peek::build_binding_request("abcd:remote");
-        r.handle_datagram(Instant::now(), addr(9), &stun, &mut out);
+        r.add_transport(7, "abcd", "secret7").unwrap();
+        let now = Instant::now();
+        for fp in [true, false] {
+            let stun = stun_check::build_binding_request("abcd:remote", b"secret7", fp);
+            r.handle_datagram(now, addr(9), &stun, &mut out);
+        }
         let up = r.take_upcalls();
-        assert_eq!(up.len(), 1);
+        assert_eq!(up.len(), 2);
         assert_eq!((up[0].kind, up[0].transport, up[0].from), (UpKind::Stun, 7, addr(9)));
-        let stun = stun_peek::build_binding_request("nope:remote");
-        r.handle_datagram(Instant::now(), addr(9), &stun, &mut out);
+        // Right ufrag, wrong password; no integrity at all; unknown ufrag.
+        let bad = stun_check::build_binding_request("abcd:remote", b"guess", true);
+        r.handle_datagram(now, addr(9), &bad, &mut out);
+        r.handle_datagram(now, addr(9), &stun_peek::build_binding_request("abcd:remote"), &mut out);
+        let mut corrupt = stun_check::build_binding_request("abcd:remote", b"secret7", true);
+        let n = corrupt.len();
+        corrupt[n - 1] ^= 1; // fingerprint
+        r.handle_datagram(now, addr(9), &corrupt, &mut out);
+        assert!(!r.has_upcalls());
+        assert_eq!(r.drops().get(Drop::StunIntegrity), 3);
+        assert!(r.stats(7).unwrap().contains(&("stun_rejected", StatValue::Int(3))));
+        let stun = stun_check::build_binding_request("nope:remote", b"secret7", true);
+        r.handle_datagram(now, addr(9), &stun, &mut out);
         assert_eq!(r.drops().get(Drop::StunUnknown), 1);
-        r.handle_datagram(Instant::now(), addr(9), &[22, 254, 253, 0], &mut out);
+        // DTLS only from a bound tuple.
+        r.handle_datagram(now, addr(9), &[22, 254, 253, 0], &mut out);
         assert_eq!(r.drops().get(Drop::UnknownSource), 1);
-        r.bind_tuple(Instant::now(), 7, addr(9), false, &mut out).unwrap();
-        r.handle_datagram(Instant::now(), addr(9), &[22, 254, 253, 0], &mut out);
+        r.bind_tuple(now, 7, addr(9), false, &mut out).unwrap();
+        r.handle_datagram(now, addr(9), &[22, 254, 253, 0], &mut out);
         let up = r.take_upcalls();
         assert_eq!(up[0].kind, UpKind::Dtls);
-        for _ in 0..UP_QUEUE_CAP + 10 {
-            r.handle_datagram(Instant::now(), addr(9), &[22], &mut out);
+        // STUN without a ufrag from a bound tuple: that transport's failed check.
+        r.handle_datagram(now, addr(9), &stun_peek::build_binding_request(":x"), &mut out);
+        assert_eq!(r.drops().get(Drop::StunIntegrity), 4);
+        assert!(matches!(r.add_transport(8, "efgh", ""), Err(RouterError::Invalid(_))));
+    }
+
+    #[test]
+    fn one_transports_flood_leaves_room_in_the_queue_for_others() {
+        let mut r = Router::new();
+        let mut out = Output::new();
+        let now = Instant::now();
+        r.add_transport(7, "abcd", "secret7").unwrap();
+        r.add_transport(8, "efgh", "secret8").unwrap();
+        r.bind_tuple(now, 7, addr(9), false, &mut out).unwrap();
+        // A flood of DTLS from transport 7's tuple and of valid STUN for it.
+        let good7 = stun_check::build_binding_request("abcd:remote", b"secret7", true);
+        for i in 0..UP_QUEUE_CAP {
+            if i % 2 == 0 {
+                r.handle_datagram(now, addr(9), &[22, 254, 253, 0], &mut out);
+            } else {
+                r.handle_datagram(now, addr(10), &good7, &mut out);
+            }
         }
-        assert_eq!(r.drops().get(Drop::UpQueueFull), 10);
+        assert_eq!(r.drops().get(Drop::UpQueueFull), (UP_QUEUE_CAP - UP_QUEUE_PER_TRANSPORT as usize) as u64);
+        assert!(r.stats(7).unwrap().contains(&("up_queue_full", StatValue::Int((UP_QUEUE_CAP - 64) as u64))));
+        // The newcomer's handshake still gets through.
+        let good8 = stun_check::build_binding_request("efgh:remote", b"secret8", true);
+        r.handle_datagram(now, addr(20), &good8, &mut out);
+        let up = r.take_upcalls();
+        assert_eq!(up.len(), UP_QUEUE_PER_TRANSPORT as usize + 1);
+        assert_eq!(up.back().unwrap().transport, 8);
+        // Draining gives transport 7 its share back.
+        r.handle_datagram(now, addr(9), &[22, 254, 253, 0], &mut out);
+        assert_eq!(r.take_upcalls().len(), 1);
+        // Many transports flooding at once: the total stays bounded.
+        for h in 100..200u64 {
+            r.add_transport(h, &format!("u{h}"), "pw").unwrap();
+            let req = stun_check::build_binding_request(&format!("u{h}:x"), b"pw", true);
+            for _ in 0..UP_QUEUE_PER_TRANSPORT + 5 {
+                r.handle_datagram(now, addr(30), &req, &mut out);
+            }
+        }
+        assert_eq!(r.take_upcalls().len(), UP_QUEUE_CAP);
     }
 
     #[test]
     fn remove_transport_cascades_and_bad_calls_fail_cleanly() {
         let mut room = room(false);
         assert_eq!(room.r.counts(), Counts { transports: 3, producers: 1, consumers: 2, streams: 3 });
-        assert!(matches!(room.r.add_transport(10, "x"), Err(RouterError::Invalid(_))));
-        assert!(matches!(room.r.add_transport(99, "ufrag1"), Err(RouterError::Invalid(_))));
+        assert!(matches!(room.r.add_transport(10, "x", "pw"), Err(RouterError::Invalid(_))));
+        assert!(matches!(room.r.add_transport(99, "ufrag1", "pw"), Err(RouterError::Invalid(_))));
         assert!(matches!(room.r.remove_consumer(12345), Err(RouterError::Unknown(_))));
         assert!(matches!(room.r.stats(12345), Err(RouterError::Unknown(_))));
         let mut out = Output::new();
         assert!(matches!(
-            room.r.set_srtp(room.now, 1, "NOPE", &[], &[], &[], &[], &mut out),
+            room.r.set_srtp(room.now, 1, "NOPE", &[], &[], &[], &[], None, &mut out),
             Err(RouterError::Invalid(_))
         ));
         assert!(matches!(
-            room.r.set_srtp(room.now, 1, P, &[1; 3], &[], &[], &[], &mut out),
+            room.r.set_srtp(room.now, 1, P, &[1; 3], &[], &[], &[], None, &mut out),
             Err(RouterError::Invalid(_))
         ));
         room.r.remove_transport(1).unwrap();
@@ -2884,15 +3116,16 @@ mod tests {
             _ => panic!("no pliCount"),
         };
         let mut out = Output::new();
-        room.r.add_transport(4, "ufrag4").unwrap();
+        room.r.add_transport(4, "ufrag4", "pw4").unwrap();
         room.r.add_consumer(room.now, 40, 4, 10, consumer_spec(0xCCCC, "c9", false), &mut out).unwrap();
         let before = kf(&room.r);
-        // Keys first, then the selected tuple: media can flow only now → key frame request.
+        // Keys first (DTLS completed with 4000), then the selected tuple: media can flow only
+        // now → key frame request.
         let later = room.now + Duration::from_secs(2);
         let (lk, ls) = key(8);
         let (rk, rs) = key(9);
         let mut out = Output::new();
-        room.r.set_srtp(later, 4, P, &lk, &ls, &rk, &rs, &mut out).unwrap();
+        room.r.set_srtp(later, 4, P, &lk, &ls, &rk, &rs, Some(addr(4000)), &mut out).unwrap();
         assert!(out.transmits.is_empty());
         room.r.bind_tuple(later, 4, addr(4000), true, &mut out).unwrap();
         assert_eq!(kf(&room.r), before + 1);
@@ -3080,6 +3313,211 @@ mod tests {
                 room.r.handle_datagram(room.now, addr(1000), &d, &mut out);
                 room.r.handle_datagram(room.now, addr(2000), &d, &mut out);
             }
+        }
+    }
+
+    /// A compound RR + NACK (+ PLI) from a viewer, protected with its keys.
+    fn viewer_rtcp(ctx: &mut SrtpContext, ssrc: u32, nacks: &[u16], pli: bool) -> Vec<u8> {
+        let mut b = Vec::new();
+        rtcp::build_rr(&mut b, 1, &[]);
+        if !nacks.is_empty() {
+            rtcp::build_nack(&mut b, 1, ssrc, nacks);
+        }
+        if pli {
+            rtcp::build_pli(&mut b, 1, ssrc);
+        }
+        ctx.protect_rtcp(&mut b).unwrap();
+        b
+    }
+
+    fn dests(out: &Output) -> Vec<u16> {
+        out.transmits.iter().map(|t| t.dest.port()).collect()
+    }
+
+    #[test]
+    fn a_nominated_tuple_gets_media_only_once_proven() {
+        let mut room = room(false);
+        let out = room.send(true);
+        assert!(dests(&out).contains(&2000));
+        // A spoofed Binding request with viewer 2's credentials from a victim's address
+        // (6666): ICE validates and nominates it.
+        let mut out = Output::new();
+        room.r.bind_tuple(room.now, 2, addr(6666), false, &mut out).unwrap();
+        room.r.bind_tuple(room.now, 2, addr(6666), true, &mut out).unwrap();
+        // The same for the host (7777): feedback toward the sender must not move either.
+        room.r.bind_tuple(room.now, 1, addr(7777), true, &mut out).unwrap();
+        assert!(out.transmits.is_empty());
+        assert_eq!(stat_str(&room.r, 2, "selected"), addr(2000).to_string());
+        assert_eq!(stat_str(&room.r, 2, "nominated"), addr(6666).to_string());
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            seen.extend(dests(&room.send(false)));
+        }
+        assert!(seen.contains(&2000) && !seen.contains(&6666) && !seen.contains(&7777), "{seen:?}");
+        // The viewer (at its real address) NACKs and asks for a key frame: the answers go to
+        // 2000 and the PLI to the host's proven tuple 1000.
+        let mut v2 = peer(2).0;
+        let later = room.now + Duration::from_secs(2);
+        let base = {
+            let out = room.send(false);
+            let t = out.transmits.iter().find(|t| t.dest.port() == 2000).unwrap();
+            room.recv(t).2
+        };
+        let mut out = Output::new();
+        room.r.handle_datagram(later, addr(2000), &viewer_rtcp(&mut v2, 0xAAAA, &[base, base.wrapping_sub(1)], true), &mut out);
+        let d = dests(&out);
+        assert!(d.contains(&2000) && d.contains(&1000) && !d.contains(&6666) && !d.contains(&7777), "{d:?}");
+        // Reports a second later: SR to 2000, RR to 1000.
+        let mut out = Output::new();
+        room.r.handle_timeout(later, &mut out);
+        room.r.handle_timeout(later + Duration::from_secs(2), &mut out);
+        let d = dests(&out);
+        assert!(!d.contains(&6666) && !d.contains(&7777), "{d:?}");
+        assert_eq!(stat_str(&room.r, 2, "selected"), addr(2000).to_string());
+        // Forged or unauthenticated SRTCP from the victim's address proves nothing.
+        let forged = viewer_rtcp(&mut ctx(99), 0xAAAA, &[], false);
+        let mut out = Output::new();
+        room.r.handle_datagram(later, addr(6666), &forged, &mut out);
+        assert_eq!(room.r.drops().get(Drop::SrtcpAuth) + room.r.drops().get(Drop::SrtcpReplay), 1);
+        assert_eq!(stat_str(&room.r, 2, "selected"), addr(2000).to_string());
+        // Re-nominating the proven tuple (the real viewer's next check) keeps it.
+        room.r.bind_tuple(later, 2, addr(2000), true, &mut out).unwrap();
+        assert_eq!(stat_str(&room.r, 2, "nominated"), addr(2000).to_string());
+        // A real move (the peer's network changed): nominated, then its authenticated SRTCP
+        // from the new address makes it the sending tuple.
+        room.r.bind_tuple(later, 2, addr(2001), true, &mut out).unwrap();
+        assert!(!dests(&room.send(false)).contains(&2001));
+        let mut out = Output::new();
+        room.r.handle_datagram(later, addr(2001), &viewer_rtcp(&mut v2, 0xAAAA, &[], false), &mut out);
+        assert_eq!(stat_str(&room.r, 2, "selected"), addr(2001).to_string());
+        let d = dests(&room.send(false));
+        assert!(d.contains(&2001) && !d.contains(&2000), "{d:?}");
+        // An authenticated packet from a proven tuple that is not the nominated one (2000)
+        // does not move the media back.
+        let mut out = Output::new();
+        room.r.handle_datagram(later, addr(2000), &viewer_rtcp(&mut v2, 0xAAAA, &[], false), &mut out);
+        assert_eq!(stat_str(&room.r, 2, "selected"), addr(2001).to_string());
+        // The host's RTP from its proven tuple does not move its feedback to 7777 either.
+        assert_eq!(stat_str(&room.r, 1, "selected"), addr(1000).to_string());
+    }
+
+    fn stat_str(r: &Router, h: Handle, key: &str) -> String {
+        match r.stats(h).unwrap().into_iter().find(|(k, _)| *k == key) {
+            Some((_, StatValue::Str(s))) => s,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_a_dtls_address_the_first_authenticated_packet_proves_the_tuple() {
+        let mut room = room(false);
+        room.send(true);
+        let mut out = Output::new();
+        room.r.add_transport(4, "ufrag4", "pw4").unwrap();
+        room.r.add_consumer(room.now, 40, 4, 10, consumer_spec(0xCCCC, "c9", false), &mut out).unwrap();
+        room.r.bind_tuple(room.now, 4, addr(4000), true, &mut out).unwrap();
+        let (lk, ls) = key(8);
+        let (rk, rs) = key(9);
+        let later = room.now + Duration::from_secs(2);
+        room.now = later;
+        let mut out = Output::new();
+        room.r.set_srtp(later, 4, P, &lk, &ls, &rk, &rs, None, &mut out).unwrap();
+        assert!(out.transmits.is_empty(), "not connected yet: no key frame request");
+        assert_eq!(stat_str(&room.r, 4, "selected"), "");
+        let out = room.send(true);
+        assert!(!dests(&out).contains(&4000));
+        // The viewer's first RTCP (its keys: remote key seed 9) proves 4000.
+        let mut v4 = ctx(9);
+        let mut out = Output::new();
+        room.r.handle_datagram(later, addr(4000), &viewer_rtcp(&mut v4, 0xCCCC, &[], false), &mut out);
+        assert_eq!(stat_str(&room.r, 4, "selected"), addr(4000).to_string());
+        assert_eq!(dests(&out), vec![1000], "connected: a key frame request to the host");
+        let out = room.send(true);
+        assert!(dests(&out).contains(&4000));
+    }
+
+    /// Host 1 → producer 10 → consumer 20 on viewer 2 (no RTX): `n` packets forwarded at
+    /// `now`; returns the router and viewer 2's first output sequence number.
+    fn nack_room(n: u16, payload_len: usize) -> (Router, Instant, u16) {
+        let mut r = Router::new();
+        let now = Instant::now();
+        let mut out = Output::new();
+        connect(&mut r, now, 1, 1000, &mut out);
+        connect(&mut r, now, 2, 2000, &mut out);
+        r.add_producer(10, 1, producer_spec(None)).unwrap();
+        r.add_consumer(now, 20, 2, 10, consumer_spec(0xAAAA, "c0", false), &mut out).unwrap();
+        let (mut host, _) = peer(1);
+        let mut v2 = peer(2).1;
+        let mut first = None;
+        for i in 0..n {
+            let mut payload = vp8_payload(i == 0);
+            payload.resize(payload_len, 0xcd);
+            let mut pkt = rtp_packet(0x1234, 500 + i, VP8_PT, Some("0"), &payload);
+            host.protect_rtp(&mut pkt).unwrap();
+            let mut out = Output::new();
+            r.handle_datagram(now, addr(1000), &pkt, &mut out);
+            for t in out.transmits.iter().filter(|t| t.dest.port() == 2000) {
+                let mut b = t.buf.clone();
+                v2.unprotect_rtp(&mut b).unwrap();
+                first.get_or_insert(rtp::parse(&b).unwrap().sequence);
+            }
+        }
+        (r, now, first.unwrap())
+    }
+
+    #[test]
+    fn a_packet_is_retransmitted_at_most_max_resends_times() {
+        let (mut r, now, base) = nack_room(5, 100);
+        let mut v2 = peer(2).0;
+        let mut sent = 0;
+        for round in 0..6u64 {
+            let mut out = Output::new();
+            let at = now + Duration::from_millis(150 * round);
+            r.handle_datagram(at, addr(2000), &viewer_rtcp(&mut v2, 0xAAAA, &[base + 2], false), &mut out);
+            sent += out.transmits.len();
+        }
+        assert_eq!(sent, NACK_MAX_RESENDS as usize);
+        assert_eq!(r.drops().get(Drop::NackMaxResends), 6 - NACK_MAX_RESENDS as u64);
+        assert_eq!(stat(&r, 20, "packetsRetransmitted"), Some(StatValue::Int(NACK_MAX_RESENDS as u64)));
+        assert!(r.stats(20).unwrap().contains(&("nack_max_resend_drops", StatValue::Int(3))));
+    }
+
+    #[test]
+    fn retransmissions_stay_within_the_consumers_budget() {
+        use crate::budget::{RetransmitBudget, NACK_BUDGET_MIN_BURST_BYTES};
+        // ~0.8 Mbit/s forwarded for 4 s (one 1 kB packet every 10 ms) while the viewer NACKs
+        // every packet it has had, every 50 ms.
+        let (mut r, t0, base) = nack_room(1, 1000);
+        let (mut host, _) = peer(1);
+        let mut v2 = peer(2).0;
+        let (mut forwarded, mut resent) = (0u64, 0u64);
+        let mut sent = 1u16;
+        for ms in (10..4000u64).step_by(10) {
+            let now = t0 + Duration::from_millis(ms);
+            let mut out = Output::new();
+            let mut payload = vp8_payload(false);
+            payload.resize(1000, 0xcd);
+            let mut pkt = rtp_packet(0x1234, 500 + sent, VP8_PT, Some("0"), &payload);
+            sent += 1;
+            host.protect_rtp(&mut pkt).unwrap();
+            r.handle_datagram(now, addr(1000), &pkt, &mut out);
+            forwarded += out.transmits.iter().filter(|t| t.dest.port() == 2000).map(|t| t.buf.len() as u64).sum::<u64>();
+            r.handle_timeout(now, &mut out);
+            if ms % 50 == 0 {
+                let seqs: Vec<u16> = (0..sent.min(1000)).map(|i| base.wrapping_add(sent - 1 - i)).collect();
+                let mut out = Output::new();
+                r.handle_datagram(now, addr(2000), &viewer_rtcp(&mut v2, 0xAAAA, &seqs, false), &mut out);
+                resent += out.transmits.iter().filter(|t| t.dest.port() == 2000).map(|t| t.buf.len() as u64).sum::<u64>();
+            }
+        }
+        // At most half of what was forwarded, plus the initial bucket and one packet's overhead.
+        let bound = forwarded / 2 + NACK_BUDGET_MIN_BURST_BYTES.max(RetransmitBudget::capacity(800_000)) + 1100;
+        assert!(resent <= bound, "resent {resent} > {bound} (forwarded {forwarded})");
+        assert!(resent * 100 >= forwarded * 45, "the budget is used: {resent} of {forwarded}");
+        assert!(r.drops().get(Drop::NackBudget) > 0);
+        match r.stats(20).unwrap().into_iter().find(|(k, _)| *k == "nack_budget_drops") {
+            Some((_, StatValue::Int(n))) => assert!(n > 0),
+            other => panic!("{other:?}"),
         }
     }
 }
