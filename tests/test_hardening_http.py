@@ -494,7 +494,8 @@ async def test_handshakes_are_bounded(server: Server, client: ClientFactory) -> 
     await assert_up(server, client)
 
 
-async def test_slow_reader_of_a_static_file(server: Server, client: ClientFactory) -> None:
+async def test_slow_reader_of_a_static_file(server: Server, client: ClientFactory,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     app_js = (server_module.WEB_ROOT / "app.js").read_bytes()
     async with live_stream(server) as live:
         sock = trio.socket.socket()
@@ -516,6 +517,7 @@ async def test_slow_reader_of_a_static_file(server: Server, client: ClientFactor
                 received += len(chunk)
         sock.close()
         assert closed and received < len(app_js), received
+        assert any(r.getMessage() == "http.slow_reader" for r in caplog.records)
         await assert_up(server, client)
     live.assert_intact()
 
@@ -523,7 +525,8 @@ async def test_slow_reader_of_a_static_file(server: Server, client: ClientFactor
 @pytest.mark.parametrize("config_overrides", [{
     "http_timeout": TIMEOUT, "write_timeout": TIMEOUT, "requests_per_second": 10000.0,
     "request_burst": 10000}])
-async def test_slow_reader_of_signaling(server: Server, client: ClientFactory) -> None:
+async def test_slow_reader_of_signaling(server: Server, client: ClientFactory,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     """A client that sends requests but never reads the answers is closed after
     write_timeout, not waited for."""
     async with live_stream(server) as live:
@@ -539,6 +542,8 @@ async def test_slow_reader_of_signaling(server: Server, client: ClientFactory) -
             while server.sessions > sessions:
                 await trio.sleep(0.05)
         await stream.aclose()
+        closed = [r for r in caplog.records if r.getMessage() == "websocket.closed"]
+        assert [r.reason for r in closed] == ["slow_reader"]  # type: ignore[attr-defined]
         await assert_up(server, client)
     live.assert_intact()
 
