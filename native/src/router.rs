@@ -719,6 +719,9 @@ const MAX_RTCP_ITEMS: usize = 64;
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Spacing of resends of the same packet to a viewer when its RTT is unknown.
 const RESEND_INTERVAL: Duration = Duration::from_millis(100);
+/// What a retransmission may add to the buffered packet (RTX header, the consumer's MID,
+/// SRTP tag), so the budget check before building it is not short.
+const RETRANSMIT_OVERHEAD: usize = 40;
 
 impl Default for Router {
     fn default() -> Self {
@@ -2092,7 +2095,7 @@ impl Router {
             }
         }
         q.budget.refill(now, c.stats.bytes_out, q.rate.bps);
-        if !q.budget.allows(pkt.len()) {
+        if !q.budget.allows(pkt.len() + RETRANSMIT_OVERHEAD) {
             q.nack_budget_drops += 1;
             drops.inc(Drop::NackBudget);
             return;
