@@ -34,6 +34,7 @@ from urllib.parse import unquote_to_bytes
 import h11
 import trio
 import trio_websocket
+import wsproto.utilities
 
 from pysfu import ortc
 from pysfu.config import Config
@@ -84,9 +85,12 @@ _REASONS = {
 }
 
 # A client that goes away (reset, close, half-sent frame): not our bug, logged quietly.
+# LocalProtocolError too: trio-websocket answers a ping that arrives while we close the
+# connection (join deadline, overflow) with a pong that wsproto refuses in that state, in its
+# reader task; the client's timing, not a bug of ours (tests: test_ping_while_the_server_closes).
 _DISCONNECTS = (
     trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed,
-    ConnectionError,
+    ConnectionError, wsproto.utilities.LocalProtocolError,
 )
 
 
