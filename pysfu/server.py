@@ -242,13 +242,14 @@ class _WebSocketStream(trio.abc.Stream):
         self.on_close: Callable[[], None] | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        size = max_bytes or RECEIVE_SIZE
         if self._replay:
-            data, self._replay = self._replay, b""
+            data, self._replay = self._replay[:size], self._replay[size:]
             return data
         if self._ended:
             return b""
         if self._pending:
-            data, self._pending = self._pending, b""
+            data, self._pending = self._pending[:size], self._pending[size:]
         else:
             data = await self._stream.receive_some(max_bytes)
         over = self._pings.feed(data)

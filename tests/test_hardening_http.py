@@ -682,3 +682,26 @@ async def test_ping_while_the_server_closes(server: Server, client: ClientFactor
         pass
     await stream.aclose()
     await assert_up(server, client)
+
+
+async def test_control_frame_counter_follows_frames_across_chunks() -> None:
+    """The ping counter under the WebSocket library: frames of every length encoding, split
+    anywhere, and the offset of the first ping over the burst."""
+    from pysfu.server import _ControlFrameCounter
+
+    frames = [client_frame(0x1, b"x" * 5), client_frame(0x2, b"y" * 300),
+              client_frame(0x1, b"z" * 70000), client_frame(0xA, b"pong")]
+    pings = [client_frame(0x9, b"p%d" % i) for i in range(PING_BURST + 1)]
+    stream = b"".join(frames + pings)
+    over_at = len(b"".join(frames + pings[:-1]))  # where the ping over the burst starts
+    for split in (1, 7, 4096, len(stream)):
+        counter = _ControlFrameCounter(rate=0.001, burst=PING_BURST + 1)  # + the pong
+        found = None
+        for start in range(0, len(stream), split):
+            offset = counter.feed(stream[start:start + split])
+            if offset is not None:
+                found = start + offset
+                break
+        # Found once its 6-byte header is complete; a header begun in an earlier chunk is
+        # reported at 0 of the current chunk (the part already passed up is incomplete).
+        assert found is not None and over_at <= found < over_at + 6, (split, found, over_at)
