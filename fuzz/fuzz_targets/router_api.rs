@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
         let c = 200 + (a % 16) as Handle;
         match kind {
             0 => {
-                let ok = r.add_transport(t, &format!("u{t}")).is_ok();
+                let ok = r.add_transport(t, &format!("u{t}"), "pw").is_ok();
                 assert_eq!(ok, !m.transports.contains(&t));
                 m.transports.insert(t);
             }
@@ -126,7 +126,8 @@ fuzz_target!(|data: &[u8]| {
             }
             9 => {
                 let (k, s) = common::key(b);
-                let ok = r.set_srtp(now, t, common::PROFILE.name(), &k, &s, &k, &s, &mut out).is_ok();
+                let dtls = (b & 0x40 != 0).then(|| common::addr(1000 + u16::from(b % 12)));
+                let ok = r.set_srtp(now, t, common::PROFILE.name(), &k, &s, &k, &s, dtls, &mut out).is_ok();
                 assert_eq!(ok, m.transports.contains(&t));
             }
             10 => {

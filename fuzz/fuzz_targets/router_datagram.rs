@@ -2,15 +2,20 @@
 //! known and unknown addresses, raw or SRTP/SRTCP-protected with the sender's real keys
 //! (so the decrypted RTP/RTCP handling is reached). Invariants: no panic, no object is
 //! created or removed by datagrams, every transmit goes to a bound tuple, upcalls stay
-//! bounded, and each datagram is either forwarded/queued or counted.
+//! bounded, and each datagram is either forwarded/queued or counted. Datagrams from unknown
+//! addresses may be turned into Binding requests with a transport's valid credentials that
+//! ICE then nominates (a spoofed-source nomination): no transmit may ever go to such an
+//! address unless an SRTP/SRTCP packet protected with that transport's keys came from it.
 #![no_main]
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use pysfu_native::router::{Output, UP_QUEUE_CAP};
+use pysfu_native::stun_check;
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
@@ -23,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     let mut t = now;
     let mut upcalls = 0usize;
+    // Unknown addresses that sent a packet protected with real keys (the residual: a peer
+    // with its keys may prove an address it can send from).
+    let mut authenticated = HashSet::new();
     while rest.len() >= 2 {
         let (sel, len) = (rest[0], rest[1] as usize * 2);
         let body = &rest[2..];
@@ -30,21 +38,43 @@ fuzz_target!(|data: &[u8]| {
         let mut pkt = body[..n].to_vec();
         rest = &body[n..];
         let who = (sel & 3) as usize;
-        let from = if who < 3 { known[who] } else { common::addr(4000 + u16::from(sel >> 4)) };
-        // Protect with the sender's keys (RTP, or RTCP when the second byte says so).
-        if sel & 4 != 0 && who < 3 {
-            let is_rtcp = pkt.get(1).is_some_and(|b| (192..=223).contains(b));
-            let _ = if is_rtcp { tx[who].protect_rtcp(&mut pkt) } else { tx[who].protect_rtp(&mut pkt) };
+        let from = if who < 3 { known[who] } else { common::addr(4000 + u16::from((sel >> 4) & 7)) };
+        // Which transport an unknown address pretends to belong to.
+        let owner = if who < 3 { who } else { usize::from((sel >> 4) & 7) % 3 };
+        if who == 3 && pkt.first() == Some(&0) {
+            // A Binding request with the owner's valid credentials from that address, which
+            // ICE (Python) validates and nominates.
+            let h = owner as u64 + 1;
+            pkt = stun_check::build_binding_request(&format!("{}:x", common::ufrag(h)), common::password(h).as_bytes(), true);
+            r.handle_datagram(t, from, &pkt, &mut out);
+            r.bind_tuple(t, h, from, true, &mut out).expect("transport exists");
+        } else {
+            // Protect with the sender's keys (RTP, or RTCP when the second byte says so).
+            if sel & 4 != 0 {
+                let is_rtcp = pkt.get(1).is_some_and(|b| (192..=223).contains(b));
+                let ok = if is_rtcp { tx[owner].protect_rtcp(&mut pkt) } else { tx[owner].protect_rtp(&mut pkt) };
+                if ok.is_ok() && who == 3 {
+                    authenticated.insert(from);
+                }
+            }
+            r.handle_datagram(t, from, &pkt, &mut out);
         }
-        r.handle_datagram(t, from, &pkt, &mut out);
-        for tr in &out.transmits {
-            assert!(known.contains(&tr.dest), "transmit to unbound {}", tr.dest);
-            assert!(!tr.buf.is_empty());
-        }
+        let check = |out: &Output| {
+            for tr in &out.transmits {
+                assert!(
+                    known.contains(&tr.dest) || authenticated.contains(&tr.dest),
+                    "transmit to an address that never proved itself: {}",
+                    tr.dest
+                );
+                assert!(!tr.buf.is_empty());
+            }
+        };
+        check(&out);
         out.recycle();
         if sel & 8 != 0 {
             t += Duration::from_millis(400);
             r.handle_timeout(t, &mut out);
+            check(&out);
             out.recycle();
         }
         if sel & 0x80 != 0 {

@@ -27,12 +27,22 @@ pub fn peer_tx(h: Handle) -> SrtpContext {
     SrtpContext::new(PROFILE, &k, &s).expect("valid keys")
 }
 
+/// Local ICE credentials of transport `h`.
+pub fn ufrag(h: Handle) -> String {
+    format!("ufrag{h}")
+}
+
+pub fn password(h: Handle) -> String {
+    format!("password{h}")
+}
+
+/// As the control plane does: ICE nominates the tuple, then DTLS completes with it (proven).
 pub fn connect(r: &mut Router, now: Instant, h: Handle, port: u16, out: &mut Output) {
-    r.add_transport(h, &format!("ufrag{h}")).expect("add transport");
+    r.add_transport(h, &ufrag(h), &password(h)).expect("add transport");
     let (lk, ls) = key(h as u8 * 2);
     let (rk, rs) = key(h as u8 * 2 + 1);
-    r.set_srtp(now, h, PROFILE.name(), &lk, &ls, &rk, &rs, out).expect("srtp");
     r.bind_tuple(now, h, addr(port), true, out).expect("bind");
+    r.set_srtp(now, h, PROFILE.name(), &lk, &ls, &rk, &rs, Some(addr(port)), out).expect("srtp");
 }
 
 pub fn video_spec(mid: &str, ssrc: u32) -> ProducerSpec {
