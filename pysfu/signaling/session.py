@@ -79,6 +79,7 @@ class Session:
         self._bucket = TokenBucket(ctx.config.requests_per_second, ctx.config.request_burst)
         self.rate_limited = 0
         self._overflowed = False
+        self._nursery: trio.Nursery | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[str, dict]]]] = {
             "join": self._join,
             "leave": self._leave,
@@ -98,6 +99,7 @@ class Session:
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._join_deadline)
                 try:
@@ -142,7 +144,10 @@ class Session:
                       room=self.room.id if self.room else None,
                       peer=self.peer.id if self.peer else None)
             self._detach()
-            trio.lowlevel.spawn_system_task(self.ws.aclose, 1008, "outbound queue overflow")
+            # Closed by a task of this session (its nursery is within the connection's
+            # boundary), never a system task: an error there would end the whole run.
+            if self._nursery is not None:
+                self._nursery.start_soon(self.ws.aclose, 1008, "outbound queue overflow")
 
     def notify(self, event: str, data: dict[str, Any]) -> None:
         self._queue(encode(event, data))
