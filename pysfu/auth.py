@@ -13,6 +13,7 @@ that does not grant what was asked.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ ROLES = ("host", "viewer")
 ANY_ROOM = "*"
 MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash are guessable (RFC 7518 §3.2)
 MAX_TOKEN_LENGTH = 4096
+MAX_NAME_LENGTH = 128
 # Tolerated clock difference between the app server that minted a token and this one.
 LEEWAY_SECONDS = 30.0
 _IDENTITY_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # as signaling's room and peer ids
@@ -103,8 +105,11 @@ class Verifier:
             raise _unauthorized() from None
         exp, nbf = claims["exp"], claims.get("nbf")
         for value in (exp, nbf):
+            # PyJWT parses with json.loads, which takes NaN and Infinity: a token that never
+            # expires (or compares false to everything) is refused like a malformed one.
             if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int | float)):
+                                      or not isinstance(value, int | float)
+                                      or not math.isfinite(value)):
                 raise _unauthorized()
         if now > exp + LEEWAY_SECONDS or (nbf is not None and now < nbf - LEEWAY_SECONDS):
             raise _unauthorized()
@@ -116,7 +121,7 @@ class Verifier:
             raise _unauthorized()
         if role not in ROLES:
             raise _unauthorized()
-        if name is not None and not (isinstance(name, str) and len(name) <= 128):
+        if name is not None and not (isinstance(name, str) and len(name) <= MAX_NAME_LENGTH):
             raise _unauthorized()
         return Grant(sub, room, role, float(exp), name)
 
@@ -131,8 +136,10 @@ def create_token(secret: str, *, room: str, identity: str, role: str, now: float
         raise ValueError("identity: 1-64 characters of letters, digits, _ . : -")
     if room != ANY_ROOM and not _IDENTITY_RE.fullmatch(room):
         raise ValueError("room: '*' or 1-64 characters of letters, digits, _ . : -")
-    if ttl <= 0:
-        raise ValueError("ttl must be > 0")
+    if not 0 < ttl < math.inf:
+        raise ValueError("ttl must be > 0 and finite")
+    if name is not None and not (isinstance(name, str) and len(name) <= MAX_NAME_LENGTH):
+        raise ValueError(f"name: at most {MAX_NAME_LENGTH} characters")
     claims: dict[str, Any] = {"sub": identity, "room": room, "role": role,
                               "exp": int(now + ttl), "iat": int(now)}
     if not_before is not None:

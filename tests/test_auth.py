@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 
 import jwt
@@ -97,3 +99,21 @@ def test_create_token_refuses_what_the_server_would() -> None:
             token(**kw)
     with pytest.raises(ValueError):
         Verifier()
+
+
+def test_non_finite_times_are_refused() -> None:
+    """json.loads (used by PyJWT) takes NaN and Infinity: such a token, even correctly
+    signed, must not be a token that never expires."""
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    v = Verifier(SECRET)
+    for exp in (b"NaN", b"Infinity"):
+        payload = base64.urlsafe_b64encode(
+            b'{"sub":"alice","room":"r1","role":"host","exp":' + exp + b"}").rstrip(b"=")
+        signing_input = header + b"." + payload
+        sig = base64.urlsafe_b64encode(
+            hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest()).rstrip(b"=")
+        assert code(v, (signing_input + b"." + sig).decode()) == errors.UNAUTHORIZED
+    with pytest.raises(ValueError):
+        token(name="n" * 129)
+    with pytest.raises(ValueError):
+        token(ttl=float("inf"))
