@@ -1,12 +1,20 @@
-"""``pysfu serve``: run the SFU. Settings: defaults < --config FILE < PYSFU_* env < options."""
+"""``pysfu serve``: run the SFU. Settings: defaults < --config FILE < PYSFU_* env < options.
+
+``pysfu token --room R --identity I --role host|viewer [--ttl 1h] [--name N] [--kid K]``:
+print a join token signed with the configured secret (``auth_secret``, or the ``auth_keys``
+entry named by ``--kid``; from ``--config FILE`` or ``PYSFU_AUTH_SECRET`` /
+``PYSFU_AUTH_KEYS``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
+import time
 
 import trio
 
@@ -27,11 +35,74 @@ def _parser() -> argparse.ArgumentParser:
                        help="address put in ICE candidates (public IP behind NAT)")
     serve.add_argument("--config", help="TOML file with settings")
     serve.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    serve.add_argument("--allowed-origins", dest="allowed_origins",
+                       help="comma-separated origins whose pages may open the WebSocket "
+                            "(default: this server's own; '*' for any)")
+    serve.add_argument("--allow-open-rooms", dest="allow_open_rooms", action="store_true",
+                       default=None,
+                       help="run without auth_secret on a non-loopback address: anyone who "
+                            "reaches it may create and join rooms")
+    token = sub.add_parser("token", help="print a join token signed with the configured secret")
+    token.add_argument("--room", required=True, help="room id, or * for any room")
+    token.add_argument("--identity", required=True, help="the peer's identity (its peer id)")
+    token.add_argument("--role", required=True, choices=("host", "viewer"))
+    token.add_argument("--ttl", default="1h", help="lifetime: seconds, or 30m, 1h, 7d "
+                                                   "(default 1h)")
+    token.add_argument("--name", help="display name")
+    token.add_argument("--kid", help="key id: sign with this entry of auth_keys")
+    token.add_argument("--config", help="TOML file with settings (auth_secret / auth_keys)")
     return parser
+
+
+_TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``1h``, ``7d`` -> seconds; ValueError otherwise."""
+    m = _TTL.fullmatch(text.strip())
+    if m is None or float(m.group(1)) <= 0:
+        raise ValueError(f"--ttl {text!r}: give seconds or a number with s, m, h or d")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _token(args: argparse.Namespace) -> int:
+    from pysfu.auth import create_token
+
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as exc:
+        sys.stderr.write(f"pysfu: {exc}\n")
+        return 2
+    if args.kid is not None:
+        secret = (config.auth_keys or {}).get(args.kid)
+        if secret is None:
+            known = ", ".join(sorted(config.auth_keys or {})) or "none configured"
+            sys.stderr.write(f"pysfu: --kid {args.kid!r} is not in auth_keys ({known})\n")
+            return 2
+    elif config.auth_secret is not None:
+        secret = config.auth_secret
+    else:
+        why = ("auth_keys is set: name the key with --kid" if config.auth_keys
+               else "no secret configured: set auth_secret in --config FILE or "
+                    "PYSFU_AUTH_SECRET")
+        sys.stderr.write(f"pysfu: {why}\n")
+        return 2
+    try:
+        ttl = parse_ttl(args.ttl)
+        token = create_token(secret, room=args.room, identity=args.identity, role=args.role,
+                             now=time.time(), ttl=ttl, name=args.name, kid=args.kid)
+    except ValueError as exc:
+        sys.stderr.write(f"pysfu: {exc}\n")
+        return 2
+    sys.stdout.write(token + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "token":
+        return _token(args)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
         config = load_config(args.config, os.environ, overrides)

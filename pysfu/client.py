@@ -4,6 +4,10 @@
         await client.join("room1", "viewer", "peer-42")
         caps = await client.request("getRouterRtpCapabilities", {"roomId": "room1"})
         event, data = await client.next_notification("newProducer")
+
+With a server that requires join tokens (``auth_secret``): ``client.join("room1", "viewer",
+token=token)`` (the peer id is the token's identity), or ``connect(url, token=token)``, which
+puts it in the URL (``?token=``) for every join of that connection.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import trio
 import trio_websocket
@@ -101,8 +105,16 @@ class SignalingClient:
         raise ConnectionLost("connection closed")
 
     # Convenience wrappers for the protocol's requests.
-    async def join(self, room_id: str, role: str, peer_id: str) -> dict[str, Any]:
-        return await self.request("join", {"roomId": room_id, "role": role, "peerId": peer_id})
+    async def join(self, room_id: str, role: str, peer_id: str | None = None,
+                   token: str | None = None) -> dict[str, Any]:
+        """Join ``room_id`` as ``role``; ``peer_id`` is required by open rooms, optional with
+        a token (whose identity it must equal)."""
+        data: dict[str, Any] = {"roomId": room_id, "role": role}
+        if peer_id is not None:
+            data["peerId"] = peer_id
+        if token is not None:
+            data["token"] = token
+        return await self.request("join", data)
 
     async def leave(self, room_id: str) -> dict[str, Any]:
         return await self.request("leave", {"roomId": room_id})
@@ -165,9 +177,10 @@ async def _open_ws(url: str, max_message_size: int,
     await sock.bind((local_host, 0))
     await sock.connect((parts.hostname, parts.port or 80))
     stream = trio.SocketStream(sock)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     async with trio.open_nursery() as nursery:
         ws = await trio_websocket.wrap_client_stream(
-            nursery, stream, parts.hostname, parts.path or "/",
+            nursery, stream, parts.hostname, target,
             max_message_size=max_message_size, message_queue_size=16)
         try:
             yield ws
@@ -176,11 +189,21 @@ async def _open_ws(url: str, max_message_size: int,
             nursery.cancel_scope.cancel()
 
 
+def with_token(url: str, token: str) -> str:
+    """``url`` with ``token=`` added to its query."""
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode({"token": token})) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
 @asynccontextmanager
 async def connect(url: str, *, max_message_size: int = 1 << 20,
-                  local_host: str | None = None) -> AsyncIterator[SignalingClient]:
-    """Open a signaling connection (from ``local_host`` if given); the reader task lives as
-    long as the context."""
+                  local_host: str | None = None,
+                  token: str | None = None) -> AsyncIterator[SignalingClient]:
+    """Open a signaling connection (from ``local_host`` if given; with ``token`` in the URL
+    if given); the reader task lives as long as the context."""
+    if token is not None:
+        url = with_token(url, token)
     async with _open_ws(url, max_message_size, local_host) as ws:
         client = SignalingClient(ws)
         async with trio.open_nursery() as nursery:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pysfu.auth import MIN_SECRET_BYTES
+
 
 class ConfigError(ValueError):
     """A setting is missing, of the wrong type or out of range."""
@@ -56,8 +58,31 @@ class Config:
     # join_timeout seconds or it is closed.
     max_rooms_per_address_per_minute: int = 30
     join_timeout: float = 10.0
+    # Signaling requests: a token bucket per connection, and one per client address shared
+    # by all its connections (a reconnect gets no fresh address budget); None = 4x the
+    # per-connection figure.
     requests_per_second: float = 50.0
     request_burst: int = 100
+    requests_per_second_per_address: float | None = None
+    request_burst_per_address: int | None = None
+    # Access control. With auth_secret (or auth_keys, key id -> secret, for rotation: a
+    # token's ``kid`` header picks the key) every join needs a signed token (pysfu.auth).
+    # Without either, rooms are open: allowed on a loopback ``host`` only, unless
+    # allow_open_rooms says so explicitly.
+    auth_secret: str | None = field(default=None, repr=False)
+    auth_keys: dict[str, str] | None = field(default=None, repr=False)
+    allow_open_rooms: bool = False
+    # Origins whose pages may open the WebSocket (browsers send Origin; clients that send
+    # none are allowed). None = this server's own origins; "*" = any.
+    allowed_origins: list[str] | None = None
+    # Per client address (an IPv4 address, or an IPv6 /64): TCP connections open at once,
+    # new connections per second (token bucket with a burst), DTLS handshakes in progress
+    # (connectTransport until DTLS completes or fails), and in progress in all.
+    max_connections_per_address: int = 32
+    connections_per_second_per_address: float = 20.0
+    connection_burst_per_address: int = 40
+    max_dtls_handshakes_per_address: int = 16
+    max_dtls_handshakes: int = 256
     log_level: str = "info"
     # ORTC: router media codecs (mediasoup RtpCodecCapability shapes); None = the defaults.
     media_codecs: list[dict[str, Any]] | None = field(default=None, compare=False)
@@ -67,13 +92,59 @@ class Config:
         """The address put in ICE candidates: announced, else the listen address."""
         return self.announced_ip or self.rtc_ip
 
+    @property
+    def address_request_rate(self) -> float:
+        """Signaling requests per second of one client address, all its connections."""
+        if self.requests_per_second_per_address is not None:
+            return self.requests_per_second_per_address
+        return ADDRESS_FACTOR * self.requests_per_second
 
+    @property
+    def address_request_burst(self) -> int:
+        if self.request_burst_per_address is not None:
+            return self.request_burst_per_address
+        return ADDRESS_FACTOR * self.request_burst
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether joins need a token."""
+        return bool(self.auth_secret or self.auth_keys)
+
+    @property
+    def open_rooms(self) -> bool:
+        """Anyone who reaches the server may join any room (no secret configured)."""
+        return not self.auth_enabled
+
+    @property
+    def exposed(self) -> bool:
+        """Signaling listens on a non-loopback address."""
+        return not ipaddress.ip_address(self.host).is_loopback
+
+    def __repr__(self) -> str:
+        fields = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                  if f.repr]
+        fields.append(f"auth_secret={_hidden(self.auth_secret)}")
+        keys = None if self.auth_keys is None else {k: "***" for k in self.auth_keys}
+        fields.append(f"auth_keys={keys!r}")
+        return f"Config({', '.join(fields)})"
+
+
+def _hidden(secret: str | None) -> str:
+    return "None" if secret is None else "'***'"
+
+
+ADDRESS_FACTOR = 4  # per-address request budget over the per-connection one, by default
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+SECRETS = frozenset({"auth_secret", "auth_keys"})  # never echoed in messages or logs
+_KID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}
 _LEVELS = ("debug", "info", "warning", "error")
 _TIMEOUTS = ("host_grace_period", "consent_timeout", "dtls_timeout", "join_timeout",
              "http_timeout", "write_timeout")
 MAX_TIMEOUT = 3600.0  # seconds; a longer time-out is a mistake (or infinite), not a choice
 MAX_HANDSHAKES = 100_000
+MAX_COUNT = 1_000_000  # bound on the per-address and handshake counts
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -92,17 +163,38 @@ def _coerce(name: str, raw: Any, *, from_text: bool) -> Any:
     """Turn a raw value (TOML value, or text from env/CLI) into the setting's type."""
     kind = _FIELDS[name].type
     try:
+        if name == "auth_keys":
+            return _coerce_keys(raw, from_text=from_text)
+        if name == "allowed_origins":
+            if from_text:
+                raw = [o.strip() for o in str(raw).split(",") if o.strip()]
+            if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
+                raise ValueError("must be a list of origins (comma-separated in the "
+                                 "environment)")
+            return [_normal_origin(o) for o in raw]
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if from_text and str(raw).strip().lower() in _BOOLS:
+                return _BOOLS[str(raw).strip().lower()]
+            raise ValueError("must be true or false")
+        if name == "auth_secret":
+            if not isinstance(raw, str):
+                raise ValueError("must be a string")
+            return raw or None
+        if raw is None and "None" in kind:
+            return None
         if name == "media_codecs":
             if from_text or not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
                 raise ValueError("must be a list of tables in the config file")
             return raw
         if name == "announced_ip":
             return None if raw in (None, "") else str(raw)
-        if kind == "int":
+        if kind.startswith("int"):
             if isinstance(raw, bool) or (not from_text and not isinstance(raw, int)):
                 raise ValueError("must be an integer")
             return int(raw)
-        if kind == "float":
+        if kind.startswith("float"):
             if isinstance(raw, bool) or (not from_text and not isinstance(raw, int | float)):
                 raise ValueError("must be a number")
             return float(raw)
@@ -110,7 +202,56 @@ def _coerce(name: str, raw: Any, *, from_text: bool) -> Any:
             raise ValueError("must be a string")
         return raw
     except ValueError as exc:
-        raise ConfigError(f"invalid setting {name}={raw!r}: {exc}") from None
+        shown = "<hidden>" if name in SECRETS else repr(raw)
+        raise ConfigError(f"invalid setting {name}={shown}: {exc}") from None
+
+
+def _coerce_keys(raw: Any, *, from_text: bool) -> dict[str, str] | None:
+    """auth_keys: a TOML table kid -> secret, or ``kid1:secret1,kid2:secret2`` as text."""
+    if from_text:
+        keys: dict[str, str] = {}
+        for item in str(raw).split(","):
+            if not item.strip():
+                continue
+            kid, sep, secret = item.strip().partition(":")
+            if not sep:
+                raise ValueError("must be kid:secret pairs separated by commas")
+            keys[kid] = secret
+        raw = keys
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in raw.items()):
+        raise ValueError("must be a table of key id -> secret")
+    return dict(raw) or None
+
+
+def _normal_origin(origin: str) -> str:
+    """``scheme://host[:port]`` lower-cased, default port dropped; "*" and "null" as is."""
+    text = origin.strip()
+    if text in ("*", "null"):
+        return text
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{origin!r} is not an origin (http(s)://host[:port], nothing else)")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 80 if parts.scheme == "http" else 443
+    return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+def normal_origin(origin: str) -> str | None:
+    """An Origin header's value in the form allowed_origins are kept in; None if malformed."""
+    try:
+        return _normal_origin(origin)
+    except ValueError:
+        return None
 
 
 def _check(cfg: Config) -> Config:
@@ -151,9 +292,41 @@ def _check(cfg: Config) -> Config:
     ):
         if getattr(cfg, name) < 1:
             fail(name, "must be >= 1")
+    for name in ("requests_per_second_per_address", "connections_per_second_per_address"):
+        value = getattr(cfg, name)
+        if value is not None and not 0 < value < math.inf:
+            fail(name, "must be > 0 and finite")
+    for name in ("max_connections_per_address", "connection_burst_per_address",
+                 "max_dtls_handshakes_per_address", "max_dtls_handshakes"):
+        if not 1 <= getattr(cfg, name) <= MAX_COUNT:
+            fail(name, f"must be 1..{MAX_COUNT}")
+    if cfg.request_burst_per_address is not None and cfg.request_burst_per_address < 1:
+        fail("request_burst_per_address", "must be >= 1")
+    _check_auth(cfg)
     if cfg.log_level not in _LEVELS:
         fail("log_level", f"must be one of {', '.join(_LEVELS)}")
     return cfg
+
+
+def _check_auth(cfg: Config) -> None:
+    """Secrets long enough (never echoed), and no open rooms on a reachable address unless
+    asked for."""
+    if cfg.auth_secret is not None and len(cfg.auth_secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"invalid setting auth_secret: must be at least {MIN_SECRET_BYTES} "
+                          "bytes (e.g. python -c 'import secrets; print(secrets.token_urlsafe"
+                          "(32))')")
+    for kid, secret in (cfg.auth_keys or {}).items():
+        if not _KID.fullmatch(kid):
+            raise ConfigError(f"invalid setting auth_keys: key id {kid[:64]!r} must be 1-64 "
+                              "characters of letters, digits, _ . : -")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"invalid setting auth_keys: the secret of key id {kid!r} must "
+                              f"be at least {MIN_SECRET_BYTES} bytes")
+    if cfg.exposed and cfg.open_rooms and not cfg.allow_open_rooms:
+        raise ConfigError(
+            f"invalid setting host={cfg.host!r}: a non-loopback address needs auth_secret "
+            "(or auth_keys) so that joining a room takes a signed token; set "
+            "allow_open_rooms = true to let anyone who reaches it create and join rooms")
 
 
 def load_config(

@@ -471,7 +471,10 @@ class RoomRegistry:
         while times and times[0] <= now - _CREATION_WINDOW:
             times.popleft()
         if len(times) >= self.ctx.config.max_rooms_per_address_per_minute:
-            log_event(logger, "room.creation_limited", level=logging.WARNING, remote=address)
+            # Counted, and logged at a bounded rate (a flood would otherwise be a log flood).
+            limits = getattr(self.ctx, "limits", None)
+            if limits is not None:
+                limits.refusals.note("rooms_per_address", address, now)
             raise SignalingError(errors.RATE_LIMITED, "too many new rooms from this address")
         times.append(now)
 

@@ -14,12 +14,19 @@ within ``http_timeout`` and the WebSocket be accepted within ``http_timeout`` of
 connect; each write to a client gets ``write_timeout``; at most ``max_handshakes`` connections
 are between accept and answer at once (over that a new connection is closed at once);
 WebSocket ping/pong frames are limited per connection (``PINGS_PER_SECOND``).
+
+Access (issue 13): every TCP connection counts against its address's limits
+(``pysfu.limits``: connections at once, new connections per second; over either it is closed
+at once, unanswered); a WebSocket upgrade whose ``Origin`` is not in ``allowed_origins`` is
+answered 403 before any WebSocket exists; a ``?token=`` in the upgrade's URL is handed to the
+session (join tokens, ``pysfu.auth``). Tokens are never logged.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import itertools
 import json
 import logging
@@ -29,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 import h11
 import trio
@@ -37,8 +44,10 @@ import trio_websocket
 import wsproto.utilities
 
 from pysfu import ortc
-from pysfu.config import Config
+from pysfu.auth import MAX_TOKEN_LENGTH, Verifier
+from pysfu.config import Config, normal_origin
 from pysfu.dtls import Certificate
+from pysfu.limits import AddressLimits, address_key
 from pysfu.log import log_event
 from pysfu.media import MediaEngine
 from pysfu.room import RoomRegistry
@@ -51,8 +60,9 @@ WEB_ROOT = Path(__file__).parent / "web" / "dist"
 # HTTP request head (request line + headers), bytes: h11's max_incomplete_event_size. Over it
 # the answer is 431. wsproto parses the head again with h11's default, which is the same.
 MAX_HEAD_SIZE = 16 * 1024
-# Request target (path and query), bytes; longer is 400 (no file of ours has such a name).
-MAX_TARGET_LENGTH = 1024
+# Request target (path and query), bytes; longer is 414 (no file of ours has such a name;
+# room for a join token in ``/ws?token=``).
+MAX_TARGET_LENGTH = MAX_TOKEN_LENGTH + 512
 RECEIVE_SIZE = 4096
 # After an answer we half-close and read what the client still sends for at most this long
 # (and this much), so that unread request bytes do not turn our close into a reset that
@@ -79,7 +89,8 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode()),
 )
 _REASONS = {
-    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed",
     408: b"Request Timeout", 414: b"URI Too Long", 426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
 }
@@ -100,7 +111,15 @@ class ServerContext:
     certificate: Certificate
     router_rtp_capabilities: dict[str, Any]
     media: MediaEngine
+    limits: AddressLimits | None = None  # per-address limits (None: unlimited, for tests)
+    verifier: Verifier | None = None  # join tokens; None = open rooms
     _handles: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = AddressLimits(self.config)
+        if self.verifier is None and self.config.auth_enabled:
+            self.verifier = Verifier(self.config.auth_secret, self.config.auth_keys)
 
     def next_handle(self) -> int:
         """Native object handles: small ints, never reused within a server's life."""
@@ -132,11 +151,40 @@ def load_static(root: Path = WEB_ROOT) -> dict[str, tuple[bytes, bytes]]:
 
 
 def _remote(stream: trio.SocketStream) -> str:
+    return _peer(stream)[1]
+
+
+def _peer(stream: trio.SocketStream) -> tuple[str, str]:
+    """(the client's IP, "ip:port")."""
     try:
         ip, port, *_ = stream.socket.getpeername()
     except OSError:  # already gone
-        return "?"
-    return f"{ip}:{port}"
+        return "?", "?"
+    return ip, f"{ip}:{port}"
+
+
+def own_origins(config: Config, port: int) -> list[str]:
+    """The default allowed_origins: http(s)://name:port for the listen address, the
+    announced name, and localhost when listening on loopback."""
+    names: list[str] = []
+    host = ipaddress.ip_address(config.host)
+    if not host.is_unspecified:
+        names.append(f"[{host}]" if host.version == 6 else str(host))
+    if host.is_loopback:
+        names.append("localhost")
+    if config.announced_ip:
+        try:
+            announced = ipaddress.ip_address(config.announced_ip)
+            names.append(f"[{announced}]" if announced.version == 6 else str(announced))
+        except ValueError:
+            names.append(config.announced_ip.rstrip(".").lower())
+    origins: list[str] = []
+    for name in names:
+        for scheme in ("http", "https"):
+            origin = normal_origin(f"{scheme}://{name}:{port}")
+            if origin is not None and origin not in origins:
+                origins.append(origin)
+    return origins
 
 
 class _BadRequest(Exception):
@@ -306,6 +354,7 @@ class Server:
         self.port: int = config.port
         self.sessions = 0
         self.handshakes = 0  # connections between accept and answer / accepted WebSocket
+        self.allowed_origins: frozenset[str] | None = None  # None = any; set once listening
 
     @property
     def rtc_port(self) -> int:
@@ -325,8 +374,18 @@ class Server:
                         f"(host/port, HTTP and WebSocket): {exc.strerror or exc}") from None
                 await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
                 self.port = listeners[0].socket.getsockname()[1]
+                origins = self.config.allowed_origins
+                if origins is None:
+                    origins = own_origins(self.config, self.port)
+                self.allowed_origins = None if "*" in origins else frozenset(origins)
                 log_event(logger, "server.listening", host=self.config.host, port=self.port,
-                          rtc_port=self.rtc_port, announced_ip=self.config.candidate_ip)
+                          rtc_port=self.rtc_port, announced_ip=self.config.candidate_ip,
+                          auth="token" if self.config.auth_enabled else "open_rooms")
+                if self.config.open_rooms and self.config.exposed:
+                    log_event(logger, "server.open_rooms", level=logging.WARNING,
+                              host=self.config.host,
+                              warning="allow_open_rooms: no auth_secret, anyone who reaches "
+                                      "this address may create and join any room")
                 task_status.started(self)
         finally:
             self.media.close()
@@ -335,9 +394,16 @@ class Server:
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         """The boundary: nothing a connection does may escape into the listener."""
-        remote = _remote(stream)
+        ip, remote = _peer(stream)
+        address = address_key(ip)
+        limits = self.ctx.limits
+        assert limits is not None
+        closed = limits.open_connection(address, trio.current_time())
+        if closed is None:  # over its address's limits: counted and logged there
+            await trio.aclose_forcefully(stream)
+            return
         try:
-            await self._connection(stream, remote)
+            await self._connection(stream, remote, address)
         except* _DISCONNECTS as group:
             log_event(logger, "connection.dropped", level=logging.DEBUG, remote=remote,
                       reason=_describe(group))
@@ -345,9 +411,11 @@ class Server:
             log_event(logger, "connection.crashed", level=logging.ERROR, remote=remote,
                       exc_info=_single(group))
         finally:
+            closed(trio.current_time())
             await trio.aclose_forcefully(stream)
 
-    async def _connection(self, stream: trio.SocketStream, remote: str) -> None:
+    async def _connection(self, stream: trio.SocketStream, remote: str,
+                          address: str = "") -> None:
         if self.handshakes >= self.config.max_handshakes:
             log_event(logger, "connection.refused", level=logging.DEBUG, remote=remote,
                       reason="max_handshakes")
@@ -384,7 +452,7 @@ class Server:
                 log_event(logger, "http.no_request", level=logging.DEBUG, remote=remote,
                           reason="timeout" if trio.current_time() >= deadline else "closed")
                 return
-            await self._dispatch(stream, head, remote, deadline, handshake_done)
+            await self._dispatch(stream, head, remote, deadline, handshake_done, address)
         finally:
             handshake_done()
 
@@ -417,11 +485,18 @@ class Server:
             return None  # h11.ConnectionClosed and the like: nothing to answer
 
     async def _dispatch(self, stream: trio.SocketStream, head: _Head, remote: str,
-                        deadline: float, handshake_done: Callable[[], None]) -> None:
+                        deadline: float, handshake_done: Callable[[], None],
+                        address: str = "") -> None:
         request = head.request
         path = _path(request.target)
         method = request.method
         if path == "/ws" and head.header(b"upgrade") is not None:
+            if not self._origin_allowed(head.header(b"origin")):
+                handshake_done()
+                assert self.ctx.limits is not None
+                self.ctx.limits.refusals.note("origin", address, trio.current_time())
+                await self._respond(stream, 403, b"origin not allowed\n")
+                return
             problem = _websocket_problem(head)
             if problem is not None:
                 handshake_done()
@@ -431,7 +506,7 @@ class Server:
                 await self._respond(stream, problem[0], problem[1].encode() + b"\n",
                                     extra=extra)
                 return
-            await self._websocket(stream, head, remote, deadline, handshake_done)
+            await self._websocket(stream, head, remote, deadline, handshake_done, address)
             return
         handshake_done()
         if method not in (b"GET", b"HEAD"):
@@ -451,8 +526,21 @@ class Server:
         else:
             await self._respond(stream, 404, b"not found\n", head_only=head_only)
 
+    def _origin_allowed(self, origin: bytes | None) -> bool:
+        """A browser's page may open the WebSocket only from an allowed origin; clients that
+        send no Origin (bots, servers) are not browsers and are let through."""
+        if origin is None or self.allowed_origins is None:
+            return True
+        try:
+            text = origin.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+        normal = normal_origin(text)
+        return normal is not None and normal in self.allowed_origins
+
     async def _websocket(self, stream: trio.SocketStream, head: _Head, remote: str,
-                         deadline: float, handshake_done: Callable[[], None]) -> None:
+                         deadline: float, handshake_done: Callable[[], None],
+                         address: str = "") -> None:
         wrapped = _WebSocketStream(stream, head, self.config.write_timeout)
         async with trio.open_nursery() as nursery:
             ws: trio_websocket.WebSocketConnection | None = None
@@ -474,7 +562,9 @@ class Server:
             assert self.rooms is not None
             self.sessions += 1
             try:
-                await Session(ws, self.ctx, self.rooms, remote=remote).run()
+                await Session(ws, self.ctx, self.rooms, remote=remote,
+                              address=address or None,
+                              url_token=_url_token(head.request.target)).run()
             finally:
                 self.sessions -= 1
                 nursery.cancel_scope.cancel()
@@ -512,10 +602,13 @@ class Server:
 
     def health(self) -> dict[str, Any]:
         rooms = self.rooms.rooms if self.rooms is not None else {}
+        limits = self.ctx.limits
         return {
             "rooms": len(rooms),
             "sessions": self.sessions,
             "engine": self.media.counts(),
+            "open_rooms": self.config.open_rooms,
+            "refused": dict(limits.refusals.counts) if limits is not None else {},
         }
 
 
@@ -531,6 +624,18 @@ def _path(target: bytes) -> str:
     if not path.startswith("/") or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in path):
         raise _BadRequest(400, "bad path")
     return path
+
+
+def _url_token(target: bytes) -> str | None:
+    """The ``token`` query parameter of the upgrade's URL (the first one), if any."""
+    _, sep, query = target.partition(b"?")
+    if not sep:
+        return None
+    try:
+        values = parse_qs(query.decode("ascii"), max_num_fields=16).get("token")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return values[0] if values else None
 
 
 def _websocket_problem(head: _Head) -> tuple[int, str] | None:

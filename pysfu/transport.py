@@ -11,6 +11,7 @@ import itertools
 import logging
 import secrets
 import string
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -61,6 +62,9 @@ class WebRtcTransport:
         # Set by connectTransport: ICE and DTLS must then complete within dtls_timeout, so a
         # peer that connects and goes silent does not hold a transport (and its port share).
         self._connect_deadline: float | None = None
+        # Frees this handshake's slot in the per-address DTLS limits (pysfu.limits): called
+        # once, when DTLS completes or fails or the transport closes.
+        self._handshake_end: Callable[[], None] | None = None
 
     # ---- signaling-facing ---------------------------------------------------------------------
 
@@ -91,10 +95,12 @@ class WebRtcTransport:
             },
         }
 
-    def connect(self, dtls_parameters: dict[str, Any]) -> None:
+    def connect(self, dtls_parameters: dict[str, Any], *,
+                on_handshake_end: Callable[[], None] | None = None) -> None:
         """Record the browser's DTLS fingerprint and role; the handshake follows ICE."""
         if self.remote_dtls is not None:
             raise SignalingError(errors.ALREADY_CONNECTED, "transport already connected")
+        self._handshake_end = on_handshake_end
         self.remote_dtls = dtls_parameters
         self._connect_deadline = trio.current_time() + self._config.dtls_timeout
         # The browser says "client" (mediasoup-client always does): we are the DTLS server.
@@ -175,7 +181,13 @@ class WebRtcTransport:
             self._registered = False
             self._media.remove_transport(self.handle)
 
+    def _end_handshake(self) -> None:
+        end, self._handshake_end = self._handshake_end, None
+        if end is not None:
+            end()
+
     def close(self) -> None:
+        self._end_handshake()
         if self.closed:
             return
         self.closed = True
@@ -206,6 +218,7 @@ class WebRtcTransport:
                             self._after_dtls((ip, port))
                     self._on_timer(trio.current_time())
         finally:
+            self._end_handshake()
             self._unregister()
 
     def _next_deadline(self) -> float:
@@ -259,6 +272,7 @@ class WebRtcTransport:
             keys = dtls.srtp_keys
             self.srtp_profile = keys.profile
             self._connect_deadline = None
+            self._end_handshake()
             # The handshake completed with ``source`` and our flights went there too: that
             # tuple has proven it is the peer, media may go there at once. Otherwise the
             # engine waits for the first authenticated SRTP/SRTCP packet.
@@ -268,6 +282,7 @@ class WebRtcTransport:
             log_event(logger, "dtls.connected", room=self.room.id, peer=self.owner,
                       transport=self.id, srtp_profile=keys.profile)
         elif dtls.state == "failed":
+            self._end_handshake()
             self._fail(f"dtls_{dtls.failure_reason or 'failed'}")
 
     def _flush_dtls(self) -> None:

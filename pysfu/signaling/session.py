@@ -3,11 +3,21 @@
 Requests of one connection are handled in order. Notifications from the room go through a
 bounded queue to a writer task, so a slow or stuck socket cannot block the room: when its
 queue is full the connection is closed (code 1008) and the room goes on.
+
+Requests are rate-limited twice before parsing: by the connection's own bucket
+(``requests_per_second``: one connection cannot use up its address's share) and by its
+address's bucket, shared by every connection of that address (``pysfu.limits``: opening more
+connections, or reconnecting, buys no fresh budget).
+
+With a secret configured, ``join`` needs a signed token (``data.token``, or ``?token=`` in
+the WebSocket URL): its ``sub`` is the peer id, its room and role must match the request.
+After MAX_FAILED_JOINS failed joins the connection is closed (1008).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +25,9 @@ import trio
 import trio_websocket
 
 from pysfu import errors
+from pysfu.auth import AuthError
 from pysfu.errors import SignalingError
+from pysfu.limits import address_key
 from pysfu.log import log_event
 from pysfu.room import Peer, Room, RoomRegistry
 from pysfu.signaling.schema import (
@@ -39,6 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pysfu.signaling")
 
 _OUTBOX_SIZE = 256
+MAX_FAILED_JOINS = 5  # failed joins (any error) on one connection before it is closed
 _ROLES = frozenset({"host", "viewer"})
 _DIRECTIONS = frozenset({"send", "recv"})
 _KINDS = frozenset({"audio", "video"})
@@ -65,17 +78,23 @@ class TokenBucket:
 class Session:
     def __init__(
         self, ws: trio_websocket.WebSocketConnection, ctx: ServerContext, rooms: RoomRegistry,
-        *, remote: str = "",
+        *, remote: str = "", address: str | None = None, url_token: str | None = None,
     ) -> None:
         self.ws = ws
         self.remote = remote  # "ip:port" of the client, for logs and per-address limits
-        self.address = remote.rpartition(":")[0] or remote  # its IP
+        # The unit of per-address limits (its IP, or IPv6 /64: pysfu.limits.address_key).
+        self.address = address or address_key(remote.rpartition(":")[0] or remote)
+        self._url_token = url_token  # ?token= of the WebSocket URL; never logged
+        self.failed_joins = 0
+        self._closing = False  # a close is queued: no more requests are handled
         self.joined = trio.Event()  # set on the first successful join
         self.ctx = ctx
         self.rooms = rooms
         self.room: Room | None = None
         self.peer: Peer | None = None
-        self._out_send, self._out_recv = trio.open_memory_channel[str](_OUTBOX_SIZE)
+        # Text frames, or a (code, reason) close queued behind them.
+        self._out_send, self._out_recv = trio.open_memory_channel[str | tuple[int, str]](
+            _OUTBOX_SIZE)
         self._bucket = TokenBucket(ctx.config.requests_per_second, ctx.config.request_burst)
         self.rate_limited = 0
         self._overflowed = False
@@ -126,13 +145,16 @@ class Session:
         await self.ws.aclose(1008, "join timeout")
 
     async def _writer(self) -> None:
-        async for text in self._out_recv:
+        async for item in self._out_recv:
             try:
-                await self.ws.send_message(text)
+                if isinstance(item, tuple):
+                    await self.ws.aclose(*item)
+                    return
+                await self.ws.send_message(item)
             except trio_websocket.ConnectionClosed:
                 return
 
-    def _queue(self, text: str) -> None:
+    def _queue(self, text: str | tuple[int, str]) -> None:
         if self._overflowed:
             return  # closing already: one log line, one close
         try:
@@ -155,9 +177,15 @@ class Session:
     async def _handle(self, text: str | bytes) -> None:
         req_id: int | str | None = None
         event: str | None = None
-        # The rate limit comes before any parsing: a flood costs one token check and, for the
-        # answer, a look for the id among the frame's first bytes.
-        if not self._bucket.take():
+        if self._closing:
+            return
+        # The rate limits come before any parsing: a flood costs two token checks and, for
+        # the answer, a look for the id among the frame's first bytes. The address's bucket
+        # is charged only for what the connection's own bucket let through.
+        limits = self.ctx.limits
+        if not self._bucket.take() or (
+                limits is not None and not limits.take_request(self.address,
+                                                               trio.current_time())):
             self.rate_limited += 1
             self._queue(encode_error(peek_request_id(text), errors.RATE_LIMITED,
                                      "too many requests, slow down", None))
@@ -174,6 +202,8 @@ class Session:
             self._queue(encode_error(exc.request_id, exc.code, exc.message, event))
         except SignalingError as exc:
             self._queue(encode_error(req_id, exc.code, exc.message, event))
+            if self._closing:  # after the answer: the writer closes when it gets here
+                self._queue((1008, "too many failed joins"))
         except Exception:
             log_event(logger, "request.crashed", level=logging.ERROR, request=event,
                       room=self.room.id if self.room else None,
@@ -203,11 +233,37 @@ class Session:
     # ---- requests -----------------------------------------------------------------------------
 
     async def _join(self, data: dict[str, Any]) -> tuple[str, dict]:
+        try:
+            return await self._try_join(data)
+        except SignalingError:
+            self.failed_joins += 1
+            if self.failed_joins >= MAX_FAILED_JOINS:
+                # The error answer goes out, then the close (both through the outbox).
+                self._closing = True
+                log_event(logger, "session.failed_joins", level=logging.INFO,
+                          remote=self.remote, failed=self.failed_joins)
+            raise
+
+    async def _try_join(self, data: dict[str, Any]) -> tuple[str, dict]:
         room_id = get_name(data, "roomId")
         role = get_str(data, "role", choices=_ROLES)
-        peer_id = get_name(data, "peerId")
         if self.room is not None and not self.room.closed:
             raise SignalingError(errors.ALREADY_JOINED, "this connection already joined a room")
+        verifier = self.ctx.verifier
+        if verifier is None:  # open rooms: the client names itself
+            peer_id = get_name(data, "peerId")
+        else:
+            token = data.get("token")
+            if token is None:
+                token = self._url_token
+            try:
+                grant = verifier.verify(token, now=time.time())
+                grant.check(room_id, role)
+            except AuthError as exc:
+                raise SignalingError(exc.code, exc.message) from None
+            peer_id = grant.identity  # the token's sub is the peer's identity
+            if data.get("peerId") is not None and data.get("peerId") != peer_id:
+                raise SignalingError(errors.FORBIDDEN, "peerId must be the token's identity")
         room = await self.rooms.get_or_create(room_id, address=self.address)
         peer, reconnected = room.join(peer_id, role, self.notify)  # type: ignore[arg-type]
         self.room, self.peer = room, peer
@@ -234,7 +290,24 @@ class Session:
     async def _connect_transport(self, data: dict[str, Any]) -> tuple[str, dict]:
         room, peer = self._joined(data)
         transport = room.owned_transport(peer, get_str(data, "transportId"))
-        transport.connect(get_dtls_parameters(data))
+        params = get_dtls_parameters(data)
+        if transport.remote_dtls is not None:
+            raise SignalingError(errors.ALREADY_CONNECTED, "transport already connected")
+        # A DTLS handshake slot of this address (and of the server), held until the
+        # handshake completes or fails or the transport closes.
+        limits = self.ctx.limits
+        end = None
+        if limits is not None:
+            end = limits.start_handshake(self.address, trio.current_time())
+            if end is None:
+                raise SignalingError(errors.LIMIT_EXCEEDED,
+                                     "too many DTLS handshakes in progress; try again shortly")
+        try:
+            transport.connect(params, on_handshake_end=end)
+        except BaseException:
+            if end is not None:
+                end()
+            raise
         return "transportConnected", {"transportId": transport.id}
 
     async def _produce(self, data: dict[str, Any]) -> tuple[str, dict]:
