@@ -4,13 +4,17 @@ no one: ``async with live_stream(server) as live: <attack>`` then ``live.assert_
 The host sends one numbered VP8 packet every ``interval`` over real UDP, SRTP and the engine;
 the viewer records what arrived and how late. Both keep ICE consent alive, so the stream
 survives tests longer than ``consent_timeout``.
+
+Against a server that requires join tokens, pass ``token_for(room, identity, role)`` (a
+callable returning a token); ``local_host`` connects the stream's peers from another local
+address (e.g. 127.0.0.2, for per-address limits).
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -84,21 +88,27 @@ async def _keep_consent(peer: WebRtcPeer) -> None:
 
 
 @asynccontextmanager
-async def live_stream(server: Server, *, interval: float = 0.005,
-                      room: str | None = None) -> AsyncIterator[LiveStream]:
+async def live_stream(server: Server, *, interval: float = 0.005, room: str | None = None,
+                      token_for: Callable[[str, str, str], str] | None = None,
+                      local_host: str | None = None) -> AsyncIterator[LiveStream]:
     """Run a host -> viewer stream in its own room for the duration of the block."""
     room = room or "live-" + os.urandom(4).hex()
     live = LiveStream(room)
     url = f"ws://127.0.0.1:{server.port}/ws"
+
+    def token(identity: str, role: str) -> str | None:
+        return token_for(room, identity, role) if token_for is not None else None
+
     async with AsyncExitStack() as stack:
-        host = await stack.enter_async_context(connect(url))
-        viewer = await stack.enter_async_context(connect(url))
-        await host.join(room, "host", "live-host")
+        host = await stack.enter_async_context(connect(url, local_host=local_host))
+        viewer = await stack.enter_async_context(connect(url, local_host=local_host))
+        await host.join(room, "host", "live-host", token=token("live-host", "host"))
         host_peer = await _open_peer(host, room, "send")
         stack.callback(host_peer.close)
         producer_id = await host.produce(room, host_peer.transport["id"], "video",
                                          vp8_producer(mid="0", ssrc=HOST_SSRC))
-        await viewer.join(room, "viewer", "live-viewer")
+        await viewer.join(room, "viewer", "live-viewer",
+                          token=token("live-viewer", "viewer"))
         viewer_peer = await _open_peer(viewer, room, "recv")
         stack.callback(viewer_peer.close)
         caps = device_caps(await viewer.router_rtp_capabilities(room))
