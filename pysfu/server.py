@@ -165,7 +165,8 @@ def _peer(stream: trio.SocketStream) -> tuple[str, str]:
 
 def own_origins(config: Config, port: int) -> list[str]:
     """The default allowed_origins: http(s)://name:port for the listen address, the
-    announced name, and localhost when listening on loopback."""
+    announced name, and localhost when listening on loopback; and the announced name on the
+    default ports (a TLS proxy in front usually serves the page at https://name)."""
     names: list[str] = []
     host = ipaddress.ip_address(config.host)
     if not host.is_unspecified:
@@ -178,12 +179,14 @@ def own_origins(config: Config, port: int) -> list[str]:
             names.append(f"[{announced}]" if announced.version == 6 else str(announced))
         except ValueError:
             names.append(config.announced_ip.rstrip(".").lower())
+    candidates = [f"{scheme}://{name}:{port}" for name in names for scheme in ("http", "https")]
+    if config.announced_ip:
+        candidates += [f"https://{names[-1]}", f"http://{names[-1]}"]
     origins: list[str] = []
-    for name in names:
-        for scheme in ("http", "https"):
-            origin = normal_origin(f"{scheme}://{name}:{port}")
-            if origin is not None and origin not in origins:
-                origins.append(origin)
+    for candidate in candidates:
+        origin = normal_origin(candidate)
+        if origin is not None and origin not in origins:
+            origins.append(origin)
     return origins
 
 

@@ -4,14 +4,17 @@ clear line and an exit code, never a Python traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -99,3 +102,115 @@ def test_signal_stops_cleanly(sig: signal.Signals, code: int) -> None:
         rest = proc.stderr.read()
     assert "Traceback" not in rest
     assert rest.strip().splitlines()[-1].endswith(f"event=server.stopped reason={sig.name}")
+
+
+# ---- access control (issue 13) ---------------------------------------------------------------
+
+SECRET = "an-auth-secret-of-more-than-32-bytes-0123"
+
+
+def _serve(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pysfu", "serve", "--port", str(_free_port()),
+            "--rtc-port", str(_free_port(socket.SOCK_DGRAM)), *args]
+
+
+def test_non_loopback_bind_without_secret_refuses_to_start() -> None:
+    """0.0.0.0 is not loopback (the check runs on the config, before anything is bound)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSFU_")}
+    proc = subprocess.run(_serve("--host", "0.0.0.0", "--announced-ip", "203.0.113.7"),
+                          capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("pysfu: invalid setting host='0.0.0.0'"), proc.stderr
+    assert "auth_secret" in proc.stderr and "allow_open_rooms" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["allow_open_rooms", "auth_secret"])
+def test_non_loopback_bind_starts_with_open_rooms_allowed_or_a_secret(mode: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSFU_")}
+    if mode == "auth_secret":
+        env["PYSFU_AUTH_SECRET"] = SECRET
+    args = ["--host", "0.0.0.0", "--announced-ip", "203.0.113.7"]
+    if mode == "allow_open_rooms":
+        args.append("--allow-open-rooms")
+    cmd = _serve(*args)
+    port = int(cmd[cmd.index("--port") + 1])
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        deadline = time.monotonic() + TIMEOUT
+        while not lines or "event=server.listening" not in lines[-1]:
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            lines.append(proc.stderr.readline())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            health = json.loads(resp.read())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 0
+        lines += proc.stderr.read().splitlines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "\n".join(lines)
+    assert SECRET not in text
+    warnings = [line for line in lines if "event=server.open_rooms" in line]
+    if mode == "allow_open_rooms":
+        assert health["open_rooms"] is True
+        assert len(warnings) == 1 and "level=warning" in warnings[0], text
+        assert "auth=open_rooms" in text
+    else:
+        assert health["open_rooms"] is False and not warnings
+        assert "auth=token" in text
+
+
+def _token_cmd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pysfu", "token", *args], capture_output=True,
+                          text=True, timeout=TIMEOUT, env=env)
+
+
+def test_token_command(tmp_path: Any) -> None:
+    from pysfu.auth import Verifier
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSFU_")}
+    proc = _token_cmd("--room", "r1", "--identity", "alice", "--role", "host", "--ttl", "2h",
+                      "--name", "Alice", env={**env, "PYSFU_AUTH_SECRET": SECRET})
+    assert proc.returncode == 0, proc.stderr
+    token = proc.stdout.strip()
+    assert SECRET not in proc.stdout + proc.stderr
+    grant = Verifier(SECRET).verify(token, now=time.time())
+    assert (grant.identity, grant.room, grant.role, grant.name) == ("alice", "r1", "host",
+                                                                    "Alice")
+    assert 7190 < grant.expires - time.time() <= 7200
+    # With key rotation, from a config file: --kid picks the key.
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth_keys]\nk1 = "{SECRET}1"\nk2 = "{SECRET}2"\n')
+    proc = _token_cmd("--room", "*", "--identity", "bot", "--role", "viewer", "--kid", "k2",
+                      "--config", str(config), env=env)
+    assert proc.returncode == 0, proc.stderr
+    grant = Verifier(keys={"k2": SECRET + "2"}).verify(proc.stdout.strip(), now=time.time())
+    assert (grant.room, grant.role) == ("*", "viewer")
+    # Mistakes: one line, exit 2, no traceback, no secret.
+    for args, extra, needle in (
+        (["--role", "host"], {}, "no secret configured"),
+        (["--role", "host", "--config", str(config)], {}, "--kid"),
+        (["--role", "host", "--kid", "k9", "--config", str(config)], {}, "k9"),
+        (["--role", "host", "--ttl", "soon"], {"PYSFU_AUTH_SECRET": SECRET}, "--ttl"),
+        (["--role", "host", "--identity", "a b"], {"PYSFU_AUTH_SECRET": SECRET}, "identity"),
+    ):
+        base = ["--room", "r1", "--identity", "alice"] if "--identity" not in args \
+            else ["--room", "r1"]
+        proc = _token_cmd(*base, *args, env={**env, **extra})
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert needle in proc.stderr and "Traceback" not in proc.stderr
+        assert SECRET not in proc.stderr and proc.stdout == ""
+
+
+def test_parse_ttl() -> None:
+    from pysfu.cli import parse_ttl
+
+    assert [parse_ttl(t) for t in ("90", "90s", "30m", "1h", "1.5h", "7d")] == [
+        90, 90, 1800, 3600, 5400, 7 * 86400]
+    for bad in ("", "0", "1w", "-5", "h"):
+        with pytest.raises(ValueError):
+            parse_ttl(bad)

@@ -171,3 +171,81 @@ def test_cli_serves_and_logs_structured_lines() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
+
+
+# ---- access control (issue 13) ---------------------------------------------------------------
+
+SECRET = "correct-horse-battery-staple-0123456789"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "2001:db8::1"])
+def test_non_loopback_host_without_secret_is_refused(host: str) -> None:
+    env = {"PYSFU_HOST": host, "PYSFU_RTC_IP": "127.0.0.1"}
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env)
+    message = str(err.value)
+    assert f"host={host!r}" in message
+    assert "auth_secret" in message and "allow_open_rooms" in message
+    assert load_config(None, {**env, "PYSFU_AUTH_SECRET": SECRET}).auth_enabled
+    cfg = load_config(None, {**env, "PYSFU_ALLOW_OPEN_ROOMS": "true"})
+    assert cfg.open_rooms and cfg.exposed
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1"])
+def test_loopback_host_may_run_open_rooms(host: str) -> None:
+    cfg = load_config(None, {"PYSFU_HOST": host})
+    assert cfg.open_rooms and not cfg.exposed
+
+
+def test_secrets_are_checked_and_never_shown() -> None:
+    short = "tooshort-but-secret"
+    with pytest.raises(ConfigError, match="auth_secret") as err:
+        load_config(None, {"PYSFU_AUTH_SECRET": short})
+    assert short not in str(err.value)
+    with pytest.raises(ConfigError, match="auth_keys") as err:
+        load_config(None, {"PYSFU_AUTH_KEYS": f"old:{SECRET},new:{short}"})
+    assert short not in str(err.value) and SECRET not in str(err.value)
+    with pytest.raises(ConfigError, match="auth_keys") as err:
+        load_config(None, {"PYSFU_AUTH_KEYS": SECRET})  # no kid:
+    assert SECRET not in str(err.value)
+    with pytest.raises(ConfigError, match="auth_keys"):
+        load_config(None, {"PYSFU_AUTH_KEYS": f"bad kid:{SECRET}"})
+    with pytest.raises(ConfigError, match="auth_secret") as err:
+        load_config(overrides={"auth_secret": 12345678901234567890123456789012345})
+    assert "1234567890" not in str(err.value)
+    cfg = load_config(None, {"PYSFU_AUTH_SECRET": SECRET,
+                             "PYSFU_AUTH_KEYS": f"old:{SECRET}x,new:{SECRET}:y"})
+    assert cfg.auth_keys == {"old": SECRET + "x", "new": SECRET + ":y"}
+    for text in (repr(cfg), str(cfg)):
+        assert SECRET not in text
+        assert "auth_secret='***'" in text and "'old': '***'" in text
+
+
+def test_auth_keys_from_file(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text(f'host = "0.0.0.0"\nannounced_ip = "203.0.113.7"\n'
+                    f'[auth_keys]\n2025-01 = "{SECRET}a"\n2025-02 = "{SECRET}b"\n')
+    cfg = load_config(file)
+    assert cfg.auth_keys == {"2025-01": SECRET + "a", "2025-02": SECRET + "b"}
+    assert cfg.auth_enabled and cfg.exposed
+    file.write_text("auth_keys = 5\n")
+    with pytest.raises(ConfigError, match="auth_keys"):
+        load_config(file)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("1", True), ("no", False),
+                                                 ("False", False)])
+def test_allow_open_rooms_is_a_boolean(value: str, expected: bool) -> None:
+    assert load_config(None, {"PYSFU_ALLOW_OPEN_ROOMS": value}).allow_open_rooms is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("allow_open_rooms", "maybe"), ("max_connections_per_address", "0"),
+     ("connections_per_second_per_address", "inf"), ("connection_burst_per_address", "0"),
+     ("requests_per_second_per_address", "0"), ("request_burst_per_address", "0"),
+     ("max_dtls_handshakes_per_address", "0"), ("max_dtls_handshakes", "10000000")],
+)
+def test_absurd_access_values_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_config(None, {f"PYSFU_{name.upper()}": value})
