@@ -7,6 +7,10 @@
 //      /?room=ID&role=viewer      viewer view
 //      &simulcast=1               (host) send video as three simulcast layers (r0 ¼, r1 ½, r2 full
 //                                 resolution); viewers pick one with setPreferredLayers
+//      &token=JWT                 join token minted by the app server (needed when the server
+//                                 has auth_secret): sent in join; the peer id is the token's
+//                                 identity. Without a secret configured, rooms are open and
+//                                 no token is needed.
 //
 // Test hook: window.pysfu = { state, stats(), setPreferredLayers(spatial), serverStats(query) }
 // (see stats() below).
@@ -16,6 +20,8 @@ import { Signaling } from './signaling.js';
 
 const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
 const $ = (id) => document.getElementById(id);
+// The join token handed to this page by the app that linked here (?token=), or null.
+const TOKEN = new URLSearchParams(location.search).get('token');
 
 // ---- state (read by the tests through window.pysfu.state) ------------------------------------
 
@@ -23,6 +29,7 @@ const state = {
   role: null, // 'host' | 'viewer' | null (landing page)
   roomId: null,
   peerId: null,
+  withToken: TOKEN !== null, // joined with a token (its identity is our peerId)
   signaling: 'new',
   joined: false,
   reconnected: false,
@@ -148,7 +155,10 @@ async function connect(roomId, role, peerId) {
   });
   await sig.open();
   log('signaling open');
-  const joined = await sig.request('join', { roomId, role, peerId });
+  // With a token the server takes our peer id from it (a reload with the same token rejoins
+  // as the same peer); without one, we name ourselves.
+  const joined = await sig.request('join', TOKEN ? { roomId, role, token: TOKEN } : { roomId, role, peerId });
+  state.peerId = joined.peerId;
   state.joined = true;
   state.reconnected = !!joined.reconnected;
   log(`joined room ${roomId} as ${role}${joined.reconnected ? ' (reconnected)' : ''}`);
@@ -707,7 +717,11 @@ async function main() {
     else await runViewer(roomId);
   } catch (err) {
     showError(err);
-    if (role === 'host' && err.code === 'forbidden') {
+    if (err.code === 'unauthorized') {
+      $('error').textContent += TOKEN
+        ? ' — the token in this link is invalid or expired: ask for a new link.'
+        : ' — this server requires a join token: open the link your app gave you (…&token=…).';
+    } else if (role === 'host' && err.code === 'forbidden') {
       $('error').textContent += ' — this room already has a host (open a new room instead).';
     }
   }
