@@ -62,9 +62,12 @@ def main() -> None:
     host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     host.bind(("127.0.0.1", 0))
     hk, hs = os.urandom(klen), os.urandom(slen)
-    eng.add_transport(1, "host")
-    eng.set_srtp(1, args.profile, os.urandom(klen), os.urandom(slen), hk, hs)
-    eng.bind_tuple(1, "127.0.0.1", host.getsockname()[1], True)
+    # Nominate each tuple, then key it with the address the (here: imagined) DTLS handshake
+    # completed with: media goes only to proven addresses.
+    host_addr = ("127.0.0.1", host.getsockname()[1])
+    eng.add_transport(1, "host", "host-ice-password-0123456789")
+    eng.bind_tuple(1, *host_addr, True)
+    eng.set_srtp(1, args.profile, os.urandom(klen), os.urandom(slen), hk, hs, host_addr)
     spec = {
         "kind": "video",
         "mid": "0",
@@ -82,10 +85,11 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         s.setblocking(False)
         h = 100 + i
-        eng.add_transport(h, f"v{i}")
+        addr = ("127.0.0.1", s.getsockname()[1])
+        eng.add_transport(h, f"v{i}", f"viewer-ice-password-{i:08d}")
+        eng.bind_tuple(h, *addr, True)
         eng.set_srtp(h, args.profile, os.urandom(klen), os.urandom(slen), os.urandom(klen),
-                     os.urandom(slen))
-        eng.bind_tuple(h, "127.0.0.1", s.getsockname()[1], True)
+                     os.urandom(slen), addr)
         eng.add_consumer(1000 + i, h, 10, {"ssrc": 50000 + i, "mid": str(i), "mid_ext_id": 1,
                                             "payload_types": {101: 101}, "paused": False})
         viewers.append(s)

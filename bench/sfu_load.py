@@ -75,6 +75,7 @@ def start_server(viewers: int) -> tuple[subprocess.Popen[bytes], int]:
     env.update({
         "PYSFU_MAX_TRANSPORTS_PER_PEER": str(viewers + 4),
         "PYSFU_MAX_CONSUMERS_PER_PEER": str(2 * viewers + 8),
+        "PYSFU_MAX_CONSUMED_BITRATE_PER_PEER": str(10**12),
         "PYSFU_REQUESTS_PER_SECOND": "1000000",
         "PYSFU_REQUEST_BURST": "1000000",
         "PYSFU_CONSENT_TIMEOUT": "3600",

@@ -28,5 +28,5 @@ CONSUMER_NOT_FOUND = "consumer_not_found"
 ALREADY_CONNECTED = "already_connected"
 INVALID_DTLS_PARAMETERS = "invalid_dtls_parameters"
 CANNOT_CONSUME = "cannot_consume"
-ALREADY_CONSUMING = "already_consuming"  # one consumer per producer per peer
+ALREADY_CONSUMING = "already_consuming"  # one consumer per producer per transport
 INTERNAL_ERROR = "internal_error"

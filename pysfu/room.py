@@ -327,9 +327,10 @@ class Room:
             raise SignalingError(errors.PRODUCER_NOT_FOUND, "no such producer in this room")
         if len(peer.consumers) >= self.ctx.config.max_consumers_per_peer:
             raise SignalingError(errors.LIMIT_EXCEEDED, "too many consumers for this peer")
-        if any(c.producer is producer for c in peer.consumers.values()):
+        if any(c.producer is producer and c.transport is transport
+               for c in peer.consumers.values()):
             raise SignalingError(errors.ALREADY_CONSUMING,
-                                 "this peer already consumes that producer")
+                                 "this transport already consumes that producer")
         pulled = sum(self._producer_bitrate(c.producer) for c in peer.consumers.values())
         if pulled + self._producer_bitrate(producer) > \
                 self.ctx.config.max_consumed_bitrate_per_peer:

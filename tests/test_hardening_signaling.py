@@ -163,24 +163,29 @@ async def test_lists_from_peers_are_capped(server: Server, client: Any) -> None:
     live.assert_intact()
 
 
-async def test_one_consumer_per_producer_per_peer(server: Server, client: Any) -> None:
-    """Finding 7: one peer consumed the same producer 64 times (64x the stream out)."""
+@pytest.mark.parametrize("config_overrides", [{"max_consumed_bitrate_per_peer": 5_000_000}])
+async def test_one_consumer_per_producer_per_transport(server: Server, client: Any) -> None:
+    """Finding 7: one peer consumed the same producer 64 times (64x the stream out). Now one
+    consumer per producer per transport, and the peer's other transports count against its
+    consumed-bitrate cap."""
     async with live_stream(server) as live, client() as host, client() as v:
-        producer = await produce_video(host)
+        producer = await produce_video(host, maxBitrate=2_000_000)
         await v.join(ROOM, "viewer", "v")
-        recv1 = await v.create_transport(ROOM, "recv")
-        recv2 = await v.create_transport(ROOM, "recv")
+        recv = [await v.create_transport(ROOM, "recv") for _ in range(3)]
         caps = device_caps(await v.router_rtp_capabilities(ROOM))
-        first = await v.consume(ROOM, recv1["id"], producer, caps)
-        for transport in (recv1, recv2):  # same transport, or another of the same peer
-            with pytest.raises(RequestFailed) as err:
-                await v.consume(ROOM, transport["id"], producer, caps)
-            assert err.value.code == errors.ALREADY_CONSUMING
+        first = await v.consume(ROOM, recv[0]["id"], producer, caps)
+        with pytest.raises(RequestFailed) as err:
+            await v.consume(ROOM, recv[0]["id"], producer, caps)
+        assert err.value.code == errors.ALREADY_CONSUMING
+        second = await v.consume(ROOM, recv[1]["id"], producer, caps)  # 4 of 5 Mbit/s
+        with pytest.raises(RequestFailed) as err:
+            await v.consume(ROOM, recv[2]["id"], producer, caps)  # would be 6
+        assert err.value.code == errors.LIMIT_EXCEEDED
         room = server.rooms.get(ROOM)
-        assert list(room.consumers) == [first["id"]]
-        # Once that consumer is gone (its transport closed), the peer may consume again.
-        room._close_transport(room.transports[recv1["id"]])
-        await v.consume(ROOM, recv2["id"], producer, caps)
+        assert set(room.consumers) == {first["id"], second["id"]}
+        # Once a consumer is gone (its transport closed), the peer may consume again.
+        room._close_transport(room.transports[recv[0]["id"]])
+        await v.consume(ROOM, recv[2]["id"], producer, caps)
     live.assert_intact()
 
 
