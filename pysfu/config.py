@@ -75,6 +75,8 @@ class Config:
     # Origins whose pages may open the WebSocket (browsers send Origin; clients that send
     # none are allowed). None = this server's own origins; "*" = any.
     allowed_origins: list[str] | None = None
+    # Failed joins (any error) one connection may have; the next failure closes it (1008).
+    max_failed_joins: int = 5
     # Per client address (an IPv4 address, or an IPv6 /64): TCP connections open at once,
     # new connections per second (token bucket with a burst), DTLS handshakes in progress
     # (connectTransport until DTLS completes or fails), and in progress in all.
@@ -289,6 +291,7 @@ def _check(cfg: Config) -> Config:
         "max_message_size", "max_rooms", "max_peers_per_room", "max_transports_per_peer",
         "max_producers_per_peer", "max_consumers_per_peer", "request_burst",
         "max_consumed_bitrate_per_peer", "max_rooms_per_address_per_minute",
+        "max_failed_joins",
     ):
         if getattr(cfg, name) < 1:
             fail(name, "must be >= 1")

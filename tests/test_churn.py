@@ -52,8 +52,14 @@ async def cycle(client: Any, i: int) -> None:
         await host.leave(room)
 
 
+# Every connection comes from 127.0.0.1, at a rate no client should: the per-address limits
+# of new connections and requests (access control) are lifted like the room creation rate.
 @pytest.mark.parametrize("config_overrides", [{"host_grace_period": 0.05,
-                                                "max_rooms_per_address_per_minute": 100_000}])
+                                                "max_rooms_per_address_per_minute": 100_000,
+                                                "connections_per_second_per_address": 1e6,
+                                                "connection_burst_per_address": 1_000_000,
+                                                "requests_per_second_per_address": 1e6,
+                                                "request_burst_per_address": 1_000_000}])
 async def test_churn_leaves_nothing_behind(server: Server, client: Any) -> None:
     # Warm up (imports, first allocations, lazily opened fds), then take the baseline.
     for i in range(3):

@@ -11,7 +11,7 @@ connections, or reconnecting, buys no fresh budget).
 
 With a secret configured, ``join`` needs a signed token (``data.token``, or ``?token=`` in
 the WebSocket URL): its ``sub`` is the peer id, its room and role must match the request.
-After MAX_FAILED_JOINS failed joins the connection is closed (1008).
+After ``max_failed_joins`` (5) failed joins the connection is closed (1008).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pysfu.signaling")
 
 _OUTBOX_SIZE = 256
-MAX_FAILED_JOINS = 5  # failed joins (any error) on one connection before it is closed
 _ROLES = frozenset({"host", "viewer"})
 _DIRECTIONS = frozenset({"send", "recv"})
 _KINDS = frozenset({"audio", "video"})
@@ -237,7 +236,7 @@ class Session:
             return await self._try_join(data)
         except SignalingError:
             self.failed_joins += 1
-            if self.failed_joins >= MAX_FAILED_JOINS:
+            if self.failed_joins >= self.ctx.config.max_failed_joins:
                 # The error answer goes out, then the close (both through the outbox).
                 self._closing = True
                 log_event(logger, "session.failed_joins", level=logging.INFO,
