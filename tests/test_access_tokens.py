@@ -151,6 +151,7 @@ async def test_five_failed_joins_close_the_connection(server: Server) -> None:
         assert closed.value.reason.code == 1008
         assert closed.value.reason.reason == "too many failed joins"
     assert server.rooms.rooms == {}
+    assert server.health()["refused"]["failed_joins"] == 1
     # Four failures and then a good token: the connection stays and joins.
     async with connect(url) as c:
         for _ in range(4):

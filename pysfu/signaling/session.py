@@ -239,8 +239,9 @@ class Session:
             if self.failed_joins >= self.ctx.config.max_failed_joins:
                 # The error answer goes out, then the close (both through the outbox).
                 self._closing = True
-                log_event(logger, "session.failed_joins", level=logging.INFO,
-                          remote=self.remote, failed=self.failed_joins)
+                if self.ctx.limits is not None:  # counted, logged at a bounded rate
+                    self.ctx.limits.refusals.note("failed_joins", self.address,
+                                                  trio.current_time())
             raise
 
     async def _try_join(self, data: dict[str, Any]) -> tuple[str, dict]:
