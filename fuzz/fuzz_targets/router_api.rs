@@ -45,14 +45,14 @@ impl Model {
     }
 }
 
-fn paused(r: &Router, h: Handle) -> bool {
-    let st = r.stats(h).expect("exists");
+fn paused(r: &Router, now: Instant, h: Handle) -> bool {
+    let st = r.stats(now, h).expect("exists");
     st.iter().any(|(k, v)| *k == "paused" && *v == StatValue::Bool(true))
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
-    let mut r = Router::new();
+    let mut r = common::router(now);
     let mut m = Model::default();
     let mut out = Output::new();
     for op in data.chunks_exact(3).take(2000) {
@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
                 let ssrc = 0x10_0000 * p as u32;
                 let spec = if video { common::video_spec(&p.to_string(), ssrc) } else { common::audio_spec(&p.to_string(), ssrc) };
                 let n = spec.encodings.len();
-                let ok = r.add_producer(p, on, spec).is_ok();
+                let ok = r.add_producer(now, p, on, spec).is_ok();
                 assert_eq!(ok, !m.producers.contains_key(&p) && m.transports.contains(&on));
                 if ok {
                     m.producers.insert(p, (on, n, false));
@@ -107,14 +107,14 @@ fuzz_target!(|data: &[u8]| {
                     let ok = if pause { r.pause_producer(p) } else { r.resume_producer(now, p, &mut out) }.is_ok();
                     if let Some(e) = m.producers.get_mut(&p) {
                         e.2 = pause;
-                        assert_eq!(paused(&r, p), pause);
+                        assert_eq!(paused(&r, now, p), pause);
                     }
                     (ok, m.producers.contains_key(&p))
                 } else {
                     let ok = if pause { r.pause_consumer(c) } else { r.resume_consumer(now, c, &mut out) }.is_ok();
                     if let Some(e) = m.consumers.get_mut(&c) {
                         e.2 = pause;
-                        assert_eq!(paused(&r, c), pause);
+                        assert_eq!(paused(&r, now, c), pause);
                     }
                     (ok, m.consumers.contains_key(&c))
                 };
@@ -140,13 +140,13 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 let _ = r.take_upcalls();
-                let _ = r.stats(u64::from(a));
+                let _ = r.stats(now, u64::from(a));
             }
         }
         out.recycle();
         m.check(&r);
         for (h, v) in &m.consumers {
-            assert_eq!(paused(&r, *h), v.2);
+            assert_eq!(paused(&r, now, *h), v.2);
         }
     }
 });

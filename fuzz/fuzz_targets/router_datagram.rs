@@ -87,6 +87,6 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(r.counts(), counts);
     let _ = UP_QUEUE_CAP;
     for h in [1, 2, 3, 10, 11, 20, 21, 30] {
-        r.stats(h).expect("object still there");
+        r.stats(t, h).expect("object still there");
     }
 });

@@ -139,8 +139,8 @@ struct Room {
 /// Host transport 1 with a VP8 producer, `n` viewer transports with one consumer each, every
 /// viewer at its own loopback address (a bound socket nobody reads when `sinks`).
 fn room(profile: Profile, n: usize, sinks: bool) -> Room {
-    let mut r = Router::new();
     let now = Instant::now();
+    let mut r = Router::new(1, now, Duration::from_secs(1_700_000_000));
     let mut out = Output::new();
     let host: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let (k1, s1) = keys(profile, 1);
@@ -149,6 +149,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
     r.set_srtp(now, 1, profile.name(), &k0, &s0, &k1, &s1, Some(host), &mut out).unwrap();
     r.bind_tuple(now, 1, host, true, &mut out).unwrap();
     r.add_producer(
+        now,
         10,
         1,
         ProducerSpec {

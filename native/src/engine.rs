@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyKeyError, PyValueError};
@@ -20,7 +20,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::io;
 use crate::router::{
-    CodecSpec, ConsumerSpec, Drop, EncodingSpec, ExtSpec, Handle, KeyFrameMethod, Output, ProducerSpec, Router,
+    CodecSpec, ConsumerSpec, DropReason, EncodingSpec, ExtSpec, Handle, KeyFrameMethod, Output, ProducerSpec, Router,
     RouterError, StatValue,
 };
 use crate::wake::EventFd;
@@ -40,6 +40,25 @@ struct State {
     last_panic: Option<String>,
     /// Test hook (`_test_panic("io")`): the next datagram's processing panics.
     panic_next: bool,
+}
+
+/// 64 random bits from the OS for the router's seed (the router itself draws no randomness);
+/// the clock if getrandom fails.
+fn os_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: fills 8 bytes of a local array.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr() as *mut libc::c_void, 8, 0) };
+    if n == 8 {
+        return u64::from_ne_bytes(seed);
+    }
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x9E37_79B9_7F4A_7C15)
+}
+
+/// A router for an engine started now: OS randomness, the monotonic and the wall clock,
+/// read here at the I/O edge.
+fn new_router() -> Router {
+    let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Router::new(os_seed(), Instant::now(), unix_time)
 }
 
 fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
@@ -120,7 +139,7 @@ fn io_thread(shared: Arc<Shared>) {
                             panic!("test panic requested by _test_panic(\"io\")");
                         }
                         if truncated {
-                            st.router.count_drop(Drop::Truncated, 1);
+                            st.router.count_drop(DropReason::Truncated, 1);
                         } else {
                             st.router.handle_datagram(now, from, data, &mut out);
                             if out.transmits.len() >= SEND_EARLY_AT {
@@ -150,7 +169,7 @@ fn io_thread(shared: Arc<Shared>) {
 
 /// Count a panic caught on the I/O thread and wake Python so it logs it.
 fn on_io_panic(shared: &Shared, st: &mut State, e: &(dyn std::any::Any + Send)) {
-    st.router.count_drop(Drop::Panic, 1);
+    st.router.count_drop(DropReason::Panic, 1);
     st.last_panic = Some(panic_message(e));
     st.signalled = true;
     shared.up_fd.set();
@@ -356,7 +375,7 @@ impl Engine {
                 match r {
                     Ok(r) => r,
                     Err(_) => {
-                        st.router.count_drop(Drop::Panic, 1);
+                        st.router.count_drop(DropReason::Panic, 1);
                         Err(RouterError::Invalid("internal error (panic) in engine call".into()))
                     }
                 }
@@ -390,7 +409,7 @@ impl Engine {
         let stop_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
         let up_raw_fd = up_fd.as_raw_fd();
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { router: Router::new(), signalled: false, last_panic: None, panic_next: false }),
+            state: Mutex::new(State { router: new_router(), signalled: false, last_panic: None, panic_next: false }),
             socket,
             up_fd,
             stop_fd,
@@ -499,7 +518,7 @@ impl Engine {
 
     fn add_producer(&self, py: Python<'_>, handle: Handle, transport: Handle, spec: &Bound<'_, PyAny>) -> PyResult<()> {
         let spec = parse_producer_spec(spec)?;
-        self.control(py, move |r, _, _| r.add_producer(handle, transport, spec))
+        self.control(py, move |r, now, _| r.add_producer(now, handle, transport, spec))
     }
 
     fn remove_producer(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
@@ -556,7 +575,7 @@ impl Engine {
     }
 
     fn stats<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, PyDict>> {
-        let v = self.control(py, move |r, _, _| r.stats(handle))?;
+        let v = self.control(py, move |r, now, _| r.stats(now, handle))?;
         let d = PyDict::new(py);
         for (k, v) in v {
             match v {
@@ -571,7 +590,7 @@ impl Engine {
 
     /// Per-stream RTP statistics (loss, NACKs, PLIs, RTT, jitter, bitrate): a list of dicts.
     fn rtp_stats<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, PyList>> {
-        let records = self.control(py, move |r, _, _| r.rtp_stats(handle))?;
+        let records = self.control(py, move |r, now, _| r.rtp_stats(now, handle))?;
         let list = PyList::empty(py);
         for rec in records {
             let d = PyDict::new(py);
@@ -593,7 +612,7 @@ impl Engine {
         let drops = self.control(py, |r, _, _| Ok(r.drops().clone()))?;
         let d = PyDict::new(py);
         for (k, v) in drops.iter() {
-            let v = if k == Drop::SendFailed.name() { v + shared.send_failed.load(Ordering::Relaxed) } else { v };
+            let v = if k == DropReason::SendFailed.name() { v + shared.send_failed.load(Ordering::Relaxed) } else { v };
             d.set_item(k, v)?;
         }
         Ok(d)
@@ -634,7 +653,7 @@ impl Engine {
     }
 }
 
-impl std::ops::Drop for Engine {
+impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }

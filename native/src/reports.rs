@@ -3,7 +3,7 @@
 //! statistics of a consumer stream for the sender reports we send to a viewer, and what the
 //! viewer's receiver reports tell us back (round-trip time, loss, jitter).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::nack::SeqExtender;
 use crate::rtcp::{ReportBlock, SenderInfo};
@@ -11,7 +11,8 @@ use crate::rtcp::{ReportBlock, SenderInfo};
 /// Seconds between 1900 (NTP era 0) and 1970 (Unix).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
-/// 64-bit NTP time from a monotonic `Instant`, anchored to the wall clock once.
+/// 64-bit NTP time from a monotonic `Instant`, anchored once to a wall-clock reading the
+/// caller makes (sans-IO: nothing here reads a clock).
 #[derive(Clone, Copy, Debug)]
 pub struct NtpClock {
     base: Instant,
@@ -19,9 +20,9 @@ pub struct NtpClock {
 }
 
 impl NtpClock {
-    pub fn new(now: Instant) -> Self {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        NtpClock { base: now, base_ntp: ntp_add(NTP_UNIX_OFFSET << 32, wall) }
+    /// `unix_time`: the wall clock at `now`, since the Unix epoch.
+    pub fn new(now: Instant, unix_time: Duration) -> Self {
+        NtpClock { base: now, base_ntp: ntp_add(NTP_UNIX_OFFSET << 32, unix_time) }
     }
 
     pub fn ntp(&self, now: Instant) -> u64 {
@@ -319,7 +320,7 @@ mod tests {
     #[test]
     fn lsr_dlsr_and_round_trip_time() {
         let t0 = Instant::now();
-        let clock = NtpClock::new(t0);
+        let clock = NtpClock::new(t0, Duration::from_secs(1_700_000_000));
         let mut r = ReceiveStats::new(t0, 90000);
         r.on_packet(t0, 1, 0, false);
         let sr_ntp = 0x1234_5678_9abc_def0u64;
@@ -358,9 +359,10 @@ mod tests {
     #[test]
     fn ntp_clock_is_wall_clock_and_monotonic() {
         let t0 = Instant::now();
-        let c = NtpClock::new(t0);
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        assert!(((c.ntp(t0) >> 32) as i64 - (unix + NTP_UNIX_OFFSET) as i64).abs() <= 1);
+        let unix = 1_700_000_000u64;
+        let c = NtpClock::new(t0, Duration::from_millis(unix * 1000 + 250));
+        assert_eq!(c.ntp(t0) >> 32, unix + NTP_UNIX_OFFSET);
+        assert_eq!(c.ntp(t0) as u32, 1 << 30, "a quarter second");
         assert_eq!(c.ntp(t0 + ms(500)) - c.ntp(t0), 1 << 31);
         let mut m = BitrateSampler::default();
         m.sample(t0, 0);

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pysfu_native::router::{
     CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, Handle, KeyFrameMethod, Output, ProducerSpec, Router, URI_MID,
@@ -108,15 +108,20 @@ pub fn consumer_spec(ssrc: u32, mid: &str, encoding: usize) -> ConsumerSpec {
     }
 }
 
+/// A router started at `now` with a fixed seed and wall clock: a crash reproduces exactly.
+pub fn router(now: Instant) -> Router {
+    Router::new(0x5eed, now, Duration::from_secs(1_700_000_000))
+}
+
 /// Host on port 1000 (transport 1), viewers on 2000/3000 (transports 2, 3).
 pub fn room(now: Instant) -> Router {
-    let mut r = Router::new();
+    let mut r = router(now);
     let mut out = Output::new();
     connect(&mut r, now, 1, 1000, &mut out);
     connect(&mut r, now, 2, 2000, &mut out);
     connect(&mut r, now, 3, 3000, &mut out);
-    r.add_producer(10, 1, video_spec("0", 0x1000)).expect("video producer");
-    r.add_producer(11, 1, audio_spec("1", 0x2000)).expect("audio producer");
+    r.add_producer(now, 10, 1, video_spec("0", 0x1000)).expect("video producer");
+    r.add_producer(now, 11, 1, audio_spec("1", 0x2000)).expect("audio producer");
     r.add_consumer(now, 20, 2, 10, consumer_spec(0xA000, "0", 0), &mut out).expect("consumer");
     r.add_consumer(now, 21, 2, 11, consumer_spec(0xA010, "1", 0), &mut out).expect("consumer");
     r.add_consumer(now, 30, 3, 10, consumer_spec(0xB000, "0", 1), &mut out).expect("consumer");

@@ -1,0 +1,418 @@
+//! Consumer state and the consumer's own part of forwarding: which of the producer's packets
+//! it takes (one `Kind` per way of following a producer), sequence number and timestamp
+//! continuity, and the rewrite and protection of its copy of each packet.
+//!
+//! A new way of consuming (pipe, plain RTP, SVC filtering) is another `Kind` with its own
+//! stream selection, not another branch in the fan-out loop.
+
+use std::time::Instant;
+
+use crate::budget::RetransmitBudget;
+use crate::layers::LayerState;
+use crate::nack::SeqMap;
+use crate::reports::{BitrateSampler, SendStats};
+use crate::seq::{SeqManager, TsOffset};
+
+use super::egress::{write_egress, Egress, Fanout, Ingress};
+use super::output::DropReason;
+use super::spec::{invalid, ConsumerSpec, Result};
+use super::transport::Counters;
+use super::{Handle, Rng};
+
+/// How a consumer follows its producer.
+pub(super) enum Kind {
+    /// A producer with one stream: every packet, timestamps as the producer sent them.
+    Simple,
+    /// One of a producer's simulcast streams at a time, switched at the target's key frames.
+    Simulcast(Simulcast),
+}
+
+/// Layer state of a simulcast consumer.
+pub(super) struct Simulcast {
+    /// The encoding to switch to at its next key frame (== the consumer's `encoding` when settled).
+    pub(super) target: usize,
+    /// The highest spatial layer the viewer wants (temporal kept for the answer only).
+    pub(super) preferred_spatial: usize,
+    pub(super) preferred_temporal: u8,
+    pub(super) layers: LayerState,
+    pub(super) layer_switches: u64,
+    /// Timestamp offset: keeps time continuous when the source stream changes.
+    pub(super) ts: TsOffset,
+    /// The encoding whose timestamps `ts` is set up for.
+    pub(super) ts_source: usize,
+    /// The stream and offset before the last switch (retransmissions of older packets).
+    pub(super) ts_prev: (usize, u32),
+}
+
+/// Loss repair and sending statistics of one consumer stream.
+pub(super) struct ConsumerQuality {
+    /// Output → input sequence numbers (viewers' NACKs name output numbers).
+    pub(super) seq_map: Option<SeqMap>,
+    pub(super) tx: SendStats,
+    /// router PT → consumer RTX PT.
+    pub(super) rtx_pt: Vec<(u8, u8)>,
+    pub(super) rtx_seq: u16,
+    pub(super) nack: bool,
+    pub(super) cname: Vec<u8>,
+    pub(super) nacks_in: u64,
+    pub(super) nack_seqs_in: u64,
+    pub(super) plis_in: u64,
+    pub(super) firs_in: u64,
+    pub(super) rate: BitrateSampler,
+    /// What retransmissions to this consumer may cost (budget.rs).
+    pub(super) budget: RetransmitBudget,
+    pub(super) nack_budget_drops: u64,
+    pub(super) nack_max_resend_drops: u64,
+}
+
+pub(super) struct Consumer {
+    pub(super) transport: Handle,
+    pub(super) producer: Handle,
+    pub(super) ssrc: u32,
+    pub(super) rtx_ssrc: Option<u32>,
+    pub(super) mid: Option<Vec<u8>>,
+    pub(super) mid_ext_id: Option<u8>,
+    /// router PT → consumer PT (0xff = not negotiated)
+    pub(super) pt: [u8; 128],
+    pub(super) paused: bool,
+    /// The producer encoding (stream) being forwarded.
+    pub(super) encoding: usize,
+    pub(super) last_out: Option<Instant>,
+    pub(super) seq: SeqManager,
+    pub(super) wait_key_frame: bool,
+    pub(super) stats: Counters,
+    pub(super) dropped: u64,
+    pub(super) key_frame_requests_in: u64,
+    pub(super) quality: ConsumerQuality,
+    pub(super) kind: Kind,
+}
+
+/// router PT → consumer PT (0xff: not negotiated), and router PT → consumer RTX PT.
+type PayloadTypes = ([u8; 128], Vec<(u8, u8)>);
+
+/// The consumer's payload type maps from its spec.
+fn payload_types(spec: &ConsumerSpec) -> Result<PayloadTypes> {
+    let mut pt = [0xffu8; 128];
+    for &(r, c) in &spec.payload_types {
+        if r > 127 || c > 127 {
+            return Err(invalid(format!("consumer spec: payload type {r}->{c} out of range")));
+        }
+        pt[r as usize] = c;
+    }
+    let mut rtx_pt = Vec::new();
+    for &(r, x) in &spec.rtx_payload_types {
+        if r > 127 || x > 127 {
+            return Err(invalid(format!("consumer spec: RTX payload type {r}->{x} out of range")));
+        }
+        rtx_pt.push((r, x));
+    }
+    Ok((pt, rtx_pt))
+}
+
+/// The spec's own consistency (SSRCs, MID); what depends on the transport is the caller's.
+fn check(spec: &ConsumerSpec) -> Result<()> {
+    if spec.rtx_ssrc == Some(spec.ssrc) {
+        return Err(invalid("consumer spec: rtx_ssrc equals ssrc"));
+    }
+    if let Some(m) = &spec.mid {
+        if m.is_empty() || m.len() > 16 {
+            return Err(invalid(format!("consumer spec: mid {m:?} must be 1..16 bytes")));
+        }
+        if spec.mid_ext_id.is_none() {
+            return Err(invalid("consumer spec: mid given without mid_ext_id"));
+        }
+    }
+    if let Some(id) = spec.mid_ext_id {
+        if id == 0 || id > 14 {
+            return Err(invalid(format!("consumer spec: mid_ext_id {id} not in 1..14")));
+        }
+    }
+    Ok(())
+}
+
+impl Consumer {
+    /// A consumer on `transport` of `producer` (`video`, with `encodings` streams), from its
+    /// spec; the caller checked the handles, the encoding index and the SSRCs in use.
+    pub(super) fn new(
+        spec: &ConsumerSpec,
+        transport: Handle,
+        producer: Handle,
+        video: bool,
+        encodings: usize,
+        rng: &mut Rng,
+        now: Instant,
+    ) -> Result<Consumer> {
+        check(spec)?;
+        let (pt, rtx_pt) = payload_types(spec)?;
+        // A simulcast consumer starts on the highest layer (mediasoup's default preference).
+        let encoding = if encodings > 1 { encodings - 1 } else { spec.encoding };
+        let initial = rng.initial_seq();
+        let quality = ConsumerQuality {
+            seq_map: (video && spec.nack).then(|| SeqMap::new(now)),
+            tx: SendStats::default(),
+            rtx_pt,
+            rtx_seq: rng.initial_seq(),
+            nack: spec.nack,
+            cname: spec.cname.as_deref().unwrap_or("pysfu").as_bytes().iter().copied().take(255).collect(),
+            nacks_in: 0,
+            nack_seqs_in: 0,
+            plis_in: 0,
+            firs_in: 0,
+            rate: BitrateSampler::default(),
+            budget: RetransmitBudget::new(now),
+            nack_budget_drops: 0,
+            nack_max_resend_drops: 0,
+        };
+        let kind = if encodings > 1 {
+            Kind::Simulcast(Simulcast {
+                target: encoding,
+                preferred_spatial: encoding,
+                preferred_temporal: u8::MAX,
+                layers: LayerState::new(now),
+                layer_switches: 0,
+                ts: TsOffset::new(),
+                ts_source: encoding,
+                ts_prev: (encoding, 0),
+            })
+        } else {
+            Kind::Simple
+        };
+        Ok(Consumer {
+            transport,
+            producer,
+            ssrc: spec.ssrc,
+            rtx_ssrc: spec.rtx_ssrc,
+            mid: spec.mid.as_ref().map(|m| m.as_bytes().to_vec()),
+            mid_ext_id: if spec.mid.is_some() { spec.mid_ext_id } else { None },
+            pt,
+            paused: spec.paused,
+            encoding,
+            last_out: None,
+            seq: SeqManager::new(initial),
+            wait_key_frame: video,
+            stats: Counters::default(),
+            dropped: 0,
+            key_frame_requests_in: 0,
+            quality,
+            kind,
+        })
+    }
+
+    /// The consumer's MID header extension (id, value), when it has one.
+    #[inline]
+    pub(super) fn mid_ext(&self) -> Option<(u8, &[u8])> {
+        self.mid_ext_id.zip(self.mid.as_deref())
+    }
+
+    /// The stream the consumer moves to at its next key frame (its stream when settled).
+    pub(super) fn target(&self) -> usize {
+        match &self.kind {
+            Kind::Simple => self.encoding,
+            Kind::Simulcast(s) => s.target,
+        }
+    }
+
+    pub(super) fn preferred_spatial(&self) -> usize {
+        match &self.kind {
+            Kind::Simple => self.encoding,
+            Kind::Simulcast(s) => s.preferred_spatial,
+        }
+    }
+
+    pub(super) fn layer_switches(&self) -> u64 {
+        match &self.kind {
+            Kind::Simple => 0,
+            Kind::Simulcast(s) => s.layer_switches,
+        }
+    }
+
+    /// Output timestamp minus input timestamp of the stream being forwarded.
+    pub(super) fn ts_offset(&self) -> u32 {
+        match &self.kind {
+            Kind::Simple => 0,
+            Kind::Simulcast(s) => s.ts.offset(),
+        }
+    }
+
+    /// The timestamp offset packets of `stream` were sent with, while it is still known
+    /// (the current stream and the one before the last switch).
+    pub(super) fn ts_offset_of(&self, stream: usize) -> Option<u32> {
+        match &self.kind {
+            Kind::Simple => (stream == self.encoding).then_some(0),
+            Kind::Simulcast(s) => match stream {
+                x if x == s.ts_source => Some(s.ts.offset()),
+                x if x == s.ts_prev.0 => Some(s.ts_prev.1),
+                _ => None,
+            },
+        }
+    }
+
+    /// The consumer (re)starts: it waits for a key frame of its target stream.
+    pub(super) fn restart(&mut self) {
+        self.wait_key_frame = true;
+        self.encoding = self.target();
+    }
+
+    /// The consumer still needs a key frame of stream `i` (it waits for one or switches to it).
+    pub(super) fn wants_key_frame_of(&self, i: usize) -> bool {
+        let target = self.target();
+        !self.paused && ((self.encoding == i && self.wait_key_frame) || (target == i && self.encoding != i))
+    }
+
+    /// A packet of stream `stream` that is not forwarded to anyone (padding): the consumers of
+    /// that stream skip its sequence number.
+    #[inline]
+    pub(super) fn skip(&mut self, stream: usize, seq_in: u16) {
+        if self.encoding == stream {
+            self.seq.drop(seq_in);
+        }
+    }
+
+    /// Simulcast: choose the layer from the stream bitrates and the viewer's estimate. The
+    /// stream to ask for a key frame if the target changed to another one than the current.
+    pub(super) fn update_layer(&mut self, now: Instant, rates: &[u64], estimate: Option<(u64, Instant)>) -> Option<usize> {
+        let Kind::Simulcast(s) = &mut self.kind else { return None };
+        let target = s.layers.decide(now, s.preferred_spatial, self.encoding, rates, estimate);
+        if target == s.target {
+            return None;
+        }
+        s.target = target;
+        (target != self.encoding && !self.paused).then_some(target)
+    }
+
+    /// The viewer's preference: at most `spatial` (clamped to `layers` - 1). Returns the
+    /// preferred (spatial, temporal) layers and the stream to ask for a key frame, if any.
+    pub(super) fn set_preference(
+        &mut self,
+        now: Instant,
+        spatial: usize,
+        temporal: Option<u8>,
+        rates: &[u64],
+        estimate: Option<(u64, Instant)>,
+    ) -> ((usize, u8), Option<usize>) {
+        let Kind::Simulcast(s) = &mut self.kind else {
+            return ((spatial.min(rates.len() - 1), temporal.unwrap_or(u8::MAX)), None);
+        };
+        let preferred = spatial.min(rates.len() - 1);
+        if preferred > s.preferred_spatial {
+            s.layers.preference_raised(now);
+        }
+        s.preferred_spatial = preferred;
+        s.preferred_temporal = temporal.unwrap_or(u8::MAX);
+        let target = s.layers.decide(now, s.preferred_spatial, self.encoding, rates, estimate);
+        s.target = target;
+        let switch = (target != self.encoding && !self.paused).then_some(target);
+        ((s.preferred_spatial, s.preferred_temporal), switch)
+    }
+
+    /// Forward producer packet `pkt`: this consumer's copy (its SSRC, payload type, sequence
+    /// number, timestamp and MID) protected with its transport's keys and queued to its
+    /// sending tuple. The length queued, if any.
+    #[inline]
+    pub(super) fn forward(&mut self, pkt: &Ingress<'_>, cx: &mut Fanout<'_>, now: Instant) -> Option<usize> {
+        let mut switching = self.select(pkt)?;
+        let seq_in = pkt.hdr.sequence;
+        if self.paused {
+            self.seq.drop(seq_in);
+            return None;
+        }
+        let ct = cx.transports.get_mut(&self.transport)?;
+        let dest = ct.media_dest();
+        let (Some(tx), Some(dest)) = (ct.tx.as_mut(), dest) else {
+            self.dropped += 1;
+            return None;
+        };
+        let cpt = self.admit(pkt, &mut switching)?;
+        if switching {
+            self.sync(pkt, now);
+        }
+        let Some(seq_out) = self.seq.input(seq_in) else {
+            self.dropped += 1;
+            return None;
+        };
+        let ts_out = match &mut self.kind {
+            Kind::Simple => pkt.hdr.timestamp,
+            Kind::Simulcast(s) => s.ts.apply(pkt.hdr.timestamp),
+        };
+        let mut buf = cx.out.take_buf();
+        let egress = Egress { seq: seq_out, timestamp: ts_out, ssrc: self.ssrc, pt: cpt };
+        if write_egress(&mut buf, pkt.data, pkt.hdr, &|id| pkt.map_ext(id), self.mid_ext(), egress).is_err() {
+            cx.drops.inc(DropReason::RtpMalformed);
+            cx.out.give_back(buf);
+            return None;
+        }
+        self.last_out = Some(now);
+        if tx.protect_rtp(&mut buf).is_err() {
+            cx.drops.inc(DropReason::ProtectFailed);
+            cx.out.give_back(buf);
+            return None;
+        }
+        let len = buf.len();
+        self.stats.tx(len);
+        ct.stats.tx(len);
+        if let Some(m) = self.quality.seq_map.as_mut() {
+            m.record(seq_out, seq_in, pkt.encoding as u8);
+        }
+        self.quality.tx.on_sent(now, ts_out, pkt.hdr.payload_len);
+        cx.out.push(dest, buf);
+        Some(len)
+    }
+
+    /// Whether a packet of stream `pkt.encoding` is for this consumer (None: not); if so,
+    /// whether the consumer switches to that stream with it.
+    #[inline]
+    fn select(&mut self, pkt: &Ingress<'_>) -> Option<bool> {
+        if self.encoding == pkt.encoding {
+            return Some(false);
+        }
+        match &self.kind {
+            Kind::Simple => None,
+            // Simulcast: move to the target stream only at one of its key frames.
+            Kind::Simulcast(s) => {
+                if s.target != pkt.encoding || !pkt.key_frame || self.paused {
+                    return None;
+                }
+                self.encoding = pkt.encoding;
+                Some(true)
+            }
+        }
+    }
+
+    /// The consumer's payload type for the packet, if it takes it: negotiated, and a key frame
+    /// when the consumer waits for one (which starts it: `switching`).
+    #[inline]
+    fn admit(&mut self, pkt: &Ingress<'_>, switching: &mut bool) -> Option<u8> {
+        let cpt = self.pt[pkt.router_pt as usize];
+        if cpt == 0xff {
+            self.dropped += 1;
+            self.seq.drop(pkt.hdr.sequence);
+            return None;
+        }
+        if self.wait_key_frame {
+            if pkt.has_key_frames && !pkt.key_frame {
+                self.dropped += 1;
+                self.seq.drop(pkt.hdr.sequence);
+                return None;
+            }
+            // A key frame, or no key frame detection for this codec: start right away.
+            self.wait_key_frame = false;
+            *switching = true;
+        }
+        Some(cpt)
+    }
+
+    /// Output continues right after the last packet sent, in sequence and in time (the
+    /// wall-clock gap since then, at 90 kHz), whichever stream it was.
+    fn sync(&mut self, pkt: &Ingress<'_>, now: Instant) {
+        self.seq.sync(pkt.hdr.sequence);
+        let Kind::Simulcast(s) = &mut self.kind else { return };
+        if s.ts_source != self.encoding {
+            let gap = self.last_out.map_or(1, |t| (now.saturating_duration_since(t).as_millis() as u32).saturating_mul(90).max(1));
+            // Another stream's timestamps (simulcast): continue after the last one.
+            s.ts_prev = (s.ts_source, s.ts.offset());
+            s.ts.sync_after_last(pkt.hdr.timestamp, gap);
+            s.ts_source = self.encoding;
+            s.layer_switches += 1;
+        }
+    }
+}

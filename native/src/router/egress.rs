@@ -1,0 +1,118 @@
+//! Egress: one producer packet fanned out to its consumers (each consumer's own `forward`),
+//! the rewrite shared by forwarding and retransmission, and our own RTCP, protected.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::fasthash::HandleMap;
+use crate::rtp;
+use crate::srtp::SrtpContext;
+
+use super::consumer::Consumer;
+use super::output::{DropReason, Drops, Output};
+use super::transport::{Counters, Transport};
+use super::Handle;
+
+/// A producer packet (decrypted, RTX restored) as every consumer sees it.
+pub(super) struct Ingress<'a> {
+    /// The plain RTP packet.
+    pub(super) data: &'a [u8],
+    pub(super) hdr: &'a rtp::RtpHeader,
+    /// The producer stream (encoding) it belongs to.
+    pub(super) encoding: usize,
+    /// Its payload type in the router's numbering.
+    pub(super) router_pt: u8,
+    pub(super) key_frame: bool,
+    /// Key frames of this codec are detected (else consumers start on any packet).
+    pub(super) has_key_frames: bool,
+    /// Producer extension id → router extension id (0 = not forwarded).
+    pub(super) ext_map: &'a [u8; 256],
+}
+
+impl Ingress<'_> {
+    #[inline]
+    pub(super) fn map_ext(&self, id: u8) -> Option<u8> {
+        let r = self.ext_map[id as usize];
+        (r != 0).then_some(r)
+    }
+}
+
+/// What a consumer's `forward` needs besides itself and the packet.
+pub(super) struct Fanout<'a> {
+    pub(super) transports: &'a mut HandleMap<Transport>,
+    pub(super) drops: &'a mut Drops,
+    pub(super) out: &'a mut Output,
+}
+
+/// Forward `pkt` to each of `consumers`; the number of packets and bytes queued.
+#[inline]
+pub(super) fn fan_out(
+    all: &mut HandleMap<Consumer>,
+    consumers: &[Handle],
+    pkt: &Ingress<'_>,
+    cx: &mut Fanout<'_>,
+    now: Instant,
+) -> (u64, u64) {
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    for ch in consumers {
+        let Some(c) = all.get_mut(ch) else { continue };
+        if let Some(len) = c.forward(pkt, cx, now) {
+            packets += 1;
+            bytes += len as u64;
+        }
+    }
+    (packets, bytes)
+}
+
+/// Protect an RTCP packet we built and queue it to `dest`, counting it on its transport;
+/// false (the buffer recycled, the drop counted) if protection failed.
+pub(super) fn push_rtcp(
+    tx: &mut SrtpContext,
+    stats: &mut Counters,
+    rtcp_out: &mut u64,
+    drops: &mut Drops,
+    out: &mut Output,
+    dest: SocketAddr,
+    mut buf: Vec<u8>,
+) -> bool {
+    if tx.protect_rtcp(&mut buf).is_err() {
+        drops.inc(DropReason::ProtectFailed);
+        out.give_back(buf);
+        return false;
+    }
+    stats.tx(buf.len());
+    *rtcp_out += 1;
+    out.push(dest, buf);
+    true
+}
+
+/// Where a producer packet goes for one consumer: its sequence number, timestamp, SSRC, PT.
+#[derive(Clone, Copy)]
+pub(super) struct Egress {
+    pub(super) seq: u16,
+    pub(super) timestamp: u32,
+    pub(super) ssrc: u32,
+    pub(super) pt: u8,
+}
+
+/// Write the consumer's copy of `pkt` into `buf`: router extension ids (plus the consumer's
+/// mid), then its sequence number, timestamp, SSRC and payload type. Shared by forwarding and
+/// retransmission so both always produce the same packet.
+pub(super) fn write_egress(
+    buf: &mut Vec<u8>,
+    pkt: &[u8],
+    hdr: &rtp::RtpHeader,
+    map: &impl Fn(u8) -> Option<u8>,
+    mid: Option<(u8, &[u8])>,
+    e: Egress,
+) -> std::result::Result<(), rtp::RtpError> {
+    match mid {
+        Some(m) => rtp::rewrite_extensions(buf, pkt, hdr, map, &[m])?,
+        None => rtp::rewrite_extensions(buf, pkt, hdr, map, &[])?,
+    }
+    rtp::set_sequence(buf, e.seq);
+    rtp::set_timestamp(buf, e.timestamp);
+    rtp::set_ssrc(buf, e.ssrc);
+    rtp::set_payload_type(buf, e.pt);
+    Ok(())
+}

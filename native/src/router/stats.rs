@@ -1,0 +1,230 @@
+//! Statistics for Python: object counts, counters per object (`stats`), and per-stream RTP
+//! statistics with mediasoup-like names (`rtp_stats`).
+
+use std::time::{Duration, Instant};
+
+use super::consumer::Consumer;
+use super::producer::{Encoding, Producer};
+use super::spec::{Result, RouterError};
+use super::transport::{Counters, Transport};
+use super::{Handle, Router};
+
+/// Object counts, for leak checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub transports: usize,
+    pub producers: usize,
+    pub consumers: usize,
+    /// Producer streams (encodings) plus consumer streams.
+    pub streams: usize,
+}
+
+/// A stats value for Python.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StatValue {
+    Int(u64),
+    Str(String),
+    Bool(bool),
+    Float(f64),
+}
+
+fn counters(c: &Counters) -> Vec<(&'static str, StatValue)> {
+    use StatValue::*;
+    vec![
+        ("packets_in", Int(c.packets_in)),
+        ("bytes_in", Int(c.bytes_in)),
+        ("packets_out", Int(c.packets_out)),
+        ("bytes_out", Int(c.bytes_out)),
+    ]
+}
+
+fn ms(d: Duration) -> StatValue {
+    StatValue::Float(d.as_secs_f64() * 1000.0)
+}
+
+impl Router {
+    pub fn counts(&self) -> Counts {
+        Counts {
+            transports: self.transports.len(),
+            producers: self.producers.len(),
+            consumers: self.consumers.len(),
+            streams: self.producers.values().map(|p| p.encodings.len()).sum::<usize>() + self.consumers.len(),
+        }
+    }
+
+    /// Counters and state of object `h` (any kind) at `now`.
+    pub fn stats(&self, now: Instant, h: Handle) -> Result<Vec<(&'static str, StatValue)>> {
+        if let Some(t) = self.transports.get(&h) {
+            return Ok(transport_stats(t, now));
+        }
+        if let Some(p) = self.producers.get(&h) {
+            return Ok(producer_stats(p));
+        }
+        if let Some(c) = self.consumers.get(&h) {
+            return Ok(consumer_stats(c));
+        }
+        Err(RouterError::Unknown(format!("unknown handle {h}")))
+    }
+
+    /// Per-stream RTP statistics with mediasoup-like (camelCase) names at `now`: one record for
+    /// a transport or a consumer, one per encoding for a producer.
+    pub fn rtp_stats(&self, now: Instant, h: Handle) -> Result<Vec<Vec<(&'static str, StatValue)>>> {
+        if let Some(t) = self.transports.get(&h) {
+            return Ok(vec![transport_rtp_stats(t, now)]);
+        }
+        if let Some(p) = self.producers.get(&h) {
+            return Ok(p.encodings.iter().enumerate().map(|(i, e)| encoding_rtp_stats(i, e)).collect());
+        }
+        if let Some(c) = self.consumers.get(&h) {
+            return Ok(vec![consumer_rtp_stats(c)]);
+        }
+        Err(RouterError::Unknown(format!("unknown handle {h}")))
+    }
+}
+
+fn transport_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatValue)> {
+    use StatValue::*;
+    let mut v = vec![("type", Str("transport".into()))];
+    v.extend(counters(&t.stats));
+    v.push(("rtp_in", Int(t.rtp_in)));
+    v.push(("rtcp_in", Int(t.rtcp_in)));
+    v.push(("rtcp_out", Int(t.rtcp_out)));
+    v.push(("stun_in", Int(t.stun_in)));
+    v.push(("dtls_in", Int(t.dtls_in)));
+    v.push(("tuples", Int(t.tuples.len() as u64)));
+    v.push(("selected", Str(t.selected.map(|a| a.to_string()).unwrap_or_default())));
+    v.push(("nominated", Str(t.nominated.map(|a| a.to_string()).unwrap_or_default())));
+    v.push(("proven_tuples", Int(t.tuples.iter().filter(|a| a.proven).count() as u64)));
+    v.push(("stun_rejected", Int(t.stun_rejected)));
+    v.push(("up_queue_full", Int(t.up_dropped)));
+    v.push(("srtp", Bool(t.tx.is_some())));
+    v.push(("available_bitrate", Int(t.bwe.available_bitrate(now).unwrap_or(0))));
+    v.push(("remb_in", Int(t.bwe.remb_in)));
+    v.push(("twcc_packets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))));
+    v.push(("twcc_feedback_sent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))));
+    v
+}
+
+fn producer_stats(p: &Producer) -> Vec<(&'static str, StatValue)> {
+    use StatValue::*;
+    let mut v = vec![("type", Str("producer".into()))];
+    v.extend(counters(&p.stats));
+    v.push(("key_frames", Int(p.key_frames)));
+    v.push(("key_frame_requests", Int(p.encodings.iter().map(|e| e.kf.requests_sent).sum())));
+    v.push(("paused", Bool(p.paused)));
+    v.push(("consumers", Int(p.consumers.len() as u64)));
+    let join = |f: &dyn Fn(&Encoding) -> u64| p.encodings.iter().map(|e| f(e).to_string()).collect::<Vec<_>>().join(",");
+    v.push(("layer_bitrates", Str(join(&|e| e.quality.rate.bps))));
+    v.push(("layer_packets", Str(join(&|e| e.stats.packets_in))));
+    v.push(("layer_key_frames", Str(join(&|e| e.key_frames))));
+    v
+}
+
+fn consumer_stats(c: &Consumer) -> Vec<(&'static str, StatValue)> {
+    use StatValue::*;
+    let mut v = vec![("type", Str("consumer".into()))];
+    v.extend(counters(&c.stats));
+    v.push(("dropped", Int(c.dropped)));
+    v.push(("key_frame_requests_in", Int(c.key_frame_requests_in)));
+    v.push(("paused", Bool(c.paused)));
+    v.push(("waiting_key_frame", Bool(c.wait_key_frame)));
+    v.push(("ssrc", Int(c.ssrc as u64)));
+    v.push(("current_layer", Int(c.encoding as u64)));
+    v.push(("target_layer", Int(c.target() as u64)));
+    v.push(("preferred_layer", Int(c.preferred_spatial() as u64)));
+    v.push(("layer_switches", Int(c.layer_switches())));
+    v.push(("nack_budget_drops", Int(c.quality.nack_budget_drops)));
+    v.push(("nack_max_resend_drops", Int(c.quality.nack_max_resend_drops)));
+    v
+}
+
+fn transport_rtp_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatValue)> {
+    use StatValue::*;
+    let mut r = vec![
+        ("type", Str("transport".into())),
+        ("bytesReceived", Int(t.stats.bytes_in)),
+        ("bytesSent", Int(t.stats.bytes_out)),
+        ("packetsReceived", Int(t.stats.packets_in)),
+        ("packetsSent", Int(t.stats.packets_out)),
+        ("rtpPacketsReceived", Int(t.rtp_in)),
+        ("rtcpPacketsReceived", Int(t.rtcp_in)),
+        ("rtcpPacketsSent", Int(t.rtcp_out)),
+        ("recvBitrate", Int(t.rate_in.bps)),
+        ("sendBitrate", Int(t.rate_out.bps)),
+        ("rembReceived", Int(t.bwe.remb_in)),
+        ("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))),
+        ("transportCcFeedbackSent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))),
+    ];
+    // The viewer's estimate (bwe.rs), only while one is known.
+    if let Some(b) = t.bwe.available_bitrate(now) {
+        r.push(("availableBitrate", Int(b)));
+    }
+    r
+}
+
+fn encoding_rtp_stats(i: usize, e: &Encoding) -> Vec<(&'static str, StatValue)> {
+    use StatValue::*;
+    let q = &e.quality;
+    let g = q.nack.as_ref();
+    let mut r = vec![
+        ("type", Str("inbound-rtp".into())),
+        ("layer", Int(i as u64)),
+        ("ssrc", Int(e.media_ssrc.unwrap_or(0) as u64)),
+        ("rtxSsrc", Int(e.rtx_ssrc.unwrap_or(0) as u64)),
+        ("rid", Str(e.spec.rid.clone().unwrap_or_default())),
+        ("packetCount", Int(e.stats.packets_in)),
+        ("byteCount", Int(e.stats.bytes_in)),
+        ("packetsLost", Int(q.rx.lost().max(0) as u64)),
+        ("fractionLost", Float(q.rx.fraction_lost as f64 / 256.0)),
+        ("jitter", Int(q.rx.jitter() as u64)),
+        ("nackCount", Int(g.map_or(0, |g| g.batches))),
+        ("nackPacketCount", Int(g.map_or(0, |g| g.requested))),
+        ("packetsRetransmitted", Int(q.rtx_in + q.rtx_duplicate)),
+        ("packetsRepaired", Int(q.rtx_in)),
+        ("packetsReordered", Int(g.map_or(0, |g| g.reordered))),
+        ("packetsGivenUp", Int(g.map_or(0, |g| g.gave_up))),
+        ("packetsDiscarded", Int(q.rtx_duplicate)),
+        ("pliCount", Int(q.plis_sent)),
+        ("firCount", Int(q.firs_sent)),
+        ("keyFrames", Int(e.key_frames)),
+        ("bitrate", Int(q.rate.bps)),
+    ];
+    // RTT toward the producer, estimated from NACK → retransmission times.
+    if let Some(g) = g.filter(|g| g.rtt_measured) {
+        r.push(("roundTripTime", ms(g.rtt())));
+    }
+    r
+}
+
+fn consumer_rtp_stats(c: &Consumer) -> Vec<(&'static str, StatValue)> {
+    use StatValue::*;
+    let q = &c.quality;
+    let mut r = vec![
+        ("type", Str("outbound-rtp".into())),
+        ("layer", Int(c.encoding as u64)),
+        ("ssrc", Int(c.ssrc as u64)),
+        ("rtxSsrc", Int(c.rtx_ssrc.unwrap_or(0) as u64)),
+        ("packetCount", Int(c.stats.packets_out)),
+        ("byteCount", Int(c.stats.bytes_out)),
+        ("packetsRetransmitted", Int(q.tx.rtx_packets)),
+        ("bytesRetransmitted", Int(q.tx.rtx_bytes)),
+        ("packetsLost", Int(q.tx.cumulative_lost.max(0) as u64)),
+        ("fractionLost", Float(q.tx.fraction_lost as f64 / 256.0)),
+        ("jitter", Int(q.tx.jitter as u64)),
+        ("nackCount", Int(q.nacks_in)),
+        ("nackPacketCount", Int(q.nack_seqs_in)),
+        ("pliCount", Int(q.plis_in)),
+        ("firCount", Int(q.firs_in)),
+        ("senderReports", Int(q.tx.srs_sent)),
+        ("receiverReports", Int(q.tx.reports_received)),
+        ("bitrate", Int(q.rate.bps)),
+        ("paused", Bool(c.paused)),
+        ("targetLayer", Int(c.target() as u64)),
+        ("preferredSpatialLayer", Int(c.preferred_spatial() as u64)),
+        ("layerSwitches", Int(c.layer_switches())),
+    ];
+    if let Some(rtt) = q.tx.rtt {
+        r.push(("roundTripTime", ms(rtt)));
+    }
+    r
+}

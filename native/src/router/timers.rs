@@ -1,0 +1,177 @@
+//! Timer work (`handle_timeout`): key frame requests still wanted after the last one expired,
+//! upstream NACK retries, transport-wide feedback toward senders, stream bitrates and
+//! simulcast layer choice, sender and receiver reports.
+
+use std::time::Instant;
+
+use crate::rtcp;
+
+use super::egress::push_rtcp;
+use super::output::Output;
+use super::{Handle, Router, KEY_FRAME_INTERVAL, REPORT_INTERVAL, TWCC_INTERVAL};
+
+impl Router {
+    /// Periodic work: re-request key frames still wanted after an outstanding request expired;
+    /// transport-wide feedback toward senders; stream bitrates and simulcast layer choice.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Output) {
+        self.send_twcc_feedback(now, out);
+        self.update_layers(now, out);
+        self.handle_key_frame_timeouts(now, out);
+    }
+
+    fn send_twcc_feedback(&mut self, now: Instant, out: &mut Output) {
+        let Router { transports, drops, .. } = self;
+        for t in transports.values_mut() {
+            let dest = t.feedback_dest();
+            let Some(rec) = t.twcc.as_mut() else { continue };
+            if !rec.has_pending() || t.twcc_last.is_some_and(|l| now.saturating_duration_since(l) < TWCC_INTERVAL) {
+                continue;
+            }
+            let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { continue };
+            let mut buf = out.take_buf();
+            rec.build_feedback(&mut buf, 0, t.twcc_media_ssrc);
+            t.twcc_last = Some(now);
+            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
+        }
+    }
+
+    /// Roll the stream bitrate windows and move simulcast consumers to the layer their
+    /// preference and their viewer's estimate allow (asking that layer for a key frame).
+    fn update_layers(&mut self, now: Instant, out: &mut Output) {
+        let mut wanted: Vec<(Handle, usize)> = Vec::new();
+        for p in self.producers.values_mut() {
+            if p.encodings.len() < 2 {
+                continue;
+            }
+            let mut rates = [0u64; 8];
+            let n = p.encodings.len().min(rates.len());
+            for (r, e) in rates.iter_mut().zip(&p.encodings) {
+                *r = e.quality.rate.bps;
+            }
+            for ch in &p.consumers {
+                let Some(c) = self.consumers.get_mut(ch) else { continue };
+                let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.estimate(now));
+                if let Some(target) = c.update_layer(now, &rates[..n], estimate) {
+                    wanted.push((c.producer, target));
+                }
+            }
+        }
+        for (ph, enc) in wanted {
+            self.request_key_frame(now, ph, enc, out);
+        }
+    }
+
+    fn handle_key_frame_timeouts(&mut self, now: Instant, out: &mut Output) {
+        let mut due: Vec<(Handle, usize)> = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&ph, p) in &self.producers {
+            for (i, e) in p.encodings.iter().enumerate() {
+                if let Some(t) = e.kf.outstanding_since {
+                    let deadline = t + KEY_FRAME_INTERVAL;
+                    if now >= deadline {
+                        due.push((ph, i));
+                    } else {
+                        next = Some(next.map_or(deadline, |n: Instant| n.min(deadline)));
+                    }
+                }
+            }
+        }
+        self.next_timeout = next;
+        for (ph, i) in due {
+            let still_wanted = {
+                let p = &self.producers[&ph];
+                p.encodings[i].kf.wanted || p.consumers.iter().any(|c| self.consumers.get(c).is_some_and(|c| c.wants_key_frame_of(i)))
+            };
+            let p = self.producers.get_mut(&ph).expect("listed above");
+            p.encodings[i].kf.outstanding_since = None;
+            if still_wanted {
+                self.request_key_frame(now, ph, i, out);
+            }
+        }
+        self.quality_timeout(now, out);
+    }
+
+    /// Timer work of loss repair and reports: NACK retries, then (every REPORT_INTERVAL)
+    /// bitrates, SRs toward viewers and RRs toward producers.
+    fn quality_timeout(&mut self, now: Instant, out: &mut Output) {
+        let mut due: Vec<(Handle, usize)> = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&ph, p) in &self.producers {
+            for (i, e) in p.encodings.iter().enumerate() {
+                let Some(g) = e.quality.nack.as_ref() else { continue };
+                if g.is_due(now) {
+                    due.push((ph, i));
+                } else if let Some(d) = g.next_due() {
+                    next = Some(next.map_or(d, |n: Instant| n.min(d)));
+                }
+            }
+        }
+        for (ph, i) in due {
+            self.send_upstream_nacks(now, ph, i, out);
+        }
+        match self.next_report {
+            Some(t) if now < t => {}
+            Some(_) => {
+                self.send_reports(now, out);
+                self.next_report = Some(now + REPORT_INTERVAL);
+            }
+            None => self.next_report = Some(now + REPORT_INTERVAL),
+        }
+        for d in [next, self.next_report].into_iter().flatten() {
+            self.wake_at(d);
+        }
+    }
+
+    /// Bitrate samples; SR + SDES for each consumer stream that has sent (timestamps in
+    /// the consumer's numbering); RR for the producer streams of each transport.
+    fn send_reports(&mut self, now: Instant, out: &mut Output) {
+        let Router { transports, producers, consumers, drops, ntp, .. } = self;
+        for t in transports.values_mut() {
+            t.rate_in.sample(now, t.stats.bytes_in);
+            t.rate_out.sample(now, t.stats.bytes_out);
+        }
+        for c in consumers.values_mut() {
+            c.quality.rate.sample(now, c.stats.bytes_out);
+            if c.paused || !c.quality.tx.has_sent() {
+                continue;
+            }
+            let Some(e) = producers.get(&c.producer).and_then(|p| p.encodings.get(c.encoding)) else { continue };
+            let (clock_rate, sr) = (e.quality.rx.clock_rate(), e.quality.rx.last_sr);
+            // The producer's NTP↔RTP mapping in this consumer's timestamps (simulcast offset).
+            let offset = c.ts_offset();
+            let sr = sr.map(|mut sr| {
+                sr.rtp_timestamp = sr.rtp_timestamp.wrapping_add(offset);
+                sr
+            });
+            let Some(t) = transports.get_mut(&c.transport) else { continue };
+            let dest = t.media_dest();
+            let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { continue };
+            let info = c.quality.tx.sender_info(now, ntp, clock_rate, c.ssrc, sr);
+            let mut buf = out.take_buf();
+            rtcp::build_sr(&mut buf, &info, &[]);
+            rtcp::build_sdes_cname(&mut buf, c.ssrc, &c.quality.cname);
+            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
+        }
+        let mut blocks: Vec<rtcp::ReportBlock> = Vec::new();
+        for t in transports.values_mut() {
+            if t.producers.is_empty() {
+                continue;
+            }
+            blocks.clear();
+            for ph in &t.producers {
+                let Some(p) = producers.get_mut(ph) else { continue };
+                for e in p.encodings.iter_mut() {
+                    e.quality.rate.sample(now, e.stats.bytes_in);
+                    if let (Some(ssrc), true) = (e.media_ssrc, e.quality.rx.started()) {
+                        blocks.push(e.quality.rx.report_block(now, ssrc));
+                    }
+                }
+            }
+            let dest = t.feedback_dest();
+            let (false, Some(tx), Some(dest)) = (blocks.is_empty(), t.tx.as_mut(), dest) else { continue };
+            let mut buf = out.take_buf();
+            rtcp::build_rr(&mut buf, t.rtcp_ssrc, &blocks);
+            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
+        }
+    }
+}
