@@ -12,7 +12,6 @@ const POOL_CAP: usize = 8192;
 /// Capacity of a pooled egress buffer: MTU-size RTP + SRTP trailer with room to spare.
 pub(super) const BUF_CAP: usize = 1600;
 
-
 // ---------------------------------------------------------------------------------------
 // Drops
 
@@ -106,7 +105,6 @@ pub(super) fn srtp_drop(e: SrtpError, rtcp: bool) -> DropReason {
     }
 }
 
-
 // ---------------------------------------------------------------------------------------
 // Output
 
@@ -187,5 +185,3 @@ pub struct Upcall {
     pub from: SocketAddr,
     pub data: Vec<u8>,
 }
-
-// ---------------------------------------------------------------------------------------

@@ -96,7 +96,6 @@ impl StreamQuality {
     }
 }
 
-
 pub(super) struct Producer {
     pub(super) transport: Handle,
     pub(super) video: bool,

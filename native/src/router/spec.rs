@@ -10,7 +10,8 @@ pub const URI_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-
 /// Transport-wide sequence numbers: recorded for feedback toward the sender, not forwarded.
 pub const URI_TRANSPORT_CC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
-// Specs (what the control plane passes in)
+// ---------------------------------------------------------------------------------------
+// Specs
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyFrameMethod {
@@ -76,7 +77,6 @@ pub struct ConsumerSpec {
     /// CNAME for the SDES item of the sender reports.
     pub cname: Option<String>,
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Errors of control calls

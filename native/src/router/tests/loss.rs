@@ -68,9 +68,18 @@ fn gaps_are_nacked_upstream_and_rtx_fills_them_with_consumer_seq_continuity() {
     assert!(out.transmits.iter().all(|t| t.dest.port() != 1000));
 }
 
-#[test]
-fn viewer_nacks_are_answered_by_rtx_or_plain_resend_and_throttled() {
-    let now = Instant::now();
+/// Host 1 → producer 10 → consumer 20 on viewer 2 (with RTX) and 30 on viewer 3 (without):
+/// ten packets forwarded at `now`. The router, the payloads, each viewer's first output
+/// sequence number and the viewers' (protect, unprotect) contexts.
+struct NackRoom {
+    r: Router,
+    payloads: Vec<Vec<u8>>,
+    first_out: HashMap<u16, u16>,
+    v2: (SrtpContext, SrtpContext),
+    v3: (SrtpContext, SrtpContext),
+}
+
+fn nack_room_with_rtx(now: Instant) -> NackRoom {
     let mut r = router(now);
     let mut out = Output::new();
     connect(&mut r, now, 1, 1000, &mut out);
@@ -100,13 +109,14 @@ fn viewer_nacks_are_answered_by_rtx_or_plain_resend_and_throttled() {
             first_out.entry(t.dest.port()).or_insert(rtp::parse(&b).unwrap().sequence);
         }
     }
-    let nack_for = |ctx: &mut SrtpContext, ssrc: u32, seqs: &[u16]| {
-        let mut b = Vec::new();
-        rtcp::build_rr(&mut b, 1, &[]);
-        rtcp::build_nack(&mut b, 1, ssrc, seqs);
-        ctx.protect_rtcp(&mut b).unwrap();
-        b
-    };
+    NackRoom { r, payloads, first_out, v2, v3 }
+}
+
+#[test]
+fn viewer_nacks_are_answered_by_rtx_or_plain_resend_and_throttled() {
+    let now = Instant::now();
+    let NackRoom { mut r, payloads, first_out, mut v2, mut v3 } = nack_room_with_rtx(now);
+    let nack_for = |ctx: &mut SrtpContext, ssrc: u32, seqs: &[u16]| viewer_rtcp(ctx, ssrc, seqs, false);
     // Viewer 2 (RTX): output seqs base+3 and base+5.
     let base = first_out[&2000];
     let pkt = nack_for(&mut v2.0, 0xAAAA, &[base + 3, base + 5]);
