@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from typing import Any
 
 import trio
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from pysfu.config import load_config  # noqa: E402
-from pysfu.server import serve  # noqa: E402
-from tests.lossy_relay import Impairment  # noqa: E402
-from tests.media_endpoints import lossy_room  # noqa: E402
+from pysfu.config import load_config
+from pysfu.server import serve
+from pysfu.testing.lossy_relay import Impairment
+from pysfu.testing.media_endpoints import lossy_room
 
 
 async def run_one(url: str, loss: float, packets: int, interval: float, seed: int

@@ -36,12 +36,11 @@ from typing import Any
 
 import trio
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from pysfu.client import SignalingClient, connect
+from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
+from pysfu.testing.webrtc_peer import SRTP_KEY_SIZES, WebRtcPeer
 
-from pysfu.client import SignalingClient, connect  # noqa: E402
-from tests.fixtures import device_caps, opus_producer, vp8_producer  # noqa: E402
-from tests.webrtc_peer import _PROFILES, WebRtcPeer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PROFILES = {
     "gcm": ("AEAD_AES_128_GCM", b"SRTP_AEAD_AES_128_GCM"),
@@ -62,7 +61,7 @@ def free_port(kind: int) -> int:
 
 def srtp_keys(peer: WebRtcPeer) -> tuple[bytes, bytes, bytes, bytes]:
     """(client key, client salt, server key, server salt) from the DTLS exporter."""
-    _, klen, slen = _PROFILES[peer.profile]
+    _, klen, slen = SRTP_KEY_SIZES[peer.profile]
     m = peer.dtls.export_keying_material(b"EXTRACTOR-dtls_srtp", 2 * (klen + slen))
     return (m[:klen], m[2 * klen:2 * klen + slen], m[klen:2 * klen], m[2 * klen + slen:])
 

@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from pysfu.server import Server
-from tests.test_media_path import (
+from pysfu.testing.media_room import (
     CHROME_MID_EXT,
     CHROME_VP8_PT,
     HOST_SSRC,
@@ -31,7 +31,7 @@ from tests.test_media_path import (
     add_viewer,
     host,  # noqa: F401  (fixture)
 )
-from tests.webrtc_peer import WebRtcPeer, build_rtp, stun_binding_request, vp8_payload
+from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp, stun_binding_request, vp8_payload
 
 PER_CLASS = 10_000
 PACE = 200  # datagrams between short sleeps, so the live stream's tasks keep running

@@ -22,7 +22,7 @@ from pysfu.client import RequestFailed, SignalingClient, connect
 from pysfu.config import load_config
 from pysfu.limits import AddressLimits, Refusals, address_key
 from pysfu.server import Server
-from tests.live_stream import live_stream
+from pysfu.testing.live_stream import live_stream
 
 ROOM = "limits"
 FINGERPRINT = {"role": "client", "fingerprints": [

@@ -11,7 +11,7 @@ import trio
 
 from pysfu.config import Config, load_config
 from pysfu.server import Server, own_origins
-from tests.live_stream import live_stream
+from pysfu.testing.live_stream import live_stream
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 

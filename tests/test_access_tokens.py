@@ -18,8 +18,8 @@ from pysfu import errors
 from pysfu.auth import create_token
 from pysfu.client import RequestFailed, connect, with_token
 from pysfu.server import Server
-from tests.fixtures import vp8_producer
-from tests.live_stream import live_stream
+from pysfu.testing.fixtures import vp8_producer
+from pysfu.testing.live_stream import live_stream
 
 SECRET = secrets.token_urlsafe(32)
 OTHER = secrets.token_urlsafe(32)

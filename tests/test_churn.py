@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from pysfu.server import Server
-from tests.fixtures import device_caps, opus_producer, vp8_producer
+from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
 
 CYCLES = int(os.environ.get("CHURN_CYCLES", "1000"))
 

@@ -33,7 +33,7 @@ from pysfu.client import RequestFailed, SignalingClient
 from pysfu.log import LogfmtFormatter
 from pysfu.server import CONTENT_SECURITY_POLICY, PING_BURST, Server
 from pysfu.signaling.session import Session
-from tests.live_stream import live_stream
+from pysfu.testing.live_stream import live_stream
 
 ClientFactory = Callable[[], AbstractAsyncContextManager[SignalingClient]]
 

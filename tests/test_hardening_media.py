@@ -28,8 +28,8 @@ import pytest
 import trio
 
 from pysfu.server import Server
-from tests.live_stream import live_stream
-from tests.test_media_path import (
+from pysfu.testing.live_stream import live_stream
+from pysfu.testing.media_room import (
     CHROME_MID_EXT,
     CHROME_VP8_PT,
     HOST_SSRC,
@@ -38,7 +38,7 @@ from tests.test_media_path import (
     add_viewer,
     host,  # noqa: F401  (fixture)
 )
-from tests.webrtc_peer import (
+from pysfu.testing.webrtc_peer import (
     WebRtcPeer,
     build_nack,
     build_rtp,
@@ -271,8 +271,7 @@ async def test_nacking_everything_is_bounded_by_the_retransmission_budget(
 
 FLOOD = textwrap.dedent("""
     import os, socket, struct, sys, time
-    sys.path.insert(0, os.getcwd())
-    from tests.webrtc_peer import stun_binding_request
+    from pysfu.testing.webrtc_peer import stun_binding_request
     ufrag, port, seconds, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
     requests = [stun_binding_request(f"{ufrag}:x{i}", "not-the-password") for i in range(512)]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -22,8 +22,8 @@ from pysfu import room as room_module
 from pysfu.client import RequestFailed, connect
 from pysfu.server import Server
 from pysfu.signaling import schema, session
-from tests.fixtures import device_caps, opus_producer, vp8_producer
-from tests.live_stream import live_stream
+from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
+from pysfu.testing.live_stream import live_stream
 
 ROOM = "hardening"
 

@@ -3,92 +3,30 @@ pyOpenSSL DTLS client, libsrtp) produces through the server to two viewers."""
 
 from __future__ import annotations
 
-import struct
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import trio
 
-from pysfu.client import SignalingClient
 from pysfu.server import Server
-from tests.fixtures import device_caps, vp8_producer
-from tests.webrtc_peer import WebRtcPeer, build_rtp, vp8_payload
-
-ROOM = "media"
-HOST_SSRC = 0x11223344
-CHROME_VP8_PT = 96
-CHROME_MID_EXT = 4
-
-
-@dataclass
-class Viewer:
-    client: SignalingClient
-    peer: WebRtcPeer
-    consumer: dict[str, Any]
-
-
-async def open_peer(client: SignalingClient, direction: str, **kwargs: Any) -> WebRtcPeer:
-    transport = await client.create_transport(ROOM, direction)
-    peer = WebRtcPeer(transport, **kwargs)
-    await peer.bind()
-    await client.connect_transport(ROOM, transport["id"], peer.dtls_parameters())
-    await peer.connect()
-    return peer
+from pysfu.testing.fixtures import device_caps, vp8_producer
+from pysfu.testing.media_room import (  # noqa: F401  (host: fixture)
+    CHROME_MID_EXT,
+    CHROME_VP8_PT,
+    HOST_SSRC,
+    ROOM,
+    add_viewer,
+    host,
+    open_peer,
+    rtcp_types,
+    send_frames,
+)
+from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp, vp8_payload
 
 
-@pytest.fixture
-async def host(server: Server, client: Any) -> AsyncIterator[tuple[SignalingClient, WebRtcPeer,
-                                                                   str]]:
-    async with client() as c:
-        await c.join(ROOM, "host", "host")
-        peer = await open_peer(c, "send")
-        producer_id = await c.produce(ROOM, peer.transport["id"], "video",
-                                      vp8_producer(mid="0", ssrc=HOST_SSRC))
-        try:
-            yield c, peer, producer_id
-        finally:
-            peer.close()
-
-
-async def add_viewer(client: Any, stack: Any, name: str, producer_id: str,
-                     **kwargs: Any) -> Viewer:
-    c = await stack.enter_async_context(client())
-    await c.join(ROOM, "viewer", name)
-    peer = await open_peer(c, "recv", **kwargs)
-    caps = device_caps(await c.router_rtp_capabilities(ROOM))
-    consumer = await c.consume(ROOM, peer.transport["id"], producer_id, caps)
-    await c.resume_consumer(ROOM, consumer["id"])
-    return Viewer(c, peer, consumer)
-
-
-async def send_frames(peer: WebRtcPeer, first_seq: int, count: int, *,
-                      keyframe_first: bool = True) -> list[bytes]:
-    sent = []
-    for i in range(count):
-        payload = vp8_payload(keyframe=keyframe_first and i == 0)
-        rtp = build_rtp(CHROME_VP8_PT, first_seq + i, 90 * (first_seq + i), HOST_SSRC, payload,
-                        marker=True, extensions={CHROME_MID_EXT: b"0"})
-        sent.append(await peer.send_rtp(rtp))
-        await trio.sleep(0.002)
-    return sent
-
-
-def rtcp_types(packet: bytes) -> list[tuple[int, int, int]]:
-    """(packet type, FMT, media SSRC) of each packet in a compound RTCP packet."""
-    out, offset = [], 0
-    while offset + 4 <= len(packet):
-        fmt, ptype, words = packet[offset] & 0x1F, packet[offset + 1], struct.unpack_from(
-            "!H", packet, offset + 2)[0]
-        media = struct.unpack_from("!I", packet, offset + 8)[0] if ptype in (205, 206) else 0
-        out.append((ptype, fmt, media))
-        offset += 4 * (words + 1)
-    return out
-
-
-async def test_every_packet_reaches_each_viewer(server: Server, client: Any, host: Any) -> None:
+async def test_every_packet_reaches_each_viewer(
+        server: Server, client: Any, host: Any) -> None:  # noqa: F811
     host_client, host_peer, producer_id = host
     async with AsyncExitStack() as stack:
         viewers = [await add_viewer(client, stack, f"v{i}", producer_id) for i in range(2)]
@@ -118,7 +56,7 @@ async def test_every_packet_reaches_each_viewer(server: Server, client: Any, hos
 
 
 async def test_pause_resume_asks_key_frame_and_keeps_sequence(server: Server, client: Any,
-                                                              host: Any) -> None:
+                                                              host: Any) -> None:  # noqa: F811
     host_client, host_peer, producer_id = host
     async with AsyncExitStack() as stack:
         viewer = await add_viewer(client, stack, "v", producer_id)
@@ -146,7 +84,7 @@ async def test_pause_resume_asks_key_frame_and_keeps_sequence(server: Server, cl
 
 
 async def test_close_producer_and_room_close_free_the_engine(server: Server, client: Any,
-                                                             host: Any) -> None:
+                                                             host: Any) -> None:  # noqa: F811
     host_client, host_peer, producer_id = host
     async with AsyncExitStack() as stack:
         viewer = await add_viewer(client, stack, "v", producer_id)
@@ -166,7 +104,7 @@ async def test_close_producer_and_room_close_free_the_engine(server: Server, cli
 
 
 async def test_replayed_and_foreign_packets_are_dropped(server: Server, client: Any,
-                                                        host: Any) -> None:
+                                                        host: Any) -> None:  # noqa: F811
     host_client, host_peer, producer_id = host
     async with AsyncExitStack() as stack:
         viewer = await add_viewer(client, stack, "v", producer_id)
@@ -194,7 +132,8 @@ async def test_replayed_and_foreign_packets_are_dropped(server: Server, client: 
         assert grew == {"srtp_replay": 3, "srtp_auth": 1, "unknown_source": 1}
 
 
-async def test_wrong_fingerprint_yields_no_keys(server: Server, client: Any, host: Any) -> None:
+async def test_wrong_fingerprint_yields_no_keys(
+        server: Server, client: Any, host: Any) -> None:  # noqa: F811
     _, host_peer, producer_id = host
     async with client() as c:
         await c.join(ROOM, "viewer", "liar")
@@ -233,7 +172,8 @@ async def test_bad_stun_integrity_is_refused(server: Server, client: Any) -> Non
         peer.close()
 
 
-async def test_host_reconnect_replaces_media(server: Server, client: Any, host: Any) -> None:
+async def test_host_reconnect_replaces_media(
+        server: Server, client: Any, host: Any) -> None:  # noqa: F811
     host_client, host_peer, producer_id = host
     async with AsyncExitStack() as stack:
         viewer = await add_viewer(client, stack, "v", producer_id)

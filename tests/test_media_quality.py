@@ -15,9 +15,9 @@ import trio
 
 from pysfu.client import RequestFailed, connect
 from pysfu.server import Server
-from tests.lossy_relay import Impairment
-from tests.media_endpoints import HOST_SSRC, LossyRoom, lossy_room
-from tests.webrtc_peer import build_sr, ntp_now
+from pysfu.testing.lossy_relay import Impairment
+from pysfu.testing.media_endpoints import HOST_SSRC, LossyRoom, lossy_room
+from pysfu.testing.webrtc_peer import build_sr, ntp_now
 
 ROOM = "lossy"
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pysfu import ortc
 from pysfu.ortc import OrtcError
-from tests.ortc_fixtures import (
+from pysfu.testing.ortc_fixtures import (
     CHROME_OPUS_PRODUCE,
     CHROME_VP8_SIMULCAST_PRODUCE,
     INCOMPATIBLE_CAPS,

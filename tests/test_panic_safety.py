@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from pysfu.server import Server
-from tests.test_media_path import add_viewer, host, send_frames  # noqa: F401  (fixture)
+from pysfu.testing.media_room import add_viewer, host, send_frames  # noqa: F401  (fixture)
 
 
 async def test_engine_panics_are_contained(server: Server, client: Any, host: Any,  # noqa: F811

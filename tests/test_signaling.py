@@ -11,7 +11,7 @@ import trio
 
 from pysfu.client import RequestFailed, SignalingClient
 from pysfu.server import Server
-from tests.fixtures import device_caps, opus_producer, vp8_producer
+from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
 
 ROOM = "room-1"
 

@@ -17,7 +17,7 @@ import trio_websocket
 
 from pysfu.client import RequestFailed
 from pysfu.server import Server
-from tests.fixtures import device_caps, opus_producer, vp8_producer
+from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
 
 ROOM = "abuse"
 FLOOD_MAX = 200_000

@@ -11,7 +11,7 @@ import trio_websocket
 
 from pysfu.client import RequestFailed, SignalingClient
 from pysfu.server import Server
-from tests.fixtures import vp8_producer
+from pysfu.testing.fixtures import vp8_producer
 
 ROOM = "r"
 

@@ -22,7 +22,7 @@ from pysfu import errors
 from pysfu.errors import SignalingError
 from pysfu.server import Server
 from pysfu.signaling import schema
-from tests.fixtures import vp8_producer
+from pysfu.testing.fixtures import vp8_producer
 
 
 def example_each(frames: list[Any]) -> Any:

@@ -16,8 +16,8 @@ import trio
 from pysfu import ortc
 from pysfu.client import RequestFailed, SignalingClient
 from pysfu.server import Server
-from tests.fixtures import device_caps
-from tests.simulcast_peer import (
+from pysfu.testing.fixtures import device_caps
+from pysfu.testing.simulcast_peer import (
     TCC,
     SimulcastSender,
     build_remb,
@@ -27,7 +27,7 @@ from tests.simulcast_peer import (
     send_rtcp,
     simulcast_producer,
 )
-from tests.webrtc_peer import Rtp, WebRtcPeer
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer
 
 ROOM = "simulcast"
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from pysfu.server import Server
-from tests.webrtc_peer import WebRtcPeer
+from pysfu.testing.webrtc_peer import WebRtcPeer
 
 ROOM = "timeouts"
 EMPTY = {"transports": 0, "producers": 0, "consumers": 0, "streams": 0}

@@ -16,9 +16,9 @@ from typing import Any
 import trio
 
 from pysfu.client import SignalingClient, connect
-from tests.fixtures import device_caps, vp8_producer
-from tests.lossy_relay import Impairment, LossyRelay
-from tests.webrtc_peer import (
+from pysfu.testing.fixtures import device_caps, vp8_producer
+from pysfu.testing.lossy_relay import Impairment, LossyRelay
+from pysfu.testing.webrtc_peer import (
     WebRtcPeer,
     build_nack,
     build_pli,

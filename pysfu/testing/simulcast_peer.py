@@ -10,8 +10,8 @@ from typing import Any
 
 import trio
 
-from tests.fixtures import ABS_SEND_TIME, MID, RID, RRID
-from tests.webrtc_peer import WebRtcPeer, build_rtp
+from pysfu.testing.fixtures import ABS_SEND_TIME, MID, RID, RRID
+from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp
 
 TCC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 CHROME_VP8_PT = 96

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from pysfu.client import connect
-from tests.fixtures import device_caps, vp8_producer
-from tests.webrtc_peer import WebRtcPeer, build_rtp, stun_binding_request, vp8_payload
+from pysfu.testing.fixtures import device_caps, vp8_producer
+from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp, stun_binding_request, vp8_payload
 
 if TYPE_CHECKING:
     from pysfu.server import Server
