@@ -1,7 +1,7 @@
 """``consumerLayersChanged`` notifications (mediasoup's consumer ``layerschange``, as the
 mediasoup demo forwards it): the engine switches a simulcast consumer's layer on its own
 (key frames, the viewer's bandwidth estimate), so a small task per simulcast consumer
-watches the engine's current layer and tells the consumer's owner when it changes.
+watches the engine's current layer and reports each change (the room tells the owner).
 
 Polling keeps the engine free of Python upcalls on the media path; a few hundred
 milliseconds of delay is fine for a notification that only informs the viewer.
@@ -9,39 +9,33 @@ milliseconds of delay is fine for a notification that only informs the viewer.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
-from pysfu.log import log_event
-
 if TYPE_CHECKING:
-    from pysfu.room import Consumer, Room
-
-logger = logging.getLogger("pysfu.layers")
+    from pysfu.media import MediaEngine
 
 POLL_INTERVAL = 0.25
 
 
-async def watch_consumer_layers(room: Room, consumer: Consumer,
+async def watch_consumer_layers(media: MediaEngine, handle: int, *,
+                                still_open: Callable[[], bool],
+                                on_change: Callable[[int], None],
                                 interval: float = POLL_INTERVAL) -> None:
-    """Notify the owner of ``consumer`` whenever the layer it receives changes; ends when
-    the consumer is closed (and with the room's nursery)."""
+    """Call ``on_change(spatial_layer)`` whenever the layer consumer ``handle`` forwards
+    changes; ends when ``still_open()`` is false or the engine no longer has the consumer
+    (and with the nursery it runs in)."""
     last: int | None = None
-    while room.consumers.get(consumer.id) is consumer:
+    while still_open():
         try:
-            stats = room.ctx.media.stats(consumer.handle)
+            stats = media.stats(handle)
         except KeyError:
             return  # removed from the engine in the meantime
         forwarding = stats["packets_out"] > 0 and not stats["waiting_key_frame"]
         current = stats["current_layer"] if forwarding else None
         if current is not None and current != last:
             last = current
-            owner = room.peers.get(consumer.owner)
-            if owner is not None and owner.notify is not None:
-                owner.notify("consumerLayersChanged",
-                             {"consumerId": consumer.id, "spatialLayer": current})
-            log_event(logger, "consumer.layers_changed", room=room.id, peer=consumer.owner,
-                      consumer=consumer.id, spatial=current)
+            on_change(current)
         await trio.sleep(interval)

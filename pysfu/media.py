@@ -1,32 +1,37 @@
 """The Python side of the data plane: owns the native Engine and dispatches its upcalls.
 
 The engine runs on its own threads. STUN and DTLS datagrams it cannot handle alone are queued
-and an event fd becomes readable; one Trio task here drains them and hands each to its
-transport. RTP and RTCP never come up here.
+and an event fd becomes readable; one Trio task here drains them and hands each to the
+``UpcallSink`` registered for that transport handle. RTP and RTCP never come up here. This
+module knows no transport, room or server: only the engine and that interface.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from pysfu import _native
 from pysfu.log import log_event
 
-if TYPE_CHECKING:
-    from pysfu.transport import WebRtcTransport
-
 logger = logging.getLogger("pysfu.media")
+
+
+class UpcallSink(Protocol):
+    """Where the engine's STUN and DTLS datagrams for one transport handle go."""
+
+    def deliver(self, kind: str, ip: str, port: int, data: bytes) -> None:
+        """``kind`` is "stun" or "dtls"; must not block (called by the dispatcher task)."""
 
 
 class MediaEngine:
     def __init__(self, host: str, port: int) -> None:
         self.native = _native.Engine(host, port)
         self.port: int = self.native.port
-        self._transports: dict[int, WebRtcTransport] = {}
+        self._transports: dict[int, UpcallSink] = {}
         self.undeliverable = 0
         self.panics = 0
         log_event(logger, "engine.started", ip=host, port=self.port)
@@ -56,7 +61,7 @@ class MediaEngine:
     # Transports register their Python object so upcalls can reach them. The engine checks
     # STUN MESSAGE-INTEGRITY with the ICE password before anything is queued up here.
     def add_transport(self, handle: int, ufrag: str, password: str,
-                      transport: WebRtcTransport) -> None:
+                      transport: UpcallSink) -> None:
         self.native.add_transport(handle, ufrag, password)
         self._transports[handle] = transport
 

@@ -1,5 +1,9 @@
 """Rooms: one router per roomId, its own Trio nursery, registries with owners.
 
+Owns: ``Room`` (peers, their transports, producers and consumers; who may do what to which),
+``RoomRegistry`` (every room of a server, room-creation limits) and the room's domain errors
+(``RoomError`` and its kinds), which the signaling layer maps to protocol codes.
+
 Everything a room owns (transports, producers, consumers, and every task working for them)
 lives in the room's nursery, so closing a room is one cancel: nothing outlives it.
 """
@@ -14,15 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from pysfu import errors, ortc, stats
-from pysfu.errors import SignalingError
+from pysfu import ortc, stats
 from pysfu.ids import new_id
 from pysfu.layers import watch_consumer_layers
 from pysfu.log import log_event
+from pysfu.transport import Consumer, Producer, WebRtcTransport
 
 if TYPE_CHECKING:
-    from pysfu.server import ServerContext
-    from pysfu.transport import WebRtcTransport
+    from pysfu.context import ServerContext
 
 logger = logging.getLogger("pysfu.room")
 
@@ -33,30 +36,48 @@ Role = Literal["host", "viewer"]
 Notify = Callable[[str, dict[str, Any]], None]
 
 
-@dataclass(eq=False)
-class Producer:
-    id: str
-    owner: str
-    transport: WebRtcTransport
-    kind: str
-    rtp_parameters: dict[str, Any]
-    mapping: dict[str, Any]
-    consumable: dict[str, Any]
-    handle: int
-    paused: bool = False
-    consumers: set[str] = field(default_factory=set)
+class RoomError(Exception):
+    """A room refused a request. Each subclass is one reason; ``str(exc)`` is for people."""
 
 
-@dataclass(eq=False)
-class Consumer:
-    id: str
-    owner: str
-    transport: WebRtcTransport
-    producer: Producer
-    kind: str
-    rtp_parameters: dict[str, Any]
-    handle: int
-    paused: bool = True
+class RoomClosed(RoomError):
+    """The room is closed (or closing)."""
+
+
+class Forbidden(RoomError):
+    """Not allowed for this peer, role or room, or the object belongs to another peer."""
+
+
+class LimitExceeded(RoomError):
+    """A configured limit (rooms, peers, transports, producers, consumers, bitrate)."""
+
+
+class RateLimited(RoomError):
+    """Too many new rooms from one address in a minute."""
+
+
+class NotFound(RoomError):
+    """No such object in this room (or it is closing)."""
+
+
+class TransportNotFound(NotFound):
+    pass
+
+
+class ProducerNotFound(NotFound):
+    pass
+
+
+class ConsumerNotFound(NotFound):
+    pass
+
+
+class AlreadyConsuming(RoomError):
+    """This transport already consumes that producer."""
+
+
+class CannotConsume(RoomError):
+    """The viewer's device cannot receive this producer."""
 
 
 @dataclass(eq=False)
@@ -143,7 +164,7 @@ class Room:
         peer = self.peers.get(peer_id)
         if peer is not None:
             if peer.role != role:
-                raise SignalingError(errors.FORBIDDEN, "peerId is in use with another role")
+                raise Forbidden("peerId is in use with another role")
             # Reconnect: the old socket's transports and producers go, and only those.
             if peer.grace_scope is not None:
                 peer.grace_scope.cancel()
@@ -153,9 +174,9 @@ class Room:
             log_event(logger, "peer.reconnected", room=self.id, peer=peer_id, role=role)
             return peer, True
         if role == "host" and self.host is not None:
-            raise SignalingError(errors.FORBIDDEN, "the room already has a host")
+            raise Forbidden("the room already has a host")
         if len(self.peers) >= self.ctx.config.max_peers_per_room:
-            raise SignalingError(errors.LIMIT_EXCEEDED, "the room is full")
+            raise LimitExceeded("the room is full")
         peer = Peer(peer_id, role, notify)
         self.peers[peer_id] = peer
         log_event(logger, "peer.joined", room=self.id, peer=peer_id, role=role)
@@ -213,7 +234,7 @@ class Room:
 
     def _check_open(self) -> None:
         if self.closed:
-            raise SignalingError(errors.NOT_JOINED, "the room is closed")
+            raise RoomClosed("the room is closed")
 
     # ---- transports -------------------------------------------------------------------------
 
@@ -222,10 +243,14 @@ class Room:
 
         self._check_open()
         if direction == "send" and peer.role != "host":
-            raise SignalingError(errors.FORBIDDEN, "only the host may create a send transport")
+            raise Forbidden("only the host may create a send transport")
         if len(peer.transports) >= self.ctx.config.max_transports_per_peer:
-            raise SignalingError(errors.LIMIT_EXCEEDED, "too many transports for this peer")
-        transport = WebRtcTransport(new_id(), self, peer.id, direction)
+            raise LimitExceeded("too many transports for this peer")
+        ctx = self.ctx
+        transport = WebRtcTransport(
+            new_id(), peer.id, direction, handle=ctx.next_handle(), media=ctx.media,
+            config=ctx.config, certificate=ctx.certificate, on_failed=self.transport_closed,
+            room_id=self.id)
         transport.start(self.nursery)
         peer.transports[transport.id] = transport
         self.transports[transport.id] = transport
@@ -236,9 +261,9 @@ class Room:
     def owned_transport(self, peer: Peer, transport_id: str) -> WebRtcTransport:
         transport = self.transports.get(transport_id)
         if transport is None:
-            raise SignalingError(errors.TRANSPORT_NOT_FOUND, "no such transport in this room")
+            raise TransportNotFound("no such transport in this room")
         if transport.owner != peer.id:
-            raise SignalingError(errors.FORBIDDEN, "the transport belongs to another peer")
+            raise Forbidden("the transport belongs to another peer")
         return transport
 
     def transport_closed(self, transport: WebRtcTransport, reason: str) -> None:
@@ -270,21 +295,19 @@ class Room:
     def produce(self, peer: Peer, transport_id: str, kind: str, rtp_parameters: Any) -> Producer:
         self._check_open()
         if peer.role != "host":
-            raise SignalingError(errors.FORBIDDEN, "viewers cannot produce")
+            raise Forbidden("viewers cannot produce")
         transport = self.owned_transport(peer, transport_id)
         if transport.direction != "send":
-            raise SignalingError(errors.FORBIDDEN, "produce needs a send transport")
+            raise Forbidden("produce needs a send transport")
         if len(peer.producers) >= self.ctx.config.max_producers_per_peer:
-            raise SignalingError(errors.LIMIT_EXCEEDED, "too many producers for this peer")
+            raise LimitExceeded("too many producers for this peer")
         caps = self.ctx.router_rtp_capabilities
-        try:
-            params = ortc.validate_producer_rtp_parameters(
-                kind, rtp_parameters, transport.producer_mids(), transport.producer_ssrcs()
-            )
-            mapping = ortc.get_producer_rtp_parameters_mapping(params, caps)
-            consumable = ortc.get_consumable_rtp_parameters(kind, params, caps, mapping)
-        except ortc.OrtcError as exc:
-            raise SignalingError(exc.code, str(exc)) from None
+        # Bad parameters raise ortc.OrtcError, whose code is the protocol's.
+        params = ortc.validate_producer_rtp_parameters(
+            kind, rtp_parameters, transport.producer_mids(), transport.producer_ssrcs()
+        )
+        mapping = ortc.get_producer_rtp_parameters_mapping(params, caps)
+        consumable = ortc.get_consumable_rtp_parameters(kind, params, caps, mapping)
         # The transport's first CNAME wins for every later producer (A/V sync at the viewer).
         consumable["rtcp"]["cname"] = transport.claim_cname(params.get("rtcp", {}).get("cname"))
         producer = Producer(new_id(), peer.id, transport, kind, params, mapping, consumable,
@@ -301,9 +324,9 @@ class Room:
     def close_producer(self, peer: Peer, producer_id: str) -> None:
         producer = self.producers.get(producer_id)
         if producer is None:
-            raise SignalingError(errors.PRODUCER_NOT_FOUND, "no such producer in this room")
+            raise ProducerNotFound("no such producer in this room")
         if producer.owner != peer.id:
-            raise SignalingError(errors.FORBIDDEN, "the producer belongs to another peer")
+            raise Forbidden("the producer belongs to another peer")
         for consumer_id in list(producer.consumers):
             self._close_consumer(self.consumers[consumer_id])
         producer.transport.remove_producer(producer)
@@ -321,29 +344,25 @@ class Room:
         self._check_open()
         transport = self.owned_transport(peer, transport_id)
         if transport.direction != "recv":
-            raise SignalingError(errors.FORBIDDEN, "consume needs a recv transport")
+            raise Forbidden("consume needs a recv transport")
         producer = self.producers.get(producer_id)
         if producer is None:
-            raise SignalingError(errors.PRODUCER_NOT_FOUND, "no such producer in this room")
+            raise ProducerNotFound("no such producer in this room")
         if len(peer.consumers) >= self.ctx.config.max_consumers_per_peer:
-            raise SignalingError(errors.LIMIT_EXCEEDED, "too many consumers for this peer")
+            raise LimitExceeded("too many consumers for this peer")
         if any(c.producer is producer and c.transport is transport
                for c in peer.consumers.values()):
-            raise SignalingError(errors.ALREADY_CONSUMING,
-                                 "this transport already consumes that producer")
+            raise AlreadyConsuming("this transport already consumes that producer")
         pulled = sum(self._producer_bitrate(c.producer) for c in peer.consumers.values())
         if pulled + self._producer_bitrate(producer) > \
                 self.ctx.config.max_consumed_bitrate_per_peer:
-            raise SignalingError(errors.LIMIT_EXCEEDED, "too much bitrate for this peer")
-        try:
-            caps = ortc.validate_rtp_capabilities(caps)
-            if not ortc.can_consume(producer.consumable, caps):
-                raise SignalingError(errors.CANNOT_CONSUME, "device cannot receive this producer")
-            rtp = ortc.get_consumer_rtp_parameters(
-                producer.consumable, caps, enable_rtx=producer.kind == "video"
-            )
-        except ortc.OrtcError as exc:
-            raise SignalingError(exc.code, str(exc)) from None
+            raise LimitExceeded("too much bitrate for this peer")
+        caps = ortc.validate_rtp_capabilities(caps)  # ortc.OrtcError if malformed
+        if not ortc.can_consume(producer.consumable, caps):
+            raise CannotConsume("device cannot receive this producer")
+        rtp = ortc.get_consumer_rtp_parameters(
+            producer.consumable, caps, enable_rtx=producer.kind == "video"
+        )
         rtp["mid"] = transport.next_mid()
         consumer = Consumer(new_id(), peer.id, transport, producer, producer.kind, rtp,
                             handle=self.ctx.next_handle())
@@ -354,8 +373,21 @@ class Room:
         log_event(logger, "consumer.created", room=self.id, peer=peer.id,
                   transport=transport.id, consumer=consumer.id, producer=producer.id)
         if len(producer.mapping["encodings"]) > 1:
-            self.nursery.start_soon(watch_consumer_layers, self, consumer)
+            self.nursery.start_soon(self._watch_layers, consumer)
         return consumer
+
+    async def _watch_layers(self, consumer: Consumer) -> None:
+        def notify(spatial: int) -> None:
+            owner = self.peers.get(consumer.owner)
+            if owner is not None and owner.notify is not None:
+                owner.notify("consumerLayersChanged",
+                             {"consumerId": consumer.id, "spatialLayer": spatial})
+            log_event(logger, "consumer.layers_changed", room=self.id, peer=consumer.owner,
+                      consumer=consumer.id, spatial=spatial)
+
+        await watch_consumer_layers(
+            self.ctx.media, consumer.handle,
+            still_open=lambda: self.consumers.get(consumer.id) is consumer, on_change=notify)
 
     def _producer_bitrate(self, producer: Producer) -> int:
         """What one consumer of ``producer`` may pull, bits/s: its highest encoding's declared
@@ -372,9 +404,9 @@ class Room:
     def owned_consumer(self, peer: Peer, consumer_id: str) -> Consumer:
         consumer = self.consumers.get(consumer_id)
         if consumer is None:
-            raise SignalingError(errors.CONSUMER_NOT_FOUND, "no such consumer in this room")
+            raise ConsumerNotFound("no such consumer in this room")
         if consumer.owner != peer.id:
-            raise SignalingError(errors.FORBIDDEN, "the consumer belongs to another peer")
+            raise Forbidden("the consumer belongs to another peer")
         return consumer
 
     def set_consumer_paused(self, peer: Peer, consumer_id: str, paused: bool) -> Consumer:
@@ -406,9 +438,9 @@ class Room:
     def owned_producer(self, peer: Peer, producer_id: str) -> Producer:
         producer = self.producers.get(producer_id)
         if producer is None:
-            raise SignalingError(errors.PRODUCER_NOT_FOUND, "no such producer in this room")
+            raise ProducerNotFound("no such producer in this room")
         if producer.owner != peer.id:
-            raise SignalingError(errors.FORBIDDEN, "the producer belongs to another peer")
+            raise Forbidden("the producer belongs to another peer")
         return producer
 
     def stats(self, peer: Peer, target: str, object_id: str) -> list[dict[str, Any]]:
@@ -416,15 +448,16 @@ class Room:
         self._check_open()
         try:
             if target == "transportId":
-                return stats.transport_stats(self.owned_transport(peer, object_id))
+                return stats.transport_stats(self.ctx.media,
+                                             self.owned_transport(peer, object_id))
             if target == "producerId":
-                return stats.producer_stats(self.owned_producer(peer, object_id))
-            return stats.consumer_stats(self.owned_consumer(peer, object_id))
+                return stats.producer_stats(self.ctx.media, self.owned_producer(peer, object_id))
+            return stats.consumer_stats(self.ctx.media, self.owned_consumer(peer, object_id))
         except KeyError:
             # Closing in the engine already (e.g. its transport just failed).
-            code = {"transportId": errors.TRANSPORT_NOT_FOUND,
-                    "producerId": errors.PRODUCER_NOT_FOUND}.get(target, errors.CONSUMER_NOT_FOUND)
-            raise SignalingError(code, "the object is closing") from None
+            gone = {"transportId": TransportNotFound,
+                    "producerId": ProducerNotFound}.get(target, ConsumerNotFound)
+            raise gone("the object is closing") from None
 
     def snapshot(self) -> dict[str, int]:
         """Registry sizes, for tests and metrics."""
@@ -456,7 +489,7 @@ class RoomRegistry:
             await room.started.wait()  # a concurrent join may still be starting it
             return room
         if len(self.rooms) >= self.ctx.config.max_rooms:
-            raise SignalingError(errors.LIMIT_EXCEEDED, "too many rooms on this server")
+            raise LimitExceeded("too many rooms on this server")
         self._note_creation(address)
         room = Room(room_id, self.ctx, self._forget)
         self.rooms[room_id] = room
@@ -476,7 +509,7 @@ class RoomRegistry:
             limits = getattr(self.ctx, "limits", None)
             if limits is not None:
                 limits.refusals.note("rooms_per_address", address, now)
-            raise SignalingError(errors.RATE_LIMITED, "too many new rooms from this address")
+            raise RateLimited("too many new rooms from this address")
         times.append(now)
 
     def _forget(self, room: Room) -> None:

@@ -27,13 +27,12 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import itertools
 import json
 import logging
 import mimetypes
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote_to_bytes
@@ -44,10 +43,11 @@ import trio_websocket
 import wsproto.utilities
 
 from pysfu import ortc
-from pysfu.auth import MAX_TOKEN_LENGTH, Verifier
+from pysfu.auth import MAX_TOKEN_LENGTH
 from pysfu.config import Config, normal_origin
+from pysfu.context import ServerContext
 from pysfu.dtls import Certificate
-from pysfu.limits import AddressLimits, address_key
+from pysfu.limits import address_key
 from pysfu.log import log_event
 from pysfu.media import MediaEngine
 from pysfu.room import RoomRegistry
@@ -103,27 +103,6 @@ _DISCONNECTS = (
     trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed,
     ConnectionError, wsproto.utilities.LocalProtocolError,
 )
-
-
-@dataclass
-class ServerContext:
-    config: Config
-    certificate: Certificate
-    router_rtp_capabilities: dict[str, Any]
-    media: MediaEngine
-    limits: AddressLimits | None = None  # per-address limits (None: unlimited, for tests)
-    verifier: Verifier | None = None  # join tokens; None = open rooms
-    _handles: itertools.count = field(default_factory=lambda: itertools.count(1))
-
-    def __post_init__(self) -> None:
-        if self.limits is None:
-            self.limits = AddressLimits(self.config)
-        if self.verifier is None and self.config.auth_enabled:
-            self.verifier = Verifier(self.config.auth_secret, self.config.auth_keys)
-
-    def next_handle(self) -> int:
-        """Native object handles: small ints, never reused within a server's life."""
-        return next(self._handles)
 
 
 class StartupError(Exception):

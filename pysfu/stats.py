@@ -15,8 +15,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pysfu.room import Consumer, Producer
-    from pysfu.transport import WebRtcTransport
+    from pysfu.media import MediaEngine
+    from pysfu.transport import Consumer, Producer, WebRtcTransport
 
 
 def _now_ms() -> int:
@@ -28,8 +28,8 @@ def _codec(rtp_parameters: dict[str, Any]) -> str:
     return str(codecs[0].get("mimeType", ""))
 
 
-def transport_stats(transport: WebRtcTransport) -> list[dict[str, Any]]:
-    (record,) = transport.room.ctx.media.rtp_stats(transport.handle)
+def transport_stats(media: MediaEngine, transport: WebRtcTransport) -> list[dict[str, Any]]:
+    (record,) = media.rtp_stats(transport.handle)
     record.pop("type", None)
     tuple_ = transport.ice.selected_tuple
     return [{
@@ -47,18 +47,17 @@ def transport_stats(transport: WebRtcTransport) -> list[dict[str, Any]]:
     }]
 
 
-def producer_stats(producer: Producer) -> list[dict[str, Any]]:
-    records = producer.transport.room.ctx.media.rtp_stats(producer.handle)
+def producer_stats(media: MediaEngine, producer: Producer) -> list[dict[str, Any]]:
+    records = media.rtp_stats(producer.handle)
     mime = _codec(producer.rtp_parameters)
     return [{**r, "timestamp": _now_ms(), "kind": producer.kind, "mimeType": mime}
             for r in records]
 
 
-def consumer_stats(consumer: Consumer) -> list[dict[str, Any]]:
-    media = consumer.transport.room.ctx.media
+def consumer_stats(media: MediaEngine, consumer: Consumer) -> list[dict[str, Any]]:
     (record,) = media.rtp_stats(consumer.handle)
     out = [{**record, "timestamp": _now_ms(), "kind": consumer.kind,
             "mimeType": _codec(consumer.rtp_parameters)}]
     layer = record.get("layer", 0)
-    out += [r for r in producer_stats(consumer.producer) if r.get("layer") == layer]
+    out += [r for r in producer_stats(media, consumer.producer) if r.get("layer") == layer]
     return out

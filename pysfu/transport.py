@@ -1,8 +1,11 @@
-"""WebRtcTransport: ICE-lite + DTLS for one peer connection, and its handle in the engine.
+"""WebRtcTransport: ICE-lite + DTLS for one peer connection, its handle in the engine, and the
+producers and consumers that live on it (their engine specs included).
 
-Each transport is one task in its room's nursery. STUN and DTLS datagrams reach it from the
-engine (through the media dispatcher); RTP/RTCP never do. The task's ``finally`` removes the
-transport from the engine, so a cancelled room leaves nothing native behind.
+A transport is built from what it needs (the engine's face, the config, the DTLS certificate,
+a handle and a callback for when it fails) and knows nothing of rooms. Each transport is one
+task in its room's nursery. STUN and DTLS datagrams reach it from the engine (it is the
+``UpcallSink`` of its handle); RTP/RTCP never do. The task's ``finally`` removes the transport
+from the engine, so a cancelled room leaves nothing native behind.
 """
 
 from __future__ import annotations
@@ -12,18 +15,19 @@ import logging
 import secrets
 import string
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from pysfu import errors
 from pysfu.dtls import DtlsTransport
-from pysfu.errors import SignalingError
 from pysfu.ice import IceLiteServer, TupleSelected, TupleValidated
 from pysfu.log import log_event
 
 if TYPE_CHECKING:
-    from pysfu.room import Consumer, Producer, Room
+    from pysfu.config import Config
+    from pysfu.dtls import Certificate
+    from pysfu.media import MediaEngine
 
 logger = logging.getLogger("pysfu.transport")
 
@@ -35,18 +39,53 @@ _CNAME_ALPHABET = string.ascii_letters + string.digits
 Datagram = tuple[str, str, int, bytes]  # (kind "stun" | "dtls", ip, port, data)
 
 
+class AlreadyConnected(Exception):
+    """``connect`` was called on a transport that already has the remote DTLS parameters."""
+
+
+@dataclass(eq=False)
+class Producer:
+    id: str
+    owner: str
+    transport: WebRtcTransport
+    kind: str
+    rtp_parameters: dict[str, Any]
+    mapping: dict[str, Any]
+    consumable: dict[str, Any]
+    handle: int
+    paused: bool = False
+    consumers: set[str] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class Consumer:
+    id: str
+    owner: str
+    transport: WebRtcTransport
+    producer: Producer
+    kind: str
+    rtp_parameters: dict[str, Any]
+    handle: int
+    paused: bool = True
+
+
 class WebRtcTransport:
-    def __init__(self, transport_id: str, room: Room, owner: str, direction: str) -> None:
+    def __init__(self, transport_id: str, owner: str, direction: str, *, handle: int,
+                 media: MediaEngine, config: Config, certificate: Certificate,
+                 on_failed: Callable[[WebRtcTransport, str], None], room_id: str = "") -> None:
+        """``on_failed(transport, reason)``: ICE consent or DTLS failed, or connecting timed
+        out; the owner of the transport closes it. ``room_id`` only labels log lines."""
         self.id = transport_id
-        self.room = room
         self.owner = owner
         self.direction = direction
-        ctx = room.ctx
-        self.handle = ctx.next_handle()
-        self._media = ctx.media
-        self._config = ctx.config
+        self.handle = handle
+        self.room_id = room_id
+        self._media = media
+        self._config = config
+        self._certificate = certificate
+        self._on_failed = on_failed
         ufrag, password = IceLiteServer.generate_credentials()
-        self.ice = IceLiteServer(ufrag, password, consent_timeout=ctx.config.consent_timeout)
+        self.ice = IceLiteServer(ufrag, password, consent_timeout=config.consent_timeout)
         self.dtls: DtlsTransport | None = None
         self.remote_dtls: dict[str, Any] | None = None
         self.srtp_profile: str | None = None
@@ -91,7 +130,7 @@ class WebRtcTransport:
             }],
             "dtlsParameters": {
                 "role": "auto",
-                "fingerprints": self.room.ctx.certificate.dtls_fingerprints(),
+                "fingerprints": self._certificate.dtls_fingerprints(),
             },
         }
 
@@ -99,21 +138,22 @@ class WebRtcTransport:
                 on_handshake_end: Callable[[], None] | None = None) -> None:
         """Record the browser's DTLS fingerprint and role; the handshake follows ICE."""
         if self.remote_dtls is not None:
-            raise SignalingError(errors.ALREADY_CONNECTED, "transport already connected")
+            raise AlreadyConnected("transport already connected")
         self._handshake_end = on_handshake_end
         self.remote_dtls = dtls_parameters
         self._connect_deadline = trio.current_time() + self._config.dtls_timeout
         # The browser says "client" (mediasoup-client always does): we are the DTLS server.
-        role = "client" if dtls_parameters["role"] == "server" else "server"
+        role: Literal["client", "server"] = (
+            "client" if dtls_parameters["role"] == "server" else "server")
         self.dtls = DtlsTransport(
-            self.room.ctx.certificate,
+            self._certificate,
             role=role,
             remote_fingerprint=dtls_parameters["fingerprints"][0],
         )
         if role == "client" and self.ice.state in ("connected", "completed"):
             self.dtls.start(trio.current_time())
             self._flush_dtls()
-        log_event(logger, "transport.connect", room=self.room.id, peer=self.owner,
+        log_event(logger, "transport.connect", room=self.room_id, peer=self.owner,
                   transport=self.id, dtls_role=role)
 
     def next_mid(self) -> str:
@@ -253,7 +293,7 @@ class WebRtcTransport:
                 selected = isinstance(event, TupleSelected)
                 self._media.bind_tuple(self.handle, event.addr[0], event.addr[1], selected)
                 if selected:
-                    log_event(logger, "ice.selected", room=self.room.id, peer=self.owner,
+                    log_event(logger, "ice.selected", room=self.room_id, peer=self.owner,
                               transport=self.id, remote=f"{event.addr[0]}:{event.addr[1]}")
         dtls = self.dtls
         if dtls is not None and dtls.state == "new" and self.ice.state != "new":
@@ -279,7 +319,7 @@ class WebRtcTransport:
             proven = source if source is not None and source == flights_to else None
             self._media.set_srtp(self.handle, keys.profile, keys.local_key, keys.local_salt,
                                  keys.remote_key, keys.remote_salt, proven)
-            log_event(logger, "dtls.connected", room=self.room.id, peer=self.owner,
+            log_event(logger, "dtls.connected", room=self.room_id, peer=self.owner,
                       transport=self.id, srtp_profile=keys.profile)
         elif dtls.state == "failed":
             self._end_handshake()
@@ -296,9 +336,9 @@ class WebRtcTransport:
             self._media.send(self.handle, addr[0], addr[1], datagram)
 
     def _fail(self, reason: str) -> None:
-        log_event(logger, "transport.failed", level=logging.WARNING, room=self.room.id,
+        log_event(logger, "transport.failed", level=logging.WARNING, room=self.room_id,
                   peer=self.owner, transport=self.id, reason=reason)
-        self.room.transport_closed(self, reason)
+        self._on_failed(self, reason)
 
 
 def _key_frame_request(codec: dict[str, Any]) -> str | None:

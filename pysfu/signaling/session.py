@@ -29,7 +29,22 @@ from pysfu.auth import AuthError
 from pysfu.errors import SignalingError
 from pysfu.limits import address_key
 from pysfu.log import log_event
-from pysfu.room import Peer, Room, RoomRegistry
+from pysfu.ortc import OrtcError
+from pysfu.room import (
+    AlreadyConsuming,
+    CannotConsume,
+    ConsumerNotFound,
+    Forbidden,
+    LimitExceeded,
+    Peer,
+    ProducerNotFound,
+    RateLimited,
+    Room,
+    RoomClosed,
+    RoomError,
+    RoomRegistry,
+    TransportNotFound,
+)
 from pysfu.signaling.schema import (
     Request,
     RequestError,
@@ -44,9 +59,10 @@ from pysfu.signaling.schema import (
     parse_request,
     peek_request_id,
 )
+from pysfu.transport import AlreadyConnected
 
 if TYPE_CHECKING:
-    from pysfu.server import ServerContext
+    from pysfu.context import ServerContext
 
 logger = logging.getLogger("pysfu.signaling")
 
@@ -54,6 +70,33 @@ _OUTBOX_SIZE = 256
 _ROLES = frozenset({"host", "viewer"})
 _DIRECTIONS = frozenset({"send", "recv"})
 _KINDS = frozenset({"audio", "video"})
+
+
+# The protocol code of each domain error of the layers below (most specific class first).
+_DOMAIN_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (RoomClosed, errors.NOT_JOINED),
+    (Forbidden, errors.FORBIDDEN),
+    (LimitExceeded, errors.LIMIT_EXCEEDED),
+    (RateLimited, errors.RATE_LIMITED),
+    (TransportNotFound, errors.TRANSPORT_NOT_FOUND),
+    (ProducerNotFound, errors.PRODUCER_NOT_FOUND),
+    (ConsumerNotFound, errors.CONSUMER_NOT_FOUND),
+    (AlreadyConsuming, errors.ALREADY_CONSUMING),
+    (CannotConsume, errors.CANNOT_CONSUME),
+    (AlreadyConnected, errors.ALREADY_CONNECTED),
+)
+
+
+def protocol_error(exc: RoomError | AlreadyConnected | OrtcError | AuthError
+                   ) -> SignalingError:
+    """The answer to a request that a room, a transport, ORTC negotiation or a join token
+    refused. ORTC and token errors carry their protocol code already."""
+    if isinstance(exc, OrtcError | AuthError):
+        return SignalingError(exc.code, exc.message)
+    for kind, code in _DOMAIN_CODES:
+        if isinstance(exc, kind):
+            return SignalingError(code, str(exc))
+    raise TypeError(f"no protocol code for {type(exc).__name__}")  # a missing table row
 
 
 class TokenBucket:
@@ -195,7 +238,10 @@ class Session:
             handler = self._handlers.get(request.event)
             if handler is None:
                 raise SignalingError(errors.UNKNOWN_EVENT, f"unknown event {request.event!r}")
-            answer, data = await handler(request.data)
+            try:
+                answer, data = await handler(request.data)
+            except (RoomError, AlreadyConnected, OrtcError) as exc:
+                raise protocol_error(exc) from None
             self._queue(encode(answer, data, req_id))
         except RequestError as exc:
             self._queue(encode_error(exc.request_id, exc.code, exc.message, event))
@@ -234,7 +280,7 @@ class Session:
     async def _join(self, data: dict[str, Any]) -> tuple[str, dict]:
         try:
             return await self._try_join(data)
-        except SignalingError:
+        except (SignalingError, RoomError):
             self.failed_joins += 1
             if self.failed_joins >= self.ctx.config.max_failed_joins:
                 # The error answer goes out, then the close (both through the outbox).
@@ -260,7 +306,7 @@ class Session:
                 grant = verifier.verify(token, now=time.time())
                 grant.check(room_id, role)
             except AuthError as exc:
-                raise SignalingError(exc.code, exc.message) from None
+                raise protocol_error(exc) from None
             peer_id = grant.identity  # the token's sub is the peer's identity
             if data.get("peerId") is not None and data.get("peerId") != peer_id:
                 raise SignalingError(errors.FORBIDDEN, "peerId must be the token's identity")
