@@ -212,3 +212,6 @@ async def connect(url: str, *, max_message_size: int = 1 << 20,
                 yield client
             finally:
                 nursery.cancel_scope.cancel()
+
+
+__all__ = ["ConnectionLost", "RequestFailed", "SignalingClient", "connect", "with_token"]

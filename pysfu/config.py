@@ -99,13 +99,13 @@ class Config:
         """Signaling requests per second of one client address, all its connections."""
         if self.requests_per_second_per_address is not None:
             return self.requests_per_second_per_address
-        return ADDRESS_FACTOR * self.requests_per_second
+        return _ADDRESS_FACTOR * self.requests_per_second
 
     @property
     def address_request_burst(self) -> int:
         if self.request_burst_per_address is not None:
             return self.request_burst_per_address
-        return ADDRESS_FACTOR * self.request_burst
+        return _ADDRESS_FACTOR * self.request_burst
 
     @property
     def auth_enabled(self) -> bool:
@@ -135,22 +135,22 @@ def _hidden(secret: str | None) -> str:
     return "None" if secret is None else "'***'"
 
 
-ADDRESS_FACTOR = 4  # per-address request budget over the per-connection one, by default
+_ADDRESS_FACTOR = 4  # per-address request budget over the per-connection one, by default
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-SECRETS = frozenset({"auth_secret", "auth_keys"})  # never echoed in messages or logs
+_SECRETS = frozenset({"auth_secret", "auth_keys"})  # never echoed in messages or logs
 _KID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
 _LEVELS = ("debug", "info", "warning", "error")
 _TIMEOUTS = ("host_grace_period", "consent_timeout", "dtls_timeout", "join_timeout",
              "http_timeout", "write_timeout")
-MAX_TIMEOUT = 3600.0  # seconds; a longer time-out is a mistake (or infinite), not a choice
-MAX_HANDSHAKES = 100_000
-MAX_COUNT = 1_000_000  # bound on the per-address and handshake counts
+_MAX_TIMEOUT = 3600.0  # seconds; a longer time-out is a mistake (or infinite), not a choice
+_MAX_HANDSHAKES = 100_000
+_MAX_COUNT = 1_000_000  # bound on the per-address and handshake counts
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
-def is_hostname(name: str) -> bool:
+def _is_hostname(name: str) -> bool:
     """An RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens,
     1..63 characters each, 253 in all (one trailing dot allowed); the last label is not all
     digits (RFC 3696 2), so a malformed IPv4 address is not taken for a name."""
@@ -204,7 +204,7 @@ def _coerce(name: str, raw: Any, *, from_text: bool) -> Any:
             raise ValueError("must be a string")
         return raw
     except ValueError as exc:
-        shown = "<hidden>" if name in SECRETS else repr(raw)
+        shown = "<hidden>" if name in _SECRETS else repr(raw)
         raise ConfigError(f"invalid setting {name}={shown}: {exc}") from None
 
 
@@ -272,7 +272,7 @@ def _check(cfg: Config) -> Config:
         try:
             announced = ipaddress.ip_address(cfg.announced_ip)
         except ValueError:
-            if not is_hostname(cfg.announced_ip):
+            if not _is_hostname(cfg.announced_ip):
                 fail("announced_ip", "must be an IP address or a host name (RFC 1123)")
         else:
             if announced.is_unspecified or announced.is_multicast:
@@ -281,12 +281,12 @@ def _check(cfg: Config) -> Config:
     if ipaddress.ip_address(cfg.rtc_ip).is_unspecified and cfg.announced_ip is None:
         fail("rtc_ip", "listening on all addresses needs announced_ip (the address viewers reach)")
     for name in _TIMEOUTS:
-        if not 0 < getattr(cfg, name) <= MAX_TIMEOUT:
-            fail(name, f"must be a number of seconds > 0 and <= {MAX_TIMEOUT:g}")
+        if not 0 < getattr(cfg, name) <= _MAX_TIMEOUT:
+            fail(name, f"must be a number of seconds > 0 and <= {_MAX_TIMEOUT:g}")
     if not 0 < cfg.requests_per_second < math.inf:
         fail("requests_per_second", "must be > 0 and finite")
-    if not 1 <= cfg.max_handshakes <= MAX_HANDSHAKES:
-        fail("max_handshakes", f"must be 1..{MAX_HANDSHAKES}")
+    if not 1 <= cfg.max_handshakes <= _MAX_HANDSHAKES:
+        fail("max_handshakes", f"must be 1..{_MAX_HANDSHAKES}")
     for name in (
         "max_message_size", "max_rooms", "max_peers_per_room", "max_transports_per_peer",
         "max_producers_per_peer", "max_consumers_per_peer", "request_burst",
@@ -301,8 +301,8 @@ def _check(cfg: Config) -> Config:
             fail(name, "must be > 0 and finite")
     for name in ("max_connections_per_address", "connection_burst_per_address",
                  "max_dtls_handshakes_per_address", "max_dtls_handshakes"):
-        if not 1 <= getattr(cfg, name) <= MAX_COUNT:
-            fail(name, f"must be 1..{MAX_COUNT}")
+        if not 1 <= getattr(cfg, name) <= _MAX_COUNT:
+            fail(name, f"must be 1..{_MAX_COUNT}")
     if cfg.request_burst_per_address is not None and cfg.request_burst_per_address < 1:
         fail("request_burst_per_address", "must be >= 1")
     _check_auth(cfg)
@@ -369,3 +369,6 @@ def load_config(
         except ortc.OrtcError as exc:
             raise ConfigError(f"invalid setting media_codecs: {exc}") from None
     return _check(cfg)
+
+
+__all__ = ["Config", "ConfigError", "load_config", "normal_origin"]

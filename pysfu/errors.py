@@ -1,4 +1,5 @@
-"""Errors that answer a signaling request with a stable ``code``."""
+"""The signaling protocol's errors: ``SignalingError`` and every stable ``code`` an ``error``
+answer carries. Lower layers raise their own errors; pysfu.signaling maps them to these."""
 
 from __future__ import annotations
 
@@ -30,3 +31,10 @@ INVALID_DTLS_PARAMETERS = "invalid_dtls_parameters"
 CANNOT_CONSUME = "cannot_consume"
 ALREADY_CONSUMING = "already_consuming"  # one consumer per producer per transport
 INTERNAL_ERROR = "internal_error"
+
+__all__ = [
+    "ALREADY_CONNECTED", "ALREADY_CONSUMING", "ALREADY_JOINED", "BAD_REQUEST", "CANNOT_CONSUME",
+    "CONSUMER_NOT_FOUND", "FORBIDDEN", "INTERNAL_ERROR", "INVALID_DTLS_PARAMETERS",
+    "INVALID_FIELD", "LIMIT_EXCEEDED", "NOT_JOINED", "PRODUCER_NOT_FOUND", "RATE_LIMITED",
+    "TRANSPORT_NOT_FOUND", "UNAUTHORIZED", "UNKNOWN_EVENT", "SignalingError",
+]
