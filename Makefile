@@ -4,7 +4,7 @@
 serve: setup
 	.venv/bin/pysfu serve $(ARGS)
 
-test: setup-test browser web test-rust fuzz-ci test-python
+test: setup-test lint browser web test-rust fuzz-ci test-python
 
 setup:
 	scripts/setup.sh
@@ -28,10 +28,15 @@ fuzz-ci:
 test-python:
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
+# Lint and types; any finding fails (and so fails `make test`, which runs this first):
+# ruff, mypy (strict on pysfu/, settings in pyproject.toml), clippy on every crate. Needs the
+# test extra (`make setup-test`, which `make test` runs before it).
 lint:
 	.venv/bin/ruff check pysfu tests bench
+	.venv/bin/mypy
 	cargo clippy --manifest-path native/Cargo.toml --all-targets -- -D warnings
-	cargo clippy -p pysfu-loadgen -- -D warnings
+	cargo clippy -p pysfu-loadgen --all-targets -- -D warnings
+	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 # Demo page: install the npm packages and rebuild pysfu/web/dist (also committed).
 web:

@@ -42,9 +42,8 @@ class SignalingClient:
         self.ws = ws
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
-        self._notify_send, self.notifications = trio.open_memory_channel[tuple[str, dict]](
-            queue_size
-        )
+        self._notify_send, self.notifications = trio.open_memory_channel[
+            tuple[str, dict[str, Any]]](queue_size)
         self.closed = trio.Event()
 
     async def _reader(self) -> None:
@@ -93,7 +92,8 @@ class SignalingClient:
             err = msg.get("data", {})
             raise RequestFailed(err.get("code", "unknown"), err.get("message", ""),
                                 err.get("request"))
-        return msg.get("data", {})
+        answer: dict[str, Any] = msg.get("data", {})
+        return answer
 
     async def next_notification(self, event: str | None = None,
                                 *, timeout: float = 10.0) -> tuple[str, dict[str, Any]]:
@@ -121,7 +121,8 @@ class SignalingClient:
 
     async def router_rtp_capabilities(self, room_id: str) -> dict[str, Any]:
         data = await self.request("getRouterRtpCapabilities", {"roomId": room_id})
-        return data["rtpCapabilities"]
+        caps: dict[str, Any] = data["rtpCapabilities"]
+        return caps
 
     async def create_transport(self, room_id: str, direction: str) -> dict[str, Any]:
         return await self.request("createTransport", {"roomId": room_id, "direction": direction})
@@ -135,10 +136,12 @@ class SignalingClient:
                       rtp_parameters: dict[str, Any]) -> str:
         data = await self.request("produce", {"roomId": room_id, "transportId": transport_id,
                                               "kind": kind, "rtpParameters": rtp_parameters})
-        return data["id"]
+        return str(data["id"])
 
     async def get_producers(self, room_id: str) -> list[dict[str, str]]:
-        return (await self.request("getProducers", {"roomId": room_id}))["producers"]
+        producers: list[dict[str, str]] = (
+            await self.request("getProducers", {"roomId": room_id}))["producers"]
+        return producers
 
     async def consume(self, room_id: str, transport_id: str, producer_id: str,
                       rtp_capabilities: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +158,9 @@ class SignalingClient:
     async def get_stats(self, room_id: str, **target: str) -> list[dict[str, Any]]:
         """Stats of one object: ``get_stats(room, consumerId=...)`` (or transportId,
         producerId)."""
-        return (await self.request("getStats", {"roomId": room_id, **target}))["stats"]
+        stats: list[dict[str, Any]] = (
+            await self.request("getStats", {"roomId": room_id, **target}))["stats"]
+        return stats
 
     async def aclose(self) -> None:
         await self.ws.aclose()

@@ -227,10 +227,8 @@ class DtlsTransport:
         if self.role == "client":
             self._drive(now)
         pending, self._pending = self._pending, []
-        for data in pending:
-            if self.state != "connecting":
-                break
-            self._feed(data, now)
+        while pending and self.state == "connecting":  # _feed may end the handshake
+            self._feed(pending.pop(0), now)
 
     def receive(self, data: bytes, now: float) -> None:
         """One UDP payload from the peer. Never raises: garbage is dropped (and counted), and

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import trio
 
-from pysfu import _native
+import pysfu._native as _native
 from pysfu.log import log_event
 
 logger = logging.getLogger("pysfu.media")

@@ -415,7 +415,7 @@ def _header_extension_capability(value: Any, code: str) -> dict[str, Any]:
 
 # ---- public validation -------------------------------------------------------------------
 
-def validate_rtp_capabilities(caps: object) -> dict:
+def validate_rtp_capabilities(caps: object) -> dict[str, Any]:
     """Validate and normalise RtpCapabilities (router's or a device's)."""
     code = INVALID_RTP_CAPABILITIES
     raw = _dict(caps, "rtpCapabilities", code)
@@ -429,7 +429,7 @@ def validate_rtp_capabilities(caps: object) -> dict:
     }
 
 
-def validate_rtp_parameters(params: object) -> dict:
+def validate_rtp_parameters(params: object) -> dict[str, Any]:
     """Validate and normalise RtpParameters. Unknown keys are dropped; ``msid`` is kept."""
     code = INVALID_RTP_PARAMETERS
     raw = _dict(params, "rtpParameters", code)
@@ -467,7 +467,7 @@ def validate_rtp_parameters(params: object) -> dict:
 
 
 def _subtype(codec: dict[str, Any]) -> str:
-    return codec["mimeType"].split("/", 1)[1].lower()
+    return str(codec["mimeType"]).split("/", 1)[1].lower()
 
 
 def _is_rtx(codec: dict[str, Any]) -> bool:
@@ -476,7 +476,8 @@ def _is_rtx(codec: dict[str, Any]) -> bool:
 
 def _encoding_codec(params: dict[str, Any], encoding: dict[str, Any]) -> dict[str, Any]:
     pt = encoding.get("codecPayloadType")
-    for codec in params["codecs"]:
+    codecs: list[dict[str, Any]] = params["codecs"]
+    for codec in codecs:
         if pt is None and _subtype(codec) not in _FEATURE_SUBTYPES:
             return codec
         if pt is not None and codec["payloadType"] == pt:
@@ -484,7 +485,7 @@ def _encoding_codec(params: dict[str, Any], encoding: dict[str, Any]) -> dict[st
     _fail(INVALID_RTP_PARAMETERS, f"encoding.codecPayloadType {pt} matches no codec")
 
 
-def producer_type(params: dict) -> str:
+def producer_type(params: dict[str, Any]) -> str:
     """'simple', 'simulcast' or 'svc' for validated producer parameters (mediasoup rules)."""
     encodings = params["encodings"] or [{}]
     if len(encodings) > 1:
@@ -506,7 +507,7 @@ def validate_producer_rtp_parameters(
     params: object,
     existing_mids: Set[str] = frozenset(),
     existing_ssrcs: Set[int] = frozenset(),
-) -> dict:
+) -> dict[str, Any]:
     """Validate ``produce`` parameters as mediasoup's Node layer and worker together do.
 
     ``existing_mids``/``existing_ssrcs`` are those of the other producers on the same
@@ -730,7 +731,8 @@ def _h264_answer_profile_level_id(local: dict[str, Any], remote: dict[str, Any])
 
 # ---- codec matching ----------------------------------------------------------------------
 
-def match_codecs(a: dict, b: dict, *, strict: bool, modify: bool = False) -> bool:
+def match_codecs(a: dict[str, Any], b: dict[str, Any], *, strict: bool,
+                 modify: bool = False) -> bool:
     """Whether codec ``a`` and codec ``b`` are the same codec configuration.
 
     Always: mime type (case-insensitive), clock rate, channels; multiopus stream counts.
@@ -772,8 +774,8 @@ def match_codecs(a: dict, b: dict, *, strict: bool, modify: bool = False) -> boo
 # ---- router capabilities -----------------------------------------------------------------
 
 def generate_router_rtp_capabilities(
-    media_codecs: list[dict] | None = None, *, transport_cc: bool | str = False
-) -> dict:
+    media_codecs: list[dict[str, Any]] | None = None, *, transport_cc: bool | str = False
+) -> dict[str, Any]:
     """Router RtpCapabilities for the configured media codecs (DEFAULT_MEDIA_CODECS if None).
 
     Each codec takes the canonical entry of SUPPORTED_CODECS (its mime spelling and RTCP
@@ -854,14 +856,16 @@ def _random_ssrc() -> int:
 
 
 def _find_router_media_codec(codec: dict[str, Any], caps: dict[str, Any]) -> dict[str, Any]:
-    for cap in caps["codecs"]:
+    router_codecs: list[dict[str, Any]] = caps["codecs"]
+    for cap in router_codecs:
         if not _is_rtx(cap) and match_codecs(copy.deepcopy(codec), cap, strict=True):
             return cap
     _fail(UNSUPPORTED_CODEC,
           f"unsupported codec {codec['mimeType']} (payloadType {codec['payloadType']})")
 
 
-def get_producer_rtp_parameters_mapping(params: dict, caps: dict) -> dict:
+def get_producer_rtp_parameters_mapping(params: dict[str, Any],
+                                        caps: dict[str, Any]) -> dict[str, Any]:
     """Ingress rewrite table of a producer: its PTs -> router PTs, its streams -> SSRCs.
 
     ``{"codecs": [{payloadType, mappedPayloadType}],
@@ -909,7 +913,8 @@ def get_producer_rtp_parameters_mapping(params: dict, caps: dict) -> dict:
     return {"codecs": codecs, "encodings": encodings}
 
 
-def get_consumable_rtp_parameters(kind: str, params: dict, caps: dict, mapping: dict) -> dict:
+def get_consumable_rtp_parameters(kind: str, params: dict[str, Any], caps: dict[str, Any],
+                                  mapping: dict[str, Any]) -> dict[str, Any]:
     """The router-side description of a producer that consumers are cut from.
 
     Router PTs, mime spelling and feedback; the producer's codec parameters (H264
@@ -965,7 +970,7 @@ def get_consumable_rtp_parameters(kind: str, params: dict, caps: dict, mapping: 
     return consumable
 
 
-def can_consume(consumable: dict, caps: dict) -> bool:
+def can_consume(consumable: dict[str, Any], caps: dict[str, Any]) -> bool:
     """Whether a device with ``caps`` can receive the producer behind ``consumable``.
 
     Raises OrtcError(invalid_rtp_capabilities) if ``caps`` is malformed.
@@ -978,7 +983,8 @@ def can_consume(consumable: dict, caps: dict) -> bool:
     return False
 
 
-def get_consumer_rtp_parameters(consumable: dict, remote_caps: dict, enable_rtx: bool) -> dict:
+def get_consumer_rtp_parameters(consumable: dict[str, Any], remote_caps: dict[str, Any],
+                                enable_rtx: bool) -> dict[str, Any]:
     """RtpParameters for one consumer (the caller adds ``mid``).
 
     Codecs the device supports (router PTs, producer parameters, the device's feedback

@@ -316,7 +316,7 @@ def verify_fingerprint(msg: StunMessage) -> bool:
         return False
     raw = msg.raw
     crc = binascii.crc32(raw[:off]) ^ FINGERPRINT_XOR
-    return struct.unpack_from("!I", raw, off + 4)[0] == crc
+    return bool(struct.unpack_from("!I", raw, off + 4)[0] == crc)
 
 
 def long_term_key(username: str, realm: str, password: str) -> bytes:

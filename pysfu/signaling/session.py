@@ -66,6 +66,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pysfu.signaling")
 
+Answer = tuple[str, dict[str, Any]]  # (event, data) of a request's answer
+
 _OUTBOX_SIZE = 256
 _ROLES = frozenset({"host", "viewer"})
 _DIRECTIONS = frozenset({"send", "recv"})
@@ -141,7 +143,7 @@ class Session:
         self.rate_limited = 0
         self._overflowed = False
         self._nursery: trio.Nursery | None = None
-        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[str, dict]]]] = {
+        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Answer]]] = {
             "join": self._join,
             "leave": self._leave,
             "getRouterRtpCapabilities": self._get_caps,
@@ -219,7 +221,8 @@ class Session:
     async def _handle(self, text: str | bytes) -> None:
         req_id: int | str | None = None
         event: str | None = None
-        if self._closing:
+        closing = self._closing  # (a local: a request handled below may set the attribute)
+        if closing:
             return
         # The rate limits come before any parsing: a flood costs two token checks and, for
         # the answer, a look for the id among the frame's first bytes. The address's bucket
@@ -277,7 +280,7 @@ class Session:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    async def _join(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _join(self, data: dict[str, Any]) -> Answer:
         try:
             return await self._try_join(data)
         except (SignalingError, RoomError):
@@ -290,7 +293,7 @@ class Session:
                                                   trio.current_time())
             raise
 
-    async def _try_join(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _try_join(self, data: dict[str, Any]) -> Answer:
         room_id = get_name(data, "roomId")
         role = get_str(data, "role", choices=_ROLES)
         if self.room is not None and not self.room.closed:
@@ -317,23 +320,23 @@ class Session:
         return "joined", {"roomId": room_id, "peerId": peer_id, "role": role,
                           "reconnected": reconnected}
 
-    async def _leave(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _leave(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         self.room = self.peer = None
         room.leave(peer)
         return "left", {"roomId": room.id}
 
-    async def _get_caps(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _get_caps(self, data: dict[str, Any]) -> Answer:
         get_name(data, "roomId")  # capabilities are the same for every room of this server
         return "routerRtpCapabilities", {"rtpCapabilities": self.ctx.router_rtp_capabilities}
 
-    async def _create_transport(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _create_transport(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         direction = get_str(data, "direction", choices=_DIRECTIONS)
         transport = room.create_transport(peer, direction)
         return "transportCreated", transport.parameters()
 
-    async def _connect_transport(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _connect_transport(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         transport = room.owned_transport(peer, get_str(data, "transportId"))
         params = get_dtls_parameters(data)
@@ -356,7 +359,7 @@ class Session:
             raise
         return "transportConnected", {"transportId": transport.id}
 
-    async def _produce(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _produce(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         transport_id = get_str(data, "transportId")
         kind = get_str(data, "kind", choices=_KINDS)
@@ -364,11 +367,11 @@ class Session:
         producer = room.produce(peer, transport_id, kind, rtp_parameters)
         return "produced", {"kind": kind, "id": producer.id}
 
-    async def _get_producers(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _get_producers(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         return "producers", {"producers": room.producer_list(peer)}
 
-    async def _consume(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _consume(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         consumer = room.consume(
             peer,
@@ -385,17 +388,17 @@ class Session:
             "producerPaused": consumer.producer.paused,
         }
 
-    async def _resume_consumer(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _resume_consumer(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         consumer = room.set_consumer_paused(peer, get_str(data, "consumerId"), False)
         return "consumerResumed", {"consumerId": consumer.id}
 
-    async def _pause_consumer(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _pause_consumer(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         consumer = room.set_consumer_paused(peer, get_str(data, "consumerId"), True)
         return "consumerPaused", {"consumerId": consumer.id}
 
-    async def _set_preferred_layers(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _set_preferred_layers(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         spatial = get_layer(data, "spatialLayer")
         temporal = get_layer(data, "temporalLayer") if data.get("temporalLayer") is not None \
@@ -407,13 +410,13 @@ class Session:
             answer["temporalLayer"] = temporal
         return "preferredLayersSet", answer
 
-    async def _close_producer(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _close_producer(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         producer_id = get_str(data, "producerId")
         room.close_producer(peer, producer_id)
         return "producerClosed", {"producerId": producer_id}
 
-    async def _get_stats(self, data: dict[str, Any]) -> tuple[str, dict]:
+    async def _get_stats(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         target, object_id = get_stats_target(data)
         return "stats", {target: object_id, "stats": room.stats(peer, target, object_id)}

@@ -78,7 +78,7 @@ def chrome_recv_caps(router_caps: dict[str, Any]) -> dict[str, Any]:
         "video": [fb("goog-remb"), fb("transport-cc"), fb("ccm", "fir"), fb("nack"),
                   fb("nack", "pli")],
     }
-    chrome_params = {
+    chrome_params: dict[str, dict[str, Any]] = {
         "audio/opus": {"minptime": 10, "useinbandfec": 1},
         "video/vp9": {"profile-id": 0},
         "video/h264": {"level-asymmetry-allowed": 1, "packetization-mode": 1,
