@@ -29,9 +29,8 @@ async def watch_consumer_layers(media: MediaEngine, handle: int, *,
     (and with the nursery it runs in)."""
     last: int | None = None
     while still_open():
-        try:
-            stats = media.stats(handle)
-        except KeyError:
+        stats = media.stats(handle)
+        if stats is None:
             return  # removed from the engine in the meantime
         forwarding = stats["packets_out"] > 0 and not stats["waiting_key_frame"]
         current = stats["current_layer"] if forwarding else None

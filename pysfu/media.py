@@ -4,13 +4,20 @@ The engine runs on its own threads. STUN and DTLS datagrams it cannot handle alo
 and an event fd becomes readable; one Trio task here drains them and hands each to the
 ``UpcallSink`` registered for that transport handle. RTP and RTCP never come up here. This
 module knows no transport, room or server: only the engine and that interface.
+
+One rule for every call naming an object (transport, producer, consumer) the engine no longer
+has: nothing happens, a debug line is logged, and a call that returns something returns None.
+The engine removes objects on its own (removing a transport removes its producers, its
+consumers and the consumers of its producers), and a transport task may still answer a queued
+datagram after its room removed it: neither is an error. Bad input raises ValueError; a panic
+inside the engine raises ``EnginePanic`` (the engine goes on; the call did nothing).
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -18,6 +25,19 @@ import pysfu._native as _native
 from pysfu.log import log_event
 
 logger = logging.getLogger("pysfu.media")
+
+
+T = TypeVar("T")
+
+# What the engine's control calls answer when a panic was caught inside them (a ValueError),
+# and the exception type pyo3 raises for a panic in the binding itself (a BaseException).
+_PANIC_MARK = "(panic)"
+_PYO3_PANIC = "PanicException"
+
+
+class EnginePanic(RuntimeError):
+    """A panic inside the native engine during a call: a bug of the engine, not bad input.
+    The engine caught it and goes on; the call did nothing."""
 
 
 class UpcallSink(Protocol):
@@ -32,8 +52,7 @@ class MediaEngine:
         self.native = _native.Engine(host, port)
         self.port: int = self.native.port
         self._transports: dict[int, UpcallSink] = {}
-        self.undeliverable = 0
-        self.panics = 0
+        self.panics = 0  # panics caught on the engine's I/O thread (each logged)
         log_event(logger, "engine.started", ip=host, port=self.port)
 
     async def run(self) -> None:
@@ -43,9 +62,7 @@ class MediaEngine:
             await trio.lowlevel.wait_readable(fd)
             for kind, handle, ip, port, data in self.native.drain():
                 transport = self._transports.get(handle)
-                if transport is None:
-                    self.undeliverable += 1
-                else:
+                if transport is not None:  # else removed since the engine queued it
                     transport.deliver(kind, ip, port, data)
             # A panic on the engine's I/O thread cost one datagram (counted as drop "panic");
             # the thread carries on. Say so loudly.
@@ -58,77 +75,99 @@ class MediaEngine:
     def close(self) -> None:
         self.native.close()
 
+    def _call(self, method: Callable[..., T], handle: int, *args: Any) -> T | None:
+        """``method(handle, *args)`` under this module's rule: an object the engine no longer
+        has is a no-op (None), a panic inside the engine is EnginePanic."""
+        try:
+            return method(handle, *args)
+        except KeyError:
+            logger.debug("engine.%s: object %d is gone, nothing to do", method.__name__, handle)
+            return None
+        except ValueError as exc:
+            if _PANIC_MARK in str(exc):
+                raise EnginePanic(f"{method.__name__}: {exc}") from exc
+            raise
+        except BaseException as exc:
+            if type(exc).__name__ == _PYO3_PANIC:
+                raise EnginePanic(f"{method.__name__}: {exc}") from exc
+            raise
+
     # Transports register their Python object so upcalls can reach them. The engine checks
     # STUN MESSAGE-INTEGRITY with the ICE password before anything is queued up here.
     def add_transport(self, handle: int, ufrag: str, password: str,
                       transport: UpcallSink) -> None:
-        self.native.add_transport(handle, ufrag, password)
+        self._call(self.native.add_transport, handle, ufrag, password)
         self._transports[handle] = transport
 
-    # Removal is idempotent: removing a transport in the engine also removes its producers
-    # and consumers (and consumers of its producers), whichever side gets there first.
+    # Removing a transport in the engine also removes its producers and consumers (and
+    # consumers of its producers), whichever side gets there first.
     def remove_transport(self, handle: int) -> None:
         if self._transports.pop(handle, None) is not None:
-            with suppress(KeyError):
-                self.native.remove_transport(handle)
+            self._call(self.native.remove_transport, handle)
 
-    # A transport task may still answer a queued STUN/DTLS datagram after its room closed and
-    # removed it from the engine: nothing to send then (an exception here would take the
-    # room's nursery, and the server, down).
     def send(self, handle: int, ip: str, port: int, data: bytes) -> None:
-        with suppress(KeyError):
-            self.native.send(handle, ip, port, data)
+        self._call(self.native.send, handle, ip, port, data)
 
     # ICE reports validated and nominated tuples; the engine sends media to a nominated tuple
     # only once it has proven itself (authenticated SRTP/SRTCP from it, or the DTLS handshake
     # completed with it: ``remote`` of set_srtp), so a spoofed nomination redirects nothing.
     def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None:
-        with suppress(KeyError):
-            self.native.bind_tuple(handle, ip, port, selected)
+        self._call(self.native.bind_tuple, handle, ip, port, selected)
 
     def set_srtp(self, handle: int, profile: str, local_key: bytes, local_salt: bytes,
                  remote_key: bytes, remote_salt: bytes,
                  remote: tuple[str, int] | None = None) -> None:
-        self.native.set_srtp(handle, profile, local_key, local_salt, remote_key, remote_salt,
-                             remote)
+        self._call(self.native.set_srtp, handle, profile, local_key, local_salt, remote_key,
+                   remote_salt, remote)
 
     def add_producer(self, handle: int, transport: int, spec: dict[str, Any]) -> None:
-        self.native.add_producer(handle, transport, spec)
+        self._call(self.native.add_producer, handle, transport, spec)
 
     def remove_producer(self, handle: int) -> None:
-        with suppress(KeyError):
-            self.native.remove_producer(handle)
+        self._call(self.native.remove_producer, handle)
+
+    def pause_producer(self, handle: int) -> None:
+        self._call(self.native.pause_producer, handle)
+
+    def resume_producer(self, handle: int) -> None:
+        self._call(self.native.resume_producer, handle)
 
     def add_consumer(
         self, handle: int, transport: int, producer: int, spec: dict[str, Any]
     ) -> None:
-        self.native.add_consumer(handle, transport, producer, spec)
+        self._call(self.native.add_consumer, handle, transport, producer, spec)
 
     def remove_consumer(self, handle: int) -> None:
-        with suppress(KeyError):
-            self.native.remove_consumer(handle)
+        self._call(self.native.remove_consumer, handle)
 
     def pause_consumer(self, handle: int) -> None:
-        self.native.pause_consumer(handle)
+        self._call(self.native.pause_consumer, handle)
 
     def resume_consumer(self, handle: int) -> None:
-        self.native.resume_consumer(handle)
+        self._call(self.native.resume_consumer, handle)
 
     def set_preferred_layers(
         self, handle: int, spatial: int, temporal: int | None
-    ) -> tuple[int, int]:
-        spatial_set, temporal_set = self.native.set_preferred_layers(handle, spatial, temporal)
-        return spatial_set, temporal_set
+    ) -> tuple[int, int] | None:
+        """The (spatial, temporal) layers set, clamped to what the producer has."""
+        layers: tuple[int, int] | None = self._call(self.native.set_preferred_layers, handle,
+                                                    spatial, temporal)
+        return layers
 
     def counts(self) -> dict[str, int]:
         return dict(self.native.counts())
 
-    def stats(self, handle: int) -> dict[str, Any]:
-        return dict(self.native.stats(handle))
+    def stats(self, handle: int) -> dict[str, Any] | None:
+        """The engine's own view of one object (snake_case keys: packets_out,
+        waiting_key_frame, current_layer, ...), for the control plane's decisions."""
+        stats = self._call(self.native.stats, handle)
+        return None if stats is None else dict(stats)
 
-    def rtp_stats(self, handle: int) -> list[dict[str, Any]]:
-        """Per-stream RTP statistics (loss, NACK, PLI, RTT, jitter, bitrate) of an object."""
-        return [dict(r) for r in self.native.rtp_stats(handle)]
+    def rtp_stats(self, handle: int) -> list[dict[str, Any]] | None:
+        """Per-stream RTP statistics (loss, NACK, PLI, RTT, jitter, bitrate) of an object, in
+        mediasoup's getStats shapes (camelCase keys), as signaling answers them."""
+        records = self._call(self.native.rtp_stats, handle)
+        return None if records is None else [dict(r) for r in records]
 
     def drops(self) -> dict[str, int]:
         return dict(self.native.drops())

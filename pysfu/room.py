@@ -335,6 +335,21 @@ class Room:
         log_event(logger, "producer.closed", room=self.id, peer=peer.id, producer=producer_id)
         self._broadcast("producerClosed", {"producerId": producer_id}, exclude=peer)
 
+    def set_producer_paused(self, peer: Peer, producer_id: str, paused: bool) -> Producer:
+        """The host pauses (mutes) or resumes one of its producers: the engine stops
+        forwarding it (and asks for a key frame on resume); the other peers are told
+        ``producerPaused`` / ``producerResumed``."""
+        self._check_open()
+        producer = self.owned_producer(peer, producer_id)
+        if producer.paused != paused:
+            producer.paused = paused
+            producer.transport.set_producer_paused(producer, paused)
+            log_event(logger, "producer.paused" if paused else "producer.resumed", room=self.id,
+                      peer=peer.id, producer=producer.id)
+            self._broadcast("producerPaused" if paused else "producerResumed",
+                            {"producerId": producer.id}, exclude=peer)
+        return producer
+
     def producer_list(self, peer: Peer) -> list[dict[str, str]]:
         return [{"id": p.id, "kind": p.kind} for p in self.producers.values() if p.owner != peer.id]
 
@@ -394,11 +409,8 @@ class Room:
         maxBitrate or measured bitrate, whichever is larger."""
         declared = max((e.get("maxBitrate") or 0 for e in producer.rtp_parameters["encodings"]),
                        default=0)
-        try:
-            measured = max((s.get("bitrate", 0) for s in
-                            self.ctx.media.rtp_stats(producer.handle)), default=0)
-        except KeyError:
-            measured = 0
+        measured = max((s.get("bitrate", 0) for s in
+                        self.ctx.media.rtp_stats(producer.handle) or ()), default=0)
         return max(int(declared), int(measured))
 
     def owned_consumer(self, peer: Peer, consumer_id: str) -> Consumer:
@@ -421,8 +433,10 @@ class Room:
     ) -> tuple[Consumer, int, int | None]:
         """Simulcast: the highest spatial layer the viewer wants (clamped to what exists)."""
         consumer = self.owned_consumer(peer, consumer_id)
-        spatial, temporal_set = consumer.transport.set_consumer_preferred_layers(
-            consumer, spatial, temporal)
+        layers = consumer.transport.set_consumer_preferred_layers(consumer, spatial, temporal)
+        if layers is None:
+            raise ConsumerNotFound("the consumer is closing")
+        spatial = layers[0]
         log_event(logger, "consumer.preferred_layers", room=self.id, peer=peer.id,
                   consumer=consumer.id, spatial=spatial, temporal=temporal)
         return consumer, spatial, temporal
@@ -446,18 +460,18 @@ class Room:
     def stats(self, peer: Peer, target: str, object_id: str) -> list[dict[str, Any]]:
         """getStats for a transport, producer or consumer the peer owns."""
         self._check_open()
-        try:
-            if target == "transportId":
-                return stats.transport_stats(self.ctx.media,
-                                             self.owned_transport(peer, object_id))
-            if target == "producerId":
-                return stats.producer_stats(self.ctx.media, self.owned_producer(peer, object_id))
-            return stats.consumer_stats(self.ctx.media, self.owned_consumer(peer, object_id))
-        except KeyError:
-            # Closing in the engine already (e.g. its transport just failed).
+        media = self.ctx.media
+        if target == "transportId":
+            records = stats.transport_stats(media, self.owned_transport(peer, object_id))
+        elif target == "producerId":
+            records = stats.producer_stats(media, self.owned_producer(peer, object_id))
+        else:
+            records = stats.consumer_stats(media, self.owned_consumer(peer, object_id))
+        if records is None:  # closing in the engine already (e.g. its transport just failed)
             gone = {"transportId": TransportNotFound,
                     "producerId": ProducerNotFound}.get(target, ConsumerNotFound)
-            raise gone("the object is closing") from None
+            raise gone("the object is closing")
+        return records
 
     def snapshot(self) -> dict[str, int]:
         """Registry sizes, for tests and metrics."""

@@ -7,6 +7,11 @@ packetCount, byteCount, packetsLost, fractionLost (0..1), jitter (RTP timestamp 
 nackCount / nackPacketCount (NACK messages / sequence numbers), pliCount, firCount,
 packetsRetransmitted, packetsRepaired, roundTripTime (ms, only once measured), bitrate
 (bit/s over the last report interval), layer (encoding index).
+
+One vocabulary: everything here is the engine's ``rtp_stats`` record (mediasoup's camelCase
+names) plus what the control plane knows (ids, ICE/DTLS state, codec), in the same names;
+the engine's record types become mediasoup's (``_TYPES``). Each function returns None when the
+engine no longer has the object (it is closing).
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ if TYPE_CHECKING:
     from pysfu.transport import Consumer, Producer, WebRtcTransport
 
 
+# The engine's record types -> mediasoup's (inbound-rtp / outbound-rtp are already the same).
+_TYPES = {"transport": "webrtc-transport"}
+
+Records = list[dict[str, Any]]
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -28,12 +39,15 @@ def _codec(rtp_parameters: dict[str, Any]) -> str:
     return str(codecs[0].get("mimeType", ""))
 
 
-def transport_stats(media: MediaEngine, transport: WebRtcTransport) -> list[dict[str, Any]]:
-    (record,) = media.rtp_stats(transport.handle)
-    record.pop("type", None)
+def transport_stats(media: MediaEngine, transport: WebRtcTransport) -> Records | None:
+    records = media.rtp_stats(transport.handle)
+    if records is None:
+        return None
+    (record,) = records
     tuple_ = transport.ice.selected_tuple
     return [{
-        "type": "webrtc-transport",
+        **record,
+        "type": _TYPES.get(record.get("type", ""), record.get("type")),
         "transportId": transport.id,
         "timestamp": _now_ms(),
         "iceRole": "controlled",
@@ -43,21 +57,26 @@ def transport_stats(media: MediaEngine, transport: WebRtcTransport) -> list[dict
             if tuple_ is not None else None
         ),
         "dtlsState": transport.dtls.state if transport.dtls is not None else "new",
-        **record,
     }]
 
 
-def producer_stats(media: MediaEngine, producer: Producer) -> list[dict[str, Any]]:
+def producer_stats(media: MediaEngine, producer: Producer) -> Records | None:
     records = media.rtp_stats(producer.handle)
+    if records is None:
+        return None
     mime = _codec(producer.rtp_parameters)
     return [{**r, "timestamp": _now_ms(), "kind": producer.kind, "mimeType": mime}
             for r in records]
 
 
-def consumer_stats(media: MediaEngine, consumer: Consumer) -> list[dict[str, Any]]:
-    (record,) = media.rtp_stats(consumer.handle)
+def consumer_stats(media: MediaEngine, consumer: Consumer) -> Records | None:
+    records = media.rtp_stats(consumer.handle)
+    if records is None:
+        return None
+    (record,) = records
     out = [{**record, "timestamp": _now_ms(), "kind": consumer.kind,
             "mimeType": _codec(consumer.rtp_parameters)}]
     layer = record.get("layer", 0)
-    out += [r for r in producer_stats(media, consumer.producer) if r.get("layer") == layer]
+    out += [r for r in producer_stats(media, consumer.producer) or []
+            if r.get("layer") == layer]
     return out

@@ -202,9 +202,15 @@ class WebRtcTransport:
         else:
             self._media.resume_consumer(consumer.handle)
 
+    def set_producer_paused(self, producer: Producer, paused: bool) -> None:
+        if paused:
+            self._media.pause_producer(producer.handle)
+        else:
+            self._media.resume_producer(producer.handle)
+
     def set_consumer_preferred_layers(
         self, consumer: Consumer, spatial: int, temporal: int | None
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int] | None:
         return self._media.set_preferred_layers(consumer.handle, spatial, temporal)
 
     # ---- task ---------------------------------------------------------------------------------

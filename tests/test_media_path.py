@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 
+from pysfu.client import RequestFailed
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps, vp8_producer
 from pysfu.testing.media_room import (  # noqa: F401  (host: fixture)
@@ -53,6 +54,43 @@ async def test_every_packet_reaches_each_viewer(
             assert {p.extensions.get(mid_id) for p in got} == {rtp["mid"].encode()}
         stats = server.media.drops()
         assert stats.get("replay", 0) == 0
+
+
+async def test_host_pauses_and_resumes_its_producer(server: Server, client: Any,
+                                                    host: Any) -> None:  # noqa: F811
+    host_client, host_peer, producer_id = host
+    async with AsyncExitStack() as stack:
+        viewer = await add_viewer(client, stack, "v", producer_id)
+        await trio.sleep(0.1)
+        await send_frames(host_peer, 1, 5)
+        first = [await viewer.peer.recv_rtp() for _ in range(5)]
+        assert all(first)
+        # Only the owner may pause it.
+        with pytest.raises(RequestFailed) as err:
+            await viewer.client.request("pauseProducer", {"roomId": ROOM,
+                                                          "producerId": producer_id})
+        assert err.value.code == "forbidden"
+
+        answer = await host_client.request("pauseProducer", {"roomId": ROOM,
+                                                             "producerId": producer_id})
+        assert answer == {"producerId": producer_id}
+        assert await viewer.client.next_notification("producerPaused", timeout=2) == (
+            "producerPaused", {"producerId": producer_id})
+        assert server.media.stats(server.rooms.get(ROOM).producers[producer_id].handle)[
+            "paused"] is True
+        await send_frames(host_peer, 6, 5)
+        assert await viewer.peer.recv_rtp(timeout=0.3) is None  # paused: nothing forwarded
+        # A viewer arriving now learns it from consume's answer.
+        late = await add_viewer(client, stack, "late", producer_id)
+        assert late.consumer["producerPaused"] is True
+
+        await host_client.request("resumeProducer", {"roomId": ROOM, "producerId": producer_id})
+        assert (await viewer.client.next_notification("producerResumed", timeout=2))[1] == {
+            "producerId": producer_id}
+        await send_frames(host_peer, 11, 3, keyframe_first=True)
+        after = [await viewer.peer.recv_rtp() for _ in range(3)]
+        assert all(after)
+        assert after[0].payload[1] & 1 == 0  # VP8 P bit clear: a key frame
 
 
 async def test_pause_resume_asks_key_frame_and_keeps_sequence(server: Server, client: Any,

@@ -155,6 +155,8 @@ class Session:
             "resumeConsumer": self._resume_consumer,
             "pauseConsumer": self._pause_consumer,
             "closeProducer": self._close_producer,
+            "pauseProducer": self._pause_producer,
+            "resumeProducer": self._resume_producer,
             "setPreferredLayers": self._set_preferred_layers,
             "getStats": self._get_stats,
         }
@@ -415,6 +417,16 @@ class Session:
         producer_id = get_str(data, "producerId")
         room.close_producer(peer, producer_id)
         return "producerClosed", {"producerId": producer_id}
+
+    async def _pause_producer(self, data: dict[str, Any]) -> Answer:
+        room, peer = self._joined(data)
+        producer = room.set_producer_paused(peer, get_str(data, "producerId"), True)
+        return "producerPaused", {"producerId": producer.id}
+
+    async def _resume_producer(self, data: dict[str, Any]) -> Answer:
+        room, peer = self._joined(data)
+        producer = room.set_producer_paused(peer, get_str(data, "producerId"), False)
+        return "producerResumed", {"producerId": producer.id}
 
     async def _get_stats(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
