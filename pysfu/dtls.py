@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
@@ -102,14 +102,6 @@ class Certificate:
             .sign(key, hashes.SHA256())
         )
         return cls(cert, key)
-
-    @classmethod
-    def from_pem(cls, cert_pem: bytes, key_pem: bytes) -> Certificate:
-        """Operator-supplied certificate and (unencrypted) private key."""
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError("only ECDSA keys are supported")
-        return cls(x509.load_pem_x509_certificate(cert_pem), key)
 
     def fingerprint(self, algorithm: str = "sha-256") -> str:
         return _fingerprint(self.cert, algorithm)

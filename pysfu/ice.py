@@ -64,7 +64,6 @@ class IceLiteServer:
         self._last_nomination = 0
         self._last_valid: float | None = None
         # Counters, for stats and tests.
-        self.requests_ok = 0
         self.requests_rejected = 0
 
     @staticmethod
@@ -148,7 +147,6 @@ class IceLiteServer:
         except ValueError:
             return IceOutput()  # not an IP address we can map back: nothing sensible to say
         out = IceOutput(response)
-        self.requests_ok += 1
         if password == self.local_password:
             self._old_credentials = None  # the browser has moved to the new credentials
         self._last_valid = now

@@ -140,7 +140,6 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[str | tuple[int, str]](
             _OUTBOX_SIZE)
         self._bucket = TokenBucket(ctx.config.requests_per_second, ctx.config.request_burst)
-        self.rate_limited = 0
         self._overflowed = False
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Answer]]] = {
@@ -233,7 +232,6 @@ class Session:
         if not self._bucket.take() or (
                 limits is not None and not limits.take_request(self.address,
                                                                trio.current_time())):
-            self.rate_limited += 1
             self._queue(encode_error(peek_request_id(text), errors.RATE_LIMITED,
                                      "too many requests, slow down", None))
             return
