@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import json
 import logging
@@ -34,7 +35,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote_to_bytes
 
 import h11
@@ -89,11 +90,16 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode()),
 )
 _REASONS = {
-    200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout", 414: b"URI Too Long", 426: b"Upgrade Required",
+    200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 403: b"Forbidden",
+    404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+    413: b"Content Too Large", 414: b"URI Too Long", 426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
 }
+# Static files keep their names across builds (app.js, styles.css), so a browser keeps its
+# copy but asks each time whether it is still current (ETag -> 304). Everything else
+# (/healthz, errors) is never stored.
+STATIC_CACHE_CONTROL = b"no-cache"
+NO_STORE = b"no-store"
 
 # A client that goes away (reset, close, half-sent frame): not our bug, logged quietly.
 # LocalProtocolError too: trio-websocket answers a ping that arrives while we close the
@@ -109,12 +115,18 @@ class StartupError(Exception):
     """The server cannot start (a port in use, ...): one line for the operator."""
 
 
-def load_static(root: Path = WEB_ROOT) -> dict[str, tuple[bytes, bytes]]:
-    """Every file under ``root``, read once: URL path -> (content, content type).
+class StaticFile(NamedTuple):
+    body: bytes
+    content_type: bytes
+    etag: bytes  # a strong validator: a hash of the content, quoted
+
+
+def load_static(root: Path = WEB_ROOT) -> dict[str, StaticFile]:
+    """Every file under ``root``, read once: URL path -> its content, type and ETag.
 
     Requests are answered from this dict only, so nothing a client sends (NUL bytes, long or
     ``..`` segments) ever reaches the file system."""
-    files: dict[str, tuple[bytes, bytes]] = {}
+    files: dict[str, StaticFile] = {}
     if root.is_dir():
         for path in sorted(root.rglob("*")):
             if not path.is_file():
@@ -123,7 +135,10 @@ def load_static(root: Path = WEB_ROOT) -> dict[str, tuple[bytes, bytes]]:
             if ctype.startswith("text/") or ctype in ("application/javascript",
                                                       "application/json"):
                 ctype += "; charset=utf-8"
-            files["/" + path.relative_to(root).as_posix()] = (path.read_bytes(), ctype.encode())
+            body = path.read_bytes()
+            etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
+            files["/" + path.relative_to(root).as_posix()] = StaticFile(body, ctype.encode(),
+                                                                        etag)
     if "/index.html" in files:
         files["/"] = files["/index.html"]
     return files
@@ -422,13 +437,16 @@ class Server:
                         if head.request.http_version not in (b"1.0", b"1.1"):
                             raise _BadRequest(400, "HTTP/1.0 or HTTP/1.1 only")
                         _path(head.request.target)  # 400/414 before anything else
+                        if _has_body(head):
+                            raise _BadRequest(413, "no request here takes a body")
                 except _BadRequest as exc:
                     bad = exc
             if bad is not None:
                 handshake_done()
                 log_event(logger, "http.bad_request", level=logging.DEBUG, remote=remote,
                           status=bad.status, reason=str(bad))
-                await self._respond(stream, bad.status, b"bad request\n")
+                await self._respond(stream, bad.status,
+                                    _REASONS.get(bad.status, b"bad request").lower() + b"\n")
                 return
             if head is None:  # closed, or too slow to send a complete head
                 log_event(logger, "http.no_request", level=logging.DEBUG, remote=remote,
@@ -503,8 +521,15 @@ class Server:
             await self._respond(stream, 426, b"websocket upgrade expected\n",
                                 extra=((b"Upgrade", b"websocket"),), head_only=head_only)
         elif path in self.static:
-            body, ctype = self.static[path]
-            await self._respond(stream, 200, body, ctype, head_only=head_only)
+            file = self.static[path]
+            validator = ((b"ETag", file.etag),)
+            if _etag_matches(head.header(b"if-none-match"), file.etag):
+                await self._respond(stream, 304, b"", cache=STATIC_CACHE_CONTROL,
+                                    extra=validator)
+            else:
+                await self._respond(stream, 200, file.body, file.content_type,
+                                    head_only=head_only, cache=STATIC_CACHE_CONTROL,
+                                    extra=validator)
         else:
             await self._respond(stream, 404, b"not found\n", head_only=head_only)
 
@@ -556,14 +581,17 @@ class Server:
 
     async def _respond(self, stream: trio.SocketStream, status: int, body: bytes,
                        ctype: bytes = b"text/plain; charset=utf-8", *, head_only: bool = False,
+                       cache: bytes = NO_STORE,
                        extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        """One answer, then close: security headers on every answer, no Server header, no
-        body for HEAD, ``write_timeout`` for the whole answer."""
-        lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error")),
-                 b"Content-Type: " + ctype,
-                 b"Content-Length: %d" % len(body),
-                 b"Cache-Control: no-store",
-                 b"Connection: close"]
+        """One answer, then a clean close (our FIN after the answer, then what the client
+        still sends is read and dropped, so it cannot turn the close into a reset): security
+        headers on every answer, no Server header, no body for HEAD or 304,
+        ``write_timeout`` for the whole answer. Requests pipelined behind the first are not
+        answered; ``Connection: close`` tells the client to send them again."""
+        lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))]
+        if status != 304:
+            lines += [b"Content-Type: " + ctype, b"Content-Length: %d" % len(body)]
+        lines += [b"Cache-Control: " + cache, b"Connection: close"]
         lines += [name + b": " + value for name, value in SECURITY_HEADERS + extra]
         with trio.move_on_after(self.config.write_timeout) as scope:
             await stream.send_all(b"\r\n".join(lines) + b"\r\n\r\n")
@@ -606,6 +634,24 @@ def _path(target: bytes) -> str:
     if not path.startswith("/") or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in path):
         raise _BadRequest(400, "bad path")
     return path
+
+
+def _has_body(head: _Head) -> bool:
+    """Whether the request announces a body (none of our resources takes one)."""
+    if head.header(b"transfer-encoding") is not None:
+        return True
+    length = head.header(b"content-length")
+    return length is not None and int(length) > 0  # h11 has checked it is a number
+
+
+def _etag_matches(if_none_match: bytes | None, etag: bytes) -> bool:
+    """RFC 9110 If-None-Match (weak comparison): ``*`` or a list holding our tag."""
+    if if_none_match is None:
+        return False
+    if if_none_match.strip() == b"*":
+        return True
+    tags = (t.strip() for t in if_none_match.split(b","))
+    return any(t.removeprefix(b"W/") == etag for t in tags)
 
 
 def _url_token(target: bytes) -> str | None:

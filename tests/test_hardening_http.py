@@ -220,6 +220,71 @@ async def test_methods_and_malformed(server: Server, client: ClientFactory) -> N
     live.assert_intact()
 
 
+async def test_pipelined_requests_get_one_answer_and_a_clean_close(
+        server: Server, client: ClientFactory) -> None:
+    """Two requests in one write: the first is answered whole, with ``Connection: close``,
+    then the server closes cleanly (FIN, no reset that could destroy the answer in flight,
+    even though the second request was never read); the client sends the second again."""
+    one = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+    two = b"GET /app.js HTTP/1.1\r\nHost: a\r\n\r\n"
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    received = bytearray()
+    with trio.fail_after(5):
+        await stream.send_all(one + two + one)
+        while chunk := await stream.receive_some(65536):  # a reset would raise here
+            received += chunk
+    await stream.aclose()
+    status, headers, body = parse(bytes(received))
+    assert status == 200 and headers["connection"] == "close"
+    assert len(body) == int(headers["content-length"]) and "rooms" in json.loads(body)
+    assert received.count(b"HTTP/1.1 ") == 1
+    await assert_up(server, client)
+
+
+async def test_static_files_revalidate_with_etag(server: Server, client: ClientFactory) -> None:
+    app_js = (server_module.WEB_ROOT / "app.js").read_bytes()
+    status, headers, body = await get(server.port, b"/app.js")
+    assert status == 200 and body == app_js
+    etag = headers["etag"]
+    assert etag.startswith('"') and etag.endswith('"') and len(etag) > 10
+    assert headers["cache-control"] == "no-cache"  # kept, but asked about each time
+    for condition in (etag, f'"other", W/{etag}', "*"):
+        raw = await exchange(server.port, b"GET /app.js HTTP/1.1\r\nHost: a\r\n"
+                             b"If-None-Match: " + condition.encode() + b"\r\n\r\n")
+        status, headers304, body = parse(raw)
+        assert (status, body, headers304["etag"]) == (304, b"", etag), condition
+        assert "content-length" not in headers304
+        assert headers304["x-content-type-options"] == "nosniff"
+    raw = await exchange(server.port, b'GET /app.js HTTP/1.1\r\nHost: a\r\n'
+                         b'If-None-Match: "stale"\r\n\r\n')
+    assert parse(raw)[0] == 200 and parse(raw)[2] == app_js
+    # Each file has its own tag; what is not a file is never stored.
+    assert (await get(server.port, b"/"))[1]["etag"] != etag
+    assert (await get(server.port, b"/healthz"))[1]["cache-control"] == "no-store"
+    assert "etag" not in (await get(server.port, b"/healthz"))[1]
+    await assert_up(server, client)
+
+
+async def test_a_request_body_is_413(server: Server, client: ClientFactory) -> None:
+    """Nothing here takes a body: one announced (length or chunked) is refused, with the
+    security headers, before anything is served or upgraded."""
+    for extra in (b"Content-Length: 5\r\n\r\nhello", b"Content-Length: 10000000\r\n\r\n",
+                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"):
+        for target in (b"/", b"/healthz"):
+            raw = await exchange(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n"
+                                 + extra)
+            status, headers, _ = parse(raw)
+            assert status == 413, (target, extra)
+            assert headers["referrer-policy"] == "no-referrer"
+        raw = await exchange(server.port, upgrade_request().removesuffix(b"\r\n") + extra)
+        assert parse(raw)[0] == 413
+    # Content-Length: 0 is no body.
+    raw = await exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+    assert parse(raw)[0] == 200
+    await assert_up(server, client)
+
+
 async def test_head_has_no_body(server: Server, client: ClientFactory) -> None:
     app_js = (server_module.WEB_ROOT / "app.js").read_bytes()
     for target, size in ((b"/app.js", len(app_js)), (b"/", None), (b"/healthz", None),
