@@ -3,7 +3,7 @@
 For each sweep point (viewers × SRTP profile) this starts ``python -m pysfu serve`` on
 loopback with free ports, connects a host and N viewer transports exactly as browsers do
 (signaling over WebSocket, ICE binding with USE-CANDIDATE, DTLS handshake as client with
-pyOpenSSL, keys from the DTLS exporter; tests/webrtc_peer.py), and hands the connected UDP
+pyOpenSSL, keys from the DTLS exporter; pysfu/testing/webrtc_peer.py), and hands the connected UDP
 sockets and SRTP keys to the Rust generator ``pysfu-loadgen`` (bench/loadgen), which sends
 and checks every packet. Each viewer consumes the video and the audio producer, so the
 server has 2N consumers.
@@ -47,7 +47,7 @@ PROFILES = {
     "cm": ("AES_CM_128_HMAC_SHA1_80", b"SRTP_AES128_CM_SHA1_80"),
 }
 VIDEO_SSRC, AUDIO_SSRC = 0x1111_0000, 0x2222_0000
-VIDEO_PT, AUDIO_PT, MID_EXT = 96, 111, 4  # as in tests/fixtures.py (Chrome's)
+VIDEO_PT, AUDIO_PT, MID_EXT = 96, 111, 4  # as in pysfu/testing/fixtures.py (Chrome's)
 LOADGEN = ROOT / "target" / "release" / "pysfu-loadgen"
 CEILING = ROOT / "target" / "release" / "pysfu-ceiling"
 SETUP_CONCURRENCY = 16

@@ -3,7 +3,7 @@ request per finding, exactly as it was reported, against the real listener on lo
 
 Every test checks that the server still serves (``/healthz`` and a signaling request) and,
 where it attacks, that a live host -> viewer stream in another room lost nothing meanwhile
-(tests/live_stream.py)."""
+(pysfu/testing/live_stream.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Issue 10, data plane: the server must not become a reflector or an amplifier, and one
 transport's STUN flood must not delay another's handshake. Real UDP on loopback, the server in
-process; a live host -> viewer stream in another room (tests/live_stream.py) shows that
+process; a live host -> viewer stream in another room (pysfu/testing/live_stream.py) shows that
 nobody else was harmed.
 
 (a) A viewer nominates a victim's address with a spoofed-source Binding request (its own valid

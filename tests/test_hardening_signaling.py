@@ -1,5 +1,5 @@
 """Issue 10's signaling and room findings, each replayed against a real server while a live
-host -> viewer stream runs in another room (tests/live_stream.py): the server stays up, the
+host -> viewer stream runs in another room (pysfu/testing/live_stream.py): the server stays up, the
 stream loses nothing, and the attack gets a clear error or a close.
 
 Finding numbers refer to the hardening issue: 4 (deep JSON), 7 (one producer consumed many

@@ -1,5 +1,5 @@
 """Loss repair over real UDP: a host and a viewer (libsrtp test peers) each behind a lossy
-relay (tests/lossy_relay.py) that drops, delays and reorders packets. The server NACKs what
+relay (pysfu/testing/lossy_relay.py) that drops, delays and reorders packets. The server NACKs what
 the host's packets lack and answers the viewer's NACKs from its retransmission buffer (RTX);
 key frames are recovered by PLI; sender/receiver reports carry the right SSRCs and give a
 plausible round-trip time; getStats reports all of it to the owner only."""

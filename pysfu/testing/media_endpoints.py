@@ -2,7 +2,7 @@
 loss-recovery benchmark: a host that keeps what it sent and answers NACKs with RTX and PLIs
 with a key frame; a viewer that NACKs the gaps it sees, answers sender reports with receiver
 reports and records what arrived (and how late). Both run over real UDP through
-tests/lossy_relay.py, with libsrtp (tests/webrtc_peer.py).
+pysfu/testing/lossy_relay.py, with libsrtp (pysfu/testing/webrtc_peer.py).
 """
 
 from __future__ import annotations
