@@ -22,6 +22,7 @@ from pysfu.testing.media_room import (  # noqa: F401  (host: fixture)
     open_peer,
     rtcp_types,
     send_frames,
+    streaming_viewer,
 )
 from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp, vp8_payload
 
@@ -60,11 +61,7 @@ async def test_host_pauses_and_resumes_its_producer(server: Server, client: Any,
                                                     host: Any) -> None:  # noqa: F811
     host_client, host_peer, producer_id = host
     async with AsyncExitStack() as stack:
-        viewer = await add_viewer(client, stack, "v", producer_id)
-        await trio.sleep(0.1)
-        await send_frames(host_peer, 1, 5)
-        first = [await viewer.peer.recv_rtp() for _ in range(5)]
-        assert all(first)
+        viewer, first = await streaming_viewer(client, stack, host_peer, producer_id)
         # Only the owner may pause it.
         with pytest.raises(RequestFailed) as err:
             await viewer.client.request("pauseProducer", {"roomId": ROOM,
@@ -97,11 +94,7 @@ async def test_pause_resume_asks_key_frame_and_keeps_sequence(server: Server, cl
                                                               host: Any) -> None:  # noqa: F811
     host_client, host_peer, producer_id = host
     async with AsyncExitStack() as stack:
-        viewer = await add_viewer(client, stack, "v", producer_id)
-        await trio.sleep(0.1)
-        await send_frames(host_peer, 1, 5)
-        first = [await viewer.peer.recv_rtp() for _ in range(5)]
-        assert all(first)
+        viewer, first = await streaming_viewer(client, stack, host_peer, producer_id)
         await viewer.client.request("pauseConsumer", {"roomId": ROOM,
                                                       "consumerId": viewer.consumer["id"]})
         await send_frames(host_peer, 6, 5)

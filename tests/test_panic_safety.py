@@ -13,7 +13,11 @@ import trio
 
 from pysfu.media import EnginePanic
 from pysfu.server import Server
-from pysfu.testing.media_room import add_viewer, host, send_frames  # noqa: F401  (fixture)
+from pysfu.testing.media_room import (  # noqa: F401  (host: fixture)
+    host,
+    send_frames,
+    streaming_viewer,
+)
 
 
 async def test_engine_panics_are_contained(server: Server, client: Any, host: Any,  # noqa: F811
@@ -21,11 +25,7 @@ async def test_engine_panics_are_contained(server: Server, client: Any, host: An
     _, host_peer, producer_id = host
     native = server.media.native
     async with AsyncExitStack() as stack:
-        viewer = await add_viewer(client, stack, "v", producer_id)
-        await trio.sleep(0.1)
-        await send_frames(host_peer, 1, 5)
-        for _ in range(5):
-            assert await viewer.peer.recv_rtp() is not None
+        viewer, _ = await streaming_viewer(client, stack, host_peer, producer_id)
 
         # A panic in a control call (the engine answers ValueError "...(panic)...") and one in
         # the binding itself (pyo3's PanicException, a BaseException that would cross every

@@ -16,6 +16,7 @@ After ``max_failed_joins`` (5) failed joins the connection is closed (1008).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -151,11 +152,11 @@ class Session:
             "produce": self._produce,
             "getProducers": self._get_producers,
             "consume": self._consume,
-            "resumeConsumer": self._resume_consumer,
-            "pauseConsumer": self._pause_consumer,
+            "resumeConsumer": functools.partial(self._set_consumer_paused, False),
+            "pauseConsumer": functools.partial(self._set_consumer_paused, True),
             "closeProducer": self._close_producer,
-            "pauseProducer": self._pause_producer,
-            "resumeProducer": self._resume_producer,
+            "pauseProducer": functools.partial(self._set_producer_paused, True),
+            "resumeProducer": functools.partial(self._set_producer_paused, False),
             "setPreferredLayers": self._set_preferred_layers,
             "getStats": self._get_stats,
         }
@@ -388,15 +389,10 @@ class Session:
             "producerPaused": consumer.producer.paused,
         }
 
-    async def _resume_consumer(self, data: dict[str, Any]) -> Answer:
+    async def _set_consumer_paused(self, paused: bool, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
-        consumer = room.set_consumer_paused(peer, get_str(data, "consumerId"), False)
-        return "consumerResumed", {"consumerId": consumer.id}
-
-    async def _pause_consumer(self, data: dict[str, Any]) -> Answer:
-        room, peer = self._joined(data)
-        consumer = room.set_consumer_paused(peer, get_str(data, "consumerId"), True)
-        return "consumerPaused", {"consumerId": consumer.id}
+        consumer = room.set_consumer_paused(peer, get_str(data, "consumerId"), paused)
+        return "consumerPaused" if paused else "consumerResumed", {"consumerId": consumer.id}
 
     async def _set_preferred_layers(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
@@ -416,15 +412,10 @@ class Session:
         room.close_producer(peer, producer_id)
         return "producerClosed", {"producerId": producer_id}
 
-    async def _pause_producer(self, data: dict[str, Any]) -> Answer:
+    async def _set_producer_paused(self, paused: bool, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
-        producer = room.set_producer_paused(peer, get_str(data, "producerId"), True)
-        return "producerPaused", {"producerId": producer.id}
-
-    async def _resume_producer(self, data: dict[str, Any]) -> Answer:
-        room, peer = self._joined(data)
-        producer = room.set_producer_paused(peer, get_str(data, "producerId"), False)
-        return "producerResumed", {"producerId": producer.id}
+        producer = room.set_producer_paused(peer, get_str(data, "producerId"), paused)
+        return "producerPaused" if paused else "producerResumed", {"producerId": producer.id}
 
     async def _get_stats(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)

@@ -74,3 +74,16 @@ def device_caps(router_caps: dict[str, Any], *, only: set[str] | None = None) ->
     exts = [copy.deepcopy(e) for e in router_caps["headerExtensions"]
             if e.get("direction", "sendrecv") in ("sendrecv", "sendonly")]
     return {"codecs": codecs, "headerExtensions": exts}
+
+
+def chrome_simulcast_encodings() -> list[dict[str, Any]]:
+    """The three encodings (r0..r2, a quarter, half and full resolution) Chrome sends for
+    simulcast, as mediasoup-client describes them."""
+    return [
+        {"active": True, "rid": "r0", "scaleResolutionDownBy": 4, "maxBitrate": 150000,
+         "scalabilityMode": "L1T3", "dtx": False},
+        {"active": True, "rid": "r1", "scaleResolutionDownBy": 2, "maxBitrate": 500000,
+         "scalabilityMode": "L1T3", "dtx": False},
+        {"active": True, "rid": "r2", "maxBitrate": 1500000, "scalabilityMode": "L1T3",
+         "dtx": False},
+    ]

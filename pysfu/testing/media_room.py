@@ -18,7 +18,7 @@ import trio
 from pysfu.client import SignalingClient
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps, vp8_producer
-from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp, vp8_payload
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp, vp8_payload
 
 ROOM = "media"
 HOST_SSRC = 0x11223344
@@ -89,3 +89,14 @@ def rtcp_types(packet: bytes) -> list[tuple[int, int, int]]:
         out.append((ptype, fmt, media))
         offset += 4 * (words + 1)
     return out
+
+
+async def streaming_viewer(client: Any, stack: Any, host_peer: WebRtcPeer, producer_id: str,
+                           name: str = "v") -> tuple[Viewer, list[Rtp]]:
+    """A viewer that has received the host's first 5 frames (sequence numbers 1-5)."""
+    viewer = await add_viewer(client, stack, name, producer_id)
+    await trio.sleep(0.1)
+    await send_frames(host_peer, 1, 5)
+    first = [await viewer.peer.recv_rtp() for _ in range(5)]
+    assert all(first), first
+    return viewer, [p for p in first if p is not None]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pysfu.testing.fixtures import chrome_simulcast_encodings
+
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 URI_RRID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
@@ -40,14 +42,10 @@ CHROME_VP8_SIMULCAST_PRODUCE: dict[str, Any] = {
          "parameters": {"apt": 96}, "rtcpFeedback": []},
     ],
     "headerExtensions": [ext(URI_MID, 4), ext(URI_RID, 10), ext(URI_RRID, 11), ext(URI_TCC, 3)],
-    "encodings": [
-        {"active": True, "rid": "r0", "scaleResolutionDownBy": 4, "maxBitrate": 150000,
-         "scalabilityMode": "L1T3", "dtx": False},
-        {"active": True, "rid": "r1", "scaleResolutionDownBy": 2, "maxBitrate": 500000,
-         "scalabilityMode": "L1T3", "dtx": False},
-        {"active": True, "rid": "r2", "maxBitrate": 1500000, "scalabilityMode": "L1T3",
-         "dtx": False, "networkPriority": "low", "someFutureKey": {"x": 1}},
-    ],
+    # Chrome's simulcast encodings, the last with keys mediasoup does not know (kept as is).
+    "encodings": [*chrome_simulcast_encodings()[:2],
+                  {**chrome_simulcast_encodings()[2], "networkPriority": "low",
+                   "someFutureKey": {"x": 1}}],
     "rtcp": {"cname": "", "reducedSize": True},
     "msid": "4f2c7a1e-stream 9a1d33b0-track",
 }

@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from pysfu.testing.fixtures import ABS_SEND_TIME, MID, RID, RRID
+from pysfu.testing.fixtures import ABS_SEND_TIME, MID, RID, RRID, chrome_simulcast_encodings
 from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp
 
 TCC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -40,14 +40,7 @@ def simulcast_producer(mid: str = "0", *, transport_cc: bool = True) -> dict[str
              "parameters": {"apt": CHROME_VP8_PT}, "rtcpFeedback": []},
         ],
         "headerExtensions": exts,
-        "encodings": [
-            {"active": True, "rid": "r0", "scaleResolutionDownBy": 4, "maxBitrate": 150000,
-             "scalabilityMode": "L1T3", "dtx": False},
-            {"active": True, "rid": "r1", "scaleResolutionDownBy": 2, "maxBitrate": 500000,
-             "scalabilityMode": "L1T3", "dtx": False},
-            {"active": True, "rid": "r2", "maxBitrate": 1500000, "scalabilityMode": "L1T3",
-             "dtx": False},
-        ],
+        "encodings": chrome_simulcast_encodings(),
         "rtcp": {"cname": "", "reducedSize": True},
     }
 

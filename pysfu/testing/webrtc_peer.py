@@ -239,18 +239,23 @@ class WebRtcPeer:
         await self.sock.sendto(srtp, self.server)
         return srtp
 
+    async def _next_srtp(self) -> tuple[bool, bytes]:
+        """The next SRTP or SRTCP datagram, still protected: (is_rtcp, data); STUN and DTLS
+        are skipped."""
+        while True:
+            data = await self.sock.recv(4096)
+            if 128 <= data[0] <= 191:
+                return 192 <= data[1] <= 223, data
+
     async def recv_rtp(self, timeout: float = 2.0) -> Rtp | None:
         """The next RTP packet (RTCP is kept in rtcp_received); None on time-out."""
         assert self.rx is not None
         with trio.move_on_after(timeout):
             while True:
-                data = await self.sock.recv(4096)
-                if not 128 <= data[0] <= 191:
-                    continue
-                if 192 <= data[1] <= 223:
-                    self.rtcp_received.append(self.rx.unprotect_rtcp(data))
-                    continue
-                return parse_rtp(self.rx.unprotect(data))
+                is_rtcp, data = await self._next_srtp()
+                if not is_rtcp:
+                    return parse_rtp(self.rx.unprotect(data))
+                self.rtcp_received.append(self.rx.unprotect_rtcp(data))
         return None
 
     async def recv_rtcp(self, timeout: float = 2.0) -> bytes | None:
@@ -260,8 +265,8 @@ class WebRtcPeer:
             return self.rtcp_received.pop(0)
         with trio.move_on_after(timeout):
             while True:
-                data = await self.sock.recv(4096)
-                if 128 <= data[0] <= 191 and 192 <= data[1] <= 223:
+                is_rtcp, data = await self._next_srtp()
+                if is_rtcp:
                     return self.rx.unprotect_rtcp(data)
         return None
 
@@ -280,11 +285,9 @@ class WebRtcPeer:
         assert self.rx is not None
         with trio.move_on_after(timeout):
             while True:
-                data = await self.sock.recv(4096)
-                if not 128 <= data[0] <= 191:
-                    continue
+                is_rtcp, data = await self._next_srtp()
                 try:
-                    if 192 <= data[1] <= 223:
+                    if is_rtcp:
                         return "rtcp", self.rx.unprotect_rtcp(data)
                     return "rtp", parse_rtp(self.rx.unprotect(data))
                 except pylibsrtp.Error as exc:
