@@ -20,7 +20,7 @@ import trio
 from pysfu.server import Server
 from pysfu.testing.fixtures import vp8_producer
 from pysfu.testing.live_stream import live_stream
-from pysfu.testing.webrtc_peer import WebRtcPeer
+from pysfu.testing.media_room import connect_time
 
 ROOM = "stun-unknown"
 FLOOD_SECONDS = 3
@@ -56,27 +56,12 @@ FLOOD = textwrap.dedent("""
 """)
 
 
-async def connect_time(client: Any, name: str) -> float:
-    """ICE + DTLS of a new recv transport, seconds."""
-    async with client() as c:
-        await c.join(ROOM, "viewer", name)
-        transport = await c.create_transport(ROOM, "recv")
-        peer = WebRtcPeer(transport)
-        await peer.bind()
-        await c.connect_transport(ROOM, transport["id"], peer.dtls_parameters())
-        start = trio.current_time()
-        await peer.connect()
-        elapsed = trio.current_time() - start
-        peer.close()
-        return elapsed
-
-
 async def test_unknown_username_flood_is_dropped_unanswered(server: Server, client: Any) -> None:
     async with client() as host:
         await host.join(ROOM, "host", "h")
         send = await host.create_transport(ROOM, "send")
         await host.produce(ROOM, send["id"], "video", vp8_producer(mid="0"))
-        baseline = [await connect_time(client, f"b{i}") for i in range(3)]
+        baseline = [await connect_time(client, ROOM, f"b{i}") for i in range(3)]
         drops0 = server.media.drops()
         async with live_stream(server, local_host="127.0.0.2") as live:
             flood = subprocess.Popen(
@@ -85,7 +70,7 @@ async def test_unknown_username_flood_is_dropped_unanswered(server: Server, clie
                 stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(__file__)))
             try:
                 await trio.sleep(0.5)
-                flooded = [await connect_time(client, f"f{i}") for i in range(3)]
+                flooded = [await connect_time(client, ROOM, f"f{i}") for i in range(3)]
                 await trio.to_thread.run_sync(flood.wait)
             finally:
                 flood.kill()

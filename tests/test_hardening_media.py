@@ -36,6 +36,7 @@ from pysfu.testing.media_room import (
     ROOM,
     Viewer,
     add_viewer,
+    connect_time,
     host,  # noqa: F401  (fixture)
 )
 from pysfu.testing.webrtc_peer import (
@@ -303,27 +304,12 @@ FLOOD = textwrap.dedent("""
 FLOOD_RATE = 20_000  # requests/s
 
 
-async def connect_time(server: Server, client: Any, room: str, name: str) -> float:
-    """ICE + DTLS of a new recv transport, seconds."""
-    async with client() as c:
-        await c.join(room, "viewer", name)
-        transport = await c.create_transport(room, "recv")
-        peer = WebRtcPeer(transport)
-        await peer.bind()
-        await c.connect_transport(room, transport["id"], peer.dtls_parameters())
-        start = trio.current_time()
-        await peer.connect()
-        elapsed = trio.current_time() - start
-        peer.close()
-        return elapsed
-
-
 async def test_stun_flood_with_a_real_ufrag_is_dropped_in_the_engine(
         server: Server, client: Any, host: Any) -> None:  # noqa: F811
     _, host_peer, _ = host
     ufrag = host_peer.ice["usernameFragment"]
     host_transport = server.rooms.get(ROOM).transports[host_peer.transport["id"]]
-    baseline = [await connect_time(server, client, ROOM, f"b{i}") for i in range(3)]
+    baseline = [await connect_time(client, ROOM, f"b{i}") for i in range(3)]
     drops0 = server.media.drops()
     async with live_stream(server) as live:
         flood = subprocess.Popen(
@@ -331,7 +317,7 @@ async def test_stun_flood_with_a_real_ufrag_is_dropped_in_the_engine(
             stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(__file__)))
         try:
             await trio.sleep(0.5)
-            flooded = [await connect_time(server, client, ROOM, f"f{i}") for i in range(3)]
+            flooded = [await connect_time(client, ROOM, f"f{i}") for i in range(3)]
             await trio.to_thread.run_sync(flood.wait)
         finally:
             flood.kill()

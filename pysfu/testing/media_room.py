@@ -100,3 +100,19 @@ async def streaming_viewer(client: Any, stack: Any, host_peer: WebRtcPeer, produ
     first = [await viewer.peer.recv_rtp() for _ in range(5)]
     assert all(first), first
     return viewer, [p for p in first if p is not None]
+
+
+async def connect_time(client: Any, room: str, name: str) -> float:
+    """Seconds from connectTransport to ICE + DTLS done, for a new viewer ``name`` in ``room``
+    with one recv transport (``client``: the factory fixture of tests/conftest.py)."""
+    async with client() as c:
+        await c.join(room, "viewer", name)
+        transport = await c.create_transport(room, "recv")
+        peer = WebRtcPeer(transport)
+        await peer.bind()
+        await c.connect_transport(room, transport["id"], peer.dtls_parameters())
+        start = trio.current_time()
+        await peer.connect()
+        elapsed = trio.current_time() - start
+        peer.close()
+        return elapsed
