@@ -120,7 +120,7 @@ class MediaEngine:
         self._call(self.native.set_srtp, handle, profile, local_key, local_salt, remote_key,
                    remote_salt, remote)
 
-    def add_producer(self, handle: int, transport: int, spec: dict[str, Any]) -> None:
+    def add_producer(self, handle: int, transport: int, spec: _native.ProducerSpec) -> None:
         self._call(self.native.add_producer, handle, transport, spec)
 
     def remove_producer(self, handle: int) -> None:
@@ -133,7 +133,7 @@ class MediaEngine:
         self._call(self.native.resume_producer, handle)
 
     def add_consumer(
-        self, handle: int, transport: int, producer: int, spec: dict[str, Any]
+        self, handle: int, transport: int, producer: int, spec: _native.ConsumerSpec
     ) -> None:
         self._call(self.native.add_consumer, handle, transport, producer, spec)
 

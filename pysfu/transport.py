@@ -25,6 +25,7 @@ from pysfu.ice import IceLiteServer, TupleSelected, TupleValidated
 from pysfu.log import log_event
 
 if TYPE_CHECKING:
+    from pysfu._native import CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, ProducerSpec
     from pysfu.config import Config
     from pysfu.dtls import Certificate
     from pysfu.media import MediaEngine
@@ -347,7 +348,7 @@ class WebRtcTransport:
         self._on_failed(self, reason)
 
 
-def _key_frame_request(codec: dict[str, Any]) -> str | None:
+def _key_frame_request(codec: dict[str, Any]) -> Literal["pli", "fir"] | None:
     feedback = {(fb.get("type"), fb.get("parameter", "")) for fb in codec.get("rtcpFeedback", [])}
     if ("nack", "pli") in feedback:
         return "pli"
@@ -356,7 +357,7 @@ def _key_frame_request(codec: dict[str, Any]) -> str | None:
     return None
 
 
-def producer_spec(producer: Producer) -> dict[str, Any]:
+def producer_spec(producer: Producer) -> ProducerSpec:
     """Translate the producer's negotiated parameters into the engine's ingress table."""
     params, mapping = producer.rtp_parameters, producer.mapping
     mapped = {c["payloadType"]: c["mappedPayloadType"] for c in mapping["codecs"]}
@@ -364,8 +365,8 @@ def producer_spec(producer: Producer) -> dict[str, Any]:
         c["parameters"]["apt"]: c["payloadType"]
         for c in producer.consumable["codecs"] if c["mimeType"].lower().endswith("/rtx")
     }
-    codecs = []
-    key_frame_request = None
+    codecs: list[CodecSpec] = []
+    key_frame_request: Literal["pli", "fir"] | None = None
     nack = False
     for codec in params["codecs"]:
         if codec["mimeType"].lower().endswith("/rtx"):
@@ -385,11 +386,11 @@ def producer_spec(producer: Producer) -> dict[str, Any]:
         key_frame_request = key_frame_request or _key_frame_request(codec)
         nack = nack or _has_plain_nack(codec)
     router_ids = {ext["uri"]: ext["id"] for ext in producer.consumable["headerExtensions"]}
-    header_extensions = [
+    header_extensions: list[ExtSpec] = [
         {"id": ext["id"], "router_id": router_ids.get(ext["uri"]), "uri": ext["uri"]}
         for ext in params.get("headerExtensions", [])
     ]
-    encodings = [
+    encodings: list[EncodingSpec] = [
         {
             "ssrc": enc.get("ssrc"),
             "rtx_ssrc": enc.get("rtxSsrc"),
@@ -411,7 +412,7 @@ def producer_spec(producer: Producer) -> dict[str, Any]:
     }
 
 
-def consumer_spec(consumer: Consumer) -> dict[str, Any]:
+def consumer_spec(consumer: Consumer) -> ConsumerSpec:
     """The engine's egress table for one consumer."""
     rtp = consumer.rtp_parameters
     encoding = rtp["encodings"][0]

@@ -440,6 +440,27 @@ def test_bad_calls_raise_clear_errors(engine: Engine) -> None:
     assert engine.drops()["panic"] == 0
 
 
+def test_specs_are_the_engines_typed_contract(engine: Engine) -> None:
+    """Specs are taken as declared in Rust (router/spec.rs, mirrored by pysfu/_native.pyi):
+    optional keys may be left out, a bad value is a ValueError naming the field."""
+    engine.add_transport(1, "u1", "pw")
+    minimal = {
+        "kind": "audio",
+        "codecs": [{"payload_type": 111, "mapped_payload_type": 100, "mime": "audio/opus"}],
+        "encodings": [{"mapped_ssrc": 5}],
+    }
+    engine.add_producer(10, 1, minimal)
+    engine.add_consumer(20, 1, 10, {"ssrc": 7, "payload_types": {100: 100}})
+    assert engine.counts()["consumers"] == 1
+    bad_codec = [{"payload_type": 111, "mapped_payload_type": 1000, "mime": "audio/opus"}]
+    with pytest.raises(ValueError, match=r"CodecSpec\.mapped_payload_type"):
+        engine.add_producer(11, 1, {**minimal, "codecs": bad_codec})
+    with pytest.raises(ValueError, match="missing key 'mapped_ssrc'"):
+        engine.add_producer(11, 1, {**minimal, "encodings": [{"ssrc": 1}]})
+    with pytest.raises(ValueError, match=r"ConsumerSpec\.payload_types"):
+        engine.add_consumer(21, 1, 10, {"ssrc": 8, "payload_types": [100]})
+
+
 def test_close_frees_the_port_and_is_idempotent() -> None:
     eng = Engine("127.0.0.1", 0)
     port = eng.port

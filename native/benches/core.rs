@@ -161,7 +161,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
                 mime: "video/VP8".into(),
                 rtx_payload_type: Some(97),
                 mapped_rtx_payload_type: Some(102),
-                clock_rate: 90000,
+                clock_rate: Some(90000),
             }],
             encodings: vec![EncodingSpec { ssrc: Some(0x1234_5678), rtx_ssrc: None, rid: None, mapped_ssrc: 5555 }],
             header_extensions: vec![

@@ -19,10 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::io;
-use crate::router::{
-    CodecSpec, ConsumerSpec, DropReason, EncodingSpec, ExtSpec, Handle, KeyFrameMethod, Output, ProducerSpec, Router,
-    RouterError, StatValue,
-};
+use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Router, RouterError, StatValue};
 use crate::wake::EventFd;
 
 /// Periodic router work (key frame re-requests) at least this often.
@@ -188,158 +185,33 @@ fn parse_addr(ip: &str, port: u16) -> PyResult<SocketAddr> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Spec parsing (Python dicts → router specs), with clear messages
+// Specs: the router's own types (FromPyObject, router/spec.rs); a failure is a ValueError
 
-fn get<'py>(d: &Bound<'py, PyDict>, key: &str, what: &str) -> PyResult<Bound<'py, PyAny>> {
-    d.get_item(key)?.ok_or_else(|| PyValueError::new_err(format!("{what}: missing key {key:?}")))
-}
-
-/// Optional: absent or None → None.
-fn get_opt<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-    Ok(d.get_item(key)?.filter(|v| !v.is_none()))
-}
-
-fn as_dict<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyDict>> {
-    v.cast::<PyDict>().cloned().map_err(|_| PyValueError::new_err(format!("{what}: expected a dict")))
-}
-
-fn int<T: TryFrom<i64>>(v: &Bound<'_, PyAny>, what: &str) -> PyResult<T> {
-    let i: i64 = v.extract().map_err(|_| PyValueError::new_err(format!("{what}: expected an int")))?;
-    T::try_from(i).map_err(|_| PyValueError::new_err(format!("{what}: {i} out of range")))
-}
-
-fn opt_int<T: TryFrom<i64>>(d: &Bound<'_, PyDict>, key: &str, what: &str) -> PyResult<Option<T>> {
-    match get_opt(d, key)? {
-        Some(v) => Ok(Some(int(&v, &format!("{what}.{key}"))?)),
-        None => Ok(None),
+/// Take a spec (`what`: "producer spec", "consumer spec") from a Python dict.
+fn extract_spec<T>(v: &Bound<'_, PyAny>, what: &str) -> PyResult<T>
+where
+    T: for<'a, 'py> FromPyObject<'a, 'py, Error = PyErr>,
+{
+    if !v.is_instance_of::<PyDict>() {
+        return Err(PyValueError::new_err(format!("{what}: expected a dict")));
     }
+    v.extract::<T>().map_err(|e| spec_error(v.py(), what, e))
 }
 
-fn string(v: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
-    v.extract::<String>().map_err(|_| PyValueError::new_err(format!("{what}: expected a str")))
-}
-
-fn opt_string(d: &Bound<'_, PyDict>, key: &str, what: &str) -> PyResult<Option<String>> {
-    match get_opt(d, key)? {
-        Some(v) => Ok(Some(string(&v, &format!("{what}.{key}"))?)),
-        None => Ok(None),
-    }
-}
-
-fn opt_bool(d: &Bound<'_, PyDict>, key: &str, what: &str) -> PyResult<bool> {
-    match get_opt(d, key)? {
-        Some(v) => v.extract::<bool>().map_err(|_| PyValueError::new_err(format!("{what}.{key}: expected a bool"))),
-        None => Ok(false),
-    }
-}
-
-fn list<'py>(d: &Bound<'py, PyDict>, key: &str, what: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    let v = get(d, key, what)?;
-    if v.is_instance_of::<pyo3::types::PyString>() {
-        return Err(PyValueError::new_err(format!("{what}.{key}: expected a list")));
-    }
-    let mut out = Vec::new();
-    for item in v.try_iter().map_err(|_| PyValueError::new_err(format!("{what}.{key}: expected a list")))? {
-        out.push(item?);
-    }
-    Ok(out)
-}
-
-fn parse_producer_spec(spec: &Bound<'_, PyAny>) -> PyResult<ProducerSpec> {
-    let w = "producer spec";
-    let d = as_dict(spec, w)?;
-    let kind = string(&get(&d, "kind", w)?, "producer spec.kind")?;
-    let video = match kind.as_str() {
-        "audio" => false,
-        "video" => true,
-        other => return Err(PyValueError::new_err(format!("producer spec.kind: {other:?} is not audio/video"))),
-    };
-    let mut codecs = Vec::new();
-    for c in list(&d, "codecs", w)? {
-        let w = "producer spec.codecs[]";
-        let c = as_dict(&c, w)?;
-        codecs.push(CodecSpec {
-            payload_type: int(&get(&c, "payload_type", w)?, "payload_type")?,
-            mapped_payload_type: int(&get(&c, "mapped_payload_type", w)?, "mapped_payload_type")?,
-            mime: string(&get(&c, "mime", w)?, "mime")?,
-            rtx_payload_type: opt_int(&c, "rtx_payload_type", w)?,
-            mapped_rtx_payload_type: opt_int(&c, "mapped_rtx_payload_type", w)?,
-            clock_rate: opt_int(&c, "clock_rate", w)?.unwrap_or(if video { 90000 } else { 48000 }),
-        });
-    }
-    let mut encodings = Vec::new();
-    for e in list(&d, "encodings", w)? {
-        let w = "producer spec.encodings[]";
-        let e = as_dict(&e, w)?;
-        encodings.push(EncodingSpec {
-            ssrc: opt_int(&e, "ssrc", w)?,
-            rtx_ssrc: opt_int(&e, "rtx_ssrc", w)?,
-            rid: opt_string(&e, "rid", w)?,
-            mapped_ssrc: int(&get(&e, "mapped_ssrc", w)?, "mapped_ssrc")?,
-        });
-    }
-    let mut header_extensions = Vec::new();
-    if get_opt(&d, "header_extensions")?.is_some() {
-        for x in list(&d, "header_extensions", w)? {
-            let w = "producer spec.header_extensions[]";
-            let x = as_dict(&x, w)?;
-            header_extensions.push(ExtSpec {
-                id: int(&get(&x, "id", w)?, "id")?,
-                router_id: opt_int(&x, "router_id", w)?,
-                uri: string(&get(&x, "uri", w)?, "uri")?,
-            });
+/// One message for an extraction failure and its causes ("producer spec: failed to extract
+/// field ProducerSpec.codecs: failed to extract field CodecSpec.payload_type: …").
+fn spec_error(py: Python<'_>, what: &str, e: PyErr) -> PyErr {
+    let mut msg = what.to_owned();
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is_instance_of::<PyKeyError>(py) {
+            msg.push_str(&format!(": missing key {}", e.value(py)));
+        } else {
+            msg.push_str(&format!(": {}", e.value(py)));
         }
+        cause = e.cause(py);
     }
-    let key_frame_request = match opt_string(&d, "key_frame_request", w)?.as_deref() {
-        None => None,
-        Some("pli") => Some(KeyFrameMethod::Pli),
-        Some("fir") => Some(KeyFrameMethod::Fir),
-        Some(other) => {
-            return Err(PyValueError::new_err(format!("producer spec.key_frame_request: {other:?} is not pli/fir/None")))
-        }
-    };
-    Ok(ProducerSpec {
-        video,
-        mid: opt_string(&d, "mid", w)?,
-        codecs,
-        encodings,
-        header_extensions,
-        key_frame_request,
-        paused: opt_bool(&d, "paused", w)?,
-        nack: opt_bool(&d, "nack", w)?,
-    })
-}
-
-fn parse_consumer_spec(spec: &Bound<'_, PyAny>) -> PyResult<ConsumerSpec> {
-    let w = "consumer spec";
-    let d = as_dict(spec, w)?;
-    let pts = as_dict(&get(&d, "payload_types", w)?, "consumer spec.payload_types")?;
-    let mut payload_types = Vec::new();
-    for (k, v) in pts.iter() {
-        payload_types.push((int(&k, "payload_types key")?, int(&v, "payload_types value")?));
-    }
-    let mut rtx_payload_types = Vec::new();
-    if let Some(rtx) = get_opt(&d, "rtx_payload_types")? {
-        for (k, v) in as_dict(&rtx, "consumer spec.rtx_payload_types")?.iter() {
-            rtx_payload_types.push((int(&k, "rtx_payload_types key")?, int(&v, "rtx_payload_types value")?));
-        }
-    }
-    let nack = match get_opt(&d, "nack")? {
-        Some(_) => opt_bool(&d, "nack", w)?,
-        None => true,
-    };
-    Ok(ConsumerSpec {
-        ssrc: int(&get(&d, "ssrc", w)?, "consumer spec.ssrc")?,
-        rtx_ssrc: opt_int(&d, "rtx_ssrc", w)?,
-        mid: opt_string(&d, "mid", w)?,
-        mid_ext_id: opt_int(&d, "mid_ext_id", w)?,
-        payload_types,
-        paused: opt_bool(&d, "paused", w)?,
-        encoding: opt_int(&d, "encoding", w)?.unwrap_or(0),
-        rtx_payload_types,
-        nack,
-        cname: opt_string(&d, "cname", w)?,
-    })
+    PyValueError::new_err(msg)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -517,7 +389,7 @@ impl Engine {
     }
 
     fn add_producer(&self, py: Python<'_>, handle: Handle, transport: Handle, spec: &Bound<'_, PyAny>) -> PyResult<()> {
-        let spec = parse_producer_spec(spec)?;
+        let spec: ProducerSpec = extract_spec(spec, "producer spec")?;
         self.control(py, move |r, now, _| r.add_producer(now, handle, transport, spec))
     }
 
@@ -541,7 +413,7 @@ impl Engine {
         producer: Handle,
         spec: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let spec = parse_consumer_spec(spec)?;
+        let spec: ConsumerSpec = extract_spec(spec, "consumer spec")?;
         self.control(py, move |r, now, out| r.add_consumer(now, handle, transport, producer, spec, out))
     }
 

@@ -55,7 +55,7 @@ pub fn video_spec(mid: &str, ssrc: u32) -> ProducerSpec {
             mime: "video/VP8".into(),
             rtx_payload_type: Some(97),
             mapped_rtx_payload_type: Some(102),
-            clock_rate: 90000,
+            clock_rate: Some(90000),
         }],
         encodings: vec![
             EncodingSpec { ssrc: Some(ssrc), rtx_ssrc: Some(ssrc + 1), rid: None, mapped_ssrc: ssrc + 100 },
@@ -83,7 +83,7 @@ pub fn audio_spec(mid: &str, ssrc: u32) -> ProducerSpec {
             mime: "audio/opus".into(),
             rtx_payload_type: None,
             mapped_rtx_payload_type: None,
-            clock_rate: 48000,
+            clock_rate: Some(48000),
         }],
         encodings: vec![EncodingSpec { ssrc: Some(ssrc), rtx_ssrc: None, rid: None, mapped_ssrc: ssrc + 100 }],
         header_extensions: vec![ExtSpec { id: 4, router_id: Some(1), uri: URI_MID.into() }],

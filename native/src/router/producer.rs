@@ -129,7 +129,7 @@ impl Producer {
         }
         let (pt, codecs) = payload_types(spec)?;
         let ext = ExtIds::from_spec(spec)?;
-        let clock_rate = spec.codecs[0].clock_rate;
+        let clock_rate = spec.codecs[0].clock_rate.unwrap_or(if spec.video { 90000 } else { 48000 });
         let encodings = spec
             .encodings
             .iter()

@@ -1,5 +1,12 @@
 //! What the control plane passes in (producer and consumer specs) and what control calls
 //! answer when they fail.
+//!
+//! The specs are the engine's typed contract with Python, declared once here: the engine
+//! takes them from Python dicts as they are (`#[derive(FromPyObject)]`, keys = field names;
+//! `pysfu/_native.pyi` mirrors them for the type checker). Nothing else in the router
+//! touches Python.
+
+use pyo3::FromPyObject;
 
 use super::Handle;
 
@@ -13,69 +20,149 @@ pub const URI_TRANSPORT_CC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-tr
 // ---------------------------------------------------------------------------------------
 // Specs
 
+/// How a producer is asked for a key frame (`key_frame_request`: "pli", "fir" or None).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyFrameMethod {
     Pli,
     Fir,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct CodecSpec {
     pub payload_type: u8,
     pub mapped_payload_type: u8,
     pub mime: String,
+    #[pyo3(default)]
     pub rtx_payload_type: Option<u8>,
+    #[pyo3(default)]
     pub mapped_rtx_payload_type: Option<u8>,
-    /// RTP clock rate (Hz): jitter and sender-report timestamps.
-    pub clock_rate: u32,
+    /// RTP clock rate (Hz): jitter and sender-report timestamps (none: 90000 for video,
+    /// 48000 for audio).
+    #[pyo3(default)]
+    pub clock_rate: Option<u32>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct EncodingSpec {
+    #[pyo3(default)]
     pub ssrc: Option<u32>,
+    #[pyo3(default)]
     pub rtx_ssrc: Option<u32>,
+    #[pyo3(default)]
     pub rid: Option<String>,
     pub mapped_ssrc: u32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct ExtSpec {
     pub id: u8,
+    #[pyo3(default)]
     pub router_id: Option<u8>,
     pub uri: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct ProducerSpec {
+    /// From `kind`: "video" or "audio".
+    #[pyo3(item("kind"), from_py_with = py::kind_is_video)]
     pub video: bool,
+    #[pyo3(default)]
     pub mid: Option<String>,
     pub codecs: Vec<CodecSpec>,
     pub encodings: Vec<EncodingSpec>,
+    #[pyo3(default, from_py_with = py::extensions)]
     pub header_extensions: Vec<ExtSpec>,
+    #[pyo3(default, from_py_with = py::key_frame_method)]
     pub key_frame_request: Option<KeyFrameMethod>,
+    #[pyo3(default)]
     pub paused: bool,
     /// The producer negotiated plain `nack`: gaps are NACKed upstream and its RTX accepted.
+    #[pyo3(default)]
     pub nack: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct ConsumerSpec {
     pub ssrc: u32,
+    #[pyo3(default)]
     pub rtx_ssrc: Option<u32>,
+    #[pyo3(default)]
     pub mid: Option<String>,
+    #[pyo3(default)]
     pub mid_ext_id: Option<u8>,
-    /// router PT → consumer PT
+    /// router PT → consumer PT (a dict in Python)
+    #[pyo3(from_py_with = py::pairs)]
     pub payload_types: Vec<(u8, u8)>,
+    #[pyo3(default)]
     pub paused: bool,
-    /// Which producer encoding (stream) this consumer follows; simulcast layer selection is
-    /// not implemented yet.
+    /// Which producer encoding (stream) this consumer follows (a simulcast consumer starts on
+    /// the highest and moves by layer choice).
+    #[pyo3(default)]
     pub encoding: usize,
     /// router PT → consumer RTX PT, for retransmissions (none: resend the plain packet).
+    #[pyo3(default, from_py_with = py::opt_pairs)]
     pub rtx_payload_types: Vec<(u8, u8)>,
-    /// The viewer negotiated plain `nack`: its NACKs are answered.
+    /// The viewer negotiated plain `nack`: its NACKs are answered (default: true).
+    #[pyo3(default = true)]
     pub nack: bool,
     /// CNAME for the SDES item of the sender reports.
+    #[pyo3(default)]
     pub cname: Option<String>,
+}
+
+/// The Python shapes the derive does not take as they are.
+mod py {
+    use pyo3::exceptions::PyValueError;
+    use pyo3::prelude::*;
+    use pyo3::types::PyDict;
+
+    use super::{ExtSpec, KeyFrameMethod};
+
+    pub(super) fn kind_is_video(v: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match v.extract::<String>()?.as_str() {
+            "video" => Ok(true),
+            "audio" => Ok(false),
+            other => Err(PyValueError::new_err(format!("kind {other:?} is not audio/video"))),
+        }
+    }
+
+    pub(super) fn key_frame_method(v: &Bound<'_, PyAny>) -> PyResult<Option<KeyFrameMethod>> {
+        if v.is_none() {
+            return Ok(None);
+        }
+        match v.extract::<String>()?.as_str() {
+            "pli" => Ok(Some(KeyFrameMethod::Pli)),
+            "fir" => Ok(Some(KeyFrameMethod::Fir)),
+            other => Err(PyValueError::new_err(format!("key_frame_request {other:?} is not pli/fir/None"))),
+        }
+    }
+
+    /// None: no extensions.
+    pub(super) fn extensions(v: &Bound<'_, PyAny>) -> PyResult<Vec<ExtSpec>> {
+        if v.is_none() {
+            return Ok(Vec::new());
+        }
+        v.extract()
+    }
+
+    /// A dict of payload types {int: int}, in its order.
+    pub(super) fn pairs(v: &Bound<'_, PyAny>) -> PyResult<Vec<(u8, u8)>> {
+        let d = v.cast::<PyDict>().map_err(|_| PyValueError::new_err("expected a dict"))?;
+        d.iter().map(|(k, v)| Ok((k.extract()?, v.extract()?))).collect()
+    }
+
+    /// `pairs`, None: none.
+    pub(super) fn opt_pairs(v: &Bound<'_, PyAny>) -> PyResult<Vec<(u8, u8)>> {
+        if v.is_none() {
+            return Ok(Vec::new());
+        }
+        pairs(v)
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ fn producer_spec(ssrc: Option<u32>) -> ProducerSpec {
             mime: "video/VP8".into(),
             rtx_payload_type: Some(97),
             mapped_rtx_payload_type: Some(102),
-            clock_rate: 90000,
+            clock_rate: Some(90000),
         }],
         encodings: vec![EncodingSpec { ssrc, rtx_ssrc: None, rid: None, mapped_ssrc: 5555 }],
         header_extensions: vec![

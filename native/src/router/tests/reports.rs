@@ -93,7 +93,7 @@ fn audio_has_no_buffer_and_its_sender_reports_use_its_clock() {
         mime: "audio/opus".into(),
         rtx_payload_type: None,
         mapped_rtx_payload_type: None,
-        clock_rate: 48000,
+        clock_rate: Some(48000),
     };
     r.add_producer(now, 10, 1, spec).unwrap();
     let mut c = consumer_spec(0xAAAA, "a0", false);

@@ -1,0 +1,131 @@
+"""Type stub of the native data plane (``native/``, PyO3 module ``pysfu._native``).
+
+The producer and consumer specs are declared once, in Rust (``native/src/router/spec.rs``,
+``#[derive(FromPyObject)]``): these TypedDicts mirror them key for key. A spec that does not
+fit raises ``ValueError`` naming the field; an unknown handle raises ``KeyError``.
+"""
+
+from types import TracebackType
+from typing import Literal, NotRequired, TypedDict
+
+__all__ = [
+    "CodecSpec",
+    "ConsumerSpec",
+    "Engine",
+    "EncodingSpec",
+    "ExtSpec",
+    "ProducerSpec",
+    "StatValue",
+    "version",
+]
+
+StatValue = int | str | bool | float
+
+class CodecSpec(TypedDict):
+    payload_type: int
+    """The producer's payload type (0-127)."""
+    mapped_payload_type: int
+    """The router's payload type for this codec."""
+    mime: str
+    rtx_payload_type: NotRequired[int | None]
+    mapped_rtx_payload_type: NotRequired[int | None]
+    """Given with ``rtx_payload_type`` or not at all."""
+    clock_rate: NotRequired[int | None]
+    """RTP clock rate; absent: 90000 for video, 48000 for audio."""
+
+class EncodingSpec(TypedDict):
+    ssrc: NotRequired[int | None]
+    """Signalled SSRC; absent: learnt from MID/RID."""
+    rtx_ssrc: NotRequired[int | None]
+    rid: NotRequired[str | None]
+    mapped_ssrc: int
+
+class ExtSpec(TypedDict):
+    id: int
+    """The producer's extension id."""
+    router_id: NotRequired[int | None]
+    """The router's id for it; absent: not forwarded."""
+    uri: str
+
+class ProducerSpec(TypedDict):
+    kind: str
+    """"audio" or "video" (anything else is refused)."""
+    mid: NotRequired[str | None]
+    codecs: list[CodecSpec]
+    encodings: list[EncodingSpec]
+    header_extensions: NotRequired[list[ExtSpec] | None]
+    key_frame_request: NotRequired[Literal["pli", "fir"] | None]
+    paused: NotRequired[bool]
+    nack: NotRequired[bool]
+    """The producer negotiated plain ``nack``: gaps are NACKed upstream, its RTX accepted."""
+
+class ConsumerSpec(TypedDict):
+    ssrc: int
+    rtx_ssrc: NotRequired[int | None]
+    mid: NotRequired[str | None]
+    mid_ext_id: NotRequired[int | None]
+    payload_types: dict[int, int]
+    """Router payload type → consumer payload type."""
+    paused: NotRequired[bool]
+    encoding: NotRequired[int]
+    """The producer encoding followed (a simulcast consumer starts on the highest)."""
+    rtx_payload_types: NotRequired[dict[int, int] | None]
+    """Router payload type → consumer RTX payload type."""
+    nack: NotRequired[bool]
+    """The viewer negotiated plain ``nack`` (default True): its NACKs are answered."""
+    cname: NotRequired[str | None]
+
+def version() -> str: ...
+
+class Engine:
+    """One UDP socket, one I/O thread, the forwarding router. Calls release the GIL."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None: ...
+    @property
+    def port(self) -> int: ...
+    def fileno(self) -> int:
+        """Readable while ``drain()`` has items."""
+    def drain(self) -> list[tuple[Literal["stun", "dtls"], int, str, int, bytes]]:
+        """Queued STUN/DTLS datagrams: (kind, transport, remote ip, remote port, data)."""
+    def send(self, transport: int, ip: str, port: int, data: bytes) -> None: ...
+    def add_transport(self, handle: int, local_ufrag: str, ice_password: str) -> None: ...
+    def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None: ...
+    def set_srtp(
+        self,
+        handle: int,
+        profile: str,
+        local_key: bytes,
+        local_salt: bytes,
+        remote_key: bytes,
+        remote_salt: bytes,
+        remote: tuple[str, int] | None = None,
+    ) -> None: ...
+    def remove_transport(self, handle: int) -> None:
+        """Also removes the transport's producers and consumers (and their consumers)."""
+    def add_producer(self, handle: int, transport: int, spec: ProducerSpec) -> None: ...
+    def remove_producer(self, handle: int) -> None: ...
+    def pause_producer(self, handle: int) -> None: ...
+    def resume_producer(self, handle: int) -> None: ...
+    def add_consumer(
+        self, handle: int, transport: int, producer: int, spec: ConsumerSpec
+    ) -> None: ...
+    def remove_consumer(self, handle: int) -> None: ...
+    def pause_consumer(self, handle: int) -> None: ...
+    def resume_consumer(self, handle: int) -> None: ...
+    def set_preferred_layers(
+        self, handle: int, spatial: int, temporal: int | None = None
+    ) -> tuple[int, int]: ...
+    def counts(self) -> dict[str, int]: ...
+    def stats(self, handle: int) -> dict[str, StatValue]: ...
+    def rtp_stats(self, handle: int) -> list[dict[str, StatValue]]: ...
+    def drops(self) -> dict[str, int]: ...
+    def take_panic(self) -> str | None: ...
+    def _test_panic(self, place: Literal["io", "control", "pyo3"]) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Engine: ...
+    def __exit__(
+        self,
+        a: type[BaseException] | None,
+        b: BaseException | None,
+        c: TracebackType | None,
+    ) -> None: ...
