@@ -8,19 +8,14 @@ this test shows it holds under a flood while another peer connects and a live st
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 import textwrap
 from typing import Any
-
-import trio
 
 from pysfu.server import Server
 from pysfu.testing.fixtures import vp8_producer
 from pysfu.testing.live_stream import live_stream
-from pysfu.testing.media_room import connect_time
+from pysfu.testing.media_room import connect_time, connect_times_under_load
 
 ROOM = "stun-unknown"
 FLOOD_SECONDS = 3
@@ -64,17 +59,10 @@ async def test_unknown_username_flood_is_dropped_unanswered(server: Server, clie
         baseline = [await connect_time(client, ROOM, f"b{i}") for i in range(3)]
         drops0 = server.media.drops()
         async with live_stream(server, local_host="127.0.0.2") as live:
-            flood = subprocess.Popen(
-                [sys.executable, "-c", FLOOD, str(server.media.port), str(FLOOD_SECONDS),
-                 str(FLOOD_RATE)],
-                stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(__file__)))
-            try:
-                await trio.sleep(0.5)
-                flooded = [await connect_time(client, ROOM, f"f{i}") for i in range(3)]
-                await trio.to_thread.run_sync(flood.wait)
-            finally:
-                flood.kill()
-            out = flood.stdout.read().split() if flood.stdout else []
+            flooded, printed = await connect_times_under_load(
+                client, ROOM, FLOOD, str(server.media.port), str(FLOOD_SECONDS),
+                str(FLOOD_RATE))
+            out = printed.split()
         summary = live.assert_intact()
     sent, answers = int(out[0]), int(out[1])
     dropped = server.media.drops().get("stun_unknown", 0) - drops0.get("stun_unknown", 0)

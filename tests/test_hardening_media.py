@@ -18,8 +18,6 @@ import os
 import socket
 import statistics
 import struct
-import subprocess
-import sys
 import textwrap
 from contextlib import AsyncExitStack
 from typing import Any
@@ -37,6 +35,7 @@ from pysfu.testing.media_room import (
     Viewer,
     add_viewer,
     connect_time,
+    connect_times_under_load,
     host,  # noqa: F401  (fixture)
 )
 from pysfu.testing.webrtc_peer import (
@@ -312,16 +311,9 @@ async def test_stun_flood_with_a_real_ufrag_is_dropped_in_the_engine(
     baseline = [await connect_time(client, ROOM, f"b{i}") for i in range(3)]
     drops0 = server.media.drops()
     async with live_stream(server) as live:
-        flood = subprocess.Popen(
-            [sys.executable, "-c", FLOOD, ufrag, str(server.media.port), "4", str(FLOOD_RATE)],
-            stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(__file__)))
-        try:
-            await trio.sleep(0.5)
-            flooded = [await connect_time(client, ROOM, f"f{i}") for i in range(3)]
-            await trio.to_thread.run_sync(flood.wait)
-        finally:
-            flood.kill()
-        sent = int(flood.stdout.read() or 0) if flood.stdout else 0
+        flooded, printed = await connect_times_under_load(
+            client, ROOM, FLOOD, ufrag, str(server.media.port), "4", str(FLOOD_RATE))
+        sent = int(printed or 0)
     summary = live.assert_intact()
     dropped = server.media.drops()["stun_integrity"] - drops0["stun_integrity"]
     b, f = statistics.median(baseline), statistics.median(flooded)

@@ -8,6 +8,8 @@ pyOpenSSL DTLS client, libsrtp) producing VP8 into room ``ROOM``, viewers added 
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -116,3 +118,18 @@ async def connect_time(client: Any, room: str, name: str) -> float:
         elapsed = trio.current_time() - start
         peer.close()
         return elapsed
+
+
+async def connect_times_under_load(client: Any, room: str, script: str,
+                                   *args: str) -> tuple[list[float], bytes]:
+    """Run ``python -c script *args`` (a flood, say) in another process and measure
+    ``connect_time`` of three newcomers while it runs; returns those times and what the
+    script printed once it ended."""
+    load = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE)
+    try:
+        await trio.sleep(0.5)
+        times = [await connect_time(client, room, f"under-load-{i}") for i in range(3)]
+        await trio.to_thread.run_sync(load.wait)
+    finally:
+        load.kill()
+    return times, load.stdout.read() if load.stdout else b""
