@@ -82,10 +82,7 @@ struct NackRoom {
 fn nack_room_with_rtx(now: Instant) -> NackRoom {
     let mut r = router(now);
     let mut out = Output::new();
-    connect(&mut r, now, 1, 1000, &mut out);
-    connect(&mut r, now, 2, 2000, &mut out);
-    connect(&mut r, now, 3, 3000, &mut out);
-    r.add_producer(now, 10, 1, producer_spec(None)).unwrap();
+    host_and_viewers(&mut r, now, 2, &mut out);
     let mut with_rtx = consumer_spec(0xAAAA, "c0", false);
     with_rtx.rtx_ssrc = Some(0xAAAB);
     with_rtx.rtx_payload_types = vec![(ROUTER_VP8_PT, 102)];

@@ -56,6 +56,16 @@ fn connect(r: &mut Router, now: Instant, h: Handle, port: u16, out: &mut Output)
     r.set_srtp(now, h, P, &lk, &ls, &rk, &rs, Some(addr(port)), out).unwrap();
 }
 
+/// Host transport 1 (port 1000) with producer 10 (`producer_spec(None)`), viewer transports
+/// 2, 3, … (ports 2000, 3000, …), all connected.
+fn host_and_viewers(r: &mut Router, now: Instant, viewers: u16, out: &mut Output) {
+    connect(r, now, 1, 1000, out);
+    for h in 2..2 + viewers {
+        connect(r, now, Handle::from(h), 1000 * h, out);
+    }
+    r.add_producer(now, 10, 1, producer_spec(None)).unwrap();
+}
+
 /// The peer of transport `h`: protects with the server's remote keys, unprotects with its local ones.
 fn peer(h: Handle) -> (SrtpContext, SrtpContext) {
     (ctx(h as u8 * 2 + 1), ctx(h as u8 * 2))
@@ -141,10 +151,7 @@ fn room(paused_second: bool) -> Room {
     let now = Instant::now();
     let mut r = router(now);
     let mut out = Output::new();
-    connect(&mut r, now, 1, 1000, &mut out);
-    connect(&mut r, now, 2, 2000, &mut out);
-    connect(&mut r, now, 3, 3000, &mut out);
-    r.add_producer(now, 10, 1, producer_spec(None)).unwrap();
+    host_and_viewers(&mut r, now, 2, &mut out);
     r.add_consumer(now, 20, 2, 10, consumer_spec(0xAAAA, "c0", false), &mut out).unwrap();
     r.add_consumer(now, 30, 3, 10, consumer_spec(0xBBBB, "c1", paused_second), &mut out).unwrap();
     let (host, host_rx) = peer(1);
@@ -216,9 +223,7 @@ fn nack_room(n: u16, payload_len: usize) -> (Router, Instant, u16) {
     let now = Instant::now();
     let mut r = router(now);
     let mut out = Output::new();
-    connect(&mut r, now, 1, 1000, &mut out);
-    connect(&mut r, now, 2, 2000, &mut out);
-    r.add_producer(now, 10, 1, producer_spec(None)).unwrap();
+    host_and_viewers(&mut r, now, 1, &mut out);
     r.add_consumer(now, 20, 2, 10, consumer_spec(0xAAAA, "c0", false), &mut out).unwrap();
     let (mut host, _) = peer(1);
     let mut v2 = peer(2).1;

@@ -9,9 +9,7 @@ use super::*;
 fn run(seed: u64, t0: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
     let mut r = Router::new(seed, t0, Duration::from_secs(1_700_000_000));
     let mut out = Output::new();
-    connect(&mut r, t0, 1, 1000, &mut out);
-    connect(&mut r, t0, 2, 2000, &mut out);
-    r.add_producer(t0, 10, 1, producer_spec(None)).unwrap();
+    host_and_viewers(&mut r, t0, 1, &mut out);
     r.add_consumer(t0, 20, 2, 10, consumer_spec(0xAAAA, "c0", false), &mut out).unwrap();
     let (mut host, _) = peer(1);
     let (mut v2, mut v2_rx) = peer(2);
