@@ -1,8 +1,9 @@
 //! Sans-IO forwarding core: datagrams, time and a seed in; datagrams out (`Output`) and
 //! STUN/DTLS upcalls for Python. No sockets, threads, clock reads, OS randomness, process-wide
-//! state or Python here: every call takes `now` from the caller, `Router::new` takes the seed
-//! of its random numbers and the wall-clock time of its start (for NTP timestamps), so every
-//! rule is unit-tested and every run (tests, fuzz targets) is reproducible.
+//! state or calls into Python here (the specs derive `FromPyObject`: they are the engine's
+//! typed contract): every call takes `now` from the caller, `Router::new` takes the seed of its
+//! random numbers and the wall-clock time of its start (for NTP timestamps), so every rule is
+//! unit-tested and every run (tests, fuzz targets) is reproducible.
 //!
 //! Objects (transports, producers, consumers) are identified by handles the control plane
 //! chooses; handles are unique across all three kinds.
