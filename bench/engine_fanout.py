@@ -21,6 +21,7 @@ import threading
 import time
 
 from pylibsrtp import Policy, Session
+
 from pysfu._native import Engine
 
 PROFILES = {
@@ -130,7 +131,7 @@ def main() -> None:
         t.start()
 
     def forwarded() -> int:
-        return sum(eng.stats(1000 + i)["packets_out"] for i in range(args.consumers))
+        return sum(eng.stats(1000 + i)["packetsSent"] for i in range(args.consumers))
 
     # Paced sender: a burst every millisecond. Warm up for 0.5 s, then measure.
     rate = args.rate
@@ -144,7 +145,7 @@ def main() -> None:
         if now >= end:
             break
         if mark is None and now >= warm:
-            mark = (now, forwarded(), eng.stats(10)["packets_in"], sent,
+            mark = (now, forwarded(), eng.stats(10)["packetsReceived"], sent,
                     resource.getrusage(resource.RUSAGE_SELF), io_thread_cpu())
         due = int((now - t0) * rate)
         while sent < min(due, n_pre):
@@ -153,7 +154,7 @@ def main() -> None:
         time.sleep(0.0005)
     time.sleep(0.05)
     t1 = time.perf_counter()
-    fwd1, in1 = forwarded(), eng.stats(10)["packets_in"]
+    fwd1, in1 = forwarded(), eng.stats(10)["packetsReceived"]
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     io1 = io_thread_cpu()
     stop.set()

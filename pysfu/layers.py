@@ -32,8 +32,8 @@ async def watch_consumer_layers(media: MediaEngine, handle: int, *,
         stats = media.stats(handle)
         if stats is None:
             return  # removed from the engine in the meantime
-        forwarding = stats["packets_out"] > 0 and not stats["waiting_key_frame"]
-        current = stats["current_layer"] if forwarding else None
+        forwarding = stats["packetsSent"] > 0 and not stats["waitingKeyFrame"]
+        current = stats["currentLayer"] if forwarding else None
         if current is not None and current != last:
             last = current
             on_change(current)

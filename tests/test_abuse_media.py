@@ -162,13 +162,13 @@ async def test_hostile_datagrams_during_live_session(server: Server, client: Any
                         while True:
                             d = diff(server.media.drops(), drops0)
                             stats = server.media.stats(host_transport.handle)
-                            up = (stats["stun_in"] - stats0["stun_in"]
-                                  + stats["dtls_in"] - stats0["dtls_in"])
+                            up = (stats["stunReceived"] - stats0["stunReceived"]
+                                  + stats["dtlsReceived"] - stats0["dtlsReceived"])
                             if sum(d.values()) + up >= PER_CLASS:
                                 break
                             await trio.sleep(0.05)
-                    d["to_transport_stun"] = stats["stun_in"] - stats0["stun_in"]
-                    d["to_transport_dtls"] = stats["dtls_in"] - stats0["dtls_in"]
+                    d["to_transport_stun"] = stats["stunReceived"] - stats0["stunReceived"]
+                    d["to_transport_dtls"] = stats["dtlsReceived"] - stats0["dtlsReceived"]
                     d["transport_inbox_full"] = host_transport.inbox_dropped - inbox0
                     figures[f"{source}/{name}"] = {k: v for k, v in d.items() if v}
                     print(f"abuse: {source}/{name}: {figures[f'{source}/{name}']}")

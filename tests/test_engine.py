@@ -19,7 +19,7 @@ import trio
 from pylibsrtp import Policy, Session
 
 from pysfu import _native
-from tests import webrtc_peer
+from pysfu.testing import webrtc_peer
 
 Engine = _native.Engine
 
@@ -266,10 +266,10 @@ def test_fan_out_pause_resume_and_key_frames(engine: Engine) -> None:
     assert room.viewers[1].recv_all(0.2) == []
 
     stats = engine.stats(20)
-    assert stats["type"] == "consumer" and stats["packets_out"] == 15
-    assert engine.stats(30)["packets_out"] == 2
-    assert engine.stats(10)["packets_in"] == 15
-    assert engine.stats(1)["packets_in"] >= 15
+    assert stats["type"] == "consumer" and stats["packetsSent"] == 15
+    assert engine.stats(30)["packetsSent"] == 2
+    assert engine.stats(10)["packetsReceived"] == 15
+    assert engine.stats(1)["packetsReceived"] >= 15
     assert engine.counts() == {"transports": 3, "producers": 1, "consumers": 2, "streams": 3}
 
 
@@ -285,8 +285,8 @@ def test_viewer_pli_is_rate_limited_toward_the_host(engine: Engine) -> None:
             viewer.sock.sendto(viewer.tx.protect_rtcp(pli), ("127.0.0.1", engine.port))
     # Six viewer PLIs within a second → one upstream PLI.
     assert plis(room.host, room.host.recv_all(0.4)) == [HOST_SSRC]
-    assert engine.stats(20)["key_frame_requests_in"] == 3
-    assert engine.stats(10)["key_frame_requests"] == 1
+    assert engine.stats(20)["keyFrameRequestsReceived"] == 3
+    assert engine.stats(10)["keyFrameRequestsSent"] == 1
     # Still wanted after a second → asked again, once (receiver reports arrive meanwhile).
     window: list[bytes] = []
     deadline = time.monotonic() + 1.2
@@ -345,7 +345,7 @@ def test_stun_goes_up_and_the_fd_becomes_readable(engine: Engine) -> None:
     sock.sendto(stun_binding_request("abcd:x", "guess"), ("127.0.0.1", engine.port))
     assert select.select([fd], [], [], 0.3)[0] == []
     assert engine.drops()["stun_integrity"] == 1
-    assert engine.stats(5)["stun_rejected"] == 1
+    assert engine.stats(5)["stunRejected"] == 1
     # Once bound, DTLS from that address goes up too; Python can answer through the engine.
     engine.bind_tuple(5, "127.0.0.1", sock.getsockname()[1], True)
     sock.sendto(b"\x16\xfe\xfd" + b"\1" * 20, ("127.0.0.1", engine.port))

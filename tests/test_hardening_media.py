@@ -168,8 +168,8 @@ async def test_spoofed_source_nomination_sends_the_victim_nothing_but_stun_answe
             # ICE believed it (that is the point): the nomination reached the engine.
             assert transport.ice.selected_tuple == victim_addr
             stats = server.media.stats(transport.handle)
-            assert stats["nominated"] == f"{VICTIM_IP}:{victim_addr[1]}"
-            assert stats["selected"] == f"127.0.0.1:{attacker.peer.sock.getsockname()[1]}"
+            assert stats["nominatedTuple"] == f"{VICTIM_IP}:{victim_addr[1]}"
+            assert stats["selectedTuple"] == f"127.0.0.1:{attacker.peer.sock.getsockname()[1]}"
             # The attacker NACKs everything it had, from its real address, for 2 s.
             seqs_at_spoof = len(receiver.seqs)
             for _ in range(40):
@@ -328,5 +328,5 @@ async def test_stun_flood_with_a_real_ufrag_is_dropped_in_the_engine(
     assert sent > 10_000
     assert dropped >= 0.99 * sent, (dropped, sent)
     assert host_transport.ice.requests_rejected == 0, "Python never saw the flood"
-    assert server.media.stats(host_transport.handle)["stun_rejected"] >= dropped
+    assert server.media.stats(host_transport.handle)["stunRejected"] >= dropped
     assert f <= 2 * b + 0.05, (baseline, flooded)

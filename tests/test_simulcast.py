@@ -164,7 +164,7 @@ async def test_default_top_layer_then_switch_down_at_a_key_frame(setup: Setup) -
     assert set(viewer.layers()) == {2}, "a simulcast consumer starts on the top layer"
     assert is_vp8_keyframe(viewer.packets[0].payload), "the first packet is a key frame"
     stats = setup.producer_stats()
-    assert all(int(n) > 0 for n in stats["layer_packets"].split(",")), stats
+    assert all(int(n) > 0 for n in stats["layerPackets"].split(",")), stats
 
     r0 = sender.ssrcs[0]
     plis_before = sum(1 for _, m in sender.plis if m == r0)
@@ -187,7 +187,7 @@ async def test_default_top_layer_then_switch_down_at_a_key_frame(setup: Setup) -
     assert_continuous(viewer.packets)
     assert len({p.ssrc for p in viewer.packets}) == 1
     stats = setup.consumer_stats()
-    assert (stats["current_layer"], stats["preferred_layer"], stats["layer_switches"]) == (0, 0, 1)
+    assert (stats["currentLayer"], stats["preferredLayer"], stats["layerSwitches"]) == (0, 0, 1)
 
     # And back up to the top layer.
     n_before = len(viewer.packets)
@@ -212,11 +212,11 @@ async def test_remb_estimate_moves_the_viewer_down_and_back_up(setup: Setup) -> 
     await wait_for(lambda: len(viewer.packets) >= 10, "layer 2 packets")
     # Bitrates are measured per layer on ingress over 1 s windows.
     await wait_for(lambda: all(int(b) > 0 for b in
-                               setup.producer_stats()["layer_bitrates"].split(",")),
+                               setup.producer_stats()["layerBitrates"].split(",")),
                    "layer bitrates")
     # Estimates from a consumer's first seconds are not used (native/src/layers.rs SETTLE).
     await trio.sleep_until(setup.consumed_at + 5.5)
-    rates = [int(b) for b in setup.producer_stats()["layer_bitrates"].split(",")]
+    rates = [int(b) for b in setup.producer_stats()["layerBitrates"].split(",")]
     assert rates[0] < rates[1] < rates[2], rates
     estimate = (rates[1] + rates[2]) // 2  # carries layer 1, not layer 2
     ssrc = viewer.consumer["rtpParameters"]["encodings"][0]["ssrc"]
@@ -224,14 +224,14 @@ async def test_remb_estimate_moves_the_viewer_down_and_back_up(setup: Setup) -> 
     await send_rtcp(viewer.peer, build_remb(0x5EED, estimate, [ssrc]))
     await wait_for(lambda: 1 in viewer.layers(n_before), "down-switch to layer 1")
     tstats = setup.viewer_transport_stats()
-    assert abs(tstats["available_bitrate"] - estimate) <= estimate >> 17, tstats
-    assert tstats["remb_in"] == 1
+    assert abs(tstats["availableBitrate"] - estimate) <= estimate >> 17, tstats
+    assert tstats["rembReceived"] == 1
     await wait_for(lambda: len(viewer.packets) >= n_before + 30, "more packets")
     layers = viewer.layers()
     down = layers.index(1, n_before)
     assert is_vp8_keyframe(viewer.packets[down].payload)
     assert set(layers[down:]) == {1}
-    assert setup.consumer_stats()["current_layer"] == 1
+    assert setup.consumer_stats()["currentLayer"] == 1
 
     # A higher estimate, confirmed by a second report, brings the top layer back.
     n_before = len(viewer.packets)
@@ -243,7 +243,7 @@ async def test_remb_estimate_moves_the_viewer_down_and_back_up(setup: Setup) -> 
     up = viewer.layers().index(2, n_before)
     assert is_vp8_keyframe(viewer.packets[up].payload)
     assert_continuous(viewer.packets)
-    assert setup.consumer_stats()["layer_switches"] == 2
+    assert setup.consumer_stats()["layerSwitches"] == 2
 
 
 async def test_host_gets_transport_cc_feedback_for_its_packets(setup: Setup) -> None:
@@ -270,7 +270,7 @@ async def test_host_gets_transport_cc_feedback_for_its_packets(setup: Setup) -> 
     first_frame, later_frame = sent[0], sent[-1]
     assert acked[later_frame] > acked[first_frame]
     stats = setup.host_transport_stats()
-    assert stats["twcc_feedback_sent"] >= len(sender.feedback)
+    assert stats["transportCcFeedbackSent"] >= len(sender.feedback)
 
 
 async def test_set_preferred_layers_checks_ownership_and_fields(setup: Setup,

@@ -31,10 +31,10 @@ pub enum StatValue {
 fn counters(c: &Counters) -> Vec<(&'static str, StatValue)> {
     use StatValue::*;
     vec![
-        ("packets_in", Int(c.packets_in)),
-        ("bytes_in", Int(c.bytes_in)),
-        ("packets_out", Int(c.packets_out)),
-        ("bytes_out", Int(c.bytes_out)),
+        ("packetsReceived", Int(c.packets_in)),
+        ("bytesReceived", Int(c.bytes_in)),
+        ("packetsSent", Int(c.packets_out)),
+        ("bytesSent", Int(c.bytes_out)),
     ]
 }
 
@@ -86,22 +86,22 @@ fn transport_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatValue)
     use StatValue::*;
     let mut v = vec![("type", Str("transport".into()))];
     v.extend(counters(&t.stats));
-    v.push(("rtp_in", Int(t.rtp_in)));
-    v.push(("rtcp_in", Int(t.rtcp_in)));
-    v.push(("rtcp_out", Int(t.rtcp_out)));
-    v.push(("stun_in", Int(t.stun_in)));
-    v.push(("dtls_in", Int(t.dtls_in)));
+    v.push(("rtpPacketsReceived", Int(t.rtp_in)));
+    v.push(("rtcpPacketsReceived", Int(t.rtcp_in)));
+    v.push(("rtcpPacketsSent", Int(t.rtcp_out)));
+    v.push(("stunReceived", Int(t.stun_in)));
+    v.push(("dtlsReceived", Int(t.dtls_in)));
     v.push(("tuples", Int(t.tuples.len() as u64)));
-    v.push(("selected", Str(t.selected.map(|a| a.to_string()).unwrap_or_default())));
-    v.push(("nominated", Str(t.nominated.map(|a| a.to_string()).unwrap_or_default())));
-    v.push(("proven_tuples", Int(t.tuples.iter().filter(|a| a.proven).count() as u64)));
-    v.push(("stun_rejected", Int(t.stun_rejected)));
-    v.push(("up_queue_full", Int(t.up_dropped)));
+    v.push(("selectedTuple", Str(t.selected.map(|a| a.to_string()).unwrap_or_default())));
+    v.push(("nominatedTuple", Str(t.nominated.map(|a| a.to_string()).unwrap_or_default())));
+    v.push(("provenTuples", Int(t.tuples.iter().filter(|a| a.proven).count() as u64)));
+    v.push(("stunRejected", Int(t.stun_rejected)));
+    v.push(("upQueueFull", Int(t.up_dropped)));
     v.push(("srtp", Bool(t.tx.is_some())));
-    v.push(("available_bitrate", Int(t.bwe.available_bitrate(now).unwrap_or(0))));
-    v.push(("remb_in", Int(t.bwe.remb_in)));
-    v.push(("twcc_packets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))));
-    v.push(("twcc_feedback_sent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))));
+    v.push(("availableBitrate", Int(t.bwe.available_bitrate(now).unwrap_or(0))));
+    v.push(("rembReceived", Int(t.bwe.remb_in)));
+    v.push(("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))));
+    v.push(("transportCcFeedbackSent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))));
     v
 }
 
@@ -109,14 +109,14 @@ fn producer_stats(p: &Producer) -> Vec<(&'static str, StatValue)> {
     use StatValue::*;
     let mut v = vec![("type", Str("producer".into()))];
     v.extend(counters(&p.stats));
-    v.push(("key_frames", Int(p.key_frames)));
-    v.push(("key_frame_requests", Int(p.encodings.iter().map(|e| e.kf.requests_sent).sum())));
+    v.push(("keyFrames", Int(p.key_frames)));
+    v.push(("keyFrameRequestsSent", Int(p.encodings.iter().map(|e| e.kf.requests_sent).sum())));
     v.push(("paused", Bool(p.paused)));
     v.push(("consumers", Int(p.consumers.len() as u64)));
     let join = |f: &dyn Fn(&Encoding) -> u64| p.encodings.iter().map(|e| f(e).to_string()).collect::<Vec<_>>().join(",");
-    v.push(("layer_bitrates", Str(join(&|e| e.quality.rate.bps))));
-    v.push(("layer_packets", Str(join(&|e| e.stats.packets_in))));
-    v.push(("layer_key_frames", Str(join(&|e| e.key_frames))));
+    v.push(("layerBitrates", Str(join(&|e| e.quality.rate.bps))));
+    v.push(("layerPackets", Str(join(&|e| e.stats.packets_in))));
+    v.push(("layerKeyFrames", Str(join(&|e| e.key_frames))));
     v
 }
 
@@ -125,16 +125,16 @@ fn consumer_stats(c: &Consumer) -> Vec<(&'static str, StatValue)> {
     let mut v = vec![("type", Str("consumer".into()))];
     v.extend(counters(&c.stats));
     v.push(("dropped", Int(c.dropped)));
-    v.push(("key_frame_requests_in", Int(c.key_frame_requests_in)));
+    v.push(("keyFrameRequestsReceived", Int(c.key_frame_requests_in)));
     v.push(("paused", Bool(c.paused)));
-    v.push(("waiting_key_frame", Bool(c.wait_key_frame)));
+    v.push(("waitingKeyFrame", Bool(c.wait_key_frame)));
     v.push(("ssrc", Int(c.ssrc as u64)));
-    v.push(("current_layer", Int(c.encoding as u64)));
-    v.push(("target_layer", Int(c.target() as u64)));
-    v.push(("preferred_layer", Int(c.preferred_spatial() as u64)));
-    v.push(("layer_switches", Int(c.layer_switches())));
-    v.push(("nack_budget_drops", Int(c.quality.nack_budget_drops)));
-    v.push(("nack_max_resend_drops", Int(c.quality.nack_max_resend_drops)));
+    v.push(("currentLayer", Int(c.encoding as u64)));
+    v.push(("targetLayer", Int(c.target() as u64)));
+    v.push(("preferredLayer", Int(c.preferred_spatial() as u64)));
+    v.push(("layerSwitches", Int(c.layer_switches())));
+    v.push(("nackBudgetDrops", Int(c.quality.nack_budget_drops)));
+    v.push(("nackMaxResendDrops", Int(c.quality.nack_max_resend_drops)));
     v
 }
 

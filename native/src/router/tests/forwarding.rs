@@ -27,7 +27,7 @@ fn forwards_to_each_consumer_with_its_ssrc_pt_mid_and_continuous_seq() {
         }
     }
     let s = stats(&room.r, 20);
-    assert!(s.contains(&("packets_out", StatValue::Int(20))));
+    assert!(s.contains(&("packetsSent", StatValue::Int(20))));
     assert_eq!(room.r.drops().get(DropReason::UnknownSsrc), 0);
 }
 
@@ -65,7 +65,7 @@ fn paused_consumer_gets_nothing_and_resume_requests_a_key_frame() {
 fn key_frame_requests_are_rate_limited_and_repeated() {
     let mut room = room(false);
     room.send(false); // first packet, not a key frame → request
-    let p = |r: &Router| match stats(r, 10).iter().find(|(k, _)| *k == "key_frame_requests") {
+    let p = |r: &Router| match stats(r, 10).iter().find(|(k, _)| *k == "keyFrameRequestsSent") {
         Some((_, StatValue::Int(n))) => *n,
         _ => 0,
     };

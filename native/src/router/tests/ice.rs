@@ -25,7 +25,7 @@ fn stun_goes_up_only_with_the_transports_password() {
     r.handle_datagram(now, addr(9), &corrupt, &mut out);
     assert!(!r.has_upcalls());
     assert_eq!(r.drops().get(DropReason::StunIntegrity), 3);
-    assert!(stats(&r, 7).contains(&("stun_rejected", StatValue::Int(3))));
+    assert!(stats(&r, 7).contains(&("stunRejected", StatValue::Int(3))));
     let stun = stun_check::build_binding_request("nope:remote", b"secret7", true);
     r.handle_datagram(now, addr(9), &stun, &mut out);
     assert_eq!(r.drops().get(DropReason::StunUnknown), 1);
@@ -60,7 +60,7 @@ fn one_transports_flood_leaves_room_in_the_queue_for_others() {
         }
     }
     assert_eq!(r.drops().get(DropReason::UpQueueFull), (UP_QUEUE_CAP - UP_QUEUE_PER_TRANSPORT as usize) as u64);
-    assert!(stats(&r, 7).contains(&("up_queue_full", StatValue::Int((UP_QUEUE_CAP - 64) as u64))));
+    assert!(stats(&r, 7).contains(&("upQueueFull", StatValue::Int((UP_QUEUE_CAP - 64) as u64))));
     // The newcomer's handshake still gets through.
     let good8 = stun_check::build_binding_request("efgh:remote", b"secret8", true);
     r.handle_datagram(now, addr(20), &good8, &mut out);
@@ -94,8 +94,8 @@ fn a_nominated_tuple_gets_media_only_once_proven() {
     // The same for the host (7777): feedback toward the sender must not move either.
     room.r.bind_tuple(room.now, 1, addr(7777), true, &mut out).unwrap();
     assert!(out.transmits.is_empty());
-    assert_eq!(stat_str(&room.r, 2, "selected"), addr(2000).to_string());
-    assert_eq!(stat_str(&room.r, 2, "nominated"), addr(6666).to_string());
+    assert_eq!(stat_str(&room.r, 2, "selectedTuple"), addr(2000).to_string());
+    assert_eq!(stat_str(&room.r, 2, "nominatedTuple"), addr(6666).to_string());
     let mut seen = Vec::new();
     for _ in 0..20 {
         seen.extend(dests(&room.send(false)));
@@ -120,32 +120,32 @@ fn a_nominated_tuple_gets_media_only_once_proven() {
     room.r.handle_timeout(later + Duration::from_secs(2), &mut out);
     let d = dests(&out);
     assert!(!d.contains(&6666) && !d.contains(&7777), "{d:?}");
-    assert_eq!(stat_str(&room.r, 2, "selected"), addr(2000).to_string());
+    assert_eq!(stat_str(&room.r, 2, "selectedTuple"), addr(2000).to_string());
     // Forged or unauthenticated SRTCP from the victim's address proves nothing.
     let forged = viewer_rtcp(&mut ctx(99), 0xAAAA, &[], false);
     let mut out = Output::new();
     room.r.handle_datagram(later, addr(6666), &forged, &mut out);
     assert_eq!(room.r.drops().get(DropReason::SrtcpAuth) + room.r.drops().get(DropReason::SrtcpReplay), 1);
-    assert_eq!(stat_str(&room.r, 2, "selected"), addr(2000).to_string());
+    assert_eq!(stat_str(&room.r, 2, "selectedTuple"), addr(2000).to_string());
     // Re-nominating the proven tuple (the real viewer's next check) keeps it.
     room.r.bind_tuple(later, 2, addr(2000), true, &mut out).unwrap();
-    assert_eq!(stat_str(&room.r, 2, "nominated"), addr(2000).to_string());
+    assert_eq!(stat_str(&room.r, 2, "nominatedTuple"), addr(2000).to_string());
     // A real move (the peer's network changed): nominated, then its authenticated SRTCP
     // from the new address makes it the sending tuple.
     room.r.bind_tuple(later, 2, addr(2001), true, &mut out).unwrap();
     assert!(!dests(&room.send(false)).contains(&2001));
     let mut out = Output::new();
     room.r.handle_datagram(later, addr(2001), &viewer_rtcp(&mut v2, 0xAAAA, &[], false), &mut out);
-    assert_eq!(stat_str(&room.r, 2, "selected"), addr(2001).to_string());
+    assert_eq!(stat_str(&room.r, 2, "selectedTuple"), addr(2001).to_string());
     let d = dests(&room.send(false));
     assert!(d.contains(&2001) && !d.contains(&2000), "{d:?}");
     // An authenticated packet from a proven tuple that is not the nominated one (2000)
     // does not move the media back.
     let mut out = Output::new();
     room.r.handle_datagram(later, addr(2000), &viewer_rtcp(&mut v2, 0xAAAA, &[], false), &mut out);
-    assert_eq!(stat_str(&room.r, 2, "selected"), addr(2001).to_string());
+    assert_eq!(stat_str(&room.r, 2, "selectedTuple"), addr(2001).to_string());
     // The host's RTP from its proven tuple does not move its feedback to 7777 either.
-    assert_eq!(stat_str(&room.r, 1, "selected"), addr(1000).to_string());
+    assert_eq!(stat_str(&room.r, 1, "selectedTuple"), addr(1000).to_string());
 }
 
 #[test]
@@ -163,14 +163,14 @@ fn without_a_dtls_address_the_first_authenticated_packet_proves_the_tuple() {
     let mut out = Output::new();
     room.r.set_srtp(later, 4, P, &lk, &ls, &rk, &rs, None, &mut out).unwrap();
     assert!(out.transmits.is_empty(), "not connected yet: no key frame request");
-    assert_eq!(stat_str(&room.r, 4, "selected"), "");
+    assert_eq!(stat_str(&room.r, 4, "selectedTuple"), "");
     let out = room.send(true);
     assert!(!dests(&out).contains(&4000));
     // The viewer's first RTCP (its keys: remote key seed 9) proves 4000.
     let mut v4 = ctx(9);
     let mut out = Output::new();
     room.r.handle_datagram(later, addr(4000), &viewer_rtcp(&mut v4, 0xCCCC, &[], false), &mut out);
-    assert_eq!(stat_str(&room.r, 4, "selected"), addr(4000).to_string());
+    assert_eq!(stat_str(&room.r, 4, "selectedTuple"), addr(4000).to_string());
     assert_eq!(dests(&out), vec![1000], "connected: a key frame request to the host");
     let out = room.send(true);
     assert!(dests(&out).contains(&4000));

@@ -180,7 +180,7 @@ fn a_packet_is_retransmitted_at_most_max_resends_times() {
     assert_eq!(sent, NACK_MAX_RESENDS as usize);
     assert_eq!(r.drops().get(DropReason::NackMaxResends), 6 - NACK_MAX_RESENDS as u64);
     assert_eq!(stat(&r, 20, "packetsRetransmitted"), Some(StatValue::Int(NACK_MAX_RESENDS as u64)));
-    assert!(stats(&r, 20).contains(&("nack_max_resend_drops", StatValue::Int(3))));
+    assert!(stats(&r, 20).contains(&("nackMaxResendDrops", StatValue::Int(3))));
 }
 
 #[test]
@@ -216,7 +216,7 @@ fn retransmissions_stay_within_the_consumers_budget() {
     assert!(resent <= bound, "resent {resent} > {bound} (forwarded {forwarded})");
     assert!(resent * 100 >= forwarded * 45, "the budget is used: {resent} of {forwarded}");
     assert!(r.drops().get(DropReason::NackBudget) > 0);
-    match stats(&r, 20).into_iter().find(|(k, _)| *k == "nack_budget_drops") {
+    match stats(&r, 20).into_iter().find(|(k, _)| *k == "nackBudgetDrops") {
         Some((_, StatValue::Int(n))) => assert!(n > 0),
         other => panic!("{other:?}"),
     }

@@ -117,8 +117,8 @@ fn simulcast_consumer_switches_only_at_a_target_key_frame_with_continuity() {
         assert!(crate::seq::is_newer_ts(w[1].3, w[0].3), "timestamps move forward: {:?}", w);
     }
     let st = stats(&s.r, 20);
-    assert!(st.contains(&("current_layer", StatValue::Int(0))));
-    assert!(st.contains(&("layer_switches", StatValue::Int(1))));
+    assert!(st.contains(&("currentLayer", StatValue::Int(0))));
+    assert!(st.contains(&("layerSwitches", StatValue::Int(1))));
     // NACKs for a packet from before and one from after the switch: each comes back with
     // the sequence number and timestamp the viewer first got.
     let (before, after) = (all[2], all[all.len() - 1]);
@@ -135,7 +135,7 @@ fn a_single_stream_consumer_has_no_layers_to_choose() {
     assert_eq!(room.r.set_preferred_layers(room.now, 20, 2, Some(1), &mut out).unwrap(), (0, 1));
     assert!(out.transmits.is_empty(), "no key frame request");
     let st = stats(&room.r, 20);
-    for key in ["current_layer", "target_layer", "preferred_layer", "layer_switches"] {
+    for key in ["currentLayer", "targetLayer", "preferredLayer", "layerSwitches"] {
         assert!(st.contains(&(key, StatValue::Int(0))), "{key}");
     }
     let out = room.send(false);
