@@ -479,6 +479,16 @@ impl Engine {
         Ok(list)
     }
 
+    /// Engine-wide counters that never go down (removed objects' counts stay in).
+    fn totals<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let t = self.control(py, |r, _, _| Ok(r.totals()))?;
+        let d = PyDict::new(py);
+        for (k, v) in t.items() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
     fn drops<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let shared = self.shared()?;
         let drops = self.control(py, |r, _, _| Ok(r.drops().clone()))?;

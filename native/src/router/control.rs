@@ -201,6 +201,7 @@ impl Router {
             let _ = self.remove_consumer(c);
         }
         let p = self.producers.remove(&h).expect("checked above");
+        self.retired.add_producer(&p);
         if let Some(t) = self.transports.get_mut(&p.transport) {
             t.producers.retain(|x| *x != h);
             t.ssrc_in.retain(|ssrc, r| {
@@ -266,6 +267,8 @@ impl Router {
 
     pub fn remove_consumer(&mut self, h: Handle) -> Result<()> {
         let c = self.consumers.remove(&h).ok_or_else(|| unknown("consumer", h))?;
+        let video = self.consumer_is_video(&c);
+        self.retired.add_consumer(&c, video);
         if let Some(t) = self.transports.get_mut(&c.transport) {
             t.consumers.retain(|x| *x != h);
             t.consumer_ssrc.retain(|_, x| *x != h);

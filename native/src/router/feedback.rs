@@ -322,6 +322,7 @@ impl Router {
             if tx.protect_rtcp(&mut buf).is_ok() {
                 t.stats.tx(buf.len());
                 t.rtcp_out += 1;
+                e.quality.nacks_sent += 1;
                 out.push(dest, buf);
             } else {
                 drops.inc(DropReason::ProtectFailed);

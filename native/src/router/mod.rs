@@ -13,7 +13,7 @@
 //! its own copy of a packet), `control` (add/remove/pause/bind/keys), `ingress` (demultiplexing,
 //! STUN/DTLS hand-up, SRTP in, stream learning), `egress` (fan-out, rewrite), `feedback` (RTCP
 //! in, NACK answers, key frame requests, upstream NACKs), `timers` (reports, transport-cc,
-//! layer choice), `stats`.
+//! layer choice), `stats`, `totals` (engine-wide counters that never go down).
 
 mod consumer;
 mod control;
@@ -25,6 +25,7 @@ mod producer;
 mod spec;
 mod stats;
 mod timers;
+mod totals;
 mod transport;
 
 #[cfg(test)]
@@ -48,6 +49,7 @@ pub use spec::{
     URI_TRANSPORT_CC,
 };
 pub use stats::{Counts, StatValue};
+pub use totals::Totals;
 pub use transport::Counters;
 
 pub type Handle = u64;
@@ -99,6 +101,8 @@ pub struct Router {
     by_ufrag: HashMap<String, Handle>,
     up: VecDeque<Upcall>,
     drops: Drops,
+    /// Counters of removed producers and consumers (`totals`).
+    retired: Totals,
     scratch: Vec<u8>,
     rng: Rng,
     next_timeout: Option<Instant>,
@@ -125,6 +129,7 @@ impl Router {
             by_ufrag: HashMap::new(),
             up: VecDeque::new(),
             drops: Drops::default(),
+            retired: Totals::default(),
             scratch: Vec::with_capacity(output::BUF_CAP * 2),
             rng: Rng::new(seed),
             next_timeout: None,

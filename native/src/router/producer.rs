@@ -64,6 +64,8 @@ pub(super) struct StreamQuality {
     /// RTX packets that filled a gap / came for nothing missing.
     pub(super) rtx_in: u64,
     pub(super) rtx_duplicate: u64,
+    /// NACK packets sent upstream for this stream.
+    pub(super) nacks_sent: u64,
     pub(super) plis_sent: u64,
     pub(super) firs_sent: u64,
     pub(super) rate: BitrateSampler,
@@ -78,6 +80,7 @@ impl StreamQuality {
             nack: nack.then(|| NackGenerator::new(NackConfig { max_age, ..NackConfig::default() })),
             rtx_in: 0,
             rtx_duplicate: 0,
+            nacks_sent: 0,
             plis_sent: 0,
             firs_sent: 0,
             rate: BitrateSampler::default(),

@@ -197,3 +197,20 @@ fn hostile_datagrams_never_panic() {
         }
     }
 }
+
+#[test]
+fn totals_count_forwarded_media_and_never_go_down_when_objects_are_removed() {
+    let mut room = room(false);
+    for i in 0..10 {
+        room.send(i == 0);
+    }
+    let before = room.r.totals();
+    assert_eq!(before.packets_received, [0, 10]);
+    assert_eq!(before.packets_forwarded, [0, 20], "10 packets to each of two viewers");
+    assert!(before.bytes_forwarded[1] > 0);
+    room.r.remove_consumer(20).unwrap();
+    assert_eq!(room.r.totals(), before);
+    room.r.remove_transport(1).unwrap();
+    assert_eq!(room.r.counts().producers, 0);
+    assert_eq!(room.r.totals(), before, "removing the producer and the rest keeps the totals");
+}
