@@ -76,7 +76,8 @@ async def run_one(url: str, loss: float, packets: int, interval: float, seed: in
 
 
 async def main(args: argparse.Namespace) -> None:
-    config = load_config(overrides={"port": 0, "rtc_port": 0, "log_level": "warning"})
+    config = load_config(overrides={"port": 0, "rtc_port": 0, "log_level": "warning",
+                                    "metrics_port": 0})
     results = []
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve, config)

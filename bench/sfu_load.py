@@ -82,7 +82,8 @@ def start_server(viewers: int) -> tuple[subprocess.Popen[bytes], int]:
         "PYSFU_LOG_LEVEL": "warning",
     })
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pysfu", "serve", "--port", str(port), "--rtc-port", str(rtc_port)],
+        [sys.executable, "-m", "pysfu", "serve", "--port", str(port), "--rtc-port", str(rtc_port),
+         "--metrics-port", "0"],
         env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
     return proc, port
 

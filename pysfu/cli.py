@@ -35,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="address put in ICE candidates (public IP behind NAT)")
     serve.add_argument("--config", help="TOML file with settings")
     serve.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    serve.add_argument("--log-format", dest="log_format", choices=("logfmt", "json"),
+                       help="log line format (default logfmt)")
+    serve.add_argument("--metrics-host", dest="metrics_host",
+                       help="Prometheus /metrics listen address (default 127.0.0.1)")
+    serve.add_argument("--metrics-port", dest="metrics_port",
+                       help="Prometheus /metrics port (default 9464; 0 turns it off)")
+    serve.add_argument("--shutdown-grace", dest="shutdown_grace",
+                       help="seconds between serverShuttingDown and closing the rooms on "
+                            "SIGTERM/SIGINT (default 5)")
     serve.add_argument("--allowed-origins", dest="allowed_origins",
                        help="comma-separated origins whose pages may open the WebSocket "
                             "(default: this server's own; '*' for any)")
@@ -109,37 +118,57 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"pysfu: {exc}\n")  # logging is not configured yet
         return 2
-    log.configure(config.log_level)
+    log.configure(config.log_level, config.log_format, config.log_aggregate_interval)
     logger = logging.getLogger("pysfu")
     from pysfu.server import StartupError
 
+    forced = False
     try:
-        stopped_by = trio.run(_serve_until_signal, config)
+        stopped_by, forced = trio.run(_serve_until_signal, config)
     except KeyboardInterrupt:  # SIGINT before the signal receiver was in place
-        stopped_by = "SIGINT"
+        log_event(logger, "server.stopped", reason="SIGINT", graceful=False)
+        return 130
     except (StartupError, BaseExceptionGroup) as exc:
         failure = _startup_error(exc, StartupError)
         if failure is None:
             raise  # a bug: the traceback is the report
         log_event(logger, "server.failed", level=logging.ERROR, error=str(failure))
         return 1
-    log_event(logger, "server.stopped", reason=stopped_by)
-    # SIGTERM is how a service manager stops us: a clean, successful stop. SIGINT is an
-    # interrupt (shell convention 128 + 2).
-    return 0 if stopped_by == "SIGTERM" else 130
+    log_event(logger, "server.stopped", reason=stopped_by, graceful=not forced)
+    # A graceful stop (SIGTERM or SIGINT, peers told, rooms closed) is a successful one; a
+    # second signal cut it short: 128 + that signal, the shell's convention.
+    if forced:
+        return 128 + int(signal.Signals[stopped_by])
+    return 0
 
 
-async def _serve_until_signal(config: Config) -> str:
-    """Run the server until SIGTERM or SIGINT; the signal's name."""
-    from pysfu.server import serve
+async def _serve_until_signal(config: Config) -> tuple[str, bool]:
+    """Run the server until SIGTERM or SIGINT, then stop gracefully (``Server.shutdown``:
+    no new connections, peers told ``serverShuttingDown``, rooms closed after
+    shutdown_grace). A second signal stops at once. Returns (the last signal's name, whether
+    the stop was forced)."""
+    from pysfu.server import Server, serve
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve, config)
-            async for signum in signals:
-                nursery.cancel_scope.cancel()
-                return signal.Signals(signum).name
-    raise AssertionError("unreachable: the signal stream never ends")
+            server: Server = await nursery.start(serve, config)
+            name = signal.Signals(await signals.__anext__()).name
+            forced = False
+            log_event(logging.getLogger("pysfu"), "server.signal", signal=name,
+                      grace=config.shutdown_grace,
+                      hint="send the signal again to stop at once")
+
+            async def second_signal() -> None:
+                nonlocal forced, name
+                async for signum in signals:
+                    forced, name = True, signal.Signals(signum).name
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(second_signal)
+            await server.shutdown()
+            nursery.cancel_scope.cancel()
+    return name, forced
 
 
 def _startup_error(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -86,6 +86,21 @@ class Config:
     max_dtls_handshakes_per_address: int = 16
     max_dtls_handshakes: int = 256
     log_level: str = "info"
+    # Log lines as logfmt (key=value) or json (one object a line). Repeated warnings of one
+    # kind (limit refusals, ...) are logged once per log_aggregate_interval seconds, with a
+    # count of those not logged.
+    log_format: str = "logfmt"
+    log_aggregate_interval: float = 10.0
+    # Prometheus /metrics on its own listener (never the public port by accident); 0 = off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    # Admin API (/admin/ on the signaling listener): a bearer token; without one only
+    # loopback clients are answered.
+    admin_token: str | None = field(default=None, repr=False)
+    # SIGTERM/SIGINT: peers are told serverShuttingDown, rooms closed after this long.
+    shutdown_grace: float = 5.0
+    # What a peer told serverShuttingDown is asked to wait before reconnecting, ms.
+    shutdown_reconnect_ms: int = 2000
     # ORTC: router media codecs (mediasoup RtpCodecCapability shapes); None = the defaults.
     media_codecs: list[dict[str, Any]] | None = field(default=None, compare=False)
 
@@ -126,6 +141,7 @@ class Config:
         fields = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
                   if f.repr]
         fields.append(f"auth_secret={_hidden(self.auth_secret)}")
+        fields.append(f"admin_token={_hidden(self.admin_token)}")
         keys = None if self.auth_keys is None else {k: "***" for k in self.auth_keys}
         fields.append(f"auth_keys={keys!r}")
         return f"Config({', '.join(fields)})"
@@ -137,13 +153,14 @@ def _hidden(secret: str | None) -> str:
 
 _ADDRESS_FACTOR = 4  # per-address request budget over the per-connection one, by default
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_SECRETS = frozenset({"auth_secret", "auth_keys"})  # never echoed in messages or logs
+# Never echoed in messages or logs.
+_SECRETS = frozenset({"auth_secret", "auth_keys", "admin_token"})
 _KID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
 _LEVELS = ("debug", "info", "warning", "error")
 _TIMEOUTS = ("host_grace_period", "consent_timeout", "dtls_timeout", "join_timeout",
-             "http_timeout", "write_timeout")
+             "http_timeout", "write_timeout", "shutdown_grace", "log_aggregate_interval")
 _MAX_TIMEOUT = 3600.0  # seconds; a longer time-out is a mistake (or infinite), not a choice
 _MAX_HANDSHAKES = 100_000
 _MAX_COUNT = 1_000_000  # bound on the per-address and handshake counts
@@ -180,7 +197,7 @@ def _coerce(name: str, raw: Any, *, from_text: bool) -> Any:
             if from_text and str(raw).strip().lower() in _BOOLS:
                 return _BOOLS[str(raw).strip().lower()]
             raise ValueError("must be true or false")
-        if name == "auth_secret":
+        if name in ("auth_secret", "admin_token"):
             if not isinstance(raw, str):
                 raise ValueError("must be a string")
             return raw or None
@@ -260,10 +277,10 @@ def _check(cfg: Config) -> Config:
     def fail(name: str, why: str) -> None:
         raise ConfigError(f"invalid setting {name}={getattr(cfg, name)!r}: {why}")
 
-    for name in ("port", "rtc_port"):
+    for name in ("port", "rtc_port", "metrics_port"):
         if not 0 <= getattr(cfg, name) <= 65535:
             fail(name, "must be a port number 0..65535")
-    for name in ("host", "rtc_ip"):
+    for name in ("host", "rtc_ip", "metrics_host"):
         try:
             ipaddress.ip_address(getattr(cfg, name))
         except ValueError:
@@ -308,6 +325,13 @@ def _check(cfg: Config) -> Config:
     _check_auth(cfg)
     if cfg.log_level not in _LEVELS:
         fail("log_level", f"must be one of {', '.join(_LEVELS)}")
+    if cfg.log_format not in ("logfmt", "json"):
+        fail("log_format", "must be logfmt or json")
+    if not 0 <= cfg.shutdown_reconnect_ms <= 3_600_000:
+        fail("shutdown_reconnect_ms", "must be 0..3600000")
+    if cfg.admin_token is not None and len(cfg.admin_token.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"invalid setting admin_token: must be at least {MIN_SECRET_BYTES} "
+                          "bytes")
     return cfg
 
 

@@ -1,5 +1,6 @@
 """What every room of a server shares: its config, DTLS certificate, router capabilities, media
-engine, per-address limits, join-token verifier, and the counter of native object handles.
+engine, per-address limits, join-token verifier, metrics counters, and the counter of native
+object handles.
 
 Built once by ``pysfu.server.Server``; rooms and signaling sessions read it. Nothing here
 imports a room, a session or the server.
@@ -16,6 +17,7 @@ from pysfu.config import Config
 from pysfu.dtls import Certificate
 from pysfu.limits import AddressLimits
 from pysfu.media import MediaEngine
+from pysfu.metrics import Metrics
 
 
 @dataclass
@@ -26,6 +28,7 @@ class ServerContext:
     media: MediaEngine
     limits: AddressLimits | None = None  # per-address limits (None: built from config)
     verifier: Verifier | None = None  # join tokens; None = open rooms
+    metrics: Metrics = field(default_factory=Metrics)  # counters for /metrics
     _handles: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:

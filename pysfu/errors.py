@@ -31,10 +31,14 @@ INVALID_DTLS_PARAMETERS = "invalid_dtls_parameters"
 CANNOT_CONSUME = "cannot_consume"
 ALREADY_CONSUMING = "already_consuming"  # one consumer per producer per transport
 INTERNAL_ERROR = "internal_error"
+UNAVAILABLE = "unavailable"            # the server is draining: no new rooms here
+ROOM_NOT_FOUND = "room_not_found"      # admin API
+PEER_NOT_FOUND = "peer_not_found"      # admin API
 
 __all__ = [
     "ALREADY_CONNECTED", "ALREADY_CONSUMING", "ALREADY_JOINED", "BAD_REQUEST", "CANNOT_CONSUME",
     "CONSUMER_NOT_FOUND", "FORBIDDEN", "INTERNAL_ERROR", "INVALID_DTLS_PARAMETERS",
-    "INVALID_FIELD", "LIMIT_EXCEEDED", "NOT_JOINED", "PRODUCER_NOT_FOUND", "RATE_LIMITED",
-    "TRANSPORT_NOT_FOUND", "UNAUTHORIZED", "UNKNOWN_EVENT", "SignalingError",
+    "INVALID_FIELD", "LIMIT_EXCEEDED", "NOT_JOINED", "PEER_NOT_FOUND", "PRODUCER_NOT_FOUND",
+    "RATE_LIMITED", "ROOM_NOT_FOUND",
+    "TRANSPORT_NOT_FOUND", "UNAUTHORIZED", "UNAVAILABLE", "UNKNOWN_EVENT", "SignalingError",
 ]

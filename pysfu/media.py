@@ -171,3 +171,7 @@ class MediaEngine:
 
     def drops(self) -> dict[str, int]:
         return dict(self.native.drops())
+
+    def totals(self) -> dict[str, int]:
+        """Engine-wide counters that never go down (``Engine.totals``), read at a scrape."""
+        return dict(self.native.totals())

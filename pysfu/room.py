@@ -64,6 +64,10 @@ class TransportNotFound(NotFound):
     pass
 
 
+class PeerNotFound(NotFound):
+    pass
+
+
 class ProducerNotFound(NotFound):
     pass
 
@@ -74,6 +78,10 @@ class ConsumerNotFound(NotFound):
 
 class AlreadyConsuming(RoomError):
     """This transport already consumes that producer."""
+
+
+class Unavailable(RoomError):
+    """The server is draining (or shutting down): no new rooms here."""
 
 
 class CannotConsume(RoomError):
@@ -213,7 +221,10 @@ class Room:
                   grace=self.ctx.config.host_grace_period)
         scope = trio.CancelScope()
         peer.grace_scope = scope
-        self.nursery.start_soon(self._host_grace, peer, scope)
+        try:
+            self.nursery.start_soon(self._host_grace, peer, scope)
+        except RuntimeError:  # the room's nursery is ending (server stopping): no grace
+            self.close("host_left")
 
     async def _host_grace(self, peer: Peer, scope: trio.CancelScope) -> None:
         with scope:
@@ -226,6 +237,59 @@ class Room:
             self.close_producer(peer, producer.id)
         for transport in list(peer.transports.values()):
             self._close_transport(transport)
+
+    def notify_all(self, event: str, data: dict[str, Any]) -> None:
+        """Tell every connected peer (``serverShuttingDown``, ...)."""
+        self._broadcast(event, data)
+
+    def remove_peer(self, peer_id: str, reason: str) -> None:
+        """An operator removes a peer: it is told ``peerRemoved`` and its transports,
+        producers and consumers are freed; removing the host closes the room."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            raise PeerNotFound("no such peer in this room")
+        if peer.notify is not None:
+            peer.notify("peerRemoved", {"roomId": self.id, "peerId": peer.id, "reason": reason})
+        if peer.grace_scope is not None:
+            peer.grace_scope.cancel()
+        log_event(logger, "peer.removed", room=self.id, peer=peer.id, reason=reason)
+        if peer.role == "host":
+            self.close(reason)
+            return
+        self._release_peer(peer)
+        del self.peers[peer.id]
+        if not self.peers:
+            self.close("empty")
+
+    def producer_by_id(self, producer_id: str) -> Producer:
+        producer = self.producers.get(producer_id)
+        if producer is None:
+            raise ProducerNotFound("no such producer in this room")
+        return producer
+
+    def describe(self) -> dict[str, Any]:
+        """The room for the admin API: peers with their producers and consumers, and the
+        bitrates in (producers) and out (consumers), bits/s, as the engine measures them."""
+        media = self.ctx.media
+
+        def bitrate(handle: int) -> int:
+            return int(sum(s.get("bitrate", 0) for s in media.rtp_stats(handle) or ()))
+
+        producers = {p.id: {"id": p.id, "kind": p.kind, "paused": p.paused,
+                            "consumers": len(p.consumers), "bitrate": bitrate(p.handle)}
+                     for p in self.producers.values()}
+        consumers = {c.id: {"id": c.id, "kind": c.kind, "producerId": c.producer.id,
+                            "paused": c.paused, "bitrate": bitrate(c.handle)}
+                     for c in self.consumers.values()}
+        peers = [{"id": peer.id, "role": peer.role, "connected": peer.notify is not None,
+                  "transports": len(peer.transports),
+                  "producers": [producers[i] for i in peer.producers if i in producers],
+                  "consumers": [consumers[i] for i in peer.consumers if i in consumers]}
+                 for peer in self.peers.values()]
+        return {"id": self.id, "peers": peers, "producers": len(producers),
+                "consumers": len(consumers),
+                "bitrateIn": sum(p["bitrate"] for p in producers.values()),
+                "bitrateOut": sum(c["bitrate"] for c in consumers.values())}
 
     def _broadcast(self, event: str, data: dict[str, Any], *, exclude: Peer | None = None) -> None:
         for peer in self.peers.values():
@@ -250,7 +314,7 @@ class Room:
         transport = WebRtcTransport(
             new_id(), peer.id, direction, handle=ctx.next_handle(), media=ctx.media,
             config=ctx.config, certificate=ctx.certificate, on_failed=self.transport_closed,
-            room_id=self.id)
+            room_id=self.id, metrics=ctx.metrics)
         transport.start(self.nursery)
         peer.transports[transport.id] = transport
         self.transports[transport.id] = transport
@@ -490,6 +554,9 @@ class RoomRegistry:
         self.ctx = ctx
         self._nursery = nursery
         self.rooms: dict[str, Room] = {}
+        # Draining: no new rooms (a join of an unknown room is Unavailable); the rooms there
+        # are keep being served. Set by the admin API and at shutdown.
+        self.draining = False
         self._created_by: dict[str, deque[float]] = {}  # address -> times it created rooms
 
     def get(self, room_id: str) -> Room | None:
@@ -502,6 +569,8 @@ class RoomRegistry:
         if room is not None and not room.closed:
             await room.started.wait()  # a concurrent join may still be starting it
             return room
+        if self.draining:
+            raise Unavailable("this server takes no new rooms (draining); try another")
         if len(self.rooms) >= self.ctx.config.max_rooms:
             raise LimitExceeded("too many rooms on this server")
         self._note_creation(address)

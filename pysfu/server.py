@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -43,7 +44,7 @@ import trio
 import trio_websocket
 import wsproto.utilities
 
-from pysfu import ortc
+from pysfu import errors, ortc
 from pysfu.auth import MAX_TOKEN_LENGTH
 from pysfu.config import Config, normal_origin
 from pysfu.context import ServerContext
@@ -51,7 +52,8 @@ from pysfu.dtls import Certificate
 from pysfu.limits import address_key
 from pysfu.log import log_event
 from pysfu.media import MediaEngine
-from pysfu.room import RoomRegistry
+from pysfu.metrics import CONTENT_TYPE_LATEST, EngineCollector, RoomGauges, build_registry, render
+from pysfu.room import Room, RoomError, RoomRegistry
 from pysfu.signaling.session import Session
 
 logger = logging.getLogger("pysfu.server")
@@ -90,7 +92,8 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode()),
 )
 _REASONS = {
-    200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 403: b"Forbidden",
+    200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 401: b"Unauthorized",
+    403: b"Forbidden", 409: b"Conflict", 503: b"Service Unavailable",
     404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
     413: b"Content Too Large", 414: b"URI Too Long", 426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
@@ -349,6 +352,10 @@ class Server:
         self.static = load_static()
         self.rooms: RoomRegistry | None = None
         self.port: int = config.port
+        self.metrics_port: int | None = None  # the metrics listener's port, once listening
+        self.shutting_down = False
+        self.registry = build_registry(self.ctx.metrics, EngineCollector(
+            self.media, self.ctx.metrics, self.room_gauges, self._refusal_counts))
         self.sessions = 0
         self.handshakes = 0  # connections between accept and answer / accepted WebSocket
         self.allowed_origins: frozenset[str] | None = None  # None = any; set once listening
@@ -375,8 +382,11 @@ class Server:
                 if origins is None:
                     origins = own_origins(self.config, self.port)
                 self.allowed_origins = None if "*" in origins else frozenset(origins)
+                if self.config.metrics_port:
+                    await self._listen_metrics(nursery)
                 log_event(logger, "server.listening", host=self.config.host, port=self.port,
                           rtc_port=self.rtc_port, announced_ip=self.config.candidate_ip,
+                          metrics_port=self.metrics_port,
                           auth="token" if self.config.auth_enabled else "open_rooms")
                 if self.config.open_rooms and self.config.exposed:
                     log_event(logger, "server.open_rooms", level=logging.WARNING,
@@ -387,11 +397,110 @@ class Server:
         finally:
             self.media.close()
 
+    async def _listen_metrics(self, nursery: trio.Nursery) -> None:
+        cfg = self.config
+        try:
+            listeners = await trio.open_tcp_listeners(cfg.metrics_port, host=cfg.metrics_host)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {cfg.metrics_host}:{cfg.metrics_port} (metrics_host/"
+                f"metrics_port, Prometheus; 0 turns it off): {exc.strerror or exc}") from None
+        await nursery.start(trio.serve_listeners, self._metrics_connection, listeners)
+        self.metrics_port = listeners[0].socket.getsockname()[1]
+
+    # ---- shutdown and draining ------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self.rooms is not None and self.rooms.draining
+
+    def set_draining(self, draining: bool) -> None:
+        """Refuse new rooms (joins of unknown rooms get ``unavailable``), keep the others."""
+        if self.rooms is not None and self.rooms.draining != draining:
+            self.rooms.draining = draining
+            log_event(logger, "server.draining" if draining else "server.undrained")
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Graceful stop: no new rooms or connections, every peer told
+        ``serverShuttingDown {reconnectInMs}``, then after ``grace`` (shutdown_grace) every
+        room closed with reason ``server_shutdown`` (peers get ``roomClosed``). The caller
+        cancels the server afterwards."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        self.shutting_down = True
+        self.set_draining(True)
+        rooms = list(self.rooms.rooms.values()) if self.rooms is not None else []
+        log_event(logger, "server.shutting_down", rooms=len(rooms), grace=grace)
+        notice = {"reconnectInMs": self.config.shutdown_reconnect_ms,
+                  "graceMs": int(grace * 1000)}
+        for room in rooms:
+            room.notify_all("serverShuttingDown", notice)
+        if rooms:
+            await trio.sleep(grace)
+        for room in list(self.rooms.rooms.values()) if self.rooms is not None else []:
+            room.close("server_shutdown")
+        # Let the sessions' writers send roomClosed before the caller cancels everything.
+        with trio.move_on_after(min(1.0, self.config.write_timeout)):
+            while self.sessions:
+                await trio.sleep(0.02)
+
+    # ---- metrics --------------------------------------------------------------------------
+
+    def room_gauges(self) -> RoomGauges:
+        g = RoomGauges(sessions=self.sessions, draining=self.draining)
+        for room in self.rooms.rooms.values() if self.rooms is not None else ():
+            g.rooms += 1
+            for peer in room.peers.values():
+                g.peers[peer.role] += 1
+            for t in room.transports.values():
+                g.transports[(t.ice.state, t.dtls.state if t.dtls is not None else "new")] += 1
+            for p in room.producers.values():
+                g.producers[p.kind] += 1
+            for c in room.consumers.values():
+                g.consumers[c.kind] += 1
+        return g
+
+    def _refusal_counts(self) -> dict[str, int]:
+        limits = self.ctx.limits
+        return dict(limits.refusals.counts) if limits is not None else {}
+
+    async def _metrics_connection(self, stream: trio.SocketStream) -> None:
+        """GET /metrics on the metrics listener (nothing else there)."""
+        remote = _remote(stream)
+        try:
+            head = None
+            with trio.move_on_after(self.config.http_timeout):
+                head = await self._read_head(stream)
+            if head is None:
+                return
+            path = _path(head.request.target)
+            if path != "/metrics":
+                await self._respond(stream, 404, b"not found: try /metrics\n")
+            elif head.request.method not in (b"GET", b"HEAD"):
+                await self._respond(stream, 405, b"method not allowed\n",
+                                    extra=((b"Allow", b"GET, HEAD"),))
+            else:
+                body = render(self.registry)
+                await self._respond(stream, 200, body, CONTENT_TYPE_LATEST.encode(),
+                                    head_only=head.request.method == b"HEAD")
+        except _BadRequest as exc:
+            with trio.move_on_after(self.config.write_timeout):
+                await self._respond(stream, exc.status, b"bad request\n")
+        except _DISCONNECTS:
+            pass
+        except Exception:
+            log_event(logger, "metrics.crashed", level=logging.ERROR, remote=remote,
+                      exc_info=True)
+        finally:
+            await trio.aclose_forcefully(stream)
+
     # ---- one connection ---------------------------------------------------------------------
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         """The boundary: nothing a connection does may escape into the listener."""
         ip, remote = _peer(stream)
+        if self.shutting_down:  # stop accepting: closed unanswered
+            await trio.aclose_forcefully(stream)
+            return
         address = address_key(ip)
         limits = self.ctx.limits
         assert limits is not None
@@ -452,7 +561,8 @@ class Server:
                 log_event(logger, "http.no_request", level=logging.DEBUG, remote=remote,
                           reason="timeout" if trio.current_time() >= deadline else "closed")
                 return
-            await self._dispatch(stream, head, remote, deadline, handshake_done, address)
+            await self._dispatch(stream, head, remote, deadline, handshake_done, address,
+                                 _peer(stream)[0])
         finally:
             handshake_done()
 
@@ -486,10 +596,16 @@ class Server:
 
     async def _dispatch(self, stream: trio.SocketStream, head: _Head, remote: str,
                         deadline: float, handshake_done: Callable[[], None],
-                        address: str = "") -> None:
+                        address: str = "", ip: str = "") -> None:
         request = head.request
         path = _path(request.target)
         method = request.method
+        if path.startswith("/admin/"):
+            handshake_done()
+            status, answer = self._admin(head, path, ip)
+            await self._respond(stream, status, json.dumps(answer).encode() + b"\n",
+                                b"application/json", head_only=method == b"HEAD")
+            return
         if path == "/ws" and head.header(b"upgrade") is not None:
             if not self._origin_allowed(head.header(b"origin")):
                 handshake_done()
@@ -619,7 +735,108 @@ class Server:
             "engine": self.media.counts(),
             "open_rooms": self.config.open_rooms,
             "refused": dict(limits.refusals.counts) if limits is not None else {},
+            # A load balancer sends no new rooms to a draining (or stopping) node.
+            "status": ("shutting_down" if self.shutting_down
+                       else "draining" if self.draining else "ok"),
+            "draining": self.draining,
         }
+
+    # ---- admin API ------------------------------------------------------------------------
+
+    def _admin_allowed(self, head: _Head, ip: str) -> tuple[int, dict[str, Any]] | None:
+        """None if the client may use the admin API, else the error answer."""
+        token = self.config.admin_token
+        if token is None:
+            if _is_loopback(ip):
+                return None
+            return _admin_error(403, errors.FORBIDDEN,
+                                "the admin API answers loopback clients only (no admin_token)")
+        given = head.header(b"authorization") or b""
+        scheme, _, value = given.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), token.encode()):
+            return None
+        return _admin_error(401, errors.UNAUTHORIZED, "missing or wrong admin bearer token")
+
+    def _admin(self, head: _Head, path: str, ip: str) -> tuple[int, dict[str, Any]]:
+        """One admin request: (HTTP status, JSON answer)."""
+        refused = self._admin_allowed(head, ip)
+        if refused is not None:
+            return refused
+        method = head.request.method
+        parts = [p for p in path.split("/")[2:] if p]
+        query = _query(head.request.target)
+        reason = query.get("reason", "admin")[:64] or "admin"
+        read = method in (b"GET", b"HEAD")
+        rooms = self.rooms.rooms if self.rooms is not None else {}
+        try:
+            if parts == ["rooms"] and read:
+                return 200, {"rooms": [room.describe() for room in rooms.values()],
+                             "draining": self.draining}
+            if parts == ["status"] and read:
+                return 200, self.health()
+            if parts in (["drain"], ["undrain"]) and method == b"POST":
+                self.set_draining(parts[0] == "drain")
+                return 200, {"draining": self.draining}
+            if len(parts) >= 2 and parts[0] == "rooms":
+                room = rooms.get(parts[1])
+                if room is None or room.closed:
+                    return _admin_error(404, errors.ROOM_NOT_FOUND, "no such room")
+                return self._admin_room(room, parts[2:], method, reason)
+        except RoomError as exc:
+            from pysfu.signaling.session import protocol_error
+
+            err = protocol_error(exc)
+            return _admin_error(404 if err.code.endswith("not_found") else 409, err.code,
+                                err.message)
+        return _admin_error(404, errors.UNKNOWN_EVENT, "no such admin request (or method)")
+
+    def _admin_room(self, room: Room, rest: list[str], method: bytes,
+                    reason: str) -> tuple[int, dict[str, Any]]:
+        if not rest and method in (b"GET", b"HEAD"):
+            return 200, room.describe()
+        if method != b"POST":
+            return _admin_error(404, errors.UNKNOWN_EVENT, "no such admin request (or method)")
+        if rest == ["close"]:
+            room.close(reason)
+            return 200, {"closed": room.id, "reason": reason}
+        if len(rest) == 3 and rest[0] == "peers" and rest[2] == "remove":
+            room.remove_peer(rest[1], reason)
+            return 200, {"removed": rest[1], "reason": reason}
+        if len(rest) == 3 and rest[0] == "producers" and rest[2] in ("pause", "resume"):
+            producer = room.producer_by_id(rest[1])
+            owner = room.peers.get(producer.owner)
+            if owner is None:
+                return _admin_error(404, errors.PEER_NOT_FOUND, "the producer's peer is gone")
+            room.set_producer_paused(owner, producer.id, rest[2] == "pause")
+            if owner.notify is not None:  # the host learns it was paused from outside
+                owner.notify("producerPaused" if producer.paused else "producerResumed",
+                             {"producerId": producer.id, "byAdmin": True})
+            return 200, {"producerId": producer.id, "paused": producer.paused}
+        return _admin_error(404, errors.UNKNOWN_EVENT, "no such admin request (or method)")
+
+
+def _admin_error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
+    """An admin API error: the signaling protocol's error shape and codes."""
+    return status, {"error": {"code": code, "message": message}}
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _query(target: bytes) -> dict[str, str]:
+    """The first value of each query parameter of a request target."""
+    _, sep, query = target.partition(b"?")
+    if not sep:
+        return {}
+    try:
+        parsed = parse_qs(query.decode("ascii"), max_num_fields=16)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return {k: v[0] for k, v in parsed.items() if v}
 
 
 def _path(target: bytes) -> str:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pysfu.config import Config
     from pysfu.dtls import Certificate
     from pysfu.media import MediaEngine
+    from pysfu.metrics import Metrics
 
 logger = logging.getLogger("pysfu.transport")
 
@@ -73,7 +74,8 @@ class Consumer:
 class WebRtcTransport:
     def __init__(self, transport_id: str, owner: str, direction: str, *, handle: int,
                  media: MediaEngine, config: Config, certificate: Certificate,
-                 on_failed: Callable[[WebRtcTransport, str], None], room_id: str = "") -> None:
+                 on_failed: Callable[[WebRtcTransport, str], None], room_id: str = "",
+                 metrics: Metrics | None = None) -> None:
         """``on_failed(transport, reason)``: ICE consent or DTLS failed, or connecting timed
         out; the owner of the transport closes it. ``room_id`` only labels log lines."""
         self.id = transport_id
@@ -105,6 +107,9 @@ class WebRtcTransport:
         # Frees this handshake's slot in the per-address DTLS limits (pysfu.limits): called
         # once, when DTLS completes or fails or the transport closes.
         self._handshake_end: Callable[[], None] | None = None
+        self._metrics = metrics
+        self._dtls_started: float | None = None  # first DTLS flight either way (timing)
+        self._dtls_counted = False
 
     # ---- signaling-facing ---------------------------------------------------------------------
 
@@ -152,6 +157,7 @@ class WebRtcTransport:
             remote_fingerprint=dtls_parameters["fingerprints"][0],
         )
         if role == "client" and self.ice.state in ("connected", "completed"):
+            self._dtls_started = trio.current_time()
             self.dtls.start(trio.current_time())
             self._flush_dtls()
         log_event(logger, "transport.connect", room=self.room_id, peer=self.owner,
@@ -261,6 +267,8 @@ class WebRtcTransport:
                         if kind == "stun":
                             self._on_stun(data, (ip, port), now)
                         elif kind == "dtls" and self.dtls is not None:
+                            if self._dtls_started is None:  # its first flight, we serve
+                                self._dtls_started = now
                             self.dtls.receive(data, now)
                             self._after_dtls((ip, port))
                     self._on_timer(trio.current_time())
@@ -289,6 +297,7 @@ class WebRtcTransport:
         elif self._connect_deadline is not None and now >= self._connect_deadline:
             self._connect_deadline = None
             if self.srtp_profile is None:
+                self._count_dtls("timeout")
                 self._fail("connect_timeout")
 
     def _on_stun(self, data: bytes, addr: tuple[str, int], now: float) -> None:
@@ -305,6 +314,7 @@ class WebRtcTransport:
         dtls = self.dtls
         if dtls is not None and dtls.state == "new" and self.ice.state != "new":
             if self.remote_dtls is not None and self.remote_dtls["role"] == "server":
+                self._dtls_started = now
                 dtls.start(now)
                 self._flush_dtls()
 
@@ -328,9 +338,22 @@ class WebRtcTransport:
                                  keys.remote_key, keys.remote_salt, proven)
             log_event(logger, "dtls.connected", room=self.room_id, peer=self.owner,
                       transport=self.id, srtp_profile=keys.profile)
+            self._count_dtls("connected")
         elif dtls.state == "failed":
             self._end_handshake()
+            self._count_dtls("failed")
             self._fail(f"dtls_{dtls.failure_reason or 'failed'}")
+
+    def _count_dtls(self, outcome: str) -> None:
+        """A handshake's outcome, once per transport (metrics; the time for "connected")."""
+        if self._metrics is None or self._dtls_counted:
+            return
+        self._dtls_counted = True
+        seconds = None
+        if outcome == "connected":
+            start = self._dtls_started
+            seconds = trio.current_time() - start if start is not None else None
+        self._metrics.dtls_done(outcome, seconds)
 
     def _flush_dtls(self) -> None:
         assert self.dtls is not None

@@ -14,7 +14,7 @@ from pysfu.server import Server, serve
 
 def test_config(**overrides: Any) -> Config:
     """Loopback, ephemeral ports, short grace period."""
-    base = {"port": 0, "rtc_port": 0, "host_grace_period": 0.5}
+    base = {"port": 0, "rtc_port": 0, "host_grace_period": 0.5, "metrics_port": 0}
     base.update(overrides)
     return load_config(overrides=base)
 

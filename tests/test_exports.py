@@ -24,7 +24,7 @@ PUBLIC: dict[str, set[str]] = {
         "BAD_REQUEST", "CANNOT_CONSUME", "CONSUMER_NOT_FOUND", "FORBIDDEN", "INTERNAL_ERROR",
         "INVALID_DTLS_PARAMETERS", "INVALID_FIELD", "LIMIT_EXCEEDED", "NOT_JOINED",
         "PRODUCER_NOT_FOUND", "RATE_LIMITED", "TRANSPORT_NOT_FOUND", "UNAUTHORIZED",
-        "UNKNOWN_EVENT",
+        "UNKNOWN_EVENT", "UNAVAILABLE", "ROOM_NOT_FOUND", "PEER_NOT_FOUND",
     },
     "pysfu.auth": {"ANY_ROOM", "AuthError", "Grant", "Verifier", "create_token"},
 }

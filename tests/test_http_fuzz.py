@@ -39,7 +39,8 @@ def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, su
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pysfu", "serve", "--port", str(port),
-             "--rtc-port", str(_free_port(socket.SOCK_DGRAM))], stderr=err, env=env)
+             "--rtc-port", str(_free_port(socket.SOCK_DGRAM)), "--metrics-port", "0"],
+            stderr=err, env=env)
     try:
         deadline = time.monotonic() + 30
         while "event=server.listening" not in log.read_text():

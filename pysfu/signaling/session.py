@@ -38,6 +38,7 @@ from pysfu.room import (
     Forbidden,
     LimitExceeded,
     Peer,
+    PeerNotFound,
     ProducerNotFound,
     RateLimited,
     Room,
@@ -45,6 +46,7 @@ from pysfu.room import (
     RoomError,
     RoomRegistry,
     TransportNotFound,
+    Unavailable,
 )
 from pysfu.signaling.schema import (
     Request,
@@ -82,10 +84,12 @@ _DOMAIN_CODES: tuple[tuple[type[Exception], str], ...] = (
     (LimitExceeded, errors.LIMIT_EXCEEDED),
     (RateLimited, errors.RATE_LIMITED),
     (TransportNotFound, errors.TRANSPORT_NOT_FOUND),
+    (PeerNotFound, errors.PEER_NOT_FOUND),
     (ProducerNotFound, errors.PRODUCER_NOT_FOUND),
     (ConsumerNotFound, errors.CONSUMER_NOT_FOUND),
     (AlreadyConsuming, errors.ALREADY_CONSUMING),
     (CannotConsume, errors.CANNOT_CONSUME),
+    (Unavailable, errors.UNAVAILABLE),
     (AlreadyConnected, errors.ALREADY_CONNECTED),
 )
 
@@ -235,7 +239,9 @@ class Session:
                                                                trio.current_time())):
             self._queue(encode_error(peek_request_id(text), errors.RATE_LIMITED,
                                      "too many requests, slow down", None))
+            self.ctx.metrics.request(None, errors.RATE_LIMITED)
             return
+        code = "ok"
         try:
             request = parse_request(text)
             req_id, event = request.id, request.event
@@ -248,8 +254,10 @@ class Session:
                 raise protocol_error(exc) from None
             self._queue(encode(answer, data, req_id))
         except RequestError as exc:
+            code = exc.code
             self._queue(encode_error(exc.request_id, exc.code, exc.message, event))
         except SignalingError as exc:
+            code = exc.code
             self._queue(encode_error(req_id, exc.code, exc.message, event))
             if self._closing:  # after the answer: the writer closes when it gets here
                 self._queue((1008, "too many failed joins"))
@@ -257,7 +265,11 @@ class Session:
             log_event(logger, "request.crashed", level=logging.ERROR, request=event,
                       room=self.room.id if self.room else None,
                       peer=self.peer.id if self.peer else None, exc_info=True)
+            code = errors.INTERNAL_ERROR
             self._queue(encode_error(req_id, errors.INTERNAL_ERROR, "internal error", event))
+        # Counted by event (only the protocol's events: a client's made-up names would make
+        # the label set unbounded) and answer code.
+        self.ctx.metrics.request(event if event in self._handlers else None, code)
 
     # ---- helpers ------------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ class SfuProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pysfu", "serve", "--port", str(self.port),
-             "--rtc-port", str(self.rtc_port)],
+             "--rtc-port", str(self.rtc_port), "--metrics-port", "0"],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             env=env,
         )
