@@ -4,6 +4,9 @@
 print a join token signed with the configured secret (``auth_secret``, or the ``auth_keys``
 entry named by ``--kid``; from ``--config FILE`` or ``PYSFU_AUTH_SECRET`` /
 ``PYSFU_AUTH_KEYS``).
+
+``pysfu rooms list | show ID | close ID [--reason R]``: the admin API of a running server
+(``--url`` or ``PYSFU_ADMIN_URL``, ``--admin-token`` or ``PYSFU_ADMIN_TOKEN``).
 """
 
 from __future__ import annotations
@@ -60,7 +63,56 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--name", help="display name")
     token.add_argument("--kid", help="key id: sign with this entry of auth_keys")
     token.add_argument("--config", help="TOML file with settings (auth_secret / auth_keys)")
+    rooms = sub.add_parser("rooms", help="list, show or close rooms of a running server "
+                                          "(admin API)")
+    rooms.add_argument("action", choices=("list", "show", "close"))
+    rooms.add_argument("room", nargs="?", help="room id (show, close)")
+    rooms.add_argument("--reason", default="admin", help="close: the reason peers are told")
+    rooms.add_argument("--url", default=None,
+                       help="the server's signaling URL (default $PYSFU_ADMIN_URL or "
+                            "http://127.0.0.1:8080)")
+    rooms.add_argument("--admin-token", dest="admin_token", default=None,
+                       help="bearer token (default $PYSFU_ADMIN_TOKEN); none: loopback only")
     return parser
+
+
+def _rooms(args: argparse.Namespace) -> int:
+    """``pysfu rooms list|show ID|close ID``: the admin API, JSON on stdout."""
+    import json
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    base = (args.url or os.environ.get("PYSFU_ADMIN_URL") or "http://127.0.0.1:8080")
+    token = args.admin_token or os.environ.get("PYSFU_ADMIN_TOKEN")
+    if args.action != "list" and not args.room:
+        sys.stderr.write(f"pysfu: rooms {args.action} needs a room id\n")
+        return 2
+    path, method = "/admin/rooms", "GET"
+    if args.action == "show":
+        path += "/" + quote(args.room, safe="")
+    elif args.action == "close":
+        path += f"/{quote(args.room, safe='')}/close?reason={quote(args.reason, safe='')}"
+        method = "POST"
+    request = urllib.request.Request(base.rstrip("/") + path, method=method,
+                                     data=b"" if method == "POST" else None)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            answer = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read())["error"]
+            sys.stderr.write(f"pysfu: {error['code']}: {error['message']}\n")
+        except (ValueError, KeyError, TypeError):
+            sys.stderr.write(f"pysfu: HTTP {exc.code}\n")
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        sys.stderr.write(f"pysfu: cannot reach {base}: {exc}\n")
+        return 1
+    sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+    return 0
 
 
 _TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -112,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "token":
         return _token(args)
+    if args.command == "rooms":
+        return _rooms(args)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
         config = load_config(args.config, os.environ, overrides)
