@@ -31,6 +31,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "RoomGauges", "EngineCollector", "r
 
 # DTLS handshake time buckets, seconds (a LAN handshake takes a few ms, a lossy path seconds).
 _DTLS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_FIRST_PACKET_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
 
 # Engine totals key -> (metric name, help, kind label or None).
 _TOTALS: tuple[tuple[str, str, str], ...] = (
@@ -75,10 +76,18 @@ class Metrics:
         self.dtls_seconds = Histogram(
             "pysfu_dtls_handshake_seconds", "DTLS handshake time, first flight to connected",
             buckets=_DTLS_BUCKETS, registry=self.registry)
+        self.join_to_first_packet = Histogram(
+            "pysfu_join_to_first_packet_seconds",
+            "From a peer's join to the first media packet forwarded to it",
+            buckets=_FIRST_PACKET_BUCKETS, registry=self.registry)
 
     def request(self, event: str | None, code: str) -> None:
         """One signaling request answered (``code`` "ok" or the error code)."""
         self.requests[(event or "other", code)] += 1
+
+    def first_packet(self, seconds: float) -> None:
+        """A peer got its first forwarded media packet ``seconds`` after it joined."""
+        self.join_to_first_packet.observe(seconds)
 
     def dtls_done(self, outcome: str, seconds: float | None = None) -> None:
         """A DTLS handshake ended: "connected" (with its time), "failed" or "timeout"."""

@@ -98,6 +98,8 @@ class Peer:
     consumers: dict[str, Consumer] = field(default_factory=dict)
     grace_scope: trio.CancelScope | None = None
     produced: bool = False  # has had a producer (a host that never did gets no grace period)
+    joined_at: float = field(default_factory=trio.current_time)  # this join (or reconnect)
+    got_media: bool = False  # a first forwarded packet reached it since joined_at
 
 
 class Room:
@@ -179,6 +181,7 @@ class Room:
                 peer.grace_scope = None
             self._release_peer(peer)
             peer.notify = notify
+            peer.joined_at, peer.got_media = trio.current_time(), False
             log_event(logger, "peer.reconnected", room=self.id, peer=peer_id, role=role)
             return peer, True
         if role == "host" and self.host is not None:
@@ -314,7 +317,7 @@ class Room:
         transport = WebRtcTransport(
             new_id(), peer.id, direction, handle=ctx.next_handle(), media=ctx.media,
             config=ctx.config, certificate=ctx.certificate, on_failed=self.transport_closed,
-            room_id=self.id, metrics=ctx.metrics)
+            room_id=self.id, metrics=ctx.metrics, on_media=self._first_media)
         transport.start(self.nursery)
         peer.transports[transport.id] = transport
         self.transports[transport.id] = transport
@@ -329,6 +332,15 @@ class Room:
         if transport.owner != peer.id:
             raise Forbidden("the transport belongs to another peer")
         return transport
+
+    def _first_media(self, transport: WebRtcTransport) -> None:
+        """The engine forwarded a transport's first media packet: the first for its owner
+        since it joined gives the join-to-first-packet time."""
+        peer = self.peers.get(transport.owner)
+        if peer is None or peer.got_media:
+            return
+        peer.got_media = True
+        self.ctx.metrics.first_packet(trio.current_time() - peer.joined_at)
 
     def transport_closed(self, transport: WebRtcTransport, reason: str) -> None:
         """Called by a transport whose ICE consent or DTLS failed: tell its owner, clean up."""

@@ -75,9 +75,11 @@ class WebRtcTransport:
     def __init__(self, transport_id: str, owner: str, direction: str, *, handle: int,
                  media: MediaEngine, config: Config, certificate: Certificate,
                  on_failed: Callable[[WebRtcTransport, str], None], room_id: str = "",
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 on_media: Callable[[WebRtcTransport], None] | None = None) -> None:
         """``on_failed(transport, reason)``: ICE consent or DTLS failed, or connecting timed
-        out; the owner of the transport closes it. ``room_id`` only labels log lines."""
+        out; the owner of the transport closes it. ``on_media(transport)``: the engine sent
+        it its first forwarded media packet. ``room_id`` only labels log lines."""
         self.id = transport_id
         self.owner = owner
         self.direction = direction
@@ -87,6 +89,7 @@ class WebRtcTransport:
         self._config = config
         self._certificate = certificate
         self._on_failed = on_failed
+        self._on_media = on_media
         ufrag, password = IceLiteServer.generate_credentials()
         self.ice = IceLiteServer(ufrag, password, consent_timeout=config.consent_timeout)
         self.dtls: DtlsTransport | None = None
@@ -271,6 +274,8 @@ class WebRtcTransport:
                                 self._dtls_started = now
                             self.dtls.receive(data, now)
                             self._after_dtls((ip, port))
+                        elif kind == "media" and self._on_media is not None:
+                            self._on_media(self)
                     self._on_timer(trio.current_time())
         finally:
             self._end_handshake()

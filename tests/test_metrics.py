@@ -95,6 +95,9 @@ async def test_metrics_follow_a_live_stream(server: Server, client: Any,
         assert value(before, "pysfu_engine_objects", kind="transports") == 2
         assert value(before, "pysfu_dtls_handshakes_total", outcome="connected") == 2
         assert value(before, "pysfu_dtls_handshake_seconds_count") == 2
+        # The viewer (not the host: nothing is forwarded to it) got its first packet once.
+        assert value(before, "pysfu_join_to_first_packet_seconds_count") == 1
+        assert 0 < value(before, "pysfu_join_to_first_packet_seconds_sum") < 5
         assert value(before, "pysfu_signaling_requests_total", event="join", code="ok") == 2
         assert value(before, "pysfu_process_resident_memory_bytes") > 10e6
         assert value(before, "pysfu_process_open_fds") > 5
@@ -123,6 +126,7 @@ async def test_metrics_follow_a_live_stream(server: Server, client: Any,
         assert (value(after, "pysfu_dropped_datagrams_total", reason="srtp_auth")
                 - value(before, "pysfu_dropped_datagrams_total", reason="srtp_auth")) == 7
         forwarded = value(after, "pysfu_forwarded_packets_total", kind="video")
+        assert value(after, "pysfu_join_to_first_packet_seconds_count") == 1  # once per join
 
         # The room closes (the host leaves): gauges to zero, counters stay.
         await viewer.client.leave("media")

@@ -350,6 +350,10 @@ impl Consumer {
         let len = buf.len();
         self.stats.tx(len);
         ct.stats.tx(len);
+        if !ct.media_sent {
+            ct.media_sent = true;
+            cx.first_media.push((self.transport, dest));
+        }
         if let Some(m) = self.quality.seq_map.as_mut() {
             m.record(seq_out, seq_in, pkt.encoding as u8);
         }

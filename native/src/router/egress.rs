@@ -42,6 +42,8 @@ pub(super) struct Fanout<'a> {
     pub(super) transports: &'a mut HandleMap<Transport>,
     pub(super) drops: &'a mut Drops,
     pub(super) out: &'a mut Output,
+    /// Transports sent their first forwarded packet by this fan-out, and where.
+    pub(super) first_media: &'a mut Vec<(Handle, SocketAddr)>,
 }
 
 /// Forward `pkt` to each of `consumers`; the number of packets and bytes queued.

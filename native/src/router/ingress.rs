@@ -91,7 +91,7 @@ impl Router {
     fn on_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Output) {
         let Some(th) = self.unprotect_rtp(from, data) else { return };
         let Some(a) = self.producer_stream(now, th, data.len()) else { return };
-        let Router { transports, producers, consumers, drops, scratch, next_timeout, .. } = self;
+        let Router { transports, producers, consumers, drops, scratch, next_timeout, first_media, .. } = self;
         let Some(p) = producers.get_mut(&a.stream.producer) else { return };
         let enc = a.stream.encoding;
         let pkt: &[u8] = scratch;
@@ -122,9 +122,12 @@ impl Router {
             has_key_frames: kf.has_key_frames,
             ext_map: &p.ext_map,
         };
-        let (packets, bytes) = fan_out(consumers, &p.consumers, &ingress, &mut Fanout { transports, drops, out }, now);
+        let (packets, bytes) = fan_out(consumers, &p.consumers, &ingress, &mut Fanout { transports, drops, out, first_media }, now);
         p.stats.packets_out += packets;
         p.stats.bytes_out += bytes;
+        while let Some((th, dest)) = self.first_media.pop() {
+            self.push_up(UpKind::Media, th, dest, &[]);
+        }
         if kf.request || loss.overflow {
             self.request_key_frame(now, a.stream.producer, enc, out);
         }

@@ -113,6 +113,8 @@ pub struct Router {
     rtcp_work: RtcpWork,
     /// A transport whose first sending tuple was just proven (consumers resync).
     connect_pending: Option<Handle>,
+    /// Transports that were just sent their first forwarded media packet, and where.
+    first_media: Vec<(Handle, SocketAddr)>,
 }
 
 impl Router {
@@ -138,6 +140,7 @@ impl Router {
             next_report: None,
             rtcp_work: RtcpWork::default(),
             connect_pending: None,
+            first_media: Vec::new(),
         }
     }
 
@@ -185,6 +188,7 @@ impl Router {
         match kind {
             UpKind::Stun => t.stun_in += 1,
             UpKind::Dtls => t.dtls_in += 1,
+            UpKind::Media => {}
         }
         self.up.push_back(Upcall { kind, transport, from, data: data.to_vec() });
     }

@@ -167,6 +167,8 @@ impl Output {
 pub enum UpKind {
     Stun,
     Dtls,
+    /// The first forwarded media packet left for the transport (no data; `from` = where).
+    Media,
 }
 
 impl UpKind {
@@ -174,6 +176,7 @@ impl UpKind {
         match self {
             UpKind::Stun => "stun",
             UpKind::Dtls => "dtls",
+            UpKind::Media => "media",
         }
     }
 }

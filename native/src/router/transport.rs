@@ -62,6 +62,9 @@ pub(super) struct Transport {
     pub(super) up_dropped: u64,
     /// STUN refused by the integrity check.
     pub(super) stun_rejected: u64,
+    /// A forwarded media packet has left for this transport (its first one is told upward,
+    /// once: join-to-first-packet time).
+    pub(super) media_sent: bool,
     /// Unprotects what the peer sends (remote keys).
     pub(super) rx: Option<SrtpContext>,
     /// Protects what we send (local keys).
@@ -169,6 +172,7 @@ impl Transport {
             up_pending: 0,
             up_dropped: 0,
             stun_rejected: 0,
+            media_sent: false,
             rx: None,
             tx: None,
             producers: Vec::new(),

@@ -214,3 +214,28 @@ fn totals_count_forwarded_media_and_never_go_down_when_objects_are_removed() {
     assert_eq!(room.r.counts().producers, 0);
     assert_eq!(room.r.totals(), before, "removing the producer and the rest keeps the totals");
 }
+
+#[test]
+fn a_transports_first_forwarded_packet_is_told_upward_once() {
+    let mut room = room(false);
+    room.r.take_upcalls();
+    let media_upcalls = |r: &mut Router| -> Vec<(Handle, u16)> {
+        r.take_upcalls()
+            .into_iter()
+            .filter(|u| u.kind == UpKind::Media)
+            .map(|u| (u.transport, u.from.port()))
+            .collect()
+    };
+    room.send(false); // waiting for a key frame: nothing forwarded, nothing told
+    assert!(media_upcalls(&mut room.r).is_empty());
+    room.send(true);
+    let mut first = media_upcalls(&mut room.r);
+    first.sort();
+    // The two viewers' transports (handles 2 and 3 at ports 2000 and 3000), once each.
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|(_, port)| *port == 2000 || *port == 3000));
+    for _ in 0..5 {
+        room.send(false);
+    }
+    assert!(media_upcalls(&mut room.r).is_empty());
+}
