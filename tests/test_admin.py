@@ -170,6 +170,27 @@ async def test_drain_refuses_new_rooms_and_serves_existing_ones(
         assert (await later.join("r2", "host", "h2"))["roomId"] == "r2"
 
 
+@pytest.mark.parametrize("config_overrides", [{"admin_token": TOKEN}])
+async def test_rooms_cli_with_an_admin_token(server: Server) -> None:
+    url = f"http://127.0.0.1:{server.port}"
+
+    async def cli(*args: str, **env: str) -> trio.CompletedProcess[bytes]:
+        return await trio.run_process(
+            [sys.executable, "-m", "pysfu", "rooms", "list", "--url", url, *args],
+            capture_stdout=True, capture_stderr=True, check=False,
+            env={k: v for k, v in {**os.environ, **env}.items() if k != "PYSFU_ADMIN_TOKEN"
+                 or "PYSFU_ADMIN_TOKEN" in env})
+
+    refused = await cli()
+    assert refused.returncode != 0 and b"unauthorized" in refused.stderr
+    assert b"Traceback" not in refused.stderr
+    flag = await cli("--admin-token", TOKEN)
+    assert flag.returncode == 0, flag.stderr
+    assert json.loads(flag.stdout)["rooms"] == []
+    from_env = await cli(PYSFU_ADMIN_TOKEN=TOKEN)
+    assert from_env.returncode == 0, from_env.stderr
+
+
 async def test_rooms_cli_against_a_running_server(server: Server, client: Any,
                                                   nursery: trio.Nursery) -> None:
     host, _, _ = await _room(client, nursery)

@@ -180,6 +180,9 @@ async def test_wrong_fingerprint_yields_no_keys(
         _, note = await c.next_notification("transportClosed", timeout=5)
         assert note["transportId"] == transport["id"]
         assert note["reason"].startswith("dtls")
+        # Counted for /metrics as a failed handshake (the host's connected one is there too).
+        assert server.ctx.metrics.dtls_handshakes["failed"] == 1
+        assert server.ctx.metrics.dtls_handshakes["connected"] == 1
         peer.close()
 
 

@@ -27,6 +27,7 @@ async def test_connect_without_handshake_times_out(server: Server, client: Any) 
         assert await peer.ice_check() is not None
         _, note = await c.next_notification("transportClosed", timeout=5)
         assert note == {"transportId": transport["id"], "reason": "connect_timeout"}
+        assert server.ctx.metrics.dtls_handshakes == {"timeout": 1}  # for /metrics
         assert server.media.counts() == EMPTY
         assert server.rooms.get(ROOM).snapshot()["transports"] == 0
         peer.close()
