@@ -23,6 +23,7 @@ import time
 from pylibsrtp import Policy, Session
 
 from pysfu._native import Engine
+from pysfu.dtls import SrtpKeys
 
 PROFILES = {
     "AES_CM_128_HMAC_SHA1_80": (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 16, 14),
@@ -68,7 +69,7 @@ def main() -> None:
     host_addr = ("127.0.0.1", host.getsockname()[1])
     eng.add_transport(1, "host", "host-ice-password-0123456789")
     eng.bind_tuple(1, *host_addr, True)
-    eng.set_srtp(1, args.profile, os.urandom(klen), os.urandom(slen), hk, hs, host_addr)
+    eng.set_srtp(1, SrtpKeys(args.profile, os.urandom(klen), os.urandom(slen), hk, hs), host_addr)
     spec = {
         "kind": "video",
         "mid": "0",
@@ -89,8 +90,8 @@ def main() -> None:
         addr = ("127.0.0.1", s.getsockname()[1])
         eng.add_transport(h, f"v{i}", f"viewer-ice-password-{i:08d}")
         eng.bind_tuple(h, *addr, True)
-        eng.set_srtp(h, args.profile, os.urandom(klen), os.urandom(slen), os.urandom(klen),
-                     os.urandom(slen), addr)
+        eng.set_srtp(h, SrtpKeys(args.profile, os.urandom(klen), os.urandom(slen),
+                              os.urandom(klen), os.urandom(slen)), addr)
         eng.add_consumer(1000 + i, h, 10, {"ssrc": 50000 + i, "mid": str(i), "mid_ext_id": 1,
                                             "payload_types": {101: 101}, "paused": False})
         viewers.append(s)

@@ -6,7 +6,7 @@ fit raises ``ValueError`` naming the field; an unknown handle raises ``KeyError`
 """
 
 from types import TracebackType
-from typing import Literal, NotRequired, TypedDict
+from typing import Literal, NotRequired, Protocol, TypedDict
 
 __all__ = [
     "CodecSpec",
@@ -15,6 +15,7 @@ __all__ = [
     "EncodingSpec",
     "ExtSpec",
     "ProducerSpec",
+    "SrtpKeys",
     "StatValue",
     "version",
 ]
@@ -75,6 +76,23 @@ class ConsumerSpec(TypedDict):
     """The viewer negotiated plain ``nack`` (default True): its NACKs are answered."""
     cname: NotRequired[str | None]
 
+class SrtpKeys(Protocol):
+    """One transport's SRTP keys, read by attribute (``pysfu.dtls.SrtpKeys`` is one: built
+    once from the DTLS exporter). "local" protects what we send, "remote" what the peer sends.
+    Anything that does not fit raises ``ValueError`` naming the attribute."""
+
+    @property
+    def profile(self) -> str:
+        """The negotiated profile's name ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_256_GCM", ...)."""
+    @property
+    def local_key(self) -> bytes: ...
+    @property
+    def local_salt(self) -> bytes: ...
+    @property
+    def remote_key(self) -> bytes: ...
+    @property
+    def remote_salt(self) -> bytes: ...
+
 def version() -> str: ...
 
 class Engine:
@@ -91,15 +109,9 @@ class Engine:
     def add_transport(self, handle: int, local_ufrag: str, ice_password: str) -> None: ...
     def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None: ...
     def set_srtp(
-        self,
-        handle: int,
-        profile: str,
-        local_key: bytes,
-        local_salt: bytes,
-        remote_key: bytes,
-        remote_salt: bytes,
-        remote: tuple[str, int] | None = None,
-    ) -> None: ...
+        self, handle: int, keys: SrtpKeys, remote: tuple[str, int] | None = None
+    ) -> None:
+        """``remote``: the (ip, port) the DTLS handshake completed with (proves that tuple)."""
     def remove_transport(self, handle: int) -> None:
         """Also removes the transport's producers and consumers (and their consumers)."""
     def add_producer(self, handle: int, transport: int, spec: ProducerSpec) -> None: ...

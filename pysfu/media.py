@@ -114,11 +114,9 @@ class MediaEngine:
     def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None:
         self._call(self.native.bind_tuple, handle, ip, port, selected)
 
-    def set_srtp(self, handle: int, profile: str, local_key: bytes, local_salt: bytes,
-                 remote_key: bytes, remote_salt: bytes,
+    def set_srtp(self, handle: int, keys: _native.SrtpKeys,
                  remote: tuple[str, int] | None = None) -> None:
-        self._call(self.native.set_srtp, handle, profile, local_key, local_salt, remote_key,
-                   remote_salt, remote)
+        self._call(self.native.set_srtp, handle, keys, remote)
 
     def add_producer(self, handle: int, transport: int, spec: _native.ProducerSpec) -> None:
         self._call(self.native.add_producer, handle, transport, spec)

@@ -339,8 +339,7 @@ class WebRtcTransport:
             # tuple has proven it is the peer, media may go there at once. Otherwise the
             # engine waits for the first authenticated SRTP/SRTCP packet.
             proven = source if source is not None and source == flights_to else None
-            self._media.set_srtp(self.handle, keys.profile, keys.local_key, keys.local_salt,
-                                 keys.remote_key, keys.remote_salt, proven)
+            self._media.set_srtp(self.handle, keys, proven)
             log_event(logger, "dtls.connected", room=self.room_id, peer=self.owner,
                       transport=self.id, srtp_profile=keys.profile)
             self._count_dtls("connected")

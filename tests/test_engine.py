@@ -19,6 +19,7 @@ import trio
 from pylibsrtp import Policy, Session
 
 from pysfu import _native
+from pysfu.dtls import SrtpKeys
 from pysfu.testing import webrtc_peer
 
 Engine = _native.Engine
@@ -123,7 +124,7 @@ def connect_peer(eng: Engine, handle: int, ufrag: str) -> Peer:
     eng.add_transport(handle, ufrag, "pw")
     # As the control plane does: ICE nominates the tuple, DTLS completes with it.
     eng.bind_tuple(handle, "127.0.0.1", sock.getsockname()[1], True)
-    eng.set_srtp(handle, PROFILE, local_key, local_salt, remote_key, remote_salt,
+    eng.set_srtp(handle, SrtpKeys(PROFILE, local_key, local_salt, remote_key, remote_salt),
                  ("127.0.0.1", sock.getsockname()[1]))
     tx = Session(policy(remote_key, remote_salt, Policy.SSRC_ANY_OUTBOUND))
     rx = Session(policy(local_key, local_salt, Policy.SSRC_ANY_INBOUND))
@@ -397,9 +398,11 @@ def test_bad_calls_raise_clear_errors(engine: Engine) -> None:
     with pytest.raises(ValueError, match="IP"):
         engine.bind_tuple(1, "not-an-ip", 5, True)
     with pytest.raises(ValueError, match="profile"):
-        engine.set_srtp(1, "NOPE", b"", b"", b"", b"")
+        engine.set_srtp(1, SrtpKeys("NOPE", b"", b"", b"", b""))
     with pytest.raises(ValueError, match="key"):
-        engine.set_srtp(1, PROFILE, b"short", b"", b"", b"")
+        engine.set_srtp(1, SrtpKeys(PROFILE, b"short", b"", b"", b""))
+    with pytest.raises(ValueError, match="srtp keys: .*profile"):
+        engine.set_srtp(1, {"profile": PROFILE})
     with pytest.raises(KeyError):
         engine.add_producer(10, 99, producer_spec())
     with pytest.raises(ValueError, match="kind"):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pysfu.dtls import SrtpKeys
 from pysfu.media import MediaEngine
 
 GONE = 7  # a transport handle, removed before the calls
@@ -40,8 +41,8 @@ def test_calls_on_removed_objects_are_no_ops(engine: MediaEngine,
         "remove_transport": lambda: engine.native.remove_transport(GONE),  # the raw engine
         "send": lambda: engine.send(GONE, "127.0.0.1", 9, b"\x00\x01\x00\x00"),
         "bind_tuple": lambda: engine.bind_tuple(GONE, "127.0.0.1", 9, True),
-        "set_srtp": lambda: engine.set_srtp(GONE, "AES_CM_128_HMAC_SHA1_80", key, salt, key,
-                                            salt),
+        "set_srtp": lambda: engine.set_srtp(
+            GONE, SrtpKeys("AES_CM_128_HMAC_SHA1_80", key, salt, key, salt)),
         "remove_producer": lambda: engine.remove_producer(PRODUCER),
         "pause_producer": lambda: engine.pause_producer(PRODUCER),
         "resume_producer": lambda: engine.resume_producer(PRODUCER),

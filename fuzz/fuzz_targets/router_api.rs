@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use pysfu_native::router::{Handle, Output, Router, StatValue};
+use pysfu_native::router::{Handle, Output, Router, SrtpKeys, StatValue};
 
 #[derive(Default)]
 struct Model {
@@ -127,7 +127,7 @@ fuzz_target!(|data: &[u8]| {
             9 => {
                 let (k, s) = common::key(b);
                 let dtls = (b & 0x40 != 0).then(|| common::addr(1000 + u16::from(b % 12)));
-                let ok = r.set_srtp(now, t, common::PROFILE.name(), &k, &s, &k, &s, dtls, &mut out).is_ok();
+                let ok = r.set_srtp(now, t, &SrtpKeys::new(common::PROFILE.name(), &k, &s, &k, &s), dtls, &mut out).is_ok();
                 assert_eq!(ok, m.transports.contains(&t));
             }
             10 => {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pysfu_native::io;
 use pysfu_native::router::{
-    CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, KeyFrameMethod, Output, ProducerSpec, Router, URI_MID,
+    CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, KeyFrameMethod, Output, ProducerSpec, Router, SrtpKeys, URI_MID,
 };
 use pysfu_native::rtp;
 use pysfu_native::srtp::{Profile, SrtpContext};
@@ -146,7 +146,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
     let (k1, s1) = keys(profile, 1);
     let (k0, s0) = keys(profile, 0);
     r.add_transport(1, "host", "host-password").unwrap();
-    r.set_srtp(now, 1, profile.name(), &k0, &s0, &k1, &s1, Some(host), &mut out).unwrap();
+    r.set_srtp(now, 1, &SrtpKeys::new(profile.name(), &k0, &s0, &k1, &s1), Some(host), &mut out).unwrap();
     r.bind_tuple(now, 1, host, true, &mut out).unwrap();
     r.add_producer(
         now,
@@ -187,7 +187,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
         };
         let (k, s) = keys(profile, 1000 + i as u32);
         r.add_transport(h, &format!("v{i}"), "viewer-password").unwrap();
-        r.set_srtp(now, h, profile.name(), &k, &s, &k, &s, Some(addr), &mut out).unwrap();
+        r.set_srtp(now, h, &SrtpKeys::new(profile.name(), &k, &s, &k, &s), Some(addr), &mut out).unwrap();
         r.bind_tuple(now, h, addr, true, &mut out).unwrap();
         r.add_consumer(
             now,

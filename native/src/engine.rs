@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::io;
-use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Router, RouterError, StatValue};
+use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Router, RouterError, SrtpKeys, StatValue};
 use crate::wake::EventFd;
 
 /// Periodic router work (key frame re-requests) at least this often.
@@ -362,26 +362,15 @@ impl Engine {
         self.control(py, move |r, now, out| r.bind_tuple(now, handle, addr, selected, out))
     }
 
-    /// SRTP keys; `remote`: the (ip, port) the DTLS handshake completed with, which proves
-    /// that tuple (media goes only to proven tuples; without it, the first authenticated
-    /// SRTP/SRTCP packet from the nominated tuple proves it).
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (handle, profile, local_key, local_salt, remote_key, remote_salt, remote = None))]
-    fn set_srtp(
-        &self,
-        py: Python<'_>,
-        handle: Handle,
-        profile: String,
-        local_key: Vec<u8>,
-        local_salt: Vec<u8>,
-        remote_key: Vec<u8>,
-        remote_salt: Vec<u8>,
-        remote: Option<(String, u16)>,
-    ) -> PyResult<()> {
+    /// SRTP keys (one object: `pysfu.dtls.SrtpKeys`, read by attribute); `remote`: the
+    /// (ip, port) the DTLS handshake completed with, which proves that tuple (media goes only
+    /// to proven tuples; without it, the first authenticated SRTP/SRTCP packet from the
+    /// nominated tuple proves it).
+    #[pyo3(signature = (handle, keys, remote = None))]
+    fn set_srtp(&self, py: Python<'_>, handle: Handle, keys: &Bound<'_, PyAny>, remote: Option<(String, u16)>) -> PyResult<()> {
+        let keys: SrtpKeys = keys.extract().map_err(|e| spec_error(py, "srtp keys", e))?;
         let remote = remote.map(|(ip, port)| parse_addr(&ip, port)).transpose()?;
-        self.control(py, move |r, now, out| {
-            r.set_srtp(now, handle, &profile, &local_key, &local_salt, &remote_key, &remote_salt, remote, out)
-        })
+        self.control(py, move |r, now, out| r.set_srtp(now, handle, &keys, remote, out))
     }
 
     fn remove_transport(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pysfu_native::router::{
-    CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, Handle, KeyFrameMethod, Output, ProducerSpec, Router, URI_MID,
+    CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, Handle, KeyFrameMethod, Output, ProducerSpec, Router, SrtpKeys, URI_MID,
     URI_RID, URI_RRID,
 };
 use pysfu_native::srtp::{Profile, SrtpContext};
@@ -42,7 +42,7 @@ pub fn connect(r: &mut Router, now: Instant, h: Handle, port: u16, out: &mut Out
     let (lk, ls) = key(h as u8 * 2);
     let (rk, rs) = key(h as u8 * 2 + 1);
     r.bind_tuple(now, h, addr(port), true, out).expect("bind");
-    r.set_srtp(now, h, PROFILE.name(), &lk, &ls, &rk, &rs, Some(addr(port)), out).expect("srtp");
+    r.set_srtp(now, h, &SrtpKeys::new(PROFILE.name(), &lk, &ls, &rk, &rs), Some(addr(port)), out).expect("srtp");
 }
 
 pub fn video_spec(mid: &str, ssrc: u32) -> ProducerSpec {

@@ -11,7 +11,7 @@ use crate::stun_check::IceKey;
 use super::consumer::Consumer;
 use super::output::Output;
 use super::producer::{Producer, StreamRef};
-use super::spec::{invalid, unknown, ConsumerSpec, ProducerSpec, Result};
+use super::spec::{invalid, unknown, ConsumerSpec, ProducerSpec, Result, SrtpKeys};
 use super::transport::{Transport, Tuple};
 use super::{Handle, Router, MAX_TUPLES};
 
@@ -103,22 +103,18 @@ impl Router {
     /// SRTP keys from the DTLS handshake; `remote`: the address the handshake completed with
     /// (our flights went there and the peer's last one came from there), which proves that
     /// tuple. Without it, the first authenticated SRTP/SRTCP packet proves a tuple.
-    #[allow(clippy::too_many_arguments)]
     pub fn set_srtp(
         &mut self,
         now: Instant,
         h: Handle,
-        profile: &str,
-        local_key: &[u8],
-        local_salt: &[u8],
-        remote_key: &[u8],
-        remote_salt: &[u8],
+        keys: &SrtpKeys,
         remote: Option<SocketAddr>,
         out: &mut Output,
     ) -> Result<()> {
         if !self.transports.contains_key(&h) {
             return Err(unknown("transport", h));
         }
+        let profile = &keys.profile;
         let p = Profile::from_name(profile).ok_or_else(|| invalid(format!("unknown SRTP profile {profile:?}")))?;
         let bad = |what: &str, e: SrtpError| {
             invalid(format!(
@@ -128,8 +124,8 @@ impl Router {
                 p.salt_len()
             ))
         };
-        let tx = SrtpContext::new(p, local_key, local_salt).map_err(|e| bad("local", e))?;
-        let rx = SrtpContext::new(p, remote_key, remote_salt).map_err(|e| bad("remote", e))?;
+        let tx = SrtpContext::new(p, &keys.local_key, &keys.local_salt).map_err(|e| bad("local", e))?;
+        let rx = SrtpContext::new(p, &keys.remote_key, &keys.remote_salt).map_err(|e| bad("remote", e))?;
         let t = self.transports.get_mut(&h).expect("checked above");
         let was_connected = t.is_connected();
         t.tx = Some(tx);

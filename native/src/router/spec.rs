@@ -27,6 +27,31 @@ pub enum KeyFrameMethod {
     Fir,
 }
 
+/// One transport's SRTP keys, as the DTLS exporter gave them: built once by the control plane
+/// (`pysfu.dtls.SrtpKeys`, read by attribute) and handed over whole with `set_srtp`. "local"
+/// protects what we send, "remote" what the peer sends.
+#[derive(Clone, Debug, FromPyObject)]
+pub struct SrtpKeys {
+    /// The negotiated profile's name ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_256_GCM", ...).
+    pub profile: String,
+    pub local_key: Vec<u8>,
+    pub local_salt: Vec<u8>,
+    pub remote_key: Vec<u8>,
+    pub remote_salt: Vec<u8>,
+}
+
+impl SrtpKeys {
+    pub fn new(profile: &str, local_key: &[u8], local_salt: &[u8], remote_key: &[u8], remote_salt: &[u8]) -> Self {
+        Self {
+            profile: profile.to_owned(),
+            local_key: local_key.to_vec(),
+            local_salt: local_salt.to_vec(),
+            remote_key: remote_key.to_vec(),
+            remote_salt: remote_salt.to_vec(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, FromPyObject)]
 #[pyo3(from_item_all)]
 pub struct CodecSpec {

@@ -134,11 +134,11 @@ fn remove_transport_cascades_and_bad_calls_fail_cleanly() {
     assert!(matches!(room.r.stats(room.now, 12345), Err(RouterError::Unknown(_))));
     let mut out = Output::new();
     assert!(matches!(
-        room.r.set_srtp(room.now, 1, "NOPE", &[], &[], &[], &[], None, &mut out),
+        room.r.set_srtp(room.now, 1, &SrtpKeys::new("NOPE", &[], &[], &[], &[]), None, &mut out),
         Err(RouterError::Invalid(_))
     ));
     assert!(matches!(
-        room.r.set_srtp(room.now, 1, P, &[1; 3], &[], &[], &[], None, &mut out),
+        room.r.set_srtp(room.now, 1, &SrtpKeys::new(P, &[1; 3], &[], &[], &[]), None, &mut out),
         Err(RouterError::Invalid(_))
     ));
     room.r.remove_transport(1).unwrap();
@@ -167,7 +167,7 @@ fn a_consumer_transport_that_connects_asks_for_a_key_frame() {
     let (lk, ls) = key(8);
     let (rk, rs) = key(9);
     let mut out = Output::new();
-    room.r.set_srtp(later, 4, P, &lk, &ls, &rk, &rs, Some(addr(4000)), &mut out).unwrap();
+    room.r.set_srtp(later, 4, &SrtpKeys::new(P, &lk, &ls, &rk, &rs), Some(addr(4000)), &mut out).unwrap();
     assert!(out.transmits.is_empty());
     room.r.bind_tuple(later, 4, addr(4000), true, &mut out).unwrap();
     assert_eq!(kf(&room.r), before + 1);

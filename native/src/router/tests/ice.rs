@@ -161,7 +161,7 @@ fn without_a_dtls_address_the_first_authenticated_packet_proves_the_tuple() {
     let later = room.now + Duration::from_secs(2);
     room.now = later;
     let mut out = Output::new();
-    room.r.set_srtp(later, 4, P, &lk, &ls, &rk, &rs, None, &mut out).unwrap();
+    room.r.set_srtp(later, 4, &SrtpKeys::new(P, &lk, &ls, &rk, &rs), None, &mut out).unwrap();
     assert!(out.transmits.is_empty(), "not connected yet: no key frame request");
     assert_eq!(stat_str(&room.r, 4, "selectedTuple"), "");
     let out = room.send(true);

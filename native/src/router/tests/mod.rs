@@ -53,7 +53,7 @@ fn connect(r: &mut Router, now: Instant, h: Handle, port: u16, out: &mut Output)
     let (rk, rs) = key(h as u8 * 2 + 1);
     // As the control plane does: ICE nominates the tuple, then DTLS completes with it.
     r.bind_tuple(now, h, addr(port), true, out).unwrap();
-    r.set_srtp(now, h, P, &lk, &ls, &rk, &rs, Some(addr(port)), out).unwrap();
+    r.set_srtp(now, h, &SrtpKeys::new(P, &lk, &ls, &rk, &rs), Some(addr(port)), out).unwrap();
 }
 
 /// Host transport 1 (port 1000) with producer 10 (`producer_spec(None)`), viewer transports
