@@ -15,6 +15,7 @@ __all__ = [
     "EncodingSpec",
     "ExtSpec",
     "ProducerSpec",
+    "Removed",
     "SrtpKeys",
     "StatValue",
     "version",
@@ -76,6 +77,13 @@ class ConsumerSpec(TypedDict):
     """The viewer negotiated plain ``nack`` (default True): its NACKs are answered."""
     cname: NotRequired[str | None]
 
+class Removed(TypedDict):
+    """What a removal took with it (the named object included): the engine alone decides
+    the cascade (a transport takes its producers and consumers, a producer its consumers)."""
+
+    producers: list[int]
+    consumers: list[int]
+
 class SrtpKeys(Protocol):
     """One transport's SRTP keys, read by attribute (``pysfu.dtls.SrtpKeys`` is one: built
     once from the DTLS exporter). "local" protects what we send, "remote" what the peer sends.
@@ -112,10 +120,11 @@ class Engine:
         self, handle: int, keys: SrtpKeys, remote: tuple[str, int] | None = None
     ) -> None:
         """``remote``: the (ip, port) the DTLS handshake completed with (proves that tuple)."""
-    def remove_transport(self, handle: int) -> None:
+    def remove_transport(self, handle: int) -> Removed:
         """Also removes the transport's producers and consumers (and their consumers)."""
     def add_producer(self, handle: int, transport: int, spec: ProducerSpec) -> None: ...
-    def remove_producer(self, handle: int) -> None: ...
+    def remove_producer(self, handle: int) -> Removed:
+        """Also removes the producer's consumers."""
     def pause_producer(self, handle: int) -> None: ...
     def resume_producer(self, handle: int) -> None: ...
     def add_consumer(

@@ -7,9 +7,11 @@ module knows no transport, room or server: only the engine and that interface.
 
 One rule for every call naming an object (transport, producer, consumer) the engine no longer
 has: nothing happens, a debug line is logged, and a call that returns something returns None.
-The engine removes objects on its own (removing a transport removes its producers, its
-consumers and the consumers of its producers), and a transport task may still answer a queued
-datagram after its room removed it: neither is an error. Bad input raises ValueError; a panic
+The engine alone decides what a removal takes with it (removing a transport removes its
+producers, its consumers and the consumers of its producers; removing a producer its
+consumers) and answers what went (``Removed``), from which the control plane updates its
+registries; a transport task may still answer a queued datagram after its room removed it:
+not an error. Bad input raises ValueError; a panic
 inside the engine raises ``EnginePanic`` (the engine goes on; the call did nothing).
 """
 
@@ -100,10 +102,11 @@ class MediaEngine:
         self._transports[handle] = transport
 
     # Removing a transport in the engine also removes its producers and consumers (and
-    # consumers of its producers), whichever side gets there first.
-    def remove_transport(self, handle: int) -> None:
-        if self._transports.pop(handle, None) is not None:
-            self._call(self.native.remove_transport, handle)
+    # consumers of its producers): the answer says which (None: the engine had nothing).
+    def remove_transport(self, handle: int) -> _native.Removed | None:
+        if self._transports.pop(handle, None) is None:
+            return None
+        return self._call(self.native.remove_transport, handle)
 
     def send(self, handle: int, ip: str, port: int, data: bytes) -> None:
         self._call(self.native.send, handle, ip, port, data)
@@ -121,8 +124,9 @@ class MediaEngine:
     def add_producer(self, handle: int, transport: int, spec: _native.ProducerSpec) -> None:
         self._call(self.native.add_producer, handle, transport, spec)
 
-    def remove_producer(self, handle: int) -> None:
-        self._call(self.native.remove_producer, handle)
+    def remove_producer(self, handle: int) -> _native.Removed | None:
+        """Also removes its consumers: the answer says which (None: the producer is gone)."""
+        return self._call(self.native.remove_producer, handle)
 
     def pause_producer(self, handle: int) -> None:
         self._call(self.native.pause_producer, handle)

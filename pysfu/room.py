@@ -25,6 +25,7 @@ from pysfu.log import log_event
 from pysfu.transport import Consumer, Producer, WebRtcTransport
 
 if TYPE_CHECKING:
+    from pysfu._native import Removed
     from pysfu.context import ServerContext
 
 logger = logging.getLogger("pysfu.room")
@@ -236,8 +237,7 @@ class Room:
                 self.close("host_left")
 
     def _release_peer(self, peer: Peer) -> None:
-        for producer in list(peer.producers.values()):
-            self.close_producer(peer, producer.id)
+        # Its producers and consumers live on its transports: they go with them.
         for transport in list(peer.transports.values()):
             self._close_transport(transport)
 
@@ -353,18 +353,37 @@ class Room:
 
     def _close_transport(self, transport: WebRtcTransport) -> None:
         owner = self.peers.get(transport.owner)
-        for producer in list(self.producers.values()):
-            if producer.transport is transport and owner is not None:
-                self.close_producer(owner, producer.id)
-        for consumer in list(self.consumers.values()):
-            if consumer.transport is transport:
-                self._close_consumer(consumer)
         self.transports.pop(transport.id, None)
         if owner is not None:
             owner.transports.pop(transport.id, None)
-        transport.close()
+        self._forget(transport.close())
         log_event(logger, "transport.closed", room=self.id, peer=transport.owner,
                   transport=transport.id)
+
+    def _forget(self, removed: Removed) -> None:
+        """Drop what the engine removed from the room's registries and tell the others
+        about each producer that went (``producerClosed``).
+
+        The engine is the one place that decides what a removal takes with it (a transport
+        its producers and consumers, a producer its consumers): it owns the objects that
+        carry media, so its answer is what is true, and deciding again here could only
+        disagree with it. The room applies the answer and keeps the notifications."""
+        gone_consumers = set(removed["consumers"])
+        gone_producers = set(removed["producers"])
+        for consumer in [c for c in self.consumers.values() if c.handle in gone_consumers]:
+            consumer.producer.consumers.discard(consumer.id)
+            del self.consumers[consumer.id]
+            viewer = self.peers.get(consumer.owner)
+            if viewer is not None:
+                viewer.consumers.pop(consumer.id, None)
+        for producer in [p for p in self.producers.values() if p.handle in gone_producers]:
+            del self.producers[producer.id]
+            owner = self.peers.get(producer.owner)
+            if owner is not None:
+                owner.producers.pop(producer.id, None)
+            log_event(logger, "producer.closed", room=self.id, peer=producer.owner,
+                      producer=producer.id)
+            self._broadcast("producerClosed", {"producerId": producer.id}, exclude=owner)
 
     # ---- producers --------------------------------------------------------------------------
 
@@ -403,13 +422,8 @@ class Room:
             raise ProducerNotFound("no such producer in this room")
         if producer.owner != peer.id:
             raise Forbidden("the producer belongs to another peer")
-        for consumer_id in list(producer.consumers):
-            self._close_consumer(self.consumers[consumer_id])
-        producer.transport.remove_producer(producer)
-        del self.producers[producer_id]
-        peer.producers.pop(producer_id, None)
-        log_event(logger, "producer.closed", room=self.id, peer=peer.id, producer=producer_id)
-        self._broadcast("producerClosed", {"producerId": producer_id}, exclude=peer)
+        removed = producer.transport.remove_producer(producer)
+        self._forget(removed or {"producers": [producer.handle], "consumers": []})
 
     def set_producer_paused(self, peer: Peer, producer_id: str, paused: bool) -> Producer:
         """The host pauses (mutes) or resumes one of its producers: the engine stops
@@ -516,14 +530,6 @@ class Room:
         log_event(logger, "consumer.preferred_layers", room=self.id, peer=peer.id,
                   consumer=consumer.id, spatial=spatial, temporal=temporal)
         return consumer, spatial, temporal
-
-    def _close_consumer(self, consumer: Consumer) -> None:
-        consumer.transport.remove_consumer(consumer)
-        consumer.producer.consumers.discard(consumer.id)
-        self.consumers.pop(consumer.id, None)
-        owner = self.peers.get(consumer.owner)
-        if owner is not None:
-            owner.consumers.pop(consumer.id, None)
 
     def owned_producer(self, peer: Peer, producer_id: str) -> Producer:
         producer = self.producers.get(producer_id)

@@ -6,6 +6,10 @@ a handle and a callback for when it fails) and knows nothing of rooms. Each tran
 task in its room's nursery. STUN and DTLS datagrams reach it from the engine (it is the
 ``UpcallSink`` of its handle); RTP/RTCP never do. The task's ``finally`` removes the transport
 from the engine, so a cancelled room leaves nothing native behind.
+
+What a removal takes with it is the engine's decision, not this module's: ``close`` and
+``remove_producer`` hand back the engine's answer (``Removed``: every producer and consumer
+that went) for the room to update its registries from.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from pysfu.ice import IceLiteServer, TupleSelected, TupleValidated
 from pysfu.log import log_event
 
 if TYPE_CHECKING:
-    from pysfu._native import CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, ProducerSpec
+    from pysfu._native import (
+        CodecSpec,
+        ConsumerSpec,
+        EncodingSpec,
+        ExtSpec,
+        ProducerSpec,
+        Removed,
+    )
     from pysfu.config import Config
     from pysfu.dtls import Certificate
     from pysfu.media import MediaEngine
@@ -98,8 +109,10 @@ class WebRtcTransport:
         self.cname: str | None = None
         self.closed = False
         self._mids = itertools.count()
-        self._producers: dict[int, Producer] = {}
-        self._consumers: dict[int, Consumer] = {}
+        self._producers: dict[int, Producer] = {}  # its producers' parameters (mids, SSRCs)
+        # What the engine removed with this transport, until ``close`` hands it over (the
+        # task's ``finally`` may get there first).
+        self._removed: Removed = {"producers": [], "consumers": []}
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[Datagram](_INBOX_SIZE)
         self.inbox_dropped = 0
         self._cancel = trio.CancelScope()
@@ -192,19 +205,17 @@ class WebRtcTransport:
         self._media.add_producer(producer.handle, self.handle, producer_spec(producer))
         self._producers[producer.handle] = producer
 
-    def remove_producer(self, producer: Producer) -> None:
-        if self._producers.pop(producer.handle, None) is not None:
-            self._media.remove_producer(producer.handle)
+    def remove_producer(self, producer: Producer) -> Removed | None:
+        """The engine removes the producer and its consumers; its answer says which (None:
+        not this transport's, or already gone)."""
+        if self._producers.pop(producer.handle, None) is None:
+            return None
+        return self._media.remove_producer(producer.handle)
 
     def add_consumer(self, consumer: Consumer) -> None:
         self._media.add_consumer(
             consumer.handle, self.handle, consumer.producer.handle, consumer_spec(consumer)
         )
-        self._consumers[consumer.handle] = consumer
-
-    def remove_consumer(self, consumer: Consumer) -> None:
-        if self._consumers.pop(consumer.handle, None) is not None:
-            self._media.remove_consumer(consumer.handle)
 
     def set_consumer_paused(self, consumer: Consumer, paused: bool) -> None:
         if paused:
@@ -235,23 +246,31 @@ class WebRtcTransport:
     def _unregister(self) -> None:
         if self._registered:
             self._registered = False
-            self._media.remove_transport(self.handle)
+            removed = self._media.remove_transport(self.handle)
+            if removed is not None:
+                for handle in removed["producers"]:
+                    self._producers.pop(handle, None)
+                self._removed["producers"] += removed["producers"]
+                self._removed["consumers"] += removed["consumers"]
 
     def _end_handshake(self) -> None:
         end, self._handshake_end = self._handshake_end, None
         if end is not None:
             end()
 
-    def close(self) -> None:
+    def close(self) -> Removed:
+        """Close it (the engine removes it with its producers and consumers, and the
+        consumers of its producers); returns what the engine removed, once."""
         self._end_handshake()
-        if self.closed:
-            return
-        self.closed = True
-        if self.dtls is not None and self.dtls.state == "connected":
-            for datagram in self.dtls.close():
-                self._send(datagram)
-        self._cancel.cancel()
-        self._unregister()
+        if not self.closed:
+            self.closed = True
+            if self.dtls is not None and self.dtls.state == "connected":
+                for datagram in self.dtls.close():
+                    self._send(datagram)
+            self._cancel.cancel()
+            self._unregister()
+        removed, self._removed = self._removed, {"producers": [], "consumers": []}
+        return removed
 
     def deliver(self, kind: str, ip: str, port: int, data: bytes) -> None:
         """Called by the media dispatcher; never blocks (a flood is dropped and counted)."""

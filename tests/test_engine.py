@@ -374,11 +374,12 @@ def test_remove_transport_returns_counts_to_zero(engine: Engine) -> None:
     room = Room(engine)
     room.send(True)
     assert engine.counts()["consumers"] == 2
-    engine.remove_transport(1)  # the host: its producer and both consumers go
+    removed = engine.remove_transport(1)  # the host: its producer and both consumers go
+    assert removed["producers"] == [10] and sorted(removed["consumers"]) == [20, 30]
     assert engine.counts() == {"transports": 2, "producers": 0, "consumers": 0, "streams": 0}
     with pytest.raises(KeyError):
         engine.stats(20)
-    engine.remove_transport(2)
+    assert engine.remove_transport(2) == {"producers": [], "consumers": []}
     engine.remove_transport(3)
     assert engine.counts() == {"transports": 0, "producers": 0, "consumers": 0, "streams": 0}
     # The ufrag is free again.

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use pysfu_native::router::{Handle, Output, Router, SrtpKeys, StatValue};
+use pysfu_native::router::{Handle, Output, Removed, Router, SrtpKeys, StatValue};
 
 #[derive(Default)]
 struct Model {
@@ -22,18 +22,39 @@ struct Model {
     consumers: HashMap<Handle, (Handle, Handle, bool)>,
 }
 
+/// What a removal took, sorted: (producers, consumers).
+type Gone = (Vec<Handle>, Vec<Handle>);
+
+fn sorted(r: Removed) -> Gone {
+    let (mut p, mut c) = (r.producers, r.consumers);
+    p.sort_unstable();
+    c.sort_unstable();
+    (p, c)
+}
+
 impl Model {
-    fn remove_producer(&mut self, p: Handle) {
-        self.producers.remove(&p);
-        self.consumers.retain(|_, c| c.1 != p);
-    }
-    fn remove_transport(&mut self, t: Handle) {
-        self.transports.remove(&t);
-        let ps: Vec<Handle> = self.producers.iter().filter(|(_, v)| v.0 == t).map(|(k, _)| *k).collect();
-        for p in ps {
-            self.remove_producer(p);
+    fn remove_producer(&mut self, p: Handle) -> Gone {
+        let mut gone = (Vec::new(), Vec::new());
+        if self.producers.remove(&p).is_some() {
+            gone.0.push(p);
         }
+        gone.1 = self.consumers.iter().filter(|(_, c)| c.1 == p).map(|(k, _)| *k).collect();
+        self.consumers.retain(|_, c| c.1 != p);
+        gone.1.sort_unstable();
+        gone
+    }
+    fn remove_transport(&mut self, t: Handle) -> Gone {
+        self.transports.remove(&t);
+        let mut ps: Vec<Handle> = self.producers.iter().filter(|(_, v)| v.0 == t).map(|(k, _)| *k).collect();
+        ps.sort_unstable();
+        let mut cs: Vec<Handle> = Vec::new();
+        for p in &ps {
+            cs.extend(self.remove_producer(*p).1);
+        }
+        cs.extend(self.consumers.iter().filter(|(_, c)| c.0 == t).map(|(k, _)| *k));
         self.consumers.retain(|_, c| c.0 != t);
+        cs.sort_unstable();
+        (ps, cs)
     }
     fn check(&self, r: &Router) {
         let c = r.counts();
@@ -67,8 +88,13 @@ fuzz_target!(|data: &[u8]| {
                 m.transports.insert(t);
             }
             1 => {
-                assert_eq!(r.remove_transport(t).is_ok(), m.transports.contains(&t));
-                m.remove_transport(t);
+                let known = m.transports.contains(&t);
+                let removed = r.remove_transport(t);
+                assert_eq!(removed.is_ok(), known);
+                let gone = m.remove_transport(t);
+                if let Ok(removed) = removed {
+                    assert_eq!(sorted(removed), gone, "the router reports what it removed");
+                }
             }
             2 => {
                 let on = 1 + (b % 6) as Handle;
@@ -83,8 +109,13 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             3 => {
-                assert_eq!(r.remove_producer(p).is_ok(), m.producers.contains_key(&p));
-                m.remove_producer(p);
+                let known = m.producers.contains_key(&p);
+                let removed = r.remove_producer(p);
+                assert_eq!(removed.is_ok(), known);
+                let gone = m.remove_producer(p);
+                if let Ok(removed) = removed {
+                    assert_eq!(sorted(removed), gone, "the router reports what it removed");
+                }
             }
             4 => {
                 let on = 1 + (b % 6) as Handle;

@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::io;
-use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Router, RouterError, SrtpKeys, StatValue};
+use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, SrtpKeys, StatValue};
 use crate::wake::EventFd;
 
 /// Periodic router work (key frame re-requests) at least this often.
@@ -214,6 +214,14 @@ fn spec_error(py: Python<'_>, what: &str, e: PyErr) -> PyErr {
     PyValueError::new_err(msg)
 }
 
+/// A removal's answer for Python (`Removed` in pysfu/_native.pyi).
+fn removed_dict<'py>(py: Python<'py>, removed: &Removed) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("producers", &removed.producers)?;
+    d.set_item("consumers", &removed.consumers)?;
+    Ok(d)
+}
+
 // ---------------------------------------------------------------------------------------
 
 /// The data plane: one UDP socket, one I/O thread, the forwarding router.
@@ -373,8 +381,11 @@ impl Engine {
         self.control(py, move |r, now, out| r.set_srtp(now, handle, &keys, remote, out))
     }
 
-    fn remove_transport(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
-        self.control(py, move |r, _, _| r.remove_transport(handle))
+    /// Removes the transport with its producers and consumers (and their consumers): what
+    /// went, as {"producers": [...], "consumers": [...]}.
+    fn remove_transport<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, PyDict>> {
+        let removed = self.control(py, move |r, _, _| r.remove_transport(handle))?;
+        removed_dict(py, &removed)
     }
 
     fn add_producer(&self, py: Python<'_>, handle: Handle, transport: Handle, spec: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -382,8 +393,10 @@ impl Engine {
         self.control(py, move |r, now, _| r.add_producer(now, handle, transport, spec))
     }
 
-    fn remove_producer(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
-        self.control(py, move |r, _, _| r.remove_producer(handle))
+    /// Removes the producer and its consumers: what went, as for `remove_transport`.
+    fn remove_producer<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, PyDict>> {
+        let removed = self.control(py, move |r, _, _| r.remove_producer(handle))?;
+        removed_dict(py, &removed)
     }
 
     fn pause_producer(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {

@@ -1,6 +1,8 @@
 //! Control calls: transports (ICE credentials, tuples, SRTP keys), producers and consumers
 //! (add, remove, pause, resume), a simulcast consumer's preferred layers. Removing a
 //! transport removes its producers and consumers; removing a producer removes its consumers.
+//! That cascade is decided here only: the removals answer what went (`Removed`) and the
+//! control plane updates its registries from the answer instead of repeating the rule.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -11,7 +13,7 @@ use crate::stun_check::IceKey;
 use super::consumer::Consumer;
 use super::output::Output;
 use super::producer::{Producer, StreamRef};
-use super::spec::{invalid, unknown, ConsumerSpec, ProducerSpec, Result, SrtpKeys};
+use super::spec::{invalid, unknown, ConsumerSpec, ProducerSpec, Removed, Result, SrtpKeys};
 use super::transport::{Transport, Tuple};
 use super::{Handle, Router, MAX_TUPLES};
 
@@ -35,15 +37,23 @@ impl Router {
         Ok(())
     }
 
-    pub fn remove_transport(&mut self, h: Handle) -> Result<()> {
+    /// Removes the transport, its consumers, its producers and their consumers: the one place
+    /// this cascade is decided. Answers what went, for the control plane's registries.
+    pub fn remove_transport(&mut self, h: Handle) -> Result<Removed> {
         let t = self.transports.get(&h).ok_or_else(|| unknown("transport", h))?;
         let consumers = t.consumers.clone();
         let producers = t.producers.clone();
+        let mut removed = Removed::default();
         for c in consumers {
-            let _ = self.remove_consumer(c);
+            if self.remove_consumer(c).is_ok() {
+                removed.consumers.push(c);
+            }
         }
         for p in producers {
-            let _ = self.remove_producer(p);
+            if let Ok(r) = self.remove_producer(p) {
+                removed.producers.extend(r.producers);
+                removed.consumers.extend(r.consumers);
+            }
         }
         let t = self.transports.remove(&h).expect("checked above");
         for a in &t.tuples {
@@ -54,7 +64,7 @@ impl Router {
         if self.by_ufrag.get(&t.ufrag) == Some(&h) {
             self.by_ufrag.remove(&t.ufrag);
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// ICE validated `addr` for transport `h`; `selected`: the peer nominated it. A nominated
@@ -190,11 +200,15 @@ impl Router {
         Ok(())
     }
 
-    pub fn remove_producer(&mut self, h: Handle) -> Result<()> {
+    /// Removes the producer and its consumers; answers what went (the producer included).
+    pub fn remove_producer(&mut self, h: Handle) -> Result<Removed> {
         let p = self.producers.get(&h).ok_or_else(|| unknown("producer", h))?;
         let consumers = p.consumers.clone();
+        let mut removed = Removed { producers: vec![h], consumers: Vec::with_capacity(consumers.len()) };
         for c in consumers {
-            let _ = self.remove_consumer(c);
+            if self.remove_consumer(c).is_ok() {
+                removed.consumers.push(c);
+            }
         }
         let p = self.producers.remove(&h).expect("checked above");
         self.retired.add_producer(&p);
@@ -210,7 +224,7 @@ impl Router {
                 keep
             });
         }
-        Ok(())
+        Ok(removed)
     }
 
     pub fn pause_producer(&mut self, h: Handle) -> Result<()> {

@@ -45,7 +45,7 @@ use transport::Transport;
 
 pub use output::{DropReason, Drops, Output, Transmit, UpKind, Upcall};
 pub use spec::{
-    CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, KeyFrameMethod, ProducerSpec, RouterError, SrtpKeys, URI_MID, URI_RID, URI_RRID,
+    CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, KeyFrameMethod, ProducerSpec, Removed, RouterError, SrtpKeys, URI_MID, URI_RID, URI_RRID,
     URI_TRANSPORT_CC,
 };
 pub use stats::{Counts, StatValue};

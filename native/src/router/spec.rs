@@ -190,6 +190,15 @@ mod py {
     }
 }
 
+/// What a removal took with it: every producer and consumer it removed (the named one
+/// included). The router alone decides the cascade (a transport takes its producers and
+/// consumers, a producer its consumers); the control plane updates its registries from this.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub producers: Vec<Handle>,
+    pub consumers: Vec<Handle>,
+}
+
 // ---------------------------------------------------------------------------------------
 // Errors of control calls
 

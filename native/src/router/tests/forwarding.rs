@@ -125,6 +125,18 @@ fn replay_tamper_and_unknown_source_are_dropped_and_counted() {
 }
 
 #[test]
+fn removing_a_producer_or_a_viewer_transport_says_what_went() {
+    let mut room = room(false);
+    let mut out = Output::new();
+    room.r.add_consumer(room.now, 31, 3, 10, consumer_spec(0xBBBC, "c2", false), &mut out).unwrap();
+    let mut removed = room.r.remove_transport(3).unwrap();
+    removed.consumers.sort_unstable();
+    assert_eq!(removed, Removed { producers: vec![], consumers: vec![30, 31] });
+    assert_eq!(room.r.remove_producer(10).unwrap(), Removed { producers: vec![10], consumers: vec![20] });
+    assert_eq!(room.r.counts(), Counts { transports: 2, producers: 0, consumers: 0, streams: 0 });
+}
+
+#[test]
 fn remove_transport_cascades_and_bad_calls_fail_cleanly() {
     let mut room = room(false);
     assert_eq!(room.r.counts(), Counts { transports: 3, producers: 1, consumers: 2, streams: 3 });
@@ -141,9 +153,12 @@ fn remove_transport_cascades_and_bad_calls_fail_cleanly() {
         room.r.set_srtp(room.now, 1, &SrtpKeys::new(P, &[1; 3], &[], &[], &[]), None, &mut out),
         Err(RouterError::Invalid(_))
     ));
-    room.r.remove_transport(1).unwrap();
+    // The host's transport takes its producer and the producer's consumers, and says so.
+    let mut removed = room.r.remove_transport(1).unwrap();
+    removed.consumers.sort_unstable();
+    assert_eq!(removed, Removed { producers: vec![10], consumers: vec![20, 30] });
     assert_eq!(room.r.counts(), Counts { transports: 2, producers: 0, consumers: 0, streams: 0 });
-    room.r.remove_transport(2).unwrap();
+    assert_eq!(room.r.remove_transport(2).unwrap(), Removed::default());
     room.r.remove_transport(3).unwrap();
     assert_eq!(room.r.counts(), Counts::default());
     assert!(room.r.by_addr.is_empty() && room.r.by_ufrag.is_empty());
