@@ -1,16 +1,22 @@
 """ICE-lite server (RFC 8445 §2.5, RFC 7675 consent), sans-IO: one per WebRTC transport.
 
 The server is always *controlled*: it never sends checks, it answers Binding requests and
-learns from them which remote 5-tuples are valid and which one the browser nominated.
+reports from them which remote 5-tuples are valid and which one the browser nominated.
 Feed datagrams in with :meth:`IceLiteServer.handle_datagram`; send ``response`` back to the
 address it came from and act on ``events``.
+
+The list of tuples is not kept here but in the engine, which owns what matters for security
+(media only to a nominated tuple that proved itself; ``bind_tuple`` in pysfu.media): it
+keeps the validated tuples, evicts the least recently validated one beyond its bound, and
+knows the selected (sending) tuple. This module keeps what ICE itself needs: credentials,
+consent time, the nomination (DTLS flights go to the nominated tuple) and the last address
+it reported, so that a stream of consent checks from one address is reported once.
 """
 
 from __future__ import annotations
 
 import secrets
 import string
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,7 +25,6 @@ from pysfu import stun
 Address = tuple[str, int]
 IceState = Literal["new", "connected", "completed", "disconnected"]
 
-MAX_TUPLES = 8
 # ice-char = ALPHA / DIGIT / "+" / "/" (RFC 8839); letters and digits only, to stay out of
 # trouble with URL-ish handling of "/" and "+" anywhere downstream.
 _ICE_CHARS = string.ascii_letters + string.digits
@@ -28,14 +33,16 @@ _CREDENTIAL_LENGTH = 32
 
 @dataclass(frozen=True)
 class TupleValidated:
-    """First authenticated Binding request from ``addr``: media may flow from/to it."""
+    """An authenticated Binding request from ``addr`` (reported again when it comes after
+    requests from another address: the engine keeps the tuples in that order)."""
 
     addr: Address
 
 
 @dataclass(frozen=True)
 class TupleSelected:
-    """The browser nominated ``addr``: send everything there from now on."""
+    """The browser nominated ``addr``: DTLS goes there; media once the engine has seen it
+    prove itself."""
 
     addr: Address
 
@@ -59,8 +66,8 @@ class IceLiteServer:
         self._old_credentials: tuple[str, str] | None = None
         self.consent_timeout = consent_timeout  # <= 0 disables consent expiry
         self.state: IceState = "new"
-        self.selected_tuple: Address | None = None
-        self._tuples: OrderedDict[Address, float] = OrderedDict()  # addr -> last valid request
+        self.nominated: Address | None = None  # the browser's nomination
+        self._reported: Address | None = None  # the address of the last TupleValidated
         self._last_nomination = 0
         self._last_valid: float | None = None
         # Counters, for stats and tests.
@@ -72,11 +79,6 @@ class IceLiteServer:
             return "".join(secrets.choice(_ICE_CHARS) for _ in range(_CREDENTIAL_LENGTH))
 
         return rnd(), rnd()
-
-    @property
-    def tuples(self) -> list[Address]:
-        """Validated remote addresses, oldest first."""
-        return list(self._tuples)
 
     def restart(self) -> tuple[str, str]:
         """ICE restart: new local credentials; the old ones keep working until the browser
@@ -151,31 +153,20 @@ class IceLiteServer:
             self._old_credentials = None  # the browser has moved to the new credentials
         self._last_valid = now
 
-        if addr in self._tuples:
-            self._tuples.move_to_end(addr)
-        else:
+        if addr != self._reported:
+            self._reported = addr
             out.events.append(TupleValidated(addr))
-            self._prune()
-        self._tuples[addr] = now
 
         nominated = msg.use_candidate
         nomination = msg.nomination
         if nomination is not None and nomination > self._last_nomination:
             self._last_nomination = nomination
             nominated = True
-        if nominated and addr != self.selected_tuple:
-            self.selected_tuple = addr
+        if nominated and addr != self.nominated:
+            self.nominated = addr
             out.events.append(TupleSelected(addr))
-        self.state = "completed" if self.selected_tuple is not None else "connected"
+        self.state = "completed" if self.nominated is not None else "connected"
         return out
-
-    def _prune(self) -> None:
-        # Make room for one more: drop the least recently used tuple that is not selected.
-        while len(self._tuples) >= MAX_TUPLES:
-            for victim in self._tuples:
-                if victim != self.selected_tuple:
-                    del self._tuples[victim]
-                    break
 
     # ---- time ---------------------------------------------------------------------------------
 
@@ -188,6 +179,6 @@ class IceLiteServer:
             return True
         if self.state != "disconnected":
             self.state = "disconnected"
-            self.selected_tuple = None
-            self._tuples.clear()
+            self.nominated = None
+            self._reported = None
         return False

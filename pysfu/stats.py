@@ -44,7 +44,7 @@ def transport_stats(media: MediaEngine, transport: WebRtcTransport) -> Records |
     if records is None:
         return None
     (record,) = records
-    tuple_ = transport.ice.selected_tuple
+    tuple_ = transport.selected_tuple()
     return [{
         **record,
         "type": _TYPES.get(record.get("type", ""), record.get("type")),

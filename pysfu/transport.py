@@ -346,8 +346,8 @@ class WebRtcTransport:
         """``source``: where the DTLS datagram just handled came from (None on a timer)."""
         dtls = self.dtls
         assert dtls is not None
-        # Where our flights are going (before flushing: the selected tuple may change later).
-        flights_to = self.ice.selected_tuple
+        # Where our flights are going (before flushing: the nomination may change later).
+        flights_to = self.ice.nominated
         self._flush_dtls()
         if dtls.state == "connected" and dtls.srtp_keys is not None and self.srtp_profile is None:
             keys = dtls.srtp_keys
@@ -383,8 +383,18 @@ class WebRtcTransport:
         for datagram in self.dtls.take_outgoing():
             self._send(datagram)
 
+    def selected_tuple(self) -> tuple[str, int] | None:
+        """Where the engine sends media (a nominated tuple that proved itself): asked of the
+        engine, which alone keeps the tuples (None: none yet, or the transport is gone)."""
+        stats = self._media.stats(self.handle)
+        addr = str(stats.get("selectedTuple", "")) if stats is not None else ""
+        if not addr:
+            return None
+        ip, _, port = addr.rpartition(":")
+        return ip.strip("[]"), int(port)
+
     def _send(self, datagram: bytes) -> None:
-        addr = self.ice.selected_tuple
+        addr = self.ice.nominated  # DTLS goes to the nomination, before any proof
         if addr is not None and self._registered:
             self._media.send(self.handle, addr[0], addr[1], datagram)
 

@@ -103,7 +103,8 @@ async def test_hostile_datagrams_during_live_session(server: Server, client: Any
     host_client, host_peer, producer_id = host
     room = server.rooms.get(ROOM)
     host_transport = room.transports[host_peer.transport["id"]]
-    selected_before = host_transport.ice.selected_tuple
+    selected_before = host_transport.selected_tuple()
+    assert selected_before is not None
     async with AsyncExitStack() as stack:
         viewer = await add_viewer(client, stack, "v", producer_id)
         await trio.sleep(0.1)
@@ -189,7 +190,7 @@ async def test_hostile_datagrams_during_live_session(server: Server, client: Any
         # Memory stays flat (generous bound: 160,000 datagrams went through).
         assert rss_after - rss_before < 30_000
         # The selected tuple never moved; the room and engine objects are intact.
-        assert host_transport.ice.selected_tuple == selected_before
+        assert host_transport.selected_tuple() == selected_before
         assert server.media.counts()["producers"] == 1
         assert server.media.counts()["consumers"] == 1
 

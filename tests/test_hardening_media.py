@@ -76,10 +76,12 @@ class Streamer:
         self.peer, self.interval, self.size = peer, interval, size
         self.sent = 0
         self.seq = 1
+        self.stopped = False
 
     async def run(self) -> None:
         first = self.seq  # each run starts with a key frame (new viewers decode from it)
-        while True:
+        self.stopped = False
+        while not self.stopped:
             rtp = build_rtp(CHROME_VP8_PT, self.seq, 90 * self.seq, HOST_SSRC,
                             vp8_payload(keyframe=self.seq == first, size=self.size),
                             marker=True, extensions={CHROME_MID_EXT: b"0"})
@@ -166,7 +168,7 @@ async def test_spoofed_source_nomination_sends_the_victim_nothing_but_stun_answe
                            (attacker.peer.server[0], 0))
                 await trio.sleep(0.1)
             # ICE believed it (that is the point): the nomination reached the engine.
-            assert transport.ice.selected_tuple == victim_addr
+            assert transport.ice.nominated == victim_addr
             stats = server.media.stats(transport.handle)
             assert stats["nominatedTuple"] == f"{VICTIM_IP}:{victim_addr[1]}"
             assert stats["selectedTuple"] == f"127.0.0.1:{attacker.peer.sock.getsockname()[1]}"
@@ -245,6 +247,11 @@ async def nack_scenario(server: Server, client: Any, streamer: Streamer, produce
             media1, rtx1 = bad.snapshot()
             stats1 = server.media.rtp_stats(consumer_handle)[0]
             sent = streamer.sent - sent0
+            # Stop sending, let the last packets arrive (bounded), then stop reading.
+            streamer.stopped = True
+            with trio.move_on_after(2):
+                while len(good.seqs) < streamer.sent - start:
+                    await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
         await trio.sleep(0.3)
     # The legitimate viewer in the same room: everything the host sent, in order.

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pysfu import stun
-from pysfu.ice import MAX_TUPLES, IceLiteServer, TupleSelected, TupleValidated
+from pysfu.ice import IceLiteServer, TupleSelected, TupleValidated
 
 UFRAG, PWD = "serverufragserverufragserverufr1", "serverpasswordserverpassword1234"
 BROWSER = ("192.0.2.10", 50000)
@@ -57,7 +57,7 @@ def test_valid_request_gets_success_with_mapped_address() -> None:
     assert stun.verify_fingerprint(resp)
     assert out.events == [TupleValidated(BROWSER)]
     assert ice.state == "connected"
-    assert ice.selected_tuple is None
+    assert ice.nominated is None
     # The same tuple again: no new event.
     assert ice.handle_datagram(request(), BROWSER, now=2.0).events == []
 
@@ -68,7 +68,7 @@ def test_ipv6_tuple() -> None:
     out = ice.handle_datagram(request(use_candidate=True), addr, now=0.0)
     assert out.response is not None
     assert stun.parse(out.response).xor_mapped_address == addr
-    assert ice.selected_tuple == addr
+    assert ice.nominated == addr
 
 
 def _error(out_response: bytes | None) -> int:
@@ -87,7 +87,6 @@ def test_bad_password_401_and_no_event() -> None:
     assert _error(out.response) == 401
     assert out.events == []
     assert ice.state == "new"
-    assert ice.tuples == []
 
 
 def test_wrong_ufrag_401() -> None:
@@ -111,7 +110,7 @@ def test_ice_controlled_487() -> None:
     assert _error(out.response) == 487
     assert stun.verify_integrity(stun.parse(out.response or b""), PWD.encode())
     assert out.events == []
-    assert ice.selected_tuple is None
+    assert ice.nominated is None
 
 
 def _request_without(attr: int) -> bytes:
@@ -127,7 +126,7 @@ def test_missing_attributes_400() -> None:
     no_integrity = stun.parse(request())
     data = no_integrity.encode(None, fingerprint=True)
     assert _error_code_400(ice.handle_datagram(data, BROWSER, 0.0).response)
-    assert ice.tuples == []
+    assert ice.state == "new"
 
 
 def _error_code_400(resp: bytes | None) -> bool:
@@ -176,7 +175,7 @@ def test_use_candidate_selects() -> None:
     ice = server()
     out = ice.handle_datagram(request(use_candidate=True), BROWSER, 0.0)
     assert out.events == [TupleValidated(BROWSER), TupleSelected(BROWSER)]
-    assert ice.selected_tuple == BROWSER
+    assert ice.nominated == BROWSER
     assert ice.state == "completed"
     # Chrome repeats USE-CANDIDATE on every check: no repeated event.
     assert ice.handle_datagram(request(use_candidate=True), BROWSER, 1.0).events == []
@@ -187,7 +186,7 @@ def test_use_candidate_from_new_address_switches() -> None:
     ice.handle_datagram(request(use_candidate=True), BROWSER, 0.0)
     out = ice.handle_datagram(request(use_candidate=True), OTHER, 1.0)
     assert out.events == [TupleValidated(OTHER), TupleSelected(OTHER)]
-    assert ice.selected_tuple == OTHER
+    assert ice.nominated == OTHER
 
 
 def test_nomination_switch() -> None:
@@ -195,16 +194,17 @@ def test_nomination_switch() -> None:
     assert ice.handle_datagram(request(nomination=1), BROWSER, 0.0).events == [
         TupleValidated(BROWSER), TupleSelected(BROWSER)]
     assert ice.handle_datagram(request(), OTHER, 1.0).events == [TupleValidated(OTHER)]
-    assert ice.selected_tuple == BROWSER
+    assert ice.nominated == BROWSER
     # Not higher than the last nomination: no switch.
     assert ice.handle_datagram(request(nomination=1), OTHER, 2.0).events == []
-    assert ice.selected_tuple == BROWSER
+    assert ice.nominated == BROWSER
     out = ice.handle_datagram(request(nomination=2), OTHER, 3.0)
     assert out.events == [TupleSelected(OTHER)]
-    assert ice.selected_tuple == OTHER
-    # And back again with a higher one.
+    assert ice.nominated == OTHER
+    # And back again with a higher one (BROWSER validated again after OTHER: reported, so
+    # the engine's tuple list has it as the most recent).
     assert ice.handle_datagram(request(nomination=3), BROWSER, 4.0).events == [
-        TupleSelected(BROWSER)]
+        TupleValidated(BROWSER), TupleSelected(BROWSER)]
 
 
 def test_spoofed_request_never_moves_selected_tuple() -> None:
@@ -224,20 +224,22 @@ def test_spoofed_request_never_moves_selected_tuple() -> None:
     signed = request()
     tampered = signed[:-8] + b"\x00\x25\x00\x00"
     tampered = tampered[:2] + (len(tampered) - 20).to_bytes(2, "big") + tampered[4:]
-    ice.handle_datagram(tampered, attacker, 2.0)
-    assert ice.selected_tuple == BROWSER
-    assert attacker not in ice.tuples
+    assert ice.handle_datagram(tampered, attacker, 2.0).events == []
+    assert ice.nominated == BROWSER
 
 
-def test_at_most_eight_tuples_and_selected_kept() -> None:
+def test_validations_reported_in_order_nomination_kept() -> None:
+    # The tuple list (its order, its bound, the sending tuple) lives in the engine: ICE
+    # reports each validation that follows one from another address, and only those.
     ice = server()
     ice.handle_datagram(request(use_candidate=True), BROWSER, 0.0)
-    for i in range(20):
-        ice.handle_datagram(request(), ("10.0.0.1", 1000 + i), float(i))
-    assert len(ice.tuples) == MAX_TUPLES
-    assert BROWSER in ice.tuples
-    assert ice.selected_tuple == BROWSER
-    assert ("10.0.0.1", 1019) in ice.tuples and ("10.0.0.1", 1000) not in ice.tuples
+    events = [e for i in range(20)
+              for e in ice.handle_datagram(request(), ("10.0.0.1", 1000 + i), float(i)).events]
+    assert events == [TupleValidated(("10.0.0.1", 1000 + i)) for i in range(20)]
+    assert ice.nominated == BROWSER
+    # Consent checks on one tuple: reported once.
+    assert ice.handle_datagram(request(), BROWSER, 21.0).events == [TupleValidated(BROWSER)]
+    assert ice.handle_datagram(request(), BROWSER, 22.0).events == []
 
 
 def test_consent_expires() -> None:
@@ -251,7 +253,7 @@ def test_consent_expires() -> None:
     ice.handle_datagram(request(pwd="nope-nope-nope-nope-nope-nope-no"), BROWSER, 58.5)
     assert not ice.check_consent(59.0)
     assert ice.state == "disconnected"
-    assert ice.selected_tuple is None
+    assert ice.nominated is None
 
 
 def test_consent_disabled() -> None:

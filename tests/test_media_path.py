@@ -199,7 +199,7 @@ async def test_bad_stun_integrity_is_refused(server: Server, client: Any) -> Non
         assert response is None
         assert server.media.drops().get("stun_integrity", 0) == drops0 + 1
         room = server.rooms.get(ROOM)
-        assert room.transports[transport["id"]].ice.selected_tuple is None
+        assert room.transports[transport["id"]].ice.nominated is None
         # The right password still works.
         response = await peer.ice_check()
         assert response is not None and response[:2] == b"\x01\x01"

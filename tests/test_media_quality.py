@@ -193,6 +193,10 @@ async def test_get_stats_over_signaling_for_owners_only(server: Server) -> None:
         assert t["type"] == "webrtc-transport" and t["transportId"] == host_transport
         assert t["bytesReceived"] > 0 and t["iceState"] == "completed"
         assert t["dtlsState"] == "connected"
+        # The engine's sending tuple (it alone keeps the tuples).
+        selected = t["iceSelectedTuple"]
+        assert selected["remoteIp"] == "127.0.0.1" and selected["protocol"] == "udp"
+        assert isinstance(selected["remotePort"], int) and selected["remotePort"] > 0
         (p,) = await stats(room, "host", producerId=room.producer_id)
         assert p["type"] == "inbound-rtp" and p["ssrc"] == HOST_SSRC
         assert p["packetCount"] == 10 and p["byteCount"] > 6000
