@@ -77,10 +77,12 @@ class Streamer:
         self.sent = 0
         self.seq = 1
         self.stopped = False
+        self.done = trio.Event()
 
     async def run(self) -> None:
         first = self.seq  # each run starts with a key frame (new viewers decode from it)
         self.stopped = False
+        self.done = trio.Event()
         while not self.stopped:
             rtp = build_rtp(CHROME_VP8_PT, self.seq, 90 * self.seq, HOST_SSRC,
                             vp8_payload(keyframe=self.seq == first, size=self.size),
@@ -89,6 +91,7 @@ class Streamer:
             self.seq += 1
             self.sent += 1
             await trio.sleep(self.interval)
+        self.done.set()
 
 
 class Receiver:
@@ -247,15 +250,21 @@ async def nack_scenario(server: Server, client: Any, streamer: Streamer, produce
             media1, rtx1 = bad.snapshot()
             stats1 = server.media.rtp_stats(consumer_handle)[0]
             sent = streamer.sent - sent0
-            # Stop sending, let the last packets arrive (bounded), then stop reading.
+            # Stop sending (and wait until the streamer has: its count is final then), let the
+            # last packets arrive (bounded), then stop reading.
             streamer.stopped = True
             with trio.move_on_after(2):
+                await streamer.done.wait()
                 while len(good.seqs) < streamer.sent - start:
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
         await trio.sleep(0.3)
     # The legitimate viewer in the same room: everything the host sent, in order.
-    assert len(good.seqs) == streamer.sent - start, f"{name}: the legitimate viewer lost packets"
+    want = streamer.sent - start
+    first = min(good.seqs, default=0)
+    missing = sorted(set(range(first, first + want)) - good.seqs)
+    assert len(good.seqs) == want, (f"{name}: the legitimate viewer got {len(good.seqs)} of "
+                                    f"{want}; first {first}, missing {missing[:5]}")
     return {
         "live": live.assert_intact(), "sent": sent,
         "media": media1 - media0, "rtx": rtx1 - rtx0,
