@@ -49,7 +49,7 @@ from pysfu.auth import MAX_TOKEN_LENGTH
 from pysfu.config import Config, normal_origin
 from pysfu.context import ServerContext
 from pysfu.dtls import Certificate
-from pysfu.limits import address_key
+from pysfu.limits import TokenBucket, address_key
 from pysfu.log import log_event
 from pysfu.media import MediaEngine
 from pysfu.metrics import CONTENT_TYPE_LATEST, EngineCollector, RoomGauges, build_registry, render
@@ -217,20 +217,9 @@ class _ControlFrameCounter:
     the library version does."""
 
     def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens = float(burst)
-        self.stamp = trio.current_time()
+        self._bucket = TokenBucket(rate, burst, trio.current_time())
         self._header = bytearray()
         self._skip = 0  # payload bytes of the current frame still to pass
-
-    def _take(self) -> bool:
-        now = trio.current_time()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
     def _header_length(self) -> int:
         if len(self._header) < 2:
@@ -263,7 +252,7 @@ class _ControlFrameCounter:
                 size = int.from_bytes(self._header[2:10], "big")
             self._header.clear()
             self._skip = size
-            if opcode in (0x9, 0xA) and not self._take():
+            if opcode in (0x9, 0xA) and not self._bucket.take(trio.current_time()):
                 return max(start, 0)
         return None
 

@@ -28,7 +28,7 @@ import trio_websocket
 from pysfu import errors
 from pysfu.auth import AuthError
 from pysfu.errors import SignalingError
-from pysfu.limits import address_key
+from pysfu.limits import TokenBucket, address_key
 from pysfu.log import log_event
 from pysfu.ortc import OrtcError
 from pysfu.room import (
@@ -106,24 +106,6 @@ def protocol_error(exc: RoomError | AlreadyConnected | OrtcError | AuthError
     raise TypeError(f"no protocol code for {type(exc).__name__}")  # a missing table row
 
 
-class TokenBucket:
-    """Requests per second with a burst allowance."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens = float(burst)
-        self.stamp = trio.current_time()
-
-    def take(self) -> bool:
-        now = trio.current_time()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 class Session:
     def __init__(
         self, ws: trio_websocket.WebSocketConnection, ctx: ServerContext, rooms: RoomRegistry,
@@ -144,7 +126,8 @@ class Session:
         # Text frames, or a (code, reason) close queued behind them.
         self._out_send, self._out_recv = trio.open_memory_channel[str | tuple[int, str]](
             _OUTBOX_SIZE)
-        self._bucket = TokenBucket(ctx.config.requests_per_second, ctx.config.request_burst)
+        self._bucket = TokenBucket(ctx.config.requests_per_second, ctx.config.request_burst,
+                                   trio.current_time())
         self._overflowed = False
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Answer]]] = {
@@ -234,7 +217,7 @@ class Session:
         # the answer, a look for the id among the frame's first bytes. The address's bucket
         # is charged only for what the connection's own bucket let through.
         limits = self.ctx.limits
-        if not self._bucket.take() or (
+        if not self._bucket.take(trio.current_time()) or (
                 limits is not None and not limits.take_request(self.address,
                                                                trio.current_time())):
             self._queue(encode_error(peek_request_id(text), errors.RATE_LIMITED,
