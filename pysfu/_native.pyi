@@ -115,6 +115,9 @@ class Engine:
         """Queued STUN/DTLS datagrams: (kind, transport, remote ip, remote port, data)."""
     def send(self, transport: int, ip: str, port: int, data: bytes) -> None: ...
     def add_transport(self, handle: int, local_ufrag: str, ice_password: str) -> None: ...
+    def set_ice_credentials(self, handle: int, local_ufrag: str, ice_password: str) -> None:
+        """ICE restart: the old credentials are refused from now on; tuples, SRTP keys,
+        producers and consumers stay."""
     def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None: ...
     def set_srtp(
         self, handle: int, keys: SrtpKeys, remote: tuple[str, int] | None = None

@@ -132,6 +132,12 @@ class SignalingClient:
         return await self.request("connectTransport", {
             "roomId": room_id, "transportId": transport_id, "dtlsParameters": dtls_parameters})
 
+    async def restart_ice(self, room_id: str, transport_id: str) -> dict[str, Any]:
+        """ICE restart of one of our transports: the new iceParameters (mediasoup shape)."""
+        data = await self.request("restartIce", {"roomId": room_id, "transportId": transport_id})
+        params: dict[str, Any] = data["iceParameters"]
+        return params
+
     async def produce(self, room_id: str, transport_id: str, kind: str,
                       rtp_parameters: dict[str, Any]) -> str:
         data = await self.request("produce", {"roomId": room_id, "transportId": transport_id,

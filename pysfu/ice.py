@@ -62,8 +62,6 @@ class IceLiteServer:
     ) -> None:
         self.local_ufrag = local_ufrag
         self.local_password = local_password
-        # After restart(), the previous credentials stay valid until the new ones are used.
-        self._old_credentials: tuple[str, str] | None = None
         self.consent_timeout = consent_timeout  # <= 0 disables consent expiry
         self.state: IceState = "new"
         self.nominated: Address | None = None  # the browser's nomination
@@ -81,10 +79,13 @@ class IceLiteServer:
         return rnd(), rnd()
 
     def restart(self) -> tuple[str, str]:
-        """ICE restart: new local credentials; the old ones keep working until the browser
-        sends a request with the new ones."""
-        self._old_credentials = (self.local_ufrag, self.local_password)
+        """ICE restart: new local credentials; the old ones are refused from now on (the
+        engine drops requests with them). The nomination stays (DTLS and media keep their
+        tuple) until a request with the new credentials nominates another; the browser's
+        nomination counter starts again with the new ICE session."""
         self.local_ufrag, self.local_password = self.generate_credentials()
+        self._last_nomination = 0
+        self._reported = None
         return self.local_ufrag, self.local_password
 
     # ---- input --------------------------------------------------------------------------------
@@ -135,10 +136,6 @@ class IceLiteServer:
             return None
         if secrets.compare_digest(local.encode(), self.local_ufrag.encode()):
             return self.local_password
-        if self._old_credentials is not None and secrets.compare_digest(
-            local.encode(), self._old_credentials[0].encode()
-        ):
-            return self._old_credentials[1]
         return None
 
     def _accept(
@@ -149,8 +146,6 @@ class IceLiteServer:
         except ValueError:
             return IceOutput()  # not an IP address we can map back: nothing sensible to say
         out = IceOutput(response)
-        if password == self.local_password:
-            self._old_credentials = None  # the browser has moved to the new credentials
         self._last_valid = now
 
         if addr != self._reported:

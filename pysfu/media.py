@@ -101,6 +101,11 @@ class MediaEngine:
         self._call(self.native.add_transport, handle, ufrag, password)
         self._transports[handle] = transport
 
+    # ICE restart: the engine refuses the old credentials from now on; tuples, SRTP keys,
+    # producers and consumers stay.
+    def set_ice_credentials(self, handle: int, ufrag: str, password: str) -> None:
+        self._call(self.native.set_ice_credentials, handle, ufrag, password)
+
     # Removing a transport in the engine also removes its producers and consumers (and
     # consumers of its producers): the answer says which (None: the engine had nothing).
     def remove_transport(self, handle: int) -> _native.Removed | None:

@@ -136,11 +136,7 @@ class WebRtcTransport:
             "direction": self.direction,
             "transportId": self.id,
             "id": self.id,
-            "iceParameters": {
-                "usernameFragment": self.ice.local_ufrag,
-                "password": self.ice.local_password,
-                "iceLite": True,
-            },
+            "iceParameters": self.ice_parameters(),
             "iceCandidates": [{
                 "foundation": "udpcandidate",
                 "priority": _CANDIDATE_PRIORITY,
@@ -154,6 +150,27 @@ class WebRtcTransport:
                 "role": "auto",
                 "fingerprints": self._certificate.dtls_fingerprints(),
             },
+        }
+
+    def restart_ice(self) -> dict[str, Any]:
+        """ICE restart: fresh local credentials here and in the engine (which refuses the old
+        ones from now on). The DTLS session, SRTP keys, producers and consumers stay; media
+        keeps going to the proven tuple until the new credentials nominate and prove another.
+        Returns the new iceParameters."""
+        self.ice.restart()
+        if self._registered:
+            self._media.set_ice_credentials(self.handle, self.ice.local_ufrag,
+                                            self.ice.local_password)
+        log_event(logger, "transport.ice_restart", room=self.room_id, peer=self.owner,
+                  transport=self.id)
+        return self.ice_parameters()
+
+    def ice_parameters(self) -> dict[str, Any]:
+        """mediasoup's IceParameters."""
+        return {
+            "usernameFragment": self.ice.local_ufrag,
+            "password": self.ice.local_password,
+            "iceLite": True,
         }
 
     def connect(self, dtls_parameters: dict[str, Any], *,

@@ -1,5 +1,5 @@
 //! The router's control state machine against a model: random add/remove/pause/resume of
-//! transports, producers and consumers (plus tuples, keys, datagrams and timers between
+//! transports, producers and consumers (plus tuples, keys, ICE restarts, datagrams and timers between
 //! them). Each call succeeds exactly when the model says it should, and counts, pause
 //! states and cascades (closing a transport closes its producers and their consumers)
 //! match after every step.
@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
     let mut m = Model::default();
     let mut out = Output::new();
     for op in data.chunks_exact(3).take(2000) {
-        let (kind, a, b) = (op[0] % 13, op[1], op[2]);
+        let (kind, a, b) = (op[0] % 14, op[1], op[2]);
         let t = 1 + (a % 6) as Handle;
         let p = 100 + (a % 8) as Handle;
         let c = 200 + (a % 16) as Handle;
@@ -168,6 +168,12 @@ fuzz_target!(|data: &[u8]| {
             11 => {
                 now += Duration::from_millis(u64::from(b) * 10);
                 r.handle_timeout(now, &mut out);
+            }
+            12 => {
+                // ICE restart: new credentials ("r{t}-{b}" never collides with another
+                // transport's); the ufrag "u{t}" is free again for the add above.
+                let ok = r.set_ice_credentials(t, &format!("r{t}-{b}"), "pw2").is_ok();
+                assert_eq!(ok, m.transports.contains(&t));
             }
             _ => {
                 let _ = r.take_upcalls();

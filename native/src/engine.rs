@@ -365,6 +365,12 @@ impl Engine {
         self.control(py, move |r, _, _| r.add_transport(handle, &local_ufrag, &ice_password))
     }
 
+    /// ICE restart: new local credentials for `handle`; the old ones are refused from now
+    /// on. Tuples, SRTP keys, producers and consumers are kept.
+    fn set_ice_credentials(&self, py: Python<'_>, handle: Handle, local_ufrag: String, ice_password: String) -> PyResult<()> {
+        self.control(py, move |r, _, _| r.set_ice_credentials(handle, &local_ufrag, &ice_password))
+    }
+
     fn bind_tuple(&self, py: Python<'_>, handle: Handle, ip: &str, port: u16, selected: bool) -> PyResult<()> {
         let addr = parse_addr(ip, port)?;
         self.control(py, move |r, now, out| r.bind_tuple(now, handle, addr, selected, out))

@@ -136,6 +136,7 @@ class Session:
             "getRouterRtpCapabilities": self._get_caps,
             "createTransport": self._create_transport,
             "connectTransport": self._connect_transport,
+            "restartIce": self._restart_ice,
             "produce": self._produce,
             "getProducers": self._get_producers,
             "consume": self._consume,
@@ -354,6 +355,12 @@ class Session:
                 end()
             raise
         return "transportConnected", {"transportId": transport.id}
+
+    async def _restart_ice(self, data: dict[str, Any]) -> Answer:
+        room, peer = self._joined(data)
+        transport = room.owned_transport(peer, get_str(data, "transportId"))
+        return "iceRestarted", {"transportId": transport.id,
+                                "iceParameters": transport.restart_ice()}
 
     async def _produce(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)

@@ -37,6 +37,29 @@ impl Router {
         Ok(())
     }
 
+    /// ICE restart: transport `h` takes new local credentials. STUN with the old ufrag or
+    /// password is refused from now on; tuples, the selected (proven) tuple, SRTP keys,
+    /// producers and consumers stay: media keeps going where it went until the new
+    /// credentials nominate and prove another tuple.
+    pub fn set_ice_credentials(&mut self, h: Handle, ufrag: &str, password: &str) -> Result<()> {
+        let old = self.transports.get(&h).ok_or_else(|| unknown("transport", h))?.ufrag.clone();
+        if ufrag.is_empty() || ufrag.contains(':') {
+            return Err(invalid(format!("bad ufrag {ufrag:?}")));
+        }
+        let ice_key = IceKey::new(password.as_bytes()).ok_or_else(|| invalid("empty ICE password"))?;
+        if ufrag != old && self.by_ufrag.contains_key(ufrag) {
+            return Err(invalid(format!("ufrag {ufrag:?} already in use")));
+        }
+        if self.by_ufrag.get(&old) == Some(&h) {
+            self.by_ufrag.remove(&old);
+        }
+        self.by_ufrag.insert(ufrag.to_owned(), h);
+        let t = self.transports.get_mut(&h).expect("checked above");
+        t.ufrag = ufrag.to_owned();
+        t.ice_key = ice_key;
+        Ok(())
+    }
+
     /// Removes the transport, its consumers, its producers and their consumers: the one place
     /// this cascade is decided. Answers what went, for the control plane's registries.
     pub fn remove_transport(&mut self, h: Handle) -> Result<Removed> {

@@ -175,3 +175,57 @@ fn without_a_dtls_address_the_first_authenticated_packet_proves_the_tuple() {
     let out = room.send(true);
     assert!(dests(&out).contains(&4000));
 }
+
+#[test]
+fn ice_restart_changes_credentials_and_keeps_the_media_path() {
+    let mut room = room(false);
+    assert!(dests(&room.send(true)).contains(&2000));
+    // Refused: an unknown transport, a ufrag another transport uses, an empty password;
+    // none of them changes anything.
+    assert!(matches!(room.r.set_ice_credentials(99, "x", "pw"), Err(RouterError::Unknown(..))));
+    assert!(matches!(room.r.set_ice_credentials(2, "ufrag3", "pw"), Err(RouterError::Invalid(_))));
+    assert!(matches!(room.r.set_ice_credentials(2, "fresh2", ""), Err(RouterError::Invalid(_))));
+    assert!(matches!(room.r.set_ice_credentials(2, "a:b", "pw"), Err(RouterError::Invalid(_))));
+    let mut out = Output::new();
+    let old = stun_check::build_binding_request("ufrag2:remote", b"pw2", true);
+    let _ = room.r.take_upcalls(); // the first-media upcalls
+    room.r.handle_datagram(room.now, addr(2000), &old, &mut out);
+    assert_eq!(room.r.take_upcalls().len(), 1);
+
+    room.r.set_ice_credentials(2, "fresh2", "newpw2").unwrap();
+    // The old credentials: refused, from the viewer's tuple (its failed check) or elsewhere.
+    room.r.handle_datagram(room.now, addr(2000), &old, &mut out);
+    room.r.handle_datagram(room.now, addr(2500), &old, &mut out);
+    // The new ufrag with the old password: refused too.
+    let mixed = stun_check::build_binding_request("fresh2:remote", b"pw2", true);
+    room.r.handle_datagram(room.now, addr(2000), &mixed, &mut out);
+    assert!(!room.r.has_upcalls());
+    assert_eq!(room.r.drops().get(DropReason::StunIntegrity), 2);
+    assert_eq!(room.r.drops().get(DropReason::StunUnknown), 1);
+    // The new ones go up.
+    let new = stun_check::build_binding_request("fresh2:remote", b"newpw2", true);
+    room.r.handle_datagram(room.now, addr(2001), &new, &mut out);
+    let up = room.r.take_upcalls();
+    assert_eq!((up.len(), up[0].transport, up[0].from), (1, 2, addr(2001)));
+    // Media still goes to the proven tuple with the same SRTP keys (recv unprotects it).
+    let out = room.send(false);
+    let t = out.transmits.iter().find(|t| t.dest.port() == 2000).expect("media to 2000");
+    assert_eq!(room.recv(t).0, 0xAAAA);
+    // The new credentials nominate 2001; its authenticated SRTCP proves it.
+    let mut out = Output::new();
+    room.r.bind_tuple(room.now, 2, addr(2001), true, &mut out).unwrap();
+    assert!(!dests(&room.send(false)).contains(&2001));
+    let mut v2 = peer(2).0;
+    room.r.handle_datagram(room.now, addr(2001), &viewer_rtcp(&mut v2, 0xAAAA, &[], false), &mut out);
+    assert_eq!(stat_str(&room.r, 2, "selectedTuple"), addr(2001).to_string());
+    // The old ufrag is free for another transport; the new one is not.
+    room.r.add_transport(9, "ufrag2", "pw9").unwrap();
+    assert!(matches!(room.r.add_transport(11, "fresh2", "pw"), Err(RouterError::Invalid(_))));
+    // Setting the same ufrag again (a new password only) is fine.
+    room.r.set_ice_credentials(2, "fresh2", "newerpw2").unwrap();
+    room.r.handle_datagram(room.now, addr(2001), &new, &mut out);
+    assert!(!room.r.has_upcalls());
+    // Removing the transport frees its current ufrag.
+    room.r.remove_transport(2).unwrap();
+    room.r.add_transport(12, "fresh2", "pw").unwrap();
+}
