@@ -165,6 +165,13 @@ class IceLiteServer:
 
     # ---- time ---------------------------------------------------------------------------------
 
+    def consent_deadline(self) -> float | None:
+        """When consent expires unless a valid request arrives before (None: it cannot expire
+        yet). The transport sleeps until then instead of polling."""
+        if self._last_valid is None or self.consent_timeout <= 0:
+            return None
+        return self._last_valid + self.consent_timeout
+
     def check_consent(self, now: float) -> bool:
         """False once no valid request arrived for ``consent_timeout`` seconds after the first
         one (RFC 7675); the transport must then close. True before any request."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import secrets
 import string
 from collections.abc import Callable
@@ -318,14 +319,13 @@ class WebRtcTransport:
             self._unregister()
 
     def _next_deadline(self) -> float:
-        deadline = trio.current_time() + 1.0  # consent is checked at least once a second
-        if self.dtls is not None:
-            timeout = self.dtls.next_timeout()
-            if timeout is not None:
-                deadline = min(deadline, timeout)
-        if self._connect_deadline is not None:
-            deadline = min(deadline, self._connect_deadline)
-        return deadline
+        """The earliest of this transport's timers: consent expiry, the DTLS retransmission
+        and the connect deadline. A connected transport with live consent sleeps until its
+        consent could expire: no per-second wake-up per transport (2,000 viewers used to cost
+        the Python thread 2,000 wake-ups a second)."""
+        deadlines = [self.ice.consent_deadline(), self._connect_deadline,
+                     self.dtls.next_timeout() if self.dtls is not None else None]
+        return min((d for d in deadlines if d is not None), default=math.inf)
 
     def _on_timer(self, now: float) -> None:
         if self.dtls is not None and self.dtls.state == "connecting":

@@ -260,6 +260,19 @@ def test_consent_disabled() -> None:
     ice = server(consent_timeout=0)
     ice.handle_datagram(request(), BROWSER, 0.0)
     assert ice.check_consent(1e9)
+    assert ice.consent_deadline() is None
+
+
+def test_consent_deadline_moves_with_each_valid_request() -> None:
+    ice = server(consent_timeout=30.0)
+    assert ice.consent_deadline() is None  # nothing heard: nothing can expire
+    ice.handle_datagram(request(use_candidate=True), BROWSER, 5.0)
+    assert ice.consent_deadline() == 35.0
+    ice.handle_datagram(request(), BROWSER, 12.0)
+    assert ice.consent_deadline() == 42.0
+    ice.handle_datagram(request(pwd="nope-nope-nope-nope-nope-nope-no"), BROWSER, 20.0)
+    assert ice.consent_deadline() == 42.0  # a failed request does not move it
+    assert ice.check_consent(41.9) and not ice.check_consent(42.0)
 
 
 def test_restart_refuses_old_credentials_and_keeps_the_nomination() -> None:
