@@ -28,7 +28,7 @@ sfu_load = _load_script(ROOT / "bench" / "sfu_load.py")
 async def test_two_viewers_receive_every_packet_intact() -> None:
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "pysfu-loadgen"], cwd=ROOT,
                    check=True, timeout=900)
-    args = argparse.Namespace(warmup=0.6, duration=1.0, ceiling=True)
+    args = argparse.Namespace(warmup=0.6, duration=1.0, ceiling=True, nice=0)
     r = await sfu_load.run_point(2, "gcm", args)
     sent = r["producer_sent"]
     assert sent["video_window"] > 0 and sent["audio_window"] > 0
@@ -40,6 +40,11 @@ async def test_two_viewers_receive_every_packet_intact() -> None:
     assert r["latency_ms"]["p50"] is not None and r["latency_ms"]["p50"] < 1000
     assert r["server_cpu_s"] >= 0 and r["server_rss_kib"] > 0
     assert r["consumers"] == 4
+    # The scheduler's view (what limited the point) and the backlog over every packet.
+    assert r["server_io_thread_runqueue_s"] >= 0 and r["loadgen_rx_cpu_s"] > 0
+    assert r["loadgen_rx_runqueue_s"] >= 0
+    assert 0 < r["lag_all_ms"]["mean"] <= r["lag_all_ms"]["max"] < 1000
+    assert isinstance(r["bound"], str) and r["bound"] != "unexplained"
     # The ceiling run at the same point sent and drained its packets and measured a cost.
     ceiling = r["ceiling"]
     assert ceiling["consumers"] == 2 and ceiling["sent"] > 0

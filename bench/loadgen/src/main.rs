@@ -15,8 +15,10 @@
 //!   loss and take latency = kernel receive time − send time.
 //!
 //! Packets sent inside the measurement window [start+warmup, +duration) are the ones counted.
-//! The server's CPU time (utime+stime of its /proc/<pid>/stat), its RSS and the kernel's UDP
-//! error counters are read at the window's edges. Configuration: text lines on stdin (see
+//! The server's CPU time (utime+stime of its /proc/<pid>/stat), its RSS, the kernel's UDP
+//! error counters and the scheduler's run-queue wait of the server's I/O thread and of our
+//! receiving thread (/proc/…/schedstat: time runnable but not given a CPU, i.e. starved by the
+//! machine) are read at the window's edges. Configuration: text lines on stdin (see
 //! `Config::parse`); result: one JSON object on stdout.
 
 use std::collections::HashMap;
@@ -376,6 +378,12 @@ struct RecvStats {
     other: u64,
     /// RTP datagrams whose kernel receive time lies in the window (what the server sent then).
     arrived_window: u64,
+    /// Receive − send time over every RTP datagram (warm-up and late ones included), µs: a
+    /// backlog (server or machine falling behind) shows here even when nothing sent in the
+    /// window arrived in time to count.
+    lag_sum_us: u64,
+    lag_max_us: u64,
+    lag_n: u64,
 }
 
 struct Batch {
@@ -507,6 +515,10 @@ impl Receiver {
         let counter = u64::from_be_bytes(pl[PROBE_AT + 8..PROBE_AT + 16].try_into().unwrap());
         let kind = pl[PROBE_AT + 16];
         let in_window = win.contains(sent);
+        let lag_us = stamp.saturating_sub(sent) / 1000;
+        self.stats.lag_sum_us += lag_us;
+        self.stats.lag_max_us = self.stats.lag_max_us.max(lag_us);
+        self.stats.lag_n += 1;
         let stream = match kind {
             KIND_VIDEO if hdr.ssrc == v.video_ssrc => &mut v.video,
             KIND_AUDIO if hdr.ssrc == v.audio_ssrc => &mut v.audio,
@@ -656,6 +668,26 @@ fn thread_cpu(pid: u32, comm: &str) -> (f64, f64) {
     (user, sys)
 }
 
+/// (on-CPU, runnable-but-waiting) seconds of the process's threads named `comm`, from
+/// /proc/<pid>/task/<tid>/schedstat: with the window's length they tell whether a thread that
+/// falls behind was starved of CPU by the machine (waiting on the run queue) or idle.
+fn thread_sched(pid: u32, comm: &str) -> (f64, f64) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return (f64::NAN, f64::NAN) };
+    let (mut run, mut wait) = (0u64, 0u64);
+    for e in dir.flatten() {
+        let tid = e.file_name().to_string_lossy().to_string();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        if name.trim() != comm {
+            continue;
+        }
+        let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap_or_default();
+        let f: Vec<u64> = s.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        run += f.first().copied().unwrap_or(0);
+        wait += f.get(1).copied().unwrap_or(0);
+    }
+    (run as f64 / 1e9, wait as f64 / 1e9)
+}
+
 fn proc_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -753,9 +785,12 @@ fn main() {
     let pid = cfg.server_pid;
     sleep_until(win.start);
     let ps = pid.to_string();
+    let me = std::process::id();
     let (cpu0, io0, self0, snmp0, t0) = (proc_cpu(&ps), thread_cpu(pid, "pysfu-io"), self_cpu(), udp_snmp(), realtime_ns());
+    let (ios0, rxs0) = (thread_sched(pid, "pysfu-io"), thread_sched(me, "loadgen-rx"));
     sleep_until(win.end);
     let (cpu1, io1, self1, snmp1, t1) = (proc_cpu(&ps), thread_cpu(pid, "pysfu-io"), self_cpu(), udp_snmp(), realtime_ns());
+    let (ios1, rxs1) = (thread_sched(pid, "pysfu-io"), thread_sched(me, "loadgen-rx"));
     let rss = proc_rss_kib(pid);
     let sent = tx_thread.join().unwrap();
     let rx = rx_thread.join().unwrap();
@@ -782,7 +817,9 @@ fn main() {
             "\"producer_sent\": {{\"video\": {}, \"audio\": {}, \"key_frames\": {}, \"video_window\": {}, \"audio_window\": {}, \"send_failed\": {}, \"pli_key_frames\": {}}}, ",
             "\"expected\": {}, \"received\": {}, \"lost\": {}, \"loss\": {:.6}, \"viewers_with_loss\": {}, ",
             "\"forwarded_pps\": {:.0}, \"server_cpu_s\": {:.3}, \"server_cpu_share\": {:.3}, \"server_us_per_packet\": {:.3}, \"server_io_thread_cpu_s\": {:.3}, \"server_io_thread_sys_s\": {:.3}, ",
+            "\"server_io_thread_runqueue_s\": {:.3}, \"loadgen_rx_cpu_s\": {:.3}, \"loadgen_rx_runqueue_s\": {:.3}, ",
             "\"server_rss_kib\": {}, \"loadgen_cpu_share\": {:.3}, ",
+            "\"lag_all_ms\": {{\"mean\": {:.1}, \"max\": {:.1}}}, ",
             "\"latency_ms\": {{\"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max_bucket_overflow\": {}}}, ",
             "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}}}, ",
             "\"udp\": {{\"RcvbufErrors\": {}, \"SndbufErrors\": {}, \"InErrors\": {}}}}}"
@@ -808,8 +845,13 @@ fn main() {
         if arrived > 0 { server_cpu / arrived as f64 * 1e6 } else { 0.0 },
         (io1.0 + io1.1) - (io0.0 + io0.1),
         io1.1 - io0.1,
+        ios1.1 - ios0.1,
+        rxs1.0 - rxs0.0,
+        rxs1.1 - rxs0.1,
         rss,
         (self1 - self0) / elapsed,
+        st.lag_sum_us as f64 / st.lag_n.max(1) as f64 / 1000.0,
+        st.lag_max_us as f64 / 1000.0,
         opt(percentile(&rx.hist, 0.5)),
         opt(percentile(&rx.hist, 0.9)),
         opt(percentile(&rx.hist, 0.99)),
