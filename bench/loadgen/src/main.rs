@@ -45,6 +45,9 @@ const KIND_AUDIO: u8 = 2;
 const HIST_US: usize = 200_000;
 const RECV_BATCH: usize = 32;
 const SLOT: usize = 2048;
+/// Sleep of the receiving thread when no socket has data: it polls (epoll_wait without
+/// blocking) rather than blocking in epoll_wait.
+const POLL_IDLE: Duration = Duration::from_millis(1);
 
 fn die(msg: impl AsRef<str>) -> ! {
     eprintln!("loadgen: {}", msg.as_ref());
@@ -590,7 +593,11 @@ impl Receiver {
         let mut buf = Vec::with_capacity(SLOT);
         while realtime_ns() < stop_at {
             // SAFETY: events buffer of the given length.
-            let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 20) };
+            let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 0) };
+            if n == 0 {
+                thread::sleep(POLL_IDLE);
+                continue;
+            }
             for e in events.iter().take(n.max(0) as usize) {
                 let token = e.u64;
                 let fd = if token == token_producer { self.producer_fd } else { self.fds[token as usize] };
@@ -720,6 +727,17 @@ fn udp_snmp() -> HashMap<String, u64> {
     out
 }
 
+/// Discard the datagrams waiting on `fd`; how many.
+fn drain(fd: RawFd) -> u64 {
+    let mut buf = [0u8; SLOT];
+    let mut n = 0;
+    // SAFETY: receiving into a local buffer of the given length.
+    while unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) } >= 0 {
+        n += 1;
+    }
+    n
+}
+
 fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) -> bool {
     // SAFETY: pointer to a c_int and its size.
     unsafe {
@@ -739,6 +757,10 @@ fn main() {
             setsockopt_int(v.fd, libc::SO_RCVBUF, 1 << 20);
         }
     }
+    // What the server sent the silent producer during the set-up (a key frame request each
+    // second while the consumers waited for their first key frame: one per second of set-up)
+    // is stale: answered now, it would add a second key-frame burst right after the first.
+    let producer_stale = drain(p.fd);
     let viewers: Vec<Viewer> = cfg
         .viewers
         .iter()
@@ -821,7 +843,7 @@ fn main() {
             "\"server_rss_kib\": {}, \"loadgen_cpu_share\": {:.3}, ",
             "\"lag_all_ms\": {{\"mean\": {:.1}, \"max\": {:.1}}}, ",
             "\"latency_ms\": {{\"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max_bucket_overflow\": {}}}, ",
-            "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}}}, ",
+            "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"producer_stale\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}}}, ",
             "\"udp\": {{\"RcvbufErrors\": {}, \"SndbufErrors\": {}, \"InErrors\": {}}}}}"
         ),
         n,
@@ -867,6 +889,7 @@ fn main() {
         st.reordered,
         st.late_or_early,
         st.producer_rtcp,
+        producer_stale,
         st.plis,
         st.other,
         st.recv_calls,
