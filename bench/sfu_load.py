@@ -15,7 +15,7 @@ server share the machine's cores, so forwarded packets/s saturate with the machi
 with the server.
 
 Usage: python bench/sfu_load.py [--viewers 10,50,100] [--profiles gcm,cm] [--warmup 3]
-       [--duration 5] [--out bench/results] [--no-save]
+       [--duration 5] [--out bench/results] [--no-save] [--nice -10]
 Prints a table; writes bench/results/<UTC time>-<git rev>.json (one file per run).
 """
 
