@@ -335,6 +335,7 @@ async def _keep_connected(url: str, max_message_size: int, local_host: str | Non
                                                              state.resume_token, state.token)
                             except (RequestFailed, ConnectionLost) as exc:
                                 client.resume_error = exc
+                                conn.cancel_scope.cancel()  # the reader too: we are done
                                 return
                             client._note_resumed(answer)
             except (OSError, trio_websocket.HandshakeError) as exc:

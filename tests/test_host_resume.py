@@ -50,7 +50,10 @@ async def drop_socket(server: Server, peer_id: str, room_id: str = ROOM) -> None
     notify = room.peers[peer_id].notify
     assert notify is not None
     session = notify.__self__  # type: ignore[attr-defined]  # the peer's Session
-    await session.ws.aclose(1001, "test: connection dropped")
+    # The close frame goes at once; a client that resumes at once may never answer it, so
+    # the closing handshake is not waited for long.
+    with trio.move_on_after(0.5):
+        await session.ws.aclose(1001, "test: connection dropped")
 
 
 def pending(client: SignalingClient) -> list[tuple[str, dict[str, Any]]]:
@@ -87,70 +90,113 @@ def contiguous(seqs: list[int], first: int) -> bool:
     return seqs == [(first + i) & 0xFFFF for i in range(len(seqs))]
 
 
+async def _room_with_viewer(client: Any, stack: AsyncExitStack, host: SignalingClient
+                            ) -> tuple[WebRtcPeer, str, Any, list[int]]:
+    """The host (joined) produces VP8 on a real transport; a viewer consumes and has the
+    first 10 packets. Returns (host peer, producer id, viewer, the viewer's sequence numbers);
+    the host's start-up PLIs are read off."""
+    host_peer = await open_peer(host, "send")
+    stack.callback(host_peer.close)
+    producer_id = await host.produce(ROOM, host_peer.transport["id"], "video",
+                                     vp8_producer(mid="0", ssrc=HOST_SSRC))
+    viewer = await add_viewer(client, stack, "v", producer_id)
+    stack.callback(viewer.peer.close)
+    await trio.sleep(0.1)
+    await send_frames(host_peer, 1, 10)
+    before = await receive(viewer.peer, 10)
+    assert contiguous(before, before[0])
+    while await host_peer.recv_rtcp(timeout=0.3) is not None:
+        pass
+    return host_peer, producer_id, viewer, before
+
+
+def _no_cut(viewer: Any) -> None:
+    events = [name for name, _ in pending(viewer.client)]
+    assert "producerClosed" not in events and "newProducer" not in events, events
+
+
 @pytest.mark.parametrize("config_overrides", [{"host_grace_period": GRACE}])
-async def test_host_resumes_and_viewers_see_no_cut(server: Server, client: Any) -> None:
+async def test_media_flows_without_the_socket_and_after_resume(server: Server,
+                                                               client: Any) -> None:
+    """The host's socket is dropped mid-stream; every packet sent meanwhile reaches the
+    viewer; the host resumes on a new socket: same transport, producer and consumer, a PLI
+    reaches the host, and every packet sent after the resume (from the key frame it asked
+    for) arrives in order."""
     async with AsyncExitStack() as stack:
-        host = await stack.enter_async_context(connect(_url(server), auto_resume=True))
+        host = await stack.enter_async_context(client())
         joined = await host.join(ROOM, "host", "h")
         secret = joined["resumeToken"]
-        assert len(secret) >= 40 and host.resume_state is not None
-        host_peer = await open_peer(host, "send")
-        stack.callback(host_peer.close)
-        producer_id = await host.produce(ROOM, host_peer.transport["id"], "video",
-                                         vp8_producer(mid="0", ssrc=HOST_SSRC))
-        viewer = await add_viewer(client, stack, "v", producer_id)
-        stack.callback(viewer.peer.close)
+        assert isinstance(secret, str) and len(secret) >= 40
+        host_peer, producer_id, viewer, before = await _room_with_viewer(client, stack, host)
         consumer_id = viewer.consumer["id"]
-        await trio.sleep(0.1)
-        await send_frames(host_peer, 1, 10)
-        before = await receive(viewer.peer, 10)
-        assert contiguous(before, before[0])
         room = server.rooms.get(ROOM)
         assert room is not None
-        # Drain the PLIs of the viewer's start.
-        while await host_peer.recv_rtcp(timeout=0.3) is not None:
-            pass
 
         await drop_socket(server, "h")
-        # Media goes on while the host has no socket (it is sent before the resume lands).
-        await send_frames(host_peer, 11, 20, keyframe_first=False)
-        during = await receive(viewer.peer, 20)
+        with trio.fail_after(3):
+            await host.closed.wait()
+        assert room.peers["h"].notify is None  # the server saw it go: grace period
+        # Media goes on while the host has no socket.
+        await send_frames(host_peer, 11, 50, keyframe_first=False)
+        during = await receive(viewer.peer, 50)
         assert contiguous(during, before[-1] + 1)
+        assert not await wait_pli(host_peer, timeout=0.3)  # nobody asked for a key frame
 
-        answer = await host.wait_resumed(timeout=5)
-        assert answer["peerId"] == "h" and answer["roomId"] == ROOM
+        back = await stack.enter_async_context(client())
+        answer = await back.resume(ROOM, "h", secret)
+        assert answer["peerId"] == "h" and answer["roomId"] == ROOM and answer["role"] == "host"
         assert answer["resumeToken"] != secret  # single use: a new one each time
         [transport] = answer["transports"]
         assert transport["id"] == host_peer.transport["id"] and transport["connected"]
+        assert transport["direction"] == "send"
+        assert transport["iceParameters"] == host_peer.ice  # unchanged: no restart asked
         assert [(p["id"], p["kind"], p["paused"]) for p in transport["producers"]] == [
             (producer_id, "video", False)]
         assert transport["producers"][0]["rtpParameters"]["encodings"][0]["ssrc"] == HOST_SSRC
-        assert transport["iceParameters"] == host_peer.ice  # no ICE restart asked
-        # A key-frame request reached the host after the resume.
         assert await wait_pli(host_peer), "no PLI reached the host after the resume"
-        # The host answers with a key frame: every packet from then on arrives, in order.
-        await send_frames(host_peer, 31, 30, keyframe_first=True)
-        after = await receive(viewer.peer, 30)
+        await send_frames(host_peer, 61, 50, keyframe_first=True)
+        after = await receive(viewer.peer, 50)
         assert contiguous(after, during[-1] + 1)
 
-        # The viewers saw nothing: no producerClosed / newProducer, same consumer.
-        events = [name for name, _ in pending(viewer.client)]
-        assert "producerClosed" not in events and "newProducer" not in events, events
+        _no_cut(viewer)
         assert room.consumers[consumer_id].producer.id == producer_id
-        assert [p["id"] for p in await viewer.client.get_producers(ROOM)] == [producer_id]
-        stats = await viewer.client.get_stats(ROOM, consumerId=consumer_id)
-        assert stats[0]["type"] == "outbound-rtp"
-        # The resumed host works on its new socket; the room outlives the grace period.
+        assert (await viewer.client.get_stats(ROOM, consumerId=consumer_id))[0]["type"] == \
+            "outbound-rtp"
+        # The resumed host works on its new socket and the room outlives the grace period.
         await trio.sleep(GRACE + 0.3)
         assert server.rooms.get(ROOM) is room and not room.closed
-        assert (await host.get_stats(ROOM, producerId=producer_id))[0]["type"] == "inbound-rtp"
-        assert server.media.counts()["producers"] == 1
+        assert (await back.get_stats(ROOM, producerId=producer_id))[0]["type"] == "inbound-rtp"
+        assert server.media.counts()["producers"] == 1 == server.media.counts()["consumers"]
 
-        # A second drop: the client resumes again with the new secret.
+
+@pytest.mark.parametrize("config_overrides", [{"host_grace_period": GRACE}])
+async def test_client_auto_resume(server: Server, client: Any) -> None:
+    """``connect(auto_resume=True)``: after a drop the same SignalingClient reconnects and
+    resumes (twice in a row: each time with the newest secret); the viewer sees no cut."""
+    async with AsyncExitStack() as stack:
+        host = await stack.enter_async_context(connect(_url(server), auto_resume=True))
+        joined = await host.join(ROOM, "host", "h")
+        assert host.resume_state is not None
+        assert host.resume_state.resume_token == joined["resumeToken"]
+        host_peer, producer_id, viewer, before = await _room_with_viewer(client, stack, host)
+
+        await drop_socket(server, "h")
+        answer = await host.wait_resumed(timeout=5)
+        assert [p["id"] for p in answer["transports"][0]["producers"]] == [producer_id]
+        assert host.resume_state.resume_token == answer["resumeToken"] != joined["resumeToken"]
+        assert await wait_pli(host_peer), "no PLI reached the host after the resume"
+        await send_frames(host_peer, 11, 30, keyframe_first=True)
+        after = await receive(viewer.peer, 30)
+        assert contiguous(after, before[-1] + 1)
+        # Requests go over the new socket; notifications still arrive on the same channel.
+        assert (await host.get_stats(ROOM, producerId=producer_id))[0]["type"] == "inbound-rtp"
+
         await drop_socket(server, "h")
         second = await host.wait_resumed(2, timeout=5)
-        assert second["resumeToken"] not in (secret, answer["resumeToken"])
+        assert second["resumeToken"] not in (joined["resumeToken"], answer["resumeToken"])
         assert [p["id"] for p in second["transports"][0]["producers"]] == [producer_id]
+        _no_cut(viewer)
+        assert viewer.consumer["id"] in server.rooms.get(ROOM).consumers  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("config_overrides", [{"host_grace_period": GRACE}])
@@ -188,8 +234,7 @@ async def test_resume_with_ice_restart_after_a_network_change(server: Server,
         await send_frames(host_peer, 6, 20, keyframe_first=True)
         after = await receive(viewer.peer, 20)
         assert contiguous(after, first[-1] + 1)
-        events = [name for name, _ in pending(viewer.client)]
-        assert "producerClosed" not in events and "newProducer" not in events, events
+        _no_cut(viewer)
 
 
 @pytest.mark.parametrize("config_overrides", [{"host_grace_period": 0.5}])
@@ -338,7 +383,8 @@ async def test_with_tokens_resume_needs_a_valid_token_too(server: Server,
     async with client() as host:
         joined = await host.join(ROOM, "host", token=_token(ROOM, "alice", "host"))
         assert joined["peerId"] == "alice"
-        await host.create_transport(ROOM, "send")
+        send = await host.create_transport(ROOM, "send")
+        await host.produce(ROOM, send["id"], "video", vp8_producer(mid="0"))
     await trio.sleep(0.05)
     secret = joined["resumeToken"]
     cases = {
