@@ -13,7 +13,8 @@ A host's join answer carries a resume secret. ``connect(url, auto_resume=True)``
 the WebSocket drops, the client reconnects and sends ``resume`` (its transports, producers and
 the viewers' consumers are still there, within the server's ``host_grace_period``); the same
 ``SignalingClient`` goes on, its notifications channel stays open, and ``wait_resumed()``
-returns each ``resumed`` answer.
+returns each ``resumed`` answer. Requests sent while the socket is down fail with
+``ConnectionLost``; ``leave()``, ``aclose()`` or a ``roomClosed`` end the resuming.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ class SignalingClient:
                                             secret, token)
 
     async def leave(self, room_id: str) -> dict[str, Any]:
+        self.resume_state = None  # left on purpose: nothing to resume
         return await self.request("leave", {"roomId": room_id})
 
     async def router_rtp_capabilities(self, room_id: str) -> dict[str, Any]:
