@@ -226,9 +226,8 @@ class Room:
         if self.ctx.config.host_grace_period == 0 or (
                 not peer.produced and len(self.peers) == 1):
             # No grace period configured; or nothing to keep alive and nobody waiting: a host
-            # that joined alone and hung up
-            # without ever producing takes its room now, not after the grace period (so
-            # churning hosts cannot keep max_rooms full).
+            # that joined alone and hung up without ever producing takes its room now, not
+            # after the grace period (so churning hosts cannot keep max_rooms full).
             self.close("host_left")
             return
         log_event(logger, "peer.disconnected", room=self.id, peer=peer.id,
