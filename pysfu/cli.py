@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-grace", dest="shutdown_grace",
                        help="seconds between serverShuttingDown and closing the rooms on "
                             "SIGTERM/SIGINT (default 5)")
+    serve.add_argument("--host-grace-period", dest="host_grace_period",
+                       help="seconds a host whose WebSocket dropped may take to resume "
+                            "before its room closes (default 10; 0: closes at once)")
     serve.add_argument("--allowed-origins", dest="allowed_origins",
                        help="comma-separated origins whose pages may open the WebSocket "
                             "(default: this server's own; '*' for any)")

@@ -8,14 +8,23 @@
 With a server that requires join tokens (``auth_secret``): ``client.join("room1", "viewer",
 token=token)`` (the peer id is the token's identity), or ``connect(url, token=token)``, which
 puts it in the URL (``?token=``) for every join of that connection.
+
+A host's join answer carries a resume secret. ``connect(url, auto_resume=True)`` uses it: when
+the WebSocket drops, the client reconnects and sends ``resume`` (its transports, producers and
+the viewers' consumers are still there, within the server's ``host_grace_period``); the same
+``SignalingClient`` goes on, its notifications channel stays open, and ``wait_resumed()``
+returns each ``resumed`` answer. Requests sent while the socket is down fail with
+``ConnectionLost``; ``leave()``, ``aclose()`` or a ``roomClosed`` end the resuming.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -37,6 +46,22 @@ class ConnectionLost(Exception):
     """The WebSocket closed while a request waited for its answer."""
 
 
+# Automatic resume: reconnect attempts this far apart (doubling up to the maximum), given up
+# after RESUME_PATIENCE seconds (the server's host_grace_period is 10 s by default).
+RESUME_RETRY_MIN = 0.05
+RESUME_RETRY_MAX = 1.0
+RESUME_PATIENCE = 30.0
+
+
+@dataclass
+class ResumeState:
+    """What a ``resume`` needs: the room, the peer and its current (single-use) secret."""
+    room_id: str
+    peer_id: str
+    resume_token: str
+    token: str | None = None  # the join token, when the server requires them
+
+
 class SignalingClient:
     def __init__(self, ws: trio_websocket.WebSocketConnection, queue_size: int = 1024) -> None:
         self.ws = ws
@@ -45,8 +70,14 @@ class SignalingClient:
         self._notify_send, self.notifications = trio.open_memory_channel[
             tuple[str, dict[str, Any]]](queue_size)
         self.closed = trio.Event()
+        self.resume_state: ResumeState | None = None  # from a host's joined/resumed answer
+        self.resumed: list[dict[str, Any]] = []  # the answers of automatic resumes
+        self.resume_error: Exception | None = None  # why an automatic resume gave up
+        self._changed = trio.Event()  # set (and replaced) when ``resumed`` grows
 
-    async def _reader(self) -> None:
+    async def _reader(self, *, final: bool = True) -> None:
+        """Read the socket until it closes; ``final``: the client ends with it (otherwise an
+        automatic resume may follow, and only the waiting requests fail)."""
         try:
             while True:
                 try:
@@ -58,13 +89,35 @@ class SignalingClient:
                 if waiter is not None:
                     waiter.send_nowait(msg)
                 elif "id" not in msg:
+                    if msg.get("event") in ("roomClosed", "peerRemoved"):
+                        self.resume_state = None  # nothing left to resume
                     self._notify_send.send_nowait((msg["event"], msg.get("data", {})))
         finally:
-            self.closed.set()
             for waiter in self._pending.values():
                 waiter.close()
             self._pending.clear()
-            self._notify_send.close()
+            if final:
+                self._end()
+
+    def _end(self) -> None:
+        self.closed.set()
+        self._notify_send.close()
+        self._changed.set()
+
+    def _note_resumed(self, answer: dict[str, Any]) -> None:
+        self.resumed.append(answer)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_resumed(self, count: int = 1, *, timeout: float = 10.0) -> dict[str, Any]:
+        """The ``count``-th answer of an automatic resume, once there is one (ConnectionLost
+        when the client gave up: ``resume_error`` says why)."""
+        with trio.fail_after(timeout):
+            while len(self.resumed) < count:
+                if self.closed.is_set():
+                    raise ConnectionLost(f"no resume: {self.resume_error}")
+                await self._changed.wait()
+        return self.resumed[count - 1]
 
     async def send_raw(self, text: str | bytes) -> None:
         """Send a frame as is (for tests of bad input)."""
@@ -114,9 +167,30 @@ class SignalingClient:
             data["peerId"] = peer_id
         if token is not None:
             data["token"] = token
-        return await self.request("join", data)
+        answer = await self.request("join", data)
+        self._remember(answer, token)
+        return answer
+
+    async def resume(self, room_id: str, peer_id: str, resume_token: str,
+                     token: str | None = None) -> dict[str, Any]:
+        """Take our peer back on this connection (a host whose socket dropped, within the
+        server's host_grace_period): its live transports and producers."""
+        data: dict[str, Any] = {"roomId": room_id, "peerId": peer_id,
+                                "resumeToken": resume_token}
+        if token is not None:
+            data["token"] = token
+        answer = await self.request("resume", data)
+        self._remember(answer, token)
+        return answer
+
+    def _remember(self, answer: dict[str, Any], token: str | None) -> None:
+        secret = answer.get("resumeToken")
+        if isinstance(secret, str):
+            self.resume_state = ResumeState(str(answer["roomId"]), str(answer["peerId"]),
+                                            secret, token)
 
     async def leave(self, room_id: str) -> dict[str, Any]:
+        self.resume_state = None  # left on purpose: nothing to resume
         return await self.request("leave", {"roomId": room_id})
 
     async def router_rtp_capabilities(self, room_id: str) -> dict[str, Any]:
@@ -169,6 +243,7 @@ class SignalingClient:
         return stats
 
     async def aclose(self) -> None:
+        self.resume_state = None  # closed on purpose: no automatic resume
         await self.ws.aclose()
 
 
@@ -209,12 +284,22 @@ def with_token(url: str, token: str) -> str:
 
 @asynccontextmanager
 async def connect(url: str, *, max_message_size: int = 1 << 20,
-                  local_host: str | None = None,
-                  token: str | None = None) -> AsyncIterator[SignalingClient]:
+                  local_host: str | None = None, token: str | None = None,
+                  auto_resume: bool = False) -> AsyncIterator[SignalingClient]:
     """Open a signaling connection (from ``local_host`` if given; with ``token`` in the URL
-    if given); the reader task lives as long as the context."""
+    if given); the reader task lives as long as the context. ``auto_resume``: a host's
+    client reconnects and resumes when its socket drops (see the module's text)."""
     if token is not None:
         url = with_token(url, token)
+    if auto_resume:
+        async with trio.open_nursery() as nursery:
+            client: SignalingClient = await nursery.start(
+                _keep_connected, url, max_message_size, local_host)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+        return
     async with _open_ws(url, max_message_size, local_host) as ws:
         client = SignalingClient(ws)
         async with trio.open_nursery() as nursery:
@@ -225,4 +310,53 @@ async def connect(url: str, *, max_message_size: int = 1 << 20,
                 nursery.cancel_scope.cancel()
 
 
-__all__ = ["ConnectionLost", "RequestFailed", "SignalingClient", "connect", "with_token"]
+async def _keep_connected(url: str, max_message_size: int, local_host: str | None, *,
+                          task_status: trio.TaskStatus[SignalingClient]) -> None:
+    """One client over successive sockets: after a drop, reconnect (with backoff) and
+    ``resume``; ends (the client closed) when there is nothing to resume, the server refuses
+    it, or RESUME_PATIENCE runs out."""
+    client: SignalingClient | None = None
+    delay, give_up_at = RESUME_RETRY_MIN, trio.current_time()
+    try:
+        while True:
+            try:
+                async with _open_ws(url, max_message_size, local_host) as ws:
+                    delay = RESUME_RETRY_MIN
+                    async with trio.open_nursery() as conn:
+                        if client is None:
+                            client = SignalingClient(ws)
+                            conn.start_soon(functools.partial(client._reader, final=False))
+                            task_status.started(client)
+                        else:
+                            client.ws = ws
+                            conn.start_soon(functools.partial(client._reader, final=False))
+                            state = client.resume_state
+                            assert state is not None
+                            try:
+                                answer = await client.resume(state.room_id, state.peer_id,
+                                                             state.resume_token, state.token)
+                            except (RequestFailed, ConnectionLost) as exc:
+                                client.resume_error = exc
+                                conn.cancel_scope.cancel()  # the reader too: we are done
+                                return
+                            client._note_resumed(answer)
+            except (OSError, trio_websocket.HandshakeError) as exc:
+                if client is None:
+                    raise  # the first connection: the caller's error
+                client.resume_error = exc
+                if trio.current_time() >= give_up_at:
+                    return
+                await trio.sleep(delay)
+                delay = min(2 * delay, RESUME_RETRY_MAX)
+                continue
+            # The socket closed: resume if there is something to resume.
+            if client is None or client.resume_state is None:
+                return
+            give_up_at = trio.current_time() + RESUME_PATIENCE
+    finally:
+        if client is not None:
+            client._end()
+
+
+__all__ = ["ConnectionLost", "RequestFailed", "ResumeState", "SignalingClient", "connect",
+           "with_token"]

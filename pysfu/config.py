@@ -33,7 +33,9 @@ class Config:
     rtc_ip: str = "127.0.0.1"
     rtc_port: int = 40000
     announced_ip: str | None = None
-    # Lifetimes, seconds.
+    # Lifetimes, seconds. host_grace_period: how long a host whose WebSocket dropped keeps
+    # its room, transports and producers (media flows on) for a ``resume``; 0 = none (the
+    # room closes when the host's socket does).
     host_grace_period: float = 10.0
     consent_timeout: float = 30.0
     dtls_timeout: float = 30.0
@@ -298,6 +300,8 @@ def _check(cfg: Config) -> Config:
     if ipaddress.ip_address(cfg.rtc_ip).is_unspecified and cfg.announced_ip is None:
         fail("rtc_ip", "listening on all addresses needs announced_ip (the address viewers reach)")
     for name in _TIMEOUTS:
+        if name == "host_grace_period" and cfg.host_grace_period == 0:
+            continue  # no grace period: the room closes with the host's socket
         if not 0 < getattr(cfg, name) <= _MAX_TIMEOUT:
             fail(name, f"must be a number of seconds > 0 and <= {_MAX_TIMEOUT:g}")
     if not 0 < cfg.requests_per_second < math.inf:

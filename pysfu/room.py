@@ -10,6 +10,7 @@ lives in the room's nursery, so closing a room is one cancel: nothing outlives i
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import trio
 
 from pysfu import ortc, stats
-from pysfu.ids import new_id
+from pysfu.ids import new_id, new_secret
 from pysfu.layers import watch_consumer_layers
 from pysfu.log import log_event
 from pysfu.transport import Consumer, Producer, WebRtcTransport
@@ -101,6 +102,9 @@ class Peer:
     produced: bool = False  # has had a producer (a host that never did gets no grace period)
     joined_at: float = field(default_factory=trio.current_time)  # this join (or reconnect)
     got_media: bool = False  # a first forwarded packet reached it since joined_at
+    # A host's resume secret (``resume``): handed out in its join (and resume) answer, good
+    # for one resume of this peer in this room; never logged.
+    resume_secret: str | None = field(default=None, repr=False)
 
 
 class Room:
@@ -183,6 +187,8 @@ class Room:
             self._release_peer(peer)
             peer.notify = notify
             peer.joined_at, peer.got_media = trio.current_time(), False
+            if role == "host":
+                peer.resume_secret = new_secret()  # the old one goes with the old transports
             log_event(logger, "peer.reconnected", room=self.id, peer=peer_id, role=role)
             return peer, True
         if role == "host" and self.host is not None:
@@ -190,6 +196,8 @@ class Room:
         if len(self.peers) >= self.ctx.config.max_peers_per_room:
             raise LimitExceeded("the room is full")
         peer = Peer(peer_id, role, notify)
+        if role == "host":
+            peer.resume_secret = new_secret()
         self.peers[peer_id] = peer
         log_event(logger, "peer.joined", room=self.id, peer=peer_id, role=role)
         return peer, False
@@ -215,10 +223,11 @@ class Room:
         if peer.role != "host":
             self.leave(peer)
             return
-        if not peer.produced and len(self.peers) == 1:
-            # Nothing to keep alive and nobody waiting: a host that joined alone and hung up
-            # without ever producing takes its room now, not after the grace period (so
-            # churning hosts cannot keep max_rooms full).
+        if self.ctx.config.host_grace_period == 0 or (
+                not peer.produced and len(self.peers) == 1):
+            # No grace period configured; or nothing to keep alive and nobody waiting: a host
+            # that joined alone and hung up without ever producing takes its room now, not
+            # after the grace period (so churning hosts cannot keep max_rooms full).
             self.close("host_left")
             return
         log_event(logger, "peer.disconnected", room=self.id, peer=peer.id,
@@ -229,6 +238,34 @@ class Room:
             self.nursery.start_soon(self._host_grace, peer, scope)
         except RuntimeError:  # the room's nursery is ending (server stopping): no grace
             self.close("host_left")
+
+    def resume(self, peer_id: str, secret: str, notify: Notify) -> Peer:
+        """The host comes back on a new socket with the secret of its last join (or resume)
+        answer: it gets its peer back with everything it had (transports, producers; the
+        viewers' consumers never went), and a new secret (each is good once). Video
+        producers are asked for a key frame (the viewers' video goes on from it).
+
+        Anything else (no such peer, not a host, a wrong or spent secret) is Forbidden, with
+        one message for all, so a guess learns nothing. A resume may also take over from a
+        socket the server still believes alive (the client saw it die first): the old
+        session's requests are refused from then on."""
+        self._check_open()
+        peer = self.peers.get(peer_id)
+        expected = peer.resume_secret if peer is not None else None
+        if peer is None or expected is None or not hmac.compare_digest(
+                expected.encode(), secret.encode()):
+            raise Forbidden("cannot resume: unknown peer or resume token")
+        if peer.grace_scope is not None:
+            peer.grace_scope.cancel()
+            peer.grace_scope = None
+        peer.notify = notify
+        peer.resume_secret = new_secret()
+        for producer in peer.producers.values():
+            if producer.kind == "video" and not producer.paused:
+                producer.transport.request_key_frame(producer)
+        log_event(logger, "peer.resumed", room=self.id, peer=peer.id,
+                  transports=len(peer.transports), producers=len(peer.producers))
+        return peer
 
     async def _host_grace(self, peer: Peer, scope: trio.CancelScope) -> None:
         with scope:

@@ -247,6 +247,16 @@ class WebRtcTransport:
         else:
             self._media.resume_producer(producer.handle)
 
+    def request_key_frame(self, producer: Producer) -> None:
+        """Ask the producer for a key frame now (its host resumed: what its viewers got in the
+        meantime may not decode). The engine's resume of a paused producer is the path that
+        asks (PLI or FIR, as negotiated) and has every consumer of it go on from that key
+        frame; a producer the host paused is left alone."""
+        if producer.paused or producer.handle not in self._producers:
+            return
+        self._media.pause_producer(producer.handle)
+        self._media.resume_producer(producer.handle)
+
     def set_consumer_preferred_layers(
         self, consumer: Consumer, spatial: int, temporal: int | None
     ) -> tuple[int, int] | None:

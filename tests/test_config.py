@@ -57,6 +57,7 @@ def test_invalid_settings_are_refused(env: dict[str, str], needle: str) -> None:
         ("announced_ip", "localhost"),
         ("announced_ip", "a-1.b2"),
         ("host_grace_period", "3600"),
+        ("host_grace_period", "0"),  # no grace period: the room closes with the host's socket
         ("dtls_timeout", "0.25"),
         ("http_timeout", "1"),
         ("write_timeout", "3600"),

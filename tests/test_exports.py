@@ -16,8 +16,8 @@ PUBLIC: dict[str, set[str]] = {
         "Config", "ConfigError", "RequestFailed", "Server", "SignalingClient", "SignalingError",
         "__version__", "connect", "load_config", "serve",
     },
-    "pysfu.client": {"ConnectionLost", "RequestFailed", "SignalingClient", "connect",
-                     "with_token"},
+    "pysfu.client": {"ConnectionLost", "RequestFailed", "ResumeState", "SignalingClient",
+                     "connect", "with_token"},
     "pysfu.config": {"Config", "ConfigError", "load_config", "normal_origin"},
     "pysfu.errors": {
         "SignalingError", "ALREADY_CONNECTED", "ALREADY_CONSUMING", "ALREADY_JOINED",
@@ -33,7 +33,7 @@ PUBLIC: dict[str, set[str]] = {
 # module-level loggers and constants other pysfu modules share.
 INTERNAL: dict[str, set[str]] = {
     "pysfu": set(),
-    "pysfu.client": set(),
+    "pysfu.client": {"RESUME_RETRY_MIN", "RESUME_RETRY_MAX", "RESUME_PATIENCE"},
     "pysfu.config": set(),
     "pysfu.errors": set(),
     "pysfu.auth": {"ALGORITHM", "ROLES", "MIN_SECRET_BYTES", "MAX_TOKEN_LENGTH",

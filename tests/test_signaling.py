@@ -32,6 +32,8 @@ async def viewer_consume(viewer: SignalingClient, producer_id: str,
 async def test_whole_workflow(server: Server, client: Any) -> None:
     async with client() as host, client() as viewer:
         joined = await host.join(ROOM, "host", "host-peer")
+        secret = joined.pop("resumeToken")  # a host's single-use resume secret
+        assert isinstance(secret, str) and len(secret) >= 40
         assert joined == {"roomId": ROOM, "peerId": "host-peer", "role": "host",
                           "reconnected": False}
         await viewer.join(ROOM, "viewer", "viewer-peer")

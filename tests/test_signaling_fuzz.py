@@ -36,10 +36,10 @@ def example_each(frames: list[Any]) -> Any:
 CODES = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)}
 EVENTS = ["join", "leave", "getRouterRtpCapabilities", "createTransport", "connectTransport",
           "produce", "getProducers", "consume", "resumeConsumer", "pauseConsumer",
-          "closeProducer"]
+          "closeProducer", "resume"]
 KEYS = ["roomId", "peerId", "role", "direction", "transportId", "producerId", "consumerId",
         "kind", "rtpParameters", "rtpCapabilities", "dtlsParameters", "fingerprints",
-        "algorithm", "value", "appData"]
+        "algorithm", "value", "appData", "resumeToken"]
 
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
            | st.text(max_size=80) | st.sampled_from(EVENTS + KEYS + ["host", "viewer", "send",

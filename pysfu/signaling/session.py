@@ -106,6 +106,22 @@ def protocol_error(exc: RoomError | AlreadyConnected | OrtcError | AuthError
     raise TypeError(f"no protocol code for {type(exc).__name__}")  # a missing table row
 
 
+def resume_answer(room: Room, peer: Peer) -> dict[str, Any]:
+    """What a resumed peer has: each live transport (mediasoup TransportOptions, its current
+    iceParameters, whether DTLS is done) with its producers (id, kind, paused,
+    rtpParameters), and the peer's new resume secret."""
+    transports = []
+    for transport in peer.transports.values():
+        producers = [{"id": p.id, "kind": p.kind, "paused": p.paused,
+                      "rtpParameters": p.rtp_parameters}
+                     for p in peer.producers.values() if p.transport is transport]
+        transports.append({**transport.parameters(),
+                           "connected": transport.srtp_profile is not None,
+                           "producers": producers})
+    return {"roomId": room.id, "peerId": peer.id, "role": peer.role,
+            "resumeToken": peer.resume_secret, "transports": transports}
+
+
 class Session:
     def __init__(
         self, ws: trio_websocket.WebSocketConnection, ctx: ServerContext, rooms: RoomRegistry,
@@ -132,6 +148,7 @@ class Session:
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Answer]]] = {
             "join": self._join,
+            "resume": self._resume,
             "leave": self._leave,
             "getRouterRtpCapabilities": self._get_caps,
             "createTransport": self._create_transport,
@@ -278,8 +295,18 @@ class Session:
     # ---- requests -----------------------------------------------------------------------------
 
     async def _join(self, data: dict[str, Any]) -> Answer:
+        return await self._counting_failures(self._try_join, data)
+
+    async def _resume(self, data: dict[str, Any]) -> Answer:
+        """A host back on a new socket within host_grace_period: counted like a join."""
+        return await self._counting_failures(self._try_resume, data)
+
+    async def _counting_failures(
+            self, attempt: Callable[[dict[str, Any]], Awaitable[Answer]],
+            data: dict[str, Any]) -> Answer:
+        """A join or resume; its failures count toward max_failed_joins."""
         try:
-            return await self._try_join(data)
+            return await attempt(data)
         except (SignalingError, RoomError):
             self.failed_joins += 1
             if self.failed_joins >= self.ctx.config.max_failed_joins:
@@ -290,32 +317,56 @@ class Session:
                                                   trio.current_time())
             raise
 
-    async def _try_join(self, data: dict[str, Any]) -> Answer:
-        room_id = get_name(data, "roomId")
-        role = get_str(data, "role", choices=_ROLES)
+    def _identity(self, data: dict[str, Any], room_id: str, role: str) -> str:
+        """The peer id a join (or resume) may use: named by the client in open rooms, the
+        token's identity when tokens are required (the token valid for this room and role)."""
         if self.room is not None and not self.room.closed:
             raise SignalingError(errors.ALREADY_JOINED, "this connection already joined a room")
         verifier = self.ctx.verifier
         if verifier is None:  # open rooms: the client names itself
-            peer_id = get_name(data, "peerId")
-        else:
-            token = data.get("token")
-            if token is None:
-                token = self._url_token
-            try:
-                grant = verifier.verify(token, now=time.time())
-                grant.check(room_id, role)
-            except AuthError as exc:
-                raise protocol_error(exc) from None
-            peer_id = grant.identity  # the token's sub is the peer's identity
-            if data.get("peerId") is not None and data.get("peerId") != peer_id:
-                raise SignalingError(errors.FORBIDDEN, "peerId must be the token's identity")
+            return get_name(data, "peerId")
+        token = data.get("token")
+        if token is None:
+            token = self._url_token
+        try:
+            grant = verifier.verify(token, now=time.time())
+            grant.check(room_id, role)
+        except AuthError as exc:
+            raise protocol_error(exc) from None
+        peer_id = grant.identity  # the token's sub is the peer's identity
+        if data.get("peerId") is not None and data.get("peerId") != peer_id:
+            raise SignalingError(errors.FORBIDDEN, "peerId must be the token's identity")
+        return peer_id
+
+    async def _try_join(self, data: dict[str, Any]) -> Answer:
+        room_id = get_name(data, "roomId")
+        role = get_str(data, "role", choices=_ROLES)
+        peer_id = self._identity(data, room_id, role)
         room = await self.rooms.get_or_create(room_id, address=self.address)
         peer, reconnected = room.join(peer_id, role, self.notify)  # type: ignore[arg-type]
         self.room, self.peer = room, peer
         self.joined.set()
-        return "joined", {"roomId": room_id, "peerId": peer_id, "role": role,
-                          "reconnected": reconnected}
+        answer: dict[str, Any] = {"roomId": room_id, "peerId": peer_id, "role": role,
+                                  "reconnected": reconnected}
+        if peer.resume_secret is not None:
+            answer["resumeToken"] = peer.resume_secret
+        return "joined", answer
+
+    async def _try_resume(self, data: dict[str, Any]) -> Answer:
+        """``resume {roomId, peerId, resumeToken, token?}``: the host's peer back, with the
+        transports and producers it kept (mediasoup-client goes on with its Transport and
+        Producer objects; after a network change it restarts ICE). Checked without an await
+        from here on, so two resumes cannot both win: the secret changes with the first."""
+        room_id = get_name(data, "roomId")
+        secret = get_str(data, "resumeToken")
+        peer_id = self._identity(data, room_id, "host")
+        room = self.rooms.get(room_id)
+        if room is None or room.closed:
+            raise Forbidden("cannot resume: unknown peer or resume token")
+        peer = room.resume(peer_id, secret, self.notify)
+        self.room, self.peer = room, peer
+        self.joined.set()
+        return "resumed", resume_answer(room, peer)
 
     async def _leave(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)

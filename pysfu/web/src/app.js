@@ -3,7 +3,9 @@
 //
 // URL: /                          landing page (open a room / watch a room)
 //      /?room=ID&role=host        host view (peerId kept in sessionStorage: a reload rejoins
-//                                 as the same peer and resumes sharing)
+//                                 as the same peer and resumes sharing; a dropped WebSocket
+//                                 is reopened and the session resumed: same transports and
+//                                 producers, viewers see no cut)
 //      /?room=ID&role=viewer      viewer view
 //      &simulcast=1               (host) send video as three simulcast layers (r0 ¼, r1 ½, r2 full
 //                                 resolution); viewers pick one with setPreferredLayers
@@ -12,8 +14,8 @@
 //                                 identity. Without a secret configured, rooms are open and
 //                                 no token is needed.
 //
-// Test hook: window.pysfu = { state, stats(), setPreferredLayers(spatial), serverStats(query) }
-// (see stats() below).
+// Test hook: window.pysfu = { state, stats(), setPreferredLayers(spatial), serverStats(query),
+// restartIce(direction), dropSignaling() } (see stats() below).
 
 import { Device } from 'mediasoup-client';
 import { Signaling } from './signaling.js';
@@ -22,6 +24,10 @@ const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
 const $ = (id) => document.getElementById(id);
 // The join token handed to this page by the app that linked here (?token=), or null.
 const TOKEN = new URLSearchParams(location.search).get('token');
+// A host whose WebSocket dropped retries opening a new one this long (the server keeps its
+// session for host_grace_period, 10 s by default), first after RESUME_RETRY_MS, doubling.
+const RESUME_PATIENCE_MS = 15000;
+const RESUME_RETRY_MS = 200;
 
 // ---- state (read by the tests through window.pysfu.state) ------------------------------------
 
@@ -33,6 +39,9 @@ const state = {
   signaling: 'new',
   joined: false,
   reconnected: false,
+  resuming: false, // host: the WebSocket dropped, a resume is under way
+  resumes: 0, // host: sessions resumed after a WebSocket drop
+  iceRestarts: 0, // ICE restarts done (transport.restartIce after a restartIce request)
   deviceLoaded: false,
   handlerName: null,
   transports: {}, // direction -> connectionState
@@ -51,6 +60,8 @@ const state = {
 };
 
 let sig = null;
+let resumeToken = null; // host: the server's single-use secret for resuming this session
+const restartingIce = new Set(); // transports with an ICE restart in progress
 let device = null;
 let sendTransport = null;
 let recvTransport = null;
@@ -147,8 +158,12 @@ async function connect(roomId, role, peerId) {
     onStateChange: (s, detail) => {
       state.signaling = s;
       setPill('signaling', s);
-      if (s === 'closed' && !(detail && detail.byUs) && !state.ended) {
+      if (s === 'closed' && !(detail && detail.byUs) && !state.ended && !state.resuming) {
         log(`signaling closed (${detail ? detail.code : '?'})`, 'warn');
+        if (resumeToken && state.joined) {
+          resumeSession();
+          return;
+        }
         endView('Disconnected', 'The connection to the server was lost.', { reconnect: true });
       }
     },
@@ -159,6 +174,7 @@ async function connect(roomId, role, peerId) {
   // as the same peer); without one, we name ourselves.
   const joined = await sig.request('join', TOKEN ? { roomId, role, token: TOKEN } : { roomId, role, peerId });
   state.peerId = joined.peerId;
+  resumeToken = joined.resumeToken || null; // hosts only
   state.joined = true;
   state.reconnected = !!joined.reconnected;
   log(`joined room ${roomId} as ${role}${joined.reconnected ? ' (reconnected)' : ''}`);
@@ -168,6 +184,78 @@ async function connect(roomId, role, peerId) {
   state.deviceLoaded = true;
   state.handlerName = device.handlerName;
   log(`device loaded (${device.handlerName})`);
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// The host's WebSocket dropped: open a new one and resume the session (the server kept our
+// transports and producers, and the viewers' consumers, for host_grace_period). The
+// mediasoup-client Transport and Producer objects go on; a transport that lost its
+// connection meanwhile restarts ICE. If the server refuses (the grace period ended, the room
+// closed), the page ends as before and a reload joins afresh.
+async function resumeSession() {
+  state.resuming = true;
+  setPill('signaling', 'resuming');
+  const deadline = Date.now() + RESUME_PATIENCE_MS;
+  let delay = RESUME_RETRY_MS;
+  try {
+    for (;;) {
+      try {
+        await sig.open();
+        break;
+      } catch (err) {
+        if (Date.now() + delay > deadline) throw err;
+        await sleep(delay);
+        delay = Math.min(2 * delay, 2000);
+      }
+    }
+    const request = { roomId: state.roomId, peerId: state.peerId, resumeToken };
+    if (TOKEN) request.token = TOKEN;
+    const answer = await sig.request('resume', request);
+    resumeToken = answer.resumeToken;
+    const live = new Set(answer.transports.map((t) => t.id));
+    for (const t of [sendTransport, recvTransport]) {
+      if (t && !t.closed && !live.has(t.id)) throw new Error(`the server closed our ${t.direction} transport`);
+    }
+    state.resumes += 1;
+    state.resuming = false;
+    setPill('signaling', sig.state);
+    log(`resumed the session (${answer.transports.length} transport(s))`);
+    for (const t of [sendTransport, recvTransport]) {
+      if (t && ['disconnected', 'failed'].includes(t.connectionState)) restartIce(t);
+    }
+  } catch (err) {
+    state.resuming = false;
+    log(`resume failed: ${err.message}`, 'warn');
+    endView('Disconnected', 'The connection to the server was lost.', { reconnect: true });
+  }
+}
+
+// ICE restart of one of our transports (its connection went disconnected or failed, e.g. the
+// network changed): fresh ICE credentials from the server, then mediasoup-client's
+// restartIce; DTLS, producers and consumers stay.
+async function restartIce(transport) {
+  if (!transport || transport.closed || restartingIce.has(transport)) return;
+  if (state.resuming || !sig || sig.state !== 'open') return; // done after the resume
+  restartingIce.add(transport);
+  try {
+    const { iceParameters } = await sig.request('restartIce', {
+      roomId: state.roomId,
+      transportId: transport.id,
+    });
+    await transport.restartIce({ iceParameters });
+    state.iceRestarts += 1;
+    log(`${transport.direction} transport: ICE restarted`);
+  } catch (err) {
+    log(`${transport.direction} transport: ICE restart failed: ${err.message}`, 'warn');
+    if (transport.connectionState === 'failed') {
+      showError(`the ${transport.direction} transport failed (ICE/DTLS to the media server); reload to retry`);
+    }
+  } finally {
+    restartingIce.delete(transport);
+  }
 }
 
 function sendCaps() {
@@ -205,9 +293,7 @@ async function createTransport(direction) {
     state.transports[direction] = s;
     setPill(direction, s);
     log(`${direction} transport ${s}`, s === 'failed' ? 'error' : 'info');
-    if (s === 'failed') {
-      showError(`the ${direction} transport failed (ICE/DTLS to the media server); reload to retry`);
-    }
+    if (s === 'disconnected' || s === 'failed') restartIce(transport);
   });
   state.transports[direction] = 'new';
   $(`pill-${direction}`).hidden = false;
@@ -673,7 +759,23 @@ async function serverStats(query) {
   return sig.request('getStats', { roomId: state.roomId, ...query });
 }
 
-window.pysfu = { state, stats, setPreferredLayers, serverStats };
+// Test hooks: an ICE restart of our transport of `direction` on demand (the ids of the
+// transport, producers and consumers stay); a dropped WebSocket (closed as a network loss
+// would: not by us, so the page resumes).
+async function restartIceHook(direction) {
+  const transport = direction === 'send' ? sendTransport : recvTransport;
+  if (!transport) throw new Error(`no ${direction} transport`);
+  const before = state.iceRestarts;
+  await restartIce(transport);
+  if (state.iceRestarts === before) throw new Error('the ICE restart did not happen');
+  return transport.id;
+}
+
+function dropSignaling() {
+  sig.ws.close(4000, 'test: connection dropped');
+}
+
+window.pysfu = { state, stats, setPreferredLayers, serverStats, restartIce: restartIceHook, dropSignaling };
 
 // ---- entry -----------------------------------------------------------------------------------
 
