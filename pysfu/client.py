@@ -268,4 +268,5 @@ async def connect(url: str, *, max_message_size: int = 1 << 20,
                 nursery.cancel_scope.cancel()
 
 
-__all__ = ["ConnectionLost", "RequestFailed", "SignalingClient", "connect", "with_token"]
+__all__ = ["SCTP_CAPABILITIES", "ConnectionLost", "RequestFailed", "SignalingClient", "connect",
+           "with_token"]

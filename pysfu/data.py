@@ -17,21 +17,33 @@ per consumer (``bench/data_fanout.py`` measures it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pysfu import errors
 from pysfu.errors import SignalingError
 from pysfu.limits import TokenBucket
 
 if TYPE_CHECKING:
+    from pysfu._native import SctpAssociation
     from pysfu.config import Config
-    from pysfu.transport import WebRtcTransport
 
 SCTP_PORT = 5000
 NUM_STREAMS = 1024  # OS and MIS we announce; stream ids are 0..NUM_STREAMS-1
 MAX_MESSAGE_SIZE = 262_144
 MAX_LABEL = 256  # characters of a label or protocol
 PPID_STRING, PPID_BINARY, PPID_STRING_EMPTY, PPID_BINARY_EMPTY = 51, 53, 56, 57
+
+
+class DataTransport(Protocol):
+    """What data producers and consumers need of their transport (pysfu.transport's
+    WebRtcTransport; a protocol here so that this module stays below it)."""
+
+    id: str
+    sctp: SctpAssociation | None
+
+    def protect_data(self, packets: list[bytes]) -> list[tuple[int, str, int, bytes]]: ...
+
+    def release_stream(self, stream: int) -> None: ...
 
 
 def sctp_parameters() -> dict[str, Any]:
@@ -150,7 +162,7 @@ class DataLimits:
 class DataProducer:
     id: str
     owner: str
-    transport: WebRtcTransport
+    transport: DataTransport
     stream: StreamParameters
     label: str
     protocol: str
@@ -169,7 +181,7 @@ class DataProducer:
 class DataConsumer:
     id: str
     owner: str
-    transport: WebRtcTransport
+    transport: DataTransport
     producer: DataProducer
     stream_id: int
     dropped: int = 0  # messages its association refused (buffer full, not connected)

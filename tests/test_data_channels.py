@@ -15,6 +15,7 @@ import trio
 
 from pysfu import _native, errors
 from pysfu.client import SCTP_CAPABILITIES, RequestFailed, SignalingClient
+from pysfu.dtls import split_records
 from pysfu.server import Server
 from pysfu.testing.data_peer import DataPeer, open_data_peer
 
@@ -246,3 +247,54 @@ async def test_closing_the_room_frees_every_association(server: Server, client: 
     del h, v
     gc.collect()
     assert _native.sctp_associations() == before
+
+
+async def test_partial_reliability_parameters_reach_the_consumer(server: Server,
+                                                                 client: Any) -> None:
+    async with client() as host, client() as viewer:
+        await host.join(ROOM, "host", "alice")
+        await viewer.join(ROOM, "viewer", "bob")
+        send = await host.create_transport(ROOM, "send", sctp_capabilities=SCTP_CAPABILITIES)
+        recv = await viewer.create_transport(ROOM, "recv", sctp_capabilities=SCTP_CAPABILITIES)
+        lossy = await host.produce_data(ROOM, send["id"], 3, ordered=False, max_retransmits=0,
+                                        label="cursor")
+        timed = await host.produce_data(ROOM, send["id"], 4, ordered=False,
+                                        max_packet_life_time=500)
+        a = await viewer.consume_data(ROOM, recv["id"], lossy)
+        b = await viewer.consume_data(ROOM, recv["id"], timed)
+        assert a["sctpStreamParameters"] == {"streamId": 0, "ordered": False, "maxRetransmits": 0}
+        assert b["sctpStreamParameters"] == {"streamId": 1, "ordered": False,
+                                             "maxPacketLifeTime": 500}
+        assert a["label"] == "cursor"
+        with pytest.raises(RequestFailed) as twice:
+            await viewer.consume_data(ROOM, recv["id"], lossy)
+        assert twice.value.code == errors.ALREADY_CONSUMING
+
+
+async def test_garbage_sctp_over_dtls_is_counted_and_the_association_goes_on(
+        server: Server, client: Any) -> None:
+    async with client() as host, client() as viewer:
+        await host.join(ROOM, "host", "alice")
+        await viewer.join(ROOM, "viewer", "bob")
+        async with data_side(host, "send") as h, data_side(viewer, "recv") as v:
+            producer_id = await host.produce_data(ROOM, h.peer.transport["id"], 0)
+            stream = await consume(viewer, v, producer_id)
+            # Application records that are not SCTP (or not this association's), through
+            # the real DTLS session, straight at the server's association.
+            for junk in (b"", b"\x00" * 3, b"garbage" * 40, bytes(range(256)) * 4,
+                         b"\x13\x88\x13\x88" + b"\xff" * 60):
+                if junk:
+                    h.conn.send(junk)
+            flushed = h.conn.bio_read(65536)
+            for record in split_records(flushed) or []:
+                await h.peer.sock.sendto(record, h.peer.server)
+            room = server.rooms.get(ROOM)
+            assert room is not None
+            sctp = room.transports[h.peer.transport["id"]].sctp
+            assert sctp is not None
+            with trio.fail_after(5):
+                while sctp.counters()["unroutable"] < 4:
+                    await trio.sleep(0.02)
+            h.open_stream(0)
+            h.send(0, "still fine")
+            assert (await v.wait_messages(1))[0] == (stream, 51, "still fine")

@@ -15,6 +15,7 @@ do). Real UDP, real DTLS records, real SCTP.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import trio
@@ -47,6 +48,7 @@ class DataPeer:
         self.sctp = SctpAssociation("client", trio.current_time())
         # Every message received: (stream, ppid, data); text is decoded.
         self.messages: list[tuple[int, int, str | bytes]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each message's arrival
         self.events: list[tuple[Any, ...]] = []
         self._changed = trio.Condition()
         self._wake = trio.Event()
@@ -115,6 +117,7 @@ class DataPeer:
                     _, stream, ppid, payload = event
                     text = ppid in (51, 56)
                     self.messages.append((stream, ppid, payload.decode() if text else payload))
+                    self.arrivals.append(time.monotonic())
             async with self._changed:
                 self._changed.notify_all()
             self._wake.set()
