@@ -34,7 +34,7 @@ RTX_INITIAL = 0.1
 RTX_MAX = 4.0
 _DTLS1_2_VERSION = 0xFEFD
 _RECORD_HEADER = 13
-MAX_APP_PENDING = 1024  # application records kept until take_application()
+MAX_APP_PENDING = 64  # application records kept until take_application() (one datagram's)
 _MAX_DATAGRAM = 16384 + 2048 + _RECORD_HEADER  # record limit plus expansion, generously
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {

@@ -453,10 +453,10 @@ class WebRtcTransport:
 
     def _sctp_input(self, now: float) -> None:
         dtls, sctp = self.dtls, self.sctp
-        if sctp is None or dtls is None:
+        if dtls is None:
             return
-        records = dtls.take_application()
-        if not records:
+        records = dtls.take_application()  # taken (and dropped) without data channels too
+        if not records or sctp is None:
             return
         for record in records:
             sctp.handle_packet(record, now)

@@ -18,6 +18,7 @@ from pysfu.client import SCTP_CAPABILITIES, RequestFailed, SignalingClient
 from pysfu.dtls import split_records
 from pysfu.server import Server
 from pysfu.testing.data_peer import DataPeer, open_data_peer
+from pysfu.testing.webrtc_peer import WebRtcPeer
 
 ROOM = "data"
 
@@ -298,3 +299,34 @@ async def test_garbage_sctp_over_dtls_is_counted_and_the_association_goes_on(
             h.open_stream(0)
             h.send(0, "still fine")
             assert (await v.wait_messages(1))[0] == (stream, 51, "still fine")
+
+
+async def test_application_data_on_a_transport_without_sctp_is_not_kept(server: Server,
+                                                                       client: Any) -> None:
+    async with client() as host:
+        await host.join(ROOM, "host", "alice")
+        transport = await host.create_transport(ROOM, "send")
+        peer = WebRtcPeer(transport)
+        await peer.bind()
+        await host.connect_transport(ROOM, transport["id"], peer.dtls_parameters())
+        await peer.connect()
+        try:
+            room = server.rooms.get(ROOM)
+            assert room is not None
+            ours = room.transports[transport["id"]]
+            assert ours.sctp is None
+            with trio.fail_after(5):
+                while ours.dtls is None or ours.dtls.state != "connected":
+                    await trio.sleep(0.01)
+            before = server.media.stats(ours.handle)["dtlsReceived"]
+            for _ in range(100):  # paced: the engine's per-transport upcall queue holds 64
+                peer.dtls.send(b"x" * 1000)
+                await peer.send_raw(peer.dtls.bio_read(65536))
+                await trio.sleep(0.002)
+            with trio.fail_after(5):
+                while server.media.stats(ours.handle)["dtlsReceived"] < before + 100:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.1)  # handed to the transport's task and read
+            assert ours.dtls.take_application() == []  # read and dropped, not piled up
+        finally:
+            peer.close()
