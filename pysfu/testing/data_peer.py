@@ -87,9 +87,11 @@ class DataPeer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receive)
             while True:
+                # A fresh event before flushing: a send() or a receive while the flush awaits
+                # the socket sets it, so it is not lost until the next timer.
+                self._wake = trio.Event()
                 await self._flush()
                 deadline = self.sctp.poll_timeout()
-                self._wake = trio.Event()
                 with trio.move_on_at(deadline if deadline is not None else math.inf):
                     await self._wake.wait()
                 now = trio.current_time()
