@@ -114,8 +114,6 @@ def test_chat_host_to_three_viewers_and_viewer_to_all(pages: Pages, sfu: SfuProc
     typed_from = viewers[1].evaluate(STATE)["peerId"]
     assert wait_messages(host, 1, typed_from)[0]["text"] == "typed"
     assert host.locator("#chat-log li", has_text="typed").count() == 1
-    health = sfu.health()
-    assert health is not None
 
 
 def test_viewer_chat_refused_by_default(pages: Pages, sfu: SfuProcess) -> None:
