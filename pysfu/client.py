@@ -31,6 +31,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import trio
 import trio_websocket
 
+SCTP_CAPABILITIES: dict[str, Any] = {"numStreams": {"OS": 1024, "MIS": 1024}}
+
 
 class RequestFailed(Exception):
     """The server answered a request with ``error``; ``code`` is the stable protocol code."""
@@ -198,8 +200,15 @@ class SignalingClient:
         caps: dict[str, Any] = data["rtpCapabilities"]
         return caps
 
-    async def create_transport(self, room_id: str, direction: str) -> dict[str, Any]:
-        return await self.request("createTransport", {"roomId": room_id, "direction": direction})
+    async def create_transport(self, room_id: str, direction: str, *,
+                               sctp_capabilities: dict[str, Any] | None = None
+                               ) -> dict[str, Any]:
+        """``sctp_capabilities`` (e.g. ``SCTP_CAPABILITIES``): the transport carries data
+        channels; the answer then has ``sctpParameters``."""
+        data: dict[str, Any] = {"roomId": room_id, "direction": direction}
+        if sctp_capabilities is not None:
+            data["sctpCapabilities"] = sctp_capabilities
+        return await self.request("createTransport", data)
 
     async def connect_transport(self, room_id: str, transport_id: str,
                                 dtls_parameters: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +243,40 @@ class SignalingClient:
 
     async def close_producer(self, room_id: str, producer_id: str) -> dict[str, Any]:
         return await self.request("closeProducer", {"roomId": room_id, "producerId": producer_id})
+
+    # Data channels: signaling only. SCTP itself runs on the bot's side of the transport;
+    # pysfu.testing.data_peer.DataPeer is one (pyOpenSSL DTLS + the native SCTP association).
+
+    async def produce_data(self, room_id: str, transport_id: str, stream_id: int, *,
+                           label: str = "", protocol: str = "", ordered: bool = True,
+                           max_retransmits: int | None = None,
+                           max_packet_life_time: int | None = None) -> str:
+        """Declare a data producer on SCTP stream ``stream_id`` of a send transport."""
+        params: dict[str, Any] = {"streamId": stream_id, "ordered": ordered}
+        if max_retransmits is not None:
+            params["maxRetransmits"] = max_retransmits
+        if max_packet_life_time is not None:
+            params["maxPacketLifeTime"] = max_packet_life_time
+        data = await self.request("produceData", {
+            "roomId": room_id, "transportId": transport_id, "sctpStreamParameters": params,
+            "label": label, "protocol": protocol})
+        return str(data["id"])
+
+    async def consume_data(self, room_id: str, transport_id: str,
+                           data_producer_id: str) -> dict[str, Any]:
+        """A data consumer on a recv transport: ``sctpStreamParameters.streamId`` is the
+        stream its messages arrive on."""
+        return await self.request("consumeData", {"roomId": room_id, "transportId": transport_id,
+                                                  "dataProducerId": data_producer_id})
+
+    async def get_data_producers(self, room_id: str) -> list[dict[str, Any]]:
+        producers: list[dict[str, Any]] = (
+            await self.request("getDataProducers", {"roomId": room_id}))["dataProducers"]
+        return producers
+
+    async def close_data_producer(self, room_id: str, data_producer_id: str) -> dict[str, Any]:
+        return await self.request("closeDataProducer", {"roomId": room_id,
+                                                        "dataProducerId": data_producer_id})
 
     async def get_stats(self, room_id: str, **target: str) -> list[dict[str, Any]]:
         """Stats of one object: ``get_stats(room, consumerId=...)`` (or transportId,
@@ -358,5 +401,5 @@ async def _keep_connected(url: str, max_message_size: int, local_host: str | Non
             client._end()
 
 
-__all__ = ["ConnectionLost", "RequestFailed", "ResumeState", "SignalingClient", "connect",
-           "with_token"]
+__all__ = ["SCTP_CAPABILITIES", "ConnectionLost", "RequestFailed", "ResumeState", "SignalingClient",
+           "connect", "with_token"]

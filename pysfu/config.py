@@ -103,6 +103,18 @@ class Config:
     shutdown_grace: float = 5.0
     # What a peer told serverShuttingDown is asked to wait before reconnecting, ms.
     shutdown_reconnect_ms: int = 2000
+    # Data channels (SCTP, pysfu.data): the host may always produce data; viewers too when
+    # viewer_data_channels (e.g. chat). Each data producer is held to messages/s and bytes/s
+    # (token buckets with a burst) and a message size; over-limit messages are dropped,
+    # counted, and the sender is told once (dataProducerLimited).
+    viewer_data_channels: bool = False
+    data_messages_per_second: float = 100.0
+    data_message_burst: int = 500
+    data_bytes_per_second: float = 1_000_000.0
+    data_bytes_burst: int = 1_048_576
+    max_data_message_size: int = 262_144
+    max_data_producers_per_peer: int = 4
+    max_data_consumers_per_peer: int = 64
     # ORTC: router media codecs (mediasoup RtpCodecCapability shapes); None = the defaults.
     media_codecs: list[dict[str, Any]] | None = field(default=None, compare=False)
 
@@ -166,6 +178,8 @@ _TIMEOUTS = ("host_grace_period", "consent_timeout", "dtls_timeout", "join_timeo
 _MAX_TIMEOUT = 3600.0  # seconds; a longer time-out is a mistake (or infinite), not a choice
 _MAX_HANDSHAKES = 100_000
 _MAX_COUNT = 1_000_000  # bound on the per-address and handshake counts
+_MAX_DATA_COUNT = 1 << 30  # bound on the data channel bursts and counts
+_SCTP_MAX_MESSAGE_SIZE = 262_144  # pysfu.data.MAX_MESSAGE_SIZE (not imported: no cycle)
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -324,6 +338,15 @@ def _check(cfg: Config) -> Config:
                  "max_dtls_handshakes_per_address", "max_dtls_handshakes"):
         if not 1 <= getattr(cfg, name) <= _MAX_COUNT:
             fail(name, f"must be 1..{_MAX_COUNT}")
+    for name in ("data_messages_per_second", "data_bytes_per_second"):
+        if not 0 < getattr(cfg, name) < math.inf:
+            fail(name, "must be > 0 and finite")
+    for name in ("data_message_burst", "data_bytes_burst", "max_data_producers_per_peer",
+                 "max_data_consumers_per_peer"):
+        if not 1 <= getattr(cfg, name) <= _MAX_DATA_COUNT:
+            fail(name, f"must be 1..{_MAX_DATA_COUNT}")
+    if not 1 <= cfg.max_data_message_size <= _SCTP_MAX_MESSAGE_SIZE:
+        fail("max_data_message_size", f"must be 1..{_SCTP_MAX_MESSAGE_SIZE} (SCTP maxMessageSize)")
     if cfg.request_burst_per_address is not None and cfg.request_burst_per_address < 1:
         fail("request_burst_per_address", "must be >= 1")
     _check_auth(cfg)

@@ -34,6 +34,7 @@ RTX_INITIAL = 0.1
 RTX_MAX = 4.0
 _DTLS1_2_VERSION = 0xFEFD
 _RECORD_HEADER = 13
+MAX_APP_PENDING = 64  # application records kept until take_application() (one datagram's)
 _MAX_DATAGRAM = 16384 + 2048 + _RECORD_HEADER  # record limit plus expansion, generously
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -202,6 +203,7 @@ class DtlsTransport:
             self._conn.set_connect_state()
         self._pending: list[bytes] = []  # received before start() (client role)
         self._outgoing: list[bytes] = []
+        self._app_in: list[bytes] = []  # application data records read, for take_application
         self._started_at: float | None = None
         self._last_flight: list[bytes] = []
         self._rtx_interval = RTX_INITIAL
@@ -376,12 +378,39 @@ class DtlsTransport:
         self.srtp_keys = keys
         self.state = "connected"
 
+    def take_application(self) -> list[bytes]:
+        """Application data received since the last call (one item per DTLS record: on a
+        data channel transport, one SCTP packet each)."""
+        out, self._app_in = self._app_in, []
+        return out
+
+    def protect(self, packets: list[bytes]) -> list[bytes]:
+        """Application data (SCTP packets) as DTLS records, one datagram each; nothing
+        unless connected. Runs in Python (pyOpenSSL): see pysfu.data for the cost."""
+        if self.state != "connected" or not packets:
+            return []
+        for packet in packets:
+            try:
+                self._conn.send(packet)
+            except SSL.Error:
+                self.dropped += 1
+        data = self._bio_read_all()
+        if not data:
+            return []
+        return split_records(data) or [data]
+
     def _read_records(self) -> None:
-        # After the handshake, only alerts and retransmitted handshake flights arrive (SRTP
-        # goes to the data plane); reading lets OpenSSL answer them.
+        # After the handshake: application data (SCTP, when the transport has data channels),
+        # alerts and retransmitted handshake flights (SRTP goes to the data plane); reading
+        # lets OpenSSL answer the last two.
         while True:
             try:
-                self._conn.recv(65536)  # application data has no use here: discarded
+                data = self._conn.recv(65536)
+                if data:
+                    if len(self._app_in) >= MAX_APP_PENDING:
+                        self.dropped += 1  # the owner is not taking them: don't grow
+                    else:
+                        self._app_in.append(data)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -393,7 +422,7 @@ class DtlsTransport:
                 return
         self._queue(self._drain())
 
-    def _drain(self) -> list[bytes]:
+    def _bio_read_all(self) -> bytes:
         chunks = []
         while True:
             try:
@@ -403,9 +432,12 @@ class DtlsTransport:
             if not chunk:
                 break
             chunks.append(chunk)
-        if not chunks:
+        return b"".join(chunks)
+
+    def _drain(self) -> list[bytes]:
+        data = self._bio_read_all()
+        if not data:
             return []
-        data = b"".join(chunks)
         records = split_records(data)
         if records is None:  # cannot happen with OpenSSL output; send as is rather than lose it
             return [data]

@@ -116,6 +116,11 @@ class MediaEngine:
     def send(self, handle: int, ip: str, port: int, data: bytes) -> None:
         self._call(self.native.send, handle, ip, port, data)
 
+    def send_many(self, items: list[tuple[int, str, int, bytes]]) -> int:
+        """Datagrams of many transports in one engine call (data channel fan-out); those of
+        transports the engine no longer has are skipped. Returns how many went."""
+        return self.native.send_many(items)
+
     # ICE reports validated and nominated tuples; the engine sends media to a nominated tuple
     # only once it has proven itself (authenticated SRTP/SRTCP from it, or the DTLS handshake
     # completed with it: ``remote`` of set_srtp), so a spoofed nomination redirects nothing.

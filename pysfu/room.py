@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import trio
 
 from pysfu import ortc, stats
+from pysfu._native import sctp_fanout
+from pysfu.data import DataConsumer, DataLimits, DataProducer, StreamParameters
 from pysfu.ids import new_id, new_secret
 from pysfu.layers import watch_consumer_layers
 from pysfu.log import log_event
@@ -78,6 +80,10 @@ class ConsumerNotFound(NotFound):
     pass
 
 
+class DataProducerNotFound(ProducerNotFound):
+    """No such data producer (the protocol's producer_not_found)."""
+
+
 class AlreadyConsuming(RoomError):
     """This transport already consumes that producer."""
 
@@ -105,6 +111,8 @@ class Peer:
     # A host's resume secret (``resume``): handed out in its join (and resume) answer, good
     # for one resume of this peer in this room; never logged.
     resume_secret: str | None = field(default=None, repr=False)
+    data_producers: dict[str, DataProducer] = field(default_factory=dict)
+    data_consumers: dict[str, DataConsumer] = field(default_factory=dict)
 
 
 class Room:
@@ -117,6 +125,11 @@ class Room:
         self.transports: dict[str, WebRtcTransport] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
+        self.data_producers: dict[str, DataProducer] = {}
+        self.data_consumers: dict[str, DataConsumer] = {}
+        # (transport id, SCTP stream id) -> the data producer whose messages come in there.
+        self._data_routes: dict[tuple[str, int], DataProducer] = {}
+        self.data_unrouted = 0  # messages on a stream no data producer declared: dropped
         self.closed = False
         self.started = trio.Event()  # set once the nursery runs
         self.finished = trio.Event()  # set once the nursery has exited
@@ -342,11 +355,15 @@ class Room:
 
     # ---- transports -------------------------------------------------------------------------
 
-    def create_transport(self, peer: Peer, direction: str) -> WebRtcTransport:
+    def create_transport(self, peer: Peer, direction: str, *,
+                         sctp: bool = False) -> WebRtcTransport:
+        """``sctp``: with data channels (createTransport's sctpCapabilities). A viewer may
+        have a send transport only for data, and only where viewers may send data."""
         from pysfu.transport import WebRtcTransport
 
         self._check_open()
-        if direction == "send" and peer.role != "host":
+        if direction == "send" and peer.role != "host" and not (
+                sctp and self.may_produce_data(peer)):
             raise Forbidden("only the host may create a send transport")
         if len(peer.transports) >= self.ctx.config.max_transports_per_peer:
             raise LimitExceeded("too many transports for this peer")
@@ -354,7 +371,8 @@ class Room:
         transport = WebRtcTransport(
             new_id(), peer.id, direction, handle=ctx.next_handle(), media=ctx.media,
             config=ctx.config, certificate=ctx.certificate, on_failed=self.transport_closed,
-            room_id=self.id, metrics=ctx.metrics, on_media=self._first_media)
+            room_id=self.id, metrics=ctx.metrics, on_media=self._first_media, sctp=sctp)
+        transport.on_data = self._on_data
         transport.start(self.nursery)
         peer.transports[transport.id] = transport
         self.transports[transport.id] = transport
@@ -393,6 +411,7 @@ class Room:
         self.transports.pop(transport.id, None)
         if owner is not None:
             owner.transports.pop(transport.id, None)
+        self._forget_data(transport)
         self._forget(transport.close())
         log_event(logger, "transport.closed", room=self.id, peer=transport.owner,
                   transport=transport.id)
@@ -591,6 +610,146 @@ class Room:
                     "producerId": ProducerNotFound}.get(target, ConsumerNotFound)
             raise gone("the object is closing")
         return records
+
+    # ---- data channels ----------------------------------------------------------------------
+
+    def may_produce_data(self, peer: Peer) -> bool:
+        return peer.role == "host" or self.ctx.config.viewer_data_channels
+
+    def produce_data(self, peer: Peer, transport_id: str, params: StreamParameters,
+                     label: str, protocol: str) -> DataProducer:
+        self._check_open()
+        if not self.may_produce_data(peer):
+            raise Forbidden("viewers cannot send data in this room")
+        transport = self.owned_transport(peer, transport_id)
+        if transport.direction != "send":
+            raise Forbidden("produceData needs a send transport")
+        if transport.sctp is None:
+            raise Forbidden("the transport was created without sctpCapabilities")
+        if len(peer.data_producers) >= self.ctx.config.max_data_producers_per_peer:
+            raise LimitExceeded("too many data producers for this peer")
+        route = (transport.id, params.stream_id)
+        if route in self._data_routes:
+            raise Forbidden("that streamId is in use on this transport")
+        producer = DataProducer(new_id(), peer.id, transport, params, label, protocol,
+                                DataLimits(self.ctx.config, trio.current_time()))
+        self._data_routes[route] = producer
+        peer.data_producers[producer.id] = producer
+        self.data_producers[producer.id] = producer
+        log_event(logger, "data_producer.created", room=self.id, peer=peer.id,
+                  transport=transport.id, data_producer=producer.id, stream=params.stream_id)
+        self._broadcast("newDataProducer", {"dataProducerId": producer.id, "label": label,
+                                            "protocol": protocol, "peerId": peer.id},
+                        exclude=peer)
+        return producer
+
+    def data_producer_list(self, peer: Peer) -> list[dict[str, Any]]:
+        return [p.describe() for p in self.data_producers.values() if p.owner != peer.id]
+
+    def consume_data(self, peer: Peer, transport_id: str, data_producer_id: str) -> DataConsumer:
+        self._check_open()
+        transport = self.owned_transport(peer, transport_id)
+        if transport.direction != "recv":
+            raise Forbidden("consumeData needs a recv transport")
+        if transport.sctp is None:
+            raise Forbidden("the transport was created without sctpCapabilities")
+        producer = self.data_producers.get(data_producer_id)
+        if producer is None:
+            raise DataProducerNotFound("no such data producer in this room")
+        if len(peer.data_consumers) >= self.ctx.config.max_data_consumers_per_peer:
+            raise LimitExceeded("too many data consumers for this peer")
+        if any(c.transport is transport for c in producer.consumers.values()):
+            raise AlreadyConsuming("this transport already consumes that data producer")
+        stream = transport.allocate_stream()
+        if stream is None:
+            raise LimitExceeded("no free SCTP stream on this transport")
+        consumer = DataConsumer(new_id(), peer.id, transport, producer, stream)
+        transport.open_data_stream(stream, producer.stream)
+        producer.consumers[consumer.id] = consumer
+        peer.data_consumers[consumer.id] = consumer
+        self.data_consumers[consumer.id] = consumer
+        log_event(logger, "data_consumer.created", room=self.id, peer=peer.id,
+                  transport=transport.id, data_consumer=consumer.id,
+                  data_producer=producer.id, stream=stream)
+        return consumer
+
+    def close_data_producer(self, peer: Peer, data_producer_id: str) -> None:
+        producer = self.data_producers.get(data_producer_id)
+        if producer is None:
+            raise DataProducerNotFound("no such data producer in this room")
+        if producer.owner != peer.id:
+            raise Forbidden("the data producer belongs to another peer")
+        self._remove_data_producer(producer)
+
+    def _remove_data_producer(self, producer: DataProducer) -> None:
+        for consumer in list(producer.consumers.values()):
+            self._remove_data_consumer(consumer)
+            consumer.transport.release_stream(consumer.stream_id)
+        self.data_producers.pop(producer.id, None)
+        self._data_routes.pop((producer.transport.id, producer.stream.stream_id), None)
+        owner = self.peers.get(producer.owner)
+        if owner is not None:
+            owner.data_producers.pop(producer.id, None)
+        log_event(logger, "data_producer.closed", room=self.id, peer=producer.owner,
+                  data_producer=producer.id, messages=producer.messages,
+                  dropped=sum(producer.dropped.values()))
+        self._broadcast("dataProducerClosed", {"dataProducerId": producer.id}, exclude=owner)
+
+    def _remove_data_consumer(self, consumer: DataConsumer) -> None:
+        consumer.producer.consumers.pop(consumer.id, None)
+        self.data_consumers.pop(consumer.id, None)
+        viewer = self.peers.get(consumer.owner)
+        if viewer is not None:
+            viewer.data_consumers.pop(consumer.id, None)
+
+    def _forget_data(self, transport: WebRtcTransport) -> None:
+        """A transport closes: its data producers (and their consumers) and its data
+        consumers go with it."""
+        for producer in [p for p in self.data_producers.values() if p.transport is transport]:
+            self._remove_data_producer(producer)
+        for consumer in [c for c in self.data_consumers.values() if c.transport is transport]:
+            self._remove_data_consumer(consumer)
+
+    def _on_data(self, transport: WebRtcTransport, stream: int, ppid: int, data: bytes) -> None:
+        """A whole message from a transport's association: checked against its data
+        producer's limits, then written into every data consumer's association in one native
+        call, and every resulting datagram sent in one engine call."""
+        producer = self._data_routes.get((transport.id, stream))
+        if producer is None:
+            self.data_unrouted += 1
+            return
+        now = trio.current_time()
+        why = producer.limits.check(len(data), now)
+        if why is not None:
+            producer.dropped[why] = producer.dropped.get(why, 0) + 1
+            if not producer.told:
+                producer.told = True
+                owner = self.peers.get(producer.owner)
+                if owner is not None and owner.notify is not None:
+                    owner.notify("dataProducerLimited",
+                                 {"dataProducerId": producer.id, "reason": why})
+                log_event(logger, "data_producer.limited", level=logging.WARNING, room=self.id,
+                          peer=producer.owner, data_producer=producer.id, reason=why)
+            return
+        producer.messages += 1
+        targets = [(c, sctp) for c in producer.consumers.values()
+                   if (sctp := c.transport.sctp) is not None]
+        if not targets:
+            return
+        results = sctp_fanout([(sctp, c.stream_id) for c, sctp in targets], ppid, data, now)
+        items: list[tuple[int, str, int, bytes]] = []
+        for (consumer, _), (result, packets) in zip(targets, results, strict=True):
+            if result != "sent":
+                consumer.dropped += 1
+            items.extend(consumer.transport.protect_data(packets))
+        if items:
+            self.ctx.media.send_many(items)
+
+    def data_snapshot(self) -> dict[str, int]:
+        """Data channel registry sizes, for tests and metrics."""
+        return {"dataProducers": len(self.data_producers),
+                "dataConsumers": len(self.data_consumers),
+                "dataRoutes": len(self._data_routes)}
 
     def snapshot(self) -> dict[str, int]:
         """Registry sizes, for tests and metrics."""

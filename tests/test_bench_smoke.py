@@ -49,3 +49,21 @@ async def test_two_viewers_receive_every_packet_intact() -> None:
     ceiling = r["ceiling"]
     assert ceiling["consumers"] == 2 and ceiling["sent"] > 0
     assert ceiling["received"] == ceiling["sent"] and ceiling["cpu_us_per_pkt"] > 0
+
+
+data_fanout = _load_script(ROOT / "bench" / "data_fanout.py")
+
+
+def test_data_fanout_steps_measure_each_step() -> None:
+    r = data_fanout.run_steps(3, 100, 5)
+    assert r["consumers"] == 3 and r["packets_per_message"] == 3
+    steps = r["us_per_message"]
+    assert steps["native_sctp_fanout"] > 0 and steps["python_dtls_protect"] > 0
+    assert steps["total"] >= steps["native_sctp_fanout"] + steps["python_dtls_protect"]
+
+
+async def test_data_fanout_e2e_delivers_every_message_in_order() -> None:
+    r = await data_fanout.run_e2e(3, 100, 20.0, 0.5)
+    assert r["consumers"] == 3 and r["sent"] == 10
+    assert r["delivered"] == 30 and r["in_order"]
+    assert r["latency_ms"]["p50"] is not None and r["server_cpu_s"] >= 0

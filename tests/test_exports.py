@@ -16,8 +16,8 @@ PUBLIC: dict[str, set[str]] = {
         "Config", "ConfigError", "RequestFailed", "Server", "SignalingClient", "SignalingError",
         "__version__", "connect", "load_config", "serve",
     },
-    "pysfu.client": {"ConnectionLost", "RequestFailed", "ResumeState", "SignalingClient",
-                     "connect", "with_token"},
+    "pysfu.client": {"SCTP_CAPABILITIES", "ConnectionLost", "RequestFailed", "ResumeState",
+                     "SignalingClient", "connect", "with_token"},
     "pysfu.config": {"Config", "ConfigError", "load_config", "normal_origin"},
     "pysfu.errors": {
         "SignalingError", "ALREADY_CONNECTED", "ALREADY_CONSUMING", "ALREADY_JOINED",

@@ -359,6 +359,28 @@ impl Engine {
         .map_err(router_err)
     }
 
+    /// Many DTLS datagrams in one call (a data channel message fanned out to its data
+    /// consumers' transports): `(transport, ip, port, data)` each; one lock, sendmmsg batches.
+    /// Datagrams of transports the engine no longer has are skipped. Returns how many went.
+    fn send_many(&self, py: Python<'_>, items: Vec<(Handle, String, u16, Vec<u8>)>) -> PyResult<usize> {
+        let mut batch = Vec::with_capacity(items.len());
+        for (h, ip, port, data) in items {
+            batch.push((h, parse_addr(&ip, port)?, data));
+        }
+        let shared = self.shared()?;
+        Ok(py.detach(move || {
+            {
+                let mut st = shared.state.lock();
+                batch.retain(|(h, _, d)| st.router.note_python_send(*h, d.len()).is_ok());
+            }
+            let r = io::send_batch(shared.socket.as_raw_fd(), batch.iter().map(|(_, a, d)| (a, d.as_slice())));
+            if r.failed > 0 {
+                shared.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
+            }
+            batch.len()
+        }))
+    }
+
     /// A transport with local ICE credentials: STUN requests reach Python only with a valid
     /// MESSAGE-INTEGRITY keyed with `ice_password`.
     fn add_transport(&self, py: Python<'_>, handle: Handle, local_ufrag: String, ice_password: String) -> PyResult<()> {

@@ -19,6 +19,8 @@ pub mod twcc;
 pub mod bwe;
 pub mod layers;
 pub mod wake;
+pub mod dcep;
+pub mod sctp;
 
 use pyo3::prelude::*;
 
@@ -32,5 +34,8 @@ fn version() -> &'static str {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_class::<engine::Engine>()?;
+    m.add_class::<sctp::SctpAssociation>()?;
+    m.add_function(wrap_pyfunction!(sctp::sctp_fanout, m)?)?;
+    m.add_function(wrap_pyfunction!(sctp::sctp_associations, m)?)?;
     Ok(())
 }

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 import trio_websocket
 
+from pysfu import data as datachannels
 from pysfu import errors
 from pysfu.auth import AuthError
 from pysfu.errors import SignalingError
@@ -35,6 +36,7 @@ from pysfu.room import (
     AlreadyConsuming,
     CannotConsume,
     ConsumerNotFound,
+    DataProducerNotFound,
     Forbidden,
     LimitExceeded,
     Peer,
@@ -85,6 +87,7 @@ _DOMAIN_CODES: tuple[tuple[type[Exception], str], ...] = (
     (RateLimited, errors.RATE_LIMITED),
     (TransportNotFound, errors.TRANSPORT_NOT_FOUND),
     (PeerNotFound, errors.PEER_NOT_FOUND),
+    (DataProducerNotFound, errors.PRODUCER_NOT_FOUND),
     (ProducerNotFound, errors.PRODUCER_NOT_FOUND),
     (ConsumerNotFound, errors.CONSUMER_NOT_FOUND),
     (AlreadyConsuming, errors.ALREADY_CONSUMING),
@@ -164,6 +167,11 @@ class Session:
             "resumeProducer": functools.partial(self._set_producer_paused, False),
             "setPreferredLayers": self._set_preferred_layers,
             "getStats": self._get_stats,
+            # Data channels (pysfu.data).
+            "produceData": self._produce_data,
+            "getDataProducers": self._get_data_producers,
+            "consumeData": self._consume_data,
+            "closeDataProducer": self._close_data_producer,
         }
 
     async def run(self) -> None:
@@ -381,7 +389,8 @@ class Session:
     async def _create_transport(self, data: dict[str, Any]) -> Answer:
         room, peer = self._joined(data)
         direction = get_str(data, "direction", choices=_DIRECTIONS)
-        transport = room.create_transport(peer, direction)
+        sctp = datachannels.parse_sctp_capabilities(data.get("sctpCapabilities"))
+        transport = room.create_transport(peer, direction, sctp=sctp)
         return "transportCreated", transport.parameters()
 
     async def _connect_transport(self, data: dict[str, Any]) -> Answer:
@@ -474,6 +483,33 @@ class Session:
         room, peer = self._joined(data)
         target, object_id = get_stats_target(data)
         return "stats", {target: object_id, "stats": room.stats(peer, target, object_id)}
+
+    # ---- data channels ------------------------------------------------------------------------
+
+    async def _produce_data(self, data: dict[str, Any]) -> Answer:
+        room, peer = self._joined(data)
+        transport_id = get_str(data, "transportId")
+        params = datachannels.parse_stream_parameters(data.get("sctpStreamParameters"))
+        producer = room.produce_data(peer, transport_id, params,
+                                     datachannels.parse_label(data, "label"),
+                                     datachannels.parse_label(data, "protocol"))
+        return "dataProduced", {"id": producer.id}
+
+    async def _get_data_producers(self, data: dict[str, Any]) -> Answer:
+        room, peer = self._joined(data)
+        return "dataProducers", {"dataProducers": room.data_producer_list(peer)}
+
+    async def _consume_data(self, data: dict[str, Any]) -> Answer:
+        room, peer = self._joined(data)
+        consumer = room.consume_data(peer, get_str(data, "transportId"),
+                                     get_str(data, "dataProducerId"))
+        return "dataConsumed", consumer.answer()
+
+    async def _close_data_producer(self, data: dict[str, Any]) -> Answer:
+        room, peer = self._joined(data)
+        data_producer_id = get_str(data, "dataProducerId")
+        room.close_data_producer(peer, data_producer_id)
+        return "dataProducerClosed", {"dataProducerId": data_producer_id}
 
 
 __all__ = ["Request", "Session"]
