@@ -106,23 +106,37 @@ def version() -> str: ...
 class Engine:
     """One UDP socket, one I/O thread, the forwarding router. Calls release the GIL."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None: ...
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, udp: bool = True, tcp: bool = True
+    ) -> None:
+        """``udp``: read the UDP socket (bound either way); ``tcp``: accept ICE-TCP
+        connections (RFC 4571 framing) on the same port number. Not both off."""
     @property
     def port(self) -> int: ...
     def fileno(self) -> int:
         """Readable while ``drain()`` has items."""
-    def drain(self) -> list[tuple[Literal["stun", "dtls", "media"], int, str, int, bytes]]:
-        """Queued STUN/DTLS datagrams: (kind, transport, remote ip, remote port, data)."""
-    def send(self, transport: int, ip: str, port: int, data: bytes) -> None: ...
+    def drain(
+        self,
+    ) -> list[tuple[Literal["stun", "dtls", "media"], int, str, int, bytes, Literal["udp", "tcp"]]]:
+        """Queued STUN/DTLS datagrams: (kind, transport, remote ip, remote port, data,
+        protocol)."""
+    def send(
+        self, transport: int, ip: str, port: int, data: bytes, protocol: str = "udp"
+    ) -> None:
+        """To the remote's UDP address, or framed on its TCP connection ("tcp")."""
     def add_transport(self, handle: int, local_ufrag: str, ice_password: str) -> None: ...
     def set_ice_credentials(self, handle: int, local_ufrag: str, ice_password: str) -> None:
         """ICE restart: the old credentials are refused from now on; tuples, SRTP keys,
         producers and consumers stay."""
-    def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None: ...
+    def bind_tuple(
+        self, handle: int, ip: str, port: int, selected: bool, protocol: str = "udp"
+    ) -> None: ...
     def set_srtp(
-        self, handle: int, keys: SrtpKeys, remote: tuple[str, int] | None = None
+        self, handle: int, keys: SrtpKeys,
+        remote: tuple[str, int] | tuple[str, int, str] | None = None,
     ) -> None:
-        """``remote``: the (ip, port) the DTLS handshake completed with (proves that tuple)."""
+        """``remote``: the (ip, port) or (ip, port, protocol) the DTLS handshake completed
+        with (proves that tuple)."""
     def remove_transport(self, handle: int) -> Removed:
         """Also removes the transport's producers and consumers (and their consumers)."""
     def add_producer(self, handle: int, transport: int, spec: ProducerSpec) -> None: ...
@@ -139,7 +153,9 @@ class Engine:
     def set_preferred_layers(
         self, handle: int, spatial: int, temporal: int | None = None
     ) -> tuple[int, int]: ...
-    def counts(self) -> dict[str, int]: ...
+    def counts(self) -> dict[str, int]:
+        """transports, producers, consumers, streams, tuples (remote addresses bound to a
+        transport) and tcp_connections (open ICE-TCP connections)."""
     def stats(self, handle: int) -> dict[str, StatValue]: ...
     def rtp_stats(self, handle: int) -> list[dict[str, StatValue]]: ...
     def totals(self) -> dict[str, int]:

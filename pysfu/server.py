@@ -332,7 +332,8 @@ class Server:
         self.config = config
         caps = ortc.generate_router_rtp_capabilities(config.media_codecs, transport_cc="recv")
         try:
-            self.media = MediaEngine(config.rtc_ip, config.rtc_port)
+            self.media = MediaEngine(config.rtc_ip, config.rtc_port, udp=config.enable_udp,
+                                     tcp=config.enable_tcp)
         except (OSError, ValueError) as exc:
             raise StartupError(
                 f"cannot open the media UDP port {config.rtc_ip}:{config.rtc_port} "

@@ -293,7 +293,8 @@ async def test_host_socket_loss_closes_room_after_grace(server: Server, client: 
         await room.finished.wait()
         assert server.rooms.get(ROOM) is None
         assert server.media.counts() == {"transports": 0, "producers": 0, "consumers": 0,
-                                         "streams": 0}
+                                         "streams": 0, "tuples": 0,
+                                         "tcp_connections": 0}
 
 
 async def test_host_returning_within_grace_keeps_room(server: Server, client: Any):

@@ -1,6 +1,10 @@
 //! pysfu data plane. Python sees only `pysfu._native`; everything per-packet stays here.
 
 mod bytes;
+pub mod framing;
+pub mod remote;
+pub mod tcp;
+pub mod poller;
 pub mod nack;
 pub mod reports;
 pub mod rtcp;

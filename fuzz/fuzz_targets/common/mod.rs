@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+
+use pysfu_native::remote::Remote;
 use std::time::{Duration, Instant};
 
 use pysfu_native::router::{
@@ -17,8 +19,8 @@ pub fn key(seed: u8) -> (Vec<u8>, Vec<u8>) {
     ((0..16).map(|i| seed.wrapping_add(i)).collect(), (0..14).map(|i| seed ^ i).collect())
 }
 
-pub fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], port))
+pub fn addr(port: u16) -> Remote {
+    Remote::udp(SocketAddr::from(([10, 0, 0, 1], port)))
 }
 
 /// The peer's sending context for transport `h` (the server's remote keys).
