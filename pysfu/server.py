@@ -336,7 +336,7 @@ class Server:
                                      tcp=config.enable_tcp)
         except (OSError, ValueError) as exc:
             raise StartupError(
-                f"cannot open the media UDP port {config.rtc_ip}:{config.rtc_port} "
+                f"cannot open the media port {config.rtc_ip}:{config.rtc_port} "
                 f"(rtc_ip/rtc_port): {exc}") from None
         self.ctx = ServerContext(config, Certificate.generate(), caps, self.media)
         self.static = load_static()

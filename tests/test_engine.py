@@ -336,7 +336,7 @@ def test_stun_goes_up_and_the_fd_becomes_readable(engine: Engine) -> None:
     sock.sendto(msg, ("127.0.0.1", engine.port))
     assert select.select([fd], [], [], 2)[0] == [fd]
     items = engine.drain()
-    assert items == [("stun", 5, "127.0.0.1", sock.getsockname()[1], msg)]
+    assert items == [("stun", 5, "127.0.0.1", sock.getsockname()[1], msg, "udp")]
     assert select.select([fd], [], [], 0)[0] == []  # drain reset it
     assert engine.drain() == []
     # Unknown ufrag: dropped.
