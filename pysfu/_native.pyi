@@ -12,6 +12,13 @@ __all__ = [
     "CodecSpec",
     "ConsumerSpec",
     "Engine",
+    "MAX_TCP_CONNECTIONS",
+    "MAX_TCP_PER_IP",
+    "MAX_TCP_UNPROVEN_PER_IP",
+    "TCP_IDLE_TIMEOUT",
+    "TCP_STALL_DEADLINE",
+    "TCP_STUN_DEADLINE",
+    "TCP_WRITE_QUEUE_BYTES",
     "EncodingSpec",
     "ExtSpec",
     "ProducerSpec",
@@ -22,6 +29,15 @@ __all__ = [
 ]
 
 StatValue = int | str | bool | float
+
+# ICE-TCP limits of the engine (native/src/tcp.rs); times in seconds.
+MAX_TCP_CONNECTIONS: int
+MAX_TCP_PER_IP: int
+MAX_TCP_UNPROVEN_PER_IP: int
+TCP_STUN_DEADLINE: float
+TCP_IDLE_TIMEOUT: float
+TCP_STALL_DEADLINE: float
+TCP_WRITE_QUEUE_BYTES: int
 
 class CodecSpec(TypedDict):
     payload_type: int

@@ -210,7 +210,7 @@ fn io_thread(shared: Arc<Shared>) {
                     }
                 }
                 if tick {
-                    tcp.sweep(now);
+                    tcp.sweep(&shared.poller, now);
                 }
                 closed = tcp.take_closed();
             }
@@ -447,7 +447,7 @@ impl Engine {
             reg(socket.as_raw_fd(), TOKEN_UDP)?;
         }
         reg(stop_fd.as_raw_fd(), TOKEN_STOP)?;
-        let tcp = listener.map(TcpEdge::new);
+        let tcp = listener.map(|l| TcpEdge::new(l, TOKEN_LISTENER));
         if let Some(t) = &tcp {
             reg(t.listener_fd(), TOKEN_LISTENER)?;
         }

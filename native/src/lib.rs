@@ -36,5 +36,13 @@ fn version() -> &'static str {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_class::<engine::Engine>()?;
+    // ICE-TCP limits (tcp.rs), for the control plane's documentation and the tests.
+    m.add("MAX_TCP_CONNECTIONS", tcp::MAX_TCP_CONNECTIONS)?;
+    m.add("MAX_TCP_PER_IP", tcp::MAX_TCP_PER_IP)?;
+    m.add("MAX_TCP_UNPROVEN_PER_IP", tcp::MAX_TCP_UNPROVEN_PER_IP)?;
+    m.add("TCP_STUN_DEADLINE", tcp::TCP_STUN_DEADLINE.as_secs_f64())?;
+    m.add("TCP_IDLE_TIMEOUT", tcp::TCP_IDLE_TIMEOUT.as_secs_f64())?;
+    m.add("TCP_STALL_DEADLINE", tcp::TCP_STALL_DEADLINE.as_secs_f64())?;
+    m.add("TCP_WRITE_QUEUE_BYTES", tcp::TCP_WRITE_QUEUE_BYTES)?;
     Ok(())
 }

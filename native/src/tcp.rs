@@ -50,8 +50,26 @@ pub const TCP_SEND_BUFFER: i32 = 128 * 1024;
 /// Iovecs per write call.
 const WRITE_SLICES: usize = 64;
 
+/// After an accept error other than "nothing waiting" (out of file descriptors, …), the
+/// listener is not polled for this long (level-triggered polling would spin on it).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Poll tokens at and above this are connections (below: the engine's own fds).
 pub const TOKEN_CONN_BASE: u64 = 16;
+
+/// Connection limits (the engine uses the constants above; tests use smaller ones).
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    pub total: usize,
+    pub per_ip: usize,
+    pub unproven_per_ip: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits { total: MAX_TCP_CONNECTIONS, per_ip: MAX_TCP_PER_IP, unproven_per_ip: MAX_TCP_UNPROVEN_PER_IP }
+    }
+}
 
 macro_rules! tcp_counters {
     ($($field:ident => $name:literal,)*) => {
@@ -78,6 +96,7 @@ tcp_counters! {
     closed_framing => "tcp_closed_framing",
     closed_error => "tcp_closed_error",
     queue_full => "tcp_queue_full",
+    accept_errors => "tcp_accept_errors",
     no_connection => "tcp_no_connection",
 }
 
@@ -140,6 +159,10 @@ struct PerIp {
 
 pub struct TcpEdge {
     listener: TcpListener,
+    /// The listener's poll token, and until when it is left out of the poll set.
+    listener_token: u64,
+    accept_paused_until: Option<Instant>,
+    limits: TcpLimits,
     conns: HashMap<u64, Conn>,
     by_addr: HashMap<SocketAddr, u64>,
     per_ip: HashMap<IpAddr, PerIp>,
@@ -157,9 +180,17 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 impl TcpEdge {
-    pub fn new(listener: TcpListener) -> Self {
+    /// `listener_token`: the token the caller registers the listener under.
+    pub fn new(listener: TcpListener, listener_token: u64) -> Self {
+        Self::with_limits(listener, listener_token, TcpLimits::default())
+    }
+
+    pub fn with_limits(listener: TcpListener, listener_token: u64, limits: TcpLimits) -> Self {
         TcpEdge {
             listener,
+            listener_token,
+            accept_paused_until: None,
+            limits,
             conns: HashMap::new(),
             by_addr: HashMap::new(),
             per_ip: HashMap::new(),
@@ -190,16 +221,22 @@ impl TcpEdge {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                // EMFILE and friends: leave it in the backlog until the next event.
-                Err(_) => return,
+                // EMFILE and friends: leave it in the backlog, look again a little later.
+                Err(_) => {
+                    self.counters.accept_errors += 1;
+                    if poller.modify(self.listener.as_raw_fd(), self.listener_token, 0).is_ok() {
+                        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    }
+                    return;
+                }
             };
             let ip = remote.ip();
             let per = self.per_ip.get(&ip);
-            let refused = if self.conns.len() >= MAX_TCP_CONNECTIONS {
+            let refused = if self.conns.len() >= self.limits.total {
                 Some(&mut self.counters.refused_total)
-            } else if per.is_some_and(|p| p.open >= MAX_TCP_PER_IP) {
+            } else if per.is_some_and(|p| p.open >= self.limits.per_ip) {
                 Some(&mut self.counters.refused_ip)
-            } else if per.is_some_and(|p| p.unproven >= MAX_TCP_UNPROVEN_PER_IP) {
+            } else if per.is_some_and(|p| p.unproven >= self.limits.unproven_per_ip) {
                 Some(&mut self.counters.refused_unproven)
             } else {
                 None
@@ -390,8 +427,14 @@ impl TcpEdge {
         }
     }
 
-    /// Close the connections past a deadline (no STUN, idle, stalled queue).
-    pub fn sweep(&mut self, now: Instant) {
+    /// Close the connections past a deadline (no STUN, idle, stalled queue); poll the
+    /// listener again after an accept back-off.
+    pub fn sweep(&mut self, poller: &Poller, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| now >= t)
+            && poller.modify(self.listener.as_raw_fd(), self.listener_token, READABLE).is_ok()
+        {
+            self.accept_paused_until = None;
+        }
         let expired: Vec<(u64, Why)> = self
             .conns
             .iter()
@@ -453,7 +496,7 @@ mod tests {
     fn edge() -> (TcpEdge, Poller, SocketAddr) {
         let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = l.local_addr().unwrap();
-        let e = TcpEdge::new(l);
+        let e = TcpEdge::new(l, 1);
         let p = Poller::new().unwrap();
         p.add(e.listener_fd(), 1, READABLE).unwrap();
         (e, p, addr)
@@ -548,17 +591,72 @@ mod tests {
         let _extra = TcpStream::connect(addr).unwrap();
         pump(&mut e, &p, now, &mut frames, |e, _| e.connections() == MAX_TCP_UNPROVEN_PER_IP + 1);
         assert_eq!(e.next_deadline(), Some(now + TCP_STUN_DEADLINE));
-        e.sweep(now + TCP_STUN_DEADLINE - Duration::from_millis(1));
+        e.sweep(&p, now + TCP_STUN_DEADLINE - Duration::from_millis(1));
         assert_eq!(e.connections(), MAX_TCP_UNPROVEN_PER_IP + 1);
-        e.sweep(now + TCP_STUN_DEADLINE);
+        e.sweep(&p, now + TCP_STUN_DEADLINE);
         assert_eq!(e.connections(), 1, "only the proven one is left");
         assert_eq!(e.counters.closed_no_stun, MAX_TCP_UNPROVEN_PER_IP as u64);
         assert_eq!(e.take_closed().len(), MAX_TCP_UNPROVEN_PER_IP);
         // The proven one goes once idle past its own deadline.
-        e.sweep(now + TCP_IDLE_TIMEOUT);
+        e.sweep(&p, now + TCP_IDLE_TIMEOUT);
         assert_eq!(e.connections(), 0);
         assert_eq!(e.counters.closed_idle, 1);
         assert!(e.per_ip.is_empty());
+    }
+
+    #[test]
+    fn connections_are_limited_per_ip_and_in_total() {
+        let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut e = TcpEdge::with_limits(l, 1, TcpLimits { total: 6, per_ip: 4, unproven_per_ip: 4 });
+        let p = Poller::new().unwrap();
+        p.add(e.listener_fd(), 1, READABLE).unwrap();
+        let now = Instant::now();
+        let mut frames = Frames::default();
+        // Four from 127.0.0.1, all proven: the per-IP limit (not the unproven one) refuses
+        // the fifth and sixth.
+        let first: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        pump(&mut e, &p, now, &mut frames, |e, _| e.connections() == 4);
+        for c in &first {
+            e.note_stun(c.local_addr().unwrap(), now);
+        }
+        let refused: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        pump(&mut e, &p, now, &mut frames, |e, _| e.counters.refused_ip == 2);
+        assert_eq!((e.connections(), e.counters.refused_ip, e.counters.refused_unproven), (4, 2, 0));
+        // Two from another loopback address fill the total; the next one is refused.
+        let more: Vec<TcpStream> =
+            (0..3).map(|_| socket_from(std::net::Ipv4Addr::new(127, 0, 0, 2)).connect(addr).unwrap()).collect();
+        pump(&mut e, &p, now, &mut frames, |e, _| e.counters.refused_total == 1);
+        assert_eq!((e.connections(), e.counters.refused_total), (6, 1));
+        assert_eq!(e.per_ip.len(), 2);
+        drop((first, refused, more));
+    }
+
+    /// A TCP socket bound to `ip` (port chosen by the OS), not connected yet.
+    fn socket_from(ip: std::net::Ipv4Addr) -> TcpStreamBuilder {
+        TcpStreamBuilder(ip)
+    }
+
+    struct TcpStreamBuilder(std::net::Ipv4Addr);
+
+    impl TcpStreamBuilder {
+        fn connect(&self, to: SocketAddr) -> io::Result<TcpStream> {
+            // SAFETY: plain socket calls on a fresh fd, handed to TcpStream right after.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                assert!(fd >= 0);
+                let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+                let len = crate::io::std_to_sockaddr(&SocketAddr::from((self.0, 0)), &mut ss);
+                assert_eq!(libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len), 0);
+                let len = crate::io::std_to_sockaddr(&to, &mut ss);
+                let r = libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len);
+                let s = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(s)
+            }
+        }
     }
 
     #[test]
@@ -584,9 +682,9 @@ mod tests {
         let c = e.conns.values().next().unwrap();
         assert!(c.queued <= TCP_WRITE_QUEUE_BYTES);
         assert!(c.full_since.is_some());
-        e.sweep(now + TCP_STALL_DEADLINE - Duration::from_millis(1));
+        e.sweep(&p, now + TCP_STALL_DEADLINE - Duration::from_millis(1));
         assert_eq!(e.connections(), 1);
-        e.sweep(now + TCP_STALL_DEADLINE);
+        e.sweep(&p, now + TCP_STALL_DEADLINE);
         assert_eq!(e.connections(), 0);
         assert_eq!(e.counters.closed_stalled, 1);
         drop(client);
