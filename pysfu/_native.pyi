@@ -177,8 +177,11 @@ class Engine:
     def totals(self) -> dict[str, int]:
         """Engine-wide counters that never go down: ``audioPacketsReceived``,
         ``videoBytesForwarded``, ``nacksReceived``, ``nacksSent``, ``packetsRetransmitted``,
-        ``plisReceived``, ``firsSent``, ``keyFramesRequested``, ..."""
-    def drops(self) -> dict[str, int]: ...
+        ``plisReceived``, ``firsSent``, ``keyFramesRequested``, ``tcpConnectionsAccepted``, ..."""
+    def drops(self) -> dict[str, int]:
+        """Datagrams and packets dropped, by reason (stable keys), with what the ICE-TCP edge
+        refused, dropped and closed: ``tcp_refused_*``, ``tcp_queue_full``, ``tcp_closed_*``,
+        ``tcp_no_connection``, ``tcp_accept_errors``."""
     def take_panic(self) -> str | None: ...
     def _test_panic(self, place: Literal["io", "control", "pyo3"]) -> None: ...
     def close(self) -> None: ...

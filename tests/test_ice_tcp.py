@@ -84,6 +84,7 @@ async def test_viewer_gets_every_packet_over_tcp(server: Server) -> None:
     await _wait_for(lambda: server.media.counts()["transports"] == 0)
     assert server.media.counts()["tuples"] == 0
     assert _drops(server)["tcp_queue_full"] == 0
+    assert server.media.totals()["tcpConnectionsAccepted"] == 1
 
 
 @pytest.mark.parametrize("config_overrides", [{"enable_udp": False}])

@@ -677,6 +677,9 @@ impl Engine {
         for (k, v) in t.items() {
             d.set_item(k, v)?;
         }
+        let shared = self.shared()?;
+        let accepted = py.detach(|| shared.tcp.as_ref().map_or(0, |t| t.lock().accepted));
+        d.set_item("tcpConnectionsAccepted", accepted)?;
         Ok(d)
     }
 

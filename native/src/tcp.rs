@@ -85,7 +85,6 @@ macro_rules! tcp_counters {
 }
 
 tcp_counters! {
-    accepted => "tcp_accepted",
     refused_total => "tcp_refused_total_limit",
     refused_ip => "tcp_refused_ip_limit",
     refused_unproven => "tcp_refused_unproven_limit",
@@ -170,6 +169,8 @@ pub struct TcpEdge {
     closed: Vec<SocketAddr>,
     dirty: Vec<u64>,
     pub counters: TcpCounters,
+    /// Connections accepted (within the limits), ever.
+    pub accepted: u64,
 }
 
 /// The engine's TCP listener on `addr` (non-blocking, close-on-exec, SO_REUSEADDR).
@@ -198,6 +199,7 @@ impl TcpEdge {
             closed: Vec::new(),
             dirty: Vec::new(),
             counters: TcpCounters::default(),
+            accepted: 0,
         }
     }
 
@@ -263,7 +265,7 @@ impl TcpEdge {
             let p = self.per_ip.entry(ip).or_default();
             p.open += 1;
             p.unproven += 1;
-            self.counters.accepted += 1;
+            self.accepted += 1;
             self.by_addr.insert(remote, token);
             self.conns.insert(
                 token,
