@@ -187,6 +187,7 @@ fn io_thread(shared: Arc<Shared>) {
         } else if shared.tcp.is_some() && last_tcp_poll.elapsed() >= TCP_POLL_EVERY {
             shared.poller.wait(&mut events, 0)
         } else {
+            events.clear();
             0
         };
         let now = Instant::now();
@@ -194,8 +195,8 @@ fn io_thread(shared: Arc<Shared>) {
         let mut closed = Vec::new();
         frames.clear();
         if let Some(tcp) = &shared.tcp {
-            if ready > 0 || n == 0 {
-                last_tcp_poll = now;
+            if n == 0 || now.duration_since(last_tcp_poll) >= TCP_POLL_EVERY {
+                last_tcp_poll = now; // polled just now (waited, or looked)
             }
             let tick = now.duration_since(last_tick) >= TICK;
             let tcp_events = ready > 0 && events.iter().any(|e| e.token != TOKEN_UDP);

@@ -76,6 +76,11 @@ impl Events {
         Events { raw: vec![libc::epoll_event { events: 0, u64: 0 }; cap.max(1)], n: 0 }
     }
 
+    /// Forget the last wait's events.
+    pub fn clear(&mut self) {
+        self.n = 0;
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
         self.raw[..self.n].iter().map(|e| Event { token: e.u64, events: e.events })
     }
