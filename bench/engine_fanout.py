@@ -96,15 +96,23 @@ def main() -> None:
             # The connection proves itself with a valid STUN request (else closed in 5 s).
             stun = stun_binding_request(f"v{i}:x", password)
             s.sendall(struct.pack("!H", len(stun)) + stun)
+            # Let the engine see the proof before the next connection (it refuses more than
+            # MAX_TCP_UNPROVEN_PER_IP unproven connections from one address).
+            time.sleep(0.005)
         else:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
             s.bind(("127.0.0.1", 0))
         s.setblocking(False)
         ip, port = s.getsockname()[:2]
-        eng.bind_tuple(h, ip, port, True, protocol)
+        if args.tcp:
+            eng.bind_tuple(h, ip, port, True, "tcp")
+            remote: tuple[str, int] | tuple[str, int, str] = (ip, port, "tcp")
+        else:  # the call of engines without ICE-TCP too (before/after comparisons)
+            eng.bind_tuple(h, ip, port, True)
+            remote = (ip, port)
         eng.set_srtp(h, SrtpKeys(args.profile, os.urandom(klen), os.urandom(slen),
-                              os.urandom(klen), os.urandom(slen)), (ip, port, protocol))
+                              os.urandom(klen), os.urandom(slen)), remote)
         eng.add_consumer(1000 + i, h, 10, {"ssrc": 50000 + i, "mid": str(i), "mid_ext_id": 1,
                                             "payload_types": {101: 101}, "paused": False})
         viewers.append(s)

@@ -26,8 +26,9 @@ use crate::poller::{Poller, CLOSED, READABLE, WRITABLE};
 pub const MAX_TCP_CONNECTIONS: usize = 1024;
 /// Connections open at once from one remote IP (many users may share a NAT's address).
 pub const MAX_TCP_PER_IP: usize = 128;
-/// Connections from one remote IP that have not yet sent a valid STUN request.
-pub const MAX_TCP_UNPROVEN_PER_IP: usize = 16;
+/// Connections from one remote IP that have not yet sent a valid STUN request (a browser sends
+/// one at once: many users behind one NAT address joining together fit; an idle flood not).
+pub const MAX_TCP_UNPROVEN_PER_IP: usize = 32;
 /// A new connection must send a valid STUN Binding request (integrity-checked, for a known
 /// transport) within this time, or it is closed.
 pub const TCP_STUN_DEADLINE: Duration = Duration::from_secs(5);
