@@ -119,6 +119,8 @@ async def test_stalled_tcp_reader_does_not_delay_a_udp_viewer(server: Server, cl
             await _wait_for(lambda: _drops(server)["tcp_queue_full"] > 0, timeout=10)
             await _wait_for(lambda: _drops(server)["tcp_closed_stalled"] == 1, timeout=10)
             await _wait_for(lambda: server.media.counts()["tcp_connections"] == 0)
+            # Its tuple is forgotten: the host's and the UDP viewer's remain.
+            assert server.media.counts()["tuples"] == 2
             peer.close()
     summary = live.assert_intact(min_packets=500)
     # The UDP viewer was not slowed down meanwhile.
