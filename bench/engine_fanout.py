@@ -6,7 +6,10 @@ egress packets/s from its own counters (consumer packets_out), measured after a 
 Everything shares the machine's cores (sender, engine I/O thread, kernel).
 
 Prints one JSON object. Usage: python bench/engine_fanout.py [--consumers 50] [--seconds 3]
-[--rate 6000]; raise --rate until ingress_loss > 0 to find the saturation point.
+[--rate 6000] [--tcp]; raise --rate until ingress_loss > 0 to find the saturation point.
+``--tcp``: the viewers are ICE-TCP connections (each sends one valid STUN request, as ICE
+does, then is read: RFC 4571 frames), for the cost per packet over TCP against UDP
+(compare with ``--drain``, which reads the UDP viewers the same way).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pylibsrtp import Policy, Session
 
 from pysfu._native import Engine
 from pysfu.dtls import SrtpKeys
+from pysfu.testing.webrtc_peer import stun_binding_request
 
 PROFILES = {
     "AES_CM_128_HMAC_SHA1_80": (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 16, 14),
@@ -55,6 +59,7 @@ def main() -> None:
     ap.add_argument("--profile", default="AEAD_AES_128_GCM", choices=sorted(PROFILES))
     ap.add_argument("--rate", type=float, default=6000, help="ingress packets/s")
     ap.add_argument("--drain", action="store_true", help="also read the viewer sockets")
+    ap.add_argument("--tcp", action="store_true", help="viewers over ICE-TCP (read always)")
     args = ap.parse_args()
     lib_profile, klen, slen = PROFILES[args.profile]
 
@@ -81,17 +86,33 @@ def main() -> None:
     }
     eng.add_producer(10, 1, spec)
     viewers = []
+    protocol = "tcp" if args.tcp else "udp"
     for i in range(args.consumers):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-        s.bind(("127.0.0.1", 0))
-        s.setblocking(False)
         h = 100 + i
-        addr = ("127.0.0.1", s.getsockname()[1])
-        eng.add_transport(h, f"v{i}", f"viewer-ice-password-{i:08d}")
-        eng.bind_tuple(h, *addr, True)
+        password = f"viewer-ice-password-{i:08d}"
+        eng.add_transport(h, f"v{i}", password)
+        if args.tcp:
+            s = socket.create_connection(dest)
+            # The connection proves itself with a valid STUN request (else closed in 5 s).
+            stun = stun_binding_request(f"v{i}:x", password)
+            s.sendall(struct.pack("!H", len(stun)) + stun)
+            # Let the engine see the proof before the next connection (it refuses more than
+            # MAX_TCP_UNPROVEN_PER_IP unproven connections from one address).
+            time.sleep(0.005)
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        ip, port = s.getsockname()[:2]
+        if args.tcp:
+            eng.bind_tuple(h, ip, port, True, "tcp")
+            remote: tuple[str, int] | tuple[str, int, str] = (ip, port, "tcp")
+        else:  # the call of engines without ICE-TCP too (before/after comparisons)
+            eng.bind_tuple(h, ip, port, True)
+            remote = (ip, port)
         eng.set_srtp(h, SrtpKeys(args.profile, os.urandom(klen), os.urandom(slen),
-                              os.urandom(klen), os.urandom(slen)), addr)
+                              os.urandom(klen), os.urandom(slen)), remote)
         eng.add_consumer(1000 + i, h, 10, {"ssrc": 50000 + i, "mid": str(i), "mid_ext_id": 1,
                                             "payload_types": {101: 101}, "paused": False})
         viewers.append(s)
@@ -122,12 +143,15 @@ def main() -> None:
                 s = by_fd[fd]
                 try:
                     while True:
-                        s.recv(4096)
-                        received[0] += 1
+                        if args.tcp:
+                            received[0] += len(s.recv(1 << 16))  # bytes
+                        else:
+                            s.recv(4096)
+                            received[0] += 1
                 except BlockingIOError:
                     pass
 
-    if args.drain:
+    if args.drain or args.tcp:
         t = threading.Thread(target=drain, daemon=True)
         t.start()
 
@@ -177,7 +201,8 @@ def main() -> None:
         "ingress_loss": round(1 - (in1 - m_in) / max(1, sent - m_sent), 4),
         "forwarded": fwd1 - m_fwd,
         "forwarded_pps": round((fwd1 - m_fwd) / elapsed),
-        "received_by_viewers": received[0] if args.drain else None,
+        "viewers_over": protocol,
+        "received_by_viewers": (received[0] if args.drain and not args.tcp else None),
         "process_cpu_s_per_s": round(cpu / elapsed, 3),
         "io_thread_cpu_s_per_s": round((io1 - io0) / elapsed, 3),
         "io_thread_us_per_egress_packet": round((io1 - io0) / max(1, fwd1 - m_fwd) * 1e6, 3),

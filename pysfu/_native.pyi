@@ -12,7 +12,14 @@ __all__ = [
     "CodecSpec",
     "ConsumerSpec",
     "Engine",
+    "MAX_TCP_CONNECTIONS",
+    "MAX_TCP_PER_IP",
+    "MAX_TCP_UNPROVEN_PER_IP",
     "SctpAssociation",
+    "TCP_IDLE_TIMEOUT",
+    "TCP_STALL_DEADLINE",
+    "TCP_STUN_DEADLINE",
+    "TCP_WRITE_QUEUE_BYTES",
     "sctp_associations",
     "sctp_fanout",
     "EncodingSpec",
@@ -25,6 +32,15 @@ __all__ = [
 ]
 
 StatValue = int | str | bool | float
+
+# ICE-TCP limits of the engine (native/src/tcp.rs); times in seconds.
+MAX_TCP_CONNECTIONS: int
+MAX_TCP_PER_IP: int
+MAX_TCP_UNPROVEN_PER_IP: int
+TCP_STUN_DEADLINE: float
+TCP_IDLE_TIMEOUT: float
+TCP_STALL_DEADLINE: float
+TCP_WRITE_QUEUE_BYTES: int
 
 class CodecSpec(TypedDict):
     payload_type: int
@@ -109,24 +125,39 @@ def version() -> str: ...
 class Engine:
     """One UDP socket, one I/O thread, the forwarding router. Calls release the GIL."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None: ...
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, udp: bool = True, tcp: bool = True
+    ) -> None:
+        """``udp``: read the UDP socket (bound either way); ``tcp``: accept ICE-TCP
+        connections (RFC 4571 framing) on the same port number. Not both off."""
     @property
     def port(self) -> int: ...
     def fileno(self) -> int:
         """Readable while ``drain()`` has items."""
-    def drain(self) -> list[tuple[Literal["stun", "dtls", "media"], int, str, int, bytes]]:
-        """Queued STUN/DTLS datagrams: (kind, transport, remote ip, remote port, data)."""
-    def send(self, transport: int, ip: str, port: int, data: bytes) -> None: ...
-    def send_many(self, items: list[tuple[int, str, int, bytes]]) -> int: ...
+    def drain(
+        self,
+    ) -> list[tuple[Literal["stun", "dtls", "media"], int, str, int, bytes, Literal["udp", "tcp"]]]:
+        """Queued STUN/DTLS datagrams: (kind, transport, remote ip, remote port, data,
+        protocol)."""
+    def send(
+        self, transport: int, ip: str, port: int, data: bytes, protocol: str = "udp"
+    ) -> None:
+        """To the remote's UDP address, or framed on its TCP connection ("tcp")."""
+    def send_many(self, items: list[tuple[int, str, int, bytes, str]]) -> int:
+        """Many datagrams in one call: (transport, ip, port, data, protocol "udp"|"tcp")."""
     def add_transport(self, handle: int, local_ufrag: str, ice_password: str) -> None: ...
     def set_ice_credentials(self, handle: int, local_ufrag: str, ice_password: str) -> None:
         """ICE restart: the old credentials are refused from now on; tuples, SRTP keys,
         producers and consumers stay."""
-    def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None: ...
+    def bind_tuple(
+        self, handle: int, ip: str, port: int, selected: bool, protocol: str = "udp"
+    ) -> None: ...
     def set_srtp(
-        self, handle: int, keys: SrtpKeys, remote: tuple[str, int] | None = None
+        self, handle: int, keys: SrtpKeys,
+        remote: tuple[str, int] | tuple[str, int, str] | None = None,
     ) -> None:
-        """``remote``: the (ip, port) the DTLS handshake completed with (proves that tuple)."""
+        """``remote``: the (ip, port) or (ip, port, protocol) the DTLS handshake completed
+        with (proves that tuple)."""
     def remove_transport(self, handle: int) -> Removed:
         """Also removes the transport's producers and consumers (and their consumers)."""
     def add_producer(self, handle: int, transport: int, spec: ProducerSpec) -> None: ...
@@ -143,14 +174,19 @@ class Engine:
     def set_preferred_layers(
         self, handle: int, spatial: int, temporal: int | None = None
     ) -> tuple[int, int]: ...
-    def counts(self) -> dict[str, int]: ...
+    def counts(self) -> dict[str, int]:
+        """transports, producers, consumers, streams, tuples (remote addresses bound to a
+        transport) and tcp_connections (open ICE-TCP connections)."""
     def stats(self, handle: int) -> dict[str, StatValue]: ...
     def rtp_stats(self, handle: int) -> list[dict[str, StatValue]]: ...
     def totals(self) -> dict[str, int]:
         """Engine-wide counters that never go down: ``audioPacketsReceived``,
         ``videoBytesForwarded``, ``nacksReceived``, ``nacksSent``, ``packetsRetransmitted``,
-        ``plisReceived``, ``firsSent``, ``keyFramesRequested``, ..."""
-    def drops(self) -> dict[str, int]: ...
+        ``plisReceived``, ``firsSent``, ``keyFramesRequested``, ``tcpConnectionsAccepted``, ..."""
+    def drops(self) -> dict[str, int]:
+        """Datagrams and packets dropped, by reason (stable keys), with what the ICE-TCP edge
+        refused, dropped and closed: ``tcp_refused_*``, ``tcp_queue_full``, ``tcp_closed_*``,
+        ``tcp_no_connection``, ``tcp_accept_errors``."""
     def take_panic(self) -> str | None: ...
     def _test_panic(self, place: Literal["io", "control", "pyo3"]) -> None: ...
     def close(self) -> None: ...

@@ -32,8 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="signaling/HTTP listen address (default 127.0.0.1)")
     serve.add_argument("--port", help="signaling/HTTP port; WebSocket at /ws (default 8080)")
-    serve.add_argument("--rtc-ip", dest="rtc_ip", help="UDP media listen address")
-    serve.add_argument("--rtc-port", dest="rtc_port", help="UDP media port (default 40000)")
+    serve.add_argument("--rtc-ip", dest="rtc_ip", help="media (UDP and TCP) listen address")
+    serve.add_argument("--rtc-port", dest="rtc_port",
+                       help="media port, UDP and ICE-TCP (default 40000)")
+    serve.add_argument("--enable-udp", dest="enable_udp", action=argparse.BooleanOptionalAction,
+                       default=None, help="offer the UDP ICE candidate (default on)")
+    serve.add_argument("--enable-tcp", dest="enable_tcp", action=argparse.BooleanOptionalAction,
+                       default=None,
+                       help="offer a passive ICE-TCP candidate on the media port (default on)")
+    serve.add_argument("--prefer-udp", dest="prefer_udp", action=argparse.BooleanOptionalAction,
+                       default=None,
+                       help="give the UDP candidate the higher priority (default on)")
     serve.add_argument("--announced-ip", dest="announced_ip",
                        help="address put in ICE candidates (public IP behind NAT)")
     serve.add_argument("--config", help="TOML file with settings")

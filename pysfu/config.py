@@ -29,10 +29,16 @@ class Config:
     # Signaling (HTTP + WebSocket at /ws).
     host: str = "127.0.0.1"
     port: int = 8080
-    # Media: one UDP port for every WebRTC transport.
+    # Media: one UDP port for every WebRTC transport, and ICE-TCP (RFC 6544 passive
+    # candidates, RFC 4571 framing) on the same port number. enable_udp / enable_tcp: offer
+    # that candidate (not both off); prefer_udp: the UDP candidate gets the higher priority
+    # (mediasoup's preferUdp: local preference + 1000).
     rtc_ip: str = "127.0.0.1"
     rtc_port: int = 40000
     announced_ip: str | None = None
+    enable_udp: bool = True
+    enable_tcp: bool = True
+    prefer_udp: bool = True
     # Lifetimes, seconds. host_grace_period: how long a host whose WebSocket dropped keeps
     # its room, transports and producers (media flows on) for a ``resume``; 0 = none (the
     # room closes when the host's socket does).
@@ -311,6 +317,8 @@ def _check(cfg: Config) -> Config:
             if announced.is_unspecified or announced.is_multicast:
                 fail("announced_ip", "must be an address viewers can reach (not unspecified "
                      "or multicast)")
+    if not cfg.enable_udp and not cfg.enable_tcp:
+        fail("enable_tcp", "enable_udp and enable_tcp are both off: no ICE candidate to offer")
     if ipaddress.ip_address(cfg.rtc_ip).is_unspecified and cfg.announced_ip is None:
         fail("rtc_ip", "listening on all addresses needs announced_ip (the address viewers reach)")
     for name in _TIMEOUTS:

@@ -22,7 +22,18 @@ from typing import Literal
 
 from pysfu import stun
 
-Address = tuple[str, int]
+# A remote: (ip, port) over UDP, (ip, port, "tcp") over an ICE-TCP connection (RFC 6544)
+# from that ip:port. A UDP flow and a TCP connection from one ip:port are different tuples.
+Address = tuple[str, int] | tuple[str, int, str]
+
+
+def make_address(ip: str, port: int, protocol: str = "udp") -> Address:
+    return (ip, port) if protocol == "udp" else (ip, port, protocol)
+
+
+def protocol_of(addr: Address) -> str:
+    """"udp" or "tcp"."""
+    return addr[2] if len(addr) == 3 else "udp"
 IceState = Literal["new", "connected", "completed", "disconnected"]
 
 # ice-char = ALPHA / DIGIT / "+" / "/" (RFC 8839); letters and digits only, to stay out of
@@ -142,7 +153,7 @@ class IceLiteServer:
         self, msg: stun.StunMessage, password: str, addr: Address, now: float
     ) -> IceOutput:
         try:
-            response = stun.binding_success(msg.transaction_id, addr, password)
+            response = stun.binding_success(msg.transaction_id, (addr[0], addr[1]), password)
         except ValueError:
             return IceOutput()  # not an IP address we can map back: nothing sensible to say
         out = IceOutput(response)

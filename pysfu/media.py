@@ -45,27 +45,30 @@ class EnginePanic(RuntimeError):
 class UpcallSink(Protocol):
     """Where the engine's STUN and DTLS datagrams for one transport handle go."""
 
-    def deliver(self, kind: str, ip: str, port: int, data: bytes) -> None:
-        """``kind`` is "stun" or "dtls"; must not block (called by the dispatcher task)."""
+    def deliver(self, kind: str, ip: str, port: int, data: bytes, protocol: str = "udp") -> None:
+        """``kind`` is "stun" or "dtls"; ``protocol`` "udp" or "tcp" (an ICE-TCP connection
+        from ip:port); must not block (called by the dispatcher task)."""
 
 
 class MediaEngine:
-    def __init__(self, host: str, port: int) -> None:
-        self.native = _native.Engine(host, port)
+    def __init__(self, host: str, port: int, *, udp: bool = True, tcp: bool = True) -> None:
+        self.native = _native.Engine(host, port, udp, tcp)
         self.port: int = self.native.port
+        self.udp = udp
+        self.tcp = tcp  # ICE-TCP connections accepted on the same port number
         self._transports: dict[int, UpcallSink] = {}
         self.panics = 0  # panics caught on the engine's I/O thread (each logged)
-        log_event(logger, "engine.started", ip=host, port=self.port)
+        log_event(logger, "engine.started", ip=host, port=self.port, udp=udp, tcp=tcp)
 
     async def run(self) -> None:
         """Drain the engine's upcalls until cancelled."""
         fd = self.native.fileno()
         while True:
             await trio.lowlevel.wait_readable(fd)
-            for kind, handle, ip, port, data in self.native.drain():
+            for kind, handle, ip, port, data, protocol in self.native.drain():
                 transport = self._transports.get(handle)
                 if transport is not None:  # else removed since the engine queued it
-                    transport.deliver(kind, ip, port, data)
+                    transport.deliver(kind, ip, port, data, protocol)
             # A panic on the engine's I/O thread cost one datagram (counted as drop "panic");
             # the thread carries on. Say so loudly.
             message = self.native.take_panic()
@@ -113,22 +116,24 @@ class MediaEngine:
             return None
         return self._call(self.native.remove_transport, handle)
 
-    def send(self, handle: int, ip: str, port: int, data: bytes) -> None:
-        self._call(self.native.send, handle, ip, port, data)
+    def send(self, handle: int, ip: str, port: int, data: bytes, protocol: str = "udp") -> None:
+        self._call(self.native.send, handle, ip, port, data, protocol)
 
-    def send_many(self, items: list[tuple[int, str, int, bytes]]) -> int:
-        """Datagrams of many transports in one engine call (data channel fan-out); those of
+    def send_many(self, items: list[tuple[int, str, int, bytes, str]]) -> int:
+        """Datagrams (transport, ip, port, data, "udp"|"tcp") of many transports in one engine
+        call (data channel fan-out); those of
         transports the engine no longer has are skipped. Returns how many went."""
         return self.native.send_many(items)
 
     # ICE reports validated and nominated tuples; the engine sends media to a nominated tuple
     # only once it has proven itself (authenticated SRTP/SRTCP from it, or the DTLS handshake
     # completed with it: ``remote`` of set_srtp), so a spoofed nomination redirects nothing.
-    def bind_tuple(self, handle: int, ip: str, port: int, selected: bool) -> None:
-        self._call(self.native.bind_tuple, handle, ip, port, selected)
+    def bind_tuple(self, handle: int, ip: str, port: int, selected: bool,
+                   protocol: str = "udp") -> None:
+        self._call(self.native.bind_tuple, handle, ip, port, selected, protocol)
 
     def set_srtp(self, handle: int, keys: _native.SrtpKeys,
-                 remote: tuple[str, int] | None = None) -> None:
+                 remote: tuple[str, int] | tuple[str, int, str] | None = None) -> None:
         self._call(self.native.set_srtp, handle, keys, remote)
 
     def add_producer(self, handle: int, transport: int, spec: _native.ProducerSpec) -> None:

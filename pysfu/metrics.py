@@ -50,6 +50,7 @@ _PLAIN_TOTALS: tuple[tuple[str, str, str], ...] = (
     ("plisSent", "plis_sent", "PLIs sent to producers"),
     ("firsSent", "firs_sent", "FIRs sent to producers"),
     ("keyFramesRequested", "key_frames_requested", "key frame requests sent to producers"),
+    ("tcpConnectionsAccepted", "tcp_connections_accepted", "ICE-TCP connections accepted"),
 )
 
 

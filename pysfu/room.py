@@ -737,7 +737,7 @@ class Room:
         if not targets:
             return
         results = sctp_fanout([(sctp, c.stream_id) for c, sctp in targets], ppid, data, now)
-        items: list[tuple[int, str, int, bytes]] = []
+        items: list[tuple[int, str, int, bytes, str]] = []
         for (consumer, _), (result, packets) in zip(targets, results, strict=True):
             if result != "sent":
                 consumer.dropped += 1

@@ -332,10 +332,11 @@ class Server:
         self.config = config
         caps = ortc.generate_router_rtp_capabilities(config.media_codecs, transport_cc="recv")
         try:
-            self.media = MediaEngine(config.rtc_ip, config.rtc_port)
+            self.media = MediaEngine(config.rtc_ip, config.rtc_port, udp=config.enable_udp,
+                                     tcp=config.enable_tcp)
         except (OSError, ValueError) as exc:
             raise StartupError(
-                f"cannot open the media UDP port {config.rtc_ip}:{config.rtc_port} "
+                f"cannot open the media port {config.rtc_ip}:{config.rtc_port} "
                 f"(rtc_ip/rtc_port): {exc}") from None
         self.ctx = ServerContext(config, Certificate.generate(), caps, self.media)
         self.static = load_static()

@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from pysfu.ice import protocol_of
+
 if TYPE_CHECKING:
     from pysfu.media import MediaEngine
     from pysfu.transport import Consumer, Producer, WebRtcTransport
@@ -53,7 +55,7 @@ def transport_stats(media: MediaEngine, transport: WebRtcTransport) -> Records |
         "iceRole": "controlled",
         "iceState": transport.ice.state,
         "iceSelectedTuple": (
-            {"remoteIp": tuple_[0], "remotePort": tuple_[1], "protocol": "udp"}
+            {"remoteIp": tuple_[0], "remotePort": tuple_[1], "protocol": protocol_of(tuple_)}
             if tuple_ is not None else None
         ),
         "dtlsState": transport.dtls.state if transport.dtls is not None else "new",

@@ -28,7 +28,14 @@ import trio
 from pysfu import data as datachannels
 from pysfu._native import SctpAssociation
 from pysfu.dtls import DtlsTransport
-from pysfu.ice import IceLiteServer, TupleSelected, TupleValidated
+from pysfu.ice import (
+    Address,
+    IceLiteServer,
+    TupleSelected,
+    TupleValidated,
+    make_address,
+    protocol_of,
+)
 from pysfu.log import log_event
 
 if TYPE_CHECKING:
@@ -47,12 +54,45 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pysfu.transport")
 
-# Same shape as mediasoup: host type preference 64, first listen entry, component 1.
-_CANDIDATE_PRIORITY = (64 << 24) + (10000 << 8) + 255
+# Candidate priorities as mediasoup computes them (RFC 8445 5.1.2.1): host type preference
+# 64, component 1, local preference 10000 for the first listen entry (UDP), 100 less for
+# each next one (TCP), plus 1000 for the UDP one with prefer_udp.
+_TYPE_PREFERENCE = 64
+_LOCAL_PREFERENCE = 10000
+_LOCAL_PREFERENCE_STEP = 100
+_PREFER_BONUS = 1000
+
+
+def _priority(local_preference: int) -> int:
+    return (_TYPE_PREFERENCE << 24) + (local_preference << 8) + (256 - 1)
+
+
+def ice_candidates(ip: str, port: int, *, udp: bool, tcp: bool,
+                   prefer_udp: bool) -> list[dict[str, Any]]:
+    """The host candidates of a transport (mediasoup IceCandidate shape): UDP, then a
+    passive TCP one (RFC 6544) on the same port number."""
+    candidates: list[dict[str, Any]] = []
+    preference = _LOCAL_PREFERENCE
+    if udp:
+        candidates.append({
+            "foundation": "udpcandidate",
+            "priority": _priority(preference + (_PREFER_BONUS if prefer_udp else 0)),
+            "ip": ip, "address": ip, "protocol": "udp", "port": port, "type": "host",
+        })
+        preference -= _LOCAL_PREFERENCE_STEP
+    if tcp:
+        candidates.append({
+            "foundation": "tcpcandidate",
+            "priority": _priority(preference),
+            "ip": ip, "address": ip, "protocol": "tcp", "port": port, "type": "host",
+            "tcpType": "passive",
+        })
+    return candidates
+
 _INBOX_SIZE = 256
 _CNAME_ALPHABET = string.ascii_letters + string.digits
 
-Datagram = tuple[str, str, int, bytes]  # (kind "stun" | "dtls", ip, port, data)
+Datagram = tuple[str, Address, bytes]  # (kind "stun" | "dtls" | "media", remote, data)
 
 
 class AlreadyConnected(Exception):
@@ -148,15 +188,10 @@ class WebRtcTransport:
             "transportId": self.id,
             "id": self.id,
             "iceParameters": self.ice_parameters(),
-            "iceCandidates": [{
-                "foundation": "udpcandidate",
-                "priority": _CANDIDATE_PRIORITY,
-                "ip": ip,
-                "address": ip,
-                "protocol": "udp",
-                "port": self._media.port,
-                "type": "host",
-            }],
+            "iceCandidates": ice_candidates(
+                ip, self._media.port, udp=self._config.enable_udp,
+                tcp=self._config.enable_tcp and self._media.tcp,
+                prefer_udp=self._config.prefer_udp),
             "dtlsParameters": {
                 "role": "auto",
                 "fingerprints": self._certificate.dtls_fingerprints(),
@@ -311,10 +346,10 @@ class WebRtcTransport:
         removed, self._removed = self._removed, {"producers": [], "consumers": []}
         return removed
 
-    def deliver(self, kind: str, ip: str, port: int, data: bytes) -> None:
+    def deliver(self, kind: str, ip: str, port: int, data: bytes, protocol: str = "udp") -> None:
         """Called by the media dispatcher; never blocks (a flood is dropped and counted)."""
         try:
-            self._inbox_send.send_nowait((kind, ip, port, data))
+            self._inbox_send.send_nowait((kind, make_address(ip, port, protocol), data))
         except trio.WouldBlock:
             self.inbox_dropped += 1
 
@@ -323,15 +358,15 @@ class WebRtcTransport:
             with self._cancel:
                 while True:
                     with trio.move_on_at(self._next_deadline()):
-                        kind, ip, port, data = await self._inbox_recv.receive()
+                        kind, remote, data = await self._inbox_recv.receive()
                         now = trio.current_time()
                         if kind == "stun":
-                            self._on_stun(data, (ip, port), now)
+                            self._on_stun(data, remote, now)
                         elif kind == "dtls" and self.dtls is not None:
                             if self._dtls_started is None:  # its first flight, we serve
                                 self._dtls_started = now
                             self.dtls.receive(data, now)
-                            self._after_dtls((ip, port))
+                            self._after_dtls(remote)
                             self._sctp_input(now)
                         elif kind == "media" and self._on_media is not None:
                             self._on_media(self)
@@ -370,17 +405,20 @@ class WebRtcTransport:
                 self._count_dtls("timeout")
                 self._fail("connect_timeout")
 
-    def _on_stun(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+    def _on_stun(self, data: bytes, addr: Address, now: float) -> None:
         out = self.ice.handle_datagram(data, addr, now)
         if out.response is not None:
-            self._media.send(self.handle, addr[0], addr[1], out.response)
+            self._media.send(self.handle, addr[0], addr[1], out.response, protocol_of(addr))
         for event in out.events:
             if isinstance(event, TupleValidated | TupleSelected):
                 selected = isinstance(event, TupleSelected)
-                self._media.bind_tuple(self.handle, event.addr[0], event.addr[1], selected)
+                protocol = protocol_of(event.addr)
+                self._media.bind_tuple(self.handle, event.addr[0], event.addr[1], selected,
+                                       protocol)
                 if selected:
                     log_event(logger, "ice.selected", room=self.room_id, peer=self.owner,
-                              transport=self.id, remote=f"{event.addr[0]}:{event.addr[1]}")
+                              transport=self.id, remote=f"{event.addr[0]}:{event.addr[1]}",
+                              protocol=protocol)
         dtls = self.dtls
         if dtls is not None and dtls.state == "new" and self.ice.state != "new":
             if self.remote_dtls is not None and self.remote_dtls["role"] == "server":
@@ -388,7 +426,7 @@ class WebRtcTransport:
                 dtls.start(now)
                 self._flush_dtls()
 
-    def _after_dtls(self, source: tuple[str, int] | None = None) -> None:
+    def _after_dtls(self, source: Address | None = None) -> None:
         """``source``: where the DTLS datagram just handled came from (None on a timer)."""
         dtls = self.dtls
         assert dtls is not None
@@ -451,12 +489,14 @@ class WebRtcTransport:
             self.sctp.close_stream(stream)
             self._sctp_pump(trio.current_time())
 
-    def protect_data(self, packets: list[bytes]) -> list[tuple[int, str, int, bytes]]:
-        """SCTP packets as DTLS datagrams, ready for ``MediaEngine.send_many``."""
+    def protect_data(self, packets: list[bytes]) -> list[tuple[int, str, int, bytes, str]]:
+        """SCTP packets as DTLS datagrams, ready for ``MediaEngine.send_many`` (over UDP or
+        the transport's ICE-TCP connection, wherever ICE nominated)."""
         addr = self.ice.nominated
         if not packets or addr is None or not self._registered or self.dtls is None:
             return []
-        return [(self.handle, addr[0], addr[1], d) for d in self.dtls.protect(packets)]
+        protocol = protocol_of(addr)
+        return [(self.handle, addr[0], addr[1], d, protocol) for d in self.dtls.protect(packets)]
 
     def _sctp_input(self, now: float) -> None:
         dtls, sctp = self.dtls, self.sctp
@@ -488,20 +528,22 @@ class WebRtcTransport:
         if items:
             self._media.send_many(items)
 
-    def selected_tuple(self) -> tuple[str, int] | None:
+    def selected_tuple(self) -> Address | None:
         """Where the engine sends media (a nominated tuple that proved itself): asked of the
-        engine, which alone keeps the tuples (None: none yet, or the transport is gone)."""
+        engine, which alone keeps the tuples (None: none yet, or the transport is gone).
+        (ip, port) over UDP, (ip, port, "tcp") over an ICE-TCP connection."""
         stats = self._media.stats(self.handle)
         addr = str(stats.get("selectedTuple", "")) if stats is not None else ""
         if not addr:
             return None
+        addr, _, protocol = addr.partition("/")  # "ip:port" or "ip:port/tcp"
         ip, _, port = addr.rpartition(":")
-        return ip.strip("[]"), int(port)
+        return make_address(ip.strip("[]"), int(port), protocol or "udp")
 
     def _send(self, datagram: bytes) -> None:
         addr = self.ice.nominated  # DTLS goes to the nomination, before any proof
         if addr is not None and self._registered:
-            self._media.send(self.handle, addr[0], addr[1], datagram)
+            self._media.send(self.handle, addr[0], addr[1], datagram, protocol_of(addr))
 
     def _fail(self, reason: str) -> None:
         log_event(logger, "transport.failed", level=logging.WARNING, room=self.room_id,

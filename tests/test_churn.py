@@ -81,6 +81,6 @@ async def test_churn_leaves_nothing_behind(server: Server, client: Any) -> None:
     assert server.health()["rooms"] == 0
     assert server.rooms.rooms == {}
     assert server.media.counts() == {"transports": 0, "producers": 0, "consumers": 0,
-                                     "streams": 0}
+                                     "streams": 0, "tuples": 0, "tcp_connections": 0}
     assert fds1 == fds0
     assert tasks1 == tasks0

@@ -32,15 +32,15 @@ def _cmd(port: int, rtc_port: int) -> list[str]:
             "--rtc-port", str(rtc_port), "--metrics-port", "0"]
 
 
-def _run(port: int, rtc_port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_cmd(port, rtc_port), capture_output=True, text=True,
+def _run(port: int, rtc_port: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*_cmd(port, rtc_port), *extra], capture_output=True, text=True,
                           timeout=TIMEOUT, env={**os.environ})
 
 
 @contextmanager
-def _running(port: int, rtc_port: int) -> Iterator[subprocess.Popen[str]]:
+def _running(port: int, rtc_port: int, *extra: str) -> Iterator[subprocess.Popen[str]]:
     """A server that has logged server.listening."""
-    proc = subprocess.Popen(_cmd(port, rtc_port), stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([*_cmd(port, rtc_port), *extra], stderr=subprocess.PIPE, text=True,
                             env={**os.environ})
     try:
         assert proc.stderr is not None
@@ -83,6 +83,26 @@ def test_media_port_in_use() -> None:
         proc = _run(_free_port(), rtc_port)
     _assert_one_clear_error(proc, f"127.0.0.1:{rtc_port}", "Address already in use",
                             "rtc_port")
+
+
+def test_media_tcp_port_in_use() -> None:
+    """ICE-TCP listens on the media port number too: a TCP listener there is a clear error;
+    with --no-enable-tcp the server starts anyway."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        rtc_port = busy.getsockname()[1]
+        proc = _run(_free_port(), rtc_port)
+        _assert_one_clear_error(proc, f"127.0.0.1:{rtc_port}", "TCP", "rtc_port")
+        with _running(_free_port(), rtc_port, "--no-enable-tcp") as server:
+            assert server.poll() is None
+
+
+def test_udp_and_tcp_both_off_is_a_config_error() -> None:
+    proc = _run(_free_port(), _free_port(socket.SOCK_DGRAM), "--no-enable-udp", "--no-enable-tcp")
+    assert proc.returncode != 0
+    assert "enable_udp" in proc.stderr and "enable_tcp" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_two_servers_on_one_media_port() -> None:

@@ -240,6 +240,20 @@ def test_allow_open_rooms_is_a_boolean(value: str, expected: bool) -> None:
     assert load_config(None, {"PYSFU_ALLOW_OPEN_ROOMS": value}).allow_open_rooms is expected
 
 
+def test_udp_and_tcp_settings() -> None:
+    cfg = load_config()
+    assert (cfg.enable_udp, cfg.enable_tcp, cfg.prefer_udp) == (True, True, True)
+    cfg = load_config(None, {"PYSFU_ENABLE_UDP": "false", "PYSFU_PREFER_UDP": "off"})
+    assert (cfg.enable_udp, cfg.enable_tcp, cfg.prefer_udp) == (False, True, False)
+    cfg = load_config(None, {"PYSFU_ENABLE_UDP": "false"}, {"enable_udp": True,
+                                                             "enable_tcp": False})
+    assert (cfg.enable_udp, cfg.enable_tcp) == (True, False)
+    with pytest.raises(ConfigError, match="enable_tcp.*both off"):
+        load_config(None, {"PYSFU_ENABLE_UDP": "0", "PYSFU_ENABLE_TCP": "no"})
+    with pytest.raises(ConfigError, match="enable_tcp"):
+        load_config(None, {"PYSFU_ENABLE_TCP": "sometimes"})
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("allow_open_rooms", "maybe"), ("max_connections_per_address", "0"),

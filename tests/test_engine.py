@@ -271,7 +271,8 @@ def test_fan_out_pause_resume_and_key_frames(engine: Engine) -> None:
     assert engine.stats(30)["packetsSent"] == 2
     assert engine.stats(10)["packetsReceived"] == 15
     assert engine.stats(1)["packetsReceived"] >= 15
-    assert engine.counts() == {"transports": 3, "producers": 1, "consumers": 2, "streams": 3}
+    assert engine.counts() == {"transports": 3, "producers": 1, "consumers": 2, "streams": 3,
+                              "tuples": 3, "tcp_connections": 0}
 
 
 def test_viewer_pli_is_rate_limited_toward_the_host(engine: Engine) -> None:
@@ -335,7 +336,7 @@ def test_stun_goes_up_and_the_fd_becomes_readable(engine: Engine) -> None:
     sock.sendto(msg, ("127.0.0.1", engine.port))
     assert select.select([fd], [], [], 2)[0] == [fd]
     items = engine.drain()
-    assert items == [("stun", 5, "127.0.0.1", sock.getsockname()[1], msg)]
+    assert items == [("stun", 5, "127.0.0.1", sock.getsockname()[1], msg, "udp")]
     assert select.select([fd], [], [], 0)[0] == []  # drain reset it
     assert engine.drain() == []
     # Unknown ufrag: dropped.
@@ -376,12 +377,14 @@ def test_remove_transport_returns_counts_to_zero(engine: Engine) -> None:
     assert engine.counts()["consumers"] == 2
     removed = engine.remove_transport(1)  # the host: its producer and both consumers go
     assert removed["producers"] == [10] and sorted(removed["consumers"]) == [20, 30]
-    assert engine.counts() == {"transports": 2, "producers": 0, "consumers": 0, "streams": 0}
+    assert engine.counts() == {"transports": 2, "producers": 0, "consumers": 0, "streams": 0,
+                              "tuples": 2, "tcp_connections": 0}
     with pytest.raises(KeyError):
         engine.stats(20)
     assert engine.remove_transport(2) == {"producers": [], "consumers": []}
     engine.remove_transport(3)
-    assert engine.counts() == {"transports": 0, "producers": 0, "consumers": 0, "streams": 0}
+    assert engine.counts() == {"transports": 0, "producers": 0, "consumers": 0, "streams": 0,
+                              "tuples": 0, "tcp_connections": 0}
     # The ufrag is free again.
     engine.add_transport(1, "hostufrag", "pw")
 

@@ -61,7 +61,8 @@ def test_calls_on_removed_objects_are_no_ops(engine: MediaEngine,
               if r.levelno == logging.DEBUG}
     assert {f"engine.{name}" for name in calls} <= logged
     engine.remove_transport(GONE)  # removing twice: the same no-op
-    assert engine.counts() == {"transports": 0, "producers": 0, "consumers": 0, "streams": 0}
+    assert engine.counts() == {"transports": 0, "producers": 0, "consumers": 0, "streams": 0,
+                               "tuples": 0, "tcp_connections": 0}
 
 
 def test_bad_input_is_a_value_error(engine: MediaEngine) -> None:

@@ -131,7 +131,8 @@ async def test_close_producer_and_room_close_free_the_engine(server: Server, cli
         await viewer.client.next_notification("roomClosed")
         await room.finished.wait()
         assert server.media.counts() == {"transports": 0, "producers": 0, "consumers": 0,
-                                         "streams": 0}
+                                         "streams": 0, "tuples": 0,
+                                         "tcp_connections": 0}
 
 
 async def test_replayed_and_foreign_packets_are_dropped(server: Server, client: Any,
@@ -248,6 +249,7 @@ async def test_silent_peer_loses_its_transport(server: Server, client: Any) -> N
         _, note = await c.next_notification("transportClosed", timeout=5)
         assert note == {"transportId": peer.transport["id"], "reason": "ice_consent_timeout"}
         assert server.media.counts() == {"transports": 0, "producers": 0, "consumers": 0,
-                                         "streams": 0}
+                                         "streams": 0, "tuples": 0,
+                                         "tcp_connections": 0}
         assert server.rooms.get(ROOM).snapshot()["producers"] == 0
         peer.close()

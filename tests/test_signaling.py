@@ -47,10 +47,13 @@ async def test_whole_workflow(server: Server, client: Any) -> None:
         ice = send["iceParameters"]
         assert ice["iceLite"] is True and len(ice["usernameFragment"]) >= 4
         assert len(ice["password"]) >= 22
-        (candidate,) = send["iceCandidates"]
+        candidate, tcp_candidate = send["iceCandidates"]
         assert candidate["port"] == server.rtc_port and candidate["protocol"] == "udp"
         assert candidate["address"] == candidate["ip"] == "127.0.0.1"
         assert candidate["type"] == "host"
+        assert tcp_candidate["port"] == server.rtc_port and tcp_candidate["protocol"] == "tcp"
+        assert tcp_candidate["tcpType"] == "passive" and tcp_candidate["type"] == "host"
+        assert tcp_candidate["priority"] < candidate["priority"]
         dtls = send["dtlsParameters"]
         assert dtls["role"] == "auto"
         assert dtls["fingerprints"][-1]["algorithm"] == "sha-256"
@@ -295,7 +298,8 @@ async def test_host_socket_loss_closes_room_after_grace(server: Server, client: 
         await room.finished.wait()
         assert server.rooms.get(ROOM) is None
         assert server.media.counts() == {"transports": 0, "producers": 0, "consumers": 0,
-                                         "streams": 0}
+                                         "streams": 0, "tuples": 0,
+                                         "tcp_connections": 0}
 
 
 async def test_host_returning_within_grace_keeps_room(server: Server, client: Any):

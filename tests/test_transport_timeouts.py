@@ -12,7 +12,8 @@ from pysfu.server import Server
 from pysfu.testing.webrtc_peer import WebRtcPeer
 
 ROOM = "timeouts"
-EMPTY = {"transports": 0, "producers": 0, "consumers": 0, "streams": 0}
+EMPTY = {"transports": 0, "producers": 0, "consumers": 0, "streams": 0, "tuples": 0,
+         "tcp_connections": 0}
 
 
 @pytest.mark.parametrize("config_overrides", [{"dtls_timeout": 0.6}])

@@ -1,6 +1,6 @@
 //! The router's control state machine against a model: random add/remove/pause/resume of
-//! transports, producers and consumers (plus tuples, keys, ICE restarts, datagrams and timers between
-//! them). Each call succeeds exactly when the model says it should, and counts, pause
+//! transports, producers and consumers (plus tuples over UDP and TCP, closed TCP connections,
+//! keys, ICE restarts, datagrams and timers between them). Each call succeeds exactly when the model says it should, and counts, pause
 //! states and cascades (closing a transport closes its producers and their consumers)
 //! match after every step.
 #![no_main]
@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use pysfu_native::router::{Handle, Output, Removed, Router, SrtpKeys, StatValue};
+use pysfu_native::router::{Handle, Output, Removed, Router, SrtpKeys, StatValue, MAX_TUPLES};
 
 #[derive(Default)]
 struct Model {
@@ -63,6 +63,7 @@ impl Model {
         assert_eq!(c.consumers, self.consumers.len());
         let streams: usize = self.producers.values().map(|p| p.1).sum::<usize>() + self.consumers.len();
         assert_eq!(c.streams, streams);
+        assert!(c.tuples <= self.transports.len() * MAX_TUPLES, "tuples of removed transports are forgotten");
     }
 }
 
@@ -77,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     let mut m = Model::default();
     let mut out = Output::new();
     for op in data.chunks_exact(3).take(2000) {
-        let (kind, a, b) = (op[0] % 14, op[1], op[2]);
+        let (kind, a, b) = (op[0] % 15, op[1], op[2]);
         let t = 1 + (a % 6) as Handle;
         let p = 100 + (a % 8) as Handle;
         let c = 200 + (a % 16) as Handle;
@@ -152,18 +153,18 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(ok.0, ok.1);
             }
             8 => {
-                let ok = r.bind_tuple(now, t, common::addr(1000 + u16::from(b % 12)), b & 0x80 != 0, &mut out).is_ok();
+                let ok = r.bind_tuple(now, t, common::remote(b), b & 0x80 != 0, &mut out).is_ok();
                 assert_eq!(ok, m.transports.contains(&t));
             }
             9 => {
                 let (k, s) = common::key(b);
-                let dtls = (b & 0x40 != 0).then(|| common::addr(1000 + u16::from(b % 12)));
+                let dtls = (b & 0x40 != 0).then(|| common::remote(b));
                 let ok = r.set_srtp(now, t, &SrtpKeys::new(common::PROFILE.name(), &k, &s, &k, &s), dtls, &mut out).is_ok();
                 assert_eq!(ok, m.transports.contains(&t));
             }
             10 => {
                 let pkt = [0x80 | (b & 0x3f), 96 + (a & 0x7f), 0, b, 0, 0, 0, 1, 0, 0x10, 0, 0, 1, 2, 3, 4];
-                r.handle_datagram(now, common::addr(1000 + u16::from(b % 12)), &pkt, &mut out);
+                r.handle_datagram(now, common::remote(b), &pkt, &mut out);
             }
             11 => {
                 now += Duration::from_millis(u64::from(b) * 10);
@@ -174,6 +175,17 @@ fuzz_target!(|data: &[u8]| {
                 // transport's); the ufrag "u{t}" is free again for the add above.
                 let ok = r.set_ice_credentials(t, &format!("r{t}-{b}"), "pw2").is_ok();
                 assert_eq!(ok, m.transports.contains(&t));
+            }
+            13 => {
+                // A TCP connection closed (or any remote gone): forgotten wherever it was.
+                let gone = common::remote(b);
+                r.forget_remote(gone);
+                for h in &m.transports {
+                    let st = r.stats(now, *h).expect("exists");
+                    for key in ["selectedTuple", "nominatedTuple"] {
+                        assert!(st.iter().any(|(k, v)| *k == key && *v != StatValue::Str(gone.to_string())));
+                    }
+                }
             }
             _ => {
                 let _ = r.take_upcalls();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pysfu_native::io;
+use pysfu_native::remote::Remote;
 use pysfu_native::router::{
     CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, KeyFrameMethod, Output, ProducerSpec, Router, SrtpKeys, URI_MID,
 };
@@ -131,7 +132,7 @@ struct Room {
     router: Router,
     sender: SrtpContext,
     seq: u16,
-    host: SocketAddr,
+    host: Remote,
     profile: Profile,
     _sinks: Vec<UdpSocket>,
 }
@@ -142,7 +143,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
     let now = Instant::now();
     let mut r = Router::new(1, now, Duration::from_secs(1_700_000_000));
     let mut out = Output::new();
-    let host: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let host = Remote::udp("127.0.0.1:9".parse().unwrap());
     let (k1, s1) = keys(profile, 1);
     let (k0, s0) = keys(profile, 0);
     r.add_transport(1, "host", "host-password").unwrap();
@@ -185,6 +186,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
         } else {
             SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 5000))
         };
+        let addr = Remote::udp(addr);
         let (k, s) = keys(profile, 1000 + i as u32);
         r.add_transport(h, &format!("v{i}"), "viewer-password").unwrap();
         r.set_srtp(now, h, &SrtpKeys::new(profile.name(), &k, &s, &k, &s), Some(addr), &mut out).unwrap();
@@ -259,11 +261,11 @@ fn fanout(c: &mut Criterion, group: &str, n: usize, sends: &[(&str, Send)]) {
                             match send {
                                 Send::None => {}
                                 Send::Batched => {
-                                    io::send_batch(fd, out.transmits.iter().map(|t| (&t.dest, t.buf.as_slice())));
+                                    io::send_batch(fd, out.transmits.iter().map(|t| (&t.dest.addr, t.buf.as_slice())));
                                 }
                                 Send::OneByOne => {
                                     for tr in &out.transmits {
-                                        let _ = tx_sock.send_to(&tr.buf, tr.dest);
+                                        let _ = tx_sock.send_to(&tr.buf, tr.dest.addr);
                                     }
                                 }
                             }

@@ -1,9 +1,13 @@
-//! `pysfu._native.Engine`: the UDP socket, the I/O thread and the Python-facing control API.
+//! `pysfu._native.Engine`: the UDP socket, the TCP listener and its connections (ICE-TCP,
+//! `tcp.rs`), the I/O thread and the Python-facing control API.
 //!
 //! The I/O thread owns the receive side: recvmmsg batch → `Router` (under its mutex) →
-//! sendmmsg batch (outside the mutex). Python control calls take the mutex briefly with the
-//! GIL released. STUN/DTLS datagrams for Python are queued in the router; an eventfd is
-//! readable while the queue is non-empty, and `drain()` empties both.
+//! sendmmsg batch (outside the mutex); TCP frames take the same way, as datagrams from a
+//! `Remote` with `Via::Tcp`. Where a transmit goes is its `Remote`'s `Via` (`Shared::send`):
+//! the UDP socket, or a TCP connection's bounded queue; a new socket kind is a new `Via` and
+//! a branch there. One epoll set (`poller.rs`) waits on every fd. Python control calls take
+//! the mutex briefly with the GIL released. STUN/DTLS datagrams for Python are queued in the
+//! router; an eventfd is readable while the queue is non-empty, and `drain()` empties both.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -19,6 +23,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::io;
+use crate::poller::{Events, Poller, READABLE};
+use crate::remote::{Remote, Via};
+use crate::tcp::{self, Frames, TcpEdge};
 use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, SrtpKeys, StatValue};
 use crate::wake::EventFd;
 
@@ -28,6 +35,15 @@ const TICK: Duration = Duration::from_millis(50);
 /// receive batch: a key-frame burst fanned out to many consumers otherwise leaves only when
 /// its last packet is done (latency ∝ burst × consumers).
 const SEND_EARLY_AT: usize = 64;
+/// While UDP keeps the thread busy, TCP readiness is looked at this often (no extra syscall
+/// per UDP batch).
+const TCP_POLL_EVERY: Duration = Duration::from_millis(1);
+/// Tries at finding a free port number for both UDP and TCP when the port is chosen by the OS.
+const BIND_TRIES: usize = 20;
+
+const TOKEN_UDP: u64 = 0;
+const TOKEN_STOP: u64 = 1;
+const TOKEN_LISTENER: u64 = 2;
 
 struct State {
     router: Router,
@@ -68,6 +84,12 @@ fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
 struct Shared {
     state: Mutex<State>,
     socket: UdpSocket,
+    /// UDP candidates are offered: the socket is read. (Bound either way: it holds the port
+    /// number the TCP listener shares.)
+    udp: bool,
+    /// The TCP listener and connections; none when TCP is off. Lock order: `state`, then this.
+    tcp: Option<Mutex<TcpEdge>>,
+    poller: Poller,
     up_fd: EventFd,
     stop_fd: EventFd,
     stop: AtomicBool,
@@ -75,16 +97,58 @@ struct Shared {
 }
 
 impl Shared {
-    /// Send a batch produced by the router (called without the router lock).
+    /// Send a batch produced by the router (called with or without the router lock, never
+    /// with the TCP lock).
     fn send(&self, out: &mut Output) {
         if out.transmits.is_empty() {
             return;
         }
-        let r = io::send_batch(self.socket.as_raw_fd(), out.transmits.iter().map(|t| (&t.dest, t.buf.as_slice())));
+        let mut other = 0usize;
+        let r = io::send_batch(
+            self.socket.as_raw_fd(),
+            out.transmits
+                .iter()
+                .filter(|t| {
+                    let udp = t.dest.via == Via::Udp;
+                    other += usize::from(!udp);
+                    udp
+                })
+                .map(|t| (&t.dest.addr, t.buf.as_slice())),
+        );
         if r.failed > 0 {
             self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
         }
+        if other > 0 {
+            self.send_tcp(out.transmits.iter().filter(|t| t.dest.via == Via::Tcp).map(|t| (t.dest.addr, t.buf.as_slice())));
+        }
         out.recycle();
+    }
+
+    /// Queue frames on their TCP connections and write what the kernel takes now.
+    fn send_tcp<'a>(&self, items: impl Iterator<Item = (std::net::SocketAddr, &'a [u8])>) {
+        let Some(tcp) = &self.tcp else {
+            self.send_failed.fetch_add(items.count() as u64, Ordering::Relaxed);
+            return;
+        };
+        let now = Instant::now();
+        let mut tcp = tcp.lock();
+        for (addr, data) in items {
+            tcp.enqueue(addr, data, now);
+        }
+        tcp.flush_queued(&self.poller, now);
+    }
+
+    /// One datagram from Python (`Engine.send`), wherever its remote is.
+    fn send_one(&self, dest: Remote, data: &[u8]) {
+        match dest.via {
+            Via::Udp => {
+                let r = io::send_batch(self.socket.as_raw_fd(), std::iter::once((&dest.addr, data)));
+                if r.failed > 0 {
+                    self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
+                }
+            }
+            Via::Tcp => self.send_tcp(std::iter::once((dest.addr, data))),
+        }
     }
 
     /// Set the up fd if there is something to drain and it is not set yet. Call with the lock.
@@ -98,37 +162,90 @@ impl Shared {
 
 fn io_thread(shared: Arc<Shared>) {
     let fd = shared.socket.as_raw_fd();
-    let stop_fd = shared.stop_fd.as_raw_fd();
     let mut batch = io::RecvBatch::new();
+    let mut events = Events::new(256);
+    let mut frames = Frames::default();
+    let mut proven: Vec<std::net::SocketAddr> = Vec::new();
     let mut out = Output::new();
     let mut last_tick = Instant::now();
+    let mut last_tcp_poll = last_tick;
     // The router's next timer (NACK retries, reports), refreshed after each locked section.
     let mut deadline: Option<Instant> = None;
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        let n = batch.recv(fd).unwrap_or_default();
-        if n == 0 {
+        let n = if shared.udp { batch.recv(fd).unwrap_or_default() } else { 0 };
+        // Wait when UDP is idle; otherwise only glance at TCP now and then.
+        let ready = if n == 0 {
             let mut wait = TICK.saturating_sub(last_tick.elapsed());
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(Instant::now()));
             }
             let ms = wait.as_millis().clamp(1, 1000) as i32;
-            if io::wait(fd, stop_fd, ms) {
-                break;
-            }
-        }
+            shared.poller.wait(&mut events, ms)
+        } else if shared.tcp.is_some() && last_tcp_poll.elapsed() >= TCP_POLL_EVERY {
+            shared.poller.wait(&mut events, 0)
+        } else {
+            events.clear();
+            0
+        };
         let now = Instant::now();
+        let mut stop = false;
+        let mut closed = Vec::new();
+        frames.clear();
+        if let Some(tcp) = &shared.tcp {
+            if n == 0 || now.duration_since(last_tcp_poll) >= TCP_POLL_EVERY {
+                last_tcp_poll = now; // polled just now (waited, or looked)
+            }
+            let tick = now.duration_since(last_tick) >= TICK;
+            let tcp_events = ready > 0 && events.iter().any(|e| e.token != TOKEN_UDP);
+            if tcp_events || tick {
+                let mut tcp = tcp.lock();
+                for ev in events.iter() {
+                    match ev.token {
+                        TOKEN_UDP => {}
+                        TOKEN_STOP => stop = true,
+                        TOKEN_LISTENER => tcp.accept(&shared.poller, now),
+                        token => tcp.on_ready(&shared.poller, token, ev.events, now, &mut frames),
+                    }
+                }
+                if tick {
+                    tcp.sweep(&shared.poller, now);
+                }
+                closed = tcp.take_closed();
+            }
+        } else if ready > 0 && events.iter().any(|e| e.token == TOKEN_STOP) {
+            stop = true;
+        }
+        if stop {
+            break;
+        }
         let tick = now.duration_since(last_tick) >= TICK || deadline.is_some_and(|d| now >= d);
-        if n == 0 && !tick {
+        if n == 0 && !tick && frames.is_empty() && closed.is_empty() {
             continue;
         }
         {
             let mut st = shared.state.lock();
             let st = &mut *st;
+            for addr in closed.drain(..) {
+                st.router.forget_remote(Remote::tcp(addr));
+            }
             // One datagram's panic costs that datagram only (counted, reported to Python);
             // the rest of the batch, other rooms and the thread carry on.
+            for (from, data) in frames.iter() {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    if st.router.handle_datagram(now, Remote::tcp(from), data, &mut out) {
+                        proven.push(from);
+                    }
+                    if out.transmits.len() >= SEND_EARLY_AT {
+                        shared.send(&mut out);
+                    }
+                }));
+                if let Err(e) = result {
+                    on_io_panic(&shared, st, &*e);
+                }
+            }
             for i in 0..n {
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     if let Some((from, data, truncated)) = batch.get(i) {
@@ -138,7 +255,7 @@ fn io_thread(shared: Arc<Shared>) {
                         if truncated {
                             st.router.count_drop(DropReason::Truncated, 1);
                         } else {
-                            st.router.handle_datagram(now, from, data, &mut out);
+                            st.router.handle_datagram(now, Remote::udp(from), data, &mut out);
                             if out.transmits.len() >= SEND_EARLY_AT {
                                 shared.send(&mut out);
                             }
@@ -156,6 +273,14 @@ fn io_thread(shared: Arc<Shared>) {
             }
             deadline = st.router.poll_timeout();
             shared.signal(st);
+        }
+        if !proven.is_empty() {
+            if let Some(tcp) = &shared.tcp {
+                let mut tcp = tcp.lock();
+                for addr in proven.drain(..) {
+                    tcp.note_stun(addr, now);
+                }
+            }
         }
         if tick {
             last_tick = now;
@@ -182,6 +307,31 @@ fn router_err(e: RouterError) -> PyErr {
 fn parse_addr(ip: &str, port: u16) -> PyResult<SocketAddr> {
     let ip: IpAddr = ip.parse().map_err(|_| PyValueError::new_err(format!("bad IP address {ip:?}")))?;
     Ok(SocketAddr::new(ip, port))
+}
+
+/// A remote from Python: ip, port and "udp" or "tcp".
+fn parse_remote(ip: &str, port: u16, protocol: &str) -> PyResult<Remote> {
+    let via = Via::from_name(protocol).ok_or_else(|| PyValueError::new_err(format!("bad protocol {protocol:?}")))?;
+    Ok(Remote { addr: parse_addr(ip, port)?, via })
+}
+
+/// The UDP socket and, with `tcp`, a TCP listener on the same port number. Port 0: the OS
+/// picks the UDP port; if TCP cannot have that number, try another.
+fn bind_both(host: &str, port: u16, tcp: bool) -> PyResult<(UdpSocket, Option<std::net::TcpListener>)> {
+    let mut last = String::new();
+    for _ in 0..BIND_TRIES {
+        let socket = io::bind(host, port).map_err(|e| PyValueError::new_err(format!("cannot bind {host}:{port}: {e}")))?;
+        if !tcp {
+            return Ok((socket, None));
+        }
+        let addr = socket.local_addr().map_err(|e| PyValueError::new_err(e.to_string()))?;
+        match tcp::listen(addr) {
+            Ok(l) => return Ok((socket, Some(l))),
+            Err(e) if port == 0 => last = e.to_string(),
+            Err(e) => return Err(PyValueError::new_err(format!("cannot listen on TCP {host}:{port}: {e}"))),
+        }
+    }
+    Err(PyValueError::new_err(format!("cannot listen on TCP {host}: {last}")))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -280,17 +430,35 @@ impl Engine {
 
 #[pymethods]
 impl Engine {
+    /// `udp`: read the UDP socket (it is bound either way: TCP shares its port number);
+    /// `tcp`: listen for ICE-TCP connections on the same port number.
     #[new]
-    #[pyo3(signature = (host = "127.0.0.1", port = 0))]
-    fn new(host: &str, port: u16) -> PyResult<Self> {
-        let socket = io::bind(host, port).map_err(|e| PyValueError::new_err(format!("cannot bind {host}:{port}: {e}")))?;
+    #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true))]
+    fn new(host: &str, port: u16, udp: bool, tcp: bool) -> PyResult<Self> {
+        if !udp && !tcp {
+            return Err(PyValueError::new_err("the engine needs UDP or TCP (or both)"));
+        }
+        let (socket, listener) = bind_both(host, port, tcp)?;
         let port = socket.local_addr().map_err(|e| PyValueError::new_err(e.to_string()))?.port();
         let up_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
         let stop_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
+        let poller = Poller::new().map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
+        let reg = |fd: i32, token: u64| poller.add(fd, token, READABLE).map_err(|e| PyValueError::new_err(format!("epoll: {e}")));
+        if udp {
+            reg(socket.as_raw_fd(), TOKEN_UDP)?;
+        }
+        reg(stop_fd.as_raw_fd(), TOKEN_STOP)?;
+        let tcp = listener.map(|l| TcpEdge::new(l, TOKEN_LISTENER));
+        if let Some(t) = &tcp {
+            reg(t.listener_fd(), TOKEN_LISTENER)?;
+        }
         let up_raw_fd = up_fd.as_raw_fd();
         let shared = Arc::new(Shared {
             state: Mutex::new(State { router: new_router(), signalled: false, last_panic: None, panic_next: false }),
             socket,
+            udp,
+            tcp: tcp.map(Mutex::new),
+            poller,
             up_fd,
             stop_fd,
             stop: AtomicBool::new(false),
@@ -315,7 +483,8 @@ impl Engine {
         Ok(self.up_raw_fd)
     }
 
-    /// Take every queued STUN/DTLS datagram: (kind, transport, remote_ip, remote_port, data).
+    /// Take every queued STUN/DTLS datagram: (kind, transport, remote_ip, remote_port, data,
+    /// protocol), protocol "udp" or "tcp".
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let shared = self.shared()?;
         let items = py.detach(|| {
@@ -332,9 +501,10 @@ impl Engine {
                 [
                     u.kind.name().into_pyobject(py)?.into_any(),
                     u.transport.into_pyobject(py)?.into_any(),
-                    u.from.ip().to_string().into_pyobject(py)?.into_any(),
-                    u.from.port().into_pyobject(py)?.into_any(),
+                    u.from.addr.ip().to_string().into_pyobject(py)?.into_any(),
+                    u.from.addr.port().into_pyobject(py)?.into_any(),
                     PyBytes::new(py, &u.data).into_any(),
+                    u.from.via.name().into_pyobject(py)?.into_any(),
                 ],
             )?;
             list.append(t)?;
@@ -342,18 +512,17 @@ impl Engine {
         Ok(list)
     }
 
-    /// Send a STUN/DTLS datagram for `transport` from the engine's port.
-    fn send(&self, py: Python<'_>, transport: Handle, ip: &str, port: u16, data: &[u8]) -> PyResult<()> {
-        let dest = parse_addr(ip, port)?;
+    /// Send a STUN/DTLS datagram for `transport` to a remote ("udp": from the engine's port;
+    /// "tcp": on that remote's connection, framed).
+    #[pyo3(signature = (transport, ip, port, data, protocol = "udp"))]
+    fn send(&self, py: Python<'_>, transport: Handle, ip: &str, port: u16, data: &[u8], protocol: &str) -> PyResult<()> {
+        let dest = parse_remote(ip, port, protocol)?;
         let n = data.len();
         let shared = self.shared()?;
         let data = data.to_vec();
         py.detach(move || {
             shared.state.lock().router.note_python_send(transport, n)?;
-            let r = io::send_batch(shared.socket.as_raw_fd(), std::iter::once((&dest, data.as_slice())));
-            if r.failed > 0 {
-                shared.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
-            }
+            shared.send_one(dest, &data);
             Ok(())
         })
         .map_err(router_err)
@@ -362,10 +531,10 @@ impl Engine {
     /// Many DTLS datagrams in one call (a data channel message fanned out to its data
     /// consumers' transports): `(transport, ip, port, data)` each; one lock, sendmmsg batches.
     /// Datagrams of transports the engine no longer has are skipped. Returns how many went.
-    fn send_many(&self, py: Python<'_>, items: Vec<(Handle, String, u16, Vec<u8>)>) -> PyResult<usize> {
+    fn send_many(&self, py: Python<'_>, items: Vec<(Handle, String, u16, Vec<u8>, String)>) -> PyResult<usize> {
         let mut batch = Vec::with_capacity(items.len());
-        for (h, ip, port, data) in items {
-            batch.push((h, parse_addr(&ip, port)?, data));
+        for (h, ip, port, data, protocol) in items {
+            batch.push((h, parse_remote(&ip, port, &protocol)?, data));
         }
         let shared = self.shared()?;
         Ok(py.detach(move || {
@@ -373,9 +542,13 @@ impl Engine {
                 let mut st = shared.state.lock();
                 batch.retain(|(h, _, d)| st.router.note_python_send(*h, d.len()).is_ok());
             }
-            let r = io::send_batch(shared.socket.as_raw_fd(), batch.iter().map(|(_, a, d)| (a, d.as_slice())));
+            let udp = batch.iter().filter(|(_, r, _)| r.via == Via::Udp);
+            let r = io::send_batch(shared.socket.as_raw_fd(), udp.map(|(_, r, d)| (&r.addr, d.as_slice())));
             if r.failed > 0 {
                 shared.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
+            }
+            if batch.iter().any(|(_, r, _)| r.via == Via::Tcp) {
+                shared.send_tcp(batch.iter().filter(|(_, r, _)| r.via == Via::Tcp).map(|(_, r, d)| (r.addr, d.as_slice())));
             }
             batch.len()
         }))
@@ -393,19 +566,30 @@ impl Engine {
         self.control(py, move |r, _, _| r.set_ice_credentials(handle, &local_ufrag, &ice_password))
     }
 
-    fn bind_tuple(&self, py: Python<'_>, handle: Handle, ip: &str, port: u16, selected: bool) -> PyResult<()> {
-        let addr = parse_addr(ip, port)?;
+    #[pyo3(signature = (handle, ip, port, selected, protocol = "udp"))]
+    fn bind_tuple(&self, py: Python<'_>, handle: Handle, ip: &str, port: u16, selected: bool, protocol: &str) -> PyResult<()> {
+        let addr = parse_remote(ip, port, protocol)?;
         self.control(py, move |r, now, out| r.bind_tuple(now, handle, addr, selected, out))
     }
 
     /// SRTP keys (one object: `pysfu.dtls.SrtpKeys`, read by attribute); `remote`: the
-    /// (ip, port) the DTLS handshake completed with, which proves that tuple (media goes only
+    /// (ip, port) or (ip, port, protocol) the DTLS handshake completed with, which proves that tuple (media goes only
     /// to proven tuples; without it, the first authenticated SRTP/SRTCP packet from the
     /// nominated tuple proves it).
     #[pyo3(signature = (handle, keys, remote = None))]
-    fn set_srtp(&self, py: Python<'_>, handle: Handle, keys: &Bound<'_, PyAny>, remote: Option<(String, u16)>) -> PyResult<()> {
+    fn set_srtp(&self, py: Python<'_>, handle: Handle, keys: &Bound<'_, PyAny>, remote: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let keys: SrtpKeys = keys.extract().map_err(|e| spec_error(py, "srtp keys", e))?;
-        let remote = remote.map(|(ip, port)| parse_addr(&ip, port)).transpose()?;
+        let remote = match remote {
+            None => None,
+            Some(r) if r.is_none() => None,
+            Some(r) => Some(match r.extract::<(String, u16)>() {
+                Ok((ip, port)) => Remote::udp(parse_addr(&ip, port)?),
+                Err(_) => {
+                    let (ip, port, protocol): (String, u16, String) = r.extract()?;
+                    parse_remote(&ip, port, &protocol)?
+                }
+            }),
+        };
         self.control(py, move |r, now, out| r.set_srtp(now, handle, &keys, remote, out))
     }
 
@@ -473,6 +657,10 @@ impl Engine {
         d.set_item("producers", c.producers)?;
         d.set_item("consumers", c.consumers)?;
         d.set_item("streams", c.streams)?;
+        d.set_item("tuples", c.tuples)?;
+        let shared = self.shared()?;
+        let tcp = py.detach(|| shared.tcp.as_ref().map_or(0, |t| t.lock().connections()));
+        d.set_item("tcp_connections", tcp)?;
         Ok(d)
     }
 
@@ -516,6 +704,9 @@ impl Engine {
         for (k, v) in t.items() {
             d.set_item(k, v)?;
         }
+        let shared = self.shared()?;
+        let accepted = py.detach(|| shared.tcp.as_ref().map_or(0, |t| t.lock().accepted));
+        d.set_item("tcpConnectionsAccepted", accepted)?;
         Ok(d)
     }
 
@@ -525,6 +716,11 @@ impl Engine {
         let d = PyDict::new(py);
         for (k, v) in drops.iter() {
             let v = if k == DropReason::SendFailed.name() { v + shared.send_failed.load(Ordering::Relaxed) } else { v };
+            d.set_item(k, v)?;
+        }
+        // What the TCP edge refused, dropped and closed (zeros without TCP: stable keys).
+        let tcp = py.detach(|| shared.tcp.as_ref().map(|t| t.lock().counters).unwrap_or_default());
+        for (k, v) in tcp.iter() {
             d.set_item(k, v)?;
         }
         Ok(d)

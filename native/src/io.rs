@@ -31,7 +31,7 @@ pub fn bind(host: &str, port: u16) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
-fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+pub(crate) fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: valid fd, pointer to a c_int and its size.
     let r = unsafe {
         libc::setsockopt(

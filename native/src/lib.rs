@@ -1,6 +1,10 @@
 //! pysfu data plane. Python sees only `pysfu._native`; everything per-packet stays here.
 
 mod bytes;
+pub mod framing;
+pub mod remote;
+pub mod tcp;
+pub mod poller;
 pub mod nack;
 pub mod reports;
 pub mod rtcp;
@@ -37,5 +41,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sctp::SctpAssociation>()?;
     m.add_function(wrap_pyfunction!(sctp::sctp_fanout, m)?)?;
     m.add_function(wrap_pyfunction!(sctp::sctp_associations, m)?)?;
+    // ICE-TCP limits (tcp.rs), for the control plane's documentation and the tests.
+    m.add("MAX_TCP_CONNECTIONS", tcp::MAX_TCP_CONNECTIONS)?;
+    m.add("MAX_TCP_PER_IP", tcp::MAX_TCP_PER_IP)?;
+    m.add("MAX_TCP_UNPROVEN_PER_IP", tcp::MAX_TCP_UNPROVEN_PER_IP)?;
+    m.add("TCP_STUN_DEADLINE", tcp::TCP_STUN_DEADLINE.as_secs_f64())?;
+    m.add("TCP_IDLE_TIMEOUT", tcp::TCP_IDLE_TIMEOUT.as_secs_f64())?;
+    m.add("TCP_STALL_DEADLINE", tcp::TCP_STALL_DEADLINE.as_secs_f64())?;
+    m.add("TCP_WRITE_QUEUE_BYTES", tcp::TCP_WRITE_QUEUE_BYTES)?;
     Ok(())
 }

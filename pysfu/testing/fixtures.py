@@ -87,3 +87,9 @@ def chrome_simulcast_encodings() -> list[dict[str, Any]]:
         {"active": True, "rid": "r2", "maxBitrate": 1500000, "scalabilityMode": "L1T3",
          "dtx": False},
     ]
+
+
+def engine_leftovers(counts: dict[str, int]) -> dict[str, int]:
+    """The engine's object counts that are not zero (``{}`` once everything is freed): robust
+    to new kinds of objects, and a failure names what was left."""
+    return {name: n for name, n in counts.items() if n}

@@ -39,6 +39,7 @@ MIN_PACKETS = 50  # the stream runs at least this long, however short the block 
 @dataclass
 class LiveStream:
     room: str
+    producer_id: str = ""
     sent: dict[int, float] = field(default_factory=dict)  # seq -> time sent (trio clock)
     received: dict[int, float] = field(default_factory=dict)  # seq -> time received
     duplicates: int = 0
@@ -69,9 +70,10 @@ class LiveStream:
         return summary
 
 
-async def _open_peer(client: object, room: str, direction: str) -> WebRtcPeer:
+async def _open_peer(client: object, room: str, direction: str,
+                     protocol: str = "udp") -> WebRtcPeer:
     transport = await client.create_transport(room, direction)  # type: ignore[attr-defined]
-    peer = WebRtcPeer(transport)
+    peer = WebRtcPeer(transport, protocol=protocol)
     await peer.bind()
     await client.connect_transport(  # type: ignore[attr-defined]
         room, transport["id"], peer.dtls_parameters())
@@ -84,14 +86,19 @@ async def _keep_consent(peer: WebRtcPeer) -> None:
                                    peer.ice["password"])
     while True:
         await trio.sleep(CONSENT_INTERVAL)
-        await peer.sock.sendto(request, peer.server)
+        await peer.send_raw(request)
 
 
 @asynccontextmanager
 async def live_stream(server: Server, *, interval: float = 0.005, room: str | None = None,
                       token_for: Callable[[str, str, str], str] | None = None,
-                      local_host: str | None = None) -> AsyncIterator[LiveStream]:
-    """Run a host -> viewer stream in its own room for the duration of the block."""
+                      local_host: str | None = None, viewer_protocol: str = "udp",
+                      host_protocol: str = "udp", payload_size: int = 200,
+                      key_frame_every: int = 0) -> AsyncIterator[LiveStream]:
+    """Run a host -> viewer stream in its own room for the duration of the block (the
+    viewer and the host over UDP, or over ICE-TCP with ``viewer_protocol`` /
+    ``host_protocol`` "tcp"). ``key_frame_every``: a key frame every that many packets (for
+    viewers that join later), besides the first one."""
     room = room or "live-" + os.urandom(4).hex()
     live = LiveStream(room)
     url = f"ws://127.0.0.1:{server.port}/ws"
@@ -103,13 +110,14 @@ async def live_stream(server: Server, *, interval: float = 0.005, room: str | No
         host = await stack.enter_async_context(connect(url, local_host=local_host))
         viewer = await stack.enter_async_context(connect(url, local_host=local_host))
         await host.join(room, "host", "live-host", token=token("live-host", "host"))
-        host_peer = await _open_peer(host, room, "send")
+        host_peer = await _open_peer(host, room, "send", host_protocol)
         stack.callback(host_peer.close)
         producer_id = await host.produce(room, host_peer.transport["id"], "video",
                                          vp8_producer(mid="0", ssrc=HOST_SSRC))
+        live.producer_id = producer_id
         await viewer.join(room, "viewer", "live-viewer",
                           token=token("live-viewer", "viewer"))
-        viewer_peer = await _open_peer(viewer, room, "recv")
+        viewer_peer = await _open_peer(viewer, room, "recv", viewer_protocol)
         stack.callback(viewer_peer.close)
         caps = device_caps(await viewer.router_rtp_capabilities(room))
         consumer = await viewer.consume(room, viewer_peer.transport["id"], producer_id, caps)
@@ -122,7 +130,9 @@ async def live_stream(server: Server, *, interval: float = 0.005, room: str | No
             seq = first_seq
             while not stop.is_set():
                 rtp = build_rtp(VP8_PT, seq, 90 * seq, HOST_SSRC,
-                                vp8_payload(keyframe=seq == first_seq, size=200),
+                                vp8_payload(keyframe=seq == first_seq or (
+                                    key_frame_every > 0 and seq % key_frame_every == 0),
+                                    size=payload_size),
                                 marker=True, extensions={MID_EXT: b"0"})
                 live.sent[seq] = trio.current_time()
                 await host_peer.send_rtp(rtp)

@@ -1,6 +1,7 @@
 """A WebRTC endpoint for tests, made of an independent stack: hand-built STUN requests,
 pyOpenSSL as DTLS client, libsrtp (pylibsrtp) for SRTP. It plays a browser's part against
-the server over real UDP on loopback."""
+the server over real UDP on loopback, or (``protocol="tcp"``) over a real TCP connection to
+the server's passive ICE-TCP candidate, RFC 4571 framing (a browser's active TCP candidate)."""
 
 from __future__ import annotations
 
@@ -134,11 +135,21 @@ class WebRtcPeer:
     """One side of one WebRTC transport (a browser's RTCPeerConnection, for our purposes)."""
 
     def __init__(self, transport: dict[str, Any], *,
-                 srtp_profiles: bytes = b"SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80") -> None:
+                 srtp_profiles: bytes = b"SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80",
+                 protocol: str = "udp") -> None:
         self.transport = transport
         self.ice = transport["iceParameters"]
-        cand = transport["iceCandidates"][0]
+        cands = [c for c in transport["iceCandidates"] if c["protocol"] == protocol]
+        assert cands, f"the server offers no {protocol} candidate"
+        cand = cands[0]
+        self.protocol = protocol
         self.server = (cand["address"], cand["port"])
+        # TCP: the connection (opened by bind), bytes of an incomplete frame, one writer at
+        # a time (media and consent checks are sent from different tasks).
+        self.stream: trio.SocketStream | None = None
+        self._inbuf = bytearray()
+        self._send_lock = trio.Lock()
+        self._bound = False
         self.server_fingerprint = transport["dtlsParameters"]["fingerprints"][-1]["value"]
         self.cert, self.key, self.fingerprint = make_certificate()
         self.srtp_profiles = srtp_profiles
@@ -153,24 +164,67 @@ class WebRtcPeer:
         value = fingerprint or self.fingerprint
         return {"role": "client", "fingerprints": [{"algorithm": "sha-256", "value": value}]}
 
-    async def bind(self) -> None:
-        await self.sock.bind(("127.0.0.1", 0))
+    async def bind(self, *, recv_buffer: int | None = None) -> None:
+        """UDP: bind the local socket; TCP: connect to the server's TCP candidate.
+        ``recv_buffer``: SO_RCVBUF of the TCP socket, set before connecting (a small one
+        makes a reader that stops reading felt by the server at once)."""
+        if self.protocol == "tcp":
+            sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+            if recv_buffer is not None:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, recv_buffer)
+            await sock.connect(self.server)
+            self.stream = trio.SocketStream(sock)
+        else:
+            await self.sock.bind(("127.0.0.1", 0))
+        self._bound = True
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        if self.stream is not None:
+            ip, port = self.stream.socket.getsockname()[:2]
+        else:
+            ip, port = self.sock.getsockname()[:2]
+        return str(ip), int(port)
+
+    async def send_raw(self, data: bytes) -> None:
+        """One datagram to the server (on TCP: one RFC 4571 frame)."""
+        if self.stream is None:
+            await self.sock.sendto(data, self.server)
+            return
+        async with self._send_lock:
+            await self.stream.send_all(len(data).to_bytes(2, "big") + data)
+
+    async def recv_raw(self) -> bytes:
+        """The next datagram (on TCP: frame) from the server."""
+        if self.stream is None:
+            return bytes(await self.sock.recv(4096))
+        while True:
+            if len(self._inbuf) >= 2:
+                size = int.from_bytes(self._inbuf[:2], "big")
+                if len(self._inbuf) >= 2 + size:
+                    frame = bytes(self._inbuf[2:2 + size])
+                    del self._inbuf[:2 + size]
+                    return frame
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the TCP connection")
+            self._inbuf += chunk
 
     async def ice_check(self, *, password: str | None = None, timeout: float = 2.0) -> bytes | None:
         """Send one Binding request; return the server's response (or None on time-out)."""
         req = stun_binding_request(f"{self.ice['usernameFragment']}:{self.ufrag}",
                                    password or self.ice["password"])
-        await self.sock.sendto(req, self.server)
+        await self.send_raw(req)
         with trio.move_on_after(timeout):
             while True:
-                data = await self.sock.recv(2048)
+                data = await self.recv_raw()
                 if data[:1] in (b"\x01",) and data[4:8] == struct.pack("!I", MAGIC):
                     return data
         return None
 
     async def connect(self, *, timeout: float = 10.0) -> None:
         """ICE (USE-CANDIDATE) then the DTLS handshake as client; then SRTP sessions."""
-        if self.sock.getsockname()[1] == 0:
+        if not self._bound:
             await self.bind()
         response = await self.ice_check()
         assert response is not None and response[:2] == b"\x01\x01", "no ICE success response"
@@ -190,7 +244,7 @@ class WebRtcPeer:
                     pass
                 await self._flush(conn)
                 with trio.move_on_after(0.2):
-                    data = await self.sock.recv(4096)
+                    data = await self.recv_raw()
                     if 20 <= data[0] <= 63:
                         conn.bio_write(data)
                         continue
@@ -224,10 +278,7 @@ class WebRtcPeer:
                 data = conn.bio_read(65535)
             except SSL.WantReadError:
                 return
-            await self.sock.sendto(data, self.server)
-
-    async def send_raw(self, data: bytes) -> None:
-        await self.sock.sendto(data, self.server)
+            await self.send_raw(data)
 
     def protect(self, rtp: bytes) -> bytes:
         assert self.tx is not None
@@ -236,14 +287,14 @@ class WebRtcPeer:
     async def send_rtp(self, rtp: bytes) -> bytes:
         """Protect and send; returns the SRTP bytes (for replay tests)."""
         srtp = self.protect(rtp)
-        await self.sock.sendto(srtp, self.server)
+        await self.send_raw(srtp)
         return srtp
 
     async def _next_srtp(self) -> tuple[bool, bytes]:
         """The next SRTP or SRTCP datagram, still protected: (is_rtcp, data); STUN and DTLS
         are skipped."""
         while True:
-            data = await self.sock.recv(4096)
+            data = await self.recv_raw()
             if 128 <= data[0] <= 191:
                 return 192 <= data[1] <= 223, data
 
@@ -272,13 +323,15 @@ class WebRtcPeer:
 
     def close(self) -> None:
         self.sock.close()
+        if self.stream is not None:
+            self.stream.socket.close()
 
     # ---- RTCP and RTX (loss repair tests) -----------------------------------------------------
 
     async def send_rtcp(self, packet: bytes) -> None:
         """Protect a (compound) RTCP packet and send it."""
         assert self.tx is not None
-        await self.sock.sendto(self.tx.protect_rtcp(packet), self.server)
+        await self.send_raw(self.tx.protect_rtcp(packet))
 
     async def recv_packet(self, timeout: float = 2.0) -> tuple[str, Any] | None:
         """The next SRTP/SRTCP datagram, decrypted: ("rtp", Rtp) or ("rtcp", bytes)."""

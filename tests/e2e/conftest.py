@@ -154,8 +154,11 @@ class Pages:
         self.pages: list[tuple[str, Any]] = []
         self.console: list[str] = []
 
-    def open(self, name: str, path: str) -> Any:
+    def open(self, name: str, path: str, *, init_script: str | None = None) -> Any:
+        """``init_script``: JavaScript run in the page before its own scripts."""
         page = self.context.new_page()
+        if init_script is not None:
+            page.add_init_script(init_script)
         page.on("console", lambda msg: self.console.append(f"[{name}] {msg.type}: {msg.text}"))
         page.on("pageerror", lambda exc: self.console.append(f"[{name}] pageerror: {exc}"))
         self.pages.append((name, page))

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use pysfu_native::remote::Remote;
+
 use pysfu_native::router::{
     CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, Handle, KeyFrameMethod, Output, ProducerSpec, Router, SrtpKeys, URI_MID,
     URI_RID, URI_RRID,
@@ -17,8 +19,18 @@ pub fn key(seed: u8) -> (Vec<u8>, Vec<u8>) {
     ((0..16).map(|i| seed.wrapping_add(i)).collect(), (0..14).map(|i| seed ^ i).collect())
 }
 
-pub fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], port))
+pub fn addr(port: u16) -> Remote {
+    Remote::udp(SocketAddr::from(([10, 0, 0, 1], port)))
+}
+
+/// One of 12 addresses, over UDP or (bit 0x20) a TCP connection from the same ip:port.
+pub fn remote(b: u8) -> Remote {
+    let a = addr(1000 + u16::from(b % 12)).addr;
+    if b & 0x20 != 0 {
+        Remote::tcp(a)
+    } else {
+        Remote::udp(a)
+    }
 }
 
 /// The peer's sending context for transport `h` (the server's remote keys).

@@ -4,7 +4,7 @@
 //! That cascade is decided here only: the removals answer what went (`Removed`) and the
 //! control plane updates its registries from the answer instead of repeating the rule.
 
-use std::net::SocketAddr;
+use crate::remote::Remote;
 use std::time::Instant;
 
 use crate::srtp::{Profile, SrtpContext, SrtpError};
@@ -92,7 +92,7 @@ impl Router {
 
     /// ICE validated `addr` for transport `h`; `selected`: the peer nominated it. A nominated
     /// tuple becomes the media destination once proven (see `Transport::prove`).
-    pub fn bind_tuple(&mut self, now: Instant, h: Handle, addr: SocketAddr, selected: bool, out: &mut Output) -> Result<()> {
+    pub fn bind_tuple(&mut self, now: Instant, h: Handle, addr: Remote, selected: bool, out: &mut Output) -> Result<()> {
         if !self.transports.contains_key(&h) {
             return Err(unknown("transport", h));
         }
@@ -133,6 +133,18 @@ impl Router {
         Ok(())
     }
 
+    /// `remote` is gone (its TCP connection closed): no transport keeps it as a tuple, the
+    /// sending tuple included (media waits for ICE to nominate and prove another).
+    pub fn forget_remote(&mut self, remote: Remote) {
+        let Some(h) = self.by_addr.remove(&remote) else { return };
+        if let Some(t) = self.transports.get_mut(&h) {
+            t.forget_tuple(remote);
+            if t.dtls_addr == Some(remote) {
+                t.dtls_addr = None;
+            }
+        }
+    }
+
     /// SRTP keys from the DTLS handshake; `remote`: the address the handshake completed with
     /// (our flights went there and the peer's last one came from there), which proves that
     /// tuple. Without it, the first authenticated SRTP/SRTCP packet proves a tuple.
@@ -141,7 +153,7 @@ impl Router {
         now: Instant,
         h: Handle,
         keys: &SrtpKeys,
-        remote: Option<SocketAddr>,
+        remote: Option<Remote>,
         out: &mut Output,
     ) -> Result<()> {
         if !self.transports.contains_key(&h) {

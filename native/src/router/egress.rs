@@ -1,7 +1,7 @@
 //! Egress: one producer packet fanned out to its consumers (each consumer's own `forward`),
 //! the rewrite shared by forwarding and retransmission, and our own RTCP, protected.
 
-use std::net::SocketAddr;
+use crate::remote::Remote;
 use std::time::Instant;
 
 use crate::fasthash::HandleMap;
@@ -43,7 +43,7 @@ pub(super) struct Fanout<'a> {
     pub(super) drops: &'a mut Drops,
     pub(super) out: &'a mut Output,
     /// Transports sent their first forwarded packet by this fan-out, and where.
-    pub(super) first_media: &'a mut Vec<(Handle, SocketAddr)>,
+    pub(super) first_media: &'a mut Vec<(Handle, Remote)>,
 }
 
 /// Forward `pkt` to each of `consumers`; the number of packets and bytes queued.
@@ -74,7 +74,7 @@ pub(super) fn push_rtcp(
     rtcp_out: &mut u64,
     drops: &mut Drops,
     out: &mut Output,
-    dest: SocketAddr,
+    dest: Remote,
     mut buf: Vec<u8>,
 ) -> bool {
     if tx.protect_rtcp(&mut buf).is_err() {

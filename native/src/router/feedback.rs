@@ -2,7 +2,7 @@
 //! producers' sender reports), NACKs answered from the retransmission buffers within each
 //! consumer's budget, key frame requests and NACKs of our own toward producers.
 
-use std::net::SocketAddr;
+use crate::remote::Remote;
 use std::time::{Duration, Instant};
 
 use crate::budget::NACK_MAX_RESENDS;
@@ -134,7 +134,7 @@ impl RtcpWork {
 }
 
 impl Router {
-    pub(super) fn on_rtcp(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Output) {
+    pub(super) fn on_rtcp(&mut self, now: Instant, from: Remote, data: &[u8], out: &mut Output) {
         let Some(&th) = self.by_addr.get(&from) else {
             self.drops.inc(DropReason::UnknownSource);
             return;

@@ -2,7 +2,7 @@
 //! handed up to Python, SRTP unprotected once, producer streams learnt by SSRC, MID and RID,
 //! RTX restored, loss and key frame bookkeeping; then the fan-out (egress.rs).
 
-use std::net::SocketAddr;
+use crate::remote::Remote;
 use std::time::Instant;
 
 use crate::fasthash::HandleMap;
@@ -19,14 +19,16 @@ use super::transport::Transport;
 use super::{earliest, Handle, Router};
 
 impl Router {
-    /// Process one received datagram.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Output) {
+    /// Process one received datagram (or one RFC 4571 frame of a TCP connection). True if it
+    /// was a STUN Binding request that passed a known transport's integrity check (the TCP
+    /// edge keeps a connection open only while it sends those).
+    pub fn handle_datagram(&mut self, now: Instant, from: Remote, data: &[u8], out: &mut Output) -> bool {
         let Some(&b0) = data.first() else {
             self.drops.inc(DropReason::Demux);
-            return;
+            return false;
         };
         match b0 {
-            0..=3 => self.on_stun(from, data),
+            0..=3 => return self.on_stun(from, data),
             20..=63 => self.on_dtls(from, data),
             128..=191 => {
                 if data.len() >= 2 && (192..=223).contains(&data[1]) {
@@ -41,12 +43,13 @@ impl Router {
             }
             _ => self.drops.inc(DropReason::Demux),
         }
+        false
     }
 
     /// A STUN message goes to Python only as a Binding request for a known transport (found
     /// by its USERNAME's local ufrag) with a valid MESSAGE-INTEGRITY (and FINGERPRINT, if
     /// present); everything else is dropped here, counted.
-    fn on_stun(&mut self, from: SocketAddr, data: &[u8]) {
+    fn on_stun(&mut self, from: Remote, data: &[u8]) -> bool {
         let h = match stun_peek::local_ufrag(data).and_then(|u| self.by_ufrag.get(u)) {
             Some(&h) => h,
             None => {
@@ -59,23 +62,24 @@ impl Router {
                     }
                     None => self.drops.inc(DropReason::StunUnknown),
                 }
-                return;
+                return false;
             }
         };
         let Some(t) = self.transports.get_mut(&h) else {
             self.drops.inc(DropReason::StunUnknown);
-            return;
+            return false;
         };
         t.stats.rx(data.len());
         if stun_check::verify(data, &t.ice_key).is_err() {
             t.stun_rejected += 1;
             self.drops.inc(DropReason::StunIntegrity);
-            return;
+            return false;
         }
         self.push_up(UpKind::Stun, h, from, data);
+        true
     }
 
-    fn on_dtls(&mut self, from: SocketAddr, data: &[u8]) {
+    fn on_dtls(&mut self, from: Remote, data: &[u8]) {
         let Some(&h) = self.by_addr.get(&from) else {
             self.drops.inc(DropReason::UnknownSource);
             return;
@@ -88,7 +92,7 @@ impl Router {
 
 
     /// SRTP from a bound tuple: a producer packet, forwarded to its consumers.
-    fn on_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Output) {
+    fn on_rtp(&mut self, now: Instant, from: Remote, data: &[u8], out: &mut Output) {
         let Some(th) = self.unprotect_rtp(from, data) else { return };
         let Some(a) = self.producer_stream(now, th, data.len()) else { return };
         let Router { transports, producers, consumers, drops, scratch, next_timeout, first_media, .. } = self;
@@ -138,7 +142,7 @@ impl Router {
 
     /// SRTP unprotect of a datagram from a bound tuple into `scratch`; its transport if it
     /// authenticated (which may prove the tuple).
-    fn unprotect_rtp(&mut self, from: SocketAddr, data: &[u8]) -> Option<Handle> {
+    fn unprotect_rtp(&mut self, from: Remote, data: &[u8]) -> Option<Handle> {
         let Some(&th) = self.by_addr.get(&from) else {
             self.drops.inc(DropReason::UnknownSource);
             return None;

@@ -32,7 +32,7 @@ mod transport;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use crate::remote::Remote;
 use std::time::{Duration, Instant};
 
 use crate::fasthash::HandleMap;
@@ -97,7 +97,7 @@ pub struct Router {
     transports: HandleMap<Transport>,
     producers: HandleMap<Producer>,
     consumers: HandleMap<Consumer>,
-    by_addr: HashMap<SocketAddr, Handle>,
+    by_addr: HashMap<Remote, Handle>,
     by_ufrag: HashMap<String, Handle>,
     up: VecDeque<Upcall>,
     drops: Drops,
@@ -114,7 +114,7 @@ pub struct Router {
     /// A transport whose first sending tuple was just proven (consumers resync).
     connect_pending: Option<Handle>,
     /// Transports that were just sent their first forwarded media packet, and where.
-    first_media: Vec<(Handle, SocketAddr)>,
+    first_media: Vec<(Handle, Remote)>,
 }
 
 impl Router {
@@ -177,7 +177,7 @@ impl Router {
     }
 
     /// Queue a datagram for Python, within the queue's cap and the transport's share of it.
-    fn push_up(&mut self, kind: UpKind, transport: Handle, from: SocketAddr, data: &[u8]) {
+    fn push_up(&mut self, kind: UpKind, transport: Handle, from: Remote, data: &[u8]) {
         let Some(t) = self.transports.get_mut(&transport) else { return };
         if self.up.len() >= UP_QUEUE_CAP || t.up_pending >= UP_QUEUE_PER_TRANSPORT {
             t.up_dropped += 1;

@@ -1,7 +1,7 @@
 //! What the router hands back: datagrams to send (`Output`, from a pool of buffers), STUN and
 //! DTLS datagrams for Python (`Upcall`), and why anything was dropped (`DropReason`, `Drops`).
 
-use std::net::SocketAddr;
+use crate::remote::Remote;
 
 use crate::srtp::SrtpError;
 
@@ -110,7 +110,7 @@ pub(super) fn srtp_drop(e: SrtpError, rtcp: bool) -> DropReason {
 
 /// One datagram to send.
 pub struct Transmit {
-    pub dest: SocketAddr,
+    pub dest: Remote,
     pub buf: Vec<u8>,
 }
 
@@ -139,7 +139,7 @@ impl Output {
     }
 
     #[inline]
-    pub(super) fn push(&mut self, dest: SocketAddr, buf: Vec<u8>) {
+    pub(super) fn push(&mut self, dest: Remote, buf: Vec<u8>) {
         self.transmits.push(Transmit { dest, buf });
     }
 
@@ -185,6 +185,6 @@ impl UpKind {
 pub struct Upcall {
     pub kind: UpKind,
     pub transport: Handle,
-    pub from: SocketAddr,
+    pub from: Remote,
     pub data: Vec<u8>,
 }

@@ -17,6 +17,8 @@ pub struct Counts {
     pub consumers: usize,
     /// Producer streams (encodings) plus consumer streams.
     pub streams: usize,
+    /// Remote addresses bound to a transport (every transport's tuples).
+    pub tuples: usize,
 }
 
 /// A stats value for Python.
@@ -49,6 +51,7 @@ impl Router {
             producers: self.producers.len(),
             consumers: self.consumers.len(),
             streams: self.producers.values().map(|p| p.encodings.len()).sum::<usize>() + self.consumers.len(),
+            tuples: self.by_addr.len(),
         }
     }
 

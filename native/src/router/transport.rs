@@ -2,7 +2,7 @@
 //! contexts, the SSRC maps of its streams, counters and its viewer's bandwidth estimate.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use crate::remote::Remote;
 use std::time::Instant;
 
 use crate::bwe::BandwidthEstimator;
@@ -39,7 +39,7 @@ impl Counters {
 /// A remote address ICE validated for a transport.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Tuple {
-    pub(super) addr: SocketAddr,
+    pub(super) addr: Remote,
     /// The peer proved it is there: an authenticated SRTP/SRTCP packet came from it, or the
     /// DTLS handshake completed with it. Only proven tuples are sent media or feedback.
     pub(super) proven: bool,
@@ -52,11 +52,11 @@ pub(super) struct Transport {
     /// Validated tuples, oldest first.
     pub(super) tuples: Vec<Tuple>,
     /// The sending tuple: where media, retransmissions and reports go. Always proven.
-    pub(super) selected: Option<SocketAddr>,
+    pub(super) selected: Option<Remote>,
     /// The tuple ICE nominated last; it becomes `selected` once proven.
-    pub(super) nominated: Option<SocketAddr>,
+    pub(super) nominated: Option<Remote>,
     /// Where the DTLS handshake completed, when `set_srtp` named it before ICE bound it.
-    pub(super) dtls_addr: Option<SocketAddr>,
+    pub(super) dtls_addr: Option<Remote>,
     /// Upcalls of this transport waiting in the shared queue, and those refused for lack of room.
     pub(super) up_pending: u32,
     pub(super) up_dropped: u64,
@@ -105,21 +105,21 @@ pub(super) struct Transport {
 impl Transport {
     /// Where media goes: the selected (proven) tuple, else none.
     #[inline]
-    pub(super) fn media_dest(&self) -> Option<SocketAddr> {
+    pub(super) fn media_dest(&self) -> Option<Remote> {
         self.selected
     }
     /// Where RTCP toward a sender goes: the selected tuple, else the most recent proven one.
-    pub(super) fn feedback_dest(&self) -> Option<SocketAddr> {
+    pub(super) fn feedback_dest(&self) -> Option<Remote> {
         self.selected.or_else(|| self.tuples.iter().rev().find(|t| t.proven).map(|t| t.addr))
     }
 
-    pub(super) fn is_proven(&self, addr: SocketAddr) -> bool {
+    pub(super) fn is_proven(&self, addr: Remote) -> bool {
         self.tuples.iter().any(|t| t.addr == addr && t.proven)
     }
 
     /// ICE nominated `addr` (a bound tuple): it is the sending tuple at once if proven, else
     /// as soon as it proves itself.
-    pub(super) fn nominate(&mut self, addr: SocketAddr) {
+    pub(super) fn nominate(&mut self, addr: Remote) {
         self.nominated = Some(addr);
         if self.is_proven(addr) {
             self.selected = Some(addr);
@@ -127,7 +127,7 @@ impl Transport {
     }
 
     /// `addr` proved it is the peer. True if that made it the sending tuple.
-    pub(super) fn prove(&mut self, addr: SocketAddr) -> bool {
+    pub(super) fn prove(&mut self, addr: Remote) -> bool {
         let Some(t) = self.tuples.iter_mut().find(|t| t.addr == addr) else { return false };
         t.proven = true;
         if self.nominated == Some(addr) && self.selected != Some(addr) {
@@ -140,7 +140,7 @@ impl Transport {
     /// An authenticated packet arrived from bound tuple `from` (hot path: nothing to do when
     /// it is the sending tuple). True if the transport had no sending tuple and has one now.
     #[inline]
-    pub(super) fn authenticated_from(&mut self, from: SocketAddr) -> bool {
+    pub(super) fn authenticated_from(&mut self, from: Remote) -> bool {
         if self.selected == Some(from) {
             return false;
         }
@@ -149,7 +149,7 @@ impl Transport {
     }
 
     /// `addr` is no longer a tuple of this transport.
-    pub(super) fn forget_tuple(&mut self, addr: SocketAddr) {
+    pub(super) fn forget_tuple(&mut self, addr: Remote) {
         self.tuples.retain(|t| t.addr != addr);
         if self.selected == Some(addr) {
             self.selected = None;

@@ -133,13 +133,13 @@ fn removing_a_producer_or_a_viewer_transport_says_what_went() {
     removed.consumers.sort_unstable();
     assert_eq!(removed, Removed { producers: vec![], consumers: vec![30, 31] });
     assert_eq!(room.r.remove_producer(10).unwrap(), Removed { producers: vec![10], consumers: vec![20] });
-    assert_eq!(room.r.counts(), Counts { transports: 2, producers: 0, consumers: 0, streams: 0 });
+    assert_eq!(room.r.counts(), Counts { transports: 2, producers: 0, consumers: 0, streams: 0, tuples: 2 });
 }
 
 #[test]
 fn remove_transport_cascades_and_bad_calls_fail_cleanly() {
     let mut room = room(false);
-    assert_eq!(room.r.counts(), Counts { transports: 3, producers: 1, consumers: 2, streams: 3 });
+    assert_eq!(room.r.counts(), Counts { transports: 3, producers: 1, consumers: 2, streams: 3, tuples: 3 });
     assert!(matches!(room.r.add_transport(10, "x", "pw"), Err(RouterError::Invalid(_))));
     assert!(matches!(room.r.add_transport(99, "ufrag1", "pw"), Err(RouterError::Invalid(_))));
     assert!(matches!(room.r.remove_consumer(12345), Err(RouterError::Unknown(_))));
@@ -157,7 +157,7 @@ fn remove_transport_cascades_and_bad_calls_fail_cleanly() {
     let mut removed = room.r.remove_transport(1).unwrap();
     removed.consumers.sort_unstable();
     assert_eq!(removed, Removed { producers: vec![10], consumers: vec![20, 30] });
-    assert_eq!(room.r.counts(), Counts { transports: 2, producers: 0, consumers: 0, streams: 0 });
+    assert_eq!(room.r.counts(), Counts { transports: 2, producers: 0, consumers: 0, streams: 0, tuples: 2 });
     assert_eq!(room.r.remove_transport(2).unwrap(), Removed::default());
     room.r.remove_transport(3).unwrap();
     assert_eq!(room.r.counts(), Counts::default());

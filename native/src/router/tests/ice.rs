@@ -229,3 +229,39 @@ fn ice_restart_changes_credentials_and_keeps_the_media_path() {
     room.r.remove_transport(2).unwrap();
     room.r.add_transport(12, "fresh2", "pw").unwrap();
 }
+
+#[test]
+fn a_tcp_tuple_carries_media_and_is_forgotten_when_its_connection_closes() {
+    let mut room = room(false);
+    assert!(dests(&room.send(true)).contains(&2000));
+    let tcp = Remote::tcp(addr(2000).addr);
+    // Viewer 2 moves to a TCP connection from the same ip:port as its UDP tuple: a different
+    // remote. Nominated, then proven by authenticated SRTCP over TCP.
+    let mut out = Output::new();
+    room.r.bind_tuple(room.now, 2, tcp, true, &mut out).unwrap();
+    assert_eq!(room.r.counts().tuples, 4);
+    let mut v2 = peer(2).0;
+    room.r.handle_datagram(room.now, tcp, &viewer_rtcp(&mut v2, 0xAAAA, &[], false), &mut out);
+    assert_eq!(stat_str(&room.r, 2, "selectedTuple"), "10.0.0.1:2000/tcp");
+    let out = room.send(false);
+    let to_viewer: Vec<Remote> = out.transmits.iter().filter(|t| t.dest.port() == 2000).map(|t| t.dest).collect();
+    assert!(!to_viewer.is_empty() && to_viewer.iter().all(|d| *d == tcp), "{to_viewer:?}");
+    // A STUN request over TCP passes the same check as over UDP (the edge keeps the
+    // connection for it); a bad one does not.
+    let good = stun_check::build_binding_request("ufrag2:remote", b"pw2", true);
+    assert!(room.r.handle_datagram(room.now, tcp, &good, &mut Output::new()));
+    let bad = stun_check::build_binding_request("ufrag2:remote", b"wrong", true);
+    assert!(!room.r.handle_datagram(room.now, tcp, &bad, &mut Output::new()));
+    // The connection closes: the tuple is gone, media stops (UDP 2000 is not the nominated
+    // one), nothing left behind.
+    room.r.forget_remote(tcp);
+    assert_eq!(room.r.counts().tuples, 3);
+    assert_eq!(stat_str(&room.r, 2, "selectedTuple"), "");
+    assert!(!dests(&room.send(false)).contains(&2000));
+    room.r.forget_remote(tcp); // twice: nothing
+    assert_eq!(room.r.counts().tuples, 3);
+    // ICE nominates the UDP tuple again (proven before): media is back on it.
+    let mut out = Output::new();
+    room.r.bind_tuple(room.now, 2, addr(2000), true, &mut out).unwrap();
+    assert!(dests(&room.send(true)).contains(&2000));
+}

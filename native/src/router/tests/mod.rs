@@ -10,6 +10,8 @@ mod simulcast;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+
+use crate::remote::Remote;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -42,8 +44,8 @@ fn ctx(seed: u8) -> SrtpContext {
     SrtpContext::new(Profile::AesCm128HmacSha1_80, &k, &s).unwrap()
 }
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], port))
+fn addr(port: u16) -> Remote {
+    Remote::udp(SocketAddr::from(([10, 0, 0, 1], port)))
 }
 
 /// Server side of transport `h`: local (protect) keys from seed `h*2`, remote from `h*2+1`.

@@ -6,7 +6,7 @@ use super::*;
 /// Host 1 → producer 10 → consumer 20 on viewer 2 for one second: media with a gap (an
 /// upstream NACK), key frames, the viewer's NACK and PLI, timers (reports, retries). Every
 /// datagram the router sent, in order.
-fn run(seed: u64, t0: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+fn run(seed: u64, t0: Instant) -> Vec<(Remote, Vec<u8>)> {
     let mut r = Router::new(seed, t0, Duration::from_secs(1_700_000_000));
     let mut out = Output::new();
     host_and_viewers(&mut r, t0, 1, &mut out);

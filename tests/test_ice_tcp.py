@@ -1,0 +1,210 @@
+"""ICE over TCP (RFC 6544 passive candidates, RFC 4571 framing) over real TCP connections on
+loopback, with real DTLS and SRTP: the server's TCP candidate on the media port number, a
+viewer that receives every packet over TCP, a stalled TCP reader that holds up no one,
+connection limits, the no-STUN deadline, garbage framing, and engine counts back to zero."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import pytest
+import trio
+
+from pysfu import _native
+from pysfu.server import Server
+from pysfu.testing.fixtures import device_caps
+from pysfu.testing.live_stream import live_stream
+from pysfu.testing.webrtc_peer import WebRtcPeer, stun_binding_request
+from pysfu.transport import ice_candidates
+
+MAX_TCP_UNPROVEN_PER_IP = _native.MAX_TCP_UNPROVEN_PER_IP
+TCP_STUN_DEADLINE = _native.TCP_STUN_DEADLINE
+
+
+def _drops(server: Server) -> dict[str, int]:
+    return server.media.drops()
+
+
+async def _wait_for(cond: Any, timeout: float = 5.0, what: str = "") -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.02)
+
+
+def test_candidates_follow_the_settings() -> None:
+    both = ice_candidates("10.0.0.1", 40000, udp=True, tcp=True, prefer_udp=True)
+    assert [(c["protocol"], c.get("tcpType")) for c in both] == [("udp", None), ("tcp", "passive")]
+    assert all(c["port"] == 40000 and c["type"] == "host" for c in both)
+    # mediasoup's computation: 2^24 * 64 + 2^8 * local preference + (256 - 1); UDP first
+    # (10000, +1000 with preferUdp), TCP next (100 less).
+    assert both[0]["priority"] == (64 << 24) + (11000 << 8) + 255
+    assert both[1]["priority"] == (64 << 24) + (9900 << 8) + 255
+    assert both[1]["priority"] < both[0]["priority"]
+    no_pref = ice_candidates("10.0.0.1", 40000, udp=True, tcp=True, prefer_udp=False)
+    assert no_pref[0]["priority"] == (64 << 24) + (10000 << 8) + 255
+    tcp_only = ice_candidates("10.0.0.1", 40000, udp=False, tcp=True, prefer_udp=True)
+    assert [c["protocol"] for c in tcp_only] == ["tcp"]
+    assert tcp_only[0]["priority"] == (64 << 24) + (10000 << 8) + 255
+    udp_only = ice_candidates("10.0.0.1", 40000, udp=True, tcp=False, prefer_udp=True)
+    assert [c["protocol"] for c in udp_only] == ["udp"]
+
+
+def test_engine_listens_on_tcp_at_the_udp_port_number() -> None:
+    with _native.Engine("127.0.0.1", 0) as engine:
+        with socket.create_connection(("127.0.0.1", engine.port), timeout=2):
+            pass
+    with _native.Engine("127.0.0.1", 0, True, False) as engine:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", engine.port), timeout=2).close()
+    with pytest.raises(ValueError, match="UDP or TCP"):
+        _native.Engine("127.0.0.1", 0, False, False)
+
+
+async def test_transport_offers_a_passive_tcp_candidate(server: Server, client: Any) -> None:
+    async with client() as c:
+        await c.join("cands", "host", "h")
+        transport = await c.create_transport("cands", "send")
+    cands = transport["iceCandidates"]
+    assert [(c["protocol"], c["port"]) for c in cands] == [
+        ("udp", server.media.port), ("tcp", server.media.port)]
+    assert cands[1]["tcpType"] == "passive"
+
+
+async def test_viewer_gets_every_packet_over_tcp(server: Server) -> None:
+    async with live_stream(server, viewer_protocol="tcp") as live:
+        await trio.sleep(1.5)
+        assert server.media.counts()["tcp_connections"] == 1
+    summary = live.assert_intact()
+    assert summary["received"] >= 100
+    # The viewer's transport sent media on its TCP tuple; the connection closed with the
+    # room: nothing left in the engine.
+    await _wait_for(lambda: server.media.counts()["tcp_connections"] == 0)
+    await _wait_for(lambda: server.media.counts()["transports"] == 0)
+    assert server.media.counts()["tuples"] == 0
+    assert _drops(server)["tcp_queue_full"] == 0
+    assert server.media.totals()["tcpConnectionsAccepted"] == 1
+
+
+@pytest.mark.parametrize("config_overrides", [{"enable_udp": False}])
+async def test_tcp_only_server(server: Server, client: Any) -> None:
+    async with client() as c:
+        await c.join("tcponly", "host", "h")
+        transport = await c.create_transport("tcponly", "send")
+    assert [c["protocol"] for c in transport["iceCandidates"]] == ["tcp"]
+    async with live_stream(server, viewer_protocol="tcp", host_protocol="tcp") as live:
+        await trio.sleep(1.0)
+    live.assert_intact()
+
+
+async def test_stalled_tcp_reader_does_not_delay_a_udp_viewer(server: Server, client: Any) -> None:
+    # A UDP viewer gets a fast stream of big packets; a TCP viewer of the same producer in the
+    # same room stops reading once connected.
+    async with live_stream(server, interval=0.002, payload_size=1000,
+                           key_frame_every=50) as live:
+        async with client() as c:
+            await c.join(live.room, "viewer", "stalled")
+            transport = await c.create_transport(live.room, "recv")
+            peer = WebRtcPeer(transport, protocol="tcp")
+            # A small receive buffer: the stall reaches the server at once.
+            await peer.bind(recv_buffer=4096)
+            await c.connect_transport(live.room, transport["id"], peer.dtls_parameters())
+            await peer.connect()
+            caps = device_caps(await c.router_rtp_capabilities(live.room))
+            consumer = await c.consume(live.room, transport["id"], live.producer_id, caps)
+            await c.resume_consumer(live.room, consumer["id"])
+            # Never read again: the server's queue for it fills, frames are dropped and
+            # counted, and the connection is closed after the stall deadline.
+            await _wait_for(lambda: _drops(server)["tcp_queue_full"] > 0, timeout=10)
+            await _wait_for(lambda: _drops(server)["tcp_closed_stalled"] == 1, timeout=10)
+            await _wait_for(lambda: server.media.counts()["tcp_connections"] == 0)
+            # Its tuple is forgotten: the host's and the UDP viewer's remain.
+            assert server.media.counts()["tuples"] == 2
+            peer.close()
+    summary = live.assert_intact(min_packets=500)
+    # The UDP viewer was not slowed down meanwhile.
+    assert summary["p99_ms"] < 100, summary
+
+
+async def test_a_connection_without_valid_stun_is_closed(server: Server, client: Any) -> None:
+    port = server.media.port
+    before = _drops(server)
+    with trio.fail_after(TCP_STUN_DEADLINE + 5):
+        idle = await trio.open_tcp_stream("127.0.0.1", port)
+        # A STUN request with credentials no transport has is no proof either.
+        wrong = await trio.open_tcp_stream("127.0.0.1", port)
+        request = stun_binding_request("nobody:x", "secret")
+        await wrong.send_all(struct.pack("!H", len(request)) + request)
+        await _wait_for(lambda: server.media.counts()["tcp_connections"] == 2)
+        for stream in (idle, wrong):
+            assert await stream.receive_some(1) == b""  # closed by the server
+    assert _drops(server)["tcp_closed_no_stun"] == before["tcp_closed_no_stun"] + 2
+    assert _drops(server)["stun_unknown"] >= before["stun_unknown"] + 1
+    assert server.media.counts()["tcp_connections"] == 0
+
+
+async def test_a_valid_stun_request_keeps_the_connection(server: Server, client: Any) -> None:
+    async with client() as c:
+        await c.join("keep", "host", "h")
+        transport = await c.create_transport("keep", "send")
+        peer = WebRtcPeer(transport, protocol="tcp")
+        await peer.bind()
+        response = await peer.ice_check()
+        assert response is not None and response[:2] == b"\x01\x01"
+        await trio.sleep(TCP_STUN_DEADLINE + 0.5)
+        assert server.media.counts()["tcp_connections"] == 1
+        response = await peer.ice_check()
+        assert response is not None
+        peer.close()
+    await _wait_for(lambda: server.media.counts()["tcp_connections"] == 0)
+    assert server.media.counts()["tuples"] == 0
+
+
+async def test_garbage_framing_and_oversize_prefix_close_the_connection(server: Server) -> None:
+    port = server.media.port
+    before = _drops(server)
+    for garbage in (b"\xff\xff" + b"x" * 100, b"\x00\x00", b"GET / HTTP/1.1\r\n\r\n"):
+        with trio.fail_after(5):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(garbage)
+            try:
+                assert await stream.receive_some(1) == b""
+            except trio.BrokenResourceError:
+                pass  # reset: closed as well
+            await stream.aclose()
+    # "GE" = 0x4745 > the frame limit; 0xffff too; a zero length is refused.
+    assert _drops(server)["tcp_closed_framing"] == before["tcp_closed_framing"] + 3
+    await _wait_for(lambda: server.media.counts()["tcp_connections"] == 0)
+
+
+async def test_a_thousand_idle_connections_from_one_address(server: Server) -> None:
+    """Each is refused (over the unproven-per-IP limit) or closed at the no-STUN deadline,
+    and counted; a live stream in another room runs intact meanwhile."""
+    port = server.media.port
+    before = _drops(server)
+    socks = []
+    try:
+        async with live_stream(server) as live:
+            # In batches of 100 (the listen backlog stays short: no SYN retransmits).
+            for batch in range(10):
+                for _ in range(100):
+                    s = socket.socket()
+                    s.setblocking(False)
+                    try:
+                        s.connect(("127.0.0.1", port))
+                    except BlockingIOError:
+                        pass
+                    socks.append(s)
+                refused = 100 * (batch + 1) - MAX_TCP_UNPROVEN_PER_IP
+                await _wait_for(lambda refused=refused: _drops(server)["tcp_refused_unproven_limit"]
+                                >= before["tcp_refused_unproven_limit"] + refused, timeout=15)
+            assert server.media.counts()["tcp_connections"] == MAX_TCP_UNPROVEN_PER_IP
+            await _wait_for(lambda: server.media.counts()["tcp_connections"] == 0,
+                            timeout=TCP_STUN_DEADLINE + 2)
+        live.assert_intact()
+        assert _drops(server)["tcp_closed_no_stun"] == (before["tcp_closed_no_stun"]
+                                                         + MAX_TCP_UNPROVEN_PER_IP)
+    finally:
+        for s in socks:
+            s.close()
