@@ -22,7 +22,12 @@ from pysfu import ortc, stats
 from pysfu.ids import new_id
 from pysfu.layers import watch_consumer_layers
 from pysfu.log import log_event
-from pysfu.transport import Consumer, Producer, WebRtcTransport
+from pysfu.plain import (
+    MAX_PLAIN_TRANSPORTS_PER_PEER,
+    MAX_PLAIN_TRANSPORTS_PER_ROOM,
+    PlainTransport,
+)
+from pysfu.transport import Consumer, MediaTransport, Producer, WebRtcTransport
 
 if TYPE_CHECKING:
     from pysfu._native import Removed
@@ -95,6 +100,7 @@ class Peer:
     role: Role
     notify: Notify | None  # None while the peer has no live socket (reconnect grace)
     transports: dict[str, WebRtcTransport] = field(default_factory=dict)
+    plain_transports: dict[str, PlainTransport] = field(default_factory=dict)
     producers: dict[str, Producer] = field(default_factory=dict)
     consumers: dict[str, Consumer] = field(default_factory=dict)
     grace_scope: trio.CancelScope | None = None
@@ -111,6 +117,7 @@ class Room:
         self.ctx = ctx
         self.peers: dict[str, Peer] = {}
         self.transports: dict[str, WebRtcTransport] = {}
+        self.plain_transports: dict[str, PlainTransport] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self.closed = False
@@ -240,6 +247,8 @@ class Room:
         # Its producers and consumers live on its transports: they go with them.
         for transport in list(peer.transports.values()):
             self._close_transport(transport)
+        for plain in list(peer.plain_transports.values()):
+            self._close_transport(plain)
 
     def notify_all(self, event: str, data: dict[str, Any]) -> None:
         """Tell every connected peer (``serverShuttingDown``, ...)."""
@@ -333,6 +342,62 @@ class Room:
             raise Forbidden("the transport belongs to another peer")
         return transport
 
+    def _media_transport(self, peer: Peer, transport_id: str) -> MediaTransport:
+        """A transport of the peer of either kind (WebRTC or plain), for produce/consume."""
+        plain = self.plain_transports.get(transport_id)
+        if plain is not None:
+            if plain.owner != peer.id:
+                raise Forbidden("the transport belongs to another peer")
+            return plain
+        return self.owned_transport(peer, transport_id)
+
+    # ---- plain transports (RTP without ICE/DTLS: ffmpeg, GStreamer, recorders) --------------
+
+    def create_plain_transport(self, peer: Peer, *, comedia: bool, enable_srtp: bool,
+                               srtp_suite: str) -> PlainTransport:
+        """The host opens a plain transport: a UDP port of its own in the engine."""
+        self._check_open()
+        if peer.role != "host":
+            raise Forbidden("only the host may create a plain transport")
+        if len(peer.plain_transports) >= MAX_PLAIN_TRANSPORTS_PER_PEER:
+            raise LimitExceeded("too many plain transports for this peer")
+        if len(self.plain_transports) >= MAX_PLAIN_TRANSPORTS_PER_ROOM:
+            raise LimitExceeded("too many plain transports in this room")
+        ctx = self.ctx
+        transport = PlainTransport(new_id(), peer.id, handle=ctx.next_handle(), media=ctx.media,
+                                   config=ctx.config, comedia=comedia, enable_srtp=enable_srtp,
+                                   srtp_suite=srtp_suite, room_id=self.id)
+        try:
+            transport.open()
+        except (OSError, ValueError) as exc:
+            log_event(logger, "plain_transport.no_port", level=logging.WARNING, room=self.id,
+                      peer=peer.id, error=str(exc))
+            raise LimitExceeded("no free port for a plain transport") from None
+        peer.plain_transports[transport.id] = transport
+        self.plain_transports[transport.id] = transport
+        log_event(logger, "plain_transport.created", room=self.id, peer=peer.id,
+                  transport=transport.id, port=transport.local_port, comedia=comedia,
+                  srtp=enable_srtp)
+        return transport
+
+    def owned_plain_transport(self, peer: Peer, transport_id: str) -> PlainTransport:
+        transport = self.plain_transports.get(transport_id)
+        if transport is None:
+            raise TransportNotFound("no such plain transport in this room")
+        if transport.owner != peer.id:
+            raise Forbidden("the transport belongs to another peer")
+        return transport
+
+    def close_plain_transport(self, peer: Peer, transport_id: str) -> None:
+        self._close_transport(self.owned_plain_transport(peer, transport_id))
+
+    def request_key_frame(self, peer: Peer, consumer_id: str) -> Consumer:
+        """The consumer's producer is asked for a key frame (for a receiver without RTCP,
+        e.g. ffmpeg starting to record)."""
+        consumer = self.owned_consumer(peer, consumer_id)
+        self.ctx.media.request_key_frame(consumer.handle)
+        return consumer
+
     def _first_media(self, transport: WebRtcTransport) -> None:
         """The engine forwarded a transport's first media packet: the first for its owner
         since it joined gives the join-to-first-packet time."""
@@ -351,11 +416,13 @@ class Room:
         if owner is not None and owner.notify is not None:
             owner.notify("transportClosed", {"transportId": transport.id, "reason": reason})
 
-    def _close_transport(self, transport: WebRtcTransport) -> None:
+    def _close_transport(self, transport: MediaTransport) -> None:
         owner = self.peers.get(transport.owner)
         self.transports.pop(transport.id, None)
+        self.plain_transports.pop(transport.id, None)
         if owner is not None:
             owner.transports.pop(transport.id, None)
+            owner.plain_transports.pop(transport.id, None)
         self._forget(transport.close())
         log_event(logger, "transport.closed", room=self.id, peer=transport.owner,
                   transport=transport.id)
@@ -391,8 +458,8 @@ class Room:
         self._check_open()
         if peer.role != "host":
             raise Forbidden("viewers cannot produce")
-        transport = self.owned_transport(peer, transport_id)
-        if transport.direction != "send":
+        transport = self._media_transport(peer, transport_id)
+        if not transport.can_produce:
             raise Forbidden("produce needs a send transport")
         if len(peer.producers) >= self.ctx.config.max_producers_per_peer:
             raise LimitExceeded("too many producers for this peer")
@@ -447,8 +514,8 @@ class Room:
 
     def consume(self, peer: Peer, transport_id: str, producer_id: str, caps: Any) -> Consumer:
         self._check_open()
-        transport = self.owned_transport(peer, transport_id)
-        if transport.direction != "recv":
+        transport = self._media_transport(peer, transport_id)
+        if not transport.can_consume:
             raise Forbidden("consume needs a recv transport")
         producer = self.producers.get(producer_id)
         if producer is None:

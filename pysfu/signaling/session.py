@@ -48,6 +48,7 @@ from pysfu.room import (
     TransportNotFound,
     Unavailable,
 )
+from pysfu.signaling.plain_requests import plain_handlers
 from pysfu.signaling.schema import (
     Request,
     RequestError,
@@ -147,6 +148,8 @@ class Session:
             "resumeProducer": functools.partial(self._set_producer_paused, False),
             "setPreferredLayers": self._set_preferred_layers,
             "getStats": self._get_stats,
+            # Plain transports (pysfu/signaling/plain_requests.py).
+            **plain_handlers(self),
         }
 
     async def run(self) -> None:

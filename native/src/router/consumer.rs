@@ -358,7 +358,7 @@ impl Consumer {
             m.record(seq_out, seq_in, pkt.encoding as u8);
         }
         self.quality.tx.on_sent(now, ts_out, pkt.hdr.payload_len);
-        cx.out.push(dest, buf);
+        cx.out.push(ct.via, dest, buf);
         Some(len)
     }
 

@@ -42,6 +42,9 @@ impl Router {
     /// producers and consumers stay: media keeps going where it went until the new
     /// credentials nominate and prove another tuple.
     pub fn set_ice_credentials(&mut self, h: Handle, ufrag: &str, password: &str) -> Result<()> {
+        if self.is_plain(h) {
+            return Err(invalid(format!("transport {h} has no ICE (plain)")));
+        }
         let old = self.transports.get(&h).ok_or_else(|| unknown("transport", h))?.ufrag.clone();
         if ufrag.is_empty() || ufrag.contains(':') {
             return Err(invalid(format!("bad ufrag {ufrag:?}")));
@@ -96,6 +99,9 @@ impl Router {
         if !self.transports.contains_key(&h) {
             return Err(unknown("transport", h));
         }
+        if self.is_plain(h) {
+            return Err(invalid(format!("transport {h} has no ICE (plain)")));
+        }
         // An address belongs to one transport: take it from any other.
         if let Some(&other) = self.by_addr.get(&addr) {
             if other != h {
@@ -146,6 +152,9 @@ impl Router {
     ) -> Result<()> {
         if !self.transports.contains_key(&h) {
             return Err(unknown("transport", h));
+        }
+        if self.is_plain(h) {
+            return Err(invalid(format!("transport {h} has no DTLS (plain): use connect_plain")));
         }
         let profile = &keys.profile;
         let p = Profile::from_name(profile).ok_or_else(|| invalid(format!("unknown SRTP profile {profile:?}")))?;

@@ -9,7 +9,7 @@ use crate::rtp;
 use crate::srtp::SrtpContext;
 
 use super::consumer::Consumer;
-use super::output::{DropReason, Drops, Output};
+use super::output::{DropReason, Drops, Output, Via};
 use super::transport::{Counters, Transport};
 use super::Handle;
 
@@ -74,7 +74,7 @@ pub(super) fn push_rtcp(
     rtcp_out: &mut u64,
     drops: &mut Drops,
     out: &mut Output,
-    dest: SocketAddr,
+    (via, dest): (Via, SocketAddr),
     mut buf: Vec<u8>,
 ) -> bool {
     if tx.protect_rtcp(&mut buf).is_err() {
@@ -84,7 +84,7 @@ pub(super) fn push_rtcp(
     }
     stats.tx(buf.len());
     *rtcp_out += 1;
-    out.push(dest, buf);
+    out.push(via, dest, buf);
     true
 }
 

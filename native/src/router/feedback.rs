@@ -139,6 +139,11 @@ impl Router {
             self.drops.inc(DropReason::UnknownSource);
             return;
         };
+        self.on_rtcp_of(now, th, from, data, out);
+    }
+
+    /// An RTCP compound packet for transport `th` (found by its tuple, or by its socket).
+    pub(super) fn on_rtcp_of(&mut self, now: Instant, th: Handle, from: SocketAddr, data: &[u8], out: &mut Output) {
         let Router { transports, drops, scratch, rtcp_work: work, connect_pending, .. } = self;
         let Some(t) = transports.get_mut(&th) else { return };
         t.stats.rx(data.len());
@@ -216,7 +221,7 @@ impl Router {
                 rtcp::build_fir(&mut buf, ssrc, &[(ssrc, e.kf.fir_seq)])
             }
         }
-        if !push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf) {
+        if !push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, (t.via, dest), buf) {
             return;
         }
         e.kf.outstanding_since = Some(now);
@@ -323,7 +328,7 @@ impl Router {
                 t.stats.tx(buf.len());
                 t.rtcp_out += 1;
                 e.quality.nacks_sent += 1;
-                out.push(dest, buf);
+                out.push(t.via, dest, buf);
             } else {
                 drops.inc(DropReason::ProtectFailed);
                 out.give_back(buf);
@@ -423,6 +428,6 @@ impl Consumer {
         q.tx.rtx_packets += 1;
         q.tx.rtx_bytes += len as u64;
         t.stats.tx(len);
-        out.push(dest, buf);
+        out.push(t.via, dest, buf);
     }
 }

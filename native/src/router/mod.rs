@@ -21,6 +21,7 @@ mod egress;
 mod feedback;
 mod ingress;
 mod output;
+mod plain;
 mod producer;
 mod spec;
 mod stats;
@@ -43,7 +44,7 @@ use feedback::RtcpWork;
 use producer::Producer;
 use transport::Transport;
 
-pub use output::{DropReason, Drops, Output, Transmit, UpKind, Upcall};
+pub use output::{DropReason, Drops, Output, Transmit, UpKind, Upcall, Via, MAIN_SOCKET};
 pub use spec::{
     CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, KeyFrameMethod, ProducerSpec, Removed, RouterError, SrtpKeys, URI_MID, URI_RID, URI_RRID,
     URI_TRANSPORT_CC,

@@ -66,6 +66,7 @@ drop_reasons! {
     StunIntegrity => "stun_integrity",
     NackBudget => "nack_budget",
     NackMaxResends => "nack_max_resends",
+    PlainWrongSource => "plain_wrong_source",
 }
 
 #[derive(Clone, Debug)]
@@ -108,10 +109,17 @@ pub(super) fn srtp_drop(e: SrtpError, rtcp: bool) -> DropReason {
 // ---------------------------------------------------------------------------------------
 // Output
 
+/// Which socket a datagram leaves by: `MAIN_SOCKET` (the engine's media port, where ICE
+/// found the peer) or the id of another socket the engine owns (a plain or pipe transport's
+/// own port, given to the router with the transport).
+pub type Via = u32;
+pub const MAIN_SOCKET: Via = 0;
+
 /// One datagram to send.
 pub struct Transmit {
     pub dest: SocketAddr,
     pub buf: Vec<u8>,
+    pub via: Via,
 }
 
 /// Egress datagrams of one call, from a pool of reusable buffers. Call `recycle` after sending
@@ -119,6 +127,9 @@ pub struct Transmit {
 #[derive(Default)]
 pub struct Output {
     pub transmits: Vec<Transmit>,
+    /// How many of `transmits` leave by another socket than `MAIN_SOCKET` (the I/O edge
+    /// sends everything by the main socket at once while this is zero).
+    pub other_sockets: usize,
     pool: Vec<Vec<u8>>,
 }
 
@@ -139,8 +150,11 @@ impl Output {
     }
 
     #[inline]
-    pub(super) fn push(&mut self, dest: SocketAddr, buf: Vec<u8>) {
-        self.transmits.push(Transmit { dest, buf });
+    pub(super) fn push(&mut self, via: Via, dest: SocketAddr, buf: Vec<u8>) {
+        if via != MAIN_SOCKET {
+            self.other_sockets += 1;
+        }
+        self.transmits.push(Transmit { dest, buf, via });
     }
 
     #[inline]
@@ -152,6 +166,7 @@ impl Output {
 
     /// Return the buffers of all transmits to the pool.
     pub fn recycle(&mut self) {
+        self.other_sockets = 0;
         while let Some(t) = self.transmits.pop() {
             if self.pool.len() < POOL_CAP {
                 self.pool.push(t.buf);

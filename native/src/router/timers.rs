@@ -31,7 +31,7 @@ impl Router {
             let mut buf = out.take_buf();
             rec.build_feedback(&mut buf, 0, t.twcc_media_ssrc);
             t.twcc_last = Some(now);
-            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
+            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, (t.via, dest), buf);
         }
     }
 
@@ -150,7 +150,7 @@ impl Router {
             let mut buf = out.take_buf();
             rtcp::build_sr(&mut buf, &info, &[]);
             rtcp::build_sdes_cname(&mut buf, c.ssrc, &c.quality.cname);
-            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
+            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, (t.via, dest), buf);
         }
         let mut blocks: Vec<rtcp::ReportBlock> = Vec::new();
         for t in transports.values_mut() {
@@ -171,7 +171,7 @@ impl Router {
             let (false, Some(tx), Some(dest)) = (blocks.is_empty(), t.tx.as_mut(), dest) else { continue };
             let mut buf = out.take_buf();
             rtcp::build_rr(&mut buf, t.rtcp_ssrc, &blocks);
-            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
+            push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, (t.via, dest), buf);
         }
     }
 }

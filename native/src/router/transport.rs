@@ -11,6 +11,7 @@ use crate::srtp::SrtpContext;
 use crate::stun_check::IceKey;
 use crate::twcc::TwccRecorder;
 
+use super::output::{Via, MAIN_SOCKET};
 use super::producer::StreamRef;
 use super::Handle;
 
@@ -45,7 +46,22 @@ pub(super) struct Tuple {
     pub(super) proven: bool,
 }
 
+/// What a plain (or pipe) transport has instead of ICE: its own socket, a remote address
+/// fixed by `connect_plain` or learnt from the first valid packet (comedia), and a count of
+/// what came from anywhere else.
+#[derive(Debug, Default)]
+pub(super) struct Plain {
+    /// The remote address is learnt from the first valid packet (then fixed for good).
+    pub(super) comedia: bool,
+    /// Datagrams from another address than the remote one (or before it was known), dropped.
+    pub(super) wrong_source: u64,
+}
+
 pub(super) struct Transport {
+    /// The socket this transport's datagrams leave by (`MAIN_SOCKET` for WebRTC).
+    pub(super) via: Via,
+    /// Set for a plain or pipe transport (no ICE, no DTLS).
+    pub(super) plain: Option<Box<Plain>>,
     pub(super) ufrag: String,
     /// MESSAGE-INTEGRITY key of STUN requests (the local ICE password).
     pub(super) ice_key: IceKey,
@@ -128,6 +144,14 @@ impl Transport {
 
     /// `addr` proved it is the peer. True if that made it the sending tuple.
     pub(super) fn prove(&mut self, addr: SocketAddr) -> bool {
+        if let Some(p) = &self.plain {
+            // Comedia: the first valid packet fixes the remote address, once.
+            if p.comedia && self.selected.is_none() {
+                self.selected = Some(addr);
+                return true;
+            }
+            return false;
+        }
         let Some(t) = self.tuples.iter_mut().find(|t| t.addr == addr) else { return false };
         t.proven = true;
         if self.nominated == Some(addr) && self.selected != Some(addr) {
@@ -163,6 +187,8 @@ impl Transport {
 impl Transport {
     pub(super) fn new(ufrag: &str, ice_key: IceKey, rtcp_ssrc: u32) -> Self {
         Transport {
+            via: MAIN_SOCKET,
+            plain: None,
             ufrag: ufrag.to_owned(),
             ice_key,
             tuples: Vec::new(),

@@ -4,6 +4,7 @@
 mod forwarding;
 mod ice;
 mod loss;
+mod plain;
 mod reports;
 mod sans_io;
 mod simulcast;
