@@ -205,6 +205,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
                 rtx_payload_types: vec![],
                 nack: true,
                 cname: None,
+                pipe_ssrcs: vec![],
             },
             &mut out,
         )

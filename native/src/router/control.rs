@@ -287,7 +287,8 @@ impl Router {
         if spec.encoding >= p.encodings.len() {
             return Err(invalid(format!("consumer spec: encoding {} out of range", spec.encoding)));
         }
-        for s in [Some(spec.ssrc), spec.rtx_ssrc].into_iter().flatten() {
+        let pipe = spec.pipe_ssrcs.iter().flat_map(|&(s, r)| [Some(s), r]);
+        for s in [Some(spec.ssrc), spec.rtx_ssrc].into_iter().chain(pipe).flatten() {
             if t.consumer_ssrc.contains_key(&s) {
                 return Err(invalid(format!("consumer spec: ssrc {s} already used on transport {transport}")));
             }
@@ -299,6 +300,12 @@ impl Router {
         t.consumer_ssrc.insert(spec.ssrc, h);
         if let Some(r) = spec.rtx_ssrc {
             t.consumer_ssrc.insert(r, h);
+        }
+        for &(s, r) in &spec.pipe_ssrcs {
+            t.consumer_ssrc.insert(s, h);
+            if let Some(r) = r {
+                t.consumer_ssrc.insert(r, h);
+            }
         }
         self.producers.get_mut(&producer).expect("checked above").consumers.push(h);
         if !spec.paused {
@@ -313,11 +320,17 @@ impl Router {
         self.retired.add_consumer(&c, video);
         if let Some(t) = self.transports.get_mut(&c.transport) {
             t.consumers.retain(|x| *x != h);
-            t.consumer_ssrc.retain(|_, x| *x != h);
+            let mut ssrcs = Vec::new();
+            t.consumer_ssrc.retain(|s, x| {
+                let keep = *x != h;
+                if !keep {
+                    ssrcs.push(*s);
+                }
+                keep
+            });
             if let Some(tx) = t.tx.as_mut() {
-                tx.remove_ssrc(c.ssrc);
-                if let Some(r) = c.rtx_ssrc {
-                    tx.remove_ssrc(r);
+                for s in [c.ssrc].into_iter().chain(c.rtx_ssrc).chain(ssrcs) {
+                    tx.remove_ssrc(s);
                 }
             }
         }
@@ -351,6 +364,14 @@ impl Router {
         }
         let Some(p) = self.producers.get(&c.producer) else { return };
         if p.paused || !p.video {
+            return;
+        }
+        if c.is_pipe() {
+            // Every stream goes through a pipe: a key frame of each for the far side.
+            let (ph, n) = (c.producer, p.encodings.len());
+            for enc in 0..n {
+                self.request_key_frame(now, ph, enc, out);
+            }
             return;
         }
         c.restart();
