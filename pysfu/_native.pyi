@@ -76,6 +76,8 @@ class ConsumerSpec(TypedDict):
     nack: NotRequired[bool]
     """The viewer negotiated plain ``nack`` (default True): its NACKs are answered."""
     cname: NotRequired[str | None]
+    pipe_ssrcs: NotRequired[list[tuple[int, int | None]]]
+    """A pipe consumer: (SSRC, RTX SSRC) of every producer encoding, forwarded unchanged."""
 
 class Removed(TypedDict):
     """What a removal took with it (the named object included): the engine alone decides

@@ -22,6 +22,14 @@ from pysfu import ortc, stats
 from pysfu.ids import new_id
 from pysfu.layers import watch_consumer_layers
 from pysfu.log import log_event
+from pysfu.pipe import (
+    MAX_PIPES_PER_ROOM,
+    PIPE_OWNER,
+    PipeError,
+    PipeTransport,
+    pipe_consumer_spec,
+    pipe_offer,
+)
 from pysfu.plain import (
     MAX_PLAIN_TRANSPORTS_PER_PEER,
     MAX_PLAIN_TRANSPORTS_PER_ROOM,
@@ -169,6 +177,8 @@ class Room:
         for peer in list(self.peers.values()):
             self._release_peer(peer)
         self.peers.clear()
+        for pipe in list(self.plain_transports.values()):  # pipes: no peer owns them
+            self._close_transport(pipe)
 
     # ---- peers ------------------------------------------------------------------------------
 
@@ -390,6 +400,76 @@ class Room:
 
     def close_plain_transport(self, peer: Peer, transport_id: str) -> None:
         self._close_transport(self.owned_plain_transport(peer, transport_id))
+
+    # ---- pipes (router to router: pysfu.pipe) ------------------------------------------------
+
+    def open_pipe(self) -> PipeTransport:
+        """A pipe transport of this room (SRTP; its end goes to the other side)."""
+        self._check_open()
+        pipes = sum(isinstance(t, PipeTransport) for t in self.plain_transports.values())
+        if pipes >= MAX_PIPES_PER_ROOM:
+            raise LimitExceeded("too many pipes in this room")
+        ctx = self.ctx
+        pipe = PipeTransport(new_id(), handle=ctx.next_handle(), media=ctx.media,
+                             config=ctx.config, room_id=self.id)
+        try:
+            pipe.open()
+        except (OSError, ValueError) as exc:
+            log_event(logger, "pipe.no_port", level=logging.WARNING, room=self.id,
+                      error=str(exc))
+            raise LimitExceeded("no free port for a pipe") from None
+        self.plain_transports[pipe.id] = pipe
+        log_event(logger, "pipe.transport_created", room=self.id, transport=pipe.id,
+                  port=pipe.local_port)
+        return pipe
+
+    def close_pipe(self, pipe: PipeTransport) -> None:
+        """Close a pipe transport (its producers and consumers go with it); idempotent."""
+        if self.plain_transports.get(pipe.id) is pipe:
+            self._close_transport(pipe)
+
+    def pipe_consume(self, pipe: PipeTransport, producer_id: str
+                     ) -> tuple[Consumer, dict[str, Any]]:
+        """A pipe consumer of ``producer_id`` on ``pipe``; the offer the far side's
+        ``pipe_produce`` takes."""
+        self._check_open()
+        if self.plain_transports.get(pipe.id) is not pipe:
+            raise TransportNotFound("no such pipe in this room")
+        producer = self.producer_by_id(producer_id)
+        offer, streams = pipe_offer(producer)
+        consumer = Consumer(new_id(), PIPE_OWNER, pipe, producer, producer.kind,
+                            offer["rtpParameters"], handle=self.ctx.next_handle(), paused=False)
+        self.ctx.media.add_consumer(consumer.handle, pipe.handle, producer.handle,
+                                    pipe_consumer_spec(consumer, streams))
+        producer.consumers.add(consumer.id)
+        self.consumers[consumer.id] = consumer
+        log_event(logger, "pipe.consumer_created", room=self.id, transport=pipe.id,
+                  consumer=consumer.id, producer=producer.id)
+        return consumer, offer
+
+    def pipe_produce(self, pipe: PipeTransport, offer: Any) -> Producer:
+        """The far side of ``pipe_consume``: a producer of this room fed by the pipe,
+        announced to the peers (``newProducer``) like any other."""
+        self._check_open()
+        if self.plain_transports.get(pipe.id) is not pipe:
+            raise TransportNotFound("no such pipe in this room")
+        if not isinstance(offer, dict) or offer.get("kind") not in ("audio", "video"):
+            raise PipeError("pipe offer: {kind, rtpParameters}")
+        kind = offer["kind"]
+        caps = self.ctx.router_rtp_capabilities
+        params = ortc.validate_producer_rtp_parameters(
+            kind, offer.get("rtpParameters"), pipe.producer_mids(), pipe.producer_ssrcs())
+        mapping = ortc.get_producer_rtp_parameters_mapping(params, caps)
+        consumable = ortc.get_consumable_rtp_parameters(kind, params, caps, mapping)
+        consumable["rtcp"]["cname"] = pipe.claim_cname(params.get("rtcp", {}).get("cname"))
+        producer = Producer(new_id(), PIPE_OWNER, pipe, kind, params, mapping, consumable,
+                            handle=self.ctx.next_handle(), paused=bool(offer.get("paused")))
+        pipe.add_producer(producer)
+        self.producers[producer.id] = producer
+        log_event(logger, "pipe.producer_created", room=self.id, transport=pipe.id,
+                  producer=producer.id, kind=kind)
+        self._broadcast("newProducer", {"producerId": producer.id, "kind": kind})
+        return producer
 
     def request_key_frame(self, peer: Peer, consumer_id: str) -> Consumer:
         """The consumer's producer is asked for a key frame (for a receiver without RTCP,
