@@ -132,10 +132,12 @@ def _handle(server: Server, plain: dict[str, Any]) -> int:
     return room.plain_transports[plain["transportId"]].handle
 
 
+@pytest.mark.parametrize("srtp", [False, True], ids=["rtp", "srtp"])
 async def test_plain_consumer_recorded_by_ffmpeg(server: Server, client: Any,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, srtp: bool) -> None:
     """A host sends VP8 (ffmpeg into a plain transport); a second plain transport consumes
-    it and ffmpeg records from the SDP file into a WebM that ffprobe reads."""
+    it and ffmpeg records from the SDP file into a WebM that ffprobe reads. With SRTP the
+    SDP carries our key (a=crypto) and ffmpeg decrypts."""
     async with AsyncExitStack() as stack:
         c = await stack.enter_async_context(client())
         await c.join(ROOM, "host", "host")
@@ -144,14 +146,19 @@ async def test_plain_consumer_recorded_by_ffmpeg(server: Server, client: Any,
         producer_id = await c.produce(ROOM, source["transportId"], "video",
                                       plain_producer_parameters("video", payload_type=VIDEO_PT,
                                                                 ssrc=VIDEO_SSRC))
-        out = await c.create_plain_transport(ROOM)
+        options: dict[str, Any] = {"enableSrtp": True} if srtp else {}
+        out = await c.create_plain_transport(ROOM, **options)
         record_port = free_udp_port()
-        await c.connect_plain_transport(ROOM, out["transportId"], ip="127.0.0.1",
-                                        port=record_port)
+        connect: dict[str, Any] = {"ip": "127.0.0.1", "port": record_port}
+        if srtp:  # ffmpeg sends nothing back; its key is required all the same
+            connect["srtpParameters"] = {"cryptoSuite": "AES_CM_128_HMAC_SHA1_80",
+                                         "keyBase64": base64.b64encode(os.urandom(30)).decode()}
+        await c.connect_plain_transport(ROOM, out["transportId"], **connect)
         caps = device_caps(await c.router_rtp_capabilities(ROOM))
         consumer = await c.consume(ROOM, out["transportId"], producer_id, caps)
         sdp = tmp_path / "recording.sdp"
-        sdp.write_text(consumer_sdp([consumer], ip="127.0.0.1", port=record_port))
+        sdp.write_text(consumer_sdp([consumer], ip="127.0.0.1", port=record_port,
+                                    srtp_parameters=out.get("srtpParameters")))
         webm = tmp_path / "recording.webm"
         record = ffmpeg_record_command(str(sdp), str(webm), seconds=5)
         send = ffmpeg_send_command(pattern(9), video=RtpTarget(
