@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pysfu.pipe")
 
-PIPE_OWNER = "pipe"  # owner of pipe transports, producers and consumers (no peer)
+PIPE_OWNER = "#pipe"  # owner of pipe objects: no peer ("#" is outside the peer id alphabet)
 PIPE_SRTP_SUITE = "AEAD_AES_128_GCM"
 MAX_PIPES_PER_ROOM = 16
 _SSRC_MIN, _SSRC_MAX = 100_000_000, 900_000_000

@@ -36,6 +36,10 @@ logger = logging.getLogger("pysfu.plain")
 # Limits (signaling): plain transports one host may hold, and one room.
 MAX_PLAIN_TRANSPORTS_PER_PEER = 4
 MAX_PLAIN_TRANSPORTS_PER_ROOM = 8
+# The operator (admin API) owns the plain transports and consumers it opens (no peer); "#"
+# is outside the peer id alphabet, so no peer can ever be this owner.
+ADMIN_OWNER = "#admin"
+MAX_ADMIN_CONSUMERS_PER_ROOM = 16
 
 # SRTP suites of plain transports (mediasoup's names) -> (key bytes, salt bytes).
 SRTP_SUITES: dict[str, tuple[int, int]] = {

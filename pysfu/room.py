@@ -31,6 +31,8 @@ from pysfu.pipe import (
     pipe_offer,
 )
 from pysfu.plain import (
+    ADMIN_OWNER,
+    MAX_ADMIN_CONSUMERS_PER_ROOM,
     MAX_PLAIN_TRANSPORTS_PER_PEER,
     MAX_PLAIN_TRANSPORTS_PER_ROOM,
     PlainTransport,
@@ -363,42 +365,74 @@ class Room:
 
     # ---- plain transports (RTP without ICE/DTLS: ffmpeg, GStreamer, recorders) --------------
 
-    def create_plain_transport(self, peer: Peer, *, comedia: bool, enable_srtp: bool,
+    def create_plain_transport(self, peer: Peer | None, *, comedia: bool, enable_srtp: bool,
                                srtp_suite: str) -> PlainTransport:
-        """The host opens a plain transport: a UDP port of its own in the engine."""
+        """The host (or, ``peer`` None, the operator through the admin API) opens a plain
+        transport: a UDP port of its own in the engine."""
         self._check_open()
-        if peer.role != "host":
+        if peer is not None and peer.role != "host":
             raise Forbidden("only the host may create a plain transport")
-        if len(peer.plain_transports) >= MAX_PLAIN_TRANSPORTS_PER_PEER:
+        if peer is not None and len(peer.plain_transports) >= MAX_PLAIN_TRANSPORTS_PER_PEER:
             raise LimitExceeded("too many plain transports for this peer")
         if len(self.plain_transports) >= MAX_PLAIN_TRANSPORTS_PER_ROOM:
             raise LimitExceeded("too many plain transports in this room")
         ctx = self.ctx
-        transport = PlainTransport(new_id(), peer.id, handle=ctx.next_handle(), media=ctx.media,
+        owner = peer.id if peer is not None else ADMIN_OWNER
+        transport = PlainTransport(new_id(), owner, handle=ctx.next_handle(), media=ctx.media,
                                    config=ctx.config, comedia=comedia, enable_srtp=enable_srtp,
                                    srtp_suite=srtp_suite, room_id=self.id)
         try:
             transport.open()
         except (OSError, ValueError) as exc:
             log_event(logger, "plain_transport.no_port", level=logging.WARNING, room=self.id,
-                      peer=peer.id, error=str(exc))
+                      peer=owner, error=str(exc))
             raise LimitExceeded("no free port for a plain transport") from None
-        peer.plain_transports[transport.id] = transport
+        if peer is not None:
+            peer.plain_transports[transport.id] = transport
         self.plain_transports[transport.id] = transport
-        log_event(logger, "plain_transport.created", room=self.id, peer=peer.id,
+        log_event(logger, "plain_transport.created", room=self.id, peer=owner,
                   transport=transport.id, port=transport.local_port, comedia=comedia,
                   srtp=enable_srtp)
         return transport
 
-    def owned_plain_transport(self, peer: Peer, transport_id: str) -> PlainTransport:
+    def owned_plain_transport(self, peer: Peer | None, transport_id: str) -> PlainTransport:
+        """A plain transport of ``peer`` (None: of the operator, admin API)."""
         transport = self.plain_transports.get(transport_id)
-        if transport is None:
+        if transport is None or isinstance(transport, PipeTransport):
             raise TransportNotFound("no such plain transport in this room")
-        if transport.owner != peer.id:
+        if transport.owner != (peer.id if peer is not None else ADMIN_OWNER):
             raise Forbidden("the transport belongs to another peer")
         return transport
 
-    def close_plain_transport(self, peer: Peer, transport_id: str) -> None:
+    def admin_consume(self, transport: PlainTransport, producer_id: str) -> Consumer:
+        """The operator's consumer of ``producer_id`` on its plain transport (a recorder):
+        the router's codecs, no RTX, paused until resumed (``admin_consumer``)."""
+        self._check_open()
+        producer = self.producer_by_id(producer_id)
+        if any(c.producer is producer and c.transport is transport
+               for c in self.consumers.values()):
+            raise AlreadyConsuming("this transport already consumes that producer")
+        if sum(c.owner == ADMIN_OWNER for c in self.consumers.values()) >= \
+                MAX_ADMIN_CONSUMERS_PER_ROOM:
+            raise LimitExceeded("too many operator consumers in this room")
+        caps = ortc.validate_rtp_capabilities(self.ctx.router_rtp_capabilities)
+        rtp = ortc.get_consumer_rtp_parameters(producer.consumable, caps, enable_rtx=False)
+        consumer = Consumer(new_id(), ADMIN_OWNER, transport, producer, producer.kind, rtp,
+                            handle=self.ctx.next_handle())
+        transport.add_consumer(consumer)
+        producer.consumers.add(consumer.id)
+        self.consumers[consumer.id] = consumer
+        log_event(logger, "consumer.created", room=self.id, peer=ADMIN_OWNER,
+                  transport=transport.id, consumer=consumer.id, producer=producer.id)
+        return consumer
+
+    def admin_consumer(self, consumer_id: str) -> Consumer:
+        consumer = self.consumers.get(consumer_id)
+        if consumer is None or consumer.owner != ADMIN_OWNER:
+            raise ConsumerNotFound("no such operator consumer in this room")
+        return consumer
+
+    def close_plain_transport(self, peer: Peer | None, transport_id: str) -> None:
         self._close_transport(self.owned_plain_transport(peer, transport_id))
 
     # ---- pipes (router to router: pysfu.pipe) ------------------------------------------------

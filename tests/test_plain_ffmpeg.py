@@ -311,3 +311,57 @@ async def test_srtp_plain_transport_round_trip(server: Server, client: Any) -> N
         assert all(got), got
         assert {p.ssrc for p in got if p is not None} == {
             viewer.consumer["rtpParameters"]["encodings"][0]["ssrc"]}
+
+
+async def test_admin_api_records_a_room_without_being_its_host(server: Server, client: Any,
+                                                               tmp_path: Path) -> None:
+    """An operator (admin API, loopback) opens a plain transport in a room, consumes the
+    host's producer and gets the SDP; ffmpeg records it; closing frees everything."""
+    import urllib.request
+
+    base = f"http://127.0.0.1:{server.port}/admin/rooms/{ROOM}/plain"
+
+    def post(path: str) -> dict[str, Any]:
+        req = urllib.request.Request(base + path, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer: dict[str, Any] = json.loads(resp.read())
+            return answer
+
+    async with client() as c:
+        await c.join(ROOM, "host", "host")
+        source = await c.create_plain_transport(ROOM, comedia=True)
+        await c.connect_plain_transport(ROOM, source["transportId"])
+        producer_id = await c.produce(ROOM, source["transportId"], "video",
+                                      plain_producer_parameters("video", payload_type=VIDEO_PT,
+                                                                ssrc=VIDEO_SSRC))
+        record_port = free_udp_port()
+        out = await trio.to_thread.run_sync(post, "")
+        tid = out["transportId"]
+        await trio.to_thread.run_sync(post, f"/{tid}/connect?ip=127.0.0.1&port={record_port}")
+        answer = await trio.to_thread.run_sync(post, f"/{tid}/consume?producerId={producer_id}")
+        sdp = tmp_path / "admin.sdp"
+        sdp.write_text(answer["sdp"])
+        webm = tmp_path / "admin.webm"
+        send = ffmpeg_send_command(pattern(7), video=RtpTarget(
+            source["tuple"]["localIp"], source["tuple"]["localPort"], VIDEO_PT, VIDEO_SSRC),
+            video_bitrate="300k")
+        cid = answer["consumer"]["id"]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_ffmpeg, send, 7)
+            nursery.start_soon(run_ffmpeg, ffmpeg_record_command(str(sdp), str(webm),
+                                                                 seconds=3), 7)
+            await trio.sleep(1.0)
+            await trio.to_thread.run_sync(post, f"/consumers/{cid}/resume")
+            await trio.to_thread.run_sync(post, f"/consumers/{cid}/keyframe")
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+             "-show_entries", "stream=width,height,nb_read_frames", "-of", "json", str(webm)],
+            capture_output=True, check=True, timeout=60)
+        stream = json.loads(probe.stdout)["streams"][0]
+        assert (stream["width"], stream["height"]) == (WIDTH, HEIGHT)
+        assert int(stream["nb_read_frames"]) >= 50, stream
+        # The host cannot touch the operator's transport; the operator closes it.
+        with pytest.raises(Exception, match="forbidden"):
+            await c.close_plain_transport(ROOM, tid)
+        await trio.to_thread.run_sync(post, f"/{tid}/close")
+        assert server.ctx.media.plain_sockets() == 1
