@@ -269,19 +269,21 @@ class RtpTarget:
 
 def ffmpeg_send_command(source: list[str], *, video: RtpTarget | None = None,
                         audio: RtpTarget | None = None, ffmpeg: str = "ffmpeg",
-                        video_bitrate: str = "1M") -> list[str]:
+                        video_bitrate: str = "1M", video_stream: str = "0:v:0",
+                        audio_stream: str = "0:a:0") -> list[str]:
     """The ffmpeg command (argv) that sends ``source`` (input options and ``-i`` input, e.g.
     ``["-re", "-i", "movie.mp4"]`` or a lavfi test pattern) into plain transports (comedia):
     VP8 to ``video``, Opus to ``audio``, one transport each (a transport takes one source
     address). ffmpeg's own RTCP is off (``skip_rtcp``): it would come from another port than
-    its RTP, which a rtcp-mux transport drops. ``shlex.join`` it for a shell."""
+    its RTP, which a rtcp-mux transport drops. ``video_stream`` / ``audio_stream``: which
+    input streams (``-map``; e.g. "1:a:0" for a second input). ``shlex.join`` it for a shell."""
     if video is None and audio is None:
         raise ValueError("ffmpeg_send_command: a video and/or an audio target")
     argv = [ffmpeg, "-hide_banner", "-loglevel", "error", *source]
-    for target, opts in ((video, ["-map", "0:v:0", "-c:v", "libvpx", "-b:v", video_bitrate,
+    for target, opts in ((video, ["-map", video_stream, "-c:v", "libvpx", "-b:v", video_bitrate,
                                   "-deadline", "realtime", "-cpu-used", "8", "-g", "60",
                                   "-keyint_min", "60", "-error-resilient", "1"]),
-                         (audio, ["-map", "0:a:0", "-c:a", "libopus", "-b:a", "64k",
+                         (audio, ["-map", audio_stream, "-c:a", "libopus", "-b:a", "64k",
                                   "-ac", "2", "-ar", "48000"])):
         if target is None:
             continue
