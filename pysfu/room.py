@@ -724,7 +724,10 @@ class Room:
         """getStats for a transport, producer or consumer the peer owns."""
         self._check_open()
         media = self.ctx.media
-        if target == "transportId":
+        if target == "transportId" and object_id in self.plain_transports:
+            records = stats.plain_transport_stats(media,
+                                                  self.owned_plain_transport(peer, object_id))
+        elif target == "transportId":
             records = stats.transport_stats(media, self.owned_transport(peer, object_id))
         elif target == "producerId":
             records = stats.producer_stats(media, self.owned_producer(peer, object_id))

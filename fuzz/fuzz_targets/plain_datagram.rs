@@ -1,5 +1,6 @@
 //! Plain transports' datagrams: a room with a plain producer transport (fixed remote),
-//! a comedia plain transport and a plain consumer transport receives arbitrary datagrams
+//! a comedia plain transport and a plain consumer transport (with a plain and a pipe
+//! consumer) receives arbitrary datagrams
 //! from the right and wrong sources, on the plain sockets and on the main one. Invariants:
 //! no panic, no object created or removed, media leaves a plain transport only by its own
 //! socket and only to its remote address (a comedia transport's is its first valid
@@ -38,6 +39,13 @@ fuzz_target!(|data: &[u8]| {
     plain.mid = None;
     plain.mid_ext_id = None;
     r.add_consumer(now, 50, 5, 10, plain, &mut out).expect("plain consumer");
+    // A pipe consumer of the comedia producer on the plain-out transport (every stream,
+    // its own SSRCs; NACKs and PLIs from the far router arrive on that socket).
+    let mut pipe = common::consumer_spec(0xD000, "0", 0);
+    pipe.mid = None;
+    pipe.mid_ext_id = None;
+    pipe.pipe_ssrcs = vec![(0xD000, Some(0xD100))];
+    r.add_consumer(now, 51, 5, 11, pipe, &mut out).expect("pipe consumer");
     out.recycle();
     let counts = r.counts();
     let mut comedia_remote = None;
@@ -77,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
         out.recycle();
     }
     assert_eq!(r.counts(), counts);
-    for h in [1, 2, 4, 5, 10, 11, 20, 21, 50] {
+    for h in [1, 2, 4, 5, 10, 11, 20, 21, 50, 51] {
         r.stats(t, h).expect("object still there");
     }
 });
