@@ -24,7 +24,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pysfu.log import log_event
 from pysfu.plain import PlainTransport, parse_srtp_parameters
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from pysfu._native import ConsumerSpec, Removed
     from pysfu.config import Config
     from pysfu.media import MediaEngine
-    from pysfu.room import Room
     from pysfu.transport import Consumer, Producer
 
 logger = logging.getLogger("pysfu.pipe")
@@ -42,6 +41,19 @@ PIPE_OWNER = "#pipe"  # owner of pipe objects: no peer ("#" is outside the peer 
 PIPE_SRTP_SUITE = "AEAD_AES_128_GCM"
 MAX_PIPES_PER_ROOM = 16
 _SSRC_MIN, _SSRC_MAX = 100_000_000, 900_000_000
+
+
+class Room(Protocol):
+    """What a pipe needs of a room (``pysfu.room.Room`` is one; a protocol, so that this
+    module does not import the room that imports it)."""
+
+    id: str
+
+    def open_pipe(self) -> PipeTransport: ...
+    def close_pipe(self, pipe: PipeTransport) -> None: ...
+    def pipe_consume(self, pipe: PipeTransport, producer_id: str
+                     ) -> tuple[Consumer, dict[str, Any]]: ...
+    def pipe_produce(self, pipe: PipeTransport, offer: Any) -> Producer: ...
 
 
 class PipeError(ValueError):

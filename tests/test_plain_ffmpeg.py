@@ -382,3 +382,34 @@ async def test_admin_api_records_a_room_without_being_its_host(server: Server, c
             await c.close_plain_transport(ROOM, tid)
         await trio.to_thread.run_sync(post, f"/{tid}/close")
         assert server.ctx.media.plain_sockets() == 1
+
+
+async def test_plain_srtp_parameters_are_checked(server: Server, client: Any) -> None:
+    async with client() as c:
+        await c.join(ROOM, "host", "host")
+        with pytest.raises(Exception, match="invalid_field"):
+            await c.create_plain_transport(ROOM, enableSrtp=True, srtpCryptoSuite="NULL")
+        with pytest.raises(Exception, match="invalid_field"):
+            await c.create_plain_transport(ROOM, comedia="yes")
+        srtp = await c.create_plain_transport(ROOM, enableSrtp=True)
+        assert len(base64.b64decode(srtp["srtpParameters"]["keyBase64"])) == 30
+        plain = await c.create_plain_transport(ROOM)
+        assert "srtpParameters" not in plain
+        tid = srtp["transportId"]
+        for bad in ({"cryptoSuite": "AES_CM_128_HMAC_SHA1_80", "keyBase64": "c2hvcnQ="},
+                    {"cryptoSuite": "AEAD_AES_256_GCM",
+                     "keyBase64": base64.b64encode(bytes(44)).decode()},  # not our suite
+                    {"cryptoSuite": "AES_CM_128_HMAC_SHA1_80", "keyBase64": "!!"},
+                    None):
+            with pytest.raises(Exception, match="invalid_field"):
+                await c.connect_plain_transport(ROOM, tid, ip="127.0.0.1", port=9,
+                                                srtpParameters=bad)
+        with pytest.raises(Exception, match="invalid_field"):  # SRTP off on that one
+            await c.connect_plain_transport(ROOM, plain["transportId"], ip="127.0.0.1", port=9,
+                                            srtpParameters={"cryptoSuite": "x"})
+        good = {"cryptoSuite": "AES_CM_128_HMAC_SHA1_80",
+                "keyBase64": base64.b64encode(bytes(range(30))).decode()}
+        await c.connect_plain_transport(ROOM, tid, ip="127.0.0.1", port=9, srtpParameters=good)
+        with pytest.raises(Exception, match="already_connected"):
+            await c.connect_plain_transport(ROOM, tid, ip="127.0.0.1", port=9,
+                                            srtpParameters=good)

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     r.add_producer(now, 10, 1, video.clone()).expect("producer");
     r.add_producer(now, 11, 4, video).expect("comedia producer");
     r.add_consumer(now, 20, 2, 10, common::consumer_spec(0xA000, "0", 0), &mut out).expect("consumer");
-    r.add_consumer(now, 21, 2, 11, common::consumer_spec(0xA001, "1", 0), &mut out).expect("consumer");
+    r.add_consumer(now, 21, 2, 11, common::consumer_spec(0xA010, "1", 0), &mut out).expect("consumer");
     let mut plain = common::consumer_spec(0xC000, "0", 0);
     plain.mid = None;
     plain.mid_ext_id = None;

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pysfu import errors
 from pysfu.errors import SignalingError
@@ -26,7 +26,15 @@ from pysfu.room import Forbidden
 from pysfu.signaling.schema import get_str
 
 if TYPE_CHECKING:
-    from pysfu.signaling.session import Answer, Session
+    from pysfu.room import Peer, Room
+
+Answer = tuple[str, dict[str, Any]]  # (event, data) of a request's answer
+
+
+class Session(Protocol):
+    """What these requests need of the connection (``pysfu.signaling.session.Session``)."""
+
+    def _joined(self, data: dict[str, Any]) -> tuple[Room, Peer]: ...
 
 
 def _bool(data: dict[str, Any], name: str, default: bool) -> bool:

@@ -138,6 +138,11 @@ fn check(spec: &ConsumerSpec) -> Result<()> {
             return Err(invalid("consumer spec: mid given without mid_ext_id"));
         }
     }
+    let mut pipe: Vec<u32> = spec.pipe_ssrcs.iter().flat_map(|&(s, r)| [Some(s), r]).flatten().collect();
+    pipe.sort_unstable();
+    if pipe.windows(2).any(|w| w[0] == w[1]) {
+        return Err(invalid("consumer spec: pipe SSRCs must be distinct"));
+    }
     if let Some(id) = spec.mid_ext_id {
         if id == 0 || id > 14 {
             return Err(invalid(format!("consumer spec: mid_ext_id {id} not in 1..14")));

@@ -240,3 +240,22 @@ fn sender_reports_go_per_stream_over_the_pipe() {
     srs.dedup();
     assert_eq!(srs, PIPE_SSRCS.to_vec(), "an SR for each stream, every report interval");
 }
+
+#[test]
+fn pipe_consumer_spec_is_checked() {
+    let now = Instant::now();
+    let mut r = router(now);
+    let mut out = Output::new();
+    connect(&mut r, now, 1, 1000, &mut out);
+    r.add_producer(now, 10, 1, simulcast_spec()).unwrap();
+    r.add_plain_transport(5, VIA_A, false, false).unwrap();
+    let mut spec = consumer_spec(PIPE_SSRCS[0], "p", false);
+    spec.pipe_ssrcs = vec![(1, None), (2, None)];
+    assert!(r.add_consumer(now, 50, 5, 10, spec.clone(), &mut out).is_err(), "3 encodings, 2 streams");
+    spec.pipe_ssrcs = vec![(1, None), (2, Some(1)), (3, None)];
+    assert!(r.add_consumer(now, 50, 5, 10, spec.clone(), &mut out).is_err(), "SSRC twice");
+    spec.pipe_ssrcs = vec![(1, None), (2, None), (3, None)];
+    r.add_consumer(now, 50, 5, 10, spec, &mut out).unwrap();
+    r.remove_transport(5).unwrap();
+    assert_eq!(r.counts().consumers, 0);
+}
