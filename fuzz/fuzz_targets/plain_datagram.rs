@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     let mut pipe = common::consumer_spec(0xD000, "0", 0);
     pipe.mid = None;
     pipe.mid_ext_id = None;
-    pipe.pipe_ssrcs = vec![(0xD000, Some(0xD100))];
+    pipe.pipe_ssrcs = vec![(0xD000, Some(0xD100)), (0xD002, Some(0xD102))];
     r.add_consumer(now, 51, 5, 11, pipe, &mut out).expect("pipe consumer");
     out.recycle();
     let counts = r.counts();
