@@ -845,6 +845,29 @@ mod tests {
     }
 
     #[test]
+    fn null_context_passes_packets_unchanged_and_is_never_negotiated() {
+        assert!(Profile::from_name("NULL").is_none());
+        let mut tx = SrtpContext::null();
+        let mut rx = SrtpContext::null();
+        let mut pkt = vec![0x80, 96, 0, 1, 0, 0, 0, 9, 0, 0, 0, 7, 1, 2, 3];
+        let plain = pkt.clone();
+        tx.protect_rtp(&mut pkt).unwrap();
+        assert_eq!(pkt, plain);
+        rx.unprotect_rtp(&mut pkt).unwrap();
+        assert_eq!(pkt, plain);
+        // Sequence state is still kept: the same packet again is a replay.
+        assert_eq!(rx.unprotect_rtp(&mut pkt.clone()), Err(SrtpError::Replay));
+        let mut rtcp = vec![0x80, 201, 0, 1, 0, 0, 0, 7];
+        let before = rtcp.clone();
+        tx.protect_rtcp(&mut rtcp).unwrap();
+        rx.unprotect_rtcp(&mut rtcp).unwrap();
+        assert_eq!(rtcp, before);
+        assert!(rx.unprotect_rtcp(&mut vec![0x80, 201]).is_err());
+        assert!(rx.unprotect_rtcp(&mut vec![0x00, 201, 0, 1, 0, 0, 0, 7]).is_err());
+        assert_eq!(Profile::Null.rtp_overhead() + Profile::Null.rtcp_overhead(), 0);
+    }
+
+    #[test]
     fn profile_names_and_lengths() {
         for p in PROFILES {
             assert_eq!(Profile::from_name(p.name()), Some(p));
