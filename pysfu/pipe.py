@@ -14,7 +14,8 @@ NACKs and receiver reports of the far side go back through the pipe; sender repo
 Everything that crosses between the two sides is plain data (``PipeEnd``, the offer of
 ``pipe_consume``), so that a control channel between nodes can carry it. ``pipe_to_router``
 does both sides when both rooms are in reach (two rooms of one server, or of two servers in
-one process); closing either room (or either pipe transport) closes the other side too.
+one process); closing either room (or either pipe transport) closes the other side too, and
+the far producer follows its origin's pause, resume and close.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class Room(Protocol):
     def pipe_consume(self, pipe: PipeTransport, producer_id: str
                      ) -> tuple[Consumer, dict[str, Any]]: ...
     def pipe_produce(self, pipe: PipeTransport, offer: Any) -> Producer: ...
+    def watch_producer(self, producer_id: str, callback: Callable[[str], None]) -> None: ...
+    def set_pipe_producer_paused(self, producer: Producer, paused: bool) -> None: ...
+    def close_pipe_producer(self, producer: Producer) -> None: ...
 
 
 class PipeError(ValueError):
@@ -205,6 +209,14 @@ def pipe_to_router(producer_id: str, source: Room, target: Room) -> PipeLink:
         raise
     source_pipe.on_closed.append(lambda: target.close_pipe(target_pipe))
     target_pipe.on_closed.append(lambda: source.close_pipe(source_pipe))
+
+    def follow(event: str) -> None:  # the origin paused, resumed or closed
+        if event == "closed":
+            target.close_pipe_producer(producer)
+        else:
+            target.set_pipe_producer_paused(producer, event == "paused")
+
+    source.watch_producer(producer_id, follow)
     log_event(logger, "pipe.opened", source=source.id, target=target.id,
               producer=producer_id, piped_producer=producer.id,
               streams=len(offer["rtpParameters"]["encodings"]))

@@ -128,6 +128,8 @@ class Room:
         self.peers: dict[str, Peer] = {}
         self.transports: dict[str, WebRtcTransport] = {}
         self.plain_transports: dict[str, PlainTransport] = {}
+        # Who follows a producer's pause/resume/close (pipes to other rooms: pysfu.pipe).
+        self._producer_watchers: dict[str, list[Callable[[str], None]]] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self.closed = False
@@ -505,6 +507,28 @@ class Room:
         self._broadcast("newProducer", {"producerId": producer.id, "kind": kind})
         return producer
 
+    def watch_producer(self, producer_id: str, callback: Callable[[str], None]) -> None:
+        """``callback("paused" | "resumed" | "closed")`` as the producer changes (a pipe's
+        far side follows its origin)."""
+        self.producer_by_id(producer_id)
+        self._producer_watchers.setdefault(producer_id, []).append(callback)
+
+    def set_pipe_producer_paused(self, producer: Producer, paused: bool) -> None:
+        """A pipe producer follows its origin's pause: the peers are told as for a host's."""
+        if self.producers.get(producer.id) is not producer or producer.paused == paused:
+            return
+        producer.paused = paused
+        producer.transport.set_producer_paused(producer, paused)
+        self._broadcast("producerPaused" if paused else "producerResumed",
+                        {"producerId": producer.id})
+
+    def close_pipe_producer(self, producer: Producer) -> None:
+        """A pipe producer whose origin closed goes (``producerClosed``); idempotent."""
+        if self.producers.get(producer.id) is not producer:
+            return
+        removed = producer.transport.remove_producer(producer)
+        self._forget(removed or {"producers": [producer.handle], "consumers": []})
+
     def request_key_frame(self, peer: Peer, consumer_id: str) -> Consumer:
         """The consumer's producer is asked for a key frame (for a receiver without RTCP,
         e.g. ffmpeg starting to record)."""
@@ -565,6 +589,8 @@ class Room:
             log_event(logger, "producer.closed", room=self.id, peer=producer.owner,
                       producer=producer.id)
             self._broadcast("producerClosed", {"producerId": producer.id}, exclude=owner)
+            for watcher in self._producer_watchers.pop(producer.id, []):
+                watcher("closed")
 
     # ---- producers --------------------------------------------------------------------------
 
@@ -619,6 +645,8 @@ class Room:
                       peer=peer.id, producer=producer.id)
             self._broadcast("producerPaused" if paused else "producerResumed",
                             {"producerId": producer.id}, exclude=peer)
+            for watcher in list(self._producer_watchers.get(producer.id, [])):
+                watcher("paused" if paused else "resumed")
         return producer
 
     def producer_list(self, peer: Peer) -> list[dict[str, str]]:

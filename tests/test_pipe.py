@@ -220,3 +220,27 @@ async def test_closing_the_far_room_closes_the_origin_pipe(setup: Setup) -> None
     assert link.consumer.id not in room_a.consumers
     assert setup.a.media.plain_sockets() == 0 and setup.b.media.plain_sockets() == 0
     assert setup.a.media.counts()["consumers"] == 0
+
+
+async def test_the_far_producer_follows_pause_resume_and_close(setup: Setup) -> None:
+    room_a, room_b = setup.room(setup.a, ROOM_A), setup.room(setup.b, ROOM_B)
+    link = pipe_to_router(setup.producer_id, room_a, room_b)
+    await consume_piped(setup)
+    edge, host = setup.edge, setup.host
+    await wait_for(lambda: len(edge.packets) >= 5, "media at the edge")
+    await host.request("pauseProducer", {"roomId": ROOM_A, "producerId": setup.producer_id})
+    _, note = await edge.client.next_notification("producerPaused")
+    assert note["producerId"] == link.producer.id and link.producer.paused
+    await trio.sleep(0.3)
+    n = len(edge.packets)
+    await trio.sleep(0.3)
+    assert len(edge.packets) == n, "nothing flows while the origin is paused"
+    await host.request("resumeProducer", {"roomId": ROOM_A, "producerId": setup.producer_id})
+    _, note = await edge.client.next_notification("producerResumed")
+    assert note["producerId"] == link.producer.id
+    await wait_for(lambda: len(edge.packets) >= n + 10, "media again after resume")
+    assert is_vp8_keyframe(edge.packets[n].payload), "resumed at a key frame"
+    await host.request("closeProducer", {"roomId": ROOM_A, "producerId": setup.producer_id})
+    _, note = await edge.client.next_notification("producerClosed")
+    assert note["producerId"] == link.producer.id
+    assert setup.b.media.counts()["producers"] == 0
