@@ -31,7 +31,7 @@ from pysfu.log import log_event
 from pysfu.plain import PlainTransport, parse_srtp_parameters
 
 if TYPE_CHECKING:
-    from pysfu._native import ConsumerSpec, Removed
+    from pysfu._native import ConsumerSpec
     from pysfu.config import Config
     from pysfu.media import MediaEngine
     from pysfu.transport import Consumer, Producer
@@ -100,7 +100,6 @@ class PipeTransport(PlainTransport):
                          comedia=False, enable_srtp=True, srtp_suite=PIPE_SRTP_SUITE,
                          room_id=room_id)
         self.direction = "pipe"
-        self.on_closed: list[Callable[[], None]] = []
 
     def local_end(self) -> PipeEnd:
         params = self.parameters()
@@ -108,15 +107,6 @@ class PipeTransport(PlainTransport):
 
     def connect_end(self, end: PipeEnd) -> None:
         self.connect(ip=end.ip, port=end.port, srtp_parameters=end.srtp)
-
-    def close(self) -> Removed:
-        was_open = not self.closed
-        removed = super().close()
-        if was_open:
-            callbacks, self.on_closed = self.on_closed, []
-            for callback in callbacks:
-                callback()
-        return removed
 
 
 def _ssrc() -> int:

@@ -19,6 +19,7 @@ import base64
 import logging
 import secrets
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,8 @@ logger = logging.getLogger("pysfu.plain")
 # Limits (signaling): plain transports one host may hold, and one room.
 MAX_PLAIN_TRANSPORTS_PER_PEER = 4
 MAX_PLAIN_TRANSPORTS_PER_ROOM = 8
+# ... and one client address, over all its rooms (the plain port range is shared).
+MAX_PLAIN_TRANSPORTS_PER_ADDRESS = 16
 # The operator (admin API) owns the plain transports and consumers it opens (no peer); "#"
 # is outside the peer id alphabet, so no peer can ever be this owner.
 ADMIN_OWNER = "#admin"
@@ -110,6 +113,8 @@ class PlainTransport(MediaTransport):
         self.connected = False
         self.remote: tuple[str, int] | None = None
         self._registered = False
+        # Called once when it closes (limits freed, a pipe's other side closed).
+        self.on_closed: list[Callable[[], None]] = []
 
     @property
     def can_produce(self) -> bool:
@@ -188,6 +193,9 @@ class PlainTransport(MediaTransport):
                 gone = self._media.remove_transport(self.handle)
                 if gone is not None:
                     removed = gone
+            callbacks, self.on_closed = self.on_closed, []
+            for callback in callbacks:
+                callback()
         return removed
 
 

@@ -413,3 +413,32 @@ async def test_plain_srtp_parameters_are_checked(server: Server, client: Any) ->
         with pytest.raises(Exception, match="already_connected"):
             await c.connect_plain_transport(ROOM, tid, ip="127.0.0.1", port=9,
                                             srtpParameters=good)
+
+
+async def test_plain_transports_per_address_are_limited_across_rooms(server: Server,
+                                                                     client: Any) -> None:
+    """One address cannot hold the shared plain port range: at most
+    MAX_PLAIN_TRANSPORTS_PER_ADDRESS open plain transports over all its rooms; closing one
+    gives its slot back."""
+    from pysfu.plain import MAX_PLAIN_TRANSPORTS_PER_PEER, MAX_PLAIN_TRANSPORTS_PER_ADDRESS
+
+    rooms = -(-MAX_PLAIN_TRANSPORTS_PER_ADDRESS // MAX_PLAIN_TRANSPORTS_PER_PEER)
+    async with AsyncExitStack() as stack:
+        hosts = []
+        for i in range(rooms + 1):
+            c = await stack.enter_async_context(client())
+            await c.join(f"plain-{i}", "host", "host")
+            hosts.append(c)
+        opened: list[tuple[Any, str, str]] = []
+        for i, c in enumerate(hosts[:rooms]):
+            for _ in range(MAX_PLAIN_TRANSPORTS_PER_PEER):
+                if len(opened) < MAX_PLAIN_TRANSPORTS_PER_ADDRESS:
+                    t = await c.create_plain_transport(f"plain-{i}")
+                    opened.append((c, f"plain-{i}", t["transportId"]))
+        last = hosts[rooms]
+        with pytest.raises(Exception, match="limit_exceeded"):
+            await last.create_plain_transport(f"plain-{rooms}")
+        c, room, tid = opened[0]
+        await c.close_plain_transport(room, tid)
+        await last.create_plain_transport(f"plain-{rooms}")
+        assert server.ctx.media.plain_sockets() == MAX_PLAIN_TRANSPORTS_PER_ADDRESS

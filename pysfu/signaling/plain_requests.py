@@ -19,13 +19,21 @@ import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import trio
+
 from pysfu import errors
 from pysfu.errors import SignalingError
-from pysfu.plain import DEFAULT_SRTP_SUITE, SRTP_SUITES, PlainTransportError
-from pysfu.room import Forbidden
+from pysfu.plain import (
+    DEFAULT_SRTP_SUITE,
+    MAX_PLAIN_TRANSPORTS_PER_ADDRESS,
+    SRTP_SUITES,
+    PlainTransportError,
+)
+from pysfu.room import Forbidden, LimitExceeded
 from pysfu.signaling.schema import get_str
 
 if TYPE_CHECKING:
+    from pysfu.context import ServerContext
     from pysfu.room import Peer, Room
 
 Answer = tuple[str, dict[str, Any]]  # (event, data) of a request's answer
@@ -33,6 +41,9 @@ Answer = tuple[str, dict[str, Any]]  # (event, data) of a request's answer
 
 class Session(Protocol):
     """What these requests need of the connection (``pysfu.signaling.session.Session``)."""
+
+    address: str
+    ctx: ServerContext
 
     def _joined(self, data: dict[str, Any]) -> tuple[Room, Peer]: ...
 
@@ -82,8 +93,22 @@ def plain_handlers(session: Session) -> dict[str, Callable[[dict[str, Any]], Awa
         if suite not in SRTP_SUITES:
             raise SignalingError(errors.INVALID_FIELD,
                                  f"srtpCryptoSuite: one of {', '.join(SRTP_SUITES)}")
-        transport = room.create_plain_transport(peer, comedia=comedia, enable_srtp=enable_srtp,
-                                                srtp_suite=suite)
+        # One address holds at most MAX_PLAIN_TRANSPORTS_PER_ADDRESS ports of the range.
+        limits, end = session.ctx.limits, None
+        if limits is not None:
+            end = limits.open_plain_transport(session.address, trio.current_time(),
+                                              MAX_PLAIN_TRANSPORTS_PER_ADDRESS)
+            if end is None:
+                raise LimitExceeded("too many plain transports for this address")
+        try:
+            transport = room.create_plain_transport(peer, comedia=comedia,
+                                                    enable_srtp=enable_srtp, srtp_suite=suite)
+        except BaseException:
+            if end is not None:
+                end()
+            raise
+        if end is not None:
+            transport.on_closed.append(end)
         return "plainTransportCreated", transport.parameters()
 
     async def connect(data: dict[str, Any]) -> Answer:
