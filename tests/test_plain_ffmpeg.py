@@ -420,7 +420,7 @@ async def test_plain_transports_per_address_are_limited_across_rooms(server: Ser
     """One address cannot hold the shared plain port range: at most
     MAX_PLAIN_TRANSPORTS_PER_ADDRESS open plain transports over all its rooms; closing one
     gives its slot back."""
-    from pysfu.plain import MAX_PLAIN_TRANSPORTS_PER_PEER, MAX_PLAIN_TRANSPORTS_PER_ADDRESS
+    from pysfu.plain import MAX_PLAIN_TRANSPORTS_PER_ADDRESS, MAX_PLAIN_TRANSPORTS_PER_PEER
 
     rooms = -(-MAX_PLAIN_TRANSPORTS_PER_ADDRESS // MAX_PLAIN_TRANSPORTS_PER_PEER)
     async with AsyncExitStack() as stack:
