@@ -1,10 +1,10 @@
 # The two set-up commands of README.md: `make serve` and `make test`.
-.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser fuzz fuzz-ci bench bench-native
+.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser ffmpeg fuzz fuzz-ci bench bench-native
 
 serve: setup
 	.venv/bin/pysfu serve $(ARGS)
 
-test: setup-test lint browser web test-rust fuzz-ci test-python
+test: setup-test lint browser ffmpeg web test-rust fuzz-ci test-python
 
 setup:
 	scripts/setup.sh
@@ -49,6 +49,10 @@ e2e: setup-test browser web
 # Debian's chromium for tests/e2e (apt; a no-op when /usr/bin/chromium exists).
 browser:
 	scripts/install-browser.sh
+
+# Debian's ffmpeg + ffprobe for the plain transport tests (apt; a no-op when present).
+ffmpeg:
+	scripts/install-ffmpeg.sh
 
 # Load benchmark: a real server process, one host (video + audio), N viewers over loopback;
 # sweep of viewers × SRTP profiles; JSON in bench/results/, table on stdout.

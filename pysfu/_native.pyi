@@ -95,6 +95,8 @@ class ConsumerSpec(TypedDict):
     nack: NotRequired[bool]
     """The viewer negotiated plain ``nack`` (default True): its NACKs are answered."""
     cname: NotRequired[str | None]
+    pipe_ssrcs: NotRequired[list[tuple[int, int | None]]]
+    """A pipe consumer: (SSRC, RTX SSRC) of every producer encoding, forwarded unchanged."""
 
 class Removed(TypedDict):
     """What a removal took with it (the named object included): the engine alone decides
@@ -160,6 +162,21 @@ class Engine:
         with (proves that tuple)."""
     def remove_transport(self, handle: int) -> Removed:
         """Also removes the transport's producers and consumers (and their consumers)."""
+    def add_plain_transport(
+        self, handle: int, host: str, ports: tuple[int, int], comedia: bool = False,
+        srtp: bool = False,
+    ) -> int:
+        """A plain/pipe transport on its own UDP socket (a free port of the range, returned):
+        no ICE, no DTLS; ``comedia``: the remote address is the first valid packet's source."""
+    def connect_plain(
+        self, handle: int, ip: str | None = None, port: int | None = None,
+        keys: SrtpKeys | None = None,
+    ) -> None:
+        """The plain transport's remote address (not for comedia) and SRTP keys."""
+    def request_key_frame(self, handle: int) -> None:
+        """Ask consumer ``handle``'s producer for a key frame."""
+    def plain_sockets(self) -> int:
+        """Sockets of plain/pipe transports open now."""
     def add_producer(self, handle: int, transport: int, spec: ProducerSpec) -> None: ...
     def remove_producer(self, handle: int) -> Removed:
         """Also removes the producer's consumers."""

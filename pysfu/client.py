@@ -238,6 +238,24 @@ class SignalingClient:
             "roomId": room_id, "transportId": transport_id, "producerId": producer_id,
             "rtpCapabilities": rtp_capabilities})
 
+    # Plain transports (RTP without ICE/DTLS; pysfu.plain has the SDP/ffmpeg helpers).
+    async def create_plain_transport(self, room_id: str, **options: Any) -> dict[str, Any]:
+        """``options``: comedia, rtcpMux, enableSrtp, srtpCryptoSuite (mediasoup names)."""
+        return await self.request("createPlainTransport", {"roomId": room_id, **options})
+
+    async def connect_plain_transport(self, room_id: str, transport_id: str,
+                                      **options: Any) -> dict[str, Any]:
+        """``options``: ip, port, srtpParameters."""
+        return await self.request("connectPlainTransport", {
+            "roomId": room_id, "transportId": transport_id, **options})
+
+    async def close_plain_transport(self, room_id: str, transport_id: str) -> dict[str, Any]:
+        return await self.request("closePlainTransport",
+                                  {"roomId": room_id, "transportId": transport_id})
+
+    async def request_key_frame(self, room_id: str, consumer_id: str) -> dict[str, Any]:
+        return await self.request("requestKeyFrame", {"roomId": room_id, "consumerId": consumer_id})
+
     async def resume_consumer(self, room_id: str, consumer_id: str) -> dict[str, Any]:
         return await self.request("resumeConsumer", {"roomId": room_id, "consumerId": consumer_id})
 

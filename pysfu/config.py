@@ -39,6 +39,9 @@ class Config:
     enable_udp: bool = True
     enable_tcp: bool = True
     prefer_udp: bool = True
+    # Plain transports (RTP in/out without ICE/DTLS, ffmpeg/GStreamer): one UDP port each,
+    # from this range ("first-last"), bound on rtc_ip.
+    plain_port_range: str = "41000-41999"
     # Lifetimes, seconds. host_grace_period: how long a host whose WebSocket dropped keeps
     # its room, transports and producers (media flows on) for a ``resume``; 0 = none (the
     # room closes when the host's socket does).
@@ -128,6 +131,11 @@ class Config:
     def candidate_ip(self) -> str:
         """The address put in ICE candidates: announced, else the listen address."""
         return self.announced_ip or self.rtc_ip
+
+    @property
+    def plain_ports(self) -> tuple[int, int]:
+        """plain_port_range as (first, last)."""
+        return _port_range(self.plain_port_range)
 
     @property
     def address_request_rate(self) -> float:
@@ -295,9 +303,24 @@ def normal_origin(origin: str) -> str | None:
         return None
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    first, sep, last = text.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"{text!r} is not first-last")
+    lo, hi = int(first), int(last)
+    if not 1 <= lo <= hi <= 65535:
+        raise ValueError(f"{text!r}: need 1 <= first <= last <= 65535")
+    return lo, hi
+
+
 def _check(cfg: Config) -> Config:
     def fail(name: str, why: str) -> None:
         raise ConfigError(f"invalid setting {name}={getattr(cfg, name)!r}: {why}")
+
+    try:
+        _port_range(cfg.plain_port_range)
+    except ValueError:
+        fail("plain_port_range", "must be two port numbers first-last (1..65535, first <= last)")
 
     for name in ("port", "rtc_port", "metrics_port"):
         if not 0 <= getattr(cfg, name) <= 65535:

@@ -84,6 +84,7 @@ class _Address:
     new_connections: TokenBucket
     requests: TokenBucket
     handshakes: int = 0
+    plain_transports: int = 0  # open plain transports (each holds a UDP port)
 
 
 @dataclass(eq=False)
@@ -111,7 +112,8 @@ class AddressLimits:
 
     def _idle(self, state: _Address, now: float) -> bool:
         return (state.connections == 0 and state.handshakes == 0
-                and state.new_connections.full(now) and state.requests.full(now))
+                and state.plain_transports == 0 and state.new_connections.full(now)
+                and state.requests.full(now))
 
     def _sweep(self, now: float) -> None:
         self._addresses = {k: s for k, s in self._addresses.items() if not self._idle(s, now)}
@@ -157,6 +159,26 @@ class AddressLimits:
             return True
         self.refusals.note("requests_per_address", key, now)
         return False
+
+    # ---- plain transports ---------------------------------------------------------------------
+
+    def open_plain_transport(self, key: str, now: float, limit: int) -> Callable[[], None] | None:
+        """A plain transport (a UDP port of the plain range) for ``key``, at most ``limit``
+        open at once: the function that frees the slot, or None (refused, counted)."""
+        state = self._get(key, now)
+        if state.plain_transports >= limit:
+            self.refusals.note("plain_transports_per_address", key, now, limit=limit)
+            return None
+        state.plain_transports += 1
+        done = False
+
+        def end() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                state.plain_transports -= 1
+
+        return end
 
     # ---- DTLS handshakes ----------------------------------------------------------------------
 

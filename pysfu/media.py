@@ -116,6 +116,27 @@ class MediaEngine:
             return None
         return self._call(self.native.remove_transport, handle)
 
+    # Plain (and pipe) transports: a UDP socket of their own in the engine, no ICE or DTLS;
+    # `sink` gets no upcalls (nothing is handed up for them) but is registered like any
+    # transport so that removal goes through one path.
+    def add_plain_transport(self, handle: int, host: str, ports: tuple[int, int], *,
+                            comedia: bool, srtp: bool, sink: UpcallSink) -> int:
+        """The local port the transport's socket was bound to."""
+        port = self.native.add_plain_transport(handle, host, ports, comedia, srtp)
+        self._transports[handle] = sink
+        return port
+
+    def connect_plain(self, handle: int, remote: tuple[str, int] | None,
+                      keys: _native.SrtpKeys | None) -> None:
+        ip, port = remote if remote is not None else (None, None)
+        self._call(self.native.connect_plain, handle, ip, port, keys)
+
+    def request_key_frame(self, consumer: int) -> None:
+        self._call(self.native.request_key_frame, consumer)
+
+    def plain_sockets(self) -> int:
+        return self.native.plain_sockets()
+
     def send(self, handle: int, ip: str, port: int, data: bytes, protocol: str = "udp") -> None:
         self._call(self.native.send, handle, ip, port, data, protocol)
 

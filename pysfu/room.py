@@ -25,7 +25,22 @@ from pysfu.data import DataConsumer, DataLimits, DataProducer, StreamParameters
 from pysfu.ids import new_id, new_secret
 from pysfu.layers import watch_consumer_layers
 from pysfu.log import log_event
-from pysfu.transport import Consumer, Producer, WebRtcTransport
+from pysfu.pipe import (
+    MAX_PIPES_PER_ROOM,
+    PIPE_OWNER,
+    PipeError,
+    PipeTransport,
+    pipe_consumer_spec,
+    pipe_offer,
+)
+from pysfu.plain import (
+    ADMIN_OWNER,
+    MAX_ADMIN_CONSUMERS_PER_ROOM,
+    MAX_PLAIN_TRANSPORTS_PER_PEER,
+    MAX_PLAIN_TRANSPORTS_PER_ROOM,
+    PlainTransport,
+)
+from pysfu.transport import Consumer, MediaTransport, Producer, WebRtcTransport
 
 if TYPE_CHECKING:
     from pysfu._native import Removed
@@ -102,6 +117,7 @@ class Peer:
     role: Role
     notify: Notify | None  # None while the peer has no live socket (reconnect grace)
     transports: dict[str, WebRtcTransport] = field(default_factory=dict)
+    plain_transports: dict[str, PlainTransport] = field(default_factory=dict)
     producers: dict[str, Producer] = field(default_factory=dict)
     consumers: dict[str, Consumer] = field(default_factory=dict)
     grace_scope: trio.CancelScope | None = None
@@ -123,6 +139,9 @@ class Room:
         self.ctx = ctx
         self.peers: dict[str, Peer] = {}
         self.transports: dict[str, WebRtcTransport] = {}
+        self.plain_transports: dict[str, PlainTransport] = {}
+        # Who follows a producer's pause/resume/close (pipes to other rooms: pysfu.pipe).
+        self._producer_watchers: dict[str, list[Callable[[str], None]]] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self.data_producers: dict[str, DataProducer] = {}
@@ -179,6 +198,8 @@ class Room:
         for peer in list(self.peers.values()):
             self._release_peer(peer)
         self.peers.clear()
+        for pipe in list(self.plain_transports.values()):  # pipes: no peer owns them
+            self._close_transport(pipe)
 
     # ---- peers ------------------------------------------------------------------------------
 
@@ -290,6 +311,8 @@ class Room:
         # Its producers and consumers live on its transports: they go with them.
         for transport in list(peer.transports.values()):
             self._close_transport(transport)
+        for plain in list(peer.plain_transports.values()):
+            self._close_transport(plain)
 
     def notify_all(self, event: str, data: dict[str, Any]) -> None:
         """Tell every connected peer (``serverShuttingDown``, ...)."""
@@ -388,6 +411,186 @@ class Room:
             raise Forbidden("the transport belongs to another peer")
         return transport
 
+    def _media_transport(self, peer: Peer, transport_id: str) -> MediaTransport:
+        """A transport of the peer of either kind (WebRTC or plain), for produce/consume."""
+        plain = self.plain_transports.get(transport_id)
+        if plain is not None:
+            if plain.owner != peer.id:
+                raise Forbidden("the transport belongs to another peer")
+            return plain
+        return self.owned_transport(peer, transport_id)
+
+    # ---- plain transports (RTP without ICE/DTLS: ffmpeg, GStreamer, recorders) --------------
+
+    def create_plain_transport(self, peer: Peer | None, *, comedia: bool, enable_srtp: bool,
+                               srtp_suite: str) -> PlainTransport:
+        """The host (or, ``peer`` None, the operator through the admin API) opens a plain
+        transport: a UDP port of its own in the engine."""
+        self._check_open()
+        if peer is not None and peer.role != "host":
+            raise Forbidden("only the host may create a plain transport")
+        if peer is not None and len(peer.plain_transports) >= MAX_PLAIN_TRANSPORTS_PER_PEER:
+            raise LimitExceeded("too many plain transports for this peer")
+        if len(self.plain_transports) >= MAX_PLAIN_TRANSPORTS_PER_ROOM:
+            raise LimitExceeded("too many plain transports in this room")
+        ctx = self.ctx
+        owner = peer.id if peer is not None else ADMIN_OWNER
+        transport = PlainTransport(new_id(), owner, handle=ctx.next_handle(), media=ctx.media,
+                                   config=ctx.config, comedia=comedia, enable_srtp=enable_srtp,
+                                   srtp_suite=srtp_suite, room_id=self.id)
+        try:
+            transport.open()
+        except (OSError, ValueError) as exc:
+            log_event(logger, "plain_transport.no_port", level=logging.WARNING, room=self.id,
+                      peer=owner, error=str(exc))
+            raise LimitExceeded("no free port for a plain transport") from None
+        if peer is not None:
+            peer.plain_transports[transport.id] = transport
+        self.plain_transports[transport.id] = transport
+        log_event(logger, "plain_transport.created", room=self.id, peer=owner,
+                  transport=transport.id, port=transport.local_port, comedia=comedia,
+                  srtp=enable_srtp)
+        return transport
+
+    def owned_plain_transport(self, peer: Peer | None, transport_id: str) -> PlainTransport:
+        """A plain transport of ``peer`` (None: of the operator, admin API)."""
+        transport = self.plain_transports.get(transport_id)
+        if transport is None or isinstance(transport, PipeTransport):
+            raise TransportNotFound("no such plain transport in this room")
+        if transport.owner != (peer.id if peer is not None else ADMIN_OWNER):
+            raise Forbidden("the transport belongs to another peer")
+        return transport
+
+    def admin_consume(self, transport: PlainTransport, producer_id: str) -> Consumer:
+        """The operator's consumer of ``producer_id`` on its plain transport (a recorder):
+        the router's codecs, no RTX, paused until resumed (``admin_consumer``)."""
+        self._check_open()
+        producer = self.producer_by_id(producer_id)
+        if any(c.producer is producer and c.transport is transport
+               for c in self.consumers.values()):
+            raise AlreadyConsuming("this transport already consumes that producer")
+        if sum(c.owner == ADMIN_OWNER for c in self.consumers.values()) >= \
+                MAX_ADMIN_CONSUMERS_PER_ROOM:
+            raise LimitExceeded("too many operator consumers in this room")
+        caps = ortc.validate_rtp_capabilities(self.ctx.router_rtp_capabilities)
+        rtp = ortc.get_consumer_rtp_parameters(producer.consumable, caps, enable_rtx=False)
+        consumer = Consumer(new_id(), ADMIN_OWNER, transport, producer, producer.kind, rtp,
+                            handle=self.ctx.next_handle())
+        transport.add_consumer(consumer)
+        producer.consumers.add(consumer.id)
+        self.consumers[consumer.id] = consumer
+        log_event(logger, "consumer.created", room=self.id, peer=ADMIN_OWNER,
+                  transport=transport.id, consumer=consumer.id, producer=producer.id)
+        return consumer
+
+    def admin_consumer(self, consumer_id: str) -> Consumer:
+        consumer = self.consumers.get(consumer_id)
+        if consumer is None or consumer.owner != ADMIN_OWNER:
+            raise ConsumerNotFound("no such operator consumer in this room")
+        return consumer
+
+    def close_plain_transport(self, peer: Peer | None, transport_id: str) -> None:
+        self._close_transport(self.owned_plain_transport(peer, transport_id))
+
+    # ---- pipes (router to router: pysfu.pipe) ------------------------------------------------
+
+    def open_pipe(self) -> PipeTransport:
+        """A pipe transport of this room (SRTP; its end goes to the other side)."""
+        self._check_open()
+        pipes = sum(isinstance(t, PipeTransport) for t in self.plain_transports.values())
+        if pipes >= MAX_PIPES_PER_ROOM:
+            raise LimitExceeded("too many pipes in this room")
+        ctx = self.ctx
+        pipe = PipeTransport(new_id(), handle=ctx.next_handle(), media=ctx.media,
+                             config=ctx.config, room_id=self.id)
+        try:
+            pipe.open()
+        except (OSError, ValueError) as exc:
+            log_event(logger, "pipe.no_port", level=logging.WARNING, room=self.id,
+                      error=str(exc))
+            raise LimitExceeded("no free port for a pipe") from None
+        self.plain_transports[pipe.id] = pipe
+        log_event(logger, "pipe.transport_created", room=self.id, transport=pipe.id,
+                  port=pipe.local_port)
+        return pipe
+
+    def close_pipe(self, pipe: PipeTransport) -> None:
+        """Close a pipe transport (its producers and consumers go with it); idempotent."""
+        if self.plain_transports.get(pipe.id) is pipe:
+            self._close_transport(pipe)
+
+    def pipe_consume(self, pipe: PipeTransport, producer_id: str
+                     ) -> tuple[Consumer, dict[str, Any]]:
+        """A pipe consumer of ``producer_id`` on ``pipe``; the offer the far side's
+        ``pipe_produce`` takes."""
+        self._check_open()
+        if self.plain_transports.get(pipe.id) is not pipe:
+            raise TransportNotFound("no such pipe in this room")
+        producer = self.producer_by_id(producer_id)
+        offer, streams = pipe_offer(producer)
+        consumer = Consumer(new_id(), PIPE_OWNER, pipe, producer, producer.kind,
+                            offer["rtpParameters"], handle=self.ctx.next_handle(), paused=False)
+        self.ctx.media.add_consumer(consumer.handle, pipe.handle, producer.handle,
+                                    pipe_consumer_spec(consumer, streams))
+        producer.consumers.add(consumer.id)
+        self.consumers[consumer.id] = consumer
+        log_event(logger, "pipe.consumer_created", room=self.id, transport=pipe.id,
+                  consumer=consumer.id, producer=producer.id)
+        return consumer, offer
+
+    def pipe_produce(self, pipe: PipeTransport, offer: Any) -> Producer:
+        """The far side of ``pipe_consume``: a producer of this room fed by the pipe,
+        announced to the peers (``newProducer``) like any other."""
+        self._check_open()
+        if self.plain_transports.get(pipe.id) is not pipe:
+            raise TransportNotFound("no such pipe in this room")
+        if not isinstance(offer, dict) or offer.get("kind") not in ("audio", "video"):
+            raise PipeError("pipe offer: {kind, rtpParameters}")
+        kind = offer["kind"]
+        caps = self.ctx.router_rtp_capabilities
+        params = ortc.validate_producer_rtp_parameters(
+            kind, offer.get("rtpParameters"), pipe.producer_mids(), pipe.producer_ssrcs())
+        mapping = ortc.get_producer_rtp_parameters_mapping(params, caps)
+        consumable = ortc.get_consumable_rtp_parameters(kind, params, caps, mapping)
+        consumable["rtcp"]["cname"] = pipe.claim_cname(params.get("rtcp", {}).get("cname"))
+        producer = Producer(new_id(), PIPE_OWNER, pipe, kind, params, mapping, consumable,
+                            handle=self.ctx.next_handle(), paused=bool(offer.get("paused")))
+        pipe.add_producer(producer)
+        self.producers[producer.id] = producer
+        log_event(logger, "pipe.producer_created", room=self.id, transport=pipe.id,
+                  producer=producer.id, kind=kind)
+        self._broadcast("newProducer", {"producerId": producer.id, "kind": kind})
+        return producer
+
+    def watch_producer(self, producer_id: str, callback: Callable[[str], None]) -> None:
+        """``callback("paused" | "resumed" | "closed")`` as the producer changes (a pipe's
+        far side follows its origin)."""
+        self.producer_by_id(producer_id)
+        self._producer_watchers.setdefault(producer_id, []).append(callback)
+
+    def set_pipe_producer_paused(self, producer: Producer, paused: bool) -> None:
+        """A pipe producer follows its origin's pause: the peers are told as for a host's."""
+        if self.producers.get(producer.id) is not producer or producer.paused == paused:
+            return
+        producer.paused = paused
+        producer.transport.set_producer_paused(producer, paused)
+        self._broadcast("producerPaused" if paused else "producerResumed",
+                        {"producerId": producer.id})
+
+    def close_pipe_producer(self, producer: Producer) -> None:
+        """A pipe producer whose origin closed goes (``producerClosed``); idempotent."""
+        if self.producers.get(producer.id) is not producer:
+            return
+        removed = producer.transport.remove_producer(producer)
+        self._forget(removed or {"producers": [producer.handle], "consumers": []})
+
+    def request_key_frame(self, peer: Peer, consumer_id: str) -> Consumer:
+        """The consumer's producer is asked for a key frame (for a receiver without RTCP,
+        e.g. ffmpeg starting to record)."""
+        consumer = self.owned_consumer(peer, consumer_id)
+        self.ctx.media.request_key_frame(consumer.handle)
+        return consumer
+
     def _first_media(self, transport: WebRtcTransport) -> None:
         """The engine forwarded a transport's first media packet: the first for its owner
         since it joined gives the join-to-first-packet time."""
@@ -406,11 +609,13 @@ class Room:
         if owner is not None and owner.notify is not None:
             owner.notify("transportClosed", {"transportId": transport.id, "reason": reason})
 
-    def _close_transport(self, transport: WebRtcTransport) -> None:
+    def _close_transport(self, transport: MediaTransport) -> None:
         owner = self.peers.get(transport.owner)
         self.transports.pop(transport.id, None)
+        self.plain_transports.pop(transport.id, None)
         if owner is not None:
             owner.transports.pop(transport.id, None)
+            owner.plain_transports.pop(transport.id, None)
         self._forget_data(transport)
         self._forget(transport.close())
         log_event(logger, "transport.closed", room=self.id, peer=transport.owner,
@@ -440,6 +645,8 @@ class Room:
             log_event(logger, "producer.closed", room=self.id, peer=producer.owner,
                       producer=producer.id)
             self._broadcast("producerClosed", {"producerId": producer.id}, exclude=owner)
+            for watcher in self._producer_watchers.pop(producer.id, []):
+                watcher("closed")
 
     # ---- producers --------------------------------------------------------------------------
 
@@ -447,8 +654,8 @@ class Room:
         self._check_open()
         if peer.role != "host":
             raise Forbidden("viewers cannot produce")
-        transport = self.owned_transport(peer, transport_id)
-        if transport.direction != "send":
+        transport = self._media_transport(peer, transport_id)
+        if not transport.can_produce:
             raise Forbidden("produce needs a send transport")
         if len(peer.producers) >= self.ctx.config.max_producers_per_peer:
             raise LimitExceeded("too many producers for this peer")
@@ -494,6 +701,8 @@ class Room:
                       peer=peer.id, producer=producer.id)
             self._broadcast("producerPaused" if paused else "producerResumed",
                             {"producerId": producer.id}, exclude=peer)
+            for watcher in list(self._producer_watchers.get(producer.id, [])):
+                watcher("paused" if paused else "resumed")
         return producer
 
     def producer_list(self, peer: Peer) -> list[dict[str, str]]:
@@ -503,8 +712,8 @@ class Room:
 
     def consume(self, peer: Peer, transport_id: str, producer_id: str, caps: Any) -> Consumer:
         self._check_open()
-        transport = self.owned_transport(peer, transport_id)
-        if transport.direction != "recv":
+        transport = self._media_transport(peer, transport_id)
+        if not transport.can_consume:
             raise Forbidden("consume needs a recv transport")
         producer = self.producers.get(producer_id)
         if producer is None:
@@ -599,7 +808,10 @@ class Room:
         """getStats for a transport, producer or consumer the peer owns."""
         self._check_open()
         media = self.ctx.media
-        if target == "transportId":
+        if target == "transportId" and object_id in self.plain_transports:
+            records = stats.plain_transport_stats(media,
+                                                  self.owned_plain_transport(peer, object_id))
+        elif target == "transportId":
             records = stats.transport_stats(media, self.owned_transport(peer, object_id))
         elif target == "producerId":
             records = stats.producer_stats(media, self.owned_producer(peer, object_id))
@@ -702,12 +914,12 @@ class Room:
         if viewer is not None:
             viewer.data_consumers.pop(consumer.id, None)
 
-    def _forget_data(self, transport: WebRtcTransport) -> None:
+    def _forget_data(self, transport: MediaTransport) -> None:
         """A transport closes: its data producers (and their consumers) and its data
         consumers go with it."""
-        for producer in [p for p in self.data_producers.values() if p.transport is transport]:
+        for producer in [p for p in self.data_producers.values() if p.transport.id == transport.id]:
             self._remove_data_producer(producer)
-        for consumer in [c for c in self.data_consumers.values() if c.transport is transport]:
+        for consumer in [c for c in self.data_consumers.values() if c.transport.id == transport.id]:
             self._remove_data_consumer(consumer)
 
     def _on_data(self, transport: WebRtcTransport, stream: int, ppid: int, data: bytes) -> None:

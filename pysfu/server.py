@@ -53,6 +53,7 @@ from pysfu.limits import TokenBucket, address_key
 from pysfu.log import log_event
 from pysfu.media import MediaEngine
 from pysfu.metrics import CONTENT_TYPE_LATEST, EngineCollector, RoomGauges, build_registry, render
+from pysfu.plain_admin import admin_plain
 from pysfu.room import Room, RoomError, RoomRegistry
 from pysfu.signaling.session import Session
 
@@ -771,6 +772,9 @@ class Server:
                 room = rooms.get(parts[1])
                 if room is None or room.closed:
                     return _admin_error(404, errors.ROOM_NOT_FOUND, "no such room")
+                if len(parts) >= 3 and parts[2] == "plain" and method == b"POST":
+                    # Plain transports for operators (recorders): pysfu/plain_admin.py.
+                    return admin_plain(room, parts[3:], query)
                 return self._admin_room(room, parts[2:], method, reason)
         except RoomError as exc:
             from pysfu.signaling.session import protocol_error

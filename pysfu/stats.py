@@ -23,6 +23,7 @@ from pysfu.ice import protocol_of
 
 if TYPE_CHECKING:
     from pysfu.media import MediaEngine
+    from pysfu.plain import PlainTransport
     from pysfu.transport import Consumer, Producer, WebRtcTransport
 
 
@@ -59,6 +60,30 @@ def transport_stats(media: MediaEngine, transport: WebRtcTransport) -> Records |
             if tuple_ is not None else None
         ),
         "dtlsState": transport.dtls.state if transport.dtls is not None else "new",
+    }]
+
+
+def plain_transport_stats(media: MediaEngine, transport: PlainTransport) -> Records | None:
+    """mediasoup's ``plain-rtp-transport`` record: counters, the local and remote tuples,
+    comedia, and what came from another source (dropped)."""
+    records = media.rtp_stats(transport.handle)
+    state = media.stats(transport.handle)
+    if records is None or state is None:
+        return None
+    (record,) = records
+    remote = str(state.get("selectedTuple") or "")
+    ip, _, port = remote.rpartition(":")
+    return [{
+        **record,
+        "type": "plain-rtp-transport",
+        "transportId": transport.id,
+        "timestamp": _now_ms(),
+        "comedia": transport.comedia,
+        "rtcpMux": True,
+        "tuple": {"localIp": transport.announced_ip, "localPort": transport.local_port,
+                  "remoteIp": ip.strip("[]") or None, "remotePort": int(port) if port else None,
+                  "protocol": "udp"},
+        "wrongSourceDropped": state.get("wrongSourceDropped", 0),
     }]
 
 

@@ -103,7 +103,7 @@ class AlreadyConnected(Exception):
 class Producer:
     id: str
     owner: str
-    transport: WebRtcTransport
+    transport: MediaTransport
     kind: str
     rtp_parameters: dict[str, Any]
     mapping: dict[str, Any]
@@ -117,7 +117,7 @@ class Producer:
 class Consumer:
     id: str
     owner: str
-    transport: WebRtcTransport
+    transport: MediaTransport
     producer: Producer
     kind: str
     rtp_parameters: dict[str, Any]
@@ -125,7 +125,104 @@ class Consumer:
     paused: bool = True
 
 
-class WebRtcTransport:
+class MediaTransport:
+    """What every transport kind has: an id, an owner, a handle in the engine, and the
+    producers and consumers that live on it (their engine specs included). WebRTC
+    (``WebRtcTransport``) and plain (``pysfu.plain.PlainTransport``) transports add how the
+    remote end connects."""
+
+    def __init__(self, transport_id: str, owner: str, direction: str, *, handle: int,
+                 media: MediaEngine, room_id: str = "") -> None:
+        self.id = transport_id
+        self.owner = owner
+        self.direction = direction
+        self.handle = handle
+        self.room_id = room_id
+        self._media = media
+        self.cname: str | None = None
+        self.closed = False
+        self._mids = itertools.count()
+        self._producers: dict[int, Producer] = {}  # its producers' parameters (mids, SSRCs)
+
+    @property
+    def can_produce(self) -> bool:
+        return self.direction == "send"
+
+    @property
+    def can_consume(self) -> bool:
+        return self.direction == "recv"
+
+    def close(self) -> Removed:
+        """Close it; what the engine removed with it (producers, consumers), once."""
+        raise NotImplementedError
+
+    def next_mid(self) -> str:
+        # Never repeats on this transport (mediasoup-client recycles m-sections by mid).
+        return str(next(self._mids) % 100_000_000)
+
+    def claim_cname(self, cname: str | None) -> str:
+        if self.cname is None:
+            self.cname = cname or "".join(secrets.choice(_CNAME_ALPHABET) for _ in range(8))
+        return self.cname
+
+    def producer_mids(self) -> set[str]:
+        return {p.rtp_parameters["mid"] for p in self._producers.values()
+                if p.rtp_parameters.get("mid")}
+
+    def producer_ssrcs(self) -> set[int]:
+        ssrcs: set[int] = set()
+        for p in self._producers.values():
+            for enc in p.rtp_parameters.get("encodings", []):
+                ssrcs.update(s for s in (enc.get("ssrc"), (enc.get("rtx") or {}).get("ssrc")) if s)
+        return ssrcs
+
+    # ---- engine objects ---------------------------------------------------------------------
+
+    def add_producer(self, producer: Producer) -> None:
+        self._media.add_producer(producer.handle, self.handle, producer_spec(producer))
+        self._producers[producer.handle] = producer
+
+    def remove_producer(self, producer: Producer) -> Removed | None:
+        """The engine removes the producer and its consumers; its answer says which (None:
+        not this transport's, or already gone)."""
+        if self._producers.pop(producer.handle, None) is None:
+            return None
+        return self._media.remove_producer(producer.handle)
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self._media.add_consumer(
+            consumer.handle, self.handle, consumer.producer.handle, consumer_spec(consumer)
+        )
+
+    def set_consumer_paused(self, consumer: Consumer, paused: bool) -> None:
+        if paused:
+            self._media.pause_consumer(consumer.handle)
+        else:
+            self._media.resume_consumer(consumer.handle)
+
+    def set_producer_paused(self, producer: Producer, paused: bool) -> None:
+        if paused:
+            self._media.pause_producer(producer.handle)
+        else:
+            self._media.resume_producer(producer.handle)
+
+    def request_key_frame(self, producer: Producer) -> None:
+        """Ask the producer for a key frame now (its host resumed: what its viewers got in the
+        meantime may not decode). The engine's resume of a paused producer is the path that
+        asks (PLI or FIR, as negotiated) and has every consumer of it go on from that key
+        frame; a producer the host paused is left alone."""
+        if producer.paused or producer.handle not in self._producers:
+            return
+        self._media.pause_producer(producer.handle)
+        self._media.resume_producer(producer.handle)
+
+    def set_consumer_preferred_layers(
+        self, consumer: Consumer, spatial: int, temporal: int | None
+    ) -> tuple[int, int] | None:
+        return self._media.set_preferred_layers(consumer.handle, spatial, temporal)
+
+
+class WebRtcTransport(MediaTransport):
     def __init__(self, transport_id: str, owner: str, direction: str, *, handle: int,
                  media: MediaEngine, config: Config, certificate: Certificate,
                  on_failed: Callable[[WebRtcTransport, str], None], room_id: str = "",
@@ -136,12 +233,8 @@ class WebRtcTransport:
         out; the owner of the transport closes it. ``on_media(transport)``: the engine sent
         it its first forwarded media packet. ``room_id`` only labels log lines. ``sctp``:
         the transport carries data channels (an SCTP association over its DTLS session)."""
-        self.id = transport_id
-        self.owner = owner
-        self.direction = direction
-        self.handle = handle
-        self.room_id = room_id
-        self._media = media
+        super().__init__(transport_id, owner, direction, handle=handle, media=media,
+                         room_id=room_id)
         self._config = config
         self._certificate = certificate
         self._on_failed = on_failed
@@ -151,10 +244,6 @@ class WebRtcTransport:
         self.dtls: DtlsTransport | None = None
         self.remote_dtls: dict[str, Any] | None = None
         self.srtp_profile: str | None = None
-        self.cname: str | None = None
-        self.closed = False
-        self._mids = itertools.count()
-        self._producers: dict[int, Producer] = {}  # its producers' parameters (mids, SSRCs)
         # What the engine removed with this transport, until ``close`` hands it over (the
         # task's ``finally`` may get there first).
         self._removed: Removed = {"producers": [], "consumers": []}
@@ -241,71 +330,6 @@ class WebRtcTransport:
             self._flush_dtls()
         log_event(logger, "transport.connect", room=self.room_id, peer=self.owner,
                   transport=self.id, dtls_role=role)
-
-    def next_mid(self) -> str:
-        # Never repeats on this transport (mediasoup-client recycles m-sections by mid).
-        return str(next(self._mids) % 100_000_000)
-
-    def claim_cname(self, cname: str | None) -> str:
-        if self.cname is None:
-            self.cname = cname or "".join(secrets.choice(_CNAME_ALPHABET) for _ in range(8))
-        return self.cname
-
-    def producer_mids(self) -> set[str]:
-        return {p.rtp_parameters["mid"] for p in self._producers.values()
-                if p.rtp_parameters.get("mid")}
-
-    def producer_ssrcs(self) -> set[int]:
-        ssrcs: set[int] = set()
-        for p in self._producers.values():
-            for enc in p.rtp_parameters.get("encodings", []):
-                ssrcs.update(s for s in (enc.get("ssrc"), (enc.get("rtx") or {}).get("ssrc")) if s)
-        return ssrcs
-
-    # ---- engine objects ---------------------------------------------------------------------
-
-    def add_producer(self, producer: Producer) -> None:
-        self._media.add_producer(producer.handle, self.handle, producer_spec(producer))
-        self._producers[producer.handle] = producer
-
-    def remove_producer(self, producer: Producer) -> Removed | None:
-        """The engine removes the producer and its consumers; its answer says which (None:
-        not this transport's, or already gone)."""
-        if self._producers.pop(producer.handle, None) is None:
-            return None
-        return self._media.remove_producer(producer.handle)
-
-    def add_consumer(self, consumer: Consumer) -> None:
-        self._media.add_consumer(
-            consumer.handle, self.handle, consumer.producer.handle, consumer_spec(consumer)
-        )
-
-    def set_consumer_paused(self, consumer: Consumer, paused: bool) -> None:
-        if paused:
-            self._media.pause_consumer(consumer.handle)
-        else:
-            self._media.resume_consumer(consumer.handle)
-
-    def set_producer_paused(self, producer: Producer, paused: bool) -> None:
-        if paused:
-            self._media.pause_producer(producer.handle)
-        else:
-            self._media.resume_producer(producer.handle)
-
-    def request_key_frame(self, producer: Producer) -> None:
-        """Ask the producer for a key frame now (its host resumed: what its viewers got in the
-        meantime may not decode). The engine's resume of a paused producer is the path that
-        asks (PLI or FIR, as negotiated) and has every consumer of it go on from that key
-        frame; a producer the host paused is left alone."""
-        if producer.paused or producer.handle not in self._producers:
-            return
-        self._media.pause_producer(producer.handle)
-        self._media.resume_producer(producer.handle)
-
-    def set_consumer_preferred_layers(
-        self, consumer: Consumer, spatial: int, temporal: int | None
-    ) -> tuple[int, int] | None:
-        return self._media.set_preferred_layers(consumer.handle, spatial, temporal)
 
     # ---- task ---------------------------------------------------------------------------------
 

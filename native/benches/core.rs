@@ -207,6 +207,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
                 rtx_payload_types: vec![],
                 nack: true,
                 cname: None,
+                pipe_ssrcs: vec![],
             },
             &mut out,
         )

@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::io;
+use crate::plain_io::PlainSockets;
 use crate::poller::{Events, Poller, READABLE};
 use crate::remote::{Remote, Via};
 use crate::tcp::{self, Frames, TcpEdge};
@@ -94,6 +95,8 @@ struct Shared {
     stop_fd: EventFd,
     stop: AtomicBool,
     send_failed: AtomicU64,
+    /// Sockets of plain/pipe transports and their thread (plain_io.rs).
+    plain: PlainSockets,
 }
 
 impl Shared {
@@ -119,7 +122,14 @@ impl Shared {
             self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
         }
         if other > 0 {
-            self.send_tcp(out.transmits.iter().filter(|t| t.dest.via == Via::Tcp).map(|t| (t.dest.addr, t.buf.as_slice())));
+            // Some leave by a TCP connection or a plain/pipe transport's own socket.
+            if out.transmits.iter().any(|t| t.dest.via == Via::Tcp) {
+                self.send_tcp(out.transmits.iter().filter(|t| t.dest.via == Via::Tcp).map(|t| (t.dest.addr, t.buf.as_slice())));
+            }
+            let failed = self.plain.send(out.transmits.iter().filter(|t| matches!(t.dest.via, Via::Plain(_))));
+            if failed > 0 {
+                self.send_failed.fetch_add(failed, Ordering::Relaxed);
+            }
         }
         out.recycle();
     }
@@ -148,6 +158,12 @@ impl Shared {
                 }
             }
             Via::Tcp => self.send_tcp(std::iter::once((dest.addr, data))),
+            Via::Plain(_) => {
+                let failed = self.plain.send(std::iter::once(&crate::router::Transmit { dest, buf: data.to_vec() }));
+                if failed > 0 {
+                    self.send_failed.fetch_add(failed, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -289,6 +305,35 @@ fn io_thread(shared: Arc<Shared>) {
     }
 }
 
+/// The plain/pipe sockets' thread (plain_io.rs): each batch read from a transport's own
+/// socket goes to the router under the lock, like the I/O thread's, then out.
+fn plain_thread(shared: Arc<Shared>) {
+    let mut out = Output::new();
+    shared.plain.run(&shared.stop, |th, batch, n| {
+        let now = Instant::now();
+        {
+            let mut st = shared.state.lock();
+            let st = &mut *st;
+            for i in 0..n {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    if let Some((from, data, truncated)) = batch.get(i) {
+                        if truncated {
+                            st.router.count_drop(DropReason::Truncated, 1);
+                        } else {
+                            st.router.handle_plain_datagram(now, th, from, data, &mut out);
+                        }
+                    }
+                }));
+                if let Err(e) = result {
+                    on_io_panic(&shared, st, &*e);
+                }
+            }
+            shared.signal(st);
+        }
+        shared.send(&mut out);
+    });
+}
+
 /// Count a panic caught on the I/O thread and wake Python so it logs it.
 fn on_io_panic(shared: &Shared, st: &mut State, e: &(dyn std::any::Any + Send)) {
     st.router.count_drop(DropReason::Panic, 1);
@@ -422,6 +467,7 @@ impl Engine {
             shared.stop.store(true, Ordering::Release);
             shared.stop_fd.set();
             let _ = thread.join();
+            shared.plain.join();
             // Dropping the last Arc closes the socket and both fds.
             drop(shared);
         }
@@ -453,6 +499,8 @@ impl Engine {
             reg(t.listener_fd(), TOKEN_LISTENER)?;
         }
         let up_raw_fd = up_fd.as_raw_fd();
+        let plain = PlainSockets::new().map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
+        plain.watch_stop(stop_fd.as_raw_fd()).map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State { router: new_router(), signalled: false, last_panic: None, panic_next: false }),
             socket,
@@ -463,6 +511,7 @@ impl Engine {
             stop_fd,
             stop: AtomicBool::new(false),
             send_failed: AtomicU64::new(0),
+            plain,
         });
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
@@ -597,7 +646,56 @@ impl Engine {
     /// went, as {"producers": [...], "consumers": [...]}.
     fn remove_transport<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, PyDict>> {
         let removed = self.control(py, move |r, _, _| r.remove_transport(handle))?;
+        // A plain/pipe transport's own socket closes with it (its port is free again).
+        self.shared()?.plain.close_transport(handle);
         removed_dict(py, &removed)
+    }
+
+    /// A plain (or pipe) transport: RTP/RTCP without ICE/DTLS on a UDP socket of its own,
+    /// bound on `host` at a free port of `ports` (first, last; the port is returned). `comedia`: the
+    /// remote address is learnt from the first valid packet; `srtp`: keys come with
+    /// `connect_plain` (else plain RTP).
+    #[pyo3(signature = (handle, host, ports, comedia = false, srtp = false))]
+    fn add_plain_transport(&self, py: Python<'_>, handle: Handle, host: &str, ports: (u16, u16), comedia: bool, srtp: bool) -> PyResult<u16> {
+        let (port_min, port_max) = ports;
+        let shared = self.shared()?;
+        let host = host.to_owned();
+        let (via, port) = py
+            .detach(|| shared.plain.open(handle, &host, port_min, port_max, os_seed()))
+            .map_err(|e| PyValueError::new_err(format!("cannot bind a plain transport socket on {host} in {port_min}-{port_max}: {e}")))?;
+        if let Err(e) = self.control(py, move |r, _, _| r.add_plain_transport(handle, via, comedia, srtp)) {
+            shared.plain.close_transport(handle);
+            return Err(e);
+        }
+        let s2 = shared.clone();
+        shared
+            .plain
+            .ensure_thread(|| std::thread::Builder::new().name("pysfu-plain".into()).spawn(move || plain_thread(s2)))
+            .map_err(|e| PyValueError::new_err(format!("cannot start the plain transports' thread: {e}")))?;
+        Ok(port)
+    }
+
+    /// The remote end of a plain transport: its address (`ip`, `port`; none for comedia)
+    /// and SRTP keys (`pysfu.dtls.SrtpKeys`-like, read by attribute), if it uses SRTP.
+    #[pyo3(signature = (handle, ip = None, port = None, keys = None))]
+    fn connect_plain(&self, py: Python<'_>, handle: Handle, ip: Option<String>, port: Option<u16>, keys: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let remote = match (ip, port) {
+            (Some(ip), Some(port)) => Some(parse_addr(&ip, port)?),
+            (None, None) => None,
+            _ => return Err(PyValueError::new_err("ip and port go together")),
+        };
+        let keys: Option<SrtpKeys> = keys.map(|k| k.extract().map_err(|e| spec_error(py, "srtp keys", e))).transpose()?;
+        self.control(py, move |r, now, out| r.connect_plain(now, handle, remote, keys.as_ref(), out))
+    }
+
+    /// Ask consumer `handle`'s producer for a key frame (for receivers without RTCP).
+    fn request_key_frame(&self, py: Python<'_>, handle: Handle) -> PyResult<()> {
+        self.control(py, move |r, now, out| r.request_consumer_key_frame(now, handle, out))
+    }
+
+    /// Sockets of plain/pipe transports open now (each closes with its transport).
+    fn plain_sockets(&self) -> PyResult<usize> {
+        Ok(self.shared()?.plain.len())
     }
 
     fn add_producer(&self, py: Python<'_>, handle: Handle, transport: Handle, spec: &Bound<'_, PyAny>) -> PyResult<()> {

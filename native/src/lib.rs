@@ -16,6 +16,7 @@ pub mod budget;
 pub mod engine;
 pub mod fasthash;
 pub mod io;
+pub mod plain_io;
 pub mod router;
 pub mod stun_check;
 pub mod stun_peek;

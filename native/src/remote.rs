@@ -16,13 +16,21 @@ pub enum Via {
     /// The accepted TCP connection (RFC 4571 framing) from this remote address on the
     /// engine's TCP listener (one per remote address, so the address names it).
     Tcp,
+    /// The UDP socket of a plain or pipe transport (its own port), by the engine's id of it.
+    Plain(SocketId),
 }
+
+/// The engine's id of a plain/pipe transport's socket; 0 (`MAIN_SOCKET`) is never one.
+pub type SocketId = u32;
+/// Not a plain socket id: the engine's media port.
+pub const MAIN_SOCKET: SocketId = 0;
 
 impl Via {
     pub fn name(self) -> &'static str {
         match self {
             Via::Udp => "udp",
             Via::Tcp => "tcp",
+            Via::Plain(_) => "plain",
         }
     }
 
@@ -70,7 +78,8 @@ impl From<SocketAddr> for Remote {
 impl fmt::Display for Remote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.via {
-            Via::Udp => write!(f, "{}", self.addr),
+            // A plain/pipe transport's own socket is UDP too: shown as an address.
+            Via::Udp | Via::Plain(_) => write!(f, "{}", self.addr),
             other => write!(f, "{}/{}", self.addr, other.name()),
         }
     }

@@ -63,6 +63,9 @@ pub enum Profile {
     AesCm128HmacSha1_80,
     AeadAes128Gcm,
     AeadAes256Gcm,
+    /// No protection (plain RTP/RTCP: a plain or pipe transport without SRTP). Never named
+    /// by `from_name`, so DTLS can never select it; only `SrtpContext::null` builds it.
+    Null,
 }
 
 impl Profile {
@@ -85,6 +88,7 @@ impl Profile {
             Profile::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
             Profile::AeadAes128Gcm => "AEAD_AES_128_GCM",
             Profile::AeadAes256Gcm => "AEAD_AES_256_GCM",
+            Profile::Null => "NULL",
         }
     }
 
@@ -93,6 +97,7 @@ impl Profile {
         match self {
             Profile::AesCm128HmacSha1_80 | Profile::AeadAes128Gcm => 16,
             Profile::AeadAes256Gcm => 32,
+            Profile::Null => 0,
         }
     }
 
@@ -101,6 +106,7 @@ impl Profile {
         match self {
             Profile::AesCm128HmacSha1_80 => 14,
             Profile::AeadAes128Gcm | Profile::AeadAes256Gcm => 12,
+            Profile::Null => 0,
         }
     }
 
@@ -108,6 +114,7 @@ impl Profile {
         match self {
             Profile::AesCm128HmacSha1_80 => HMAC_TAG_LEN,
             Profile::AeadAes128Gcm | Profile::AeadAes256Gcm => GCM_TAG_LEN,
+            Profile::Null => 0,
         }
     }
 
@@ -118,7 +125,10 @@ impl Profile {
 
     /// Bytes protect_rtcp appends to an RTCP compound packet (tag + E/index word).
     pub fn rtcp_overhead(self) -> usize {
-        self.tag_len() + 4
+        match self {
+            Profile::Null => 0,
+            _ => self.tag_len() + 4,
+        }
     }
 }
 
@@ -197,6 +207,8 @@ impl GcmKeys {
 enum Keys {
     Cm(Box<CmKeys>),
     Gcm(Box<GcmKeys>),
+    /// `Profile::Null`: packets pass unchanged (sequence/replay state is still kept).
+    Null,
 }
 
 /// Replay window over 64-bit indices: `max` is the highest accepted index, bit `i` of
@@ -372,6 +384,7 @@ fn derive_keys(
                 mac: <Hmac<Sha1> as Mac>::new_from_slice(&a).map_err(|_| SrtpError::BadKey)?,
             })))
         }
+        Profile::Null => Ok(Keys::Null),
         Profile::AeadAes128Gcm | Profile::AeadAes256Gcm => {
             let mut k = [0u8; 32];
             let klen = profile.key_len();
@@ -508,6 +521,12 @@ impl SrtpContext {
         })
     }
 
+    /// A context that protects nothing: plain RTP/RTCP for transports without SRTP (plain
+    /// and pipe transports). RTP sequence state is kept as for SRTP (duplicates refused).
+    pub fn null() -> Self {
+        SrtpContext { profile: Profile::Null, rtp: Keys::Null, rtcp: Keys::Null, streams: Streams::default() }
+    }
+
     pub fn profile(&self) -> Profile {
         self.profile
     }
@@ -571,6 +590,7 @@ impl SrtpContext {
                 let tag = k.seal(&iv, hdr, payload)?;
                 pkt.extend_from_slice(&tag);
             }
+            Keys::Null => {}
         }
         Ok(())
     }
@@ -617,6 +637,7 @@ impl SrtpContext {
                 let (hdr, rest) = pkt.split_at_mut(hlen);
                 k.open(&iv, hdr, rest)?;
             }
+            Keys::Null => {}
         }
         pkt.truncate(body);
         // Authenticated: now the state may move.
@@ -638,6 +659,9 @@ impl SrtpContext {
         }
         if pkt[0] >> 6 != 2 {
             return Err(SrtpError::Malformed);
+        }
+        if matches!(self.rtcp, Keys::Null) {
+            return Ok(());
         }
         let ssrc = be32(pkt, 4).ok_or(SrtpError::TooShort)?;
         let st = self.streams.get_or_insert(ssrc)?;
@@ -672,6 +696,7 @@ impl SrtpContext {
                 pkt.extend_from_slice(&tag);
                 pkt.extend_from_slice(&word);
             }
+            Keys::Null => {}
         }
         Ok(())
     }
@@ -679,6 +704,14 @@ impl SrtpContext {
     /// Verify, replay-check and (when the E flag is set) decrypt an SRTCP packet in place;
     /// the trailer is removed. Packets with E = 0 (authenticated only) are accepted.
     pub fn unprotect_rtcp(&mut self, pkt: &mut Vec<u8>) -> Result<(), SrtpError> {
+        if matches!(self.rtcp, Keys::Null) {
+            // Plain RTCP: a compound packet of at least one header, nothing to remove.
+            return match pkt.first() {
+                _ if pkt.len() < 8 => Err(SrtpError::TooShort),
+                Some(b) if b >> 6 == 2 => Ok(()),
+                _ => Err(SrtpError::Malformed),
+            };
+        }
         let tag_len = self.profile.tag_len();
         let len = pkt.len();
         if len < 8 + 4 + tag_len {
@@ -694,6 +727,7 @@ impl SrtpContext {
             Keys::Cm(_) => (body, body + 4),
             // header | payload | tag | E+index
             Keys::Gcm(_) => (len - 4, body),
+            Keys::Null => return Ok(()),
         };
         let word = be32(pkt, word_at).ok_or(SrtpError::TooShort)?;
         let encrypted = word & SRTCP_E_FLAG != 0;
@@ -745,6 +779,7 @@ impl SrtpContext {
                     k.open(&iv, aad, &mut tag)?;
                 }
             }
+            Keys::Null => return Ok(()),
         }
         pkt.truncate(body);
         let st = self.streams.get_or_insert(ssrc)?;
@@ -807,6 +842,29 @@ mod tests {
         p.extend_from_slice(&ssrc.to_be_bytes());
         p.extend((0..payload_len).map(|i| (i * 7 + seq as usize) as u8));
         p
+    }
+
+    #[test]
+    fn null_context_passes_packets_unchanged_and_is_never_negotiated() {
+        assert!(Profile::from_name("NULL").is_none());
+        let mut tx = SrtpContext::null();
+        let mut rx = SrtpContext::null();
+        let mut pkt = vec![0x80, 96, 0, 1, 0, 0, 0, 9, 0, 0, 0, 7, 1, 2, 3];
+        let plain = pkt.clone();
+        tx.protect_rtp(&mut pkt).unwrap();
+        assert_eq!(pkt, plain);
+        rx.unprotect_rtp(&mut pkt).unwrap();
+        assert_eq!(pkt, plain);
+        // Sequence state is still kept: the same packet again is a replay.
+        assert_eq!(rx.unprotect_rtp(&mut pkt.clone()), Err(SrtpError::Replay));
+        let mut rtcp = vec![0x80, 201, 0, 1, 0, 0, 0, 7];
+        let before = rtcp.clone();
+        tx.protect_rtcp(&mut rtcp).unwrap();
+        rx.unprotect_rtcp(&mut rtcp).unwrap();
+        assert_eq!(rtcp, before);
+        assert!(rx.unprotect_rtcp(&mut vec![0x80, 201]).is_err());
+        assert!(rx.unprotect_rtcp(&mut vec![0x00, 201, 0, 1, 0, 0, 0, 7]).is_err());
+        assert_eq!(Profile::Null.rtp_overhead() + Profile::Null.rtcp_overhead(), 0);
     }
 
     #[test]

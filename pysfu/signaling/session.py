@@ -50,6 +50,7 @@ from pysfu.room import (
     TransportNotFound,
     Unavailable,
 )
+from pysfu.signaling.plain_requests import plain_handlers
 from pysfu.signaling.schema import (
     Request,
     RequestError,
@@ -172,6 +173,8 @@ class Session:
             "getDataProducers": self._get_data_producers,
             "consumeData": self._consume_data,
             "closeDataProducer": self._close_data_producer,
+            # Plain transports (pysfu/signaling/plain_requests.py).
+            **plain_handlers(self),
         }
 
     async def run(self) -> None:

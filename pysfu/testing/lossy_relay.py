@@ -67,6 +67,12 @@ class LossyRelay:
             self._front.close()
             self._back.close()
 
+    @property
+    def back_address(self) -> Address:
+        """Where the relay sends to the server from (a peer of the server sees this)."""
+        addr: Address = self._back.getsockname()
+        return addr
+
     async def _pump(self, nursery: trio.Nursery, upstream: bool) -> None:
         src = self._front if upstream else self._back
         while True:

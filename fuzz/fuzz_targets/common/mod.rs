@@ -117,6 +117,7 @@ pub fn consumer_spec(ssrc: u32, mid: &str, encoding: usize) -> ConsumerSpec {
         rtx_payload_types: vec![(101, 102)],
         nack: true,
         cname: Some("fuzz".into()),
+        pipe_ssrcs: vec![],
     }
 }
 

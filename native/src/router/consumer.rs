@@ -25,6 +25,22 @@ pub(super) enum Kind {
     Simple,
     /// One of a producer's simulcast streams at a time, switched at the target's key frames.
     Simulcast(Simulcast),
+    /// Router to router: every stream of the producer, each with its own SSRC, sequence
+    /// numbers and timestamps unchanged (the far router's producer presents the same streams).
+    Pipe(Box<Pipe>),
+}
+
+/// The streams of a pipe consumer, one per producer encoding.
+pub(super) struct Pipe {
+    pub(super) streams: Vec<PipeStream>,
+}
+
+pub(super) struct PipeStream {
+    pub(super) ssrc: u32,
+    pub(super) rtx_ssrc: Option<u32>,
+    pub(super) rtx_seq: u16,
+    /// Sender report state of this stream.
+    pub(super) tx: SendStats,
 }
 
 /// Layer state of a simulcast consumer.
@@ -122,6 +138,11 @@ fn check(spec: &ConsumerSpec) -> Result<()> {
             return Err(invalid("consumer spec: mid given without mid_ext_id"));
         }
     }
+    let mut pipe: Vec<u32> = spec.pipe_ssrcs.iter().flat_map(|&(s, r)| [Some(s), r]).flatten().collect();
+    pipe.sort_unstable();
+    if pipe.windows(2).any(|w| w[0] == w[1]) {
+        return Err(invalid("consumer spec: pipe SSRCs must be distinct"));
+    }
     if let Some(id) = spec.mid_ext_id {
         if id == 0 || id > 14 {
             return Err(invalid(format!("consumer spec: mid_ext_id {id} not in 1..14")));
@@ -163,7 +184,17 @@ impl Consumer {
             nack_budget_drops: 0,
             nack_max_resend_drops: 0,
         };
-        let kind = if encodings > 1 {
+        if !spec.pipe_ssrcs.is_empty() && spec.pipe_ssrcs.len() != encodings {
+            return Err(invalid(format!("consumer spec: {} pipe SSRCs for {encodings} encodings", spec.pipe_ssrcs.len())));
+        }
+        let kind = if !spec.pipe_ssrcs.is_empty() {
+            let streams = spec
+                .pipe_ssrcs
+                .iter()
+                .map(|&(ssrc, rtx_ssrc)| PipeStream { ssrc, rtx_ssrc, rtx_seq: rng.initial_seq(), tx: SendStats::default() })
+                .collect();
+            Kind::Pipe(Box::new(Pipe { streams }))
+        } else if encodings > 1 {
             Kind::Simulcast(Simulcast {
                 target: encoding,
                 preferred_spatial: encoding,
@@ -186,10 +217,11 @@ impl Consumer {
             mid_ext_id: if spec.mid.is_some() { spec.mid_ext_id } else { None },
             pt,
             paused: spec.paused,
-            encoding,
+            encoding: if spec.pipe_ssrcs.is_empty() { encoding } else { 0 },
             last_out: None,
             seq: SeqManager::new(initial),
-            wait_key_frame: video,
+            // A pipe forwards from any packet: the far router's consumers wait for key frames.
+            wait_key_frame: video && spec.pipe_ssrcs.is_empty(),
             stats: Counters::default(),
             dropped: 0,
             key_frame_requests_in: 0,
@@ -207,21 +239,21 @@ impl Consumer {
     /// The stream the consumer moves to at its next key frame (its stream when settled).
     pub(super) fn target(&self) -> usize {
         match &self.kind {
-            Kind::Simple => self.encoding,
+            Kind::Simple | Kind::Pipe(_) => self.encoding,
             Kind::Simulcast(s) => s.target,
         }
     }
 
     pub(super) fn preferred_spatial(&self) -> usize {
         match &self.kind {
-            Kind::Simple => self.encoding,
+            Kind::Simple | Kind::Pipe(_) => self.encoding,
             Kind::Simulcast(s) => s.preferred_spatial,
         }
     }
 
     pub(super) fn layer_switches(&self) -> u64 {
         match &self.kind {
-            Kind::Simple => 0,
+            Kind::Simple | Kind::Pipe(_) => 0,
             Kind::Simulcast(s) => s.layer_switches,
         }
     }
@@ -229,7 +261,7 @@ impl Consumer {
     /// Output timestamp minus input timestamp of the stream being forwarded.
     pub(super) fn ts_offset(&self) -> u32 {
         match &self.kind {
-            Kind::Simple => 0,
+            Kind::Simple | Kind::Pipe(_) => 0,
             Kind::Simulcast(s) => s.ts.offset(),
         }
     }
@@ -239,6 +271,7 @@ impl Consumer {
     pub(super) fn ts_offset_of(&self, stream: usize) -> Option<u32> {
         match &self.kind {
             Kind::Simple => (stream == self.encoding).then_some(0),
+            Kind::Pipe(_) => Some(0),
             Kind::Simulcast(s) => match stream {
                 x if x == s.ts_source => Some(s.ts.offset()),
                 x if x == s.ts_prev.0 => Some(s.ts_prev.1),
@@ -249,8 +282,32 @@ impl Consumer {
 
     /// The consumer (re)starts: it waits for a key frame of its target stream.
     pub(super) fn restart(&mut self) {
+        if self.is_pipe() {
+            return;
+        }
         self.wait_key_frame = true;
         self.encoding = self.target();
+    }
+
+    #[inline]
+    pub(super) fn is_pipe(&self) -> bool {
+        matches!(self.kind, Kind::Pipe(_))
+    }
+
+    /// The producer stream that consumer SSRC `ssrc` carries (a pipe has one per stream).
+    pub(super) fn stream_of_ssrc(&self, ssrc: u32) -> usize {
+        match &self.kind {
+            Kind::Pipe(p) => p.streams.iter().position(|s| s.ssrc == ssrc || s.rtx_ssrc == Some(ssrc)).unwrap_or(0),
+            _ => self.encoding,
+        }
+    }
+
+    /// The pipe stream whose media SSRC is `ssrc`, if this is a pipe consumer.
+    pub(super) fn pipe_stream(&self, ssrc: u32) -> Option<usize> {
+        match &self.kind {
+            Kind::Pipe(p) => p.streams.iter().position(|s| s.ssrc == ssrc),
+            _ => None,
+        }
     }
 
     /// The consumer still needs a key frame of stream `i` (it waits for one or switches to it).
@@ -310,6 +367,9 @@ impl Consumer {
     /// sending tuple. The length queued, if any.
     #[inline]
     pub(super) fn forward(&mut self, pkt: &Ingress<'_>, cx: &mut Fanout<'_>, now: Instant) -> Option<usize> {
+        if let Kind::Pipe(_) = self.kind {
+            return self.forward_pipe(pkt, cx, now);
+        }
         let mut switching = self.select(pkt)?;
         let seq_in = pkt.hdr.sequence;
         if self.paused {
@@ -331,7 +391,7 @@ impl Consumer {
             return None;
         };
         let ts_out = match &mut self.kind {
-            Kind::Simple => pkt.hdr.timestamp,
+            Kind::Simple | Kind::Pipe(_) => pkt.hdr.timestamp,
             Kind::Simulcast(s) => s.ts.apply(pkt.hdr.timestamp),
         };
         let mut buf = cx.out.take_buf();
@@ -362,6 +422,47 @@ impl Consumer {
         Some(len)
     }
 
+    /// A pipe consumer's copy: the stream's own SSRC, the router's payload type and header
+    /// extension ids, sequence number and timestamp unchanged.
+    fn forward_pipe(&mut self, pkt: &Ingress<'_>, cx: &mut Fanout<'_>, now: Instant) -> Option<usize> {
+        if self.paused {
+            return None;
+        }
+        let Kind::Pipe(pipe) = &mut self.kind else { return None };
+        let s = pipe.streams.get_mut(pkt.encoding)?;
+        let cpt = self.pt[pkt.router_pt as usize];
+        if cpt == 0xff {
+            self.dropped += 1;
+            return None;
+        }
+        let ct = cx.transports.get_mut(&self.transport)?;
+        let dest = ct.media_dest();
+        let (Some(tx), Some(dest)) = (ct.tx.as_mut(), dest) else {
+            self.dropped += 1;
+            return None;
+        };
+        let mut buf = cx.out.take_buf();
+        let egress = Egress { seq: pkt.hdr.sequence, timestamp: pkt.hdr.timestamp, ssrc: s.ssrc, pt: cpt };
+        if write_egress(&mut buf, pkt.data, pkt.hdr, &|id| pkt.map_ext(id), None, egress).is_err() {
+            cx.drops.inc(DropReason::RtpMalformed);
+            cx.out.give_back(buf);
+            return None;
+        }
+        if tx.protect_rtp(&mut buf).is_err() {
+            cx.drops.inc(DropReason::ProtectFailed);
+            cx.out.give_back(buf);
+            return None;
+        }
+        let len = buf.len();
+        self.last_out = Some(now);
+        self.stats.tx(len);
+        ct.stats.tx(len);
+        s.tx.on_sent(now, pkt.hdr.timestamp, pkt.hdr.payload_len);
+        self.quality.tx.on_sent(now, pkt.hdr.timestamp, pkt.hdr.payload_len);
+        cx.out.push(dest, buf);
+        Some(len)
+    }
+
     /// Whether a packet of stream `pkt.encoding` is for this consumer (None: not); if so,
     /// whether the consumer switches to that stream with it.
     #[inline]
@@ -370,7 +471,7 @@ impl Consumer {
             return Some(false);
         }
         match &self.kind {
-            Kind::Simple => None,
+            Kind::Simple | Kind::Pipe(_) => None,
             // Simulcast: move to the target stream only at one of its key frames.
             Kind::Simulcast(s) => {
                 if s.target != pkt.encoding || !pkt.key_frame || self.paused {

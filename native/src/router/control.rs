@@ -42,6 +42,9 @@ impl Router {
     /// producers and consumers stay: media keeps going where it went until the new
     /// credentials nominate and prove another tuple.
     pub fn set_ice_credentials(&mut self, h: Handle, ufrag: &str, password: &str) -> Result<()> {
+        if self.is_plain(h) {
+            return Err(invalid(format!("transport {h} has no ICE (plain)")));
+        }
         let old = self.transports.get(&h).ok_or_else(|| unknown("transport", h))?.ufrag.clone();
         if ufrag.is_empty() || ufrag.contains(':') {
             return Err(invalid(format!("bad ufrag {ufrag:?}")));
@@ -95,6 +98,9 @@ impl Router {
     pub fn bind_tuple(&mut self, now: Instant, h: Handle, addr: Remote, selected: bool, out: &mut Output) -> Result<()> {
         if !self.transports.contains_key(&h) {
             return Err(unknown("transport", h));
+        }
+        if self.is_plain(h) {
+            return Err(invalid(format!("transport {h} has no ICE (plain)")));
         }
         // An address belongs to one transport: take it from any other.
         if let Some(&other) = self.by_addr.get(&addr) {
@@ -158,6 +164,9 @@ impl Router {
     ) -> Result<()> {
         if !self.transports.contains_key(&h) {
             return Err(unknown("transport", h));
+        }
+        if self.is_plain(h) {
+            return Err(invalid(format!("transport {h} has no DTLS (plain): use connect_plain")));
         }
         let profile = &keys.profile;
         let p = Profile::from_name(profile).ok_or_else(|| invalid(format!("unknown SRTP profile {profile:?}")))?;
@@ -290,7 +299,8 @@ impl Router {
         if spec.encoding >= p.encodings.len() {
             return Err(invalid(format!("consumer spec: encoding {} out of range", spec.encoding)));
         }
-        for s in [Some(spec.ssrc), spec.rtx_ssrc].into_iter().flatten() {
+        let pipe = spec.pipe_ssrcs.iter().flat_map(|&(s, r)| [Some(s), r]);
+        for s in [Some(spec.ssrc), spec.rtx_ssrc].into_iter().chain(pipe).flatten() {
             if t.consumer_ssrc.contains_key(&s) {
                 return Err(invalid(format!("consumer spec: ssrc {s} already used on transport {transport}")));
             }
@@ -302,6 +312,12 @@ impl Router {
         t.consumer_ssrc.insert(spec.ssrc, h);
         if let Some(r) = spec.rtx_ssrc {
             t.consumer_ssrc.insert(r, h);
+        }
+        for &(s, r) in &spec.pipe_ssrcs {
+            t.consumer_ssrc.insert(s, h);
+            if let Some(r) = r {
+                t.consumer_ssrc.insert(r, h);
+            }
         }
         self.producers.get_mut(&producer).expect("checked above").consumers.push(h);
         if !spec.paused {
@@ -316,11 +332,17 @@ impl Router {
         self.retired.add_consumer(&c, video);
         if let Some(t) = self.transports.get_mut(&c.transport) {
             t.consumers.retain(|x| *x != h);
-            t.consumer_ssrc.retain(|_, x| *x != h);
+            let mut ssrcs = Vec::new();
+            t.consumer_ssrc.retain(|s, x| {
+                let keep = *x != h;
+                if !keep {
+                    ssrcs.push(*s);
+                }
+                keep
+            });
             if let Some(tx) = t.tx.as_mut() {
-                tx.remove_ssrc(c.ssrc);
-                if let Some(r) = c.rtx_ssrc {
-                    tx.remove_ssrc(r);
+                for s in [c.ssrc].into_iter().chain(c.rtx_ssrc).chain(ssrcs) {
+                    tx.remove_ssrc(s);
                 }
             }
         }
@@ -354,6 +376,14 @@ impl Router {
         }
         let Some(p) = self.producers.get(&c.producer) else { return };
         if p.paused || !p.video {
+            return;
+        }
+        if c.is_pipe() {
+            // Every stream goes through a pipe: a key frame of each for the far side.
+            let (ph, n) = (c.producer, p.encodings.len());
+            for enc in 0..n {
+                self.request_key_frame(now, ph, enc, out);
+            }
             return;
         }
         c.restart();

@@ -11,7 +11,7 @@ use crate::nack::Resend;
 use crate::rtcp;
 use crate::rtp;
 
-use super::consumer::Consumer;
+use super::consumer::{Consumer, Kind};
 use super::egress::{push_rtcp, write_egress, Egress};
 use super::output::{srtp_drop, DropReason, Drops, Output};
 use super::producer::{Producer, PtInfo};
@@ -139,6 +139,11 @@ impl Router {
             self.drops.inc(DropReason::UnknownSource);
             return;
         };
+        self.on_rtcp_of(now, th, from, data, out);
+    }
+
+    /// An RTCP compound packet for transport `th` (found by its tuple, or by its socket).
+    pub(super) fn on_rtcp_of(&mut self, now: Instant, th: Handle, from: Remote, data: &[u8], out: &mut Output) {
         let Router { transports, drops, scratch, rtcp_work: work, connect_pending, .. } = self;
         let Some(t) = transports.get_mut(&th) else { return };
         t.stats.rx(data.len());
@@ -173,7 +178,7 @@ impl Router {
         };
         let Some(c) = self.consumers.get_mut(&ch) else { return };
         c.key_frame_requests_in += 1;
-        let (ph, enc) = (c.producer, c.encoding);
+        let (ph, enc) = (c.producer, c.stream_of_ssrc(ssrc));
         if !c.paused {
             self.request_key_frame(now, ph, enc, out);
         }
@@ -278,10 +283,29 @@ impl Router {
     fn answer_nack(&mut self, now: Instant, th: Handle, ssrc: u32, seq_out: u16, out: &mut Output) {
         let Router { transports, producers, consumers, drops, .. } = self;
         let Some(t) = transports.get_mut(&th) else { return };
-        let Some(c) = t.consumer_ssrc.get(&ssrc).and_then(|h| consumers.get_mut(h)).filter(|c| c.ssrc == ssrc) else {
+        let Some(c) = t.consumer_ssrc.get(&ssrc).and_then(|h| consumers.get_mut(h)) else {
             drops.inc(DropReason::RtcpUnknownSsrc);
             return;
         };
+        if let Some(stream) = c.pipe_stream(ssrc) {
+            // A pipe's sequence numbers are the producer's: the stream's buffer has it as is.
+            c.quality.nack_seqs_in += 1;
+            let Some(p) = producers.get(&c.producer) else { return };
+            let Some(pkt) = p.encodings.get(stream).and_then(|e| e.quality.buffer.as_ref()).and_then(|b| b.get(now, seq_out)) else {
+                drops.inc(DropReason::NackNotBuffered);
+                return;
+            };
+            if c.paused {
+                drops.inc(DropReason::NackPaused);
+                return;
+            }
+            c.retransmit_pipe(now, t, &Stored { producer: p, stream, pkt }, drops, out);
+            return;
+        }
+        if c.ssrc != ssrc {
+            drops.inc(DropReason::RtcpUnknownSsrc);
+            return;
+        }
         let q = &mut c.quality;
         q.nack_seqs_in += 1;
         let Some(map) = q.seq_map.as_mut().filter(|_| q.nack) else {
@@ -411,6 +435,60 @@ impl Consumer {
                 return;
             }
             q.rtx_seq = q.rtx_seq.wrapping_add(1);
+            out.give_back(std::mem::replace(&mut buf, rtx));
+        }
+        if tx.protect_rtp(&mut buf).is_err() {
+            drops.inc(DropReason::ProtectFailed);
+            out.give_back(buf);
+            return;
+        }
+        let len = buf.len();
+        q.budget.spend(len);
+        q.tx.rtx_packets += 1;
+        q.tx.rtx_bytes += len as u64;
+        t.stats.tx(len);
+        out.push(dest, buf);
+    }
+
+    /// A pipe stream's stored packet again, as RTX of that stream when it has an RTX SSRC
+    /// and the codec an RTX payload type (else the packet itself), within the budget.
+    fn retransmit_pipe(&mut self, now: Instant, t: &mut Transport, s: &Stored<'_>, drops: &mut Drops, out: &mut Output) {
+        let p = s.producer;
+        let Ok(hdr) = rtp::parse(s.pkt) else { return };
+        let PtInfo::Media(ci) = p.pt[(hdr.payload_type & 0x7f) as usize] else { return };
+        let cpt = self.pt[p.codecs[ci].mapped_pt as usize];
+        if cpt == 0xff {
+            drops.inc(DropReason::NackNotBuffered);
+            return;
+        }
+        let q = &mut self.quality;
+        q.budget.refill(now, self.stats.bytes_out, q.rate.bps);
+        if !q.budget.allows(s.pkt.len() + RETRANSMIT_OVERHEAD) {
+            q.nack_budget_drops += 1;
+            drops.inc(DropReason::NackBudget);
+            return;
+        }
+        let Kind::Pipe(pipe) = &mut self.kind else { return };
+        let Some(ps) = pipe.streams.get_mut(s.stream) else { return };
+        let dest = t.media_dest();
+        let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { return };
+        let mut buf = out.take_buf();
+        let egress = Egress { seq: hdr.sequence, timestamp: hdr.timestamp, ssrc: ps.ssrc, pt: cpt };
+        if write_egress(&mut buf, s.pkt, &hdr, &|id| p.map_ext(id), None, egress).is_err() {
+            drops.inc(DropReason::RtpMalformed);
+            out.give_back(buf);
+            return;
+        }
+        let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);
+        if let (Some(rtx_ssrc), Some(rtx_pt)) = (ps.rtx_ssrc, rtx_pt) {
+            let mut rtx = out.take_buf();
+            if rtp::rtx_encode(&mut rtx, &buf, rtx_pt, rtx_ssrc, ps.rtx_seq).is_err() {
+                out.give_back(rtx);
+                out.give_back(buf);
+                drops.inc(DropReason::RtpMalformed);
+                return;
+            }
+            ps.rtx_seq = ps.rtx_seq.wrapping_add(1);
             out.give_back(std::mem::replace(&mut buf, rtx));
         }
         if tx.protect_rtp(&mut buf).is_err() {

@@ -93,7 +93,17 @@ impl Router {
 
     /// SRTP from a bound tuple: a producer packet, forwarded to its consumers.
     fn on_rtp(&mut self, now: Instant, from: Remote, data: &[u8], out: &mut Output) {
-        let Some(th) = self.unprotect_rtp(from, data) else { return };
+        let Some(&th) = self.by_addr.get(&from) else {
+            self.drops.inc(DropReason::UnknownSource);
+            return;
+        };
+        self.on_rtp_of(now, th, from, data, out);
+    }
+
+    /// An RTP packet for transport `th` (found by its tuple, or by the socket it came to).
+    #[inline]
+    pub(super) fn on_rtp_of(&mut self, now: Instant, th: Handle, from: Remote, data: &[u8], out: &mut Output) {
+        let Some(th) = self.unprotect_rtp(th, from, data) else { return };
         let Some(a) = self.producer_stream(now, th, data.len()) else { return };
         let Router { transports, producers, consumers, drops, scratch, next_timeout, first_media, .. } = self;
         let Some(p) = producers.get_mut(&a.stream.producer) else { return };
@@ -140,13 +150,10 @@ impl Router {
         }
     }
 
-    /// SRTP unprotect of a datagram from a bound tuple into `scratch`; its transport if it
-    /// authenticated (which may prove the tuple).
-    fn unprotect_rtp(&mut self, from: Remote, data: &[u8]) -> Option<Handle> {
-        let Some(&th) = self.by_addr.get(&from) else {
-            self.drops.inc(DropReason::UnknownSource);
-            return None;
-        };
+    /// SRTP unprotect of a datagram for transport `th` from `from` into `scratch`; the
+    /// transport if it authenticated (which may prove the tuple).
+    #[inline]
+    fn unprotect_rtp(&mut self, th: Handle, from: Remote, data: &[u8]) -> Option<Handle> {
         let Router { transports, drops, scratch, connect_pending, .. } = self;
         let Some(t) = transports.get_mut(&th) else {
             drops.inc(DropReason::UnknownSource);

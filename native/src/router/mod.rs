@@ -21,6 +21,7 @@ mod egress;
 mod feedback;
 mod ingress;
 mod output;
+mod plain;
 mod producer;
 mod spec;
 mod stats;

@@ -66,6 +66,7 @@ drop_reasons! {
     StunIntegrity => "stun_integrity",
     NackBudget => "nack_budget",
     NackMaxResends => "nack_max_resends",
+    PlainWrongSource => "plain_wrong_source",
 }
 
 #[derive(Clone, Debug)]

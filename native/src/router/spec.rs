@@ -138,6 +138,11 @@ pub struct ConsumerSpec {
     /// CNAME for the SDES item of the sender reports.
     #[pyo3(default)]
     pub cname: Option<String>,
+    /// A pipe consumer (router to router) when not empty: every producer encoding is
+    /// forwarded, encoding i with SSRC `pipe_ssrcs[i].0` (retransmissions as RTX with
+    /// `pipe_ssrcs[i].1`, if any), sequence numbers and timestamps as the producer sent them.
+    #[pyo3(default)]
+    pub pipe_ssrcs: Vec<(u32, Option<u32>)>,
 }
 
 /// The Python shapes the derive does not take as they are.

@@ -105,6 +105,11 @@ fn transport_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatValue)
     v.push(("rembReceived", Int(t.bwe.remb_in)));
     v.push(("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))));
     v.push(("transportCcFeedbackSent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))));
+    if let Some(p) = &t.plain {
+        v.push(("plain", Bool(true)));
+        v.push(("comedia", Bool(p.comedia)));
+        v.push(("wrongSourceDropped", Int(p.wrong_source)));
+    }
     v
 }
 

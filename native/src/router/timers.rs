@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::rtcp;
 
+use super::consumer::Kind;
 use super::egress::push_rtcp;
 use super::output::Output;
 use super::{Handle, Router, KEY_FRAME_INTERVAL, REPORT_INTERVAL, TWCC_INTERVAL};
@@ -133,6 +134,24 @@ impl Router {
         for c in consumers.values_mut() {
             c.quality.rate.sample(now, c.stats.bytes_out);
             if c.paused || !c.quality.tx.has_sent() {
+                continue;
+            }
+            if let Kind::Pipe(pipe) = &mut c.kind {
+                // One SR per stream, carrying the producer stream's NTP↔RTP mapping as is
+                // (a pipe keeps the timestamps): the far router's producer syncs from them.
+                let (Some(p), Some(t)) = (producers.get(&c.producer), transports.get_mut(&c.transport)) else { continue };
+                let dest = t.media_dest();
+                for (s, e) in pipe.streams.iter_mut().zip(&p.encodings) {
+                    let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { break };
+                    if !s.tx.has_sent() {
+                        continue;
+                    }
+                    let info = s.tx.sender_info(now, ntp, e.quality.rx.clock_rate(), s.ssrc, e.quality.rx.last_sr);
+                    let mut buf = out.take_buf();
+                    rtcp::build_sr(&mut buf, &info, &[]);
+                    rtcp::build_sdes_cname(&mut buf, s.ssrc, &c.quality.cname);
+                    push_rtcp(tx, &mut t.stats, &mut t.rtcp_out, drops, out, dest, buf);
+                }
                 continue;
             }
             let Some(e) = producers.get(&c.producer).and_then(|p| p.encodings.get(c.encoding)) else { continue };

@@ -2,7 +2,7 @@
 //! contexts, the SSRC maps of its streams, counters and its viewer's bandwidth estimate.
 
 use std::collections::HashMap;
-use crate::remote::Remote;
+use crate::remote::{Remote, Via};
 use std::time::Instant;
 
 use crate::bwe::BandwidthEstimator;
@@ -45,7 +45,23 @@ pub(super) struct Tuple {
     pub(super) proven: bool,
 }
 
+/// What a plain (or pipe) transport has instead of ICE: its own socket, a remote address
+/// fixed by `connect_plain` or learnt from the first valid packet (comedia), and a count of
+/// what came from anywhere else.
+#[derive(Debug, Default)]
+pub(super) struct Plain {
+    /// The remote address is learnt from the first valid packet (then fixed for good).
+    pub(super) comedia: bool,
+    /// Datagrams from another address than the remote one (or before it was known), dropped.
+    pub(super) wrong_source: u64,
+}
+
 pub(super) struct Transport {
+    /// The socket this transport's datagrams come and leave by: `Via::Plain` for a plain or
+    /// pipe transport (its own port); WebRTC transports' tuples say theirs (UDP or TCP).
+    pub(super) via: Via,
+    /// Set for a plain or pipe transport (no ICE, no DTLS).
+    pub(super) plain: Option<Box<Plain>>,
     pub(super) ufrag: String,
     /// MESSAGE-INTEGRITY key of STUN requests (the local ICE password).
     pub(super) ice_key: IceKey,
@@ -128,6 +144,14 @@ impl Transport {
 
     /// `addr` proved it is the peer. True if that made it the sending tuple.
     pub(super) fn prove(&mut self, addr: Remote) -> bool {
+        if let Some(p) = &self.plain {
+            // Comedia: the first valid packet fixes the remote address, once.
+            if p.comedia && self.selected.is_none() {
+                self.selected = Some(addr);
+                return true;
+            }
+            return false;
+        }
         let Some(t) = self.tuples.iter_mut().find(|t| t.addr == addr) else { return false };
         t.proven = true;
         if self.nominated == Some(addr) && self.selected != Some(addr) {
@@ -163,6 +187,8 @@ impl Transport {
 impl Transport {
     pub(super) fn new(ufrag: &str, ice_key: IceKey, rtcp_ssrc: u32) -> Self {
         Transport {
+            via: Via::Udp,
+            plain: None,
             ufrag: ufrag.to_owned(),
             ice_key,
             tuples: Vec::new(),

@@ -214,11 +214,7 @@ fn main() {
     println!(
         "{{\"profile\":\"{}\",\"consumers\":{},\"target_pps\":{},\"seconds\":{:.2},\"sent\":{},\"received\":{},\
 \"pps\":{:.0},\"cpu_us_per_pkt\":{:.3},\"user_us_per_pkt\":{:.3},\"sys_us_per_pkt\":{:.3},\"protect_us_per_pkt\":{:.3},\"sender_cores\":{:.3}}}",
-        args.profile.map_or("none", |p| match p {
-            Profile::AeadAes128Gcm => "AEAD_AES_128_GCM",
-            Profile::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
-            Profile::AeadAes256Gcm => "AEAD_AES_256_GCM",
-        }),
+        args.profile.map_or("none", |p| p.name()),
         args.consumers,
         args.pps,
         wall,

@@ -4,6 +4,8 @@
 mod forwarding;
 mod ice;
 mod loss;
+mod pipe;
+mod plain;
 mod reports;
 mod sans_io;
 mod simulcast;
@@ -136,6 +138,7 @@ fn consumer_spec(ssrc: u32, mid: &str, paused: bool) -> ConsumerSpec {
         rtx_payload_types: vec![],
         nack: true,
         cname: None,
+        pipe_ssrcs: vec![],
     }
 }
 

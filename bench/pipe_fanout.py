@@ -1,0 +1,166 @@
+"""CPU per forwarded packet through a pipe hop against the direct path, at the same fan-out.
+
+direct: host -> engine A (producer) -> N viewers.
+pipe:   host -> engine A (producer) -> pipe consumer (SRTP, a plain socket of its own) ->
+        engine B (pipe producer, a plain socket of its own) -> N viewers.
+
+Both engines live in this process on loopback. The figure is the CPU of every engine
+thread (pysfu-io and pysfu-plain of both engines, from /proc) per packet forwarded to a
+viewer, measured after a warm-up, with a paced Python sender (pre-encrypted SRTP).
+
+Prints one JSON object. Usage: python bench/pipe_fanout.py [--hop pipe|direct]
+[--consumers 50] [--seconds 4] [--rate 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import time
+
+from pylibsrtp import Policy, Session
+
+from pysfu._native import Engine
+from pysfu.dtls import SrtpKeys
+
+PROFILE, LIB_PROFILE, KLEN, SLEN = "AEAD_AES_128_GCM", Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 16, 12
+PORTS = (45000, 45999)
+
+
+def engine_cpu() -> float:
+    """CPU seconds of every engine thread (pysfu-io, pysfu-plain) of this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() not in ("pysfu-io", "pysfu-plain"):
+                    continue
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+    return total
+
+
+def keys() -> SrtpKeys:
+    return SrtpKeys(PROFILE, os.urandom(KLEN), os.urandom(SLEN), os.urandom(KLEN),
+                    os.urandom(SLEN))
+
+
+def producer_spec(ssrc: int, pt: int) -> dict[str, object]:
+    return {"kind": "video", "codecs": [{"payload_type": pt, "mapped_payload_type": 101,
+                                         "mime": "video/VP8"}],
+            "encodings": [{"ssrc": ssrc, "mapped_ssrc": ssrc + 1}], "header_extensions": [],
+            "key_frame_request": "pli", "paused": False}
+
+
+def add_viewers(eng: Engine, producer: int, n: int) -> list[socket.socket]:
+    viewers = []
+    for i in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        addr = ("127.0.0.1", s.getsockname()[1])
+        h = 100 + i
+        eng.add_transport(h, f"v{i}", f"viewer-ice-password-{i:08d}")
+        eng.bind_tuple(h, *addr, True)
+        eng.set_srtp(h, keys(), addr)
+        eng.add_consumer(1000 + i, h, producer, {"ssrc": 50000 + i, "payload_types": {101: 101},
+                                                 "paused": False})
+        viewers.append(s)
+    return viewers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hop", choices=("pipe", "direct"), default="pipe")
+    ap.add_argument("--consumers", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rate", type=float, default=3000, help="ingress packets/s")
+    ap.add_argument("--size", type=int, default=1200)
+    args = ap.parse_args()
+
+    a = Engine("127.0.0.1", 0)
+    host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    host.bind(("127.0.0.1", 0))
+    host_addr = ("127.0.0.1", host.getsockname()[1])
+    hk, hs = os.urandom(KLEN), os.urandom(SLEN)
+    a.add_transport(1, "host", "host-ice-password-0123456789")
+    a.bind_tuple(1, *host_addr, True)
+    a.set_srtp(1, SrtpKeys(PROFILE, os.urandom(KLEN), os.urandom(SLEN), hk, hs), host_addr)
+    a.add_producer(10, 1, producer_spec(1111, 96))
+    engines = [a]
+    if args.hop == "direct":
+        viewers, edge = add_viewers(a, 10, args.consumers), a
+    else:
+        b = Engine("127.0.0.1", 0)
+        engines.append(b)
+        port_a = a.add_plain_transport(5, "127.0.0.1", PORTS, False, True)
+        port_b = b.add_plain_transport(6, "127.0.0.1", PORTS, False, True)
+        ka, kb = os.urandom(KLEN + SLEN), os.urandom(KLEN + SLEN)
+        # A protects with ka, B with kb; each unprotects with the other's.
+        a.connect_plain(5, "127.0.0.1", port_b, SrtpKeys(PROFILE, ka[:KLEN], ka[KLEN:],
+                                                          kb[:KLEN], kb[KLEN:]))
+        b.connect_plain(6, "127.0.0.1", port_a, SrtpKeys(PROFILE, kb[:KLEN], kb[KLEN:],
+                                                          ka[:KLEN], ka[KLEN:]))
+        a.add_consumer(50, 5, 10, {"ssrc": 7777, "payload_types": {101: 101}, "paused": False,
+                                   "pipe_ssrcs": [(7777, None)]})
+        b.add_producer(20, 6, producer_spec(7777, 101))
+        viewers, edge = add_viewers(b, 20, args.consumers), b
+
+    tx = Session(Policy(key=hk + hs, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=LIB_PROFILE))
+    packets = []
+    for seq in range(40000):
+        body = bytes([0x10, 0x10 if seq == 0 else 0x11, 0x02, 0x00, 0x9D, 0x01, 0x2A])
+        hdr = struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, seq * 3000, 1111)
+        packets.append(tx.protect(hdr + body + b"\xab" * (args.size - 12 - len(body))))
+
+    def forwarded() -> int:
+        return sum(edge.stats(1000 + i)["packetsSent"] for i in range(args.consumers))
+
+    dest = ("127.0.0.1", a.port)
+    t0 = time.perf_counter()
+    warm, sent, mark = t0 + 0.5, 0, None
+    end = warm + args.seconds
+    while sent < len(packets):
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if mark is None and now >= warm:
+            mark = (now, forwarded(), engine_cpu(), sent)
+        while sent < min(int((now - t0) * args.rate), len(packets)):
+            host.sendto(packets[sent], dest)
+            sent += 1
+        time.sleep(0.0005)
+    time.sleep(0.1)
+    t1, fwd1, cpu1 = time.perf_counter(), forwarded(), engine_cpu()
+    drops = {k: v for e in engines for k, v in e.drops().items() if v}
+    for e in engines:
+        e.close()
+    for s in viewers:
+        s.close()
+    assert mark is not None, "run too short"
+    m_t, m_fwd, m_cpu, m_sent = mark
+    elapsed, fwd = t1 - m_t, fwd1 - m_fwd
+    expected = (sent - m_sent) * args.consumers
+    print(json.dumps({
+        "bench": "pipe_fanout",
+        "hop": args.hop,
+        "consumers": args.consumers,
+        "seconds": round(elapsed, 3),
+        "ingress_rate_target": args.rate,
+        "forwarded": fwd,
+        "forwarded_share": round(fwd / max(1, expected), 4),
+        "engine_cpu_s_per_s": round((cpu1 - m_cpu) / elapsed, 3),
+        "engine_us_per_forwarded_packet": round((cpu1 - m_cpu) / max(1, fwd) * 1e6, 3),
+        "drops": drops,
+        "cores": os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Idempotent: install Debian's ffmpeg (ffmpeg + ffprobe) for the plain-transport tests
+# (tests/test_plain_ffmpeg.py: RTP in from ffmpeg, RTP out of a room recorded by ffmpeg).
+# A no-op when both are on PATH. Works as root without sudo, or as a user with sudo; never prompts.
+set -euo pipefail
+
+if command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo -n"
+  else
+    echo "install-ffmpeg: ffmpeg is missing; run as root or install the 'ffmpeg' package" >&2
+    exit 1
+  fi
+fi
+
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg
+ffmpeg -hide_banner -version | head -1

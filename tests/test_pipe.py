@@ -1,0 +1,246 @@
+"""Pipes between routers over real UDP: two pysfu servers (two engines) in this process on
+loopback. A simulcast host produces in a room of server A; ``pysfu.pipe.pipe_to_router``
+pipes the producer into a room of server B, whose viewer gets the usual layer choice (its
+key frame requests cross the pipe to the host) and recovers from loss on the pipe leg (a
+lossy relay between the two pipe transports: NACKs cross back, RTX comes over). Closing
+either room tears the pipe down; the engines end with nothing left."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+
+from pysfu.client import SignalingClient, connect
+from pysfu.pipe import PipeEnd, pipe_to_router
+from pysfu.room import Room
+from pysfu.server import Server, serve
+from pysfu.testing.fixtures import device_caps
+from pysfu.testing.lossy_relay import Impairment, LossyRelay
+from pysfu.testing.simulcast_peer import (
+    SimulcastSender,
+    is_vp8_keyframe,
+    payload_layer,
+    simulcast_producer,
+)
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer
+from tests.conftest import test_config
+
+ROOM_A, ROOM_B = "origin", "edge"
+
+
+async def open_peer(client: SignalingClient, room: str, direction: str) -> WebRtcPeer:
+    transport = await client.create_transport(room, direction)
+    peer = WebRtcPeer(transport)
+    await peer.bind()
+    await client.connect_transport(room, transport["id"], peer.dtls_parameters())
+    await peer.connect()
+    return peer
+
+
+@dataclass
+class Edge:
+    """Server B's viewer of the piped producer."""
+
+    client: SignalingClient
+    peer: WebRtcPeer
+    consumer: dict[str, Any] = field(default_factory=dict)
+    packets: list[Rtp] = field(default_factory=list)
+
+    async def collect(self) -> None:
+        while True:
+            packet = await self.peer.recv_rtp(timeout=60)
+            if packet is not None:
+                self.packets.append(packet)
+
+    def layers(self, start: int = 0) -> list[int]:
+        return [payload_layer(p.payload)[0] for p in self.packets[start:]]
+
+
+async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Setup:
+    a: Server
+    b: Server
+    host: SignalingClient
+    sender: SimulcastSender
+    producer_id: str
+    edge: Edge
+    nursery: trio.Nursery
+
+    def room(self, server: Server, room_id: str) -> Room:
+        assert server.rooms is not None
+        room = server.rooms.get(room_id)
+        assert room is not None
+        return room
+
+
+@pytest.fixture
+async def setup(server: Server, nursery: trio.Nursery) -> AsyncIterator[Setup]:
+    other: Server = await nursery.start(serve, test_config())
+    async with AsyncExitStack() as stack:
+        host = await stack.enter_async_context(connect(f"ws://127.0.0.1:{server.port}/ws"))
+        await host.join(ROOM_A, "host", "host")
+        host_peer = await open_peer(host, ROOM_A, "send")
+        stack.callback(host_peer.close)
+        producer_id = await host.produce(ROOM_A, host_peer.transport["id"], "video",
+                                         simulcast_producer())
+        sender = SimulcastSender(host_peer)
+        vc = await stack.enter_async_context(connect(f"ws://127.0.0.1:{other.port}/ws"))
+        await vc.join(ROOM_B, "viewer", "edge-viewer")
+        edge_peer = await open_peer(vc, ROOM_B, "recv")
+        stack.callback(edge_peer.close)
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(sender.read_rtcp)
+            tasks.start_soon(sender.run)
+            edge = Edge(vc, edge_peer)
+            tasks.start_soon(edge.collect)
+            yield Setup(server, other, host, sender, producer_id, edge, tasks)
+            tasks.cancel_scope.cancel()
+
+
+async def consume_piped(setup: Setup) -> str:
+    """The edge viewer consumes the piped producer it was told about; its id."""
+    vc = setup.edge.client
+    _, note = await vc.next_notification("newProducer")
+    caps = device_caps(await vc.router_rtp_capabilities(ROOM_B))
+    consumer = await vc.consume(ROOM_B, setup.edge.peer.transport["id"], note["producerId"],
+                                caps)
+    await vc.resume_consumer(ROOM_B, consumer["id"])
+    setup.edge.consumer = consumer
+    return str(note["producerId"])
+
+
+async def test_piped_simulcast_producer_layers_and_key_frames_cross(setup: Setup) -> None:
+    room_a, room_b = setup.room(setup.a, ROOM_A), setup.room(setup.b, ROOM_B)
+    link = pipe_to_router(setup.producer_id, room_a, room_b)
+    piped_id = await consume_piped(setup)
+    assert piped_id == link.producer.id
+    edge, sender = setup.edge, setup.sender
+    assert setup.edge.consumer["type"] == "simulcast"
+    await wait_for(lambda: len(edge.packets) >= 15, "the top layer at the edge")
+    assert set(edge.layers()) == {2}
+    assert is_vp8_keyframe(edge.packets[0].payload)
+    # All three layers crossed the pipe (B's producer measured each).
+    stats = setup.b.media.stats(link.producer.handle)
+    assert stats is not None and all(int(n) > 0 for n in stats["layerPackets"].split(",")), stats
+    # The edge viewer wants layer 0: B asks the pipe for r0's key frame, A asks the host.
+    r0 = sender.ssrcs[0]
+    plis_before = sum(1 for _, m in sender.plis if m == r0)
+    n = len(edge.packets)
+    await edge.client.request("setPreferredLayers", {
+        "roomId": ROOM_B, "consumerId": edge.consumer["id"], "spatialLayer": 0})
+    await wait_for(lambda: 0 in edge.layers(n), "layer 0 at the edge")
+    assert sum(1 for _, m in sender.plis if m == r0) > plis_before, "PLI reached the host"
+    switch = edge.layers().index(0, n)
+    assert is_vp8_keyframe(edge.packets[switch].payload)
+    seqs = [p.seq for p in edge.packets]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False)), \
+        "continuous numbering through the switch"
+    # RTCP crosses both ways: A's sender reports reach B's pipe, B's receiver reports and
+    # key frame requests reach A's.
+    await trio.sleep(1.2)
+    pipe_a = setup.a.media.stats(link.source_pipe.handle)
+    pipe_b = setup.b.media.stats(link.target_pipe.handle)
+    assert pipe_a is not None and pipe_b is not None
+    assert pipe_b["rtcpPacketsReceived"] >= 1 and pipe_a["rtcpPacketsReceived"] >= 2
+    assert pipe_a["wrongSourceDropped"] == 0 and pipe_b["wrongSourceDropped"] == 0
+
+
+async def test_pipe_leg_loss_is_repaired_by_nack_and_rtx(setup: Setup) -> None:
+    """5 % loss on the pipe leg A -> B: B NACKs through the pipe, A answers as RTX, the edge
+    viewer gets every packet in order."""
+    room_a, room_b = setup.room(setup.a, ROOM_A), setup.room(setup.b, ROOM_B)
+    pipe_a, pipe_b = room_a.open_pipe(), room_b.open_pipe()
+    end_b = pipe_b.local_end()
+    relay = LossyRelay((end_b.ip, end_b.port), up=Impairment(loss=0.05), seed=3)
+    await setup.nursery.start(relay.run)
+    # A sends into the relay; B's remote is the relay's back side.
+    pipe_a.connect_end(PipeEnd(relay.address[0], relay.address[1], end_b.srtp))
+    end_a = pipe_a.local_end()
+    pipe_b.connect_end(PipeEnd(relay.back_address[0], relay.back_address[1], end_a.srtp))
+    consumer, offer = room_a.pipe_consume(pipe_a, setup.producer_id)
+    room_b.pipe_produce(pipe_b, offer)
+    await consume_piped(setup)
+    edge = setup.edge
+    await wait_for(lambda: len(edge.packets) >= 10, "packets at the edge")
+    relay.impair = True
+    start = len(edge.packets)
+    await wait_for(lambda: len(edge.packets) >= start + 90, "packets under loss", timeout=15)
+    relay.impair = False
+    await trio.sleep(0.5)
+    assert relay.up_stats.dropped >= 3, relay.up_stats.dropped
+    # Every output sequence number from the first to the last arrived (late ones included).
+    first = edge.packets[0].seq
+    offsets = {(p.seq - first) & 0xFFFF for p in edge.packets}
+    missing = sorted(set(range(max(offsets) + 1)) - offsets)
+    assert not missing, f"{len(missing)} packets never reached the edge viewer: {missing}"
+    a_stats = setup.a.media.stats(consumer.handle)
+    assert a_stats is not None
+    totals = setup.a.media.totals()
+    assert totals["packetsRetransmitted"] >= 1, totals
+
+
+async def test_closing_either_room_tears_the_pipe_down(setup: Setup) -> None:
+    room_a, room_b = setup.room(setup.a, ROOM_A), setup.room(setup.b, ROOM_B)
+    link = pipe_to_router(setup.producer_id, room_a, room_b)
+    await consume_piped(setup)
+    await wait_for(lambda: len(setup.edge.packets) >= 5, "media at the edge")
+    assert setup.a.media.plain_sockets() == 1 and setup.b.media.plain_sockets() == 1
+    # The host leaves: room A closes, its pipe end closes, B's pipe and producer go.
+    await setup.host.leave(ROOM_A)
+    _, note = await setup.edge.client.next_notification("producerClosed")
+    assert note["producerId"] == link.producer.id
+    assert setup.b.media.plain_sockets() == 0 and setup.a.media.plain_sockets() == 0
+    assert link.producer.id not in room_b.producers
+    assert setup.a.media.counts()["transports"] == 0
+    # Room B's viewer leaves: B's engine holds nothing either.
+    await setup.edge.client.leave(ROOM_B)
+    await trio.sleep(0.1)
+    assert all(v == 0 for v in setup.a.media.counts().values()), setup.a.media.counts()
+    assert all(v == 0 for v in setup.b.media.counts().values()), setup.b.media.counts()
+
+
+async def test_closing_the_far_room_closes_the_origin_pipe(setup: Setup) -> None:
+    room_a, room_b = setup.room(setup.a, ROOM_A), setup.room(setup.b, ROOM_B)
+    link = pipe_to_router(setup.producer_id, room_a, room_b)
+    assert link.consumer.id in room_a.consumers
+    room_b.close("test")
+    assert link.consumer.id not in room_a.consumers
+    assert setup.a.media.plain_sockets() == 0 and setup.b.media.plain_sockets() == 0
+    assert setup.a.media.counts()["consumers"] == 0
+
+
+async def test_the_far_producer_follows_pause_resume_and_close(setup: Setup) -> None:
+    room_a, room_b = setup.room(setup.a, ROOM_A), setup.room(setup.b, ROOM_B)
+    link = pipe_to_router(setup.producer_id, room_a, room_b)
+    await consume_piped(setup)
+    edge, host = setup.edge, setup.host
+    await wait_for(lambda: len(edge.packets) >= 5, "media at the edge")
+    await host.request("pauseProducer", {"roomId": ROOM_A, "producerId": setup.producer_id})
+    _, note = await edge.client.next_notification("producerPaused")
+    assert note["producerId"] == link.producer.id and link.producer.paused
+    await trio.sleep(0.3)
+    n = len(edge.packets)
+    await trio.sleep(0.3)
+    assert len(edge.packets) == n, "nothing flows while the origin is paused"
+    await host.request("resumeProducer", {"roomId": ROOM_A, "producerId": setup.producer_id})
+    _, note = await edge.client.next_notification("producerResumed")
+    assert note["producerId"] == link.producer.id
+    await wait_for(lambda: len(edge.packets) >= n + 10, "media again after resume")
+    assert is_vp8_keyframe(edge.packets[n].payload), "resumed at a key frame"
+    await host.request("closeProducer", {"roomId": ROOM_A, "producerId": setup.producer_id})
+    _, note = await edge.client.next_notification("producerClosed")
+    assert note["producerId"] == link.producer.id
+    assert setup.b.media.counts()["producers"] == 0
