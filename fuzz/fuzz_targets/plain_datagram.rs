@@ -12,7 +12,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use pysfu_native::router::{Output, MAIN_SOCKET};
+use pysfu_native::remote::Via;
+use pysfu_native::router::Output;
 
 const VIA_IN: u32 = 5;
 const VIA_COMEDIA: u32 = 6;
@@ -24,11 +25,11 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Output::new();
     common::connect(&mut r, now, 2, 2000, &mut out);
     r.add_plain_transport(1, VIA_IN, false, false).expect("plain");
-    r.connect_plain(now, 1, Some(common::addr(1000)), None, &mut out).expect("connect");
+    r.connect_plain(now, 1, Some(common::addr(1000).addr), None, &mut out).expect("connect");
     r.add_plain_transport(4, VIA_COMEDIA, true, false).expect("comedia");
     r.connect_plain(now, 4, None, None, &mut out).expect("connect");
     r.add_plain_transport(5, VIA_OUT, false, false).expect("plain out");
-    r.connect_plain(now, 5, Some(common::addr(5000)), None, &mut out).expect("connect");
+    r.connect_plain(now, 5, Some(common::addr(5000).addr), None, &mut out).expect("connect");
     let mut video = common::video_spec("0", 0x1000);
     video.mid = None;
     r.add_producer(now, 10, 1, video.clone()).expect("producer");
@@ -59,10 +60,12 @@ fuzz_target!(|data: &[u8]| {
         rest = &body[n..];
         let from = common::addr(1000 + 1000 * u16::from(sel & 7));
         match (sel >> 3) & 3 {
-            0 => r.handle_plain_datagram(t, 1, from, pkt, &mut out),
-            1 => r.handle_plain_datagram(t, 4, from, pkt, &mut out),
-            2 => r.handle_plain_datagram(t, 5, from, pkt, &mut out),
-            _ => r.handle_datagram(t, from, pkt, &mut out),
+            0 => r.handle_plain_datagram(t, 1, from.addr, pkt, &mut out),
+            1 => r.handle_plain_datagram(t, 4, from.addr, pkt, &mut out),
+            2 => r.handle_plain_datagram(t, 5, from.addr, pkt, &mut out),
+            _ => {
+                r.handle_datagram(t, from, pkt, &mut out);
+            }
         }
         if sel & 0x40 != 0 {
             t += Duration::from_millis(300);
@@ -72,14 +75,14 @@ fuzz_target!(|data: &[u8]| {
             r.request_consumer_key_frame(t, 50, &mut out).expect("consumer");
         }
         for tr in &out.transmits {
-            match tr.via {
-                MAIN_SOCKET => assert_eq!(tr.dest, common::addr(2000), "main socket: only the WebRTC peer"),
-                VIA_IN => assert_eq!(tr.dest, common::addr(1000)),
-                VIA_OUT => assert_eq!(tr.dest, common::addr(5000)),
-                VIA_COMEDIA => {
-                    assert_eq!(*comedia_remote.get_or_insert(tr.dest), tr.dest, "comedia remote moved");
+            match tr.dest.via {
+                Via::Udp => assert_eq!(tr.dest, common::addr(2000), "main socket: only the WebRTC peer"),
+                Via::Plain(VIA_IN) => assert_eq!(tr.dest.addr, common::addr(1000).addr),
+                Via::Plain(VIA_OUT) => assert_eq!(tr.dest.addr, common::addr(5000).addr),
+                Via::Plain(VIA_COMEDIA) => {
+                    assert_eq!(*comedia_remote.get_or_insert(tr.dest.addr), tr.dest.addr, "comedia remote moved");
                 }
-                v => panic!("unknown socket {v}"),
+                v => panic!("unknown socket {v:?}"),
             }
         }
         out.recycle();
