@@ -349,6 +349,7 @@ class Server:
         self.sessions = 0
         self.handshakes = 0  # connections between accept and answer / accepted WebSocket
         self.allowed_origins: frozenset[str] | None = None  # None = any; set once listening
+        self.cluster: Any = None  # pysfu.cluster.node.Cluster with cluster_redis_url
 
     @property
     def rtc_port(self) -> int:
@@ -383,9 +384,30 @@ class Server:
                               host=self.config.host,
                               warning="allow_open_rooms: no auth_secret, anyone who reaches "
                                       "this address may create and join any room")
+                if self.config.cluster_redis_url is not None:
+                    await self._join_cluster(nursery)
                 task_status.started(self)
         finally:
             self.media.close()
+
+    async def _join_cluster(self, nursery: trio.Nursery) -> None:
+        """Several nodes (pysfu/cluster/): register in Redis, take part in placement."""
+        from pysfu.cluster.node import Cluster, default_load
+
+        cfg = self.config
+        url = cfg.node_url or f"ws://{cfg.host}:{self.port}/ws"
+        self.cluster = Cluster(cfg, signaling_url=lambda: url,
+                               load=lambda: default_load(self.rooms))
+        assert self.rooms is not None
+        try:
+            with trio.fail_after(10):
+                await nursery.start(self.cluster.run, self.rooms)
+        except (OSError, trio.TooSlowError) as exc:
+            raise StartupError(f"cannot reach cluster_redis_url: {exc or 'timeout'}") from None
+        except Exception as exc:  # coredis errors (not imported here: optional dependency)
+            if type(exc).__module__.startswith("coredis"):
+                raise StartupError(f"cannot use cluster_redis_url: {exc}") from None
+            raise
 
     async def _listen_metrics(self, nursery: trio.Nursery) -> None:
         cfg = self.config
@@ -729,6 +751,7 @@ class Server:
             "status": ("shutting_down" if self.shutting_down
                        else "draining" if self.draining else "ok"),
             "draining": self.draining,
+            **({"node": self.cluster.node_id} if self.cluster is not None else {}),
         }
 
     # ---- admin API ------------------------------------------------------------------------

@@ -313,7 +313,8 @@ class Session:
             peer_id = grant.identity  # the token's sub is the peer's identity
             if data.get("peerId") is not None and data.get("peerId") != peer_id:
                 raise SignalingError(errors.FORBIDDEN, "peerId must be the token's identity")
-        room = await self.rooms.get_or_create(room_id, address=self.address)
+        room = await self.rooms.get_or_create(room_id, address=self.address,
+                                              role=role)  # type: ignore[arg-type]
         peer, reconnected = room.join(peer_id, role, self.notify)  # type: ignore[arg-type]
         self.room, self.peer = room, peer
         self.joined.set()

@@ -1,0 +1,220 @@
+"""Rooms across nodes (pysfu/cluster/): a real redis-server and real ``pysfu serve``
+processes on loopback (pysfu.testing.cluster_nodes). The host is on node A; viewers on A and
+on B receive every packet, decrypted, in order (independent WebRTC test peers); 20 viewers
+on B cost A one pipe consumer per producer; kill -9 of A closes the room on B with
+``node_lost`` in time and B's engine counts return to zero; two hosts racing for one room
+id on A and B: exactly one wins, 50 times over."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from pysfu.client import RequestFailed, SignalingClient, connect
+from pysfu.cluster.node import REFRESH, TTL
+from pysfu.testing.cluster_nodes import Node, RedisServer, redis_server, serve_node
+from pysfu.testing.fixtures import device_caps, vp8_producer
+from pysfu.testing.media_room import CHROME_MID_EXT, CHROME_VP8_PT, HOST_SSRC
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp, vp8_payload
+
+ROOM = "cluster-room"
+FRAMES = 200
+
+
+@dataclass
+class Nodes:
+    redis: RedisServer
+    a: Node
+    b: Node
+
+
+# Every test client comes from 127.0.0.1: the race test creates 50 rooms from it.
+LOOPBACK_ROOMS = {"PYSFU_MAX_ROOMS_PER_ADDRESS_PER_MINUTE": "1000"}
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
+    async with redis_server() as redis, \
+            serve_node(redis, "node-a", tmp_path, plain_ports="42100-42199",
+                       extra_env=LOOPBACK_ROOMS) as a, \
+            serve_node(redis, "node-b", tmp_path, plain_ports="42200-42299",
+                       extra_env=LOOPBACK_ROOMS) as b:
+        yield Nodes(redis, a, b)
+
+
+async def open_peer(client: SignalingClient, room: str, direction: str) -> WebRtcPeer:
+    transport = await client.create_transport(room, direction)
+    peer = WebRtcPeer(transport)
+    await peer.bind()
+    await client.connect_transport(room, transport["id"], peer.dtls_parameters())
+    await peer.connect()
+    return peer
+
+
+async def start_host(stack: AsyncExitStack, node: Node, room: str = ROOM
+                     ) -> tuple[SignalingClient, WebRtcPeer, str]:
+    host = await stack.enter_async_context(connect(node.ws_url))
+    await host.join(room, "host", "host")
+    peer = await open_peer(host, room, "send")
+    stack.callback(peer.close)
+    producer_id = await host.produce(room, peer.transport["id"], "video",
+                                     vp8_producer(mid="0", ssrc=HOST_SSRC))
+    return host, peer, producer_id
+
+
+@dataclass
+class Viewer:
+    client: SignalingClient
+    peer: WebRtcPeer
+    consumer: dict[str, Any]
+
+
+async def start_viewer(stack: AsyncExitStack, node: Node, name: str, room: str = ROOM
+                       ) -> Viewer:
+    """A viewer on ``node`` consuming the room's (only) video producer, as that node
+    names it (on an edge node: the piped producer)."""
+    c = await stack.enter_async_context(connect(node.ws_url))
+    await c.join(room, "viewer", name)
+    producers = await c.get_producers(room)
+    assert len(producers) == 1, producers
+    peer = await open_peer(c, room, "recv")
+    stack.callback(peer.close)
+    caps = device_caps(await c.router_rtp_capabilities(room))
+    consumer = await c.consume(room, peer.transport["id"], producers[0]["id"], caps)
+    await c.resume_consumer(room, consumer["id"])
+    return Viewer(c, peer, consumer)
+
+
+async def send_frames(peer: WebRtcPeer, first_seq: int, count: int) -> list[bytes]:
+    payloads = []
+    for i in range(count):
+        seq = first_seq + i
+        payload = vp8_payload(keyframe=i == 0) + seq.to_bytes(4, "big")
+        await peer.send_rtp(build_rtp(CHROME_VP8_PT, seq, 90 * seq, HOST_SSRC, payload,
+                                      marker=True, extensions={CHROME_MID_EXT: b"0"}))
+        payloads.append(payload)
+        await trio.sleep(0.002)
+    return payloads
+
+
+async def receive(peer: WebRtcPeer, count: int, timeout: float = 10.0) -> list[Rtp]:
+    got: list[Rtp] = []
+    with trio.move_on_after(timeout):
+        while len(got) < count:
+            packet = await peer.recv_rtp(timeout=timeout)
+            if packet is not None:
+                got.append(packet)
+    return got
+
+
+async def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    with trio.move_on_after(timeout):
+        while not await predicate():
+            await trio.sleep(0.1)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def pipe_consumers_of(log: Path) -> int:
+    return len(re.findall(rb"event=pipe\.consumer_created", log.read_bytes()))
+
+
+async def test_viewers_on_two_nodes_get_every_packet_in_order(nodes: Nodes) -> None:
+    async with AsyncExitStack() as stack:
+        _, host_peer, _ = await start_host(stack, nodes.a)
+        local = await start_viewer(stack, nodes.a, "viewer-a")
+        remote = await start_viewer(stack, nodes.b, "viewer-b")
+        await trio.sleep(0.3)  # the pipe's first packets and the viewers' ICE settle
+        async with trio.open_nursery() as tasks:
+            results: dict[str, list[Rtp]] = {}
+
+            async def collect(name: str, viewer: Viewer) -> None:
+                results[name] = await receive(viewer.peer, FRAMES)
+
+            tasks.start_soon(collect, "a", local)
+            tasks.start_soon(collect, "b", remote)
+            sent = await send_frames(host_peer, 1, FRAMES)
+        for name in ("a", "b"):
+            got = results[name]
+            assert [p.payload for p in got] == sent, (name, len(got))
+            seqs = [p.seq for p in got]
+            assert all((b - a) % 65536 == 1 for a, b in zip(seqs, seqs[1:], strict=False)), name
+        # The edge viewer's consumer is of B's piped producer, not of A's.
+        assert remote.consumer["producerId"] != local.consumer["producerId"]
+
+
+async def test_twenty_viewers_on_b_cost_a_one_pipe_consumer(nodes: Nodes) -> None:
+    async with AsyncExitStack() as stack:
+        _, host_peer, _ = await start_host(stack, nodes.a)
+        before = await nodes.a.engine()
+        viewers = [await start_viewer(stack, nodes.b, f"edge-{i}") for i in range(20)]
+        await trio.sleep(0.3)
+        after = await nodes.a.engine()
+        # A: one consumer more (the pipe consumer) and one transport (the pipe), whatever
+        # the number of viewers on B.
+        assert after["consumers"] - before["consumers"] == 1, (before, after)
+        assert pipe_consumers_of(nodes.a.log) == 1
+        b_counts = await nodes.b.engine()
+        assert b_counts["consumers"] == 20 and b_counts["producers"] == 1, b_counts
+        async with trio.open_nursery() as tasks:
+            counts: list[int] = []
+
+            async def collect(viewer: Viewer) -> None:
+                counts.append(len(await receive(viewer.peer, 20)))
+
+            for viewer in viewers:
+                tasks.start_soon(collect, viewer)
+            await trio.sleep(0.1)
+            await send_frames(host_peer, 1, 20)
+        assert counts == [20] * 20, counts
+
+
+async def test_origin_killed_viewers_elsewhere_get_node_lost(nodes: Nodes) -> None:
+    async with AsyncExitStack() as stack:
+        await start_host(stack, nodes.a)
+        viewer = await start_viewer(stack, nodes.b, "edge-viewer")
+        assert (await nodes.b.engine())["consumers"] == 1
+        nodes.a.kill()
+        killed = trio.current_time()
+        with trio.fail_after(TTL + REFRESH + 2):
+            _, note = await viewer.client.next_notification("roomClosed")
+        elapsed = trio.current_time() - killed
+        assert note == {"roomId": ROOM, "reason": "node_lost"}
+        assert elapsed <= TTL + 2, elapsed
+
+        async def b_empty() -> bool:
+            counts = await nodes.b.engine()
+            return all(v == 0 for k, v in counts.items() if k != "handshakes")
+
+        await wait_for(b_empty, "node B's engine counts back to zero", timeout=5)
+        assert (await nodes.b.health())["rooms"] == 0
+
+
+async def race_join(c: SignalingClient, room: str, name: str, outcomes: dict[str, Any]
+                    ) -> None:
+    try:
+        await c.join(room, "host", f"host-{name}")
+        outcomes[name] = "joined"
+    except RequestFailed as exc:
+        outcomes[name] = exc.code
+
+
+async def test_two_hosts_racing_on_two_nodes_one_wins_every_time(nodes: Nodes) -> None:
+    for attempt in range(50):
+        room = f"race-{attempt}"
+        outcomes: dict[str, Any] = {}
+        async with AsyncExitStack() as stack:
+            ca = await stack.enter_async_context(connect(nodes.a.ws_url))
+            cb = await stack.enter_async_context(connect(nodes.b.ws_url))
+
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(race_join, ca, room, "a", outcomes)
+                tasks.start_soon(race_join, cb, room, "b", outcomes)
+        assert sorted(outcomes.values()) == ["forbidden", "joined"], (attempt, outcomes)
