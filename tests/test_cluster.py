@@ -20,7 +20,7 @@ import trio
 from pysfu.client import RequestFailed, SignalingClient, connect
 from pysfu.cluster.node import REFRESH, TTL
 from pysfu.testing.cluster_nodes import Node, RedisServer, redis_server, serve_node
-from pysfu.testing.fixtures import device_caps, vp8_producer
+from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
 from pysfu.testing.media_room import CHROME_MID_EXT, CHROME_VP8_PT, HOST_SSRC
 from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp, vp8_payload
 
@@ -195,6 +195,118 @@ async def test_origin_killed_viewers_elsewhere_get_node_lost(nodes: Nodes) -> No
 
         await wait_for(b_empty, "node B's engine counts back to zero", timeout=5)
         assert (await nodes.b.health())["rooms"] == 0
+
+
+def is_empty(counts: dict[str, int]) -> bool:
+    return all(v == 0 for v in counts.values())
+
+
+async def test_origin_events_reach_edge_viewers_and_close_tears_down(nodes: Nodes) -> None:
+    async with AsyncExitStack() as stack:
+        host, host_peer, _ = await start_host(stack, nodes.a)
+        viewer = await start_viewer(stack, nodes.b, "edge-viewer")
+        audio_id = await host.produce(ROOM, host_peer.transport["id"], "audio",
+                                      opus_producer(mid="1"))
+        with trio.fail_after(5):
+            _, note = await viewer.client.next_notification("newProducer")
+        assert note["kind"] == "audio" and note["producerId"] != audio_id
+        piped_audio = note["producerId"]
+        assert {p["id"] for p in await viewer.client.get_producers(ROOM)} == {
+            viewer.consumer["producerId"], piped_audio}
+        assert (await nodes.a.engine())["consumers"] == 2  # one pipe consumer per producer
+
+        await host.close_producer(ROOM, audio_id)
+        with trio.fail_after(5):
+            _, note = await viewer.client.next_notification("producerClosed")
+        assert note == {"producerId": piped_audio}
+
+        async def a_has_one_pipe() -> bool:
+            return (await nodes.a.engine())["consumers"] == 1
+
+        await wait_for(a_has_one_pipe, "the audio pipe closed on A", timeout=5)
+
+        await host.leave(ROOM)
+        with trio.fail_after(5):
+            _, note = await viewer.client.next_notification("roomClosed")
+        assert note == {"roomId": ROOM, "reason": "host_left"}
+
+        async def both_empty() -> bool:
+            return is_empty(await nodes.a.engine()) and is_empty(await nodes.b.engine())
+
+        await wait_for(both_empty, "both nodes' engine counts back to zero", timeout=5)
+
+
+async def test_edge_room_emptied_closes_the_origin_pipes(nodes: Nodes) -> None:
+    async with AsyncExitStack() as stack:
+        await start_host(stack, nodes.a)
+        alone = await nodes.a.engine()
+        viewer = await start_viewer(stack, nodes.b, "edge-viewer")
+        with_pipe = await nodes.a.engine()
+        assert with_pipe["consumers"] == alone["consumers"] + 1
+        assert with_pipe["transports"] == alone["transports"] + 1
+        await viewer.client.leave(ROOM)
+
+        async def back() -> bool:
+            return await nodes.a.engine() == alone and is_empty(await nodes.b.engine())
+
+        await wait_for(back, "A's pipe closed after B's room emptied", timeout=5)
+        # The room is still A's: a new viewer on B gets a pipe again.
+        again = await start_viewer(stack, nodes.b, "edge-viewer-2")
+        assert again.consumer["producerId"]
+        assert (await nodes.a.engine())["consumers"] == alone["consumers"] + 1
+
+
+async def test_viewer_node_killed_origin_closes_its_pipes(nodes: Nodes) -> None:
+    async with AsyncExitStack() as stack:
+        await start_host(stack, nodes.a)
+        alone = await nodes.a.engine()
+        await start_viewer(stack, nodes.b, "edge-viewer")
+        assert (await nodes.a.engine())["consumers"] == alone["consumers"] + 1
+        nodes.b.kill()
+        killed = trio.current_time()
+
+        async def back() -> bool:
+            return await nodes.a.engine() == alone
+
+        await wait_for(back, "A's pipe to the lost node closed", timeout=TTL + REFRESH + 2)
+        assert trio.current_time() - killed <= TTL + 2
+
+
+async def test_host_cannot_join_an_edge_room(nodes: Nodes) -> None:
+    async with AsyncExitStack() as stack:
+        await start_host(stack, nodes.a)
+        await start_viewer(stack, nodes.b, "edge-viewer")  # B's room is an edge of A's
+        intruder = await stack.enter_async_context(connect(nodes.b.ws_url))
+        with pytest.raises(RequestFailed) as info:
+            await intruder.join(ROOM, "host", "second-host")
+        assert info.value.code == "forbidden"
+
+
+async def test_forged_node_request_opens_no_pipe(nodes: Nodes) -> None:
+    """Someone who can publish on Redis but lacks cluster_secret cannot make A open a pipe
+    (a client of the SFU has no way to ask for one at all)."""
+    import time
+
+    import coredis
+
+    from pysfu.cluster.messages import seal
+    from pysfu.cluster.node import inbox
+
+    async with AsyncExitStack() as stack:
+        await start_host(stack, nodes.a)
+        before = await nodes.a.engine()
+        forged = seal(b"not-the-cluster-secret-0123456789abcdef",
+                      {"type": "attach", "room": ROOM, "id": "x"}, sender="node-evil",
+                      to="node-a", now=time.time(), nonce="n1")
+        redis: coredis.Redis[str] = coredis.Redis.from_url(nodes.redis.url,
+                                                           decode_responses=True)
+        async with redis:
+            assert await redis.publish(inbox("node-a"), forged) == 1
+        with trio.fail_after(5):
+            while b"event=cluster.message_rejected" not in nodes.a.log.read_bytes():
+                await trio.sleep(0.05)
+        assert b"event=cluster.node_attached" not in nodes.a.log.read_bytes()
+        assert await nodes.a.engine() == before
 
 
 async def race_join(c: SignalingClient, room: str, name: str, outcomes: dict[str, Any]

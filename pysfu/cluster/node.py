@@ -200,13 +200,21 @@ class Cluster:
                     alive = {n for n in nodes if await self.redis.exists([node_key(n)])}
             except _REDIS_ERRORS:
                 continue  # Redis unreachable: nothing is known to be gone
-            for edge in [e for e in self.edges.values() if e.origin not in alive]:
-                log_event(logger, "cluster.node_lost", node=self.node_id, lost=edge.origin,
-                          room=edge.room.id)
-                edge.room.close("node_lost")
-            for served in list(self.served.values()):
-                for node in [n for n in served.nodes if n not in alive]:
-                    self._close_served(served, node)
+            try:
+                self._drop_lost(alive)
+            except Exception:  # a bug: logged, the watch goes on
+                log_event(logger, "cluster.watch_crashed", level=logging.ERROR,
+                          node=self.node_id, exc_info=True)
+
+    def _drop_lost(self, alive: set[str]) -> None:
+        """Close the edge rooms of gone origins and the pipes served to gone nodes."""
+        for edge in [e for e in self.edges.values() if e.origin not in alive]:
+            log_event(logger, "cluster.node_lost", node=self.node_id, lost=edge.origin,
+                      room=edge.room.id)
+            edge.room.close("node_lost")
+        for served in list(self.served.values()):
+            for node in [n for n in served.nodes if n not in alive]:
+                self._close_served(served, node)
 
     # ---- placement (pysfu.room.Placement) -----------------------------------------------
 
@@ -259,8 +267,14 @@ class Cluster:
             pass  # it expires on its own
 
     def _spawn(self, job: Awaitable[None]) -> None:
+        """Run ``job`` in the cluster's nursery; a bug in it is logged, never fatal to the
+        node (this nursery is the server's)."""
         async def run() -> None:
-            await job
+            try:
+                await job
+            except Exception:
+                log_event(logger, "cluster.task_crashed", level=logging.ERROR,
+                          node=self.node_id, exc_info=True)
 
         if self._nursery is not None:
             self._nursery.start_soon(run)
@@ -283,8 +297,8 @@ class Cluster:
             self._spawn(self._tell(node, {"type": event, "room": served.room.id, **data}))
 
     def _close_served(self, served: Served, node: str) -> None:
-        for pipe in served.nodes.pop(node, {}).values():
-            served.room.close_pipe(pipe)
+        for pipe in list(served.nodes.pop(node, {}).values()):
+            served.room.close_pipe(pipe)  # (its on_closed edits that map)
         log_event(logger, "cluster.node_detached", room=served.room.id, node=node)
 
     def _served_room(self, msg: dict[str, Any]) -> Served:
@@ -455,7 +469,11 @@ class Cluster:
                               node=self.node_id, error=str(exc),
                               rejected=self._opener.rejected)
                     continue
-                self._dispatch(msg)
+                try:
+                    self._dispatch(msg)
+                except Exception:  # a bug: logged, the inbox keeps being read
+                    log_event(logger, "cluster.message_crashed", level=logging.ERROR,
+                              node=self.node_id, type=msg.get("type"), exc_info=True)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
