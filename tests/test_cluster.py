@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from pysfu.client import RequestFailed, SignalingClient, connect
-from pysfu.cluster.node import REFRESH, TTL
+from pysfu.cluster.node import REFRESH, RESTART_QUIET, TTL, WATCH_INTERVAL
 from pysfu.testing.cluster_nodes import Node, RedisServer, redis_server, serve_node
 from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
 from pysfu.testing.media_room import CHROME_MID_EXT, CHROME_VP8_PT, HOST_SSRC
@@ -330,3 +330,53 @@ async def test_two_hosts_racing_on_two_nodes_one_wins_every_time(nodes: Nodes) -
                 tasks.start_soon(race_join, ca, room, "a", outcomes)
                 tasks.start_soon(race_join, cb, room, "b", outcomes)
         assert sorted(outcomes.values()) == ["forbidden", "joined"], (attempt, outcomes)
+
+
+async def test_redis_restart_media_goes_on_and_joins_work_again(nodes: Nodes) -> None:
+    """Redis killed and started again (empty) mid-stream: the edge viewer gets every packet
+    throughout; while Redis is down a join that needs the directory is ``unavailable``;
+    nobody is told ``node_lost``; afterwards a new room spans both nodes again."""
+    async with AsyncExitStack() as stack:
+        _, host_peer, _ = await start_host(stack, nodes.a)
+        viewer = await start_viewer(stack, nodes.b, "edge-viewer")
+        await trio.sleep(0.3)
+        newcomer = await stack.enter_async_context(connect(nodes.a.ws_url))
+        got: list[Rtp] = []
+        async with trio.open_nursery() as tasks:
+            async def collect() -> None:
+                got.extend(await receive(viewer.peer, 150, timeout=20))
+
+            tasks.start_soon(collect)
+            sent = await send_frames(host_peer, 1, 50)
+            nodes.redis.stop()
+            sent += await send_frames(host_peer, 51, 50)
+            with pytest.raises(RequestFailed) as info:
+                await newcomer.join("while-down", "host", "h2")
+            assert info.value.code == "unavailable"
+            await trio.sleep(REFRESH + 0.5)  # down across a refresh and several watches
+            sent += await send_frames(host_peer, 101, 25)
+            await nodes.redis.start()
+            sent += await send_frames(host_peer, 126, 25)
+        assert [p.payload for p in got] == sent, len(got)
+        # Past the quiet time and a refresh: both nodes are registered again, the room too.
+        await trio.sleep(RESTART_QUIET + WATCH_INTERVAL + 1)
+        assert (await nodes.b.health())["rooms"] == 1
+        with trio.move_on_after(0.2):
+            event, note = await viewer.client.next_notification("roomClosed")
+            raise AssertionError(f"the room closed: {note}")
+        # A new room across the two nodes (directory and inbox subscriptions are back).
+        host2 = await stack.enter_async_context(connect(nodes.a.ws_url))
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await host2.join("after-restart", "host", "h3")
+                    break
+                except RequestFailed as exc:
+                    assert exc.code == "unavailable", exc
+                    await trio.sleep(0.5)
+        peer2 = await open_peer(host2, "after-restart", "send")
+        stack.callback(peer2.close)
+        await host2.produce("after-restart", peer2.transport["id"], "video",
+                            vp8_producer(mid="0", ssrc=HOST_SSRC + 1))
+        late = await start_viewer(stack, nodes.b, "late-viewer", room="after-restart")
+        assert late.consumer["producerId"]

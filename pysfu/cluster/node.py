@@ -57,6 +57,10 @@ logger = logging.getLogger("pysfu.cluster")
 TTL = 6.0  # seconds a registry entry or a room's directory entry lives without a refresh
 REFRESH = 2.0  # seconds between refreshes
 WATCH_INTERVAL = 1.0  # seconds between checks that the nodes we depend on are alive
+# A Redis that has just (re)started holds no registry entries until every node's next
+# refresh: no node is declared lost while Redis's uptime is below this, seconds.
+RESTART_QUIET = REFRESH + 1.0
+INBOX_RETRY = 1.0  # seconds between attempts to subscribe the inbox again
 REQUEST_TIMEOUT = 3.0  # seconds a node waits for another node's answer
 MAX_PENDING_REQUESTS = 1024  # requests of this node waiting for an answer
 PREFIX = "pysfu"
@@ -195,8 +199,13 @@ class Cluster:
             await trio.sleep(WATCH_INTERVAL)
             nodes = {e.origin for e in self.edges.values()}
             nodes.update(n for s in self.served.values() for n in s.nodes)
+            if not nodes:
+                continue
             try:
                 with trio.fail_after(REFRESH):
+                    uptime = (await self.redis.info("server")).get("uptime_in_seconds")
+                    if not isinstance(uptime, int | float) or uptime < RESTART_QUIET:
+                        continue  # Redis restarted: the nodes have not re-registered yet
                     alive = {n for n in nodes if await self.redis.exists([node_key(n)])}
             except _REDIS_ERRORS:
                 continue  # Redis unreachable: nothing is known to be gone
@@ -455,25 +464,41 @@ class Cluster:
 
     async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                       ) -> None:
-        async with self.redis.pubsub(channels=[inbox(self.node_id)],
-                                     ignore_subscribe_messages=True) as pubsub:
-            task_status.started()
-            async for item in pubsub:
-                data = item.get("data")
-                if item.get("type") != "message" or not isinstance(data, str | bytes):
-                    continue
-                try:
-                    msg = self._opener.open(data, self._clock())
-                except MessageError as exc:
-                    log_event(logger, "cluster.message_rejected", level=logging.WARNING,
-                              node=self.node_id, error=str(exc),
-                              rejected=self._opener.rejected)
-                    continue
-                try:
-                    self._dispatch(msg)
-                except Exception:  # a bug: logged, the inbox keeps being read
-                    log_event(logger, "cluster.message_crashed", level=logging.ERROR,
-                              node=self.node_id, type=msg.get("type"), exc_info=True)
+        """Read the inbox; subscribe again whenever the subscription is lost (Redis
+        restarted or unreachable: what was published meanwhile is lost)."""
+        started = False
+        while True:
+            try:
+                async with self.redis.pubsub(channels=[inbox(self.node_id)],
+                                             ignore_subscribe_messages=True) as pubsub:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await self._read_inbox(pubsub)
+            except Exception as exc:  # coredis errors, possibly in exception groups
+                if not started:
+                    raise
+                log_event(logger, "cluster.inbox_lost", level=logging.WARNING,
+                          node=self.node_id, error=str(exc) or type(exc).__name__)
+            await trio.sleep(INBOX_RETRY)
+
+    async def _read_inbox(self, pubsub: Any) -> None:
+        async for item in pubsub:
+            data = item.get("data")
+            if item.get("type") != "message" or not isinstance(data, str | bytes):
+                continue
+            try:
+                msg = self._opener.open(data, self._clock())
+            except MessageError as exc:
+                log_event(logger, "cluster.message_rejected", level=logging.WARNING,
+                          node=self.node_id, error=str(exc),
+                          rejected=self._opener.rejected)
+                continue
+            try:
+                self._dispatch(msg)
+            except Exception:  # a bug: logged, the inbox keeps being read
+                log_event(logger, "cluster.message_crashed", level=logging.ERROR,
+                          node=self.node_id, type=msg.get("type"), exc_info=True)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]

@@ -49,37 +49,48 @@ def _redis_ping(port: int) -> bool:
 
 @dataclass
 class RedisServer:
+    """A redis-server process; ``stop`` and ``start`` (same port, empty again: no
+    persistence) make a Redis outage or restart mid-test."""
+
     port: int
-    process: subprocess.Popen[bytes]
     directory: Path
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no",
+             "--loglevel", "warning", "--logfile", str(self.directory / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with trio.fail_after(START_TIMEOUT):
+            while not await trio.to_thread.run_sync(_redis_ping, self.port):
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited ({self.process.returncode})")
+                await trio.sleep(0.05)
+
+    def stop(self) -> None:
+        """kill -9: every key and subscription is gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
 
 
 @asynccontextmanager
 async def redis_server() -> AsyncIterator[RedisServer]:
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server is missing: run scripts/install-redis.sh")
-    directory = Path(tempfile.mkdtemp(prefix="pysfu-redis-"))
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(directory), "--daemonize", "no",
-         "--loglevel", "warning", "--logfile", str(directory / "redis.log")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    redis = RedisServer(free_port(), Path(tempfile.mkdtemp(prefix="pysfu-redis-")))
     try:
-        with trio.fail_after(START_TIMEOUT):
-            while not await trio.to_thread.run_sync(_redis_ping, port):
-                if process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited ({process.returncode})")
-                await trio.sleep(0.05)
-        yield RedisServer(port, process, directory)
+        await redis.start()
+        yield redis
     finally:
-        process.kill()
-        process.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+        redis.stop()
+        shutil.rmtree(redis.directory, ignore_errors=True)
 
 
 @dataclass
