@@ -1,9 +1,10 @@
 """Rooms across nodes (pysfu/cluster/): a real redis-server and real ``pysfu serve``
-processes on loopback (pysfu.testing.cluster_nodes). The host is on node A; viewers on A and
-on B receive every packet, decrypted, in order (independent WebRTC test peers); 20 viewers
-on B cost A one pipe consumer per producer; kill -9 of A closes the room on B with
-``node_lost`` in time and B's engine counts return to zero; two hosts racing for one room
-id on A and B: exactly one wins, 50 times over."""
+processes on loopback (pysfu.testing.cluster_nodes). The host is on node A; viewers on A,
+B and C receive every packet, decrypted, in order (independent WebRTC test peers); 20
+viewers on B cost A one pipe consumer per producer; kill -9 of A closes the room on B and C
+with ``node_lost`` in time and their engine counts return to zero; two hosts racing for one
+room id on A and B: exactly one wins, 50 times over; a Redis restart mid-stream stops no
+media."""
 
 from __future__ import annotations
 
@@ -126,11 +127,16 @@ def pipe_consumers_of(log: Path) -> int:
     return len(re.findall(rb"event=pipe\.consumer_created", log.read_bytes()))
 
 
-async def test_viewers_on_two_nodes_get_every_packet_in_order(nodes: Nodes) -> None:
+async def test_viewers_on_three_nodes_get_every_packet_in_order(nodes: Nodes,
+                                                                 tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
+        c = await stack.enter_async_context(serve_node(
+            nodes.redis, "node-c", tmp_path, plain_ports="42300-42399",
+            extra_env=LOOPBACK_ROOMS))
         _, host_peer, _ = await start_host(stack, nodes.a)
         local = await start_viewer(stack, nodes.a, "viewer-a")
         remote = await start_viewer(stack, nodes.b, "viewer-b")
+        third = await start_viewer(stack, c, "viewer-c")
         await trio.sleep(0.3)  # the pipe's first packets and the viewers' ICE settle
         async with trio.open_nursery() as tasks:
             results: dict[str, list[Rtp]] = {}
@@ -140,8 +146,10 @@ async def test_viewers_on_two_nodes_get_every_packet_in_order(nodes: Nodes) -> N
 
             tasks.start_soon(collect, "a", local)
             tasks.start_soon(collect, "b", remote)
+            tasks.start_soon(collect, "c", third)
             sent = await send_frames(host_peer, 1, FRAMES)
-        for name in ("a", "b"):
+        assert (await nodes.a.engine())["consumers"] == 3  # a viewer, two pipe consumers
+        for name in ("a", "b", "c"):
             got = results[name]
             assert [p.payload for p in got] == sent, (name, len(got))
             seqs = [p.seq for p in got]
@@ -176,25 +184,31 @@ async def test_twenty_viewers_on_b_cost_a_one_pipe_consumer(nodes: Nodes) -> Non
         assert counts == [20] * 20, counts
 
 
-async def test_origin_killed_viewers_elsewhere_get_node_lost(nodes: Nodes) -> None:
+async def test_origin_killed_viewers_elsewhere_get_node_lost(nodes: Nodes,
+                                                            tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
+        c = await stack.enter_async_context(serve_node(
+            nodes.redis, "node-c", tmp_path, plain_ports="42300-42399",
+            extra_env=LOOPBACK_ROOMS))
         await start_host(stack, nodes.a)
-        viewer = await start_viewer(stack, nodes.b, "edge-viewer")
+        viewers = [await start_viewer(stack, nodes.b, "edge-viewer-b"),
+                   await start_viewer(stack, c, "edge-viewer-c")]
         assert (await nodes.b.engine())["consumers"] == 1
+        assert (await c.engine())["consumers"] == 1
         nodes.a.kill()
         killed = trio.current_time()
-        with trio.fail_after(TTL + REFRESH + 2):
-            _, note = await viewer.client.next_notification("roomClosed")
-        elapsed = trio.current_time() - killed
-        assert note == {"roomId": ROOM, "reason": "node_lost"}
-        assert elapsed <= TTL + 2, elapsed
+        for viewer in viewers:
+            with trio.fail_after(TTL + REFRESH + 2):
+                _, note = await viewer.client.next_notification("roomClosed")
+            elapsed = trio.current_time() - killed
+            assert note == {"roomId": ROOM, "reason": "node_lost"}
+            assert elapsed <= TTL + 2, elapsed
 
-        async def b_empty() -> bool:
-            counts = await nodes.b.engine()
-            return all(v == 0 for k, v in counts.items() if k != "handshakes")
+        async def edges_empty() -> bool:
+            return is_empty(await nodes.b.engine()) and is_empty(await c.engine())
 
-        await wait_for(b_empty, "node B's engine counts back to zero", timeout=5)
-        assert (await nodes.b.health())["rooms"] == 0
+        await wait_for(edges_empty, "B's and C's engine counts back to zero", timeout=5)
+        assert (await nodes.b.health())["rooms"] == 0 and (await c.health())["rooms"] == 0
 
 
 def is_empty(counts: dict[str, int]) -> bool:
@@ -214,6 +228,16 @@ async def test_origin_events_reach_edge_viewers_and_close_tears_down(nodes: Node
         assert {p["id"] for p in await viewer.client.get_producers(ROOM)} == {
             viewer.consumer["producerId"], piped_audio}
         assert (await nodes.a.engine())["consumers"] == 2  # one pipe consumer per producer
+
+        # Pause and resume on the origin reach the edge (its piped producer follows).
+        await host.request("pauseProducer", {"roomId": ROOM, "producerId": audio_id})
+        with trio.fail_after(5):
+            _, note = await viewer.client.next_notification("producerPaused")
+        assert note == {"producerId": piped_audio}
+        await host.request("resumeProducer", {"roomId": ROOM, "producerId": audio_id})
+        with trio.fail_after(5):
+            _, note = await viewer.client.next_notification("producerResumed")
+        assert note == {"producerId": piped_audio}
 
         await host.close_producer(ROOM, audio_id)
         with trio.fail_after(5):

@@ -51,6 +51,7 @@ from pysfu.room import Forbidden, NotFound, Role, Room, RoomError, Unavailable
 if TYPE_CHECKING:
     from pysfu.config import Config
     from pysfu.room import RoomRegistry
+    from pysfu.transport import Producer
 
 logger = logging.getLogger("pysfu.cluster")
 
@@ -99,6 +100,7 @@ class EdgeRoom:
     room: Room
     origin: str
     pipes: dict[str, PipeTransport] = field(default_factory=dict)  # origin producer id ->
+    producers: dict[str, Producer] = field(default_factory=dict)  # origin producer id ->
     pending: set[str] = field(default_factory=set)  # origin producer ids being piped
 
 
@@ -345,6 +347,15 @@ class Cluster:
             raise
         pipes[producer_id] = pipe
         pipe.on_closed.append(lambda: _forget_pipe(pipes, producer_id, pipe))
+        node = msg["from"]
+
+        def follow(state: str) -> None:  # the far side follows pause and resume
+            if state in ("paused", "resumed") and pipes.get(producer_id) is pipe:
+                kind = "producerPaused" if state == "paused" else "producerResumed"
+                self._spawn(self._tell(node, {"type": kind, "room": room.id,
+                                              "producerId": producer_id}))
+
+        room.watch_producer(producer_id, follow)
         return {"end": self._end(pipe), "offer": offer}
 
     def _end(self, pipe: PipeTransport) -> dict[str, Any]:
@@ -391,7 +402,7 @@ class Cluster:
             if room.closed or self.edges.get(room.id) is not edge:
                 raise RequestFailed("the room closed meanwhile")
             pipe.connect_end(PipeEnd.from_dict(answer.get("end")))
-            room.pipe_produce(pipe, answer.get("offer"))
+            producer = room.pipe_produce(pipe, answer.get("offer"))
         except (RequestFailed, RoomError, PipeError, PlainTransportError) as exc:
             room.close_pipe(pipe)
             log_event(logger, "cluster.pipe_failed", level=logging.WARNING, room=room.id,
@@ -400,6 +411,7 @@ class Cluster:
         finally:
             edge.pending.discard(producer_id)
         edge.pipes[producer_id] = pipe
+        edge.producers[producer_id] = producer
         pipe.on_closed.append(lambda: _forget_pipe(edge.pipes, producer_id, pipe))
         log_event(logger, "cluster.piped", room=room.id, origin=edge.origin,
                   producer=producer_id, transport=pipe.id)
@@ -411,7 +423,12 @@ class Cluster:
         kind, producer_id = msg["type"], msg.get("producerId")
         if kind == "newProducer" and isinstance(producer_id, str):
             self._spawn(self._pipe_from(edge, producer_id))
+        elif kind in ("producerPaused", "producerResumed") and isinstance(producer_id, str):
+            producer = edge.producers.get(producer_id)
+            if producer is not None and edge.pipes.get(producer_id) is not None:
+                edge.room.set_pipe_producer_paused(producer, kind == "producerPaused")
         elif kind == "producerClosed" and isinstance(producer_id, str):
+            edge.producers.pop(producer_id, None)
             pipe = edge.pipes.pop(producer_id, None)
             if pipe is not None:
                 edge.room.close_pipe(pipe)  # its producer goes: producerClosed here
@@ -513,7 +530,8 @@ class Cluster:
             self._spawn(self._answer(msg))
         elif kind == "detach":
             self._on_detach(msg)
-        elif kind in ("newProducer", "producerClosed", "roomClosed"):
+        elif kind in ("newProducer", "producerClosed", "producerPaused", "producerResumed",
+                      "roomClosed"):
             self._on_room_event(msg)
 
     async def _answer(self, msg: dict[str, Any]) -> None:
