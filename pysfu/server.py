@@ -402,12 +402,11 @@ class Server:
         try:
             with trio.fail_after(10):
                 await nursery.start(self.cluster.run, self.rooms)
-        except (OSError, trio.TooSlowError) as exc:
-            raise StartupError(f"cannot reach cluster_redis_url: {exc or 'timeout'}") from None
-        except Exception as exc:  # coredis errors (not imported here: optional dependency)
-            if type(exc).__module__.startswith("coredis"):
-                raise StartupError(f"cannot use cluster_redis_url: {exc}") from None
-            raise
+        except Exception as exc:
+            failure = _redis_failure(exc)
+            if failure is None:
+                raise
+            raise StartupError(f"cannot use cluster_redis_url: {failure}") from None
 
     async def _listen_metrics(self, nursery: trio.Nursery) -> None:
         cfg = self.config
@@ -928,6 +927,20 @@ def _websocket_problem(head: _Head) -> tuple[int, str] | None:
         request.target.decode("ascii")
     except UnicodeError:
         return 400, "bad Host or target"
+    return None
+
+
+def _redis_failure(exc: BaseException) -> str | None:
+    """What went wrong reaching Redis, if ``exc`` (or every exception in its groups) is a
+    connection failure: an OSError, a time-out or a coredis error (coredis is an optional
+    dependency: recognised by module, not imported here); else None."""
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_redis_failure(inner) for inner in exc.exceptions]
+        return found[0] if found and all(f is not None for f in found) else None
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer within 10 s"
+    if isinstance(exc, OSError) or type(exc).__module__.startswith("coredis"):
+        return str(exc) or type(exc).__name__
     return None
 
 

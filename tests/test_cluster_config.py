@@ -78,3 +78,19 @@ trio.run(main)
                          timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "loaded: []" in out.stdout
+
+
+def test_unreachable_redis_at_start_is_one_line_and_exit_1() -> None:
+    import os
+
+    from pysfu.testing.cluster_nodes import CLUSTER_SECRET, free_port
+
+    env = dict(os.environ, PYSFU_CLUSTER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+               PYSFU_CLUSTER_SECRET=CLUSTER_SECRET)
+    out = subprocess.run([sys.executable, "-m", "pysfu", "serve", "--port", "0", "--rtc-port",
+                          "0", "--metrics-port", "0"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    assert "event=server.failed" in text and "cluster_redis_url" in text
+    assert "Traceback" not in text
