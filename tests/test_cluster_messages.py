@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pysfu.cluster.messages import MAX_CLOCK_SKEW, MAX_MESSAGE_BYTES, MessageError, Opener, seal
 
@@ -52,7 +54,33 @@ def test_addressee_time_window_and_size() -> None:
 
 
 @pytest.mark.parametrize("text", ["", "nope", "[]", '{"m": 1, "s": "x"}', '{"m": "{}"}',
-                                  b"\xff\xfe"])
+                                  b"\xff\xfe", "[" * 60_000])
 def test_garbage_is_refused(text: str | bytes) -> None:
     with pytest.raises(MessageError):
         Opener(SECRET, "node-a").open(text, NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=512), st.text(max_size=512)))
+def test_any_input_is_a_message_error_or_nothing_else(data: str | bytes) -> None:
+    with pytest.raises(MessageError):
+        Opener(SECRET, "node-a").open(data, NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0), st.characters(codec="ascii"))
+def test_a_changed_character_of_a_sealed_message_is_refused(where: int, char: str) -> None:
+    text = sealed()
+    i = where % len(text)
+    changed = text[:i] + char + text[i + 1:]
+    opener = Opener(SECRET, "node-a")
+    if changed == text:
+        assert opener.open(changed, NOW)["type"] == "attach"
+        return
+    try:
+        msg = opener.open(changed, NOW)
+    except MessageError:
+        return
+    # Only a change JSON does not see (white space outside strings) may still open, and then
+    # to the very same message.
+    assert msg == Opener(SECRET, "node-a").open(text, NOW)

@@ -64,7 +64,7 @@ class Opener:
             raise MessageError("message too large")
         try:
             outer = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (deep nesting)
             raise MessageError("not JSON") from None
         if not isinstance(outer, dict) or not isinstance(outer.get("m"), str) \
                 or not isinstance(outer.get("s"), str):
