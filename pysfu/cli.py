@@ -66,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
                        default=None,
                        help="run without auth_secret on a non-loopback address: anyone who "
                             "reaches it may create and join rooms")
+    serve.add_argument("--cluster-redis-url", dest="cluster_redis_url",
+                       help="Redis URL shared by the nodes of a cluster (default: one node, "
+                            "no Redis); needs cluster_secret (config or PYSFU_CLUSTER_SECRET)")
+    serve.add_argument("--node-id", dest="node_id", help="this node's id (default random)")
+    serve.add_argument("--node-url", dest="node_url",
+                       help="signaling URL other nodes and clients use for this node")
+    serve.add_argument("--node-pipe-ip", dest="node_pipe_ip",
+                       help="address other nodes send pipe media to (default announced_ip "
+                            "or rtc_ip)")
     token = sub.add_parser("token", help="print a join token signed with the configured secret")
     token.add_argument("--room", required=True, help="room id, or * for any room")
     token.add_argument("--identity", required=True, help="the peer's identity (its peer id)")

@@ -126,6 +126,14 @@ class Config:
     max_data_consumers_per_peer: int = 64
     # ORTC: router media codecs (mediasoup RtpCodecCapability shapes); None = the defaults.
     media_codecs: list[dict[str, Any]] | None = field(default=None, compare=False)
+    # Several nodes around Redis (pysfu/cluster/). None = one node: no Redis is used (nor
+    # imported). With a URL (redis://host:port/db), cluster_secret authenticates the
+    # node-to-node requests (at least 32 bytes, the same on every node).
+    cluster_redis_url: str | None = None
+    cluster_secret: str | None = field(default=None, repr=False)
+    node_id: str | None = None  # this node's name in the registry; None = random at start
+    node_url: str | None = None  # signaling URL other nodes/clients use; None = ws://host:port/ws
+    node_pipe_ip: str | None = None  # address other nodes send pipe media to; None = candidate_ip
 
     @property
     def candidate_ip(self) -> str:
@@ -170,6 +178,7 @@ class Config:
                   if f.repr]
         fields.append(f"auth_secret={_hidden(self.auth_secret)}")
         fields.append(f"admin_token={_hidden(self.admin_token)}")
+        fields.append(f"cluster_secret={_hidden(self.cluster_secret)}")
         keys = None if self.auth_keys is None else {k: "***" for k in self.auth_keys}
         fields.append(f"auth_keys={keys!r}")
         return f"Config({', '.join(fields)})"
@@ -182,7 +191,7 @@ def _hidden(secret: str | None) -> str:
 _ADDRESS_FACTOR = 4  # per-address request budget over the per-connection one, by default
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Never echoed in messages or logs.
-_SECRETS = frozenset({"auth_secret", "auth_keys", "admin_token"})
+_SECRETS = frozenset({"auth_secret", "auth_keys", "admin_token", "cluster_secret"})
 _KID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
@@ -227,7 +236,7 @@ def _coerce(name: str, raw: Any, *, from_text: bool) -> Any:
             if from_text and str(raw).strip().lower() in _BOOLS:
                 return _BOOLS[str(raw).strip().lower()]
             raise ValueError("must be true or false")
-        if name in ("auth_secret", "admin_token"):
+        if name in ("auth_secret", "admin_token", "cluster_secret"):
             if not isinstance(raw, str):
                 raise ValueError("must be a string")
             return raw or None
@@ -237,7 +246,7 @@ def _coerce(name: str, raw: Any, *, from_text: bool) -> Any:
             if from_text or not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
                 raise ValueError("must be a list of tables in the config file")
             return raw
-        if name == "announced_ip":
+        if name in ("announced_ip", "cluster_redis_url", "node_id", "node_url", "node_pipe_ip"):
             return None if raw in (None, "") else str(raw)
         if kind.startswith("int"):
             if isinstance(raw, bool) or (not from_text and not isinstance(raw, int)):
@@ -381,6 +390,7 @@ def _check(cfg: Config) -> Config:
     if cfg.request_burst_per_address is not None and cfg.request_burst_per_address < 1:
         fail("request_burst_per_address", "must be >= 1")
     _check_auth(cfg)
+    _check_cluster(cfg)
     if cfg.log_level not in _LEVELS:
         fail("log_level", f"must be one of {', '.join(_LEVELS)}")
     if cfg.log_format not in ("logfmt", "json"):
@@ -391,6 +401,38 @@ def _check(cfg: Config) -> Config:
         raise ConfigError(f"invalid setting admin_token: must be at least {MIN_SECRET_BYTES} "
                           "bytes")
     return cfg
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _check_cluster(cfg: Config) -> None:
+    """The cluster settings: a Redis URL, a long enough shared secret, a node id that is
+    safe in Redis keys, a pipe address that is an IP."""
+    if cfg.node_id is not None and not _NODE_ID.fullmatch(cfg.node_id):
+        raise ConfigError(f"invalid setting node_id={cfg.node_id[:64]!r}: 1-64 characters of "
+                          "letters, digits, _ . -")
+    if cfg.node_pipe_ip is not None:
+        try:
+            pipe_ip = ipaddress.ip_address(cfg.node_pipe_ip)
+        except ValueError:
+            raise ConfigError(f"invalid setting node_pipe_ip={cfg.node_pipe_ip!r}: must be an "
+                              "IP address") from None
+        if pipe_ip.is_unspecified or pipe_ip.is_multicast:
+            raise ConfigError(f"invalid setting node_pipe_ip={cfg.node_pipe_ip!r}: must be an "
+                              "address other nodes can reach")
+    if cfg.node_url is not None and not re.fullmatch(r"wss?://\S{1,2000}", cfg.node_url):
+        raise ConfigError(f"invalid setting node_url={cfg.node_url[:80]!r}: a ws:// or wss:// "
+                          "URL")
+    if cfg.cluster_redis_url is None:
+        return
+    if not re.fullmatch(r"(rediss?|unix)://\S{1,2000}", cfg.cluster_redis_url):
+        raise ConfigError("invalid setting cluster_redis_url: a redis://, rediss:// or "
+                          "unix:// URL")
+    if cfg.cluster_secret is None or len(cfg.cluster_secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"invalid setting cluster_secret: cluster_redis_url needs a shared "
+                          f"cluster_secret of at least {MIN_SECRET_BYTES} bytes (the same on "
+                          "every node)")
 
 
 def _check_auth(cfg: Config) -> None:

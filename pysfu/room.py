@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import trio
 
@@ -53,6 +53,18 @@ _MAX_TRACKED_ADDRESSES = 10_000  # past this, addresses with no recent creation 
 
 Role = Literal["host", "viewer"]
 Notify = Callable[[str, dict[str, Any]], None]
+# What a room tells its observers (the cluster: pysfu/cluster/): newProducer, producerClosed,
+# roomClosed, with the data its peers get.
+Observer = Callable[[str, dict[str, Any]], None]
+
+
+class Placement(Protocol):
+    """Where a new room lives when there are several nodes (``pysfu.cluster``): ``place``
+    claims the room for this node or makes it an edge of its origin node (raising a
+    ``RoomError`` to refuse the join); ``room_closed`` is told of every room that closes."""
+
+    async def place(self, room: Room, role: Role) -> None: ...
+    def room_closed(self, room: Room) -> None: ...
 
 
 class RoomError(Exception):
@@ -150,6 +162,12 @@ class Room:
         self._data_routes: dict[tuple[str, int], DataProducer] = {}
         self.data_unrouted = 0  # messages on a stream no data producer declared: dropped
         self.closed = False
+        # Cluster (pysfu/cluster/): the node where the room's host is, when it is another
+        # node (this room is an edge: its producers are pipes from there); observers of the
+        # events the origin relays to the other nodes.
+        self.origin_node: str | None = None
+        self.observers: list[Observer] = []
+        self.placed = trio.Event()  # set once the room may be joined (placement done)
         self.started = trio.Event()  # set once the nursery runs
         self.finished = trio.Event()  # set once the nursery has exited
         self._on_closed = on_closed
@@ -192,6 +210,7 @@ class Room:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
         log_event(logger, "room.closed", room=self.id, reason=reason)
+        self._emit("roomClosed", {"roomId": self.id, "reason": reason})
         self._on_closed(self)
 
     def _release_all(self) -> None:
@@ -227,6 +246,8 @@ class Room:
             return peer, True
         if role == "host" and self.host is not None:
             raise Forbidden("the room already has a host")
+        if role == "host" and self.origin_node is not None:
+            raise Forbidden("the room has a host on another node")
         if len(self.peers) >= self.ctx.config.max_peers_per_room:
             raise LimitExceeded("the room is full")
         peer = Peer(peer_id, role, notify)
@@ -371,6 +392,10 @@ class Room:
         for peer in self.peers.values():
             if peer is not exclude and peer.notify is not None:
                 peer.notify(event, data)
+
+    def _emit(self, event: str, data: dict[str, Any]) -> None:
+        for observer in list(self.observers):
+            observer(event, data)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -647,6 +672,7 @@ class Room:
             self._broadcast("producerClosed", {"producerId": producer.id}, exclude=owner)
             for watcher in self._producer_watchers.pop(producer.id, []):
                 watcher("closed")
+            self._emit("producerClosed", {"producerId": producer.id})
 
     # ---- producers --------------------------------------------------------------------------
 
@@ -677,6 +703,7 @@ class Room:
         log_event(logger, "producer.created", room=self.id, peer=peer.id,
                   transport=transport.id, producer=producer.id, kind=kind)
         self._broadcast("newProducer", {"producerId": producer.id, "kind": kind}, exclude=peer)
+        self._emit("newProducer", {"producerId": producer.id, "kind": kind})
         return producer
 
     def close_producer(self, peer: Peer, producer_id: str) -> None:
@@ -984,16 +1011,21 @@ class RoomRegistry:
         # are keep being served. Set by the admin API and at shutdown.
         self.draining = False
         self._created_by: dict[str, deque[float]] = {}  # address -> times it created rooms
+        self.placement: Placement | None = None  # several nodes (pysfu.cluster); None = one
 
     def get(self, room_id: str) -> Room | None:
         return self.rooms.get(room_id)
 
-    async def get_or_create(self, room_id: str, *, address: str = "") -> Room:
+    async def get_or_create(self, room_id: str, *, address: str = "",
+                            role: Role = "viewer") -> Room:
         """The open room ``room_id``, created on first use (by ``address``, an IP, which may
-        create at most max_rooms_per_address_per_minute rooms a minute)."""
+        create at most max_rooms_per_address_per_minute rooms a minute). With several nodes
+        a new room is placed first (``Placement.place``: origin here, or an edge of the
+        origin node); a refused placement closes it again and raises."""
         room = self.rooms.get(room_id)
         if room is not None and not room.closed:
             await room.started.wait()  # a concurrent join may still be starting it
+            await room.placed.wait()
             return room
         if self.draining:
             raise Unavailable("this server takes no new rooms (draining); try another")
@@ -1003,6 +1035,16 @@ class RoomRegistry:
         room = Room(room_id, self.ctx, self._forget)
         self.rooms[room_id] = room
         await self._nursery.start(room.run)
+        if self.placement is not None:
+            try:
+                await self.placement.place(room, role)
+            except BaseException:
+                room.close("placement_refused")
+                raise
+            finally:
+                room.placed.set()
+        else:
+            room.placed.set()
         return room
 
     def _note_creation(self, address: str) -> None:
@@ -1024,3 +1066,5 @@ class RoomRegistry:
     def _forget(self, room: Room) -> None:
         if self.rooms.get(room.id) is room:
             del self.rooms[room.id]
+        if self.placement is not None:
+            self.placement.room_closed(room)

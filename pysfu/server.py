@@ -350,6 +350,7 @@ class Server:
         self.sessions = 0
         self.handshakes = 0  # connections between accept and answer / accepted WebSocket
         self.allowed_origins: frozenset[str] | None = None  # None = any; set once listening
+        self.cluster: Any = None  # pysfu.cluster.node.Cluster with cluster_redis_url
 
     @property
     def rtc_port(self) -> int:
@@ -384,9 +385,29 @@ class Server:
                               host=self.config.host,
                               warning="allow_open_rooms: no auth_secret, anyone who reaches "
                                       "this address may create and join any room")
+                if self.config.cluster_redis_url is not None:
+                    await self._join_cluster(nursery)
                 task_status.started(self)
         finally:
             self.media.close()
+
+    async def _join_cluster(self, nursery: trio.Nursery) -> None:
+        """Several nodes (pysfu/cluster/): register in Redis, take part in placement."""
+        from pysfu.cluster.node import Cluster, default_load
+
+        cfg = self.config
+        url = cfg.node_url or f"ws://{cfg.host}:{self.port}/ws"
+        self.cluster = Cluster(cfg, signaling_url=lambda: url,
+                               load=lambda: default_load(self.rooms))
+        assert self.rooms is not None
+        try:
+            with trio.fail_after(10):
+                await nursery.start(self.cluster.run, self.rooms)
+        except Exception as exc:
+            failure = _redis_failure(exc)
+            if failure is None:
+                raise
+            raise StartupError(f"cannot use cluster_redis_url: {failure}") from None
 
     async def _listen_metrics(self, nursery: trio.Nursery) -> None:
         cfg = self.config
@@ -730,6 +751,7 @@ class Server:
             "status": ("shutting_down" if self.shutting_down
                        else "draining" if self.draining else "ok"),
             "draining": self.draining,
+            **({"node": self.cluster.node_id} if self.cluster is not None else {}),
         }
 
     # ---- admin API ------------------------------------------------------------------------
@@ -906,6 +928,20 @@ def _websocket_problem(head: _Head) -> tuple[int, str] | None:
         request.target.decode("ascii")
     except UnicodeError:
         return 400, "bad Host or target"
+    return None
+
+
+def _redis_failure(exc: BaseException) -> str | None:
+    """What went wrong reaching Redis, if ``exc`` (or every exception in its groups) is a
+    connection failure: an OSError, a time-out or a coredis error (coredis is an optional
+    dependency: recognised by module, not imported here); else None."""
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_redis_failure(inner) for inner in exc.exceptions]
+        return found[0] if found and all(f is not None for f in found) else None
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer within 10 s"
+    if isinstance(exc, OSError) or type(exc).__module__.startswith("coredis"):
+        return str(exc) or type(exc).__name__
     return None
 
 

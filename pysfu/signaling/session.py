@@ -353,7 +353,8 @@ class Session:
         room_id = get_name(data, "roomId")
         role = get_str(data, "role", choices=_ROLES)
         peer_id = self._identity(data, room_id, role)
-        room = await self.rooms.get_or_create(room_id, address=self.address)
+        room = await self.rooms.get_or_create(room_id, address=self.address,
+                                              role=role)  # type: ignore[arg-type]
         peer, reconnected = room.join(peer_id, role, self.notify)  # type: ignore[arg-type]
         self.room, self.peer = room, peer
         self.joined.set()
