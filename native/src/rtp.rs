@@ -182,6 +182,12 @@ impl<'a> Iterator for ExtIter<'a> {
                     self.pos = self.data.len();
                     return None;
                 }
+                if id == 0 {
+                    // ID 0 is padding (RFC 8285 §4.2), whatever its length nibble says:
+                    // skip the byte, as libwebrtc does; never report an element 0.
+                    self.pos += 1;
+                    continue;
+                }
                 (id, (b & 0x0f) as usize + 1, self.pos + 1)
             };
             let Some(value) = self.data.get(start..start + len) else {
@@ -1008,5 +1014,15 @@ mod tests {
                 let _ = is_keyframe(c, &b);
             }
         }
+    }
+
+    #[test]
+    fn one_byte_id_zero_with_a_length_is_padding_not_an_element() {
+        // X=1, one-byte profile, one word: 0x05 (ID 0, L 5: padding), then ID 1 with 1 byte.
+        let mut pkt = vec![0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0xBE, 0xDE, 0, 1, 0x05, 0x10, 0xAA, 0];
+        pkt.extend_from_slice(&[1, 2, 3]);
+        let hdr = parse(&pkt).expect("parses");
+        let elems: Vec<(u8, Vec<u8>)> = extensions(&pkt, &hdr).map(|(id, v)| (id, v.to_vec())).collect();
+        assert_eq!(elems, vec![(1, vec![0xAA])]);
     }
 }
