@@ -19,6 +19,7 @@ pub mod stun_peek;
 pub mod twcc;
 pub mod bwe;
 pub mod layers;
+pub mod vp8;
 pub mod wake;
 
 use pyo3::prelude::*;
