@@ -64,6 +64,8 @@ impl PictureId {
 /// The fields of a VP8 payload descriptor and where the rewritable ones are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Descriptor {
+    /// X: the extension octet is present (implied by any of the optional fields).
+    pub extended: bool,
     /// N: non-reference frame.
     pub non_reference: bool,
     /// S: start of a VP8 partition.
@@ -107,6 +109,7 @@ impl Descriptor {
 pub fn parse(p: &[u8]) -> Result<Descriptor, Vp8Error> {
     let &b0 = p.first().ok_or(Vp8Error::Truncated)?;
     let mut d = Descriptor {
+        extended: b0 & 0x80 != 0,
         non_reference: b0 & 0x20 != 0,
         start: b0 & 0x10 != 0,
         partition: b0 & 0x07,
@@ -153,7 +156,7 @@ pub fn parse(p: &[u8]) -> Result<Descriptor, Vp8Error> {
 /// Append the descriptor `d` (its `len` is not used) to `out`. Reserved bits are written 0;
 /// `layer_sync` is written only with a TID.
 pub fn write(d: &Descriptor, out: &mut Vec<u8>) {
-    let ext = d.picture_id.is_some() || d.tl0_pic_idx.is_some() || d.tid.is_some() || d.key_idx.is_some();
+    let ext = d.extended || d.picture_id.is_some() || d.tl0_pic_idx.is_some() || d.tid.is_some() || d.key_idx.is_some();
     out.push(
         (ext as u8) << 7 | (d.non_reference as u8) << 5 | (d.start as u8) << 4 | (d.partition & 0x07),
     );
@@ -423,9 +426,10 @@ mod tests {
                 _ => Some(PictureId { value: 0x1234 + flags as u16, long: true }),
             };
             let d = Descriptor {
+                extended: false,
                 non_reference: flags & 4 != 0,
                 start: flags & 8 != 0,
-                partition: (flags as u8 >> 4) & 1 | 2 * ((flags & 8 == 0) as u8),
+                partition: ((flags as u8 >> 4) & 1) | (2 * ((flags & 8 == 0) as u8)),
                 picture_id: pic,
                 tl0_pic_idx: (flags & 32 != 0).then_some(0xa7),
                 tid: (flags & 64 != 0).then_some((flags >> 2 & 3) as u8),
@@ -446,7 +450,8 @@ mod tests {
             let hdr_len = buf.len();
             buf.extend_from_slice(&[0x9d, 0x01, 0x2a]);
             let got = parse(&buf).unwrap();
-            assert_eq!(got, Descriptor { len: hdr_len, ..d }, "{buf:02x?}");
+            let ext = d.picture_id.is_some() || d.tl0_pic_idx.is_some() || d.tid.is_some() || d.key_idx.is_some();
+            assert_eq!(got, Descriptor { len: hdr_len, extended: ext, ..d }, "{buf:02x?}");
             // One byte short of any VP8 data: refused.
             assert_eq!(parse(&buf[..hdr_len]), Err(Vp8Error::Truncated));
             for cut in 0..hdr_len {
@@ -481,8 +486,13 @@ mod tests {
         assert_eq!(d.tl0_pic_idx, Some(5));
         assert_eq!((d.tid, d.layer_sync, d.key_idx), (Some(2), true, None));
         assert_eq!(d.len, 6);
-        // No extension: one byte.
+        // No extension: one byte; an extension octet with no field: two.
         assert_eq!(parse(&[0x10, 0x00]).unwrap().len, 1);
+        let empty = parse(&[0x80, 0x00, 0x00]).unwrap();
+        assert_eq!((empty.len, empty.extended), (2, true));
+        let mut w = Vec::new();
+        write(&empty, &mut w);
+        assert_eq!(w, [0x80, 0x00]);
         assert_eq!(parse(&[]), Err(Vp8Error::Truncated));
     }
 
@@ -500,7 +510,7 @@ mod tests {
             if tid == 0 && self.n > 0 {
                 self.tl0 = self.tl0.wrapping_add(1);
             }
-            let sync = tid > 0 && (self.n / 4) % 2 == 0 && (self.n % 4) < 3;
+            let sync = tid > 0 && (self.n / 4).is_multiple_of(2) && (self.n % 4) < 3;
             let d = Descriptor {
                 start: true,
                 picture_id: Some(PictureId { value: self.pic, long: true }),
