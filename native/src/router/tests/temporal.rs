@@ -261,3 +261,19 @@ fn streams_without_temporal_layers_are_untouched() {
     assert_eq!(n, 8);
     assert!(r_stat(&room.r, "currentTemporalLayer").is_none());
 }
+
+#[test]
+fn pause_and_resume_continue_picture_id_after_the_last_sent() {
+    let mut s = L1T3::new(1);
+    s.prefer(0, 0);
+    let mut all = s.frames(1, 0..8, &[0]);
+    s.r.pause_consumer(20).unwrap();
+    assert!(s.frames(1, 8..20, &[]).is_empty());
+    let mut out = Output::new();
+    s.r.resume_consumer(s.now, 20, &mut out).unwrap();
+    // Waits for a key frame (frame 24); frames 8..24 are skipped without a PictureID gap.
+    let after = s.frames(1, 20..30, &[24]);
+    assert_eq!(frames_of(&after), vec![24, 28]);
+    all.extend(after);
+    assert_continuous(&all);
+}
