@@ -20,6 +20,7 @@ pub mod twcc;
 pub mod bwe;
 pub mod layers;
 pub mod vp8;
+pub mod vp9;
 pub mod wake;
 
 use pyo3::prelude::*;
