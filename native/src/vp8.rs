@@ -284,6 +284,15 @@ impl CounterMap {
         }
         let mask = ((1u32 << bits) - 1) as u16;
         let raw = raw & mask;
+        if self.seq.is_none() {
+            // Values so far went out as they came (the filter started mid-stream): continue
+            // from the one before this.
+            let prev = raw.wrapping_sub(1);
+            self.last = (prev & mask, prev);
+            let mut s = SeqManager::new(prev);
+            s.input(prev);
+            self.seq = Some(s);
+        }
         let u = self.unwrap(raw, bits);
         if let Some(seq) = self.seq.as_mut() {
             seq.drop(u);

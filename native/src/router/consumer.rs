@@ -397,7 +397,7 @@ impl Consumer {
         };
         let cpt = self.admit(pkt, &mut switching)?;
         // VP8: the temporal layer filter, and the descriptor fields to rewrite.
-        let vp8 = if pkt.codec == Codec::Vp8 { self.vp8_admit(pkt, switching)? } else { None };
+        let vp8 = if pkt.codec == Codec::Vp8 && self.filters_vp8() { self.vp8_admit(pkt, switching)? } else { None };
         if switching {
             self.sync(pkt, now);
         }
@@ -522,6 +522,15 @@ impl Consumer {
             *switching = true;
         }
         Some(cpt)
+    }
+
+    /// Whether VP8 packets go through the temporal layer filter: a simulcast consumer's
+    /// always (PictureID continuity across switches), a simple consumer's from the first
+    /// time its viewer asks for fewer temporal layers (until then its packets go out as the
+    /// producer sent them, at no cost).
+    #[inline]
+    fn filters_vp8(&self) -> bool {
+        self.vp8.is_some() || self.preferred_temporal != vp8::ALL_LAYERS || matches!(self.kind, Kind::Simulcast(_))
     }
 
     /// VP8 temporal layer selection of a packet the consumer otherwise takes: None when the

@@ -277,3 +277,17 @@ fn pause_and_resume_continue_picture_id_after_the_last_sent() {
     all.extend(after);
     assert_continuous(&all);
 }
+
+#[test]
+fn simple_consumer_untouched_until_its_viewer_asks_for_fewer_layers() {
+    let mut s = L1T3::new(1);
+    let mut all = s.frames(1, 0..6, &[0]);
+    // As sent: every frame, the producer's own PictureIDs; no filter yet.
+    assert_eq!(frames_of(&all), (0..6).collect::<Vec<_>>());
+    assert!(all.iter().all(|g| g.2.picture_id.unwrap().value == (PIC_BASE[0] + g.4 as u16) & 0x7fff));
+    assert_eq!(s.stat("currentTemporalLayer"), None);
+    s.prefer(0, 0);
+    all.extend(s.frames(1, 6..16, &[]));
+    assert_eq!(frames_of(&all), vec![0, 1, 2, 3, 4, 5, 8, 12]);
+    assert_continuous(&all);
+}
