@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=6000, help="ingress packets/s")
     ap.add_argument("--drain", action="store_true", help="also read the viewer sockets")
     ap.add_argument("--tcp", action="store_true", help="viewers over ICE-TCP (read always)")
+    ap.add_argument("--l1t3", action="store_true",
+                    help="VP8 payload descriptor with PictureID/TL0PICIDX/TID (every consumer "
+                         "runs the temporal layer filter and rewrites them)")
     args = ap.parse_args()
     lib_profile, klen, slen = PROFILES[args.profile]
 
@@ -124,6 +127,13 @@ def main() -> None:
     for seq in range(n_pre):
         key = seq == 0
         body = bytes([0x10, 0x10 if key else 0x11, 0x02, 0x00, 0x9D, 0x01, 0x2A])
+        if args.l1t3:
+            # Chrome's VP8 descriptor: X, S; 15-bit PictureID, TL0PICIDX, TID 0,2,1,2 (Y on the
+            # TL1/TL2 frames of every second cycle), one packet per frame.
+            tid = (0, 2, 1, 2)[seq % 4]
+            sync = 0x20 if tid and (seq // 4) % 2 == 0 and seq % 4 < 3 else 0
+            body = struct.pack("!BBHBB", 0x90, 0xE0, 0x8000 | (seq & 0x7FFF), (seq // 4) & 0xFF,
+                               tid << 6 | sync) + body[1:]
         payload = body + b"\xab" * (args.size - 12 - len(body))
         hdr = struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, seq * 3000, 1111)
         packets.append(tx.protect(hdr + payload))

@@ -123,6 +123,12 @@ class CannotConsume(RoomError):
     """The viewer's device cannot receive this producer."""
 
 
+def _temporal_layers(producer: Producer) -> int:
+    """The most temporal layers any of the producer's encodings declares (scalabilityMode)."""
+    return max((ortc.parse_scalability_mode(e.get("scalabilityMode"))[1]
+                for e in producer.rtp_parameters["encodings"]), default=1)
+
+
 @dataclass(eq=False)
 class Peer:
     id: str
@@ -769,18 +775,19 @@ class Room:
         self.consumers[consumer.id] = consumer
         log_event(logger, "consumer.created", room=self.id, peer=peer.id,
                   transport=transport.id, consumer=consumer.id, producer=producer.id)
-        if len(producer.mapping["encodings"]) > 1:
+        if len(producer.mapping["encodings"]) > 1 or _temporal_layers(producer) > 1:
             self.nursery.start_soon(self._watch_layers, consumer)
         return consumer
 
     async def _watch_layers(self, consumer: Consumer) -> None:
-        def notify(spatial: int) -> None:
+        def notify(spatial: int, temporal: int) -> None:
             owner = self.peers.get(consumer.owner)
             if owner is not None and owner.notify is not None:
                 owner.notify("consumerLayersChanged",
-                             {"consumerId": consumer.id, "spatialLayer": spatial})
+                             {"consumerId": consumer.id, "spatialLayer": spatial,
+                              "temporalLayer": temporal})
             log_event(logger, "consumer.layers_changed", room=self.id, peer=consumer.owner,
-                      consumer=consumer.id, spatial=spatial)
+                      consumer=consumer.id, spatial=spatial, temporal=temporal)
 
         await watch_consumer_layers(
             self.ctx.media, consumer.handle,
@@ -813,8 +820,14 @@ class Room:
     def set_consumer_preferred_layers(
         self, peer: Peer, consumer_id: str, spatial: int, temporal: int | None
     ) -> tuple[Consumer, int, int | None]:
-        """Simulcast: the highest spatial layer the viewer wants (clamped to what exists)."""
+        """The highest spatial (simulcast) and temporal (VP8 TID) layers the viewer wants,
+        clamped to what exists; a temporal layer of None means every one."""
         consumer = self.owned_consumer(peer, consumer_id)
+        declared = _temporal_layers(consumer.producer)
+        if temporal is not None and declared > 1:
+            # Clamped to the temporal layers the producer declares, when it declares some (a
+            # sender may use layers it does not declare: the engine goes by the TIDs it sees).
+            temporal = min(temporal, declared - 1)
         layers = consumer.transport.set_consumer_preferred_layers(consumer, spatial, temporal)
         if layers is None:
             raise ConsumerNotFound("the consumer is closing")

@@ -23,6 +23,7 @@ from pysfu.testing.simulcast_peer import (
     build_remb,
     is_vp8_keyframe,
     parse_transport_cc,
+    parse_vp8_descriptor,
     payload_layer,
     send_rtcp,
     simulcast_producer,
@@ -306,3 +307,60 @@ def test_router_caps_transport_cc_receive_only() -> None:
     assert {e["direction"] for e in tcc} == {"recvonly"}
     vp8 = next(c for c in caps["codecs"] if c["mimeType"] == "video/VP8")
     assert {"transport-cc", "goog-remb"} <= {f["type"] for f in vp8["rtcpFeedback"]}
+
+
+async def test_temporal_layer_preference_filters_vp8_frames(setup: Setup) -> None:
+    """L1T3 on every layer: at temporal layer 0 the viewer gets every fourth frame (TID 0),
+    with contiguous sequence numbers and PictureIDs; back at layer 2, every frame again
+    from a layer sync frame on. consumerLayersChanged reports the temporal layer."""
+    viewer = setup.viewer
+    setup.sender.temporal = True
+    await wait_for(lambda: any(parse_vp8_descriptor(p.payload).tid is not None
+                               for p in viewer.packets), "L1T3 packets")
+    answer = await viewer.client.request("setPreferredLayers", {
+        "roomId": ROOM, "consumerId": viewer.consumer["id"], "spatialLayer": 2,
+        "temporalLayer": 0})
+    assert (answer["spatialLayer"], answer["temporalLayer"]) == (2, 0)
+    with trio.fail_after(5):
+        while True:
+            _, data = await viewer.client.next_notification("consumerLayersChanged")
+            if data["temporalLayer"] == 0:
+                assert data["spatialLayer"] == 2
+                break
+    start = len(viewer.packets)
+    await trio.sleep(1.5)
+    low = [parse_vp8_descriptor(p.payload) for p in viewer.packets[start:]]
+    assert {d.tid for d in low} == {0}
+    # ~30 fps sent: about a quarter arrives (one packet per frame).
+    assert 8 <= len(low) <= 14, len(low)
+    assert setup.consumer_stats()["currentTemporalLayer"] == 0
+    assert setup.consumer_stats()["temporalFramesDropped"] >= 3 * len(low) - 3
+
+    answer = await viewer.client.request("setPreferredLayers", {
+        "roomId": ROOM, "consumerId": viewer.consumer["id"], "spatialLayer": 2,
+        "temporalLayer": 2})
+    assert answer["temporalLayer"] == 2
+    mark = len(viewer.packets)
+    await wait_for(lambda: any(parse_vp8_descriptor(p.payload).tid == 2
+                               for p in viewer.packets[mark:]), "TL2 frames again")
+    up = [parse_vp8_descriptor(p.payload) for p in viewer.packets[mark:]]
+    first_tl1 = next(d for d in up if d.tid == 1)
+    first_tl2 = next(d for d in up if d.tid == 2)
+    # Up one layer at a time, each at a layer sync frame.
+    assert first_tl1.layer_sync and first_tl2.layer_sync
+    assert up.index(first_tl1) < up.index(first_tl2)
+    full = len(viewer.packets)
+    await trio.sleep(1.0)
+    assert len(viewer.packets) - full >= 24, "full frame rate again"
+    assert setup.consumer_stats()["currentTemporalLayer"] == 2
+    with trio.fail_after(5):
+        while True:
+            _, data = await viewer.client.next_notification("consumerLayersChanged")
+            if data["temporalLayer"] == 2:
+                break
+
+    # The viewer saw one stream throughout: contiguous sequence numbers and PictureIDs.
+    packets = viewer.packets[start:]
+    assert_continuous(packets)
+    ids = [parse_vp8_descriptor(p.payload).picture_id for p in packets]
+    assert all(b == ((a or 0) + 1) & 0x7FFF for a, b in zip(ids, ids[1:], strict=False)), ids

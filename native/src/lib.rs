@@ -23,6 +23,8 @@ pub mod stun_peek;
 pub mod twcc;
 pub mod bwe;
 pub mod layers;
+pub mod vp8;
+pub mod vp9;
 pub mod wake;
 pub mod dcep;
 pub mod sctp;

@@ -89,7 +89,20 @@ impl SeqManager {
             }
             return Some(out);
         }
-        // input == max_in (duplicate) or older: reordered packet.
+        self.older(input)
+    }
+
+    /// The output an input not newer than the highest one was given (None: dropped on
+    /// purpose, from before the last sync, newer than every input, or before the first).
+    pub fn output_of(&self, input: u16) -> Option<u16> {
+        if !self.started || is_newer(input, self.max_in) {
+            return None;
+        }
+        self.older(input)
+    }
+
+    /// Output of `input`, which is `max_in` or older (a duplicate or a reordered packet).
+    fn older(&self, input: u16) -> Option<u16> {
         let back = self.max_in.wrapping_sub(input);
         if let Some(h) = self.horizon {
             if back >= self.max_in.wrapping_sub(h) {

@@ -45,10 +45,64 @@ def simulcast_producer(mid: str = "0", *, transport_cc: bool = True) -> dict[str
     }
 
 
-def layer_payload(layer: int, keyframe: bool, frame: int) -> bytes:
+# VP8 L1T3 as libwebrtc sends it: TIDs 0, 2, 1, 2 repeating.
+L1T3_TIDS = (0, 2, 1, 2)
+PICTURE_ID_BASE = (0x7F00, 1000, 20000)  # per layer; layer 0 wraps (15 bits) early
+
+
+def l1t3_descriptor(layer: int, frame: int) -> bytes:
+    """RFC 7741 payload descriptor of ``frame`` in an L1T3 stream: X, S, 15-bit PictureID,
+    TL0PICIDX, TID, and the layer sync bit (Y) on the TL2 and TL1 frames of every second
+    cycle of four frames."""
+    tid = L1T3_TIDS[frame % 4]
+    sync = tid > 0 and (frame // 4) % 2 == 0 and frame % 4 < 3
+    picture_id = (PICTURE_ID_BASE[layer] + frame) & 0x7FFF
+    tl0 = (frame // 4 + 50 * layer) & 0xFF
+    return struct.pack("!BBHBB", 0x90, 0xE0, 0x8000 | picture_id, tl0,
+                       tid << 6 | (0x20 if sync else 0))
+
+
+@dataclass(frozen=True)
+class Vp8Descriptor:
+    """The fields of an RFC 7741 payload descriptor a test looks at."""
+    length: int
+    start: bool
+    picture_id: int | None
+    tl0_pic_idx: int | None
+    tid: int | None
+    layer_sync: bool
+
+
+def parse_vp8_descriptor(payload: bytes) -> Vp8Descriptor:
+    """RFC 7741 §4.2, written independently of the engine's parser."""
+    b0 = payload[0]
+    off, picture_id, tl0, tid, sync = 1, None, None, None, False
+    if b0 & 0x80:
+        x = payload[1]
+        off = 2
+        if x & 0x80:
+            if payload[off] & 0x80:
+                picture_id = struct.unpack_from("!H", payload, off)[0] & 0x7FFF
+                off += 2
+            else:
+                picture_id = payload[off]
+                off += 1
+        if x & 0x40:
+            tl0 = payload[off]
+            off += 1
+        if x & 0x30:
+            if x & 0x20:
+                tid = payload[off] >> 6
+                sync = bool(payload[off] & 0x20)
+            off += 1
+    return Vp8Descriptor(off, bool(b0 & 0x10), picture_id, tl0, tid, sync)
+
+
+def layer_payload(layer: int, keyframe: bool, frame: int, *, temporal: bool = False) -> bytes:
     """A VP8 packet whose last bytes say which layer and frame it is (the SFU forwards the
-    payload untouched, so the viewer can tell where each packet came from)."""
-    descriptor = b"\x10"
+    payload untouched, so the viewer can tell where each packet came from). ``temporal``:
+    with an L1T3 payload descriptor (``l1t3_descriptor``) instead of the one-byte one."""
+    descriptor = l1t3_descriptor(layer, frame) if temporal else b"\x10"
     if keyframe:
         header = bytes([0x00, 0x00, 0x00]) + b"\x9d\x01\x2a" + struct.pack(
             "<HH", 160 << layer, 120 << layer)
@@ -66,7 +120,10 @@ def payload_layer(payload: bytes) -> tuple[int, int]:
 
 
 def is_vp8_keyframe(payload: bytes) -> bool:
-    return len(payload) > 1 and payload[1] & 0x01 == 0
+    if len(payload) < 2:
+        return False
+    tag = parse_vp8_descriptor(payload).length
+    return len(payload) > tag and payload[tag] & 0x01 == 0
 
 
 @dataclass
@@ -74,7 +131,8 @@ class SimulcastSender:
     """Sends one packet per frame on each of three layers at ~30 fps, each layer with its
     own SSRC, sequence and timestamp base, stamped with a transport-wide sequence number.
     A PLI for a layer's SSRC is answered with a key frame on that layer after
-    ``key_frame_delay`` frames (so tests can see the SFU wait for it)."""
+    ``key_frame_delay`` frames (so tests can see the SFU wait for it). With ``temporal``
+    (may be set while running) each layer is an L1T3 stream (``l1t3_descriptor``)."""
 
     peer: WebRtcPeer
     ssrcs: tuple[int, int, int] = (0x0A000001, 0x0B000002, 0x0C000003)
@@ -88,6 +146,7 @@ class SimulcastSender:
     _key_due: dict[int, int] = field(default_factory=dict)  # layer -> frame
     seq_base: tuple[int, int, int] = (100, 20000, 65500)
     ts_base: tuple[int, int, int] = (1000, 5_000_000, 4_294_000_000)
+    temporal: bool = False
 
     async def run(self, frames: int = 100_000) -> None:
         for _ in range(frames):
@@ -108,7 +167,8 @@ class SimulcastSender:
             self.tcc_seq += 1
             rtp = build_rtp(CHROME_VP8_PT, self.seq_base[layer] + f,
                             self.ts_base[layer] + 3000 * f, self.ssrcs[layer],
-                            layer_payload(layer, key, f), marker=True, extensions=exts)
+                            layer_payload(layer, key, f, temporal=self.temporal), marker=True,
+                            extensions=exts)
             await self.peer.send_rtp(rtp)
         self.frame += 1
 

@@ -80,3 +80,50 @@ def test_simulcast_three_layers_and_viewer_switches(pages: Pages) -> None:
                              notifications(viewer, "consumerLayersChanged")],
                     lambda seen: seen[-1:] == [2], 5, "consumerLayersChanged notifications")
     assert changes[-3:] == [0, 1, 2], changes
+
+
+def test_simulcast_l1t3_viewer_temporal_layers(pages: Pages) -> None:
+    """A Chromium host sends VP8 simulcast with L1T3 on each encoding; a viewer asking for
+    temporal layer 0 decodes about a quarter of the frames, without asking for key frames
+    (its stream stays decodable), and gets the full rate back when it asks for layer 2."""
+    room = new_room()
+    host = pages.open("host", f"/?room={room}&role=host&simulcast=1&scalability=L1T3")
+    _wait(host, "!document.getElementById('start').disabled", what="host ready")
+    start_sharing(host, source="camera", codec="video/VP8")
+    viewer = open_viewer(pages, room, "viewer")
+    wait_decoding(viewer, timeout=20, codec="video/VP8")
+
+    def temporal() -> list[int]:
+        return [d.get("temporalLayer") for d in notifications(viewer, "consumerLayersChanged")]
+
+    # Chromium sends TIDs: the viewer is told it gets temporal layer 2 (every layer).
+    _poll(temporal, lambda seen: seen[-1:] == [2], 20, "temporal layer 2 reported")
+
+    def video() -> dict[str, Any]:
+        stats: dict[str, Any] = viewer.evaluate(STATS)["video"]
+        return stats
+
+    def rate(seconds: float = 3.0) -> tuple[float, dict[str, Any], dict[str, Any]]:
+        before = video()
+        time.sleep(seconds)
+        after = video()
+        return (after["framesDecoded"] - before["framesDecoded"]) / seconds, before, after
+
+    full, start, _ = rate()
+    assert full >= 12, f"full rate {full} fps"
+    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(2, 0)")
+    assert answer["temporalLayer"] == 0
+    _poll(temporal, lambda seen: seen[-1:] == [0], 5, "temporal layer 0 reported")
+    time.sleep(0.5)
+    low, _, _ = rate()
+    assert 0.15 * full <= low <= 0.4 * full, (full, low)
+
+    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(2, 2)")
+    assert answer["temporalLayer"] == 2
+    _poll(temporal, lambda seen: seen[-1:] == [2], 5, "temporal layer 2 reported again")
+    time.sleep(0.5)
+    back, _, end = rate()
+    assert back >= 0.75 * full, (full, back)
+    # Decodable throughout: the viewer never asked for a key frame, dropped (almost) nothing.
+    assert end["pliCount"] == start["pliCount"], (start, end)
+    assert end.get("framesDropped", 0) - start.get("framesDropped", 0) <= 3, (start, end)

@@ -11,7 +11,9 @@ use crate::budget::RetransmitBudget;
 use crate::layers::LayerState;
 use crate::nack::SeqMap;
 use crate::reports::{BitrateSampler, SendStats};
+use crate::rtp::Codec;
 use crate::seq::{SeqManager, TsOffset};
+use crate::vp8::{self, TemporalFilter};
 
 use super::egress::{write_egress, Egress, Fanout, Ingress};
 use super::output::DropReason;
@@ -47,9 +49,8 @@ pub(super) struct PipeStream {
 pub(super) struct Simulcast {
     /// The encoding to switch to at its next key frame (== the consumer's `encoding` when settled).
     pub(super) target: usize,
-    /// The highest spatial layer the viewer wants (temporal kept for the answer only).
+    /// The highest spatial layer the viewer wants.
     pub(super) preferred_spatial: usize,
-    pub(super) preferred_temporal: u8,
     pub(super) layers: LayerState,
     pub(super) layer_switches: u64,
     /// Timestamp offset: keeps time continuous when the source stream changes.
@@ -101,7 +102,15 @@ pub(super) struct Consumer {
     pub(super) key_frame_requests_in: u64,
     pub(super) quality: ConsumerQuality,
     pub(super) kind: Kind,
+    /// The highest temporal layer the viewer wants (`vp8::ALL_LAYERS`: every layer).
+    pub(super) preferred_temporal: u8,
+    /// VP8: temporal layer selection and PictureID / TL0PICIDX rewriting (made at the
+    /// consumer's first VP8 packet; None for other codecs and for pipes).
+    pub(super) vp8: Option<Box<TemporalFilter>>,
 }
+
+/// A VP8 packet's descriptor and the PictureID and TL0PICIDX to write into it.
+pub(super) type Vp8Rewrite = (vp8::Descriptor, Option<u16>, Option<u8>);
 
 /// router PT → consumer PT (0xff: not negotiated), and router PT → consumer RTX PT.
 type PayloadTypes = ([u8; 128], Vec<(u8, u8)>);
@@ -198,7 +207,6 @@ impl Consumer {
             Kind::Simulcast(Simulcast {
                 target: encoding,
                 preferred_spatial: encoding,
-                preferred_temporal: u8::MAX,
                 layers: LayerState::new(now),
                 layer_switches: 0,
                 ts: TsOffset::new(),
@@ -227,6 +235,8 @@ impl Consumer {
             key_frame_requests_in: 0,
             quality,
             kind,
+            preferred_temporal: vp8::ALL_LAYERS,
+            vp8: None,
         })
     }
 
@@ -347,19 +357,22 @@ impl Consumer {
         rates: &[u64],
         estimate: Option<(u64, Instant)>,
     ) -> ((usize, u8), Option<usize>) {
+        self.preferred_temporal = temporal.unwrap_or(vp8::ALL_LAYERS);
+        if let Some(f) = self.vp8.as_mut() {
+            f.set_target(self.preferred_temporal);
+        }
         let Kind::Simulcast(s) = &mut self.kind else {
-            return ((spatial.min(rates.len() - 1), temporal.unwrap_or(u8::MAX)), None);
+            return ((spatial.min(rates.len() - 1), self.preferred_temporal), None);
         };
         let preferred = spatial.min(rates.len() - 1);
         if preferred > s.preferred_spatial {
             s.layers.preference_raised(now);
         }
         s.preferred_spatial = preferred;
-        s.preferred_temporal = temporal.unwrap_or(u8::MAX);
         let target = s.layers.decide(now, s.preferred_spatial, self.encoding, rates, estimate);
         s.target = target;
         let switch = (target != self.encoding && !self.paused).then_some(target);
-        ((s.preferred_spatial, s.preferred_temporal), switch)
+        ((s.preferred_spatial, self.preferred_temporal), switch)
     }
 
     /// Forward producer packet `pkt`: this consumer's copy (its SSRC, payload type, sequence
@@ -383,6 +396,8 @@ impl Consumer {
             return None;
         };
         let cpt = self.admit(pkt, &mut switching)?;
+        // VP8: the temporal layer filter, and the descriptor fields to rewrite.
+        let vp8 = if pkt.codec == Codec::Vp8 && self.filters_vp8() { self.vp8_admit(pkt, switching)? } else { None };
         if switching {
             self.sync(pkt, now);
         }
@@ -400,6 +415,9 @@ impl Consumer {
             cx.drops.inc(DropReason::RtpMalformed);
             cx.out.give_back(buf);
             return None;
+        }
+        if let Some((d, pic, tl0)) = vp8 {
+            rewrite_vp8(&mut buf, pkt.hdr, &d, pic, tl0);
         }
         self.last_out = Some(now);
         if tx.protect_rtp(&mut buf).is_err() {
@@ -506,6 +524,64 @@ impl Consumer {
         Some(cpt)
     }
 
+    /// Whether VP8 packets go through the temporal layer filter: a simulcast consumer's
+    /// always (PictureID continuity across switches), a simple consumer's from the first
+    /// time its viewer asks for fewer temporal layers (until then its packets go out as the
+    /// producer sent them, at no cost).
+    #[inline]
+    fn filters_vp8(&self) -> bool {
+        self.vp8.is_some() || self.preferred_temporal != vp8::ALL_LAYERS || matches!(self.kind, Kind::Simulcast(_))
+    }
+
+    /// VP8 temporal layer selection of a packet the consumer otherwise takes: None when the
+    /// filter drops it (its sequence number skipped); else the descriptor and the PictureID
+    /// and TL0PICIDX to write, if it has any of them. A payload without a valid descriptor
+    /// is forwarded as it is.
+    #[inline]
+    fn vp8_admit(&mut self, pkt: &Ingress<'_>, switching: bool) -> Option<Option<Vp8Rewrite>> {
+        let payload = pkt.hdr.payload(pkt.data);
+        // No extension octet: no PictureID, TL0PICIDX or TID; nothing to select or rewrite.
+        if payload.first().is_none_or(|b| b & 0x80 == 0) {
+            return Some(None);
+        }
+        let Ok(d) = vp8::parse(payload) else { return Some(None) };
+        let target = self.preferred_temporal;
+        let f = self.vp8.get_or_insert_with(|| {
+            let mut f = Box::new(TemporalFilter::new());
+            f.set_target(target);
+            f
+        });
+        if switching {
+            f.sync();
+        }
+        if !f.admit(&d, pkt.hdr.timestamp, pkt.key_frame) {
+            self.seq.drop(pkt.hdr.sequence);
+            return None;
+        }
+        let (pic, tl0) = f.map(&d);
+        if d.picture_id.is_some() && pic.is_none() {
+            // A late packet from before the last switch: its PictureID has no place.
+            self.dropped += 1;
+            self.seq.drop(pkt.hdr.sequence);
+            return None;
+        }
+        Some(Some((d, pic, tl0)))
+    }
+
+    /// The VP8 PictureID and TL0PICIDX a retransmitted packet was sent with (None: that
+    /// mapping is gone; the packet is not resent). Packets of other codecs: unchanged.
+    pub(super) fn vp8_again(&self, codec: Codec, payload: &[u8]) -> Option<Option<Vp8Rewrite>> {
+        let Some(f) = self.vp8.as_ref().filter(|_| codec == Codec::Vp8) else { return Some(None) };
+        let Ok(d) = vp8::parse(payload) else { return Some(None) };
+        let (pic, tl0) = f.map_again(&d)?;
+        Some(Some((d, pic, tl0)))
+    }
+
+    /// The temporal layer being forwarded (None: the stream signals no temporal layers).
+    pub(super) fn current_temporal(&self) -> Option<u8> {
+        self.vp8.as_ref().and_then(|f| f.current())
+    }
+
     /// Output continues right after the last packet sent, in sequence and in time (the
     /// wall-clock gap since then, at 90 kHz), whichever stream it was.
     fn sync(&mut self, pkt: &Ingress<'_>, now: Instant) {
@@ -519,5 +595,14 @@ impl Consumer {
             s.ts_source = self.encoding;
             s.layer_switches += 1;
         }
+    }
+}
+
+/// Write the VP8 PictureID and TL0PICIDX into the consumer's copy `buf` of a packet with
+/// header `hdr` (the payload keeps its length and sits at the end, before any padding).
+pub(super) fn rewrite_vp8(buf: &mut [u8], hdr: &crate::rtp::RtpHeader, d: &vp8::Descriptor, pic: Option<u16>, tl0: Option<u8>) {
+    let start = buf.len().saturating_sub(hdr.padding_len + hdr.payload_len);
+    if let Some(payload) = buf.get_mut(start..) {
+        vp8::rewrite(payload, d, pic, tl0);
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct Ingress<'a> {
     /// Its payload type in the router's numbering.
     pub(super) router_pt: u8,
     pub(super) key_frame: bool,
+    /// Its codec (VP8 packets go through the consumers' temporal layer filter).
+    pub(super) codec: rtp::Codec,
     /// Key frames of this codec are detected (else consumers start on any packet).
     pub(super) has_key_frames: bool,
     /// Producer extension id → router extension id (0 = not forwarded).

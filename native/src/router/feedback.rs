@@ -11,7 +11,7 @@ use crate::nack::Resend;
 use crate::rtcp;
 use crate::rtp;
 
-use super::consumer::{Consumer, Kind};
+use super::consumer::{rewrite_vp8, Consumer, Kind};
 use super::egress::{push_rtcp, write_egress, Egress};
 use super::output::{srtp_drop, DropReason, Drops, Output};
 use super::producer::{Producer, PtInfo};
@@ -417,12 +417,20 @@ impl Consumer {
             drops.inc(DropReason::NackNotBuffered);
             return;
         };
+        // VP8: the PictureID / TL0PICIDX it was first sent with.
+        let Some(vp8) = self.vp8_again(p.codecs[ci].codec, hdr.payload(s.pkt)) else {
+            drops.inc(DropReason::NackNotBuffered);
+            return;
+        };
         let mut buf = out.take_buf();
         let egress = Egress { seq: seq_out, timestamp: hdr.timestamp.wrapping_add(ts_offset), ssrc: self.ssrc, pt: cpt };
         if write_egress(&mut buf, s.pkt, &hdr, &|id| p.map_ext(id), self.mid_ext(), egress).is_err() {
             drops.inc(DropReason::RtpMalformed);
             out.give_back(buf);
             return;
+        }
+        if let Some((d, pic, tl0)) = vp8 {
+            rewrite_vp8(&mut buf, &hdr, &d, pic, tl0);
         }
         let q = &mut self.quality;
         let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);

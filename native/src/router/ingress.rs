@@ -133,6 +133,7 @@ impl Router {
             encoding: enc,
             router_pt: kf.router_pt,
             key_frame: kf.key_frame,
+            codec: kf.codec,
             has_key_frames: kf.has_key_frames,
             ext_map: &p.ext_map,
         };
@@ -316,6 +317,7 @@ impl StreamQuality {
 pub(super) struct KeyFrames {
     /// The packet's payload type in the router's numbering.
     pub(super) router_pt: u8,
+    pub(super) codec: rtp::Codec,
     pub(super) has_key_frames: bool,
     pub(super) key_frame: bool,
     /// The stream needs a key frame request (its first packet is not one, or one is wanted).
@@ -341,7 +343,7 @@ impl Producer {
             && !key_frame
             && !self.paused
             && (first_packet || (enc.kf.wanted && enc.kf.outstanding_since.is_none()));
-        KeyFrames { router_pt, has_key_frames, key_frame, request }
+        KeyFrames { router_pt, codec: codec.codec, has_key_frames, key_frame, request }
     }
 }
 

@@ -141,6 +141,12 @@ fn consumer_stats(c: &Consumer) -> Vec<(&'static str, StatValue)> {
     v.push(("targetLayer", Int(c.target() as u64)));
     v.push(("preferredLayer", Int(c.preferred_spatial() as u64)));
     v.push(("layerSwitches", Int(c.layer_switches())));
+    // Temporal layers (VP8 with TIDs): the one forwarded, only once the stream signals some.
+    if let Some(t) = c.current_temporal() {
+        v.push(("currentTemporalLayer", Int(t as u64)));
+    }
+    v.push(("preferredTemporalLayer", Int(c.preferred_temporal as u64)));
+    v.push(("temporalFramesDropped", Int(c.vp8.as_ref().map_or(0, |f| f.frames_dropped))));
     v.push(("nackBudgetDrops", Int(c.quality.nack_budget_drops)));
     v.push(("nackMaxResendDrops", Int(c.quality.nack_max_resend_drops)));
     v

@@ -9,13 +9,16 @@
 //      /?room=ID&role=viewer      viewer view
 //      &simulcast=1               (host) send video as three simulcast layers (r0 ¼, r1 ½, r2 full
 //                                 resolution); viewers pick one with setPreferredLayers
+//      &scalability=L1T3          (host) scalabilityMode of each video encoding (temporal
+//                                 layers: viewers can ask for fewer frames per second)
 //      &token=JWT                 join token minted by the app server (needed when the server
 //                                 has auth_secret): sent in join; the peer id is the token's
 //                                 identity. Without a secret configured, rooms are open and
 //                                 no token is needed.
 //
-// Test hook: window.pysfu = { state, stats(), setPreferredLayers(spatial), serverStats(query),
-// restartIce(direction), dropSignaling() } (see stats() below).
+// Test hook: window.pysfu = { state, stats(), setPreferredLayers(spatial, temporal?),
+//                            serverStats(query), restartIce(direction), dropSignaling(),
+//                            sendData(text | {bytes}) } (see stats() below).
 
 import { Device } from 'mediasoup-client';
 import { Signaling } from './signaling.js';
@@ -54,6 +57,7 @@ const state = {
   producers: {}, // kind -> {id, codec}
   consumers: [], // [{id, producerId, kind, codec}]
   simulcast: false, // host: video produced as three simulcast layers
+  scalability: null, // host: scalabilityMode of each video encoding (e.g. L1T3)
   events: [], // notifications received: {event, data, t}
   roomClosed: null, // reason, once the room is closed
   ended: false,
@@ -458,13 +462,16 @@ async function startSharing({ source, codec, mic }) {
     if (videoTrack) {
       // Simulcast: three layers at ¼, ½ and full resolution (mediasoup-client names them
       // r0, r1, r2); the SFU forwards one of them to each viewer.
-      const encodings = state.simulcast
+      let encodings = state.simulcast
         ? [
             { scaleResolutionDownBy: 4, maxBitrate: 150000 },
             { scaleResolutionDownBy: 2, maxBitrate: 500000 },
             { scaleResolutionDownBy: 1, maxBitrate: 1500000 },
           ]
         : undefined;
+      if (state.scalability) {
+        encodings = (encodings || [{}]).map((e) => ({ ...e, scalabilityMode: state.scalability }));
+      }
       const p = await sendTransport.produce({ track: videoTrack, codec: codecCap, encodings });
       watchProducer(p);
     }
@@ -796,11 +803,14 @@ async function stats() {
   return out;
 }
 
-// Viewer: ask the server for at most this spatial layer of the video consumer.
-async function setPreferredLayers(spatialLayer) {
+// Viewer: ask the server for at most this spatial (and, if given, temporal) layer of the
+// video consumer.
+async function setPreferredLayers(spatialLayer, temporalLayer) {
   const video = [...consumers.values()].find((c) => c.kind === 'video' && !c.closed);
   if (!video) throw new Error('no video consumer');
-  return sig.request('setPreferredLayers', { roomId: state.roomId, consumerId: video.id, spatialLayer });
+  const data = { roomId: state.roomId, consumerId: video.id, spatialLayer };
+  if (temporalLayer !== undefined) data.temporalLayer = temporalLayer;
+  return sig.request('setPreferredLayers', data);
 }
 
 // The server's view (getStats request) of one of our objects, e.g. {producerId}.
@@ -859,6 +869,8 @@ async function main() {
   state.role = role;
   state.roomId = roomId;
   state.simulcast = params.get('simulcast') === '1';
+  const scalability = params.get('scalability');
+  state.scalability = scalability && /^L1T[1-3]$/.test(scalability) ? scalability : null;
   document.title = `pysfu · ${role} · ${roomId}`;
   $('role-badge').textContent = role;
   $('role-badge').hidden = false;

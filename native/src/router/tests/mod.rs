@@ -9,6 +9,7 @@ mod plain;
 mod reports;
 mod sans_io;
 mod simulcast;
+mod temporal;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
