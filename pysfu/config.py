@@ -39,6 +39,9 @@ class Config:
     enable_udp: bool = True
     enable_tcp: bool = True
     prefer_udp: bool = True
+    # UDP GSO (UDP_SEGMENT): a burst of equal-size datagrams to one destination leaves as one
+    # send, segmented by the kernel; off by setting, or by itself if the kernel refuses it.
+    gso: bool = True
     # Lifetimes, seconds.
     host_grace_period: float = 10.0
     consent_timeout: float = 30.0
