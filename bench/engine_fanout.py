@@ -60,10 +60,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=6000, help="ingress packets/s")
     ap.add_argument("--drain", action="store_true", help="also read the viewer sockets")
     ap.add_argument("--tcp", action="store_true", help="viewers over ICE-TCP (read always)")
+    ap.add_argument("--gso", action=argparse.BooleanOptionalAction, default=True,
+                    help="the engine's UDP GSO setting (default on)")
     args = ap.parse_args()
     lib_profile, klen, slen = PROFILES[args.profile]
 
-    eng = Engine("127.0.0.1", 0)
+    eng = Engine("127.0.0.1", 0, gso=args.gso)
     dest = ("127.0.0.1", eng.port)
     # Producer transport.
     host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -176,6 +178,8 @@ def main() -> None:
     io1 = io_thread_cpu()
     stop.set()
     drops = {k: v for k, v in eng.drops().items() if v}
+    totals = eng.totals()
+    gso_on = eng.gso
     eng.close()
     assert mark is not None, "run too short"
     m_t, m_fwd, m_in, m_sent, ru0, io0 = mark
@@ -194,6 +198,10 @@ def main() -> None:
         "forwarded": fwd1 - m_fwd,
         "forwarded_pps": round((fwd1 - m_fwd) / elapsed),
         "viewers_over": protocol,
+        "gso": args.gso,
+        "gso_in_use": gso_on,
+        "gso_messages": totals["gsoMessages"],
+        "gso_datagrams": totals["gsoDatagrams"],
         "received_by_viewers": (received[0] if args.drain and not args.tcp else None),
         "process_cpu_s_per_s": round(cpu / elapsed, 3),
         "io_thread_cpu_s_per_s": round((io1 - io0) / elapsed, 3),

@@ -257,7 +257,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the JSON record, not a table")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                     help="skip the per-point ceiling run (pysfu-ceiling)")
+    ap.add_argument("--gso", action=argparse.BooleanOptionalAction, default=None,
+                    help="the server's UDP GSO setting (PYSFU_GSO; default: the server's)")
     args = ap.parse_args()
+    if args.gso is not None:
+        os.environ["PYSFU_GSO"] = "true" if args.gso else "false"  # servers inherit it
     if not LOADGEN.exists():
         sys.exit(f"{LOADGEN} missing: cargo build --release -p pysfu-loadgen")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -282,6 +286,7 @@ def main() -> None:
         "git_dirty": dirty,
         "started": started.isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "server_gso": os.environ.get("PYSFU_GSO", "default (on)"),
         "workload": {"video": "VP8-like 1.5 Mbit/s, 1200-byte packets, 30 fps, key frame "
                               "(30 packets) every 2 s, one burst per frame",
                      "audio": "50 packets/s, 160-byte payload",
