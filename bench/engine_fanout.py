@@ -63,10 +63,12 @@ def main() -> None:
     ap.add_argument("--l1t3", action="store_true",
                     help="VP8 payload descriptor with PictureID/TL0PICIDX/TID (every consumer "
                          "runs the temporal layer filter and rewrites them)")
+    ap.add_argument("--gso", action=argparse.BooleanOptionalAction, default=True,
+                    help="the engine's UDP GSO setting (default on)")
     args = ap.parse_args()
     lib_profile, klen, slen = PROFILES[args.profile]
 
-    eng = Engine("127.0.0.1", 0)
+    eng = Engine("127.0.0.1", 0, gso=args.gso)
     dest = ("127.0.0.1", eng.port)
     # Producer transport.
     host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -194,6 +196,8 @@ def main() -> None:
     io1 = io_thread_cpu()
     stop.set()
     drops = {k: v for k, v in eng.drops().items() if v}
+    totals = eng.totals()
+    gso_on = eng.gso
     eng.close()
     assert mark is not None, "run too short"
     m_t, m_fwd, m_in, m_sent, ru0, io0 = mark
@@ -212,6 +216,10 @@ def main() -> None:
         "forwarded": fwd1 - m_fwd,
         "forwarded_pps": round((fwd1 - m_fwd) / elapsed),
         "viewers_over": protocol,
+        "gso": args.gso,
+        "gso_in_use": gso_on,
+        "gso_messages": totals["gsoMessages"],
+        "gso_datagrams": totals["gsoDatagrams"],
         "received_by_viewers": (received[0] if args.drain and not args.tcp else None),
         "process_cpu_s_per_s": round(cpu / elapsed, 3),
         "io_thread_cpu_s_per_s": round((io1 - io0) / elapsed, 3),

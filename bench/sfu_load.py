@@ -59,6 +59,19 @@ def free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
+def free_rtc_port() -> int:
+    """A port number free for both UDP and TCP (the server listens for ICE-TCP on its media
+    port; a UDP-free number can be a TCP connection's local port)."""
+    while True:
+        port = free_port(socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def srtp_keys(peer: WebRtcPeer) -> tuple[bytes, bytes, bytes, bytes]:
     """(client key, client salt, server key, server salt) from the DTLS exporter."""
     _, klen, slen = SRTP_KEY_SIZES[peer.profile]
@@ -67,7 +80,7 @@ def srtp_keys(peer: WebRtcPeer) -> tuple[bytes, bytes, bytes, bytes]:
 
 
 def start_server(viewers: int, own_session: bool) -> tuple[subprocess.Popen[bytes], int]:
-    port, rtc_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    port, rtc_port = free_port(socket.SOCK_STREAM), free_rtc_port()
     env = dict(os.environ)
     # Bench limits through the config (environment), not code: one viewer peer owns all
     # the receive transports; no consent checks are sent during the run.
@@ -299,7 +312,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the JSON record, not a table")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                     help="skip the per-point ceiling run (pysfu-ceiling)")
+    ap.add_argument("--gso", action=argparse.BooleanOptionalAction, default=None,
+                    help="the server's UDP GSO setting (PYSFU_GSO; default: the server's)")
     args = ap.parse_args()
+    if args.gso is not None:
+        os.environ["PYSFU_GSO"] = "true" if args.gso else "false"  # servers inherit it
     if not LOADGEN.exists():
         sys.exit(f"{LOADGEN} missing: cargo build --release -p pysfu-loadgen")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -328,6 +345,7 @@ def main() -> None:
         "git_dirty": dirty,
         "started": started.isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "server_gso": os.environ.get("PYSFU_GSO", "default (on)"),
         "workload": {"video": "VP8-like 1.5 Mbit/s, 1200-byte packets, 30 fps, key frame "
                               "(30 packets) every 2 s, one burst per frame",
                      "audio": "50 packets/s, 160-byte payload",

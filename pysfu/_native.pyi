@@ -128,12 +128,19 @@ class Engine:
     """One UDP socket, one I/O thread, the forwarding router. Calls release the GIL."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, udp: bool = True, tcp: bool = True
+        self, host: str = "127.0.0.1", port: int = 0, udp: bool = True, tcp: bool = True,
+        gso: bool = True,
     ) -> None:
         """``udp``: read the UDP socket (bound either way); ``tcp``: accept ICE-TCP
-        connections (RFC 4571 framing) on the same port number. Not both off."""
+        connections (RFC 4571 framing) on the same port number. Not both off. ``gso``: send
+        bursts to one destination as UDP GSO messages (off for good if the kernel refuses)."""
     @property
     def port(self) -> int: ...
+    @property
+    def gso(self) -> bool:
+        """GSO in use now: the setting, unless the kernel refused it since."""
+    def _test_refuse_gso(self) -> None:
+        """Test hook: SO_NO_CHECK on the UDP socket, so the kernel refuses GSO (EINVAL)."""
     def fileno(self) -> int:
         """Readable while ``drain()`` has items."""
     def drain(
@@ -199,7 +206,8 @@ class Engine:
     def totals(self) -> dict[str, int]:
         """Engine-wide counters that never go down: ``audioPacketsReceived``,
         ``videoBytesForwarded``, ``nacksReceived``, ``nacksSent``, ``packetsRetransmitted``,
-        ``plisReceived``, ``firsSent``, ``keyFramesRequested``, ``tcpConnectionsAccepted``, ..."""
+        ``plisReceived``, ``firsSent``, ``keyFramesRequested``, ``tcpConnectionsAccepted``,
+        ``gsoMessages``, ``gsoDatagrams``, ``gsoRefused``, ..."""
     def drops(self) -> dict[str, int]:
         """Datagrams and packets dropped, by reason (stable keys), with what the ICE-TCP edge
         refused, dropped and closed: ``tcp_refused_*``, ``tcp_queue_full``, ``tcp_closed_*``,

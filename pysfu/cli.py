@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefer-udp", dest="prefer_udp", action=argparse.BooleanOptionalAction,
                        default=None,
                        help="give the UDP candidate the higher priority (default on)")
+    serve.add_argument("--gso", dest="gso", action=argparse.BooleanOptionalAction, default=None,
+                       help="send bursts to one destination with UDP GSO (default on)")
     serve.add_argument("--announced-ip", dest="announced_ip",
                        help="address put in ICE candidates (public IP behind NAT)")
     serve.add_argument("--config", help="TOML file with settings")

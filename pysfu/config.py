@@ -39,6 +39,9 @@ class Config:
     enable_udp: bool = True
     enable_tcp: bool = True
     prefer_udp: bool = True
+    # UDP GSO (UDP_SEGMENT): a burst of equal-size datagrams to one destination leaves as one
+    # send, segmented by the kernel; off by setting, or by itself if the kernel refuses it.
+    gso: bool = True
     # Plain transports (RTP in/out without ICE/DTLS, ffmpeg/GStreamer): one UDP port each,
     # from this range ("first-last"), bound on rtc_ip.
     plain_port_range: str = "41000-41999"

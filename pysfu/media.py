@@ -51,14 +51,15 @@ class UpcallSink(Protocol):
 
 
 class MediaEngine:
-    def __init__(self, host: str, port: int, *, udp: bool = True, tcp: bool = True) -> None:
-        self.native = _native.Engine(host, port, udp, tcp)
+    def __init__(self, host: str, port: int, *, udp: bool = True, tcp: bool = True,
+                 gso: bool = True) -> None:
+        self.native = _native.Engine(host, port, udp, tcp, gso)
         self.port: int = self.native.port
         self.udp = udp
         self.tcp = tcp  # ICE-TCP connections accepted on the same port number
         self._transports: dict[int, UpcallSink] = {}
         self.panics = 0  # panics caught on the engine's I/O thread (each logged)
-        log_event(logger, "engine.started", ip=host, port=self.port, udp=udp, tcp=tcp)
+        log_event(logger, "engine.started", ip=host, port=self.port, udp=udp, tcp=tcp, gso=gso)
 
     async def run(self) -> None:
         """Drain the engine's upcalls until cancelled."""

@@ -51,6 +51,9 @@ _PLAIN_TOTALS: tuple[tuple[str, str, str], ...] = (
     ("firsSent", "firs_sent", "FIRs sent to producers"),
     ("keyFramesRequested", "key_frames_requested", "key frame requests sent to producers"),
     ("tcpConnectionsAccepted", "tcp_connections_accepted", "ICE-TCP connections accepted"),
+    ("gsoMessages", "gso_messages", "UDP GSO messages sent (several datagrams in one send)"),
+    ("gsoDatagrams", "gso_datagrams", "datagrams sent inside UDP GSO messages"),
+    ("gsoRefused", "gso_refused", "times the kernel refused UDP GSO (then sent without)"),
 )
 
 

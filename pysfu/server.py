@@ -334,7 +334,7 @@ class Server:
         caps = ortc.generate_router_rtp_capabilities(config.media_codecs, transport_cc="recv")
         try:
             self.media = MediaEngine(config.rtc_ip, config.rtc_port, udp=config.enable_udp,
-                                     tcp=config.enable_tcp)
+                                     tcp=config.enable_tcp, gso=config.gso)
         except (OSError, ValueError) as exc:
             raise StartupError(
                 f"cannot open the media port {config.rtc_ip}:{config.rtc_port} "

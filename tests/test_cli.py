@@ -237,3 +237,11 @@ def test_parse_ttl() -> None:
     for bad in ("", "0", "1w", "-5", "h"):
         with pytest.raises(ValueError):
             parse_ttl(bad)
+
+
+def test_gso_flag() -> None:
+    from pysfu.cli import _parser
+
+    assert _parser().parse_args(["serve", "--no-gso"]).gso is False
+    assert _parser().parse_args(["serve", "--gso"]).gso is True
+    assert _parser().parse_args(["serve"]).gso is None  # the config's (default on)

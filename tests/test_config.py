@@ -254,6 +254,14 @@ def test_udp_and_tcp_settings() -> None:
         load_config(None, {"PYSFU_ENABLE_TCP": "sometimes"})
 
 
+def test_gso_setting() -> None:
+    assert load_config().gso is True
+    assert load_config(None, {"PYSFU_GSO": "false"}).gso is False
+    assert load_config(None, {"PYSFU_GSO": "false"}, {"gso": True}).gso is True
+    with pytest.raises(ConfigError, match="gso"):
+        load_config(None, {"PYSFU_GSO": "maybe"})
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("allow_open_rooms", "maybe"), ("max_connections_per_address", "0"),

@@ -22,12 +22,13 @@ use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::gso::Planner;
 use crate::io;
 use crate::plain_io::PlainSockets;
 use crate::poller::{Events, Poller, READABLE};
 use crate::remote::{Remote, Via};
 use crate::tcp::{self, Frames, TcpEdge};
-use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, SrtpKeys, StatValue};
+use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, SrtpKeys, StatValue, Transmit};
 use crate::wake::EventFd;
 
 /// Periodic router work (key frame re-requests) at least this often.
@@ -36,6 +37,10 @@ const TICK: Duration = Duration::from_millis(50);
 /// receive batch: a key-frame burst fanned out to many consumers otherwise leaves only when
 /// its last packet is done (latency ∝ burst × consumers).
 const SEND_EARLY_AT: usize = 64;
+/// With GSO, the datagrams of a receive batch are held until the batch is done (or this many
+/// wait) so that a consumer's packets of the batch (a key-frame burst, retransmissions) leave
+/// together, grouped per destination, as few `UDP_SEGMENT` messages (`gso.rs`).
+const SEND_EARLY_AT_GSO: usize = 4096;
 /// While UDP keeps the thread busy, TCP readiness is looked at this often (no extra syscall
 /// per UDP batch).
 const TCP_POLL_EVERY: Duration = Duration::from_millis(1);
@@ -97,13 +102,34 @@ struct Shared {
     send_failed: AtomicU64,
     /// Sockets of plain/pipe transports and their thread (plain_io.rs).
     plain: PlainSockets,
+    /// UDP GSO in use: on by setting, off for good once the kernel refuses it.
+    gso_on: AtomicBool,
+    gso: GsoCounters,
+}
+
+/// What GSO did (engine totals: gsoMessages, gsoDatagrams, gsoRefused).
+#[derive(Default)]
+struct GsoCounters {
+    messages: AtomicU64,
+    datagrams: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Shared {
     /// Send a batch produced by the router (called with or without the router lock, never
     /// with the TCP lock).
     fn send(&self, out: &mut Output) {
+        self.send_via(out, None);
+    }
+
+    /// As `send`; with a planner (the I/O thread's) and GSO on, the UDP datagrams go grouped
+    /// per destination, runs of equal size as one `UDP_SEGMENT` message each.
+    fn send_via(&self, out: &mut Output, planner: Option<&mut Planner>) {
         if out.transmits.is_empty() {
+            return;
+        }
+        if let Some(planner) = planner.filter(|_| out.transmits.len() > 1 && self.gso_on.load(Ordering::Relaxed)) {
+            self.send_gso(out, planner);
             return;
         }
         let mut other = 0usize;
@@ -122,14 +148,49 @@ impl Shared {
             self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
         }
         if other > 0 {
-            // Some leave by a TCP connection or a plain/pipe transport's own socket.
-            if out.transmits.iter().any(|t| t.dest.via == Via::Tcp) {
-                self.send_tcp(out.transmits.iter().filter(|t| t.dest.via == Via::Tcp).map(|t| (t.dest.addr, t.buf.as_slice())));
-            }
-            let failed = self.plain.send(out.transmits.iter().filter(|t| matches!(t.dest.via, Via::Plain(_))));
+            self.send_not_udp(&out.transmits);
+        }
+        out.recycle();
+    }
+
+    /// The transmits that leave by a TCP connection or a plain/pipe transport's own socket.
+    fn send_not_udp(&self, transmits: &[Transmit]) {
+        if transmits.iter().any(|t| t.dest.via == Via::Tcp) {
+            self.send_tcp(transmits.iter().filter(|t| t.dest.via == Via::Tcp).map(|t| (t.dest.addr, t.buf.as_slice())));
+        }
+        if transmits.iter().any(|t| matches!(t.dest.via, Via::Plain(_))) {
+            let failed = self.plain.send(transmits.iter().filter(|t| matches!(t.dest.via, Via::Plain(_))));
             if failed > 0 {
                 self.send_failed.fetch_add(failed, Ordering::Relaxed);
             }
+        }
+    }
+
+    fn send_gso(&self, out: &mut Output, planner: &mut Planner) {
+        let transmits = &out.transmits;
+        planner.plan(
+            transmits.iter().enumerate().filter(|(_, t)| t.dest.via == Via::Udp).map(|(i, t)| (i, t.dest.addr, t.buf.len())),
+        );
+        let r = io::send_planned(
+            self.socket.as_raw_fd(),
+            |i| (&transmits[i].dest.addr, transmits[i].buf.as_slice()),
+            planner.order(),
+            planner.runs(),
+        );
+        if r.failed > 0 {
+            self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
+        }
+        if r.gso_messages > 0 {
+            self.gso.messages.fetch_add(r.gso_messages as u64, Ordering::Relaxed);
+            self.gso.datagrams.fetch_add(r.gso_datagrams as u64, Ordering::Relaxed);
+        }
+        if r.refused {
+            // The kernel (or this route) takes no GSO: send as without it from now on.
+            self.gso_on.store(false, Ordering::Relaxed);
+            self.gso.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if planner.order().len() < transmits.len() {
+            self.send_not_udp(transmits);
         }
         out.recycle();
     }
@@ -159,7 +220,7 @@ impl Shared {
             }
             Via::Tcp => self.send_tcp(std::iter::once((dest.addr, data))),
             Via::Plain(_) => {
-                let failed = self.plain.send(std::iter::once(&crate::router::Transmit { dest, buf: data.to_vec() }));
+                let failed = self.plain.send(std::iter::once(&Transmit { dest, buf: data.to_vec() }));
                 if failed > 0 {
                     self.send_failed.fetch_add(failed, Ordering::Relaxed);
                 }
@@ -183,6 +244,7 @@ fn io_thread(shared: Arc<Shared>) {
     let mut frames = Frames::default();
     let mut proven: Vec<std::net::SocketAddr> = Vec::new();
     let mut out = Output::new();
+    let mut planner = Planner::new();
     let mut last_tick = Instant::now();
     let mut last_tcp_poll = last_tick;
     // The router's next timer (NACK retries, reports), refreshed after each locked section.
@@ -207,6 +269,7 @@ fn io_thread(shared: Arc<Shared>) {
             0
         };
         let now = Instant::now();
+        let early_at = if shared.gso_on.load(Ordering::Relaxed) { SEND_EARLY_AT_GSO } else { SEND_EARLY_AT };
         let mut stop = false;
         let mut closed = Vec::new();
         frames.clear();
@@ -254,8 +317,8 @@ fn io_thread(shared: Arc<Shared>) {
                     if st.router.handle_datagram(now, Remote::tcp(from), data, &mut out) {
                         proven.push(from);
                     }
-                    if out.transmits.len() >= SEND_EARLY_AT {
-                        shared.send(&mut out);
+                    if out.transmits.len() >= early_at {
+                        shared.send_via(&mut out, Some(&mut planner));
                     }
                 }));
                 if let Err(e) = result {
@@ -272,8 +335,8 @@ fn io_thread(shared: Arc<Shared>) {
                             st.router.count_drop(DropReason::Truncated, 1);
                         } else {
                             st.router.handle_datagram(now, Remote::udp(from), data, &mut out);
-                            if out.transmits.len() >= SEND_EARLY_AT {
-                                shared.send(&mut out);
+                            if out.transmits.len() >= early_at {
+                                shared.send_via(&mut out, Some(&mut planner));
                             }
                         }
                     }
@@ -301,7 +364,7 @@ fn io_thread(shared: Arc<Shared>) {
         if tick {
             last_tick = now;
         }
-        shared.send(&mut out);
+        shared.send_via(&mut out, Some(&mut planner));
     }
 }
 
@@ -479,8 +542,9 @@ impl Engine {
     /// `udp`: read the UDP socket (it is bound either way: TCP shares its port number);
     /// `tcp`: listen for ICE-TCP connections on the same port number.
     #[new]
-    #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true))]
-    fn new(host: &str, port: u16, udp: bool, tcp: bool) -> PyResult<Self> {
+    /// `gso`: send bursts to one destination as UDP GSO messages where the kernel takes them.
+    #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true, gso = true))]
+    fn new(host: &str, port: u16, udp: bool, tcp: bool, gso: bool) -> PyResult<Self> {
         if !udp && !tcp {
             return Err(PyValueError::new_err("the engine needs UDP or TCP (or both)"));
         }
@@ -512,6 +576,8 @@ impl Engine {
             stop: AtomicBool::new(false),
             send_failed: AtomicU64::new(0),
             plain,
+            gso_on: AtomicBool::new(gso),
+            gso: GsoCounters::default(),
         });
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
@@ -524,6 +590,20 @@ impl Engine {
     #[getter]
     fn port(&self) -> u16 {
         self.port
+    }
+
+    /// UDP GSO in use now (the setting, unless the kernel refused it since).
+    #[getter]
+    fn gso(&self) -> PyResult<bool> {
+        Ok(self.shared()?.gso_on.load(Ordering::Relaxed))
+    }
+
+    /// Test hook: SO_NO_CHECK on the UDP socket (no IPv4 UDP checksums), with which the
+    /// kernel refuses GSO messages (EINVAL): exercises the fallback on a real socket.
+    fn _test_refuse_gso(&self) -> PyResult<()> {
+        let shared = self.shared()?;
+        io::setsockopt_int(shared.socket.as_raw_fd(), libc::SO_NO_CHECK, 1)
+            .map_err(|e| PyValueError::new_err(format!("SO_NO_CHECK: {e}")))
     }
 
     /// A file descriptor that is readable while `drain()` has items.
@@ -805,6 +885,9 @@ impl Engine {
         let shared = self.shared()?;
         let accepted = py.detach(|| shared.tcp.as_ref().map_or(0, |t| t.lock().accepted));
         d.set_item("tcpConnectionsAccepted", accepted)?;
+        d.set_item("gsoMessages", shared.gso.messages.load(Ordering::Relaxed))?;
+        d.set_item("gsoDatagrams", shared.gso.datagrams.load(Ordering::Relaxed))?;
+        d.set_item("gsoRefused", shared.gso.refused.load(Ordering::Relaxed))?;
         Ok(d)
     }
 

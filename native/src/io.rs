@@ -250,6 +250,150 @@ where
     result
 }
 
+/// iovecs handed to one sendmmsg call with GSO messages (each datagram is one iovec).
+const SEND_IOVS: usize = 1024;
+/// Room for one `UDP_SEGMENT` control message (a u16), 8-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct SegmentCmsg([u8; 32]);
+
+/// Outcome of `send_planned`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GsoResult {
+    /// Datagrams the kernel took / skipped (as `SendResult`).
+    pub sent: usize,
+    pub failed: usize,
+    /// Messages sent with `UDP_SEGMENT`, and the datagrams they carried.
+    pub gso_messages: usize,
+    pub gso_datagrams: usize,
+    /// The kernel refused a GSO message (EINVAL, EIO, ENOPROTOOPT, EOPNOTSUPP, EMSGSIZE):
+    /// that message and the rest went without GSO; the caller should stop using it.
+    pub refused: bool,
+}
+
+/// Whether `errno` on a GSO message means "no GSO here" rather than "this destination".
+fn gso_refusal(errno: i32) -> bool {
+    matches!(errno, libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP | libc::EMSGSIZE)
+}
+
+/// Send a plan (`gso::Planner`): `item(i)` is the caller's datagram `i`; `order` the caller's
+/// indices grouped per destination; `runs` the messages over `order`. A run of several
+/// datagrams goes as one message with a `UDP_SEGMENT` control message (its datagrams as the
+/// message's iovecs, no copy; the kernel segments it); a run of one as a plain datagram.
+/// If the kernel refuses GSO, the refused run and every later one go as plain datagrams in
+/// the same order (`send_batch`) and `refused` is set.
+pub fn send_planned<'a>(
+    fd: RawFd,
+    item: impl Fn(usize) -> (&'a SocketAddr, &'a [u8]),
+    order: &[u32],
+    runs: &[crate::gso::Run],
+) -> GsoResult {
+    let mut result = GsoResult::default();
+    // SAFETY (all zeroed arrays): plain old data; all-zero is valid.
+    let mut addrs: [libc::sockaddr_storage; SEND_BATCH] = unsafe { mem::zeroed() };
+    let mut iov: [libc::iovec; SEND_IOVS] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; SEND_IOVS];
+    let mut cmsgs: [SegmentCmsg; SEND_BATCH] = [SegmentCmsg([0; 32]); SEND_BATCH];
+    let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { mem::zeroed() };
+    // First run of each message of the current call.
+    let mut first_run = [0usize; SEND_BATCH];
+    let mut next_run = 0usize;
+    while next_run < runs.len() {
+        // Fill one sendmmsg call.
+        let mut n = 0usize;
+        let mut used_iov = 0usize;
+        while n < SEND_BATCH && next_run < runs.len() {
+            let run = runs[next_run];
+            let len = run.len as usize;
+            if used_iov + len > SEND_IOVS {
+                break;
+            }
+            let idx = &order[run.start as usize..run.start as usize + len];
+            let (dest, _) = item(idx[0] as usize);
+            let alen = std_to_sockaddr(dest, &mut addrs[n]);
+            for (k, &i) in idx.iter().enumerate() {
+                let (_, data) = item(i as usize);
+                iov[used_iov + k].iov_base = data.as_ptr() as *mut libc::c_void;
+                iov[used_iov + k].iov_len = data.len();
+            }
+            let h = &mut msgs[n].msg_hdr;
+            h.msg_name = &mut addrs[n] as *mut _ as *mut libc::c_void;
+            h.msg_namelen = alen;
+            h.msg_iov = &mut iov[used_iov];
+            h.msg_iovlen = len as _;
+            h.msg_flags = 0;
+            if len > 1 {
+                h.msg_control = cmsgs[n].0.as_mut_ptr() as *mut libc::c_void;
+                // SAFETY: CMSG_SPACE/LEN are arithmetic; the buffer holds CMSG_SPACE(2) bytes
+                // (checked by the assert), 8-aligned, and msg_controllen says so.
+                unsafe {
+                    let space = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as usize;
+                    debug_assert!(space <= mem::size_of::<SegmentCmsg>());
+                    h.msg_controllen = space as _;
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, run.segment as u16);
+                }
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+            first_run[n] = next_run;
+            used_iov += len;
+            n += 1;
+            next_run += 1;
+        }
+        let mut start = 0usize;
+        let mut retried = false;
+        while start < n {
+            // SAFETY: msgs[start..n] point at addrs/iov/cmsgs of this frame and at borrowed
+            // data that outlives the call.
+            let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr().add(start), (n - start) as libc::c_uint, 0) };
+            if r > 0 {
+                for m in start..start + r as usize {
+                    let len = runs[first_run[m]].len as usize;
+                    result.sent += len;
+                    if len > 1 {
+                        result.gso_messages += 1;
+                        result.gso_datagrams += len;
+                    }
+                }
+                start += r as usize;
+                retried = false;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            let raw = e.raw_os_error().unwrap_or(0);
+            if raw == libc::EINTR {
+                continue;
+            }
+            if (raw == libc::EAGAIN || raw == libc::ENOBUFS) && !retried {
+                let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 5) };
+                retried = true;
+                continue;
+            }
+            let len = runs[first_run[start]].len as usize;
+            if len > 1 && gso_refusal(raw) {
+                // No GSO: this run and the rest, one datagram each, in the same order.
+                let from = runs[first_run[start]].start as usize;
+                let rest = send_batch(fd, order[from..].iter().map(|&i| item(i as usize)));
+                result.sent += rest.sent;
+                result.failed += rest.failed;
+                result.refused = true;
+                return result;
+            }
+            // This message cannot go (its destination): skip it.
+            start += 1;
+            result.failed += len;
+            retried = false;
+        }
+    }
+    result
+}
+
 /// Wait until `sock_fd` is readable, `wake_fd` is readable, or `timeout_ms` passed.
 /// Returns whether the wake fd fired.
 pub fn wait(sock_fd: RawFd, wake_fd: RawFd, timeout_ms: i32) -> bool {
@@ -288,6 +432,88 @@ mod tests {
             }
         }
         assert_eq!(got, payloads);
+    }
+
+    /// Everything `sock` receives within `expect` datagrams (1 s per wait at most).
+    fn recv_all(sock: &UdpSocket, expect: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        while got.len() < expect {
+            wait(sock.as_raw_fd(), sock.as_raw_fd(), 1000);
+            let n = batch.recv(sock.as_raw_fd()).unwrap();
+            if n == 0 {
+                break; // nothing more within a second
+            }
+            for i in 0..n {
+                let (from, data, trunc) = batch.get(i).unwrap();
+                assert!(!trunc);
+                got.push((from, data.to_vec()));
+            }
+        }
+        got
+    }
+
+    /// Packet-major datagrams to `dests` (per packet every destination), sizes as a key frame:
+    /// equal, the last of each burst shorter; each payload names its destination and number.
+    fn burst(dests: &[SocketAddr], packets: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut items = Vec::new();
+        for p in 0..packets {
+            for (d, dest) in dests.iter().enumerate() {
+                let len = if p + 1 == packets { 300 + d } else { 1200 + d };
+                let mut data = vec![0u8; len];
+                data[0] = d as u8;
+                data[1..3].copy_from_slice(&(p as u16).to_be_bytes());
+                items.push((*dest, data));
+            }
+        }
+        items
+    }
+
+    fn send_plan(fd: RawFd, items: &[(SocketAddr, Vec<u8>)]) -> GsoResult {
+        let mut planner = crate::gso::Planner::new();
+        planner.plan(items.iter().enumerate().map(|(i, (d, b))| (i, *d, b.len())));
+        send_planned(fd, |i| (&items[i].0, items[i].1.as_slice()), planner.order(), planner.runs())
+    }
+
+    #[test]
+    fn gso_burst_arrives_complete_and_in_order() {
+        let a = bind("127.0.0.1", 0).unwrap();
+        let rx: Vec<UdpSocket> = (0..3).map(|_| bind("127.0.0.1", 0).unwrap()).collect();
+        let dests: Vec<SocketAddr> = rx.iter().map(|s| s.local_addr().unwrap()).collect();
+        let items = burst(&dests, 100);
+        let r = send_plan(a.as_raw_fd(), &items);
+        assert!(!r.refused, "this kernel (>= 4.18) takes UDP_SEGMENT on loopback");
+        assert_eq!((r.sent, r.failed), (300, 0));
+        // 100 per destination: runs of 64 and 36 (the last one shorter ends the second).
+        assert_eq!((r.gso_messages, r.gso_datagrams), (6, 300));
+        for (d, sock) in rx.iter().enumerate() {
+            let got = recv_all(sock, 100);
+            let want: Vec<(SocketAddr, Vec<u8>)> = items
+                .iter()
+                .filter(|(dest, _)| *dest == dests[d])
+                .map(|(_, b)| (a.local_addr().unwrap(), b.clone()))
+                .collect();
+            assert_eq!(got.len(), 100, "destination {d}: every datagram, segmented by the kernel");
+            assert_eq!(got, want, "destination {d}: same bytes, same order");
+        }
+    }
+
+    #[test]
+    fn gso_refused_falls_back_to_plain_datagrams() {
+        // SO_NO_CHECK (no UDP checksum on IPv4) makes the kernel refuse GSO with EINVAL.
+        let a = bind("127.0.0.1", 0).unwrap();
+        setsockopt_int(a.as_raw_fd(), libc::SO_NO_CHECK, 1).unwrap();
+        let rx: Vec<UdpSocket> = (0..2).map(|_| bind("127.0.0.1", 0).unwrap()).collect();
+        let dests: Vec<SocketAddr> = rx.iter().map(|s| s.local_addr().unwrap()).collect();
+        let items = burst(&dests, 10);
+        let r = send_plan(a.as_raw_fd(), &items);
+        assert!(r.refused);
+        assert_eq!((r.sent, r.failed, r.gso_messages), (20, 0, 0));
+        for (d, sock) in rx.iter().enumerate() {
+            let got: Vec<Vec<u8>> = recv_all(sock, 10).into_iter().map(|(_, b)| b).collect();
+            let want: Vec<Vec<u8>> = items.iter().filter(|(x, _)| *x == dests[d]).map(|(_, b)| b.clone()).collect();
+            assert_eq!(got, want);
+        }
     }
 
     #[test]

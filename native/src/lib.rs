@@ -15,6 +15,7 @@ pub mod srtp;
 pub mod budget;
 pub mod engine;
 pub mod fasthash;
+pub mod gso;
 pub mod io;
 pub mod plain_io;
 pub mod router;
