@@ -8,16 +8,5 @@ if command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; then
   exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then
-    SUDO="sudo -n"
-  else
-    echo "install-ffmpeg: ffmpeg is missing; run as root or install the 'ffmpeg' package" >&2
-    exit 1
-  fi
-fi
-
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg
+"$(dirname "$0")/apt-install.sh" install-ffmpeg ffmpeg
 ffmpeg -hide_banner -version | head -1

@@ -10,16 +10,5 @@ if command -v redis-server >/dev/null 2>&1; then
   exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then
-    SUDO="sudo -n"
-  else
-    echo "install-redis: redis-server is missing; run as root or install the 'redis-server' package" >&2
-    exit 1
-  fi
-fi
-
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
+"$(dirname "$0")/apt-install.sh" install-redis redis-server
 redis-server --version

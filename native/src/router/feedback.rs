@@ -10,13 +10,14 @@ use crate::bwe::BandwidthEstimator;
 use crate::nack::Resend;
 use crate::rtcp;
 use crate::rtp;
+use crate::srtp::SrtpContext;
 
-use super::consumer::{rewrite_vp8, Consumer, Kind};
+use super::consumer::{rewrite_vp8, Consumer, ConsumerQuality, Kind};
 use super::egress::{push_rtcp, write_egress, Egress};
 use super::output::{srtp_drop, DropReason, Drops, Output};
 use super::producer::{Producer, PtInfo};
 use super::spec::KeyFrameMethod;
-use super::transport::Transport;
+use super::transport::{Counters, Transport};
 use super::{earliest, Handle, Router, KEY_FRAME_INTERVAL};
 
 /// Caps on what one compound RTCP packet may ask for.
@@ -434,28 +435,11 @@ impl Consumer {
         }
         let q = &mut self.quality;
         let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);
-        if let (Some(rtx_ssrc), Some(rtx_pt)) = (self.rtx_ssrc, rtx_pt) {
-            let mut rtx = out.take_buf();
-            if rtp::rtx_encode(&mut rtx, &buf, rtx_pt, rtx_ssrc, q.rtx_seq).is_err() {
-                out.give_back(rtx);
-                out.give_back(buf);
-                drops.inc(DropReason::RtpMalformed);
-                return;
-            }
-            q.rtx_seq = q.rtx_seq.wrapping_add(1);
-            out.give_back(std::mem::replace(&mut buf, rtx));
-        }
-        if tx.protect_rtp(&mut buf).is_err() {
-            drops.inc(DropReason::ProtectFailed);
-            out.give_back(buf);
-            return;
-        }
-        let len = buf.len();
-        q.budget.spend(len);
-        q.tx.rtx_packets += 1;
-        q.tx.rtx_bytes += len as u64;
-        t.stats.tx(len);
-        out.push(dest, buf);
+        let rtx = self.rtx_ssrc.zip(rtx_pt);
+        let mut rtx_seq = q.rtx_seq;
+        let Some(buf) = as_rtx(buf, rtx, &mut rtx_seq, drops, out) else { return };
+        q.rtx_seq = rtx_seq;
+        send_retransmission(buf, tx, q, &mut t.stats, drops, out, dest);
     }
 
     /// A pipe stream's stored packet again, as RTX of that stream when it has an RTX SSRC
@@ -488,27 +472,47 @@ impl Consumer {
             return;
         }
         let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);
-        if let (Some(rtx_ssrc), Some(rtx_pt)) = (ps.rtx_ssrc, rtx_pt) {
-            let mut rtx = out.take_buf();
-            if rtp::rtx_encode(&mut rtx, &buf, rtx_pt, rtx_ssrc, ps.rtx_seq).is_err() {
-                out.give_back(rtx);
-                out.give_back(buf);
-                drops.inc(DropReason::RtpMalformed);
-                return;
-            }
-            ps.rtx_seq = ps.rtx_seq.wrapping_add(1);
-            out.give_back(std::mem::replace(&mut buf, rtx));
-        }
-        if tx.protect_rtp(&mut buf).is_err() {
-            drops.inc(DropReason::ProtectFailed);
-            out.give_back(buf);
-            return;
-        }
-        let len = buf.len();
-        q.budget.spend(len);
-        q.tx.rtx_packets += 1;
-        q.tx.rtx_bytes += len as u64;
-        t.stats.tx(len);
-        out.push(dest, buf);
+        let Some(buf) = as_rtx(buf, ps.rtx_ssrc.zip(rtx_pt), &mut ps.rtx_seq, drops, out) else { return };
+        send_retransmission(buf, tx, q, &mut t.stats, drops, out, dest);
     }
+}
+
+/// `buf` wrapped as RTX (RFC 4588) with `rtx = (ssrc, payload type)` and the next of
+/// `rtx_seq`, or as it is without RTX; None (buffers back in the pool, counted) if it cannot be.
+fn as_rtx(buf: Vec<u8>, rtx: Option<(u32, u8)>, rtx_seq: &mut u16, drops: &mut Drops, out: &mut Output) -> Option<Vec<u8>> {
+    let Some((rtx_ssrc, rtx_pt)) = rtx else { return Some(buf) };
+    let mut wrapped = out.take_buf();
+    if rtp::rtx_encode(&mut wrapped, &buf, rtx_pt, rtx_ssrc, *rtx_seq).is_err() {
+        out.give_back(wrapped);
+        out.give_back(buf);
+        drops.inc(DropReason::RtpMalformed);
+        return None;
+    }
+    *rtx_seq = rtx_seq.wrapping_add(1);
+    out.give_back(buf);
+    Some(wrapped)
+}
+
+/// Protect a retransmission and queue it to `dest`, spending the consumer's budget and
+/// counting it (or count the failure and recycle the buffer).
+fn send_retransmission(
+    mut buf: Vec<u8>,
+    tx: &mut SrtpContext,
+    q: &mut ConsumerQuality,
+    stats: &mut Counters,
+    drops: &mut Drops,
+    out: &mut Output,
+    dest: Remote,
+) {
+    if tx.protect_rtp(&mut buf).is_err() {
+        drops.inc(DropReason::ProtectFailed);
+        out.give_back(buf);
+        return;
+    }
+    let len = buf.len();
+    q.budget.spend(len);
+    q.tx.rtx_packets += 1;
+    q.tx.rtx_bytes += len as u64;
+    stats.tx(len);
+    out.push(dest, buf);
 }
