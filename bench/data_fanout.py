@@ -42,16 +42,11 @@ from pysfu._native import SctpAssociation, sctp_fanout
 from pysfu.client import SignalingClient, connect
 from pysfu.dtls import Certificate, DtlsTransport
 from pysfu.testing.data_peer import DataPeer, open_data_peer
+from pysfu.testing.ports import free_media_port, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "bench"
 STAMP = struct.Struct("!dI")  # send time (monotonic), sequence number
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -69,7 +64,7 @@ def percentile(values: list[float], q: float) -> float | None:
 # ---- e2e: a real server ------------------------------------------------------------------------
 
 def start_server(consumers: int) -> tuple[subprocess.Popen[bytes], int]:
-    port, rtc_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    port, rtc_port = free_port(socket.SOCK_STREAM), free_media_port()
     env = dict(os.environ)
     env.update({  # bench limits through the config (environment)
         "PYSFU_MAX_TRANSPORTS_PER_PEER": str(consumers + 4),

@@ -38,6 +38,7 @@ import trio
 
 from pysfu.client import SignalingClient, connect
 from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
+from pysfu.testing.ports import free_media_port, free_port
 from pysfu.testing.webrtc_peer import SRTP_KEY_SIZES, WebRtcPeer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,25 +54,6 @@ CEILING = ROOT / "target" / "release" / "pysfu-ceiling"
 SETUP_CONCURRENCY = 16
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_rtc_port() -> int:
-    """A port number free for both UDP and TCP (the server listens for ICE-TCP on its media
-    port; a UDP-free number can be a TCP connection's local port)."""
-    while True:
-        port = free_port(socket.SOCK_DGRAM)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-
-
 def srtp_keys(peer: WebRtcPeer) -> tuple[bytes, bytes, bytes, bytes]:
     """(client key, client salt, server key, server salt) from the DTLS exporter."""
     _, klen, slen = SRTP_KEY_SIZES[peer.profile]
@@ -80,7 +62,7 @@ def srtp_keys(peer: WebRtcPeer) -> tuple[bytes, bytes, bytes, bytes]:
 
 
 def start_server(viewers: int, own_session: bool) -> tuple[subprocess.Popen[bytes], int]:
-    port, rtc_port = free_port(socket.SOCK_STREAM), free_rtc_port()
+    port, rtc_port = free_port(socket.SOCK_STREAM), free_media_port()
     env = dict(os.environ)
     # Bench limits through the config (environment), not code: one viewer peer owns all
     # the receive transports; no consent checks are sent during the run.

@@ -73,6 +73,13 @@ RECEIVE_SIZE = 4096
 # destroys the answer in flight.
 LINGER_TIMEOUT = 1.0
 LINGER_BYTES = 64 * 1024
+# A connection over its address's limits gets a 503 (a client library fails at once with a
+# clear status instead of waiting for a handshake that never comes), lingering this long at
+# most; beyond this many such answers in flight, further ones are closed unanswered (a flood
+# costs no more than before).
+REFUSAL_LINGER = 0.25
+MAX_REFUSAL_ANSWERS = 256
+REFUSAL_BODY = b"too many connections from this address: try again later\n"
 # WebSocket control frames (ping, pong) a client may send: a token bucket per connection.
 # Browsers send none on their own; libraries ping every few seconds.
 PINGS_PER_SECOND = 20.0
@@ -345,6 +352,7 @@ class Server:
         self.port: int = config.port
         self.metrics_port: int | None = None  # the metrics listener's port, once listening
         self.shutting_down = False
+        self.refusal_answers = 0  # 503 answers to refused connections in flight
         self.registry = build_registry(self.ctx.metrics, EngineCollector(
             self.media, self.ctx.metrics, self.room_gauges, self._refusal_counts))
         self.sessions = 0
@@ -518,7 +526,7 @@ class Server:
         assert limits is not None
         closed = limits.open_connection(address, trio.current_time())
         if closed is None:  # over its address's limits: counted and logged there
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream)
             return
         try:
             await self._connection(stream, remote, address)
@@ -530,6 +538,20 @@ class Server:
                       exc_info=_single(group))
         finally:
             closed(trio.current_time())
+            await trio.aclose_forcefully(stream)
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        try:
+            if self.refusal_answers < MAX_REFUSAL_ANSWERS:
+                self.refusal_answers += 1
+                try:
+                    await self._respond(stream, 503, REFUSAL_BODY, linger=REFUSAL_LINGER,
+                                        extra=((b"Retry-After", b"1"),))
+                finally:
+                    self.refusal_answers -= 1
+        except _DISCONNECTS:
+            pass
+        finally:
             await trio.aclose_forcefully(stream)
 
     async def _connection(self, stream: trio.SocketStream, remote: str,
@@ -709,7 +731,7 @@ class Server:
 
     async def _respond(self, stream: trio.SocketStream, status: int, body: bytes,
                        ctype: bytes = b"text/plain; charset=utf-8", *, head_only: bool = False,
-                       cache: bytes = NO_STORE,
+                       cache: bytes = NO_STORE, linger: float = LINGER_TIMEOUT,
                        extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """One answer, then a clean close (our FIN after the answer, then what the client
         still sends is read and dropped, so it cannot turn the close into a reset): security
@@ -730,7 +752,7 @@ class Server:
             log_event(logger, "http.slow_reader", level=logging.DEBUG, remote=_remote(stream),
                       status=status)
             return
-        with trio.move_on_after(LINGER_TIMEOUT):
+        with trio.move_on_after(linger):
             drained = 0
             while drained < LINGER_BYTES:
                 chunk = await stream.receive_some(RECEIVE_SIZE)

@@ -16,6 +16,7 @@ import logging
 
 import pytest
 import trio
+import trio_websocket
 
 from pysfu import errors
 from pysfu.client import RequestFailed, SignalingClient, connect
@@ -33,14 +34,16 @@ def ws_url(server: Server) -> str:
     return f"ws://127.0.0.1:{server.port}/ws"
 
 
+REFUSED = b"HTTP/1.1 503 "
 UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
 async def http_answer(port: int, local_host: str,
                       request: bytes = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") -> bytes:
-    """``request`` from ``local_host``: the answer, or b"" when the connection was refused
-    (closed at once, unanswered). For an upgrade, what arrives within a second."""
+    """``request`` from ``local_host``: the answer (a refused connection's is a 503), or b""
+    when the connection was closed unanswered. For an upgrade, what arrives within a
+    second."""
     sock = trio.socket.socket()
     await sock.bind((local_host, 0))
     await sock.connect(("127.0.0.1", port))
@@ -81,9 +84,14 @@ async def test_connection_cap_refuses_one_address_not_its_neighbour(server: Serv
         with trio.fail_after(10):
             while len(opened) < cap:
                 await trio.sleep(0.01)
-        # The 33rd connection of 127.0.0.1 is refused (closed at once, unanswered) ...
-        assert await http_answer(server.port, "127.0.0.1") == b""
-        assert await http_answer(server.port, "127.0.0.1", UPGRADE) == b""
+        # The 33rd connection of 127.0.0.1 is refused with a 503, whatever it asks ...
+        assert (await http_answer(server.port, "127.0.0.1")).startswith(REFUSED)
+        assert (await http_answer(server.port, "127.0.0.1", UPGRADE)).startswith(REFUSED)
+        # ... and the client library fails at once with that status (no handshake wait).
+        with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionRejected) as info:
+            async with connect(url):
+                pass
+        assert info.value.status_code == 503
         # ... while 127.0.0.2 connects and streams normally.
         async with live_stream(server, local_host="127.0.0.2") as live:
             assert (await http_answer(server.port, "127.0.0.2")).startswith(b"HTTP/1.1 200")
@@ -97,7 +105,7 @@ async def test_connection_cap_refuses_one_address_not_its_neighbour(server: Serv
         release.set()
     # Closed connections free their places.
     with trio.fail_after(5):
-        while (answer := await http_answer(server.port, "127.0.0.1")) == b"":
+        while (answer := await http_answer(server.port, "127.0.0.1")).startswith(REFUSED):
             await trio.sleep(0.05)
     assert answer.startswith(b"HTTP/1.1 200")
     print(f"\nconnection cap {cap}: refused {refused}; live stream from 127.0.0.2 {summary}")
@@ -109,9 +117,11 @@ async def test_new_connections_per_second(server: Server) -> None:
     answered = refused = 0
     t0 = trio.current_time()
     for _ in range(40):
-        if await http_answer(server.port, "127.0.0.1"):
+        answer = await http_answer(server.port, "127.0.0.1")
+        if answer.startswith(b"HTTP/1.1 200"):
             answered += 1
         else:
+            assert answer.startswith(REFUSED), answer
             refused += 1
     elapsed = trio.current_time() - t0
     # The burst, plus what 5/s refills while we try.

@@ -18,13 +18,9 @@ from typing import Any
 
 import pytest
 
+from pysfu.testing.ports import free_media_port, free_port
+
 TIMEOUT = 30
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cmd(port: int, rtc_port: int) -> list[str]:
@@ -72,7 +68,7 @@ def test_http_port_in_use() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = _run(port, _free_port(socket.SOCK_DGRAM))
+        proc = _run(port, free_media_port())
     _assert_one_clear_error(proc, f"127.0.0.1:{port}", "Address already in use", "port")
 
 
@@ -80,7 +76,7 @@ def test_media_port_in_use() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
         rtc_port = busy.getsockname()[1]
-        proc = _run(_free_port(), rtc_port)
+        proc = _run(free_port(), rtc_port)
     _assert_one_clear_error(proc, f"127.0.0.1:{rtc_port}", "Address already in use",
                             "rtc_port")
 
@@ -92,23 +88,23 @@ def test_media_tcp_port_in_use() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         rtc_port = busy.getsockname()[1]
-        proc = _run(_free_port(), rtc_port)
+        proc = _run(free_port(), rtc_port)
         _assert_one_clear_error(proc, f"127.0.0.1:{rtc_port}", "TCP", "rtc_port")
-        with _running(_free_port(), rtc_port, "--no-enable-tcp") as server:
+        with _running(free_port(), rtc_port, "--no-enable-tcp") as server:
             assert server.poll() is None
 
 
 def test_udp_and_tcp_both_off_is_a_config_error() -> None:
-    proc = _run(_free_port(), _free_port(socket.SOCK_DGRAM), "--no-enable-udp", "--no-enable-tcp")
+    proc = _run(free_port(), free_media_port(), "--no-enable-udp", "--no-enable-tcp")
     assert proc.returncode != 0
     assert "enable_udp" in proc.stderr and "enable_tcp" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_two_servers_on_one_media_port() -> None:
-    rtc_port = _free_port(socket.SOCK_DGRAM)
-    with _running(_free_port(), rtc_port) as first:
-        second = _run(_free_port(), rtc_port)
+    rtc_port = free_media_port()
+    with _running(free_port(), rtc_port) as first:
+        second = _run(free_port(), rtc_port)
         _assert_one_clear_error(second, f"127.0.0.1:{rtc_port}", "rtc_port")
         assert first.poll() is None  # the first one is not disturbed
 
@@ -117,7 +113,7 @@ def test_two_servers_on_one_media_port() -> None:
 def test_signal_stops_cleanly(sig: signal.Signals, code: int) -> None:
     """Either signal is a graceful stop (exit 0; before issue 14 SIGINT cut everything at
     once and exited 130). With no rooms there is nothing to wait for."""
-    with _running(_free_port(), _free_port(socket.SOCK_DGRAM)) as proc:
+    with _running(free_port(), free_media_port()) as proc:
         proc.send_signal(sig)
         assert proc.wait(timeout=TIMEOUT) == code
         assert proc.stderr is not None
@@ -133,8 +129,8 @@ SECRET = "an-auth-secret-of-more-than-32-bytes-0123"
 
 
 def _serve(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pysfu", "serve", "--port", str(_free_port()),
-            "--rtc-port", str(_free_port(socket.SOCK_DGRAM)), "--metrics-port", "0", *args]
+    return [sys.executable, "-m", "pysfu", "serve", "--port", str(free_port()),
+            "--rtc-port", str(free_media_port()), "--metrics-port", "0", *args]
 
 
 def test_non_loopback_bind_without_secret_refuses_to_start() -> None:

@@ -83,7 +83,8 @@ trio.run(main)
 def test_unreachable_redis_at_start_is_one_line_and_exit_1() -> None:
     import os
 
-    from pysfu.testing.cluster_nodes import CLUSTER_SECRET, free_port
+    from pysfu.testing.cluster_nodes import CLUSTER_SECRET
+    from pysfu.testing.ports import free_port
 
     env = dict(os.environ, PYSFU_CLUSTER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
                PYSFU_CLUSTER_SECRET=CLUSTER_SECRET)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pysfu.config import Config, ConfigError, load_config
+from pysfu.testing.ports import free_media_port, free_port
 
 
 def test_defaults() -> None:
@@ -136,12 +136,6 @@ def test_invalid_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml")
 
 
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_refuses_invalid_config() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pysfu", "serve", "--port", "nope"],
@@ -152,7 +146,7 @@ def test_cli_refuses_invalid_config() -> None:
 
 
 def test_cli_serves_and_logs_structured_lines() -> None:
-    port, rtc_port = _free_port(), _free_port(socket.SOCK_DGRAM)
+    port, rtc_port = free_port(), free_media_port()
     env = {**os.environ, "PYSFU_RTC_PORT": str(rtc_port)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pysfu", "serve", "--port", str(port)],

@@ -18,28 +18,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pysfu.testing.ports import free_media_port, free_port
+
 STATUS = re.compile(rb"^HTTP/1\.1 (\d{3}) ")
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, subprocess.Popen]]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("http_fuzz") / "server.log"
     # The per-address connection rate (issue 13) would refuse most of the fuzz's connections
-    # unanswered, before the head parser this fuzzes: lifted here.
+    # (a 503) before the head parser this fuzzes: lifted here.
     env = {**os.environ, "PYSFU_HTTP_TIMEOUT": "2", "PYSFU_WRITE_TIMEOUT": "2",
            "PYSFU_LOG_LEVEL": "info", "PYSFU_CONNECTIONS_PER_SECOND_PER_ADDRESS": "1e6",
            "PYSFU_CONNECTION_BURST_PER_ADDRESS": "1000000"}
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pysfu", "serve", "--port", str(port),
-             "--rtc-port", str(_free_port(socket.SOCK_DGRAM)), "--metrics-port", "0"],
+             "--rtc-port", str(free_media_port()), "--metrics-port", "0"],
             stderr=err, env=env)
     try:
         deadline = time.monotonic() + 30

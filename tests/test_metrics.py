@@ -5,7 +5,6 @@ closes; the metrics listener answers nothing but /metrics."""
 from __future__ import annotations
 
 import contextlib
-import socket
 from typing import Any
 
 import pytest
@@ -21,19 +20,13 @@ from pysfu.testing.media_room import (  # noqa: F401
     host,
     send_frames,
 )
+from pysfu.testing.ports import free_port
 from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp, vp8_payload
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
-    return {"metrics_port": _free_port()}
+    return {"metrics_port": free_port()}
 
 
 async def _get(port: int, path: str) -> tuple[int, bytes]:

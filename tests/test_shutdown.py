@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,24 +20,18 @@ import trio
 from pysfu.client import SignalingClient, connect
 from pysfu.testing.fixtures import vp8_producer
 from pysfu.testing.media_room import HOST_SSRC, ROOM, add_viewer, open_peer, send_frames
+from pysfu.testing.ports import free_media_port, free_port
 
 GRACE = 1.5
 
 
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.asynccontextmanager
 async def _serve(log: Path, grace: float) -> AsyncIterator[tuple[subprocess.Popen[bytes], int]]:
-    port = _free_port()
+    port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pysfu", "serve", "--port", str(port), "--rtc-port",
-             str(_free_port(socket.SOCK_DGRAM)), "--metrics-port", "0", "--shutdown-grace",
+             str(free_media_port()), "--metrics-port", "0", "--shutdown-grace",
              str(grace)], stderr=out)
     try:
         deadline = trio.current_time() + 30

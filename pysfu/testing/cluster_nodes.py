@@ -27,15 +27,10 @@ from typing import Any
 
 import trio
 
+from pysfu.testing.ports import free_media_port, free_port
+
 START_TIMEOUT = 15.0  # seconds for redis-server or a node to come up
 CLUSTER_SECRET = "test-cluster-secret-0123456789abcdef"  # >= 32 bytes
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _redis_ping(port: int) -> bool:
@@ -138,12 +133,17 @@ async def serve_node(redis: RedisServer, node_id: str, directory: Path, *,
     env = dict(os.environ)
     env.update({"PYSFU_CLUSTER_REDIS_URL": redis.url, "PYSFU_CLUSTER_SECRET": secret,
                 "PYSFU_NODE_ID": node_id, "PYSFU_PLAIN_PORT_RANGE": plain_ports,
-                "PYSFU_HOST_GRACE_PERIOD": "0.5", "PYSFU_LOG_LEVEL": "info"})
+                "PYSFU_HOST_GRACE_PERIOD": "0.5", "PYSFU_LOG_LEVEL": "info",
+                # Every test client is 127.0.0.1: the per-address rate of new connections
+                # (20/s, burst 40) would refuse a test's quick succession of them (the
+                # 50-round race opens 100 in about two seconds).
+                "PYSFU_CONNECTIONS_PER_SECOND_PER_ADDRESS": "1000",
+                "PYSFU_CONNECTION_BURST_PER_ADDRESS": "1000"})
     env.update(extra_env or {})
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "pysfu", "serve", "--port", str(port), "--rtc-port",
-             str(free_port(socket.SOCK_DGRAM)), "--metrics-port", "0"],
+             str(free_media_port()), "--metrics-port", "0"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
     node = Node(node_id, port, process, log)
     try:

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from pysfu.testing.ports import free_media_port, free_port
+
 CHROMIUM = os.environ.get("PYSFU_CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -50,18 +52,12 @@ def _missing(why: str) -> None:
     pytest.skip(why)
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SfuProcess:
     """`python -m pysfu serve` on free loopback ports; stderr goes to a log file."""
 
     def __init__(self, log_path: Path) -> None:
-        self.port = _free_port(socket.SOCK_STREAM)
-        self.rtc_port = _free_port(socket.SOCK_DGRAM)
+        self.port = free_port(socket.SOCK_STREAM)
+        self.rtc_port = free_media_port()
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from pysfu.testing.cluster_nodes import CLUSTER_SECRET, _redis_ping, free_port
+from pysfu.testing.cluster_nodes import CLUSTER_SECRET, _redis_ping
+from pysfu.testing.ports import free_port
 from tests.e2e.conftest import Pages, SfuProcess, _missing
 from tests.e2e.test_browser import assert_playing, new_room, open_host, open_viewer, wait_decoding
 
