@@ -32,6 +32,9 @@ const TOKEN = new URLSearchParams(location.search).get('token');
 // session for host_grace_period, 10 s by default), first after RESUME_RETRY_MS, doubling.
 const RESUME_PATIENCE_MS = 15000;
 const RESUME_RETRY_MS = 200;
+// A join answered 'redirect {url}' (a cluster sends a host opening a new room to a less loaded
+// node) is sent again there, with `redirected: true`, at most this many times.
+const MAX_REDIRECTS = 3;
 
 // ---- state (read by the tests through window.pysfu.state) ------------------------------------
 
@@ -45,6 +48,7 @@ const state = {
   reconnected: false,
   resuming: false, // host: the WebSocket dropped, a resume is under way
   resumes: 0, // host: sessions resumed after a WebSocket drop
+  redirects: [], // signaling URLs a join was redirected to (cluster placement)
   iceRestarts: 0, // ICE restarts done (transport.restartIce after a restartIce request)
   deviceLoaded: false,
   handlerName: null,
@@ -178,7 +182,7 @@ async function connect(roomId, role, peerId) {
   log('signaling open');
   // With a token the server takes our peer id from it (a reload with the same token rejoins
   // as the same peer); without one, we name ourselves.
-  const joined = await sig.request('join', TOKEN ? { roomId, role, token: TOKEN } : { roomId, role, peerId });
+  const joined = await join(roomId, role, peerId);
   state.peerId = joined.peerId;
   resumeToken = joined.resumeToken || null; // hosts only
   state.joined = true;
@@ -190,6 +194,23 @@ async function connect(roomId, role, peerId) {
   state.deviceLoaded = true;
   state.handlerName = device.handlerName;
   log(`device loaded (${device.handlerName})`);
+}
+
+// join, following redirects: the socket moves to the node the server names and joins again.
+async function join(roomId, role, peerId) {
+  const request = TOKEN ? { roomId, role, token: TOKEN } : { roomId, role, peerId };
+  for (let hop = 0; ; hop++) {
+    const answer = await sig.requestAnswer('join', request);
+    if (answer.event !== 'redirect') return answer.data;
+    const url = answer.data.url;
+    if (hop >= MAX_REDIRECTS || typeof url !== 'string' || !/^wss?:\/\//.test(url)) {
+      throw new Error(`join: too many or bad redirects (${url})`);
+    }
+    log(`redirected to ${url}${answer.data.node ? ` (node ${answer.data.node})` : ''}`);
+    state.redirects.push(url);
+    await sig.moveTo(url);
+    request.redirected = true;
+  }
 }
 
 function sleep(ms) {
