@@ -15,6 +15,8 @@
 //                                 has auth_secret): sent in join; the peer id is the token's
 //                                 identity. Without a secret configured, rooms are open and
 //                                 no token is needed.
+//      &hops=N                    set by a cluster's placement redirect (this page moved here
+//                                 from another node's; the join says `redirected`)
 //
 // Test hook: window.pysfu = { state, stats(), setPreferredLayers(spatial, temporal?),
 //                            serverStats(query), restartIce(direction), dropSignaling(),
@@ -33,8 +35,11 @@ const TOKEN = new URLSearchParams(location.search).get('token');
 const RESUME_PATIENCE_MS = 15000;
 const RESUME_RETRY_MS = 200;
 // A join answered 'redirect {url}' (a cluster sends a host opening a new room to a less loaded
-// node) is sent again there, with `redirected: true`, at most this many times.
+// node): the page moves to that node's page (same query, &hops=N; the page's Content-Security-
+// Policy lets it open a WebSocket to its own origin only) and joins there with
+// `redirected: true`, after at most this many hops.
 const MAX_REDIRECTS = 3;
+const HOPS = Number(new URLSearchParams(location.search).get('hops')) || 0;
 
 // ---- state (read by the tests through window.pysfu.state) ------------------------------------
 
@@ -48,7 +53,7 @@ const state = {
   reconnected: false,
   resuming: false, // host: the WebSocket dropped, a resume is under way
   resumes: 0, // host: sessions resumed after a WebSocket drop
-  redirects: [], // signaling URLs a join was redirected to (cluster placement)
+  hops: HOPS, // redirects this page followed to get here (cluster placement)
   iceRestarts: 0, // ICE restarts done (transport.restartIce after a restartIce request)
   deviceLoaded: false,
   handlerName: null,
@@ -196,21 +201,36 @@ async function connect(roomId, role, peerId) {
   log(`device loaded (${device.handlerName})`);
 }
 
-// join, following redirects: the socket moves to the node the server names and joins again.
+// join; a 'redirect {url}' answer moves the page to that node (redirectedPage).
 async function join(roomId, role, peerId) {
   const request = TOKEN ? { roomId, role, token: TOKEN } : { roomId, role, peerId };
-  for (let hop = 0; ; hop++) {
-    const answer = await sig.requestAnswer('join', request);
-    if (answer.event !== 'redirect') return answer.data;
-    const url = answer.data.url;
-    if (hop >= MAX_REDIRECTS || typeof url !== 'string' || !/^wss?:\/\//.test(url)) {
-      throw new Error(`join: too many or bad redirects (${url})`);
-    }
-    log(`redirected to ${url}${answer.data.node ? ` (node ${answer.data.node})` : ''}`);
-    state.redirects.push(url);
-    await sig.moveTo(url);
-    request.redirected = true;
+  if (HOPS > 0) request.redirected = true; // we came through a redirect: stay here
+  const answer = await sig.requestAnswer('join', request);
+  if (answer.event !== 'redirect') return answer.data;
+  const target = redirectedPage(answer.data.url);
+  log(`redirected to ${target}${answer.data.node ? ` (node ${answer.data.node})` : ''}`);
+  sig.close();
+  location.replace(target);
+  return new Promise(() => {}); // the page goes away
+}
+
+// The demo page of the node whose signaling URL is `url` (ws[s]://host:port/ws), with this
+// page's query and one more hop.
+function redirectedPage(url) {
+  let target;
+  try {
+    target = new URL(url);
+  } catch {
+    throw new Error(`join: bad redirect (${url})`);
   }
+  if (!['ws:', 'wss:'].includes(target.protocol) || HOPS >= MAX_REDIRECTS) {
+    throw new Error(`join: too many or bad redirects (${url})`);
+  }
+  const page = new URL(`${target.protocol === 'wss:' ? 'https' : 'http'}://${target.host}/`);
+  const query = new URLSearchParams(location.search);
+  query.set('hops', String(HOPS + 1));
+  page.search = query.toString();
+  return page.toString();
 }
 
 function sleep(ms) {

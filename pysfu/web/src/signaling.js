@@ -1,7 +1,6 @@
 // WebSocket signaling client: JSON text frames {id, event, data}.
 // request() resolves with the answer's data (same id) or rejects with a SignalingError;
 // requestAnswer() resolves with {event, data} (a join may answer 'joined' or 'redirect').
-// moveTo(url) leaves the current server for another one (a cluster's redirect).
 // Notifications (no id) go to the onNotification callback.
 
 export class SignalingError extends Error {
@@ -44,7 +43,6 @@ export class Signaling {
       });
       ws.addEventListener('message', (ev) => this._onMessage(ev.data));
       ws.addEventListener('close', (ev) => {
-        if (ws.moved) return; // left on purpose for another server (moveTo)
         const err = new SignalingError('closed', `socket closed (${ev.code})`);
         for (const { reject: rej, timer } of this._pending.values()) {
           clearTimeout(timer);
@@ -60,22 +58,6 @@ export class Signaling {
   close() {
     this._closedByUs = true;
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'bye');
-  }
-
-  // Close this socket without a 'closed' state change and open one to `url`.
-  async moveTo(url) {
-    const old = this.ws;
-    if (old) {
-      old.moved = true;
-      for (const { reject: rej, timer } of this._pending.values()) {
-        clearTimeout(timer);
-        rej(new SignalingError('closed', 'moved to another server'));
-      }
-      this._pending.clear();
-      if (old.readyState <= WebSocket.OPEN) old.close(1000, 'redirected');
-    }
-    this.url = url;
-    await this.open();
   }
 
   request(event, data = {}) {
