@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -96,7 +97,8 @@ async def fan_out(redis: RedisServer, nodes: list[Node], where: list[Node], room
     a = nodes[0]
     async with trio.open_nursery() as tasks, AsyncExitStack() as stack:
         _, host_peer, _ = await start_host(stack, a, room, stay=True)
-        tasks.start_soon(send_frames, host_peer, 1, 10_000_000, args.interval)
+        tasks.start_soon(functools.partial(send_frames, host_peer, 1, 10_000_000, args.interval,
+                                           all_key_frames=True))
         received = {node.node_id: 0 for node in nodes}
         for i in range(args.viewers):
             node = where[i % len(where)]
@@ -139,7 +141,8 @@ async def join_latency(nodes: list[Node], joins: int) -> dict[str, Any]:
     room = "joins"
     async with trio.open_nursery() as tasks, AsyncExitStack() as stack:
         _, host_peer, _ = await start_host(stack, a, room, stay=True)
-        tasks.start_soon(send_frames, host_peer, 1, 10_000_000, 0.005)
+        tasks.start_soon(functools.partial(send_frames, host_peer, 1, 10_000_000, 0.005,
+                                           all_key_frames=True))
         await trio.sleep(0.5)
         local = [(await viewer(stack, a, room, f"a{i}"))[0] for i in range(joins)]
         first_remote = (await viewer(stack, b, room, "b-first"))[0]

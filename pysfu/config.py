@@ -410,7 +410,7 @@ def _check(cfg: Config) -> Config:
     return cfg
 
 
-CLUSTER_PLACEMENTS = ("least_loaded", "local")
+_CLUSTER_PLACEMENTS = ("least_loaded", "local")
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -432,9 +432,9 @@ def _check_cluster(cfg: Config) -> None:
     if cfg.node_url is not None and not re.fullmatch(r"wss?://\S{1,2000}", cfg.node_url):
         raise ConfigError(f"invalid setting node_url={cfg.node_url[:80]!r}: a ws:// or wss:// "
                           "URL")
-    if cfg.cluster_placement not in CLUSTER_PLACEMENTS:
+    if cfg.cluster_placement not in _CLUSTER_PLACEMENTS:
         raise ConfigError(f"invalid setting cluster_placement={cfg.cluster_placement[:40]!r}: "
-                          f"one of {', '.join(CLUSTER_PLACEMENTS)}")
+                          f"one of {', '.join(_CLUSTER_PLACEMENTS)}")
     if cfg.cluster_redis_url is None:
         return
     if not re.fullmatch(r"(rediss?|unix)://\S{1,2000}", cfg.cluster_redis_url):

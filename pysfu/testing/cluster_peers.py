@@ -71,13 +71,14 @@ async def start_viewer(stack: AsyncExitStack, node: Node | str, name: str, room:
 
 
 async def send_frames(peer: WebRtcPeer, first_seq: int, count: int,
-                      interval: float = 0.002) -> list[bytes]:
-    """``count`` one-packet VP8 frames (the first a key frame), each payload ending with its
-    sequence number; the payloads sent."""
+                      interval: float = 0.002, *, all_key_frames: bool = False) -> list[bytes]:
+    """``count`` one-packet VP8 frames (the first a key frame; ``all_key_frames``: every one,
+    for viewers that join meanwhile), each payload ending with its sequence number; the
+    payloads sent."""
     payloads = []
     for i in range(count):
         seq = first_seq + i
-        payload = vp8_payload(keyframe=i == 0) + seq.to_bytes(4, "big")
+        payload = vp8_payload(keyframe=i == 0 or all_key_frames) + seq.to_bytes(4, "big")
         await peer.send_rtp(build_rtp(CHROME_VP8_PT, seq & 0xFFFF, (90 * seq) & 0xFFFFFFFF,
                                       HOST_SSRC, payload, marker=True,
                                       extensions={CHROME_MID_EXT: b"0"}))
