@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pysfu.cluster.placement import (
     CPU_PERCENT_PER_POINT,
@@ -90,3 +92,26 @@ def test_load_meter_turns_counters_into_rates() -> None:
     assert meter.pps == pytest.approx(3000)
     meter.sample(104.0, cpu_seconds=9.0, forwarded=9000)
     assert (meter.pps, meter.cpu) == (0, 0)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=12)
+entries = st.lists(st.dictionaries(
+    st.sampled_from(["id", "nodeUrl", "load", "url"]),
+    json_values | st.dictionaries(st.sampled_from(["peers", "rooms", "pps", "cpu",
+                                                   "draining"]), json_values)), max_size=6)
+
+
+@given(entries, st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+def test_any_registry_content_is_a_choice_or_none_never_a_crash(
+        registry: list[dict[str, Any]], own: dict[str, Any]) -> None:
+    """Entries written by another version or by anyone with access to Redis: bad fields
+    count nothing, bad entries are skipped."""
+    target = Placer("a").choose(own, registry, now=0.0)
+    if target is not None:
+        assert target.node_id != "a" and target.url
+        assert any(e.get("id") == target.node_id and e.get("nodeUrl") == target.url
+                   for e in registry)
