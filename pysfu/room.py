@@ -61,9 +61,12 @@ Observer = Callable[[str, dict[str, Any]], None]
 class Placement(Protocol):
     """Where a new room lives when there are several nodes (``pysfu.cluster``): ``place``
     claims the room for this node or makes it an edge of its origin node (raising a
-    ``RoomError`` to refuse the join); ``room_closed`` is told of every room that closes."""
+    ``RoomError`` to refuse the join, ``Redirect`` to send a host elsewhere);
+    ``leave_to_another_node`` may send a host opening a room on a draining node elsewhere
+    (``Redirect``); ``room_closed`` is told of every room that closes."""
 
     async def place(self, room: Room, role: Role, *, redirected: bool = False) -> None: ...
+    async def leave_to_another_node(self, room_id: str) -> None: ...
     def room_closed(self, room: Room) -> None: ...
 
 
@@ -1054,6 +1057,8 @@ class RoomRegistry:
                 return room
             # Its placement was refused meanwhile (e.g. redirected): this join is placed anew.
         if self.draining:
+            if self.placement is not None and role == "host" and not redirected:
+                await self.placement.leave_to_another_node(room_id)  # Redirect, or on:
             raise Unavailable("this server takes no new rooms (draining); try another")
         if len(self.rooms) >= self.ctx.config.max_rooms:
             raise LimitExceeded("too many rooms on this server")

@@ -66,6 +66,15 @@ def test_nodes_without_url_draining_or_itself_are_never_chosen() -> None:
     assert target is not None and target.node_id == "g"
 
 
+def test_a_leaving_node_sends_hosts_to_any_eligible_node() -> None:
+    placer = Placer("a")
+    entries = [entry("b", peers=40), entry("c", url=None), entry("d", draining=True)]
+    assert placer.choose({}, entries, now=0.0) is None  # b is busier: stay
+    target = placer.choose({}, entries, now=0.0, leaving=True)  # draining: b will do
+    assert target is not None and target.node_id == "b"
+    assert placer.choose({}, entries[1:], now=0.0, leaving=True) is None  # nowhere to go
+
+
 def test_recent_redirects_count_on_their_target_until_they_expire() -> None:
     placer = Placer("a")
     entries = [entry("b", peers=0), entry("c", peers=REDIRECT_WEIGHT * 2 - 1)]

@@ -3,8 +3,9 @@ a real redis-server and real ``pysfu serve`` nodes on loopback: a host opening a
 loaded node is redirected to the idle one (``join`` answers ``redirect {url}``; the client
 library follows it) and viewers on every node receive its media; ``local`` never redirects;
 two hosts racing into one new room through redirects: exactly one host; nodes without
-node_url and draining nodes are never chosen; an arrival through a redirect is never
-redirected again; a viewer is never redirected."""
+node_url and draining nodes are never chosen; a draining node sends hosts of new rooms
+elsewhere; an arrival through a redirect is never redirected again; a viewer is never
+redirected."""
 
 from __future__ import annotations
 
@@ -230,3 +231,23 @@ async def test_client_redirects_are_bounded_and_never_loop(tmp_path: Path) -> No
         assert await registry(redis, room_key("new-room")) == "node-b"
         on_b = await stack.enter_async_context(connect(b.ws_url))
         assert (await on_b.join("new-room", "host", "h1", redirected=True))["role"] == "host"
+
+
+async def test_a_draining_node_sends_hosts_of_new_rooms_elsewhere(tmp_path: Path) -> None:
+    admin_env = {"env": {"PYSFU_ADMIN_TOKEN": ADMIN_TOKEN}}
+    async with cluster(tmp_path, admin_env, {}) as (redis, (a, b)), AsyncExitStack() as stack:
+        before = await stack.enter_async_context(connect_and_join(a.ws_url, "kept", "host",
+                                                                  "h0"))
+        assert before.url == a.ws_url  # both idle: no redirect
+        await admin(a, "/admin/drain")
+        host = await stack.enter_async_context(connect_and_join(a.ws_url, "new", "host", "h1"))
+        assert host.url == b.ws_url and await registry(redis, room_key("new")) == "node-b"
+        # A viewer of a new room, and a host that came through a redirect, are refused.
+        for role, redirected in (("viewer", False), ("host", True)):
+            client = await stack.enter_async_context(connect(a.ws_url))
+            with pytest.raises(RequestFailed) as info:
+                await client.join(f"other-{role}", role, "p", redirected=redirected)
+            assert info.value.code == "unavailable"
+        # The room it has goes on: a viewer joins it there.
+        viewer = await stack.enter_async_context(connect(a.ws_url))
+        assert (await viewer.join("kept", "viewer", "v"))["role"] == "viewer"

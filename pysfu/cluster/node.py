@@ -322,13 +322,32 @@ class Cluster:
                 entries.append(entry)
         return entries
 
-    async def _reserve_elsewhere(self, room_id: str) -> Target | None:
-        """The least loaded node, if clearly less loaded than this one and the new room is
-        now reserved for it in the directory; None: the room is placed as usual."""
+    async def leave_to_another_node(self, room_id: str) -> None:
+        """This node is draining: a host opening a new room here is redirected to the least
+        loaded other node (``least_loaded``), if there is one; else nothing happens (the
+        join is refused as unavailable)."""
+        if self.config.cluster_placement != "least_loaded":
+            return
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                target = await self._reserve_elsewhere(room_id, leaving=True)
+        except _REDIS_ERRORS:
+            return
+        if target is not None:
+            log_event(logger, "cluster.redirect", room=room_id, to=target.node_id,
+                      score=round(target.score, 1), draining=True)
+            raise Redirect(target.url, target.node_id)
+
+    async def _reserve_elsewhere(self, room_id: str, *, leaving: bool = False
+                                 ) -> Target | None:
+        """The least loaded node, if clearly less loaded than this one (``leaving``: any)
+        and the new room is now reserved for it in the directory; None: the room is placed
+        as usual."""
         now = self._monotonic()
         own = self.load()
-        own["rooms"] = max(0, own["rooms"] - 1)  # (the room being placed is counted already)
-        target = self.placer.choose(own, await self._entries(), now)
+        if not leaving:
+            own["rooms"] = max(0, own["rooms"] - 1)  # (the room being placed is counted)
+        target = self.placer.choose(own, await self._entries(), now, leaving=leaving)
         if target is None:
             return None
         reserved = await self.redis.set(room_key(room_id), target.node_id,

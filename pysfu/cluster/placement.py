@@ -74,10 +74,11 @@ class Placer:
         return counts
 
     def choose(self, own_load: dict[str, Any], entries: list[dict[str, Any]],
-               now: float) -> Target | None:
+               now: float, *, leaving: bool = False) -> Target | None:
         """The node a host opening a new room here goes to, or None (it stays here).
         ``entries``: the registry's node entries (this node's own is skipped; ``own_load``
-        is used for it)."""
+        is used for it). ``leaving``: this node takes no new rooms (draining), any other
+        node will do."""
         recent = self._recent(now)
         own = score(own_load)
         best: Target | None = None
@@ -93,7 +94,7 @@ class Placer:
             if best is None or value < best.score or (value == best.score
                                                       and node_id < best.node_id):
                 best = Target(node_id, url, value)
-        if best is None or own - best.score <= self.margin:
+        if best is None or (not leaving and own - best.score <= self.margin):
             return None
         return best
 
