@@ -15,6 +15,16 @@ the viewers' consumers are still there, within the server's ``host_grace_period`
 ``SignalingClient`` goes on, its notifications channel stays open, and ``wait_resumed()``
 returns each ``resumed`` answer. Requests sent while the socket is down fail with
 ``ConnectionLost``; ``leave()``, ``aclose()`` or a ``roomClosed`` end the resuming.
+
+With several nodes (``cluster_placement = least_loaded``) a host opening a new room may be
+told to join on another node: ``join`` raises ``Redirected`` (its ``url`` is that node's
+signaling URL). ``connect_and_join(url, room, role, peer_id)`` follows such redirects: it
+reconnects to the URL and joins again there (saying ``redirected``, so that node keeps the
+host), at most ``MAX_REDIRECTS`` times, and yields the joined client (``join_answer``,
+``url``)::
+
+    async with connect_and_join("ws://a:8080/ws", "room1", "host", "host-1") as client:
+        transport = await client.create_transport("room1", "send")
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import functools
 import itertools
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -42,6 +52,18 @@ class RequestFailed(Exception):
         self.code = code
         self.message = message
         self.request = request
+
+
+class Redirected(RequestFailed):
+    """A ``join`` answered ``redirect {url}``: join again on the node at ``url``."""
+
+    def __init__(self, url: str, node: str | None = None) -> None:
+        super().__init__("redirect", f"join again at {url}", "join")
+        self.url = url
+        self.node = node
+
+
+MAX_REDIRECTS = 3  # redirects connect_and_join follows before giving up
 
 
 class ConnectionLost(Exception):
@@ -76,6 +98,8 @@ class SignalingClient:
         self.resumed: list[dict[str, Any]] = []  # the answers of automatic resumes
         self.resume_error: Exception | None = None  # why an automatic resume gave up
         self._changed = trio.Event()  # set (and replaced) when ``resumed`` grows
+        self.url: str | None = None  # the URL this client connected to (connect sets it)
+        self.join_answer: dict[str, Any] | None = None  # the last ``joined`` answer
 
     async def _reader(self, *, final: bool = True) -> None:
         """Read the socket until it closes; ``final``: the client ends with it (otherwise an
@@ -128,6 +152,12 @@ class SignalingClient:
     async def request(self, event: str, data: dict[str, Any] | None = None,
                       *, timeout: float = 10.0) -> dict[str, Any]:
         """Send a request; return the answer's ``data``; raise RequestFailed on ``error``."""
+        return (await self.request_answer(event, data, timeout=timeout))[1]
+
+    async def request_answer(self, event: str, data: dict[str, Any] | None = None,
+                             *, timeout: float = 10.0) -> tuple[str, dict[str, Any]]:
+        """Send a request; return the answer's event and ``data``; raise RequestFailed on
+        ``error``."""
         req_id = next(self._ids)
         send, recv = trio.open_memory_channel[dict[str, Any]](1)
         self._pending[req_id] = send
@@ -148,7 +178,7 @@ class SignalingClient:
             raise RequestFailed(err.get("code", "unknown"), err.get("message", ""),
                                 err.get("request"))
         answer: dict[str, Any] = msg.get("data", {})
-        return answer
+        return str(msg.get("event")), answer
 
     async def next_notification(self, event: str | None = None,
                                 *, timeout: float = 10.0) -> tuple[str, dict[str, Any]]:
@@ -161,16 +191,25 @@ class SignalingClient:
 
     # Convenience wrappers for the protocol's requests.
     async def join(self, room_id: str, role: str, peer_id: str | None = None,
-                   token: str | None = None) -> dict[str, Any]:
+                   token: str | None = None, *, redirected: bool = False) -> dict[str, Any]:
         """Join ``room_id`` as ``role``; ``peer_id`` is required by open rooms, optional with
-        a token (whose identity it must equal)."""
+        a token (whose identity it must equal). ``Redirected``: the server sends this join
+        to another node (``redirected``: this join follows such a redirect)."""
         data: dict[str, Any] = {"roomId": room_id, "role": role}
         if peer_id is not None:
             data["peerId"] = peer_id
         if token is not None:
             data["token"] = token
-        answer = await self.request("join", data)
+        if redirected:
+            data["redirected"] = True
+        event, answer = await self.request_answer("join", data)
+        if event == "redirect":
+            url, node = answer.get("url"), answer.get("node")
+            if not isinstance(url, str) or urlsplit(url).scheme not in ("ws", "wss"):
+                raise RequestFailed("bad_redirect", f"redirect to {url!r}", "join")
+            raise Redirected(url, node if isinstance(node, str) else None)
         self._remember(answer, token)
+        self.join_answer = answer
         return answer
 
     async def resume(self, room_id: str, peer_id: str, resume_token: str,
@@ -356,6 +395,7 @@ async def connect(url: str, *, max_message_size: int = 1 << 20,
         async with trio.open_nursery() as nursery:
             client: SignalingClient = await nursery.start(
                 _keep_connected, url, max_message_size, local_host)
+            client.url = url
             try:
                 yield client
             finally:
@@ -363,12 +403,38 @@ async def connect(url: str, *, max_message_size: int = 1 << 20,
         return
     async with _open_ws(url, max_message_size, local_host) as ws:
         client = SignalingClient(ws)
+        client.url = url
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
             try:
                 yield client
             finally:
                 nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connect_and_join(url: str, room_id: str, role: str, peer_id: str | None = None, *,
+                           token: str | None = None, max_redirects: int = MAX_REDIRECTS,
+                           **options: Any) -> AsyncIterator[SignalingClient]:
+    """``connect`` and ``join``, following ``redirect`` answers: each one closes the
+    connection, opens one to the given URL and joins again there (``redirected``), at most
+    ``max_redirects`` times (then the last ``Redirected`` is raised). ``options`` go to
+    every ``connect`` (``token`` there puts it in the URL; here it goes in the join)."""
+    for hop in range(max_redirects + 1):
+        refused: RequestFailed | None = None
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(connect(url, **options))
+            try:
+                await client.join(room_id, role, peer_id, token, redirected=hop > 0)
+            except RequestFailed as exc:  # raised once the connection is closed (not in
+                refused = exc  # connect's nursery, which would wrap it in a group)
+            else:
+                yield client
+                return
+        if not isinstance(refused, Redirected) or hop == max_redirects:
+            raise refused
+        url = refused.url
+    raise AssertionError("unreachable")  # (the loop returns or raises)
 
 
 async def _keep_connected(url: str, max_message_size: int, local_host: str | None, *,
@@ -419,5 +485,5 @@ async def _keep_connected(url: str, max_message_size: int, local_host: str | Non
             client._end()
 
 
-__all__ = ["SCTP_CAPABILITIES", "ConnectionLost", "RequestFailed", "ResumeState", "SignalingClient",
-           "connect", "with_token"]
+__all__ = ["MAX_REDIRECTS", "SCTP_CAPABILITIES", "ConnectionLost", "Redirected", "RequestFailed",
+           "ResumeState", "SignalingClient", "connect", "connect_and_join", "with_token"]

@@ -137,6 +137,10 @@ class Config:
     node_id: str | None = None  # this node's name in the registry; None = random at start
     node_url: str | None = None  # signaling URL other nodes/clients use; None = ws://host:port/ws
     node_pipe_ip: str | None = None  # address other nodes send pipe media to; None = candidate_ip
+    # Where a new room goes (pysfu/cluster/placement.py): "least_loaded" redirects a host
+    # that opens a room on a busier node to the least loaded node that has a node_url;
+    # "local" keeps every room on the node its host connected to.
+    cluster_placement: str = "least_loaded"
 
     @property
     def candidate_ip(self) -> str:
@@ -406,6 +410,7 @@ def _check(cfg: Config) -> Config:
     return cfg
 
 
+_CLUSTER_PLACEMENTS = ("least_loaded", "local")
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -427,6 +432,9 @@ def _check_cluster(cfg: Config) -> None:
     if cfg.node_url is not None and not re.fullmatch(r"wss?://\S{1,2000}", cfg.node_url):
         raise ConfigError(f"invalid setting node_url={cfg.node_url[:80]!r}: a ws:// or wss:// "
                           "URL")
+    if cfg.cluster_placement not in _CLUSTER_PLACEMENTS:
+        raise ConfigError(f"invalid setting cluster_placement={cfg.cluster_placement[:40]!r}: "
+                          f"one of {', '.join(_CLUSTER_PLACEMENTS)}")
     if cfg.cluster_redis_url is None:
         return
     if not re.fullmatch(r"(rediss?|unix)://\S{1,2000}", cfg.cluster_redis_url):

@@ -61,10 +61,23 @@ Observer = Callable[[str, dict[str, Any]], None]
 class Placement(Protocol):
     """Where a new room lives when there are several nodes (``pysfu.cluster``): ``place``
     claims the room for this node or makes it an edge of its origin node (raising a
-    ``RoomError`` to refuse the join); ``room_closed`` is told of every room that closes."""
+    ``RoomError`` to refuse the join, ``Redirect`` to send a host elsewhere);
+    ``leave_to_another_node`` may send a host opening a room on a draining node elsewhere
+    (``Redirect``); ``room_closed`` is told of every room that closes."""
 
-    async def place(self, room: Room, role: Role) -> None: ...
+    async def place(self, room: Room, role: Role, *, redirected: bool = False) -> None: ...
+    async def leave_to_another_node(self, room_id: str) -> None: ...
     def room_closed(self, room: Room) -> None: ...
+
+
+class Redirect(Exception):  # noqa: N818 (an answer, not a failure)
+    """Placement sends a host opening a new room to another node: the ``join`` answer is
+    ``redirect {url}`` (``pysfu.cluster.placement``)."""
+
+    def __init__(self, url: str, node: str) -> None:
+        super().__init__(f"redirected to node {node}")
+        self.url = url
+        self.node = node
 
 
 class RoomError(Exception):
@@ -1030,17 +1043,22 @@ class RoomRegistry:
         return self.rooms.get(room_id)
 
     async def get_or_create(self, room_id: str, *, address: str = "",
-                            role: Role = "viewer") -> Room:
+                            role: Role = "viewer", redirected: bool = False) -> Room:
         """The open room ``room_id``, created on first use (by ``address``, an IP, which may
         create at most max_rooms_per_address_per_minute rooms a minute). With several nodes
         a new room is placed first (``Placement.place``: origin here, or an edge of the
-        origin node); a refused placement closes it again and raises."""
+        origin node, or ``Redirect`` to another node unless the client arrives through a
+        redirect); a refused placement closes it again and raises."""
         room = self.rooms.get(room_id)
         if room is not None and not room.closed:
             await room.started.wait()  # a concurrent join may still be starting it
             await room.placed.wait()
-            return room
+            if not room.closed:
+                return room
+            # Its placement was refused meanwhile (e.g. redirected): this join is placed anew.
         if self.draining:
+            if self.placement is not None and role == "host" and not redirected:
+                await self.placement.leave_to_another_node(room_id)  # Redirect, or on:
             raise Unavailable("this server takes no new rooms (draining); try another")
         if len(self.rooms) >= self.ctx.config.max_rooms:
             raise LimitExceeded("too many rooms on this server")
@@ -1050,7 +1068,7 @@ class RoomRegistry:
         await self._nursery.start(room.run)
         if self.placement is not None:
             try:
-                await self.placement.place(room, role)
+                await self.placement.place(room, role, redirected=redirected)
             except BaseException:
                 room.close("placement_refused")
                 raise

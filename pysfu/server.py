@@ -406,7 +406,8 @@ class Server:
         cfg = self.config
         url = cfg.node_url or f"ws://{cfg.host}:{self.port}/ws"
         self.cluster = Cluster(cfg, signaling_url=lambda: url,
-                               load=lambda: default_load(self.rooms))
+                               load=lambda: default_load(self.rooms, self.media.totals,
+                                                         self.draining))
         assert self.rooms is not None
         try:
             with trio.fail_after(10):

@@ -21,9 +21,18 @@ import trio
 from pysfu.client import RequestFailed, SignalingClient, connect
 from pysfu.cluster.node import REFRESH, RESTART_QUIET, TTL, WATCH_INTERVAL
 from pysfu.testing.cluster_nodes import Node, RedisServer, redis_server, serve_node
-from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
-from pysfu.testing.media_room import CHROME_MID_EXT, CHROME_VP8_PT, HOST_SSRC
-from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp, vp8_payload
+from pysfu.testing.cluster_peers import (
+    Viewer,
+    open_peer,
+    receive,
+    send_frames,
+    start_host,
+    start_viewer,
+    wait_for,
+)
+from pysfu.testing.fixtures import opus_producer, vp8_producer
+from pysfu.testing.media_room import HOST_SSRC
+from pysfu.testing.webrtc_peer import Rtp
 
 ROOM = "cluster-room"
 FRAMES = 200
@@ -50,79 +59,6 @@ async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
         yield Nodes(redis, a, b)
 
 
-async def open_peer(client: SignalingClient, room: str, direction: str) -> WebRtcPeer:
-    transport = await client.create_transport(room, direction)
-    peer = WebRtcPeer(transport)
-    await peer.bind()
-    await client.connect_transport(room, transport["id"], peer.dtls_parameters())
-    await peer.connect()
-    return peer
-
-
-async def start_host(stack: AsyncExitStack, node: Node, room: str = ROOM
-                     ) -> tuple[SignalingClient, WebRtcPeer, str]:
-    host = await stack.enter_async_context(connect(node.ws_url))
-    await host.join(room, "host", "host")
-    peer = await open_peer(host, room, "send")
-    stack.callback(peer.close)
-    producer_id = await host.produce(room, peer.transport["id"], "video",
-                                     vp8_producer(mid="0", ssrc=HOST_SSRC))
-    return host, peer, producer_id
-
-
-@dataclass
-class Viewer:
-    client: SignalingClient
-    peer: WebRtcPeer
-    consumer: dict[str, Any]
-
-
-async def start_viewer(stack: AsyncExitStack, node: Node, name: str, room: str = ROOM
-                       ) -> Viewer:
-    """A viewer on ``node`` consuming the room's (only) video producer, as that node
-    names it (on an edge node: the piped producer)."""
-    c = await stack.enter_async_context(connect(node.ws_url))
-    await c.join(room, "viewer", name)
-    producers = await c.get_producers(room)
-    assert len(producers) == 1, producers
-    peer = await open_peer(c, room, "recv")
-    stack.callback(peer.close)
-    caps = device_caps(await c.router_rtp_capabilities(room))
-    consumer = await c.consume(room, peer.transport["id"], producers[0]["id"], caps)
-    await c.resume_consumer(room, consumer["id"])
-    return Viewer(c, peer, consumer)
-
-
-async def send_frames(peer: WebRtcPeer, first_seq: int, count: int) -> list[bytes]:
-    payloads = []
-    for i in range(count):
-        seq = first_seq + i
-        payload = vp8_payload(keyframe=i == 0) + seq.to_bytes(4, "big")
-        await peer.send_rtp(build_rtp(CHROME_VP8_PT, seq, 90 * seq, HOST_SSRC, payload,
-                                      marker=True, extensions={CHROME_MID_EXT: b"0"}))
-        payloads.append(payload)
-        await trio.sleep(0.002)
-    return payloads
-
-
-async def receive(peer: WebRtcPeer, count: int, timeout: float = 10.0) -> list[Rtp]:
-    got: list[Rtp] = []
-    with trio.move_on_after(timeout):
-        while len(got) < count:
-            packet = await peer.recv_rtp(timeout=timeout)
-            if packet is not None:
-                got.append(packet)
-    return got
-
-
-async def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    with trio.move_on_after(timeout):
-        while not await predicate():
-            await trio.sleep(0.1)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def pipe_consumers_of(log: Path) -> int:
     return len(re.findall(rb"event=pipe\.consumer_created", log.read_bytes()))
 
@@ -133,10 +69,10 @@ async def test_viewers_on_three_nodes_get_every_packet_in_order(nodes: Nodes,
         c = await stack.enter_async_context(serve_node(
             nodes.redis, "node-c", tmp_path, plain_ports="42300-42399",
             extra_env=LOOPBACK_ROOMS))
-        _, host_peer, _ = await start_host(stack, nodes.a)
-        local = await start_viewer(stack, nodes.a, "viewer-a")
-        remote = await start_viewer(stack, nodes.b, "viewer-b")
-        third = await start_viewer(stack, c, "viewer-c")
+        _, host_peer, _ = await start_host(stack, nodes.a, ROOM)
+        local = await start_viewer(stack, nodes.a, "viewer-a", ROOM)
+        remote = await start_viewer(stack, nodes.b, "viewer-b", ROOM)
+        third = await start_viewer(stack, c, "viewer-c", ROOM)
         await trio.sleep(0.3)  # the pipe's first packets and the viewers' ICE settle
         async with trio.open_nursery() as tasks:
             results: dict[str, list[Rtp]] = {}
@@ -160,9 +96,9 @@ async def test_viewers_on_three_nodes_get_every_packet_in_order(nodes: Nodes,
 
 async def test_twenty_viewers_on_b_cost_a_one_pipe_consumer(nodes: Nodes) -> None:
     async with AsyncExitStack() as stack:
-        _, host_peer, _ = await start_host(stack, nodes.a)
+        _, host_peer, _ = await start_host(stack, nodes.a, ROOM)
         before = await nodes.a.engine()
-        viewers = [await start_viewer(stack, nodes.b, f"edge-{i}") for i in range(20)]
+        viewers = [await start_viewer(stack, nodes.b, f"edge-{i}", ROOM) for i in range(20)]
         await trio.sleep(0.3)
         after = await nodes.a.engine()
         # A: one consumer more (the pipe consumer) and one transport (the pipe), whatever
@@ -190,9 +126,9 @@ async def test_origin_killed_viewers_elsewhere_get_node_lost(nodes: Nodes,
         c = await stack.enter_async_context(serve_node(
             nodes.redis, "node-c", tmp_path, plain_ports="42300-42399",
             extra_env=LOOPBACK_ROOMS))
-        await start_host(stack, nodes.a)
-        viewers = [await start_viewer(stack, nodes.b, "edge-viewer-b"),
-                   await start_viewer(stack, c, "edge-viewer-c")]
+        await start_host(stack, nodes.a, ROOM)
+        viewers = [await start_viewer(stack, nodes.b, "edge-viewer-b", ROOM),
+                   await start_viewer(stack, c, "edge-viewer-c", ROOM)]
         assert (await nodes.b.engine())["consumers"] == 1
         assert (await c.engine())["consumers"] == 1
         nodes.a.kill()
@@ -217,8 +153,8 @@ def is_empty(counts: dict[str, int]) -> bool:
 
 async def test_origin_events_reach_edge_viewers_and_close_tears_down(nodes: Nodes) -> None:
     async with AsyncExitStack() as stack:
-        host, host_peer, _ = await start_host(stack, nodes.a)
-        viewer = await start_viewer(stack, nodes.b, "edge-viewer")
+        host, host_peer, _ = await start_host(stack, nodes.a, ROOM)
+        viewer = await start_viewer(stack, nodes.b, "edge-viewer", ROOM)
         audio_id = await host.produce(ROOM, host_peer.transport["id"], "audio",
                                       opus_producer(mid="1"))
         with trio.fail_after(5):
@@ -262,9 +198,9 @@ async def test_origin_events_reach_edge_viewers_and_close_tears_down(nodes: Node
 
 async def test_edge_room_emptied_closes_the_origin_pipes(nodes: Nodes) -> None:
     async with AsyncExitStack() as stack:
-        await start_host(stack, nodes.a)
+        await start_host(stack, nodes.a, ROOM)
         alone = await nodes.a.engine()
-        viewer = await start_viewer(stack, nodes.b, "edge-viewer")
+        viewer = await start_viewer(stack, nodes.b, "edge-viewer", ROOM)
         with_pipe = await nodes.a.engine()
         assert with_pipe["consumers"] == alone["consumers"] + 1
         assert with_pipe["transports"] == alone["transports"] + 1
@@ -275,16 +211,16 @@ async def test_edge_room_emptied_closes_the_origin_pipes(nodes: Nodes) -> None:
 
         await wait_for(back, "A's pipe closed after B's room emptied", timeout=5)
         # The room is still A's: a new viewer on B gets a pipe again.
-        again = await start_viewer(stack, nodes.b, "edge-viewer-2")
+        again = await start_viewer(stack, nodes.b, "edge-viewer-2", ROOM)
         assert again.consumer["producerId"]
         assert (await nodes.a.engine())["consumers"] == alone["consumers"] + 1
 
 
 async def test_viewer_node_killed_origin_closes_its_pipes(nodes: Nodes) -> None:
     async with AsyncExitStack() as stack:
-        await start_host(stack, nodes.a)
+        await start_host(stack, nodes.a, ROOM)
         alone = await nodes.a.engine()
-        await start_viewer(stack, nodes.b, "edge-viewer")
+        await start_viewer(stack, nodes.b, "edge-viewer", ROOM)
         assert (await nodes.a.engine())["consumers"] == alone["consumers"] + 1
         nodes.b.kill()
         killed = trio.current_time()
@@ -298,8 +234,8 @@ async def test_viewer_node_killed_origin_closes_its_pipes(nodes: Nodes) -> None:
 
 async def test_host_cannot_join_an_edge_room(nodes: Nodes) -> None:
     async with AsyncExitStack() as stack:
-        await start_host(stack, nodes.a)
-        await start_viewer(stack, nodes.b, "edge-viewer")  # B's room is an edge of A's
+        await start_host(stack, nodes.a, ROOM)
+        await start_viewer(stack, nodes.b, "edge-viewer", ROOM)  # B's room is an edge of A's
         intruder = await stack.enter_async_context(connect(nodes.b.ws_url))
         with pytest.raises(RequestFailed) as info:
             await intruder.join(ROOM, "host", "second-host")
@@ -317,7 +253,7 @@ async def test_forged_node_request_opens_no_pipe(nodes: Nodes) -> None:
     from pysfu.cluster.node import inbox
 
     async with AsyncExitStack() as stack:
-        await start_host(stack, nodes.a)
+        await start_host(stack, nodes.a, ROOM)
         before = await nodes.a.engine()
         forged = seal(b"not-the-cluster-secret-0123456789abcdef",
                       {"type": "attach", "room": ROOM, "id": "x"}, sender="node-evil",
@@ -361,8 +297,8 @@ async def test_redis_restart_media_goes_on_and_joins_work_again(nodes: Nodes) ->
     throughout; while Redis is down a join that needs the directory is ``unavailable``;
     nobody is told ``node_lost``; afterwards a new room spans both nodes again."""
     async with AsyncExitStack() as stack:
-        _, host_peer, _ = await start_host(stack, nodes.a)
-        viewer = await start_viewer(stack, nodes.b, "edge-viewer")
+        _, host_peer, _ = await start_host(stack, nodes.a, ROOM)
+        viewer = await start_viewer(stack, nodes.b, "edge-viewer", ROOM)
         await trio.sleep(0.3)
         newcomer = await stack.enter_async_context(connect(nodes.a.ws_url))
         got: list[Rtp] = []
@@ -402,5 +338,5 @@ async def test_redis_restart_media_goes_on_and_joins_work_again(nodes: Nodes) ->
         stack.callback(peer2.close)
         await host2.produce("after-restart", peer2.transport["id"], "video",
                             vp8_producer(mid="0", ssrc=HOST_SSRC + 1))
-        late = await start_viewer(stack, nodes.b, "late-viewer", room="after-restart")
+        late = await start_viewer(stack, nodes.b, "late-viewer", "after-restart")
         assert late.consumer["producerId"]

@@ -23,6 +23,8 @@ def test_cluster_settings_from_the_environment() -> None:
     assert SECRET not in repr(cfg) and "cluster_secret='***'" in repr(cfg)
     single = load_config()
     assert single.cluster_redis_url is None and single.node_id is None
+    assert single.cluster_placement == "least_loaded"
+    assert load_config(env={"PYSFU_CLUSTER_PLACEMENT": "local"}).cluster_placement == "local"
 
 
 @pytest.mark.parametrize(("env", "needle"), [
@@ -35,6 +37,7 @@ def test_cluster_settings_from_the_environment() -> None:
     ({"PYSFU_NODE_PIPE_IP": "not-an-ip"}, "node_pipe_ip"),
     ({"PYSFU_NODE_PIPE_IP": "0.0.0.0"}, "node_pipe_ip"),
     ({"PYSFU_NODE_URL": "http://x/ws"}, "node_url"),
+    ({"PYSFU_CLUSTER_PLACEMENT": "random"}, "cluster_placement"),
 ])
 def test_bad_cluster_settings_are_refused(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle) as info:

@@ -17,7 +17,9 @@ PUBLIC: dict[str, set[str]] = {
         "__version__", "connect", "load_config", "serve",
     },
     "pysfu.client": {"SCTP_CAPABILITIES", "ConnectionLost", "RequestFailed", "ResumeState",
-                     "SignalingClient", "connect", "with_token"},
+                     "SignalingClient", "connect", "with_token",
+                     # cluster placement: join answered ``redirect {url}``
+                     "MAX_REDIRECTS", "Redirected", "connect_and_join"},
     "pysfu.config": {"Config", "ConfigError", "load_config", "normal_origin"},
     "pysfu.errors": {
         "SignalingError", "ALREADY_CONNECTED", "ALREADY_CONSUMING", "ALREADY_JOINED",

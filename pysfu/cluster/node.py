@@ -43,10 +43,11 @@ import trio
 from coredis.tokens import PureToken
 
 from pysfu.cluster.messages import NONCE_BYTES, MessageError, Opener, seal
+from pysfu.cluster.placement import LoadMeter, Placer, Target
 from pysfu.log import log_event
 from pysfu.pipe import PipeEnd, PipeError, PipeTransport
 from pysfu.plain import PlainTransportError
-from pysfu.room import Forbidden, NotFound, Role, Room, RoomError, Unavailable
+from pysfu.room import Forbidden, NotFound, Redirect, Role, Room, RoomError, Unavailable
 
 if TYPE_CHECKING:
     from pysfu.config import Config
@@ -63,6 +64,10 @@ WATCH_INTERVAL = 1.0  # seconds between checks that the nodes we depend on are a
 RESTART_QUIET = REFRESH + 1.0
 INBOX_RETRY = 1.0  # seconds between attempts to subscribe the inbox again
 REQUEST_TIMEOUT = 3.0  # seconds a node waits for another node's answer
+# A new room reserved in the directory for the node a host is redirected to lives this long
+# before the host arrives there (then the node refreshes it like its other rooms).
+RESERVATION_TTL = 10.0
+MAX_NODES = 1000  # registry entries read when placing a room
 MAX_PENDING_REQUESTS = 1024  # requests of this node waiting for an answer
 PREFIX = "pysfu"
 
@@ -118,8 +123,8 @@ class Cluster:
     one (``pysfu.room.Placement``)."""
 
     def __init__(self, config: Config, *, signaling_url: Callable[[], str],
-                 load: Callable[[], dict[str, Any]], clock: Callable[[], float] = time.time
-                 ) -> None:
+                 load: Callable[[], dict[str, Any]], clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         assert config.cluster_redis_url is not None and config.cluster_secret is not None
         self.config = config
         self.node_id = config.node_id or "n-" + secrets.token_hex(6)
@@ -127,6 +132,9 @@ class Cluster:
         self._signaling_url = signaling_url
         self._load = load
         self._clock = clock
+        self._monotonic = monotonic
+        self.meter = LoadMeter()
+        self.placer = Placer(self.node_id)
         self._opener = Opener(self._secret, self.node_id)
         self.redis: coredis.Redis[str] = coredis.Redis.from_url(
             config.cluster_redis_url, decode_responses=True)
@@ -167,9 +175,21 @@ class Cluster:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._leave()
 
+    def load(self) -> dict[str, Any]:
+        """This node's load now: rooms, peers, draining (counted now), forwarded packets/s
+        and CPU percent (over the last refresh period)."""
+        raw = self._load()
+        return {"rooms": raw.get("rooms", 0), "peers": raw.get("peers", 0),
+                "pps": round(self.meter.pps, 1), "cpu": round(self.meter.cpu, 1),
+                "draining": bool(raw.get("draining", False))}
+
     async def _register(self) -> None:
+        raw = self._load()
+        self.meter.sample(self._monotonic(), float(raw.get("cpuSeconds", 0.0)),
+                          int(raw.get("forwarded", 0)))
+        # nodeUrl: only a node_url set on purpose makes this node a redirect target.
         entry = {"id": self.node_id, "url": self._signaling_url(), "pipeIp": self.pipe_ip,
-                 "load": self._load(), "ts": self._clock()}
+                 "nodeUrl": self.config.node_url, "load": self.load(), "ts": self._clock()}
         await self.redis.set(node_key(self.node_id), json.dumps(entry), px=int(TTL * 1000))
 
     async def _leave(self) -> None:
@@ -229,32 +249,113 @@ class Cluster:
 
     # ---- placement (pysfu.room.Placement) -----------------------------------------------
 
-    async def place(self, room: Room, role: Role) -> None:
-        """Claim ``room`` for this node (SET NX), or make it an edge of its origin."""
-        key = room_key(room.id)
+    async def place(self, room: Room, role: Role, *, redirected: bool = False) -> None:
+        """Claim ``room`` for this node (SET NX), or make it an edge of its origin, or (a
+        host, ``least_loaded``, not arriving through a redirect) send the host to the least
+        loaded node (``Redirect``), the room reserved for that node in the directory."""
+        may_redirect = (role == "host" and not redirected
+                        and self.config.cluster_placement == "least_loaded")
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
-                won = await self.redis.set(key, self.node_id, condition=PureToken.NX,
-                                           px=int(TTL * 1000))
-                origin = self.node_id if won else await self.redis.get(key)
-                if origin is None:  # expired in between: try once more
-                    won = await self.redis.set(key, self.node_id, condition=PureToken.NX,
-                                               px=int(TTL * 1000))
-                    origin = self.node_id if won else await self.redis.get(key)
-                origin_alive = origin == self.node_id or (
-                    origin is not None and bool(await self.redis.exists([node_key(origin)])))
+                origin: str | None = None
+                origin_entry: dict[str, Any] | None = None
+                target = await self._reserve_elsewhere(room.id) if may_redirect else None
+                if target is None:
+                    origin = await self._claim(room.id)
+                    if origin is not None and origin != self.node_id:
+                        origin_entry = await self._entry(origin)
         except _REDIS_ERRORS as exc:
             log_event(logger, "cluster.directory_unreachable", level=logging.WARNING,
                       room=room.id, error=str(exc) or type(exc).__name__)
             raise Unavailable("the cluster directory is unreachable; try again") from None
+        if target is not None:
+            log_event(logger, "cluster.redirect", room=room.id, to=target.node_id,
+                      score=round(target.score, 1))
+            raise Redirect(target.url, target.node_id)
         if origin == self.node_id:
             self._serve(room)
             return
-        if origin is None or not origin_alive:
+        if origin is None or origin_entry is None:
             raise Unavailable("the room's node was lost; try again in a few seconds")
         if role == "host":
+            url = origin_entry.get("nodeUrl")
+            if may_redirect and isinstance(url, str) and url:
+                raise Redirect(url, origin)  # the host goes where its room is
             raise Forbidden("the room has a host on another node")
         await self._attach(room, origin)
+
+    async def _claim(self, room_id: str) -> str | None:
+        """The room's origin: this node if it won the directory entry (SET NX)."""
+        key = room_key(room_id)
+        won = await self.redis.set(key, self.node_id, condition=PureToken.NX,
+                                   px=int(TTL * 1000))
+        origin = self.node_id if won else await self.redis.get(key)
+        if origin is None:  # expired in between: try once more
+            won = await self.redis.set(key, self.node_id, condition=PureToken.NX,
+                                       px=int(TTL * 1000))
+            origin = self.node_id if won else await self.redis.get(key)
+        return origin
+
+    async def _entry(self, node: str) -> dict[str, Any] | None:
+        """A live node's registry entry (None: gone)."""
+        text = await self.redis.get(node_key(node))
+        try:
+            entry = json.loads(text) if text is not None else None
+        except ValueError:
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    async def _entries(self) -> list[dict[str, Any]]:
+        """Every live node's registry entry (at most MAX_NODES)."""
+        keys: list[str] = []
+        async for key in self.redis.scan_iter(match=f"{PREFIX}:node:*", count=100):
+            keys.append(key)
+            if len(keys) >= MAX_NODES:
+                break
+        entries = []
+        for text in await self.redis.mget(keys) if keys else []:
+            try:
+                entry = json.loads(text) if text is not None else None
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    async def leave_to_another_node(self, room_id: str) -> None:
+        """This node is draining: a host opening a new room here is redirected to the least
+        loaded other node (``least_loaded``), if there is one; else nothing happens (the
+        join is refused as unavailable)."""
+        if self.config.cluster_placement != "least_loaded":
+            return
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                target = await self._reserve_elsewhere(room_id, leaving=True)
+        except _REDIS_ERRORS:
+            return
+        if target is not None:
+            log_event(logger, "cluster.redirect", room=room_id, to=target.node_id,
+                      score=round(target.score, 1), draining=True)
+            raise Redirect(target.url, target.node_id)
+
+    async def _reserve_elsewhere(self, room_id: str, *, leaving: bool = False
+                                 ) -> Target | None:
+        """The least loaded node, if clearly less loaded than this one (``leaving``: any)
+        and the new room is now reserved for it in the directory; None: the room is placed
+        as usual."""
+        now = self._monotonic()
+        own = self.load()
+        if not leaving:
+            own["rooms"] = max(0, own["rooms"] - 1)  # (the room being placed is counted)
+        target = self.placer.choose(own, await self._entries(), now, leaving=leaving)
+        if target is None:
+            return None
+        reserved = await self.redis.set(room_key(room_id), target.node_id,
+                                        condition=PureToken.NX, px=int(RESERVATION_TTL * 1000))
+        if not reserved:
+            return None  # the room has a node already (or is reserved): placed as usual
+        self.placer.note_redirect(target, now)
+        return target
 
     def room_closed(self, room: Room) -> None:
         served = self.served.get(room.id)
@@ -551,12 +652,18 @@ def _forget_pipe(pipes: dict[str, PipeTransport], producer_id: str,
         del pipes[producer_id]
 
 
-def default_load(rooms: RoomRegistry | None) -> dict[str, Any]:
-    """What a node publishes of its load: rooms, peers, CPU seconds used so far."""
+def default_load(rooms: RoomRegistry | None, totals: Callable[[], dict[str, int]] | None = None,
+                 draining: bool = False) -> dict[str, Any]:
+    """A node's raw load: rooms, peers, draining, the process's CPU seconds so far and the
+    engine's RTP packets forwarded so far (``totals``: ``MediaEngine.totals``; the
+    ``Cluster`` turns the last two into rates)."""
     all_rooms = list(rooms.rooms.values()) if rooms is not None else []
     times = os.times()
+    counters = totals() if totals is not None else {}
     return {"rooms": len(all_rooms), "peers": sum(len(r.peers) for r in all_rooms),
-            "cpu": round(times.user + times.system, 2)}
+            "draining": draining, "cpuSeconds": times.user + times.system,
+            "forwarded": sum(counters.get(kind + "PacketsForwarded", 0)
+                             for kind in ("audio", "video"))}
 
 
 __all__ = ["Cluster", "RequestFailed", "default_load"]

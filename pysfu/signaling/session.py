@@ -43,6 +43,7 @@ from pysfu.room import (
     PeerNotFound,
     ProducerNotFound,
     RateLimited,
+    Redirect,
     Room,
     RoomClosed,
     RoomError,
@@ -353,8 +354,12 @@ class Session:
         room_id = get_name(data, "roomId")
         role = get_str(data, "role", choices=_ROLES)
         peer_id = self._identity(data, room_id, role)
-        room = await self.rooms.get_or_create(room_id, address=self.address,
-                                              role=role)  # type: ignore[arg-type]
+        try:
+            room = await self.rooms.get_or_create(
+                room_id, address=self.address, role=role,  # type: ignore[arg-type]
+                redirected=data.get("redirected") is True)
+        except Redirect as redirect:  # (cluster placement) join again at that node
+            return "redirect", {"roomId": room_id, "url": redirect.url, "node": redirect.node}
         peer, reconnected = room.join(peer_id, role, self.notify)  # type: ignore[arg-type]
         self.room, self.peer = room, peer
         self.joined.set()

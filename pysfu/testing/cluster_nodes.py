@@ -124,11 +124,13 @@ class Node:
 @asynccontextmanager
 async def serve_node(redis: RedisServer, node_id: str, directory: Path, *,
                      plain_ports: str, secret: str = CLUSTER_SECRET,
-                     extra_env: dict[str, str] | None = None) -> AsyncIterator[Node]:
+                     extra_env: dict[str, str] | None = None, node_url: bool = False,
+                     port: int | None = None) -> AsyncIterator[Node]:
     """``python -m pysfu serve`` on loopback, in the cluster of ``redis``; its log in
     ``directory``. ``plain_ports`` (first-last) keeps the pipes of nodes on one machine
-    apart."""
-    port = free_port()
+    apart. ``node_url``: the node publishes its URL (``ws://127.0.0.1:port/ws``), which
+    makes it a placement redirect target; ``port``: its signaling port (default free)."""
+    port = port or free_port()
     log = directory / f"{node_id}.log"
     env = dict(os.environ)
     env.update({"PYSFU_CLUSTER_REDIS_URL": redis.url, "PYSFU_CLUSTER_SECRET": secret,
@@ -139,6 +141,8 @@ async def serve_node(redis: RedisServer, node_id: str, directory: Path, *,
                 # 50-round race opens 100 in about two seconds).
                 "PYSFU_CONNECTIONS_PER_SECOND_PER_ADDRESS": "1000",
                 "PYSFU_CONNECTION_BURST_PER_ADDRESS": "1000"})
+    if node_url:
+        env["PYSFU_NODE_URL"] = f"ws://127.0.0.1:{port}/ws"
     env.update(extra_env or {})
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -15,6 +15,8 @@
 //                                 has auth_secret): sent in join; the peer id is the token's
 //                                 identity. Without a secret configured, rooms are open and
 //                                 no token is needed.
+//      &hops=N                    set by a cluster's placement redirect (this page moved here
+//                                 from another node's; the join says `redirected`)
 //
 // Test hook: window.pysfu = { state, stats(), setPreferredLayers(spatial, temporal?),
 //                            serverStats(query), restartIce(direction), dropSignaling(),
@@ -32,6 +34,12 @@ const TOKEN = new URLSearchParams(location.search).get('token');
 // session for host_grace_period, 10 s by default), first after RESUME_RETRY_MS, doubling.
 const RESUME_PATIENCE_MS = 15000;
 const RESUME_RETRY_MS = 200;
+// A join answered 'redirect {url}' (a cluster sends a host opening a new room to a less loaded
+// node): the page moves to that node's page (same query, &hops=N; the page's Content-Security-
+// Policy lets it open a WebSocket to its own origin only) and joins there with
+// `redirected: true`, after at most this many hops.
+const MAX_REDIRECTS = 3;
+const HOPS = Number(new URLSearchParams(location.search).get('hops')) || 0;
 
 // ---- state (read by the tests through window.pysfu.state) ------------------------------------
 
@@ -45,6 +53,7 @@ const state = {
   reconnected: false,
   resuming: false, // host: the WebSocket dropped, a resume is under way
   resumes: 0, // host: sessions resumed after a WebSocket drop
+  hops: HOPS, // redirects this page followed to get here (cluster placement)
   iceRestarts: 0, // ICE restarts done (transport.restartIce after a restartIce request)
   deviceLoaded: false,
   handlerName: null,
@@ -178,7 +187,7 @@ async function connect(roomId, role, peerId) {
   log('signaling open');
   // With a token the server takes our peer id from it (a reload with the same token rejoins
   // as the same peer); without one, we name ourselves.
-  const joined = await sig.request('join', TOKEN ? { roomId, role, token: TOKEN } : { roomId, role, peerId });
+  const joined = await join(roomId, role, peerId);
   state.peerId = joined.peerId;
   resumeToken = joined.resumeToken || null; // hosts only
   state.joined = true;
@@ -190,6 +199,38 @@ async function connect(roomId, role, peerId) {
   state.deviceLoaded = true;
   state.handlerName = device.handlerName;
   log(`device loaded (${device.handlerName})`);
+}
+
+// join; a 'redirect {url}' answer moves the page to that node (redirectedPage).
+async function join(roomId, role, peerId) {
+  const request = TOKEN ? { roomId, role, token: TOKEN } : { roomId, role, peerId };
+  if (HOPS > 0) request.redirected = true; // we came through a redirect: stay here
+  const answer = await sig.requestAnswer('join', request);
+  if (answer.event !== 'redirect') return answer.data;
+  const target = redirectedPage(answer.data.url);
+  log(`redirected to ${target}${answer.data.node ? ` (node ${answer.data.node})` : ''}`);
+  sig.close();
+  location.replace(target);
+  return new Promise(() => {}); // the page goes away
+}
+
+// The demo page of the node whose signaling URL is `url` (ws[s]://host:port/ws), with this
+// page's query and one more hop.
+function redirectedPage(url) {
+  let target;
+  try {
+    target = new URL(url);
+  } catch {
+    throw new Error(`join: bad redirect (${url})`);
+  }
+  if (!['ws:', 'wss:'].includes(target.protocol) || HOPS >= MAX_REDIRECTS) {
+    throw new Error(`join: too many or bad redirects (${url})`);
+  }
+  const page = new URL(`${target.protocol === 'wss:' ? 'https' : 'http'}://${target.host}/`);
+  const query = new URLSearchParams(location.search);
+  query.set('hops', String(HOPS + 1));
+  page.search = query.toString();
+  return page.toString();
 }
 
 function sleep(ms) {

@@ -1,5 +1,6 @@
 // WebSocket signaling client: JSON text frames {id, event, data}.
-// request() resolves with the answer's data (same id) or rejects with a SignalingError.
+// request() resolves with the answer's data (same id) or rejects with a SignalingError;
+// requestAnswer() resolves with {event, data} (a join may answer 'joined' or 'redirect').
 // Notifications (no id) go to the onNotification callback.
 
 export class SignalingError extends Error {
@@ -60,6 +61,10 @@ export class Signaling {
   }
 
   request(event, data = {}) {
+    return this.requestAnswer(event, data).then((answer) => answer.data);
+  }
+
+  requestAnswer(event, data = {}) {
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
       return Promise.reject(new SignalingError('closed', 'not connected', event));
     }
@@ -90,7 +95,7 @@ export class Signaling {
         const d = msg.data || {};
         reject(new SignalingError(d.code || 'error', d.message || 'error', d.request || event));
       } else {
-        resolve(msg.data || {});
+        resolve({ event: msg.event, data: msg.data || {} });
       }
       return;
     }
