@@ -1,8 +1,9 @@
 """Plain transports (mediasoup's PlainTransport): RTP/RTCP without ICE or DTLS, for ffmpeg,
 GStreamer, an RTSP camera relay or a recorder. And the helpers a user would otherwise write
 by hand: the SDP file ffmpeg/GStreamer read to receive a consumer (``consumer_sdp``), the
-``rtpParameters`` of a plain producer (``plain_producer_parameters``) and the ffmpeg command
-line that sends a file or a test pattern into plain transports (``ffmpeg_send_command``).
+``rtpParameters`` of a plain producer (``plain_producer_parameters``), the ffmpeg command
+line that sends a file or a test pattern into plain transports (``ffmpeg_send_command``)
+and the GStreamer one (``gst_send_command``).
 
 A plain transport has a UDP socket of its own in the engine (a port of
 ``plain_port_range``): plain RTP carries no ICE username to tell transports apart on the
@@ -336,6 +337,26 @@ def ffmpeg_send_command(source: list[str], *, video: RtpTarget | None = None,
             url += f"&rtcpport={target.rtcp_port}"
         argv += [*opts, "-ssrc", str(target.ssrc), "-payload_type", str(target.payload_type),
                  "-f", "rtp", url]
+    return argv
+
+
+def gst_send_command(video: RtpTarget, *, source: str = "videotestsrc is-live=true",
+                     caps: str = "video/x-raw,width=640,height=480,framerate=30/1",
+                     bitrate: int = 1_000_000, gst: str = "gst-launch-1.0") -> list[str]:
+    """The gst-launch-1.0 command (argv) that encodes ``source`` (a GStreamer source
+    description, e.g. ``"videotestsrc is-live=true num-buffers=300"`` or ``"v4l2src"``) to
+    VP8 and sends it into a plain transport (comedia) through ``rtpbin``: RTP to
+    ``video``'s port and, for a target with an ``rtcp_port`` (``rtcpMux: false``), rtpbin's
+    sender reports to that port (a rtcp-mux transport gets none: they would come from
+    another source port). ``shlex.join`` it (or ``shell``) for a shell."""
+    argv = [gst, "-q", "rtpbin", "name=rb", *shlex.split(source), "!", caps, "!", "vp8enc",
+            "deadline=1", "keyframe-max-dist=60", f"target-bitrate={bitrate}", "!",
+            "rtpvp8pay", f"pt={video.payload_type}", f"ssrc={video.ssrc}", "mtu=1200", "!",
+            "rb.send_rtp_sink_0", "rb.send_rtp_src_0", "!", "udpsink", f"host={video.ip}",
+            f"port={video.port}"]
+    if video.rtcp_port is not None:
+        argv += ["rb.send_rtcp_src_0", "!", "udpsink", f"host={video.ip}",
+                 f"port={video.rtcp_port}", "sync=false", "async=false"]
     return argv
 
 
