@@ -1,10 +1,10 @@
 # The two set-up commands of README.md: `make serve` and `make test`.
-.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser ffmpeg redis fuzz fuzz-ci bench bench-native
+.PHONY: serve test setup setup-test test-rust test-python lint web e2e browser ffmpeg gstreamer redis fuzz fuzz-ci bench bench-native
 
 serve: setup
 	.venv/bin/pysfu serve $(ARGS)
 
-test: setup-test lint browser ffmpeg redis web test-rust fuzz-ci test-python
+test: setup-test lint browser ffmpeg gstreamer redis web test-rust fuzz-ci test-python
 
 setup:
 	scripts/setup.sh
@@ -53,6 +53,10 @@ browser:
 # Debian's ffmpeg + ffprobe for the plain transport tests (apt; a no-op when present).
 ffmpeg:
 	scripts/install-ffmpeg.sh
+
+# Debian's GStreamer tools + good plugins for the GStreamer plain transport test (apt).
+gstreamer:
+	scripts/install-gstreamer.sh
 
 # Debian's redis-server for the cluster tests (apt; a no-op when present).
 redis:

@@ -99,8 +99,8 @@ def main() -> None:
     else:
         b = Engine("127.0.0.1", 0)
         engines.append(b)
-        port_a = a.add_plain_transport(5, "127.0.0.1", PORTS, False, True)
-        port_b = b.add_plain_transport(6, "127.0.0.1", PORTS, False, True)
+        port_a, _ = a.add_plain_transport(5, "127.0.0.1", PORTS, False, True)
+        port_b, _ = b.add_plain_transport(6, "127.0.0.1", PORTS, False, True)
         ka, kb = os.urandom(KLEN + SLEN), os.urandom(KLEN + SLEN)
         # A protects with ka, B with kb; each unprotects with the other's.
         a.connect_plain(5, "127.0.0.1", port_b, SrtpKeys(PROFILE, ka[:KLEN], ka[KLEN:],

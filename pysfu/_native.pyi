@@ -171,15 +171,18 @@ class Engine:
         """Also removes the transport's producers and consumers (and their consumers)."""
     def add_plain_transport(
         self, handle: int, host: str, ports: tuple[int, int], comedia: bool = False,
-        srtp: bool = False,
-    ) -> int:
-        """A plain/pipe transport on its own UDP socket (a free port of the range, returned):
-        no ICE, no DTLS; ``comedia``: the remote address is the first valid packet's source."""
+        srtp: bool = False, rtcp_mux: bool = True,
+    ) -> tuple[int, int | None]:
+        """A plain/pipe transport on its own UDP socket (a free port of the range): no ICE,
+        no DTLS; ``comedia``: the remote address is the first valid packet's source;
+        ``rtcp_mux`` false: a second socket for RTCP (port + 1 where the range allows).
+        The ports: (RTP, RTCP or None)."""
     def connect_plain(
         self, handle: int, ip: str | None = None, port: int | None = None,
-        keys: SrtpKeys | None = None,
+        keys: SrtpKeys | None = None, rtcp_port: int | None = None,
     ) -> None:
-        """The plain transport's remote address (not for comedia) and SRTP keys."""
+        """The plain transport's remote address (not for comedia), remote RTCP port (only
+        without rtcp-mux, then required) and SRTP keys."""
     def request_key_frame(self, handle: int) -> None:
         """Ask consumer ``handle``'s producer for a key frame."""
     def plain_sockets(self) -> int:

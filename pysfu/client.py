@@ -284,7 +284,7 @@ class SignalingClient:
 
     async def connect_plain_transport(self, room_id: str, transport_id: str,
                                       **options: Any) -> dict[str, Any]:
-        """``options``: ip, port, srtpParameters."""
+        """``options``: ip, port, rtcpPort (rtcpMux false), srtpParameters."""
         return await self.request("connectPlainTransport", {
             "roomId": room_id, "transportId": transport_id, **options})
 

@@ -121,16 +121,18 @@ class MediaEngine:
     # `sink` gets no upcalls (nothing is handed up for them) but is registered like any
     # transport so that removal goes through one path.
     def add_plain_transport(self, handle: int, host: str, ports: tuple[int, int], *,
-                            comedia: bool, srtp: bool, sink: UpcallSink) -> int:
-        """The local port the transport's socket was bound to."""
-        port = self.native.add_plain_transport(handle, host, ports, comedia, srtp)
+                            comedia: bool, srtp: bool, sink: UpcallSink,
+                            rtcp_mux: bool = True) -> tuple[int, int | None]:
+        """The local ports the transport's sockets were bound to: (RTP, RTCP if not muxed)."""
+        ports_bound = self.native.add_plain_transport(handle, host, ports, comedia, srtp,
+                                                      rtcp_mux)
         self._transports[handle] = sink
-        return port
+        return ports_bound
 
     def connect_plain(self, handle: int, remote: tuple[str, int] | None,
-                      keys: _native.SrtpKeys | None) -> None:
+                      keys: _native.SrtpKeys | None, rtcp_port: int | None = None) -> None:
         ip, port = remote if remote is not None else (None, None)
-        self._call(self.native.connect_plain, handle, ip, port, keys)
+        self._call(self.native.connect_plain, handle, ip, port, keys, rtcp_port)
 
     def request_key_frame(self, consumer: int) -> None:
         self._call(self.native.request_key_frame, consumer)

@@ -1,8 +1,9 @@
 """Plain transports (mediasoup's PlainTransport): RTP/RTCP without ICE or DTLS, for ffmpeg,
 GStreamer, an RTSP camera relay or a recorder. And the helpers a user would otherwise write
 by hand: the SDP file ffmpeg/GStreamer read to receive a consumer (``consumer_sdp``), the
-``rtpParameters`` of a plain producer (``plain_producer_parameters``) and the ffmpeg command
-line that sends a file or a test pattern into plain transports (``ffmpeg_send_command``).
+``rtpParameters`` of a plain producer (``plain_producer_parameters``), the ffmpeg command
+line that sends a file or a test pattern into plain transports (``ffmpeg_send_command``)
+and the GStreamer one (``gst_send_command``).
 
 A plain transport has a UDP socket of its own in the engine (a port of
 ``plain_port_range``): plain RTP carries no ICE username to tell transports apart on the
@@ -10,7 +11,15 @@ shared media port. Its remote address is fixed by ``connect`` or, with ``comedia
 from the first valid packet and never moved afterwards; datagrams from anywhere else are
 dropped and counted (``plain_wrong_source``). SRTP is optional: with ``enableSrtp`` we
 generate our key (``srtpParameters`` of the answer) and the remote gives its own with
-``connectPlainTransport``. RTCP goes on the RTP port (rtcp-mux).
+``connectPlainTransport``.
+
+RTCP goes on the RTP port (rtcp-mux) unless the transport is made with ``rtcpMux: false``
+(mediasoup's option): it then has a second port for RTCP (``rtcpTuple``), the RTP port + 1
+where the range allows (what ffmpeg's ``rtp://`` output and RFC 3550 assume); the remote
+RTCP port comes with ``connectPlainTransport {rtcpPort}`` or, comedia, from the first valid
+RTCP packet on that port. RTP on the RTCP port, and RTCP on the RTP port from the remote
+RTP address, are dropped and counted (``plain_wrong_port``); RTCP on the RTP port from the
+remote RTCP address is taken, as mediasoup does.
 """
 
 from __future__ import annotations
@@ -95,16 +104,19 @@ class PlainTransport(MediaTransport):
 
     def __init__(self, transport_id: str, owner: str, *, handle: int, media: MediaEngine,
                  config: Config, comedia: bool = False, enable_srtp: bool = False,
-                 srtp_suite: str = DEFAULT_SRTP_SUITE, room_id: str = "") -> None:
+                 srtp_suite: str = DEFAULT_SRTP_SUITE, room_id: str = "",
+                 rtcp_mux: bool = True) -> None:
         super().__init__(transport_id, owner, "plain", handle=handle, media=media,
                          room_id=room_id)
         if srtp_suite not in SRTP_SUITES:
             raise PlainTransportError(f"srtpCryptoSuite must be one of {', '.join(SRTP_SUITES)}")
         self.comedia = comedia
+        self.rtcp_mux = rtcp_mux
         self.local_ip = config.rtc_ip
         self.announced_ip = config.candidate_ip
         self._ports = config.plain_ports
         self.local_port = 0
+        self.local_rtcp_port: int | None = None
         self.srtp_suite = srtp_suite if enable_srtp else None
         self._local_key = b""
         if enable_srtp:
@@ -112,6 +124,7 @@ class PlainTransport(MediaTransport):
             self._local_key = secrets.token_bytes(key_len + salt_len)
         self.connected = False
         self.remote: tuple[str, int] | None = None
+        self.remote_rtcp_port: int | None = None
         self._registered = False
         # Called once when it closes (limits freed, a pipe's other side closed).
         self.on_closed: list[Callable[[], None]] = []
@@ -125,10 +138,10 @@ class PlainTransport(MediaTransport):
         return True
 
     def open(self) -> None:
-        """Bind its socket in the engine (OSError/ValueError if no port is free)."""
-        self.local_port = self._media.add_plain_transport(
+        """Bind its socket(s) in the engine (OSError/ValueError if no port is free)."""
+        self.local_port, self.local_rtcp_port = self._media.add_plain_transport(
             self.handle, self.local_ip, self._ports, comedia=self.comedia,
-            srtp=self.srtp_suite is not None, sink=self)
+            srtp=self.srtp_suite is not None, sink=self, rtcp_mux=self.rtcp_mux)
         self._registered = True
 
     def parameters(self) -> dict[str, Any]:
@@ -138,9 +151,12 @@ class PlainTransport(MediaTransport):
             "id": self.id,
             "tuple": {"localIp": self.announced_ip, "localPort": self.local_port,
                       "protocol": "udp"},
-            "rtcpMux": True,
+            "rtcpMux": self.rtcp_mux,
             "comedia": self.comedia,
         }
+        if self.local_rtcp_port is not None:
+            answer["rtcpTuple"] = {"localIp": self.announced_ip,
+                                   "localPort": self.local_rtcp_port, "protocol": "udp"}
         if self.srtp_suite is not None:
             answer["srtpParameters"] = {
                 "cryptoSuite": self.srtp_suite,
@@ -149,15 +165,22 @@ class PlainTransport(MediaTransport):
         return answer
 
     def connect(self, *, ip: str | None, port: int | None,
-                srtp_parameters: Any = None) -> None:
-        """The remote end: its address (required unless comedia, refused with comedia) and,
-        for an SRTP transport, its key (mediasoup's SrtpParameters, same suite as ours)."""
+                srtp_parameters: Any = None, rtcp_port: int | None = None) -> None:
+        """The remote end: its address (required unless comedia, refused with comedia), its
+        RTCP port (mediasoup's rules: required without rtcp-mux unless comedia, refused with
+        rtcp-mux) and, for an SRTP transport, its key (mediasoup's SrtpParameters, same suite
+        as ours)."""
         if self.connected:
             raise AlreadyConnectedPlain("plain transport already connected")
-        if self.comedia and (ip is not None or port is not None):
-            raise PlainTransportError("a comedia transport learns ip/port from the first packet")
+        if self.comedia and (ip is not None or port is not None or rtcp_port is not None):
+            raise PlainTransportError(
+                "a comedia transport learns ip/port/rtcpPort from the first packets")
         if not self.comedia and (ip is None or port is None):
             raise PlainTransportError("ip and port are required (comedia is off)")
+        if self.rtcp_mux and rtcp_port is not None:
+            raise PlainTransportError("rtcpPort: cannot be set with rtcpMux enabled")
+        if not self.rtcp_mux and not self.comedia and rtcp_port is None:
+            raise PlainTransportError("rtcpPort: required with rtcpMux disabled")
         keys: SrtpKeys | None = None
         if self.srtp_suite is not None:
             if srtp_parameters is None:
@@ -172,12 +195,13 @@ class PlainTransport(MediaTransport):
         elif srtp_parameters is not None:
             raise PlainTransportError("srtpParameters given but SRTP is off (enableSrtp)")
         remote = (ip, port) if ip is not None and port is not None else None
-        self._media.connect_plain(self.handle, remote, keys)
+        self._media.connect_plain(self.handle, remote, keys, rtcp_port)
         self.connected = True
         self.remote = remote
+        self.remote_rtcp_port = rtcp_port
         log_event(logger, "plain_transport.connected", room=self.room_id, peer=self.owner,
                   transport=self.id, remote=f"{ip}:{port}" if remote else "comedia",
-                  srtp=self.srtp_suite is not None)
+                  rtcp_port=rtcp_port, srtp=self.srtp_suite is not None)
 
     def deliver(self, kind: str, ip: str, port: int, data: bytes, protocol: str = "udp") -> None:
         """Upcalls: none carry data for a plain transport (only "first media" notes)."""
@@ -203,12 +227,16 @@ class PlainTransport(MediaTransport):
 
 
 def consumer_sdp(consumers: list[dict[str, Any]], *, ip: str, port: int | None = None,
-                 srtp_parameters: dict[str, Any] | None = None) -> str:
+                 srtp_parameters: dict[str, Any] | None = None,
+                 rtcp_port: int | None = None) -> str:
     """The SDP file ffmpeg (``-protocol_whitelist file,udp,rtp -i x.sdp``) or GStreamer
     (``sdpdemux``) reads to receive consumers of a plain transport connected to ``ip`` /
     port. ``consumers``: the ``consume`` answers ({kind, rtpParameters}), one port each
     (``port`` for all when there is one, else each entry's ``port``). ``srtp_parameters``:
-    the plain transport's own (``plainTransportCreated``), for an SRTP transport."""
+    the plain transport's own (``plainTransportCreated``), for an SRTP transport.
+    ``rtcp_port`` (or each entry's ``rtcpPort``): the transport was made with ``rtcpMux:
+    false`` and connected with this ``rtcpPort``: ``a=rtcp:<port>`` (RFC 3605) instead of
+    ``a=rtcp-mux`` (ffmpeg ignores both and takes RTCP on port + 1: connect with that)."""
     family = "IP6" if ":" in ip else "IP4"
     lines = ["v=0", f"o=- 0 0 IN {family} {ip}", "s=pysfu", f"c=IN {family} {ip}", "t=0 0"]
     for entry in consumers:
@@ -222,7 +250,8 @@ def consumer_sdp(consumers: list[dict[str, Any]], *, ip: str, port: int | None =
         proto = "RTP/SAVP" if srtp_parameters else "RTP/AVP"
         pts = " ".join(str(c["payloadType"]) for c in codecs)
         lines.append(f"m={entry['kind']} {media_port} {proto} {pts}")
-        lines.append("a=rtcp-mux")
+        entry_rtcp = entry.get("rtcpPort", rtcp_port)
+        lines.append(f"a=rtcp:{entry_rtcp}" if entry_rtcp is not None else "a=rtcp-mux")
         for c in codecs:
             name = c["mimeType"].split("/", 1)[1]
             rate = f"{name}/{c['clockRate']}"
@@ -267,12 +296,15 @@ def plain_producer_parameters(kind: str, *, payload_type: int, ssrc: int,
 @dataclass(frozen=True)
 class RtpTarget:
     """Where ffmpeg sends one stream: a plain transport's tuple and the PT/SSRC its
-    producer was declared with (``plain_producer_parameters``)."""
+    producer was declared with (``plain_producer_parameters``); ``rtcp_port``: the
+    transport's ``rtcpTuple.localPort`` when it was made with ``rtcpMux: false`` (ffmpeg
+    then sends its sender reports there)."""
 
     ip: str
     port: int
     payload_type: int
     ssrc: int
+    rtcp_port: int | None = None
 
 
 def ffmpeg_send_command(source: list[str], *, video: RtpTarget | None = None,
@@ -282,8 +314,10 @@ def ffmpeg_send_command(source: list[str], *, video: RtpTarget | None = None,
     """The ffmpeg command (argv) that sends ``source`` (input options and ``-i`` input, e.g.
     ``["-re", "-i", "movie.mp4"]`` or a lavfi test pattern) into plain transports (comedia):
     VP8 to ``video``, Opus to ``audio``, one transport each (a transport takes one source
-    address). ffmpeg's own RTCP is off (``skip_rtcp``): it would come from another port than
-    its RTP, which a rtcp-mux transport drops. ``video_stream`` / ``audio_stream``: which
+    address). For a rtcp-mux transport ffmpeg's own RTCP is off (``skip_rtcp``): it would
+    come from another port than its RTP, which such a transport drops; for a target with an
+    ``rtcp_port`` (``rtcpMux: false``) ffmpeg sends its sender reports there
+    (``?rtcpport=``). ``video_stream`` / ``audio_stream``: which
     input streams (``-map``; e.g. "1:a:0" for a second input). ``shlex.join`` it for a shell."""
     if video is None and audio is None:
         raise ValueError("ffmpeg_send_command: a video and/or an audio target")
@@ -296,9 +330,33 @@ def ffmpeg_send_command(source: list[str], *, video: RtpTarget | None = None,
         if target is None:
             continue
         host = f"[{target.ip}]" if ":" in target.ip else target.ip
+        url = f"rtp://{host}:{target.port}?pkt_size=1200"
+        if target.rtcp_port is None:
+            opts += ["-rtpflags", "skip_rtcp"]
+        else:
+            url += f"&rtcpport={target.rtcp_port}"
         argv += [*opts, "-ssrc", str(target.ssrc), "-payload_type", str(target.payload_type),
-                 "-rtpflags", "skip_rtcp", "-f", "rtp",
-                 f"rtp://{host}:{target.port}?pkt_size=1200"]
+                 "-f", "rtp", url]
+    return argv
+
+
+def gst_send_command(video: RtpTarget, *, source: str = "videotestsrc is-live=true",
+                     caps: str = "video/x-raw,width=640,height=480,framerate=30/1",
+                     bitrate: int = 1_000_000, gst: str = "gst-launch-1.0") -> list[str]:
+    """The gst-launch-1.0 command (argv) that encodes ``source`` (a GStreamer source
+    description, e.g. ``"videotestsrc is-live=true num-buffers=300"`` or ``"v4l2src"``) to
+    VP8 and sends it into a plain transport (comedia) through ``rtpbin``: RTP to
+    ``video``'s port and, for a target with an ``rtcp_port`` (``rtcpMux: false``), rtpbin's
+    sender reports to that port (a rtcp-mux transport gets none: they would come from
+    another source port). ``shlex.join`` it (or ``shell``) for a shell."""
+    argv = [gst, "-q", "rtpbin", "name=rb", *shlex.split(source), "!", caps, "!", "vp8enc",
+            "deadline=1", "keyframe-max-dist=60", f"target-bitrate={bitrate}", "!",
+            "rtpvp8pay", f"pt={video.payload_type}", f"ssrc={video.ssrc}", "mtu=1200", "!",
+            "rb.send_rtp_sink_0", "rb.send_rtp_src_0", "!", "udpsink", f"host={video.ip}",
+            f"port={video.port}"]
+    if video.rtcp_port is not None:
+        argv += ["rb.send_rtcp_src_0", "!", "udpsink", f"host={video.ip}",
+                 f"port={video.rtcp_port}", "sync=false", "async=false"]
     return argv
 
 

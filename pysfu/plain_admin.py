@@ -2,9 +2,11 @@
 without being its host): under ``/admin/rooms/{roomId}/plain``, POST, parameters in the
 query string, answers as the signaling protocol's.
 
-- ``POST .../plain?comedia=&enableSrtp=&srtpCryptoSuite=`` -> the ``plainTransportCreated``
-  payload (owned by the operator; counted in the room's plain transport limit).
-- ``POST .../plain/{transportId}/connect?ip=&port=`` -> ``{transportId}``
+- ``POST .../plain?comedia=&rtcpMux=&enableSrtp=&srtpCryptoSuite=`` -> the
+  ``plainTransportCreated`` payload (owned by the operator; counted in the room's plain
+  transport limit; ``rtcpMux=false``: a second port for RTCP, ``rtcpTuple``).
+- ``POST .../plain/{transportId}/connect?ip=&port=&rtcpPort=`` -> ``{transportId}``
+  (``rtcpPort``: required with ``rtcpMux=false``, refused otherwise)
 - ``POST .../plain/{transportId}/consume?producerId=`` -> ``{consumer: {id, producerId,
   kind, rtpParameters}, sdp}``: the SDP file ffmpeg/GStreamer read (``consumer_sdp``), for a
   connected transport. The consumer starts paused.
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 Answer = tuple[int, dict[str, Any]]
 
 _TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
 
 
 def _error(status: int, code: str, message: str) -> Answer:
@@ -35,7 +38,7 @@ def _port(value: str | None) -> int | None:
     if value is None:
         return None
     if not value.isdigit() or not 1 <= int(value) <= 65535:
-        raise PlainTransportError("port: a port number 1..65535")
+        raise PlainTransportError("port/rtcpPort: a port number 1..65535")
     return int(value)
 
 
@@ -57,7 +60,8 @@ def _admin_plain(room: Room, rest: list[str], query: dict[str, str]) -> Answer:
             raise PlainTransportError(f"srtpCryptoSuite: one of {', '.join(SRTP_SUITES)}")
         transport = room.create_plain_transport(
             None, comedia=query.get("comedia", "").lower() in _TRUE,
-            enable_srtp=query.get("enableSrtp", "").lower() in _TRUE, srtp_suite=suite)
+            enable_srtp=query.get("enableSrtp", "").lower() in _TRUE, srtp_suite=suite,
+            rtcp_mux=query.get("rtcpMux", "").lower() not in _FALSE)
         return 200, transport.parameters()
     if len(rest) == 3 and rest[0] == "consumers" and rest[2] in ("resume", "keyframe"):
         consumer = room.admin_consumer(rest[1])
@@ -72,7 +76,8 @@ def _admin_plain(room: Room, rest: list[str], query: dict[str, str]) -> Answer:
         return _error(404, errors.UNKNOWN_EVENT, "no such admin request (or method)")
     transport = room.owned_plain_transport(None, rest[0])
     if rest[1] == "connect":
-        transport.connect(ip=query.get("ip"), port=_port(query.get("port")))
+        transport.connect(ip=query.get("ip"), port=_port(query.get("port")),
+                          rtcp_port=_port(query.get("rtcpPort")))
         return 200, {"transportId": transport.id}
     if rest[1] == "close":
         room.close_plain_transport(None, transport.id)
@@ -89,6 +94,7 @@ def _admin_plain(room: Room, rest: list[str], query: dict[str, str]) -> Answer:
             srtp = transport.parameters().get("srtpParameters")
             answer["sdp"] = consumer_sdp(
                 [{"kind": consumer.kind, "rtpParameters": consumer.rtp_parameters}],
-                ip=transport.remote[0], port=transport.remote[1], srtp_parameters=srtp)
+                ip=transport.remote[0], port=transport.remote[1], srtp_parameters=srtp,
+                rtcp_port=transport.remote_rtcp_port)
         return 200, answer
     return _error(404, errors.UNKNOWN_EVENT, "no such admin request (or method)")

@@ -467,9 +467,9 @@ class Room:
     # ---- plain transports (RTP without ICE/DTLS: ffmpeg, GStreamer, recorders) --------------
 
     def create_plain_transport(self, peer: Peer | None, *, comedia: bool, enable_srtp: bool,
-                               srtp_suite: str) -> PlainTransport:
+                               srtp_suite: str, rtcp_mux: bool = True) -> PlainTransport:
         """The host (or, ``peer`` None, the operator through the admin API) opens a plain
-        transport: a UDP port of its own in the engine."""
+        transport: a UDP port of its own in the engine (two without ``rtcp_mux``)."""
         self._check_open()
         if peer is not None and peer.role != "host":
             raise Forbidden("only the host may create a plain transport")
@@ -481,7 +481,7 @@ class Room:
         owner = peer.id if peer is not None else ADMIN_OWNER
         transport = PlainTransport(new_id(), owner, handle=ctx.next_handle(), media=ctx.media,
                                    config=ctx.config, comedia=comedia, enable_srtp=enable_srtp,
-                                   srtp_suite=srtp_suite, room_id=self.id)
+                                   srtp_suite=srtp_suite, room_id=self.id, rtcp_mux=rtcp_mux)
         try:
             transport.open()
         except (OSError, ValueError) as exc:
@@ -492,8 +492,8 @@ class Room:
             peer.plain_transports[transport.id] = transport
         self.plain_transports[transport.id] = transport
         log_event(logger, "plain_transport.created", room=self.id, peer=owner,
-                  transport=transport.id, port=transport.local_port, comedia=comedia,
-                  srtp=enable_srtp)
+                  transport=transport.id, port=transport.local_port,
+                  rtcp_port=transport.local_rtcp_port, comedia=comedia, srtp=enable_srtp)
         return transport
 
     def owned_plain_transport(self, peer: Peer | None, transport_id: str) -> PlainTransport:

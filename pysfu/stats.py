@@ -79,12 +79,28 @@ def plain_transport_stats(media: MediaEngine, transport: PlainTransport) -> Reco
         "transportId": transport.id,
         "timestamp": _now_ms(),
         "comedia": transport.comedia,
-        "rtcpMux": True,
+        "rtcpMux": transport.rtcp_mux,
         "tuple": {"localIp": transport.announced_ip, "localPort": transport.local_port,
                   "remoteIp": ip.strip("[]") or None, "remotePort": int(port) if port else None,
                   "protocol": "udp"},
         "wrongSourceDropped": state.get("wrongSourceDropped", 0),
+        **_rtcp_tuple(transport, state),
     }]
+
+
+def _rtcp_tuple(transport: PlainTransport, state: dict[str, Any]) -> dict[str, Any]:
+    """A plain transport without rtcp-mux: its RTCP tuple (mediasoup's ``rtcpTuple``) and
+    what came to the wrong port."""
+    if transport.local_rtcp_port is None:
+        return {}
+    ip, _, port = str(state.get("rtcpTuple") or "").rpartition(":")
+    return {
+        "rtcpTuple": {"localIp": transport.announced_ip, "localPort": transport.local_rtcp_port,
+                      "remoteIp": ip.strip("[]") or None,
+                      "remotePort": int(port) if port else None, "protocol": "udp"},
+        "rtpOnRtcpPortDropped": state.get("rtpOnRtcpPortDropped", 0),
+        "rtcpOnRtpPortDropped": state.get("rtcpOnRtpPortDropped", 0),
+    }
 
 
 def producer_stats(media: MediaEngine, producer: Producer) -> Records | None:

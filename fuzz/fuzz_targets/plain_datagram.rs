@@ -1,10 +1,12 @@
 //! Plain transports' datagrams: a room with a plain producer transport (fixed remote),
-//! a comedia plain transport and a plain consumer transport (with a plain and a pipe
-//! consumer) receives arbitrary datagrams
+//! a comedia plain transport, a comedia one without rtcp-mux (RTP and RTCP sockets) and a
+//! plain consumer transport (with a plain and a pipe consumer) receives arbitrary datagrams
 //! from the right and wrong sources, on the plain sockets and on the main one. Invariants:
 //! no panic, no object created or removed, media leaves a plain transport only by its own
 //! socket and only to its remote address (a comedia transport's is its first valid
-//! source, never replaced), and nothing goes to an address that is not a known peer.
+//! source, never replaced; without rtcp-mux, RTCP leaves only by the RTCP socket, to the
+//! first valid RTCP source there, never replaced), and nothing goes to an address that is
+//! not a known peer.
 #![no_main]
 
 mod common;
@@ -18,6 +20,8 @@ use pysfu_native::router::Output;
 const VIA_IN: u32 = 5;
 const VIA_COMEDIA: u32 = 6;
 const VIA_OUT: u32 = 7;
+const VIA_SPLIT_RTP: u32 = 8;
+const VIA_SPLIT_RTCP: u32 = 9;
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
@@ -28,14 +32,19 @@ fuzz_target!(|data: &[u8]| {
     r.connect_plain(now, 1, Some(common::addr(1000).addr), None, &mut out).expect("connect");
     r.add_plain_transport(4, VIA_COMEDIA, true, false).expect("comedia");
     r.connect_plain(now, 4, None, None, &mut out).expect("connect");
+    r.add_plain_transport(6, VIA_SPLIT_RTP, true, false).expect("split");
+    r.set_plain_rtcp_socket(6, VIA_SPLIT_RTCP).expect("rtcp socket");
+    r.connect_plain(now, 6, None, None, &mut out).expect("connect");
     r.add_plain_transport(5, VIA_OUT, false, false).expect("plain out");
     r.connect_plain(now, 5, Some(common::addr(5000).addr), None, &mut out).expect("connect");
     let mut video = common::video_spec("0", 0x1000);
     video.mid = None;
     r.add_producer(now, 10, 1, video.clone()).expect("producer");
-    r.add_producer(now, 11, 4, video).expect("comedia producer");
+    r.add_producer(now, 11, 4, video.clone()).expect("comedia producer");
+    r.add_producer(now, 12, 6, video).expect("split producer");
     r.add_consumer(now, 20, 2, 10, common::consumer_spec(0xA000, "0", 0), &mut out).expect("consumer");
     r.add_consumer(now, 21, 2, 11, common::consumer_spec(0xA010, "1", 0), &mut out).expect("consumer");
+    r.add_consumer(now, 22, 2, 12, common::consumer_spec(0xA020, "2", 0), &mut out).expect("consumer");
     let mut plain = common::consumer_spec(0xC000, "0", 0);
     plain.mid = None;
     plain.mid_ext_id = None;
@@ -50,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
     out.recycle();
     let counts = r.counts();
     let mut comedia_remote = None;
+    let mut split_rtcp_remote = None;
     let mut t = now;
     let mut rest = data;
     while rest.len() >= 2 {
@@ -59,10 +69,12 @@ fuzz_target!(|data: &[u8]| {
         let pkt = &body[..n];
         rest = &body[n..];
         let from = common::addr(1000 + 1000 * u16::from(sel & 7));
-        match (sel >> 3) & 3 {
+        match (sel >> 3) & 7 {
             0 => r.handle_plain_datagram(t, 1, from.addr, pkt, &mut out),
             1 => r.handle_plain_datagram(t, 4, from.addr, pkt, &mut out),
             2 => r.handle_plain_datagram(t, 5, from.addr, pkt, &mut out),
+            4 => r.handle_plain_datagram(t, 6, from.addr, pkt, &mut out),
+            5 => r.handle_plain_rtcp_datagram(t, 6, from.addr, pkt, &mut out),
             _ => {
                 r.handle_datagram(t, from, pkt, &mut out);
             }
@@ -82,13 +94,16 @@ fuzz_target!(|data: &[u8]| {
                 Via::Plain(VIA_COMEDIA) => {
                     assert_eq!(*comedia_remote.get_or_insert(tr.dest.addr), tr.dest.addr, "comedia remote moved");
                 }
-                v => panic!("unknown socket {v:?}"),
+                Via::Plain(VIA_SPLIT_RTCP) => {
+                    assert_eq!(*split_rtcp_remote.get_or_insert(tr.dest.addr), tr.dest.addr, "RTCP remote moved");
+                }
+                v => panic!("unknown socket {v:?} (a producer's split transport sends nothing by its RTP port)"),
             }
         }
         out.recycle();
     }
     assert_eq!(r.counts(), counts);
-    for h in [1, 2, 4, 5, 10, 11, 20, 21, 50, 51] {
+    for h in [1, 2, 4, 5, 6, 10, 11, 12, 20, 21, 22, 50, 51] {
         r.stats(t, h).expect("object still there");
     }
 });

@@ -372,7 +372,7 @@ fn io_thread(shared: Arc<Shared>) {
 /// socket goes to the router under the lock, like the I/O thread's, then out.
 fn plain_thread(shared: Arc<Shared>) {
     let mut out = Output::new();
-    shared.plain.run(&shared.stop, |th, batch, n| {
+    shared.plain.run(&shared.stop, |th, rtcp_port, batch, n| {
         let now = Instant::now();
         {
             let mut st = shared.state.lock();
@@ -382,6 +382,8 @@ fn plain_thread(shared: Arc<Shared>) {
                     if let Some((from, data, truncated)) = batch.get(i) {
                         if truncated {
                             st.router.count_drop(DropReason::Truncated, 1);
+                        } else if rtcp_port {
+                            st.router.handle_plain_rtcp_datagram(now, th, from, data, &mut out);
                         } else {
                             st.router.handle_plain_datagram(now, th, from, data, &mut out);
                         }
@@ -534,6 +536,40 @@ impl Engine {
             // Dropping the last Arc closes the socket and both fds.
             drop(shared);
         }
+    }
+}
+
+impl Engine {
+    /// `add_plain_transport`'s work; `flags`: (comedia, srtp, rtcp_mux).
+    fn open_plain(&self, py: Python<'_>, handle: Handle, host: &str, ports: (u16, u16), flags: (bool, bool, bool)) -> PyResult<(u16, Option<u16>)> {
+        let ((port_min, port_max), (comedia, srtp, rtcp_mux)) = (ports, flags);
+        let shared = self.shared()?;
+        let host = host.to_owned();
+        let seed = os_seed();
+        let ((via, port), rtcp) = py
+            .detach(|| match rtcp_mux {
+                true => shared.plain.open(handle, &host, port_min, port_max, seed).map(|rtp| (rtp, None)),
+                false => shared.plain.open_pair(handle, &host, port_min, port_max, seed).map(|p| (p.rtp, Some(p.rtcp))),
+            })
+            .map_err(|e| PyValueError::new_err(format!("cannot bind a plain transport socket on {host} in {port_min}-{port_max}: {e}")))?;
+        let made = self.control(py, move |r, _, _| {
+            r.add_plain_transport(handle, via, comedia, srtp)?;
+            let split = rtcp.map_or(Ok(()), |(rtcp_via, _)| r.set_plain_rtcp_socket(handle, rtcp_via));
+            if split.is_err() {
+                let _ = r.remove_transport(handle);
+            }
+            split
+        });
+        if let Err(e) = made {
+            shared.plain.close_transport(handle);
+            return Err(e);
+        }
+        let s2 = shared.clone();
+        shared
+            .plain
+            .ensure_thread(|| std::thread::Builder::new().name("pysfu-plain".into()).spawn(move || plain_thread(s2)))
+            .map_err(|e| PyValueError::new_err(format!("cannot start the plain transports' thread: {e}")))?;
+        Ok((port, rtcp.map(|(_, p)| p)))
     }
 }
 
@@ -732,40 +768,27 @@ impl Engine {
     }
 
     /// A plain (or pipe) transport: RTP/RTCP without ICE/DTLS on a UDP socket of its own,
-    /// bound on `host` at a free port of `ports` (first, last; the port is returned). `comedia`: the
-    /// remote address is learnt from the first valid packet; `srtp`: keys come with
-    /// `connect_plain` (else plain RTP).
-    #[pyo3(signature = (handle, host, ports, comedia = false, srtp = false))]
-    fn add_plain_transport(&self, py: Python<'_>, handle: Handle, host: &str, ports: (u16, u16), comedia: bool, srtp: bool) -> PyResult<u16> {
-        let (port_min, port_max) = ports;
-        let shared = self.shared()?;
-        let host = host.to_owned();
-        let (via, port) = py
-            .detach(|| shared.plain.open(handle, &host, port_min, port_max, os_seed()))
-            .map_err(|e| PyValueError::new_err(format!("cannot bind a plain transport socket on {host} in {port_min}-{port_max}: {e}")))?;
-        if let Err(e) = self.control(py, move |r, _, _| r.add_plain_transport(handle, via, comedia, srtp)) {
-            shared.plain.close_transport(handle);
-            return Err(e);
-        }
-        let s2 = shared.clone();
-        shared
-            .plain
-            .ensure_thread(|| std::thread::Builder::new().name("pysfu-plain".into()).spawn(move || plain_thread(s2)))
-            .map_err(|e| PyValueError::new_err(format!("cannot start the plain transports' thread: {e}")))?;
-        Ok(port)
+    /// bound on `host` at a free port of `ports` (first, last). `comedia`: the remote address
+    /// is learnt from the first valid packet; `srtp`: keys come with `connect_plain` (else
+    /// plain RTP); `rtcp_mux` false: a second socket for RTCP (`open_pair`: port + 1 where
+    /// the range allows). The ports: (RTP, RTCP if not muxed).
+    #[pyo3(signature = (handle, host, ports, comedia = false, srtp = false, rtcp_mux = true))]
+    fn add_plain_transport(&self, handle: Handle, host: &str, ports: (u16, u16), comedia: bool, srtp: bool, rtcp_mux: bool) -> PyResult<(u16, Option<u16>)> {
+        Python::attach(|py| self.open_plain(py, handle, host, ports, (comedia, srtp, rtcp_mux)))
     }
 
-    /// The remote end of a plain transport: its address (`ip`, `port`; none for comedia)
-    /// and SRTP keys (`pysfu.dtls.SrtpKeys`-like, read by attribute), if it uses SRTP.
-    #[pyo3(signature = (handle, ip = None, port = None, keys = None))]
-    fn connect_plain(&self, py: Python<'_>, handle: Handle, ip: Option<String>, port: Option<u16>, keys: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    /// The remote end of a plain transport: its address (`ip`, `port`; none for comedia),
+    /// the remote RTCP port without rtcp-mux (`rtcp_port`), and SRTP keys
+    /// (`pysfu.dtls.SrtpKeys`-like, read by attribute), if it uses SRTP.
+    #[pyo3(signature = (handle, ip = None, port = None, keys = None, rtcp_port = None))]
+    fn connect_plain(&self, py: Python<'_>, handle: Handle, ip: Option<String>, port: Option<u16>, keys: Option<&Bound<'_, PyAny>>, rtcp_port: Option<u16>) -> PyResult<()> {
         let remote = match (ip, port) {
             (Some(ip), Some(port)) => Some(parse_addr(&ip, port)?),
             (None, None) => None,
             _ => return Err(PyValueError::new_err("ip and port go together")),
         };
         let keys: Option<SrtpKeys> = keys.map(|k| k.extract().map_err(|e| spec_error(py, "srtp keys", e))).transpose()?;
-        self.control(py, move |r, now, out| r.connect_plain(now, handle, remote, keys.as_ref(), out))
+        self.control(py, move |r, now, out| r.connect_plain_split(now, handle, remote, rtcp_port, keys.as_ref(), out))
     }
 
     /// Ask consumer `handle`'s producer for a key frame (for receivers without RTCP).

@@ -35,6 +35,15 @@ const WAIT_MS: i32 = 500;
 struct Entry {
     socket: Arc<UdpSocket>,
     transport: Handle,
+    /// The RTCP socket of a transport without rtcp-mux (else its only, RTP socket).
+    rtcp: bool,
+}
+
+/// The two sockets of a plain transport without rtcp-mux: ids and ports.
+#[derive(Clone, Copy, Debug)]
+pub struct Pair {
+    pub rtp: (SocketId, u16),
+    pub rtcp: (SocketId, u16),
 }
 
 /// The plain/pipe transports' sockets of one engine.
@@ -51,6 +60,13 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(r)
     }
+}
+
+fn check_range(min: u16, max: u16) -> io::Result<()> {
+    if min == 0 || max < min {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad port range {min}-{max}")));
+    }
+    Ok(())
 }
 
 impl PlainSockets {
@@ -77,26 +93,75 @@ impl PlainSockets {
     /// Bind a socket for transport `transport` on `host`, at the first free port of
     /// `[min, max]` from `start` (wrapping), and watch it. Its id and port.
     pub fn open(&self, transport: Handle, host: &str, min: u16, max: u16, start: u64) -> io::Result<(SocketId, u16)> {
-        if min == 0 || max < min {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad port range {min}-{max}")));
-        }
+        check_range(min, max)?;
         let span = (max - min) as u64 + 1;
         let mut last = io::Error::new(io::ErrorKind::AddrInUse, format!("no free port in {min}-{max}"));
         for i in 0..span {
             let port = min + ((start + i) % span) as u16;
             match uio::bind(host, port) {
-                Ok(sock) => {
-                    let via = self.next.fetch_add(1, Ordering::Relaxed);
-                    debug_assert_ne!(via, MAIN_SOCKET);
-                    self.ctl(libc::EPOLL_CTL_ADD, sock.as_raw_fd(), via as u64)?;
-                    self.entries.lock().insert(via, Entry { socket: Arc::new(sock), transport });
-                    return Ok((via, port));
-                }
+                Ok(sock) => return Ok((self.watch(sock, transport, false)?, port)),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
                 Err(e) => return Err(e),
             }
         }
         Err(last)
+    }
+
+    /// Bind the RTP and RTCP sockets of a transport without rtcp-mux on `host`: a pair of
+    /// free ports P (even) and P + 1 of `[min, max]`, the first from `start` (wrapping), as
+    /// RFC 3550 (section 11) has it and ffmpeg's and GStreamer's defaults assume; if the
+    /// range has no such free pair, any two free ports of it (the RTCP port is announced
+    /// either way). Both are watched; the first socket is closed again if the second fails.
+    pub fn open_pair(&self, transport: Handle, host: &str, min: u16, max: u16, start: u64) -> io::Result<Pair> {
+        check_range(min, max)?;
+        let (first_even, max32) = (min as u32 + (min & 1) as u32, max as u32);
+        let pairs = if max32 > first_even { ((max32 - first_even - 1) / 2) as u64 + 1 } else { 0 };
+        for i in 0..pairs {
+            // < max: first_even + 2 * (pairs - 1) + 1 <= max.
+            let port = (first_even + 2 * ((start + i) % pairs) as u32) as u16;
+            let rtp = match uio::bind(host, port) {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            };
+            match uio::bind(host, port + 1) {
+                Ok(rtcp) => return self.watch_pair(transport, (rtp, port), (rtcp, port + 1)),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // No adjacent pair: two ports apart, each the first free one from `start`.
+        let (rtp_id, rtp_port) = self.open(transport, host, min, max, start)?;
+        match self.open(transport, host, min, max, start.wrapping_add(1)) {
+            Ok(rtcp) => {
+                self.entries.lock().get_mut(&rtcp.0).expect("just added").rtcp = true;
+                Ok(Pair { rtp: (rtp_id, rtp_port), rtcp })
+            }
+            Err(e) => {
+                self.close_transport(transport);
+                Err(e)
+            }
+        }
+    }
+
+    fn watch_pair(&self, transport: Handle, rtp: (UdpSocket, u16), rtcp: (UdpSocket, u16)) -> io::Result<Pair> {
+        let rtp_id = self.watch(rtp.0, transport, false)?;
+        match self.watch(rtcp.0, transport, true) {
+            Ok(rtcp_id) => Ok(Pair { rtp: (rtp_id, rtp.1), rtcp: (rtcp_id, rtcp.1) }),
+            Err(e) => {
+                self.close_transport(transport);
+                Err(e)
+            }
+        }
+    }
+
+    /// Watch bound socket `sock` of `transport`: its new id.
+    fn watch(&self, sock: UdpSocket, transport: Handle, rtcp: bool) -> io::Result<SocketId> {
+        let via = self.next.fetch_add(1, Ordering::Relaxed);
+        debug_assert_ne!(via, MAIN_SOCKET);
+        self.ctl(libc::EPOLL_CTL_ADD, sock.as_raw_fd(), via as u64)?;
+        self.entries.lock().insert(via, Entry { socket: Arc::new(sock), transport, rtcp });
+        Ok(via)
     }
 
     /// Close the sockets of `transport` (its port is free once this returns, unless the
@@ -158,8 +223,8 @@ impl PlainSockets {
     }
 
     /// Serve until `stop`: for each readable socket, read batches and hand each to
-    /// `on_batch(transport, batch, n)`.
-    pub fn run(&self, stop: &AtomicBool, mut on_batch: impl FnMut(Handle, &RecvBatch, usize)) {
+    /// `on_batch(transport, rtcp, batch, n)` (`rtcp`: it came to a transport's RTCP socket).
+    pub fn run(&self, stop: &AtomicBool, mut on_batch: impl FnMut(Handle, bool, &RecvBatch, usize)) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         let mut batch = RecvBatch::new();
         while !stop.load(Ordering::Acquire) {
@@ -173,15 +238,76 @@ impl PlainSockets {
                 if data == STOP {
                     return;
                 }
-                let Some((sock, th)) = self.entries.lock().get(&(data as SocketId)).map(|e| (e.socket.clone(), e.transport)) else { continue };
+                let Some((sock, th, rtcp)) = self.entries.lock().get(&(data as SocketId)).map(|e| (e.socket.clone(), e.transport, e.rtcp)) else { continue };
                 for _ in 0..BATCHES_PER_TURN {
                     let got = batch.recv(sock.as_raw_fd()).unwrap_or_default();
                     if got == 0 {
                         break;
                     }
-                    on_batch(th, &batch, got);
+                    on_batch(th, rtcp, &batch, got);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An even port P with P..P+3 free on loopback right now.
+    fn free_block() -> u16 {
+        for _ in 0..200 {
+            let probe = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let base = probe.local_addr().expect("addr").port() & !1;
+            drop(probe);
+            if !(1024..=65530).contains(&base) {
+                continue;
+            }
+            if (base..base + 4).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+                return base;
+            }
+        }
+        panic!("no free block of 4 UDP ports");
+    }
+
+    #[test]
+    fn a_pair_is_an_even_port_and_the_next_and_closing_frees_both() {
+        let s = PlainSockets::new().expect("epoll");
+        let base = free_block();
+        let p = s.open_pair(1, "127.0.0.1", base, base + 3, 1).expect("pair");
+        assert_eq!(p.rtp.1 % 2, 0);
+        assert_eq!(p.rtcp.1, p.rtp.1 + 1);
+        assert_eq!(s.len(), 2);
+        assert!(s.entries.lock()[&p.rtcp.0].rtcp && !s.entries.lock()[&p.rtp.0].rtcp);
+        assert!(s.close_transport(1));
+        assert!(s.is_empty());
+        for port in [p.rtp.1, p.rtcp.1] {
+            UdpSocket::bind(("127.0.0.1", port)).expect("free again");
+        }
+    }
+
+    #[test]
+    fn without_a_free_pair_any_two_ports_and_without_two_nothing_stays_open() {
+        let s = PlainSockets::new().expect("epoll");
+        let base = free_block();
+        // The range's only even pair is taken half: two ports apart then.
+        let _blocker = UdpSocket::bind(("127.0.0.1", base + 1)).expect("blocker");
+        let p = s.open_pair(1, "127.0.0.1", base, base + 2, 0).expect("fallback");
+        let mut ports = [p.rtp.1, p.rtcp.1];
+        ports.sort_unstable();
+        assert_eq!(ports, [base, base + 2]);
+        assert!(s.entries.lock()[&p.rtcp.0].rtcp);
+        // Nothing free left: refused, and the half-open first socket is closed again.
+        assert!(s.open_pair(2, "127.0.0.1", base, base + 2, 0).is_err());
+        s.close_transport(1);
+        let _first = UdpSocket::bind(("127.0.0.1", base)).expect("taken by the test");
+        assert!(s.open_pair(3, "127.0.0.1", base, base + 2, 0).is_err(), "one free port");
+        assert!(s.is_empty());
+        UdpSocket::bind(("127.0.0.1", base + 2)).expect("the single free port was given back");
+        // A range of one port and a bad range.
+        assert!(s.open_pair(4, "127.0.0.1", base + 3, base + 3, 0).is_err());
+        assert!(s.open_pair(4, "127.0.0.1", 0, 10, 0).is_err());
+        assert!(s.is_empty());
     }
 }

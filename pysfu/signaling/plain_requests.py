@@ -3,9 +3,11 @@ recorders), host only, on the joined room's own objects:
 
 - ``createPlainTransport {roomId, comedia?, rtcpMux? (true), enableSrtp?, srtpCryptoSuite?}``
   -> ``plainTransportCreated {transportId, tuple: {localIp, localPort, protocol},
+  rtcpTuple? (rtcpMux false: the RTCP port, RTP port + 1 where the range allows),
   rtcpMux, comedia, srtpParameters?}``
-- ``connectPlainTransport {roomId, transportId, ip?, port?, srtpParameters?}``
-  -> ``plainTransportConnected {transportId}``
+- ``connectPlainTransport {roomId, transportId, ip?, port?, rtcpPort?, srtpParameters?}``
+  -> ``plainTransportConnected {transportId}`` (``rtcpPort``: required with rtcpMux false
+  unless comedia, refused with rtcpMux true, as mediasoup)
 - ``closePlainTransport {roomId, transportId}`` -> ``plainTransportClosed {transportId}``
   (its producers and consumers go with it; its port is free again)
 - ``requestKeyFrame {roomId, consumerId}`` -> ``keyFrameRequested {consumerId}``
@@ -85,15 +87,14 @@ def plain_handlers(session: Session) -> dict[str, Callable[[dict[str, Any]], Awa
         if peer.role != "host":
             raise Forbidden("only the host may create a plain transport")
         comedia = _bool(data, "comedia", False)
-        if not _bool(data, "rtcpMux", True):
-            raise SignalingError(errors.INVALID_FIELD,
-                                 "rtcpMux: only true is supported (RTCP on the RTP port)")
+        rtcp_mux = _bool(data, "rtcpMux", True)
         enable_srtp = _bool(data, "enableSrtp", False)
         suite = data.get("srtpCryptoSuite", DEFAULT_SRTP_SUITE)
         if suite not in SRTP_SUITES:
             raise SignalingError(errors.INVALID_FIELD,
                                  f"srtpCryptoSuite: one of {', '.join(SRTP_SUITES)}")
-        # One address holds at most MAX_PLAIN_TRANSPORTS_PER_ADDRESS ports of the range.
+        # One address holds at most MAX_PLAIN_TRANSPORTS_PER_ADDRESS transports (ports of the
+        # range: twice as many if none is rtcp-mux).
         limits, end = session.ctx.limits, None
         if limits is not None:
             end = limits.open_plain_transport(session.address, trio.current_time(),
@@ -102,7 +103,8 @@ def plain_handlers(session: Session) -> dict[str, Callable[[dict[str, Any]], Awa
                 raise LimitExceeded("too many plain transports for this address")
         try:
             transport = room.create_plain_transport(peer, comedia=comedia,
-                                                    enable_srtp=enable_srtp, srtp_suite=suite)
+                                                    enable_srtp=enable_srtp, srtp_suite=suite,
+                                                    rtcp_mux=rtcp_mux)
         except BaseException:
             if end is not None:
                 end()
@@ -114,11 +116,9 @@ def plain_handlers(session: Session) -> dict[str, Callable[[dict[str, Any]], Awa
     async def connect(data: dict[str, Any]) -> Answer:
         room, peer = session._joined(data)
         transport = room.owned_plain_transport(peer, get_str(data, "transportId"))
-        if data.get("rtcpPort") is not None and data.get("rtcpPort") != data.get("port"):
-            raise SignalingError(errors.INVALID_FIELD,
-                                 "rtcpPort: RTCP goes on the RTP port (rtcp-mux)")
         try:
             transport.connect(ip=_ip(data), port=_port(data, "port"),
+                              rtcp_port=_port(data, "rtcpPort"),
                               srtp_parameters=data.get("srtpParameters"))
         except PlainTransportError as exc:
             code = errors.ALREADY_CONNECTED if "already" in str(exc) else errors.INVALID_FIELD

@@ -204,7 +204,7 @@ impl Router {
             }
         }
         let Some(t) = transports.get_mut(&p.transport) else { return };
-        let dest = t.feedback_dest();
+        let dest = t.rtcp_feedback_dest();
         let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else {
             e.kf.wanted = true;
             drops.inc(DropReason::KeyFrameNoRoute);
@@ -339,7 +339,7 @@ impl Router {
         let Some(e) = p.encodings.get_mut(enc) else { return };
         let (Some(ssrc), Some(g)) = (e.media_ssrc, e.quality.nack.as_mut()) else { return };
         let Some(t) = transports.get_mut(&p.transport) else { return };
-        let dest = t.feedback_dest();
+        let dest = t.rtcp_feedback_dest();
         let seqs = g.collect(now);
         if let (false, Some(tx), Some(dest)) = (seqs.is_empty(), t.tx.as_mut(), dest) {
             let mut buf = out.take_buf();

@@ -67,6 +67,7 @@ drop_reasons! {
     NackBudget => "nack_budget",
     NackMaxResends => "nack_max_resends",
     PlainWrongSource => "plain_wrong_source",
+    PlainWrongPort => "plain_wrong_port",
 }
 
 #[derive(Clone, Debug)]

@@ -4,6 +4,13 @@
 //! packet (comedia) and never moves afterwards; SRTP is optional (keys given by the control
 //! plane), else packets pass through a null context. Everything past the source check is
 //! the WebRTC path: the same producers, consumers, feedback and reports.
+//!
+//! Without rtcp-mux (`set_plain_rtcp_socket`) RTCP has a second socket of its own: our RTCP
+//! leaves by it to the RTCP remote (given by `connect_plain_split`'s `rtcp_port`, or learnt
+//! with comedia from the first valid RTCP packet on it, once). RTP on the RTCP port is
+//! dropped and counted. RTCP on the RTP port is taken only from the RTCP remote address
+//! (mediasoup compares the source address alone, whichever of the two sockets it came to);
+//! from anywhere else it is dropped and counted, and it never latches a comedia address.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -15,12 +22,17 @@ use crate::remote::{Remote, SocketId, Via, MAIN_SOCKET};
 
 use super::output::{DropReason, Output};
 use super::spec::{invalid, unknown, Result, SrtpKeys};
-use super::transport::{Plain, Transport};
+use super::transport::{Plain, RtcpPort, Transport};
 use super::{Handle, Router};
 
 /// ICE key of a plain transport: never used (a plain transport has no ufrag in the STUN
 /// map, so no STUN request ever reaches it).
 const NO_ICE: &[u8] = b"plain transport: no ICE";
+
+/// RTCP by its second byte (RFC 5761: packet types 192..=223), as the demultiplexer does.
+fn is_rtcp(data: &[u8]) -> bool {
+    matches!(data, [128..=191, 192..=223, ..])
+}
 
 /// SRTP contexts (local: what we send, remote: what the peer sends) from `keys`.
 pub(super) fn srtp_pair(keys: &SrtpKeys) -> Result<(SrtpContext, SrtpContext)> {
@@ -49,7 +61,7 @@ impl Router {
         let rtcp_ssrc = (self.rng.next() as u32) | 1;
         let mut t = Transport::new("", key, rtcp_ssrc);
         t.via = Via::Plain(socket);
-        t.plain = Some(Box::new(Plain { comedia, wrong_source: 0 }));
+        t.plain = Some(Box::new(Plain { comedia, wrong_source: 0, rtcp: None }));
         if !srtp {
             t.tx = Some(SrtpContext::null());
             t.rx = Some(SrtpContext::null());
@@ -58,16 +70,43 @@ impl Router {
         Ok(())
     }
 
+    /// `rtcpMux: false`: plain transport `h` takes and sends its RTCP by the engine's socket
+    /// `socket` (a second one of its own), before it is connected.
+    pub fn set_plain_rtcp_socket(&mut self, h: Handle, socket: SocketId) -> Result<()> {
+        let t = self.transports.get_mut(&h).ok_or_else(|| unknown("transport", h))?;
+        let Some(plain) = t.plain.as_deref_mut() else { return Err(invalid(format!("transport {h} is not a plain transport"))) };
+        if socket == MAIN_SOCKET || Via::Plain(socket) == t.via {
+            return Err(invalid("the RTCP socket must be a second socket of the transport's own"));
+        }
+        if plain.rtcp.is_some() || t.selected.is_some() {
+            return Err(invalid(format!("transport {h} already has its RTCP socket or is connected")));
+        }
+        plain.rtcp = Some(RtcpPort { via: Via::Plain(socket), remote: None, rtp_on_rtcp_port: 0, rtcp_on_rtp_port: 0 });
+        Ok(())
+    }
+
     /// The remote end of plain transport `h`: its address (not for comedia, whose address the
     /// first packet gives) and SRTP keys (needed if the transport was made with SRTP).
     pub fn connect_plain(&mut self, now: Instant, h: Handle, remote: Option<SocketAddr>, keys: Option<&SrtpKeys>, out: &mut Output) -> Result<()> {
+        self.connect_plain_split(now, h, remote, None, keys, out)
+    }
+
+    /// `connect_plain` with the remote RTCP port of a transport without rtcp-mux (mediasoup's
+    /// rules: required there unless comedia, refused with rtcp-mux).
+    pub fn connect_plain_split(&mut self, now: Instant, h: Handle, remote: Option<SocketAddr>, rtcp_port: Option<u16>, keys: Option<&SrtpKeys>, out: &mut Output) -> Result<()> {
         let t = self.transports.get(&h).ok_or_else(|| unknown("transport", h))?;
         let Some(plain) = &t.plain else { return Err(invalid(format!("transport {h} is not a plain transport"))) };
-        if plain.comedia && remote.is_some() {
+        if plain.comedia && (remote.is_some() || rtcp_port.is_some()) {
             return Err(invalid("a comedia transport learns its remote address from the first packet"));
         }
         if !plain.comedia && remote.is_none() && t.selected.is_none() {
             return Err(invalid("the remote address is needed (comedia is off)"));
+        }
+        match (&plain.rtcp, rtcp_port) {
+            (None, Some(_)) => return Err(invalid("cannot set rtcpPort with rtcpMux enabled")),
+            (Some(_), None) if remote.is_some() => return Err(invalid("missing rtcpPort (required with rtcpMux disabled)")),
+            (Some(_), Some(0)) => return Err(invalid("rtcpPort must not be 0")),
+            _ => {}
         }
         let srtp = keys.map(srtp_pair).transpose()?;
         let t = self.transports.get_mut(&h).expect("checked above");
@@ -78,6 +117,9 @@ impl Router {
         }
         if let Some(a) = remote {
             t.selected = Some(Remote { addr: a, via: t.via });
+            if let (Some(r), Some(port)) = (t.plain.as_deref_mut().and_then(|p| p.rtcp.as_mut()), rtcp_port) {
+                r.remote = Some(Remote { addr: SocketAddr::new(a.ip(), port), via: r.via });
+            }
         }
         if t.is_connected() && !was_connected {
             self.on_transport_connected(now, h, out);
@@ -85,22 +127,40 @@ impl Router {
         Ok(())
     }
 
-    /// A datagram that came to plain transport `th`'s own socket from `from`. Only RTP and
-    /// RTCP from the remote address (or, comedia, from anyone until a valid packet fixed
-    /// it) are taken; the rest is dropped and counted.
+    /// A datagram that came to plain transport `th`'s own (RTP) socket from `from`. Only RTP
+    /// and RTCP from the remote address (or, comedia, from anyone until a valid packet fixed
+    /// it) are taken; the rest is dropped and counted. Without rtcp-mux, RTCP here is taken
+    /// only from the RTCP remote address.
     pub fn handle_plain_datagram(&mut self, now: Instant, th: Handle, from: SocketAddr, data: &[u8], out: &mut Output) {
         let Some(t) = self.transports.get_mut(&th) else {
             self.drops.inc(DropReason::UnknownSource);
             return;
         };
-        let Some(plain) = t.plain.as_mut() else {
+        let Some(plain) = t.plain.as_deref_mut() else {
             self.drops.inc(DropReason::UnknownSource);
             return;
         };
-        let from = Remote { addr: from, via: t.via };
-        let from_remote = match t.selected {
-            Some(a) => a == from,
-            None => plain.comedia,
+        let mut src = Remote { addr: from, via: t.via };
+        let from_remote = match (plain.rtcp.as_mut(), is_rtcp(data)) {
+            (Some(r), true) => match r.remote {
+                // As if it had come to the RTCP port (the RTCP remote is already known).
+                Some(a) if a.addr == from => {
+                    src = a;
+                    true
+                }
+                // From the RTP remote (or, comedia, before it is known): the wrong port.
+                _ if t.selected.map_or(plain.comedia, |a| a.addr == from) => {
+                    r.rtcp_on_rtp_port += 1;
+                    t.stats.rx(data.len());
+                    self.drops.inc(DropReason::PlainWrongPort);
+                    return;
+                }
+                _ => false,
+            },
+            _ => match t.selected {
+                Some(a) => a == src,
+                None => plain.comedia,
+            },
         };
         if !from_remote {
             plain.wrong_source += 1;
@@ -108,12 +168,52 @@ impl Router {
             self.drops.inc(DropReason::PlainWrongSource);
             return;
         }
+        self.plain_rtp_or_rtcp(now, th, src, data, out);
+    }
+
+    /// A datagram that came to the RTCP socket of plain transport `th` (no rtcp-mux): RTCP
+    /// from the RTCP remote (comedia: from anyone until a valid one fixed it) is taken; RTP
+    /// is dropped and counted, as is anything from another address.
+    pub fn handle_plain_rtcp_datagram(&mut self, now: Instant, th: Handle, from: SocketAddr, data: &[u8], out: &mut Output) {
+        let Some(t) = self.transports.get_mut(&th) else {
+            self.drops.inc(DropReason::UnknownSource);
+            return;
+        };
+        let Some(plain) = t.plain.as_deref_mut() else {
+            self.drops.inc(DropReason::UnknownSource);
+            return;
+        };
+        let Some(r) = plain.rtcp.as_mut() else {
+            self.drops.inc(DropReason::UnknownSource);
+            return;
+        };
+        let src = Remote { addr: from, via: r.via };
+        let rtp = !is_rtcp(data) && matches!(data, [128..=191, ..]);
+        let from_remote = match r.remote {
+            Some(a) => a == src,
+            None => plain.comedia,
+        };
+        if rtp || !from_remote {
+            t.stats.rx(data.len());
+            if rtp {
+                r.rtp_on_rtcp_port += 1;
+                self.drops.inc(DropReason::PlainWrongPort);
+            } else {
+                plain.wrong_source += 1;
+                self.drops.inc(DropReason::PlainWrongSource);
+            }
+            return;
+        }
+        self.plain_rtp_or_rtcp(now, th, src, data, out);
+    }
+
+    fn plain_rtp_or_rtcp(&mut self, now: Instant, th: Handle, src: Remote, data: &[u8], out: &mut Output) {
         match data {
-            [128..=191, b1, ..] => {
-                if (192..=223).contains(b1) {
-                    self.on_rtcp_of(now, th, from, data, out)
+            [128..=191, _, ..] => {
+                if is_rtcp(data) {
+                    self.on_rtcp_of(now, th, src, data, out)
                 } else {
-                    self.on_rtp_of(now, th, from, data, out)
+                    self.on_rtp_of(now, th, src, data, out)
                 }
                 // The packet fixed a comedia transport's remote address: media may flow.
                 if let Some(h) = self.connect_pending.take() {

@@ -109,6 +109,12 @@ fn transport_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatValue)
         v.push(("plain", Bool(true)));
         v.push(("comedia", Bool(p.comedia)));
         v.push(("wrongSourceDropped", Int(p.wrong_source)));
+        v.push(("rtcpMux", Bool(p.rtcp.is_none())));
+        if let Some(r) = &p.rtcp {
+            v.push(("rtcpTuple", Str(r.remote.map(|a| a.to_string()).unwrap_or_default())));
+            v.push(("rtpOnRtcpPortDropped", Int(r.rtp_on_rtcp_port)));
+            v.push(("rtcpOnRtpPortDropped", Int(r.rtcp_on_rtp_port)));
+        }
     }
     v
 }

@@ -23,7 +23,7 @@ impl Router {
     fn send_twcc_feedback(&mut self, now: Instant, out: &mut Output) {
         let Router { transports, drops, .. } = self;
         for t in transports.values_mut() {
-            let dest = t.feedback_dest();
+            let dest = t.rtcp_feedback_dest();
             let Some(rec) = t.twcc.as_mut() else { continue };
             if !rec.has_pending() || t.twcc_last.is_some_and(|l| now.saturating_duration_since(l) < TWCC_INTERVAL) {
                 continue;
@@ -140,7 +140,7 @@ impl Router {
                 // One SR per stream, carrying the producer stream's NTP↔RTP mapping as is
                 // (a pipe keeps the timestamps): the far router's producer syncs from them.
                 let (Some(p), Some(t)) = (producers.get(&c.producer), transports.get_mut(&c.transport)) else { continue };
-                let dest = t.media_dest();
+                let dest = t.rtcp_media_dest();
                 for (s, e) in pipe.streams.iter_mut().zip(&p.encodings) {
                     let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { break };
                     if !s.tx.has_sent() {
@@ -163,7 +163,7 @@ impl Router {
                 sr
             });
             let Some(t) = transports.get_mut(&c.transport) else { continue };
-            let dest = t.media_dest();
+            let dest = t.rtcp_media_dest();
             let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { continue };
             let info = c.quality.tx.sender_info(now, ntp, clock_rate, c.ssrc, sr);
             let mut buf = out.take_buf();
@@ -186,7 +186,7 @@ impl Router {
                     }
                 }
             }
-            let dest = t.feedback_dest();
+            let dest = t.rtcp_feedback_dest();
             let (false, Some(tx), Some(dest)) = (blocks.is_empty(), t.tx.as_mut(), dest) else { continue };
             let mut buf = out.take_buf();
             rtcp::build_rr(&mut buf, t.rtcp_ssrc, &blocks);

@@ -54,6 +54,21 @@ pub(super) struct Plain {
     pub(super) comedia: bool,
     /// Datagrams from another address than the remote one (or before it was known), dropped.
     pub(super) wrong_source: u64,
+    /// `rtcpMux: false`: RTCP comes and leaves by a second socket of its own (else none).
+    pub(super) rtcp: Option<RtcpPort>,
+}
+
+/// The RTCP side of a plain transport without rtcp-mux: its own socket, the remote RTCP
+/// address (fixed by `connect_plain_split` or, comedia, learnt from the first valid RTCP
+/// packet on that socket, once), and what came to the wrong port.
+#[derive(Debug)]
+pub(super) struct RtcpPort {
+    pub(super) via: Via,
+    pub(super) remote: Option<Remote>,
+    /// RTP that came to the RTCP port, dropped.
+    pub(super) rtp_on_rtcp_port: u64,
+    /// RTCP that came to the RTP port from another address than the RTCP remote, dropped.
+    pub(super) rtcp_on_rtp_port: u64,
 }
 
 pub(super) struct Transport {
@@ -129,6 +144,29 @@ impl Transport {
         self.selected.or_else(|| self.tuples.iter().rev().find(|t| t.proven).map(|t| t.addr))
     }
 
+    /// Where our RTCP toward a sender goes: `feedback_dest`, or the RTCP remote of a plain
+    /// transport without rtcp-mux (none until it is known).
+    #[inline]
+    pub(super) fn rtcp_feedback_dest(&self) -> Option<Remote> {
+        match self.rtcp_port() {
+            Some(r) => r.remote,
+            None => self.feedback_dest(),
+        }
+    }
+    /// Where our RTCP toward a viewer (sender reports) goes: `media_dest`, or the RTCP
+    /// remote of a plain transport without rtcp-mux.
+    #[inline]
+    pub(super) fn rtcp_media_dest(&self) -> Option<Remote> {
+        match self.rtcp_port() {
+            Some(r) => r.remote,
+            None => self.media_dest(),
+        }
+    }
+    #[inline]
+    pub(super) fn rtcp_port(&self) -> Option<&RtcpPort> {
+        self.plain.as_deref().and_then(|p| p.rtcp.as_ref())
+    }
+
     pub(super) fn is_proven(&self, addr: Remote) -> bool {
         self.tuples.iter().any(|t| t.addr == addr && t.proven)
     }
@@ -144,7 +182,15 @@ impl Transport {
 
     /// `addr` proved it is the peer. True if that made it the sending tuple.
     pub(super) fn prove(&mut self, addr: Remote) -> bool {
-        if let Some(p) = &self.plain {
+        if let Some(p) = self.plain.as_deref_mut() {
+            // Without rtcp-mux, an authenticated packet on the RTCP socket (only RTCP gets
+            // that far there) fixes the RTCP remote of a comedia transport, once.
+            if let Some(r) = p.rtcp.as_mut().filter(|r| r.via == addr.via) {
+                if p.comedia && r.remote.is_none() {
+                    r.remote = Some(addr);
+                }
+                return false;
+            }
             // Comedia: the first valid packet fixes the remote address, once.
             if p.comedia && self.selected.is_none() {
                 self.selected = Some(addr);

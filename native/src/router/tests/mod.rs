@@ -6,6 +6,7 @@ mod ice;
 mod loss;
 mod pipe;
 mod plain;
+mod plain_rtcp;
 mod reports;
 mod sans_io;
 mod simulcast;
