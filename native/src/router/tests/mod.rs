@@ -9,6 +9,7 @@ mod plain;
 mod reports;
 mod sans_io;
 mod simulcast;
+mod svc;
 mod temporal;
 
 use std::collections::HashMap;
@@ -140,6 +141,7 @@ fn consumer_spec(ssrc: u32, mid: &str, paused: bool) -> ConsumerSpec {
         nack: true,
         cname: None,
         pipe_ssrcs: vec![],
+        svc: None,
     }
 }
 
