@@ -196,11 +196,11 @@ impl SvcFilter {
         let n = self.declared.spatial as usize + 1;
         let mut rates = [0u64; MAX_SPATIAL_LAYERS];
         let mut below = 0u64;
-        for i in 0..n {
-            self.rates[i].sample(now, self.bytes[i]);
+        for ((rate, sampler), &bytes) in rates.iter_mut().zip(&mut self.rates).zip(&self.bytes).take(n) {
+            sampler.sample(now, bytes);
             // Full SVC: a layer needs the ones below it; k-SVC: about its own rate.
-            rates[i] = self.rates[i].bps + if self.ksvc { 0 } else { below };
-            below += self.rates[i].bps;
+            *rate = sampler.bps + if self.ksvc { 0 } else { below };
+            below += sampler.bps;
         }
         let current = self.current.map_or(self.target.spatial, |c| c.spatial) as usize;
         let before = self.needs_key_frame();
