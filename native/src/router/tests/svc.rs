@@ -31,6 +31,8 @@ struct Svc {
     seq: u16,
     spatial: u8,
     ksvc: bool,
+    /// Time between pictures (zero: all at one instant).
+    step: Duration,
 }
 
 impl Svc {
@@ -50,7 +52,7 @@ impl Svc {
         c.svc = Some((spatial, 3, ksvc));
         r.add_consumer(now, 20, 2, 10, c, &mut out).unwrap();
         let (host, host_rx) = peer(1);
-        Svc { r, now, host, host_rx, viewer: peer(2).1, seq: 65_500, spatial, ksvc }
+        Svc { r, now, host, host_rx, viewer: peer(2).1, seq: 65_500, spatial, ksvc, step: Duration::ZERO }
     }
 
     /// Set the preference; true when the router asked the host for a key frame.
@@ -73,6 +75,7 @@ impl Svc {
     fn picture(&mut self, n: u32, key: bool) -> (Vec<Got>, bool) {
         let mut got = Vec::new();
         let mut asked = false;
+        self.now += self.step;
         for sid in 0..self.spatial {
             for k in 0..PACKETS {
                 let d = Descriptor {
@@ -92,7 +95,8 @@ impl Svc {
                 };
                 let mut payload = Vec::new();
                 vp9::write(&d, None, &mut payload);
-                payload.extend_from_slice(&[0x55; 40]);
+                // Upper layers are bigger: 40, 160, 640 bytes a packet.
+                payload.extend(std::iter::repeat_n(0x55, 40 << (2 * sid)));
                 payload.extend_from_slice(&n.to_be_bytes());
                 let mut pkt = rtp_packet(0x1234, self.seq, VP9_PT, Some("0"), &payload);
                 self.seq = self.seq.wrapping_add(1);
@@ -284,4 +288,35 @@ fn malformed_vp9_payloads_are_dropped_and_counted_without_a_gap() {
     assert_eq!(x.stat("dropped"), Some(1));
     got.extend(x.pictures(2..4, &[]));
     assert_decodable(&got);
+}
+
+#[test]
+fn a_low_estimate_moves_a_ksvc_viewer_down_at_a_key_picture_it_asks_for() {
+    let mut x = Svc::new(3, true);
+    x.step = Duration::from_millis(33);
+    let got = x.pictures(0..200, &[0]);
+    assert!(got.iter().skip(10).all(|g| g.4 == 2), "the top layer while the estimate is unknown");
+    // The viewer's REMB: 100 kbit/s. Layer rates (k-SVC: each its own) are about 24, 79 and
+    // 310 kbit/s: the target becomes S1, which needs a key picture.
+    let mut remb = Vec::new();
+    rtcp::build_remb(&mut remb, 0x5151, 100_000, &[0xAAAA]);
+    peer(2).0.protect_rtcp(&mut remb).unwrap();
+    let mut out = Output::new();
+    x.r.handle_datagram(x.now, addr(2000), &remb, &mut out);
+    let mut asked = false;
+    let mut before_key = Vec::new();
+    for n in 200..240 {
+        let (g, a) = x.picture(n, false);
+        asked |= a;
+        before_key.extend(g);
+    }
+    assert!(asked, "the new spatial target asks for a key frame");
+    assert!(before_key.iter().all(|g| g.4 == 2), "k-SVC: no switch before the key picture");
+    assert_eq!(x.stat("targetLayer"), Some(1));
+    let after = x.pictures(240..248, &[240]);
+    assert_eq!(layer_frames(&after), ksvc_expected(240..248, &[240], 1, 2));
+    let mut all = got;
+    all.extend(before_key);
+    all.extend(after);
+    assert_decodable(&all);
 }
