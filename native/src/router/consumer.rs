@@ -610,7 +610,6 @@ impl Consumer {
         Some(Some((d, pic, tl0)))
     }
 
-
     /// Frames dropped for their temporal layer (VP8 filter or VP9 SVC filter).
     pub(super) fn temporal_frames_dropped(&self) -> u64 {
         match &self.kind {

@@ -320,3 +320,31 @@ fn a_low_estimate_moves_a_ksvc_viewer_down_at_a_key_picture_it_asks_for() {
     all.extend(after);
     assert_decodable(&all);
 }
+
+#[test]
+fn a_retransmission_keeps_the_end_of_picture_marker_the_filter_set() {
+    let mut x = Svc::new(3, true);
+    x.prefer(1, None);
+    let got = x.pictures(0..4, &[0]);
+    // The last packet of S1 in picture 2: the sender's marker was on S2, the filter set it.
+    let end = got.iter().find(|g| g.3 == 2 && g.2).copied().unwrap();
+    assert_eq!(end.4, 1);
+    let mut nack = Vec::new();
+    rtcp::build_nack(&mut nack, 0x5151, 0xAAAA, &[end.0]);
+    peer(2).0.protect_rtcp(&mut nack).unwrap();
+    let mut out = Output::new();
+    x.r.handle_datagram(x.now, addr(2000), &nack, &mut out);
+    // A fresh receive context: the resend repeats a sequence number the viewer's has seen.
+    let mut rx = peer(2).1;
+    let again: Vec<Got> = out
+        .transmits
+        .iter()
+        .filter(|t| t.dest.port() == 2000)
+        .map(|t| {
+            let mut b = t.buf.clone();
+            rx.unprotect_rtp(&mut b).unwrap();
+            decode(&b)
+        })
+        .collect();
+    assert_eq!(again, vec![end]);
+}
