@@ -97,6 +97,8 @@ class ConsumerSpec(TypedDict):
     cname: NotRequired[str | None]
     pipe_ssrcs: NotRequired[list[tuple[int, int | None]]]
     """A pipe consumer: (SSRC, RTX SSRC) of every producer encoding, forwarded unchanged."""
+    svc: NotRequired[tuple[int, int, bool] | None]
+    """VP9 SVC: (spatial layers, temporal layers, k-SVC); layers are filtered per consumer."""
 
 class Removed(TypedDict):
     """What a removal took with it (the named object included): the engine alone decides

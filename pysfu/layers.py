@@ -26,7 +26,8 @@ async def watch_consumer_layers(media: MediaEngine, handle: int, *,
                                 on_change: Callable[[int, int], None],
                                 interval: float = POLL_INTERVAL) -> None:
     """Call ``on_change(spatial_layer, temporal_layer)`` whenever the spatial layer (simulcast
-    stream) or the temporal layer (VP8 TIDs; 0 while the stream signals none) consumer
+    stream or VP9 SVC layer) or the temporal layer (VP8/VP9 TIDs; 0 while the stream signals
+    none) consumer
     ``handle`` forwards changes; ends when ``still_open()`` is false or the engine no longer
     has the consumer (and with the nursery it runs in)."""
     last: tuple[int, int] | None = None

@@ -63,6 +63,7 @@ __all__ = [
     "parse_h264_profile_level_id",
     "parse_scalability_mode",
     "producer_type",
+    "svc_layers",
     "validate_producer_rtp_parameters",
     "validate_rtp_capabilities",
     "validate_rtp_parameters",
@@ -592,6 +593,18 @@ def validate_producer_rtp_parameters(
             if subtype not in _SIMULCAST_SUBTYPES:
                 _fail(code, f"simulcast is not supported for codec {subtype}")
     return out
+
+
+def svc_layers(params: dict[str, Any]) -> tuple[int, int, bool] | None:
+    """(spatial layers, temporal layers, k-SVC) of a VP9 SVC producer (validated
+    parameters): one encoding whose scalabilityMode has layers. Its consumers filter layers
+    per viewer; None for every other producer."""
+    if producer_type(params) != "svc":
+        return None
+    encoding = (params["encodings"] or [{}])[0]
+    if _subtype(_encoding_codec(params, encoding)) != "vp9":
+        return None
+    return parse_scalability_mode(encoding.get("scalabilityMode"))
 
 
 # ---- scalability mode --------------------------------------------------------------------

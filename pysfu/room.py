@@ -788,7 +788,8 @@ class Room:
         self.consumers[consumer.id] = consumer
         log_event(logger, "consumer.created", room=self.id, peer=peer.id,
                   transport=transport.id, consumer=consumer.id, producer=producer.id)
-        if len(producer.mapping["encodings"]) > 1 or _temporal_layers(producer) > 1:
+        if len(producer.mapping["encodings"]) > 1 or _temporal_layers(producer) > 1 \
+                or ortc.svc_layers(producer.rtp_parameters) is not None:
             self.nursery.start_soon(self._watch_layers, consumer)
         return consumer
 
@@ -833,8 +834,9 @@ class Room:
     def set_consumer_preferred_layers(
         self, peer: Peer, consumer_id: str, spatial: int, temporal: int | None
     ) -> tuple[Consumer, int, int | None]:
-        """The highest spatial (simulcast) and temporal (VP8 TID) layers the viewer wants,
-        clamped to what exists; a temporal layer of None means every one."""
+        """The highest spatial (simulcast stream or VP9 SVC layer) and temporal (VP8 TID,
+        VP9 TID) layers the viewer wants, clamped to what exists; a temporal layer of None
+        means every one."""
         consumer = self.owned_consumer(peer, consumer_id)
         declared = _temporal_layers(consumer.producer)
         if temporal is not None and declared > 1:

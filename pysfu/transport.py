@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import trio
 
 from pysfu import data as datachannels
+from pysfu import ortc
 from pysfu._native import SctpAssociation
 from pysfu.dtls import DtlsTransport
 from pysfu.ice import (
@@ -663,6 +664,7 @@ def consumer_spec(consumer: Consumer) -> ConsumerSpec:
         "nack": any(_has_plain_nack(c) for c in rtp["codecs"]
                     if not c["mimeType"].lower().endswith("/rtx")),
         "cname": rtp.get("rtcp", {}).get("cname"),
+        "svc": ortc.svc_layers(consumer.producer.rtp_parameters),
     }
 
 

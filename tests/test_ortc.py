@@ -605,6 +605,14 @@ def test_producer_types() -> None:
     opus = ortc.validate_producer_rtp_parameters(
         "audio", audio_producer(encodings=[{"ssrc": 1, "scalabilityMode": "foo"}]))
     assert ortc.producer_type(opus) == "simple"
+    # VP9 SVC: its consumers filter layers (the engine gets the layer counts and k-SVC).
+    assert ortc.svc_layers(svc) == (3, 3, True)
+    l1t3 = ortc.validate_producer_rtp_parameters(
+        "video", {"mid": "0", "codecs": vp9, "encodings": [{"scalabilityMode": "L1T3"}]})
+    assert ortc.producer_type(l1t3) == "svc"
+    assert ortc.svc_layers(l1t3) == (1, 3, False)
+    assert ortc.svc_layers(temporal) is None
+    assert ortc.svc_layers(opus) is None
 
 
 def test_producer_tolerance() -> None:

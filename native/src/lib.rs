@@ -26,6 +26,7 @@ pub mod bwe;
 pub mod layers;
 pub mod vp8;
 pub mod vp9;
+pub mod svc;
 pub mod wake;
 pub mod dcep;
 pub mod sctp;

@@ -26,7 +26,7 @@ import trio
 import trio_websocket
 
 from pysfu import data as datachannels
-from pysfu import errors
+from pysfu import errors, ortc
 from pysfu.auth import AuthError
 from pysfu.errors import SignalingError
 from pysfu.limits import TokenBucket, address_key
@@ -456,7 +456,7 @@ class Session:
             "producerId": consumer.producer.id,
             "kind": consumer.kind,
             "rtpParameters": consumer.rtp_parameters,
-            "type": "simulcast" if len(consumer.producer.mapping["encodings"]) > 1 else "simple",
+            "type": ortc.producer_type(consumer.producer.rtp_parameters),
             "producerPaused": consumer.producer.paused,
         }
 

@@ -13,6 +13,7 @@ use crate::nack::SeqMap;
 use crate::reports::{BitrateSampler, SendStats};
 use crate::rtp::Codec;
 use crate::seq::{SeqManager, TsOffset};
+use crate::svc::SvcFilter;
 use crate::vp8::{self, TemporalFilter};
 
 use super::egress::{write_egress, Egress, Fanout, Ingress};
@@ -30,6 +31,18 @@ pub(super) enum Kind {
     /// Router to router: every stream of the producer, each with its own SSRC, sequence
     /// numbers and timestamps unchanged (the far router's producer presents the same streams).
     Pipe(Box<Pipe>),
+    /// A VP9 SVC producer's one stream with the spatial and temporal layers above the
+    /// consumer's dropped (svc.rs).
+    Svc(Box<SvcFilter>),
+}
+
+/// What a codec's layer filter changes in a packet it forwards.
+pub(super) enum Rewrite {
+    None,
+    /// VP8 PictureID / TL0PICIDX.
+    Vp8(Vp8Rewrite),
+    /// Set the RTP marker bit (the end of the picture the viewer gets).
+    Marker,
 }
 
 /// The streams of a pipe consumer, one per producer encoding.
@@ -203,6 +216,8 @@ impl Consumer {
                 .map(|&(ssrc, rtx_ssrc)| PipeStream { ssrc, rtx_ssrc, rtx_seq: rng.initial_seq(), tx: SendStats::default() })
                 .collect();
             Kind::Pipe(Box::new(Pipe { streams }))
+        } else if let (Some((spatial, temporal, ksvc)), true) = (spec.svc, video && encodings == 1) {
+            Kind::Svc(Box::new(SvcFilter::new(spatial, temporal, ksvc, now)))
         } else if encodings > 1 {
             Kind::Simulcast(Simulcast {
                 target: encoding,
@@ -249,7 +264,7 @@ impl Consumer {
     /// The stream the consumer moves to at its next key frame (its stream when settled).
     pub(super) fn target(&self) -> usize {
         match &self.kind {
-            Kind::Simple | Kind::Pipe(_) => self.encoding,
+            Kind::Simple | Kind::Pipe(_) | Kind::Svc(_) => self.encoding,
             Kind::Simulcast(s) => s.target,
         }
     }
@@ -257,6 +272,7 @@ impl Consumer {
     pub(super) fn preferred_spatial(&self) -> usize {
         match &self.kind {
             Kind::Simple | Kind::Pipe(_) => self.encoding,
+            Kind::Svc(f) => f.preferred().spatial as usize,
             Kind::Simulcast(s) => s.preferred_spatial,
         }
     }
@@ -264,6 +280,7 @@ impl Consumer {
     pub(super) fn layer_switches(&self) -> u64 {
         match &self.kind {
             Kind::Simple | Kind::Pipe(_) => 0,
+            Kind::Svc(f) => f.spatial_switches,
             Kind::Simulcast(s) => s.layer_switches,
         }
     }
@@ -271,7 +288,7 @@ impl Consumer {
     /// Output timestamp minus input timestamp of the stream being forwarded.
     pub(super) fn ts_offset(&self) -> u32 {
         match &self.kind {
-            Kind::Simple | Kind::Pipe(_) => 0,
+            Kind::Simple | Kind::Pipe(_) | Kind::Svc(_) => 0,
             Kind::Simulcast(s) => s.ts.offset(),
         }
     }
@@ -280,7 +297,7 @@ impl Consumer {
     /// (the current stream and the one before the last switch).
     pub(super) fn ts_offset_of(&self, stream: usize) -> Option<u32> {
         match &self.kind {
-            Kind::Simple => (stream == self.encoding).then_some(0),
+            Kind::Simple | Kind::Svc(_) => (stream == self.encoding).then_some(0),
             Kind::Pipe(_) => Some(0),
             Kind::Simulcast(s) => match stream {
                 x if x == s.ts_source => Some(s.ts.offset()),
@@ -297,6 +314,9 @@ impl Consumer {
         }
         self.wait_key_frame = true;
         self.encoding = self.target();
+        if let Kind::Svc(f) = &mut self.kind {
+            f.restart();
+        }
     }
 
     #[inline]
@@ -323,7 +343,8 @@ impl Consumer {
     /// The consumer still needs a key frame of stream `i` (it waits for one or switches to it).
     pub(super) fn wants_key_frame_of(&self, i: usize) -> bool {
         let target = self.target();
-        !self.paused && ((self.encoding == i && self.wait_key_frame) || (target == i && self.encoding != i))
+        let svc = matches!(&self.kind, Kind::Svc(f) if f.needs_key_frame());
+        !self.paused && ((self.encoding == i && (self.wait_key_frame || svc)) || (target == i && self.encoding != i))
     }
 
     /// A packet of stream `stream` that is not forwarded to anyone (padding): the consumers of
@@ -361,6 +382,12 @@ impl Consumer {
         if let Some(f) = self.vp8.as_mut() {
             f.set_target(self.preferred_temporal);
         }
+        if let Kind::Svc(f) = &mut self.kind {
+            let before = f.needs_key_frame();
+            let l = f.set_preference(now, spatial, temporal);
+            let switch = (!before && f.needs_key_frame() && !self.paused && !self.wait_key_frame).then_some(self.encoding);
+            return ((l.spatial as usize, l.temporal), switch);
+        }
         let Kind::Simulcast(s) = &mut self.kind else {
             return ((spatial.min(rates.len() - 1), self.preferred_temporal), None);
         };
@@ -396,8 +423,12 @@ impl Consumer {
             return None;
         };
         let cpt = self.admit(pkt, &mut switching)?;
-        // VP8: the temporal layer filter, and the descriptor fields to rewrite.
-        let vp8 = if pkt.codec == Codec::Vp8 && self.filters_vp8() { self.vp8_admit(pkt, switching)? } else { None };
+        // The codec's layer filter: what it drops, and what it changes in what it forwards.
+        let rewrite = match pkt.codec {
+            Codec::Vp8 if self.filters_vp8() => self.vp8_admit(pkt, switching)?.map_or(Rewrite::None, Rewrite::Vp8),
+            Codec::Vp9 if matches!(self.kind, Kind::Svc(_)) => self.svc_admit(pkt, switching, now, ct.bwe.estimate(now), &mut cx.key_frame_wanted)?,
+            _ => Rewrite::None,
+        };
         if switching {
             self.sync(pkt, now);
         }
@@ -406,7 +437,7 @@ impl Consumer {
             return None;
         };
         let ts_out = match &mut self.kind {
-            Kind::Simple | Kind::Pipe(_) => pkt.hdr.timestamp,
+            Kind::Simple | Kind::Pipe(_) | Kind::Svc(_) => pkt.hdr.timestamp,
             Kind::Simulcast(s) => s.ts.apply(pkt.hdr.timestamp),
         };
         let mut buf = cx.out.take_buf();
@@ -416,8 +447,10 @@ impl Consumer {
             cx.out.give_back(buf);
             return None;
         }
-        if let Some((d, pic, tl0)) = vp8 {
-            rewrite_vp8(&mut buf, pkt.hdr, &d, pic, tl0);
+        match rewrite {
+            Rewrite::Vp8((d, pic, tl0)) => rewrite_vp8(&mut buf, pkt.hdr, &d, pic, tl0),
+            Rewrite::Marker => set_marker(&mut buf),
+            Rewrite::None => {}
         }
         self.last_out = Some(now);
         if tx.protect_rtp(&mut buf).is_err() {
@@ -489,7 +522,7 @@ impl Consumer {
             return Some(false);
         }
         match &self.kind {
-            Kind::Simple | Kind::Pipe(_) => None,
+            Kind::Simple | Kind::Pipe(_) | Kind::Svc(_) => None,
             // Simulcast: move to the target stream only at one of its key frames.
             Kind::Simulcast(s) => {
                 if s.target != pkt.encoding || !pkt.key_frame || self.paused {
@@ -577,8 +610,19 @@ impl Consumer {
         Some(Some((d, pic, tl0)))
     }
 
+    /// Frames dropped for their temporal layer (VP8 filter or VP9 SVC filter).
+    pub(super) fn temporal_frames_dropped(&self) -> u64 {
+        match &self.kind {
+            Kind::Svc(f) => f.temporal_frames_dropped,
+            _ => self.vp8.as_ref().map_or(0, |f| f.frames_dropped),
+        }
+    }
+
     /// The temporal layer being forwarded (None: the stream signals no temporal layers).
     pub(super) fn current_temporal(&self) -> Option<u8> {
+        if let Kind::Svc(f) = &self.kind {
+            return f.current().map(|l| l.temporal);
+        }
         self.vp8.as_ref().and_then(|f| f.current())
     }
 
@@ -595,6 +639,14 @@ impl Consumer {
             s.ts_source = self.encoding;
             s.layer_switches += 1;
         }
+    }
+}
+
+/// Set the RTP marker bit of packet `buf`.
+#[inline]
+pub(super) fn set_marker(buf: &mut [u8]) {
+    if let Some(b) = buf.get_mut(1) {
+        *b |= 0x80;
     }
 }
 

@@ -46,6 +46,8 @@ pub(super) struct Fanout<'a> {
     pub(super) out: &'a mut Output,
     /// Transports sent their first forwarded packet by this fan-out, and where.
     pub(super) first_media: &'a mut Vec<(Handle, Remote)>,
+    /// A consumer's layer filter wants a key frame of the stream (VP9 k-SVC layer change).
+    pub(super) key_frame_wanted: bool,
 }
 
 /// Forward `pkt` to each of `consumers`; the number of packets and bytes queued.

@@ -12,7 +12,7 @@ use crate::rtcp;
 use crate::rtp;
 use crate::srtp::SrtpContext;
 
-use super::consumer::{rewrite_vp8, Consumer, ConsumerQuality, Kind};
+use super::consumer::{rewrite_vp8, set_marker, Consumer, ConsumerQuality, Kind};
 use super::egress::{push_rtcp, write_egress, Egress};
 use super::output::{srtp_drop, DropReason, Drops, Output};
 use super::producer::{Producer, PtInfo};
@@ -432,6 +432,9 @@ impl Consumer {
         }
         if let Some((d, pic, tl0)) = vp8 {
             rewrite_vp8(&mut buf, &hdr, &d, pic, tl0);
+        }
+        if self.svc_marker_again(p.codecs[ci].codec, hdr.payload(s.pkt)) {
+            set_marker(&mut buf);
         }
         let q = &mut self.quality;
         let rtx_pt = q.rtx_pt.iter().find(|(m, _)| *m == cpt).map(|(_, r)| *r);

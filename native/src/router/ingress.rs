@@ -137,13 +137,15 @@ impl Router {
             has_key_frames: kf.has_key_frames,
             ext_map: &p.ext_map,
         };
-        let (packets, bytes) = fan_out(consumers, &p.consumers, &ingress, &mut Fanout { transports, drops, out, first_media }, now);
+        let mut fanout = Fanout { transports, drops, out, first_media, key_frame_wanted: false };
+        let (packets, bytes) = fan_out(consumers, &p.consumers, &ingress, &mut fanout, now);
+        let filter_wants_key_frame = fanout.key_frame_wanted;
         p.stats.packets_out += packets;
         p.stats.bytes_out += bytes;
         while let Some((th, dest)) = self.first_media.pop() {
             self.push_up(UpKind::Media, th, dest, &[]);
         }
-        if kf.request || loss.overflow {
+        if kf.request || loss.overflow || filter_wants_key_frame {
             self.request_key_frame(now, a.stream.producer, enc, out);
         }
         if loss.nack_due {

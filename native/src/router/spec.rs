@@ -143,6 +143,11 @@ pub struct ConsumerSpec {
     /// `pipe_ssrcs[i].1`, if any), sequence numbers and timestamps as the producer sent them.
     #[pyo3(default)]
     pub pipe_ssrcs: Vec<(u32, Option<u32>)>,
+    /// VP9 SVC (a producer with one encoding whose scalabilityMode has layers): its spatial
+    /// and temporal layer counts and whether it is k-SVC (`_KEY`). Layers are filtered per
+    /// consumer (svc.rs).
+    #[pyo3(default)]
+    pub svc: Option<(u8, u8, bool)>,
 }
 
 /// The Python shapes the derive does not take as they are.

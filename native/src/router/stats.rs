@@ -143,16 +143,16 @@ fn consumer_stats(c: &Consumer) -> Vec<(&'static str, StatValue)> {
     v.push(("paused", Bool(c.paused)));
     v.push(("waitingKeyFrame", Bool(c.wait_key_frame)));
     v.push(("ssrc", Int(c.ssrc as u64)));
-    v.push(("currentLayer", Int(c.encoding as u64)));
-    v.push(("targetLayer", Int(c.target() as u64)));
+    v.push(("currentLayer", Int(c.current_spatial() as u64)));
+    v.push(("targetLayer", Int(c.target_spatial() as u64)));
     v.push(("preferredLayer", Int(c.preferred_spatial() as u64)));
     v.push(("layerSwitches", Int(c.layer_switches())));
-    // Temporal layers (VP8 with TIDs): the one forwarded, only once the stream signals some.
+    // Temporal layers (VP8 with TIDs, VP9 SVC): the one forwarded, only once known.
     if let Some(t) = c.current_temporal() {
         v.push(("currentTemporalLayer", Int(t as u64)));
     }
     v.push(("preferredTemporalLayer", Int(c.preferred_temporal as u64)));
-    v.push(("temporalFramesDropped", Int(c.vp8.as_ref().map_or(0, |f| f.frames_dropped))));
+    v.push(("temporalFramesDropped", Int(c.temporal_frames_dropped())));
     v.push(("nackBudgetDrops", Int(c.quality.nack_budget_drops)));
     v.push(("nackMaxResendDrops", Int(c.quality.nack_max_resend_drops)));
     v
@@ -239,10 +239,15 @@ fn consumer_rtp_stats(c: &Consumer) -> Vec<(&'static str, StatValue)> {
         ("receiverReports", Int(q.tx.reports_received)),
         ("bitrate", Int(q.rate.bps)),
         ("paused", Bool(c.paused)),
-        ("targetLayer", Int(c.target() as u64)),
+        // The layers forwarded (simulcast stream or SVC spatial layer; temporal once known).
+        ("spatialLayer", Int(c.current_spatial() as u64)),
+        ("targetLayer", Int(c.target_spatial() as u64)),
         ("preferredSpatialLayer", Int(c.preferred_spatial() as u64)),
         ("layerSwitches", Int(c.layer_switches())),
     ];
+    if let Some(t) = c.current_temporal() {
+        r.push(("temporalLayer", Int(t as u64)));
+    }
     if let Some(rtt) = q.tx.rtt {
         r.push(("roundTripTime", ms(rtt)));
     }

@@ -10,7 +10,9 @@
 //      &simulcast=1               (host) send video as three simulcast layers (r0 ¼, r1 ½, r2 full
 //                                 resolution); viewers pick one with setPreferredLayers
 //      &scalability=L1T3          (host) scalabilityMode of each video encoding (temporal
-//                                 layers: viewers can ask for fewer frames per second)
+//                                 layers: viewers can ask for fewer frames per second;
+//                                 L<1-3>T<1-3>[_KEY], e.g. L3T3_KEY with codec VP9: spatial
+//                                 and temporal SVC layers in one stream)
 //      &token=JWT                 join token minted by the app server (needed when the server
 //                                 has auth_secret): sent in join; the peer id is the token's
 //                                 identity. Without a secret configured, rooms are open and
@@ -659,7 +661,10 @@ async function consume(producerId) {
   consumers.set(consumer.id, consumer);
   consumerByProducer.set(producerId, consumer);
   const codec = d.rtpParameters.codecs[0] && d.rtpParameters.codecs[0].mimeType;
-  state.consumers.push({ id: consumer.id, producerId, kind: consumer.kind, codec });
+  // type (simple / simulcast / svc) and scalabilityMode as the server answered them.
+  const encoding = d.rtpParameters.encodings[0] || {};
+  state.consumers.push({ id: consumer.id, producerId, kind: consumer.kind, codec, type: d.type,
+    scalabilityMode: encoding.scalabilityMode });
   consumer.on('transportclose', () => dropConsumer(consumer));
   log(`consuming ${consumer.kind} ${codec} (${consumer.id})`);
   updateRemote();
@@ -911,7 +916,7 @@ async function main() {
   state.roomId = roomId;
   state.simulcast = params.get('simulcast') === '1';
   const scalability = params.get('scalability');
-  state.scalability = scalability && /^L1T[1-3]$/.test(scalability) ? scalability : null;
+  state.scalability = scalability && /^L[1-3]T[1-3](_KEY)?$/.test(scalability) ? scalability : null;
   document.title = `pysfu · ${role} · ${roomId}`;
   $('role-badge').textContent = role;
   $('role-badge').hidden = false;

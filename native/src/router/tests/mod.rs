@@ -10,6 +10,7 @@ mod plain_rtcp;
 mod reports;
 mod sans_io;
 mod simulcast;
+mod svc;
 mod temporal;
 
 use std::collections::HashMap;
@@ -141,6 +142,7 @@ fn consumer_spec(ssrc: u32, mid: &str, paused: bool) -> ConsumerSpec {
         nack: true,
         cname: None,
         pipe_ssrcs: vec![],
+        svc: None,
     }
 }
 

@@ -1,0 +1,71 @@
+//! The consumer side of VP9 SVC (svc.rs holds the filter): its hook in the forwarding path,
+//! the marker of retransmissions, and the layers its stats report.
+
+use std::time::Instant;
+
+use crate::rtp::Codec;
+use crate::svc::Verdict;
+use crate::vp9;
+
+use super::consumer::{Consumer, Kind, Rewrite};
+use super::egress::Ingress;
+
+impl Consumer {
+    /// The spatial layer being forwarded: the simulcast stream, or the SVC layer.
+    pub(super) fn current_spatial(&self) -> usize {
+        match &self.kind {
+            Kind::Svc(f) => f.current().map_or(0, |l| l.spatial as usize),
+            _ => self.encoding,
+        }
+    }
+
+    /// The spatial layer the consumer moves to (simulcast stream or SVC layer).
+    pub(super) fn target_spatial(&self) -> usize {
+        match &self.kind {
+            Kind::Svc(f) => f.target().spatial as usize,
+            _ => self.target(),
+        }
+    }
+
+    /// VP9 SVC layer selection of a packet the consumer otherwise takes (`estimate`: the
+    /// viewer's bandwidth estimate): None when the filter drops it (its sequence number
+    /// skipped; a payload without a valid descriptor is dropped and counted). Sets
+    /// `key_frame_wanted` when the estimate moves the consumer to a layer that needs a key
+    /// picture.
+    pub(super) fn svc_admit(
+        &mut self,
+        pkt: &Ingress<'_>,
+        switching: bool,
+        now: Instant,
+        estimate: Option<(u64, Instant)>,
+        key_frame_wanted: &mut bool,
+    ) -> Option<Rewrite> {
+        let Kind::Svc(f) = &mut self.kind else { return Some(Rewrite::None) };
+        let Ok(d) = vp9::parse(pkt.hdr.payload(pkt.data)) else {
+            self.dropped += 1;
+            self.seq.drop(pkt.hdr.sequence);
+            return None;
+        };
+        f.count(&d, pkt.hdr.payload_len);
+        if switching {
+            f.restart();
+        }
+        if f.decide(now, estimate) {
+            *key_frame_wanted = true;
+        }
+        match f.admit(&d, pkt.hdr.timestamp, pkt.hdr.marker, pkt.key_frame) {
+            Verdict::Drop => {
+                self.seq.drop(pkt.hdr.sequence);
+                None
+            }
+            Verdict::Forward { marker } => Some(if marker && !pkt.hdr.marker { Rewrite::Marker } else { Rewrite::None }),
+        }
+    }
+
+    /// Whether a retransmitted VP9 packet of an SVC consumer gets the marker bit (the end of
+    /// the highest layer it forwards).
+    pub(super) fn svc_marker_again(&self, codec: Codec, payload: &[u8]) -> bool {
+        let Kind::Svc(f) = &self.kind else { return false };
+        codec == Codec::Vp9 && vp9::parse(payload).is_ok_and(|d| f.marker_again(&d))
+    }
+}

@@ -1,0 +1,138 @@
+"""End-to-end VP9 SVC: a Chromium host (demo page, ``&scalability=L3T3_KEY``, codec VP9)
+sends one VP9 stream with three spatial and three temporal layers (k-SVC); the server
+forwards it as an SVC consumer (type ``svc``, the producer's scalabilityMode); a Chromium
+viewer asking for spatial layer 0, 1, 2 decodes frames of about 1/4, 1/2 and full width,
+and asking for temporal layer 0 decodes about a quarter of the frame rate."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.e2e.test_browser import (
+    STATS,
+    _wait,
+    new_room,
+    notifications,
+    open_viewer,
+    start_sharing,
+    wait_decoding,
+)
+from tests.e2e.test_simulcast_browser import _poll
+
+Pages = Any
+
+CONSUMER_STATS = """async () => {
+  const id = window.pysfu.state.consumers.find((c) => c.kind === 'video').id;
+  return (await window.pysfu.serverStats({consumerId: id})).stats[0];
+}"""
+
+
+def _video(page: Any) -> dict[str, Any]:
+    stats: dict[str, Any] = page.evaluate(STATS)["video"] or {}
+    return stats
+
+
+def _fps(page: Any, seconds: float = 3.0) -> float:
+    before = _video(page)
+    time.sleep(seconds)
+    after = _video(page)
+    return float(after["framesDecoded"] - before["framesDecoded"]) / seconds
+
+
+def test_vp9_l3t3_key_viewer_spatial_and_temporal_layers(pages: Pages) -> None:
+    room = new_room()
+    host = pages.open("host", f"/?room={room}&role=host&scalability=L3T3_KEY")
+    _wait(host, "!document.getElementById('start').disabled", what="host ready")
+    start_sharing(host, source="camera", codec="video/VP9")
+    viewer = open_viewer(pages, room, "viewer")
+    wait_decoding(viewer, timeout=20, codec="video/VP9")
+
+    # The consumer is an SVC consumer of the producer's L3T3_KEY stream.
+    consumer = viewer.evaluate("() => window.pysfu.state.consumers.find("
+                               "(c) => c.kind === 'video')")
+    assert consumer["codec"].lower() == "video/vp9", consumer
+    assert consumer["type"] == "svc", consumer
+    assert consumer["scalabilityMode"] == "L3T3_KEY", consumer
+    server = viewer.evaluate(CONSUMER_STATS)
+    assert server["type"] == "outbound-rtp", server
+
+    def width() -> int:
+        return int(_video(viewer).get("frameWidth") or 0)
+
+    # The top layer: Chromium's full capture width (it adds the upper spatial layers as its
+    # send-side estimate grows; wait until it has them all).
+    top = int(host.evaluate(STATS)["video"]["frameWidth"])
+    assert top >= 320, top
+    _poll(width, lambda w: w == top, 30, "full resolution at the viewer")
+    _poll(lambda: viewer.evaluate(CONSUMER_STATS)["spatialLayer"], lambda s: s == 2, 10,
+          "server forwards spatial layer 2")
+
+    seen: dict[int, int] = {}
+    for spatial in (0, 1, 2):
+        answer = viewer.evaluate(f"async () => await window.pysfu.setPreferredLayers({spatial})")
+        assert answer["spatialLayer"] == spatial
+        want = top >> (2 - spatial)
+        seen[spatial] = _poll(width, lambda w, want=want: abs(w - want) <= 2, 20,
+                              f"spatial layer {spatial} (width {want}) at the viewer")
+        assert viewer.evaluate(CONSUMER_STATS)["spatialLayer"] == spatial
+    assert seen[0] < seen[1] < seen[2], seen
+    changes = [d["spatialLayer"] for d in notifications(viewer, "consumerLayersChanged")]
+    assert changes[-3:] == [0, 1, 2], changes
+
+    # Temporal, on spatial layer 0 (which the viewer's estimate never lowers): layer 0 is
+    # about a quarter of the frame rate, layer 2 all of it; no key frame needed.
+    def temporal(want: int) -> None:
+        answer = viewer.evaluate(f"async () => await window.pysfu.setPreferredLayers(0, {want})")
+        assert (answer["spatialLayer"], answer["temporalLayer"]) == (0, want), answer
+        _poll(lambda: viewer.evaluate(CONSUMER_STATS).get("temporalLayer"),
+              lambda t: t == want, 5, f"server forwards temporal layer {want}")
+        time.sleep(1.0)
+
+    temporal(2)
+    _poll(width, lambda w: abs(w - (top >> 2)) <= 2, 20, "spatial layer 0 again")
+    full, start = _fps(viewer), _video(viewer)
+    assert full >= 12, f"full rate {full} fps"
+    temporal(0)
+    low = _fps(viewer)
+    assert 0.15 * full <= low <= 0.4 * full, (full, low)
+    temporal(2)
+    back, end = _fps(viewer), _video(viewer)
+    assert back >= 0.75 * full, (full, back)
+    assert abs(width() - (top >> 2)) <= 2, "spatial layer unchanged"
+    assert end["pliCount"] == start["pliCount"], (start, end)
+
+
+def test_vp9_l1t3_viewer_temporal_layers(pages: Pages) -> None:
+    """VP9 with temporal layers only (L1T3): also an SVC consumer; temporal layer 0 is about a
+    quarter of the frame rate, decodable without key frame requests."""
+    room = new_room()
+    host = pages.open("host", f"/?room={room}&role=host&scalability=L1T3")
+    _wait(host, "!document.getElementById('start').disabled", what="host ready")
+    start_sharing(host, source="camera", codec="video/VP9")
+    viewer = open_viewer(pages, room, "viewer")
+    wait_decoding(viewer, timeout=20, codec="video/VP9")
+    consumer = viewer.evaluate("() => window.pysfu.state.consumers.find("
+                               "(c) => c.kind === 'video')")
+    assert (consumer["type"], consumer["scalabilityMode"]) == ("svc", "L1T3"), consumer
+    _poll(lambda: viewer.evaluate(CONSUMER_STATS).get("temporalLayer"),
+          lambda t: t == 2, 20, "server forwards temporal layer 2")
+
+    full, start = _fps(viewer), _video(viewer)
+    assert full >= 12, f"full rate {full} fps"
+    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0, 0)")
+    assert (answer["spatialLayer"], answer["temporalLayer"]) == (0, 0), answer
+    _poll(lambda: [d.get("temporalLayer") for d in
+                   notifications(viewer, "consumerLayersChanged")],
+          lambda seen: seen[-1:] == [0], 5, "temporal layer 0 reported")
+    time.sleep(0.5)
+    low = _fps(viewer)
+    assert 0.15 * full <= low <= 0.4 * full, (full, low)
+    viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0, 2)")
+    _poll(lambda: viewer.evaluate(CONSUMER_STATS).get("temporalLayer"),
+          lambda t: t == 2, 5, "server forwards temporal layer 2 again")
+    time.sleep(0.5)
+    back = _fps(viewer)
+    end = _video(viewer)
+    assert back >= 0.75 * full, (full, back)
+    assert end["pliCount"] == start["pliCount"], (start, end)
