@@ -28,6 +28,7 @@ pub mod vp8;
 pub mod vp9;
 pub mod wake;
 pub mod dcep;
+pub mod dd;
 pub mod sctp;
 
 use pyo3::prelude::*;

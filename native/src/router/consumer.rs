@@ -18,6 +18,7 @@ use crate::vp8::{self, TemporalFilter};
 use super::egress::{write_egress, Egress, Fanout, Ingress};
 use super::output::DropReason;
 use super::spec::{invalid, ConsumerSpec, Result};
+use super::svc_av1::{self, DdFilter};
 use super::transport::Counters;
 use super::{Handle, Rng};
 
@@ -107,6 +108,10 @@ pub(super) struct Consumer {
     /// VP8: temporal layer selection and PictureID / TL0PICIDX rewriting (made at the
     /// consumer's first VP8 packet; None for other codecs and for pipes).
     pub(super) vp8: Option<Box<TemporalFilter>>,
+    /// The highest spatial layer the viewer wants within one stream (AV1 SVC).
+    pub(super) preferred_svc_spatial: u8,
+    /// AV1 decode target selection (svc_av1.rs; made at the first packet with a descriptor).
+    pub(super) av1: Option<Box<DdFilter>>,
 }
 
 /// A VP8 packet's descriptor and the PictureID and TL0PICIDX to write into it.
@@ -237,6 +242,8 @@ impl Consumer {
             kind,
             preferred_temporal: vp8::ALL_LAYERS,
             vp8: None,
+            preferred_svc_spatial: svc_av1::ALL,
+            av1: None,
         })
     }
 
@@ -263,7 +270,8 @@ impl Consumer {
 
     pub(super) fn layer_switches(&self) -> u64 {
         match &self.kind {
-            Kind::Simple | Kind::Pipe(_) => 0,
+            Kind::Simple => self.av1.as_ref().map_or(0, |f| f.switches),
+            Kind::Pipe(_) => 0,
             Kind::Simulcast(s) => s.layer_switches,
         }
     }
@@ -361,6 +369,7 @@ impl Consumer {
         if let Some(f) = self.vp8.as_mut() {
             f.set_target(self.preferred_temporal);
         }
+        self.set_svc_preference(spatial);
         let Kind::Simulcast(s) = &mut self.kind else {
             return ((spatial.min(rates.len() - 1), self.preferred_temporal), None);
         };
@@ -398,6 +407,8 @@ impl Consumer {
         let cpt = self.admit(pkt, &mut switching)?;
         // VP8: the temporal layer filter, and the descriptor fields to rewrite.
         let vp8 = if pkt.codec == Codec::Vp8 && self.filters_vp8() { self.vp8_admit(pkt, switching)? } else { None };
+        // AV1: decode target selection by the dependency descriptor (and the marker bit).
+        let mark = if let Some(dd) = pkt.dd.as_ref() { self.av1_admit(dd, pkt.hdr.sequence, switching)? } else { false };
         if switching {
             self.sync(pkt, now);
         }
@@ -418,6 +429,9 @@ impl Consumer {
         }
         if let Some((d, pic, tl0)) = vp8 {
             rewrite_vp8(&mut buf, pkt.hdr, &d, pic, tl0);
+        }
+        if mark {
+            crate::rtp::set_marker(&mut buf, true);
         }
         self.last_out = Some(now);
         if tx.protect_rtp(&mut buf).is_err() {
@@ -575,11 +589,6 @@ impl Consumer {
         let Ok(d) = vp8::parse(payload) else { return Some(None) };
         let (pic, tl0) = f.map_again(&d)?;
         Some(Some((d, pic, tl0)))
-    }
-
-    /// The temporal layer being forwarded (None: the stream signals no temporal layers).
-    pub(super) fn current_temporal(&self) -> Option<u8> {
-        self.vp8.as_ref().and_then(|f| f.current())
     }
 
     /// Output continues right after the last packet sent, in sequence and in time (the

@@ -25,6 +25,7 @@ mod plain;
 mod producer;
 mod spec;
 mod stats;
+mod svc_av1;
 mod timers;
 mod totals;
 mod transport;

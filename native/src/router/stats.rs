@@ -137,7 +137,7 @@ fn consumer_stats(c: &Consumer) -> Vec<(&'static str, StatValue)> {
     v.push(("paused", Bool(c.paused)));
     v.push(("waitingKeyFrame", Bool(c.wait_key_frame)));
     v.push(("ssrc", Int(c.ssrc as u64)));
-    v.push(("currentLayer", Int(c.encoding as u64)));
+    v.push(("currentLayer", Int(c.current_spatial() as u64)));
     v.push(("targetLayer", Int(c.target() as u64)));
     v.push(("preferredLayer", Int(c.preferred_spatial() as u64)));
     v.push(("layerSwitches", Int(c.layer_switches())));
@@ -146,7 +146,7 @@ fn consumer_stats(c: &Consumer) -> Vec<(&'static str, StatValue)> {
         v.push(("currentTemporalLayer", Int(t as u64)));
     }
     v.push(("preferredTemporalLayer", Int(c.preferred_temporal as u64)));
-    v.push(("temporalFramesDropped", Int(c.vp8.as_ref().map_or(0, |f| f.frames_dropped))));
+    v.push(("temporalFramesDropped", Int(c.layer_frames_dropped())));
     v.push(("nackBudgetDrops", Int(c.quality.nack_budget_drops)));
     v.push(("nackMaxResendDrops", Int(c.quality.nack_max_resend_drops)));
     v
@@ -202,6 +202,9 @@ fn encoding_rtp_stats(i: usize, e: &Encoding) -> Vec<(&'static str, StatValue)> 
         ("firCount", Int(q.firs_sent)),
         ("keyFrames", Int(e.key_frames)),
         ("bitrate", Int(q.rate.bps)),
+        // AV1 dependency descriptors read, and refused (malformed, or naming no template).
+        ("dependencyDescriptors", Int(e.dd.parsed)),
+        ("dependencyDescriptorErrors", Int(e.dd.errors)),
     ];
     // RTT toward the producer, estimated from NACK → retransmission times.
     if let Some(g) = g.filter(|g| g.rtt_measured) {

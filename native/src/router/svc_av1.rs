@@ -1,0 +1,164 @@
+//! AV1 decode target selection for one consumer, from the dependency descriptor (dd.rs).
+//!
+//! The consumer's preferred spatial and temporal layers pick a decode target of the
+//! stream's structure (the highest one within both); a frame goes out when its decode
+//! target indication (DTI) for the target being forwarded is anything but "not present".
+//! The forwarded target changes to the wanted one only at a frame whose DTI for the wanted
+//! target is "switch" (a key frame's is, for every target), so the viewer can decode from
+//! there on. A frame's fate is decided once, at its first packet, and holds for all its
+//! packets. When higher spatial layers are dropped, the last packet of the target's spatial
+//! layer takes the RTP marker bit (the sender put it on the last layer of the temporal unit,
+//! which the viewer no longer gets).
+
+use crate::dd::{Descriptor, Dti, Structure};
+
+use super::consumer::{Consumer, Kind};
+use super::egress::DdFrame;
+
+/// Every layer (no preference).
+pub(super) const ALL: u8 = u8::MAX;
+
+pub(super) struct DdFilter {
+    /// The highest spatial and temporal layers the viewer wants.
+    preferred: (u8, u8),
+    /// The decode target being forwarded (None: none yet, waiting for a switch point).
+    current: Option<usize>,
+    /// Its (spatial, temporal) layers.
+    current_layers: Option<(u8, u8)>,
+    /// The last frame seen and whether it is forwarded.
+    frame: Option<(u16, bool)>,
+    /// Frames not forwarded (not present in the target, or before a switch point).
+    pub(super) frames_dropped: u64,
+    /// Decode target changes.
+    pub(super) switches: u64,
+}
+
+impl DdFilter {
+    pub(super) fn new(spatial: u8, temporal: u8) -> Self {
+        DdFilter { preferred: (spatial, temporal), current: None, current_layers: None, frame: None, frames_dropped: 0, switches: 0 }
+    }
+
+    pub(super) fn set_preference(&mut self, spatial: u8, temporal: u8) {
+        self.preferred = (spatial, temporal);
+    }
+
+    /// The (spatial, temporal) layers being forwarded, once a decode target is.
+    pub(super) fn current_layers(&self) -> Option<(u8, u8)> {
+        self.current_layers
+    }
+
+    /// The output starts over (the consumer (re)starts at a key frame, or its source stream
+    /// changed): the next frame picks the target afresh.
+    pub(super) fn sync(&mut self) {
+        self.current = None;
+        self.frame = None;
+    }
+
+    /// Whether the packet with descriptor `d` (resolved against `s`) goes out: None if not,
+    /// else whether it must carry the marker bit (it ends the forwarded temporal unit).
+    pub(super) fn admit(&mut self, d: &Descriptor, s: &Structure) -> Option<bool> {
+        if !self.admit_frame(d, s) {
+            return None;
+        }
+        let top = self.current_layers.map(|l| l.0);
+        Some(d.end_of_frame && top == Some(d.spatial) && d.spatial < s.max_spatial())
+    }
+
+    fn admit_frame(&mut self, d: &Descriptor, s: &Structure) -> bool {
+        if let Some((n, keep)) = self.frame {
+            if n == d.frame_number {
+                return keep;
+            }
+        }
+        if d.new_structure && d.start_of_frame {
+            // Decode target indices belong to the structure: start over with this one.
+            self.current = None;
+        }
+        let keep = self.decide(d, s);
+        if !keep {
+            self.frames_dropped += 1;
+        }
+        self.frame = Some((d.frame_number, keep));
+        keep
+    }
+
+    fn decide(&mut self, d: &Descriptor, s: &Structure) -> bool {
+        let Some(wanted) = wanted_target(s, d.active_targets, self.preferred) else {
+            // No decode target to choose from: nothing to filter by.
+            return true;
+        };
+        let current = self.current.filter(|&c| c < usize::from(s.decode_targets));
+        if current != Some(wanted) && d.start_of_frame && d.dtis.get(wanted) == Dti::Switch {
+            if current.is_some() {
+                self.switches += 1;
+            }
+            self.current = Some(wanted);
+            self.current_layers = s.target_layers.get(wanted).copied();
+        } else if current.is_none() {
+            // Not started and not a switch point for the wanted target: wait for one.
+            self.current = None;
+            return false;
+        }
+        self.current.is_some_and(|c| d.dtis.get(c) != Dti::NotPresent)
+    }
+}
+
+/// The decode target for `preferred` layers among the active ones: the highest (spatial,
+/// then temporal) within both preferences; else the lowest active one. None: no active
+/// target.
+pub(super) fn wanted_target(s: &Structure, active: u32, preferred: (u8, u8)) -> Option<usize> {
+    let targets = s.target_layers.iter().enumerate().filter(|&(i, _)| i < 32 && active & (1 << i) != 0);
+    let within = targets.clone().filter(|&(_, &(sp, tp))| sp <= preferred.0 && tp <= preferred.1);
+    // max_by_key keeps the last of equals: reverse so the first index wins.
+    let best = within.rev().max_by_key(|&(_, &layers)| layers);
+    best.or_else(|| targets.min_by_key(|&(_, &layers)| layers)).map(|(i, _)| i)
+}
+
+impl Consumer {
+    /// AV1 decode target selection of a packet the consumer otherwise takes: None when the
+    /// filter drops it (its sequence number skipped), else whether to set its marker bit.
+    #[inline]
+    pub(super) fn av1_admit(&mut self, dd: &DdFrame<'_>, seq_in: u16, switching: bool) -> Option<bool> {
+        let (spatial, temporal) = (self.preferred_svc_spatial, self.preferred_temporal);
+        let f = self.av1.get_or_insert_with(|| Box::new(DdFilter::new(spatial, temporal)));
+        if switching {
+            f.sync();
+        }
+        let mark = f.admit(&dd.desc, dd.structure);
+        if mark.is_none() {
+            self.seq.drop(seq_in);
+        }
+        mark
+    }
+
+    /// The spatial layer being forwarded: the simulcast stream, or within a single AV1 SVC
+    /// stream the decode target's spatial layer.
+    pub(super) fn current_spatial(&self) -> usize {
+        match (&self.kind, self.av1.as_ref().and_then(|f| f.current_layers())) {
+            (Kind::Simple, Some((s, _))) => usize::from(s),
+            _ => self.encoding,
+        }
+    }
+
+    /// Frames the temporal (VP8) or decode target (AV1) filter did not forward.
+    pub(super) fn layer_frames_dropped(&self) -> u64 {
+        self.vp8.as_ref().map_or(0, |f| f.frames_dropped) + self.av1.as_ref().map_or(0, |f| f.frames_dropped)
+    }
+
+    /// The temporal layer being forwarded (None: the stream signals no temporal layers).
+    pub(super) fn current_temporal(&self) -> Option<u8> {
+        let av1 = || self.av1.as_ref().and_then(|f| f.current_layers()).map(|(_, t)| t);
+        self.vp8.as_ref().and_then(|f| f.current()).or_else(av1)
+    }
+
+    /// The viewer's spatial preference within one stream (a simulcast consumer's picks the
+    /// stream; within it every spatial layer goes).
+    pub(super) fn set_svc_preference(&mut self, spatial: usize) {
+        if !matches!(self.kind, Kind::Simulcast(_)) {
+            self.preferred_svc_spatial = spatial.min(usize::from(ALL)) as u8;
+        }
+        if let Some(f) = self.av1.as_mut() {
+            f.set_preference(self.preferred_svc_spatial, self.preferred_temporal);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+"""End-to-end AV1: a Chromium host sends AV1 with scalabilityMode L1T3 (one stream, three
+temporal layers described by the dependency descriptor header extension); a Chromium viewer
+decodes it, and asking for temporal layer 0 gives about a quarter of the frame rate, the
+stream staying decodable; asking for layer 2 again restores the full rate."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.e2e.test_browser import (
+    STATS,
+    _wait,
+    new_room,
+    notifications,
+    open_viewer,
+    start_sharing,
+    wait_decoding,
+)
+from tests.e2e.test_simulcast_browser import _poll
+
+Pages = Any
+
+
+def test_av1_l1t3_viewer_temporal_layers(pages: Pages) -> None:
+    room = new_room()
+    host = pages.open("host", f"/?room={room}&role=host&scalability=L1T3")
+    _wait(host, "!document.getElementById('start').disabled", what="host ready")
+    start_sharing(host, source="camera", codec="video/AV1")
+    producer_id = host.evaluate("() => window.pysfu.state.producers.video.id")
+
+    # The server reads the sender's dependency descriptors (none refused).
+    def server_stream() -> dict[str, Any]:
+        answer = host.evaluate("async (id) => await window.pysfu.serverStats({producerId: id})",
+                               producer_id)
+        stream: dict[str, Any] = answer["stats"][0]
+        return stream
+
+    stream = _poll(server_stream, lambda s: s["dependencyDescriptors"] > 50, 20,
+                   "dependency descriptors at the server")
+    assert stream["dependencyDescriptorErrors"] == 0, stream
+    assert stream["keyFrames"] >= 1, stream
+
+    viewer = open_viewer(pages, room, "viewer")
+    wait_decoding(viewer, timeout=20, codec="video/AV1")
+
+    def temporal() -> list[int]:
+        return [d.get("temporalLayer") for d in notifications(viewer, "consumerLayersChanged")]
+
+    # The viewer is told it gets temporal layer 2 (the decode target with every layer).
+    _poll(temporal, lambda seen: seen[-1:] == [2], 20, "temporal layer 2 reported")
+
+    def video() -> dict[str, Any]:
+        stats: dict[str, Any] = viewer.evaluate(STATS)["video"]
+        return stats
+
+    def rate(seconds: float = 3.0) -> tuple[float, dict[str, Any], dict[str, Any]]:
+        before = video()
+        time.sleep(seconds)
+        after = video()
+        return (after["framesDecoded"] - before["framesDecoded"]) / seconds, before, after
+
+    full, start, _ = rate()
+    assert full >= 12, f"full rate {full} fps"
+    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0, 0)")
+    assert answer["temporalLayer"] == 0
+    _poll(temporal, lambda seen: seen[-1:] == [0], 5, "temporal layer 0 reported")
+    time.sleep(0.5)
+    low, _, _ = rate()
+    assert 0.15 * full <= low <= 0.4 * full, (full, low)
+
+    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0, 2)")
+    assert answer["temporalLayer"] == 2
+    _poll(temporal, lambda seen: seen[-1:] == [2], 5, "temporal layer 2 reported again")
+    time.sleep(0.5)
+    back, _, end = rate()
+    assert back >= 0.75 * full, (full, back)
+    # Decodable throughout: the viewer never asked for a key frame, dropped (almost) nothing.
+    assert end["pliCount"] == start["pliCount"], (start, end)
+    assert end.get("framesDropped", 0) - start.get("framesDropped", 0) <= 3, (start, end)
+    assert video()["codec"].lower() == "video/av1"
