@@ -204,9 +204,10 @@ SUPPORTED_HEADER_EXTENSIONS: list[dict[str, Any]] = [
     _ext("video", URI_ABS_SEND_TIME, 4),
     _ext("audio", URI_TRANSPORT_CC, 5, "recvonly"),
     _ext("video", URI_TRANSPORT_CC, 5),
-    # Read by the router to select AV1 decode targets, not forwarded (mediasoup: id 8,
-    # recvonly): viewers find frame references from sequence numbers, which stay contiguous.
-    _ext("video", URI_DEPENDENCY_DESCRIPTOR, 8, "recvonly"),
+    # Read by the router to select AV1 decode targets and forwarded as sent: a viewer needs
+    # it to assemble the frames of a stream with spatial layers (mediasoup lists id 8 as
+    # recvonly; Chromium does not decode AV1 L2T3 without it).
+    _ext("video", URI_DEPENDENCY_DESCRIPTOR, 8),
     _ext("video", "http://tools.ietf.org/html/draft-ietf-avtext-framemarking-07", 6),
     _ext("video", "urn:ietf:params:rtp-hdrext:framemarking", 7),
     _ext("audio", "urn:ietf:params:rtp-hdrext:ssrc-audio-level", 10),

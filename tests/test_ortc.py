@@ -108,8 +108,8 @@ def test_router_caps_header_extension_table() -> None:
     assert table["audio", 5] == (URI_TCC, "recvonly")
     assert table["video", 5] == (URI_TCC, "sendrecv")
     assert table["audio", 10] == (URI_AUDIO_LEVEL, "sendrecv")
-    # AV1 dependency descriptor: read by the router, not sent to viewers (mediasoup's entry).
-    assert table["video", 8] == (ortc.URI_DEPENDENCY_DESCRIPTOR, "recvonly")
+    # AV1 dependency descriptor: read by the router and forwarded to viewers.
+    assert table["video", 8] == (ortc.URI_DEPENDENCY_DESCRIPTOR, "sendrecv")
     assert ("audio", 8) not in table
     assert all(not e["preferredEncrypt"] for e in caps["headerExtensions"])
     assert caps["headerExtensions"] == ortc.SUPPORTED_HEADER_EXTENSIONS
@@ -326,7 +326,7 @@ def test_full_chain_mapping_consumable_consumer() -> None:
         {"ssrc": base + i, "dtx": False, "maxBitrate": rate, "scalabilityMode": "L1T3"}
         for i, rate in enumerate((111111, 222222, 333333))]
     assert consumable["rtcp"] == {"cname": "qwerty1234", "reducedSize": True}
-    assert all(e["id"] in (1, 4, 6, 7, 11, 12, 13, 14) for e in consumable["headerExtensions"])
+    assert all(e["id"] in (1, 4, 6, 7, 8, 11, 12, 13, 14) for e in consumable["headerExtensions"])
 
     consumer = ortc.get_consumer_rtp_parameters(consumable, CHAIN_REMOTE_CAPS, enable_rtx=True)
     assert consumer["codecs"] == [

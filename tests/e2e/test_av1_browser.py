@@ -79,3 +79,62 @@ def test_av1_l1t3_viewer_temporal_layers(pages: Pages) -> None:
     assert end["pliCount"] == start["pliCount"], (start, end)
     assert end.get("framesDropped", 0) - start.get("framesDropped", 0) <= 3, (start, end)
     assert video()["codec"].lower() == "video/av1"
+
+
+def test_av1_l2t3_viewer_spatial_layers(pages: Pages) -> None:
+    """A Chromium host sends AV1 L2T3 (two spatial layers in one stream); a viewer decodes
+    the top resolution, half of it when it asks for spatial layer 0 (the router drops the
+    upper layer's frames and moves the marker bit), and the top again on asking for 1."""
+    room = new_room()
+    host = pages.open("host", f"/?room={room}&role=host&scalability=L2T3")
+    _wait(host, "!document.getElementById('start').disabled", what="host ready")
+    start_sharing(host, source="camera", codec="video/AV1")
+    viewer = open_viewer(pages, room, "viewer")
+    wait_decoding(viewer, timeout=20, codec="video/AV1")
+
+    def width() -> int:
+        return viewer.evaluate(STATS)["video"].get("frameWidth") or 0
+
+    def spatial() -> list[int]:
+        return [d.get("spatialLayer") for d in notifications(viewer, "consumerLayersChanged")]
+
+    top = _poll(width, lambda w: w >= 640, 20, "video at the viewer")
+    _poll(spatial, lambda seen: seen[-1:] == [1], 20, "spatial layer 1 reported")
+    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0)")
+    assert answer["spatialLayer"] == 0
+    _poll(width, lambda w: w == top // 2, 20, "spatial layer 0 at the viewer")
+    _poll(spatial, lambda seen: seen[-1:] == [0], 5, "spatial layer 0 reported")
+    frames = viewer.evaluate(STATS)["video"]["framesDecoded"]
+    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(1)")
+    assert answer["spatialLayer"] == 1
+    _poll(width, lambda w: w == top, 20, "spatial layer 1 again")
+    _poll(spatial, lambda seen: seen[-1:] == [1], 5, "spatial layer 1 reported again")
+    time.sleep(1)
+    assert viewer.evaluate(STATS)["video"]["framesDecoded"] > frames + 10, "decoding went on"
+
+
+def test_av1_simulcast_viewer_switches(pages: Pages) -> None:
+    """AV1 simulcast (three encodings): the viewer's decoded width follows setPreferredLayers
+    down and back up (switches at the target stream's key frames)."""
+    room = new_room()
+    host = pages.open("host", f"/?room={room}&role=host&simulcast=1")
+    _wait(host, "!document.getElementById('start').disabled", what="host ready")
+    start_sharing(host, source="camera", codec="video/AV1")
+    host_layers = _poll(lambda: host.evaluate(STATS)["layers"],
+                        lambda ls: len(ls) == 3 and all(v.get("frameWidth") for v in ls.values()),
+                        30, "three layers encoded at the host")
+    widths = {rid: v["frameWidth"] for rid, v in host_layers.items()}
+    viewer = open_viewer(pages, room, "viewer")
+    wait_decoding(viewer, timeout=20, codec="video/AV1")
+
+    def width() -> int:
+        return viewer.evaluate(STATS)["video"].get("frameWidth") or 0
+
+    _poll(width, lambda w: w == widths["r2"], 30, "top layer at the viewer")
+    viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0)")
+    _poll(width, lambda w: w == widths["r0"], 20, "layer 0 at the viewer")
+    frames = viewer.evaluate(STATS)["video"]["framesDecoded"]
+    viewer.evaluate("async () => await window.pysfu.setPreferredLayers(2)")
+    _poll(width, lambda w: w == widths["r2"], 20, "top layer again")
+    time.sleep(1)
+    assert viewer.evaluate(STATS)["video"]["framesDecoded"] > frames + 10, "decoding went on"

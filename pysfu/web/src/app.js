@@ -9,8 +9,10 @@
 //      /?room=ID&role=viewer      viewer view
 //      &simulcast=1               (host) send video as three simulcast layers (r0 ¼, r1 ½, r2 full
 //                                 resolution); viewers pick one with setPreferredLayers
-//      &scalability=L1T3          (host) scalabilityMode of each video encoding (temporal
-//                                 layers: viewers can ask for fewer frames per second)
+//      &scalability=L1T3          (host) scalabilityMode of each video encoding (L<s>T<t>, s, t
+//                                 1..3; temporal layers: viewers can ask for fewer frames per
+//                                 second; spatial layers in one stream: AV1 with the
+//                                 dependency descriptor)
 //      &token=JWT                 join token minted by the app server (needed when the server
 //                                 has auth_secret): sent in join; the peer id is the token's
 //                                 identity. Without a secret configured, rooms are open and
@@ -870,7 +872,7 @@ async function main() {
   state.roomId = roomId;
   state.simulcast = params.get('simulcast') === '1';
   const scalability = params.get('scalability');
-  state.scalability = scalability && /^L1T[1-3]$/.test(scalability) ? scalability : null;
+  state.scalability = scalability && /^L[1-3]T[1-3]$/.test(scalability) ? scalability : null;
   document.title = `pysfu · ${role} · ${roomId}`;
   $('role-badge').textContent = role;
   $('role-badge').hidden = false;

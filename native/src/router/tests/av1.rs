@@ -11,8 +11,9 @@ use crate::router::spec::URI_DEPENDENCY_DESCRIPTOR;
 
 const AV1_PT: u8 = 45;
 const ROUTER_AV1_PT: u8 = 110;
-/// The host's id of the dependency descriptor extension (received, not forwarded).
+/// The host's id of the dependency descriptor extension, and the router's (viewers get it).
 const DD_ID: u8 = 5;
+const ROUTER_DD_ID: u8 = 8;
 
 /// (temporal layer, template id) of frame `f` of the L1T3 pattern T0 T2 T1 T2; frame 0 is
 /// the key frame (template 0, the structure attached).
@@ -93,7 +94,7 @@ impl Av1 {
             mapped_rtx_payload_type: None,
             clock_rate: Some(90000),
         };
-        spec.header_extensions.push(ExtSpec { id: DD_ID, router_id: None, uri: URI_DEPENDENCY_DESCRIPTOR.into() });
+        spec.header_extensions.push(ExtSpec { id: DD_ID, router_id: Some(ROUTER_DD_ID), uri: URI_DEPENDENCY_DESCRIPTOR.into() });
         spec.encodings = (0..encodings)
             .map(|i| EncodingSpec { ssrc: Some(0x100 + i), rtx_ssrc: None, rid: Some(format!("r{i}")), mapped_ssrc: 7000 + i })
             .collect();
@@ -152,8 +153,8 @@ impl Av1 {
             self.viewers[i].unprotect_rtp(&mut b).unwrap();
             let h = rtp::parse(&b).unwrap();
             assert_eq!(h.payload_type, ROUTER_AV1_PT);
-            // The descriptor is the router's to read: not forwarded (not negotiated).
-            assert!(rtp::find_extension(&b, &h, DD_ID).is_none());
+            // The descriptor goes on as the sender wrote it, under the router's id.
+            assert_eq!(rtp::find_extension(&b, &h, ROUTER_DD_ID), Some(d));
             let pl = h.payload(&b);
             let n = pl.len();
             got[i].push((h.sequence, pl[n - 5], u32::from_be_bytes([pl[n - 4], pl[n - 3], pl[n - 2], pl[n - 1]]), h.marker));
