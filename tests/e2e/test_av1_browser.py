@@ -84,7 +84,8 @@ def test_av1_l1t3_viewer_temporal_layers(pages: Pages) -> None:
 def test_av1_l2t3_viewer_spatial_layers(pages: Pages) -> None:
     """A Chromium host sends AV1 L2T3 (two spatial layers in one stream); a viewer decodes
     the top resolution, half of it when it asks for spatial layer 0 (the router drops the
-    upper layer's frames and moves the marker bit), and the top again on asking for 1."""
+    upper layer's frames and moves the marker bit), and the top again on asking for 1 (at a
+    key frame the router asks for), without asking for key frames or dropping frames."""
     room = new_room()
     host = pages.open("host", f"/?room={room}&role=host&scalability=L2T3")
     _wait(host, "!document.getElementById('start').disabled", what="host ready")
@@ -100,6 +101,7 @@ def test_av1_l2t3_viewer_spatial_layers(pages: Pages) -> None:
 
     top = _poll(width, lambda w: w >= 640, 20, "video at the viewer")
     _poll(spatial, lambda seen: seen[-1:] == [1], 20, "spatial layer 1 reported")
+    start = viewer.evaluate(STATS)["video"]
     answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0)")
     assert answer["spatialLayer"] == 0
     _poll(width, lambda w: w == top // 2, 20, "spatial layer 0 at the viewer")
@@ -110,7 +112,11 @@ def test_av1_l2t3_viewer_spatial_layers(pages: Pages) -> None:
     _poll(width, lambda w: w == top, 20, "spatial layer 1 again")
     _poll(spatial, lambda seen: seen[-1:] == [1], 5, "spatial layer 1 reported again")
     time.sleep(1)
-    assert viewer.evaluate(STATS)["video"]["framesDecoded"] > frames + 10, "decoding went on"
+    end = viewer.evaluate(STATS)["video"]
+    assert end["framesDecoded"] > frames + 10, "decoding went on"
+    # Decodable throughout: up again at a key frame the server asked for, not the viewer.
+    assert end["pliCount"] == start["pliCount"], (start, end)
+    assert end.get("framesDropped", 0) - start.get("framesDropped", 0) <= 3, (start, end)
 
 
 def test_av1_simulcast_viewer_switches(pages: Pages) -> None:

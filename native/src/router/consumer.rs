@@ -371,7 +371,7 @@ impl Consumer {
         }
         self.set_svc_preference(spatial);
         let Kind::Simulcast(s) = &mut self.kind else {
-            return ((spatial.min(rates.len() - 1), self.preferred_temporal), None);
+            return ((spatial.min(rates.len() - 1), self.preferred_temporal), self.svc_key_frame());
         };
         let preferred = spatial.min(rates.len() - 1);
         if preferred > s.preferred_spatial {
@@ -408,7 +408,7 @@ impl Consumer {
         // VP8: the temporal layer filter, and the descriptor fields to rewrite.
         let vp8 = if pkt.codec == Codec::Vp8 && self.filters_vp8() { self.vp8_admit(pkt, switching)? } else { None };
         // AV1: decode target selection by the dependency descriptor (and the marker bit).
-        let mark = if let Some(dd) = pkt.dd.as_ref() { self.av1_admit(dd, pkt.hdr.sequence, switching)? } else { false };
+        let mark = if let Some(dd) = pkt.dd.as_ref() { self.av1_admit(dd, (pkt.hdr.sequence, pkt.hdr.timestamp), switching)? } else { false };
         if switching {
             self.sync(pkt, now);
         }

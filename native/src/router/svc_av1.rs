@@ -3,9 +3,12 @@
 //! The consumer's preferred spatial and temporal layers pick a decode target of the
 //! stream's structure (the highest one within both); a frame goes out when its decode
 //! target indication (DTI) for the target being forwarded is anything but "not present".
-//! The forwarded target changes to the wanted one only at a frame whose DTI for the wanted
-//! target is "switch" (a key frame's is, for every target), so the viewer can decode from
-//! there on. A frame's fate is decided once, at its first packet, and holds for all its
+//! The forwarded target changes only at the first frame of a temporal unit (a new RTP
+//! timestamp): down (lower or equal layers in both dimensions) at once, up only where that
+//! frame's DTI for the wanted target is "switch" (a key frame's is, for every target; with
+//! spatial layers a delta unit's base frame is not, as the upper layer depends on its own
+//! dropped frames), so the viewer can decode from there on. Moving up with spatial layers
+//! asks for a key frame. A frame's fate is decided once, at its first packet, and holds for all its
 //! packets. When higher spatial layers are dropped, the last packet of the target's spatial
 //! layer takes the RTP marker bit (the sender put it on the last layer of the temporal unit,
 //! which the viewer no longer gets).
@@ -27,6 +30,10 @@ pub(super) struct DdFilter {
     current_layers: Option<(u8, u8)>,
     /// The last frame seen and whether it is forwarded.
     frame: Option<(u16, bool)>,
+    /// The RTP timestamp of the last frame start (a new one starts a temporal unit).
+    last_ts: Option<u32>,
+    /// The highest (spatial, temporal) layers of the stream's structure.
+    max_layers: (u8, u8),
     /// Frames not forwarded (not present in the target, or before a switch point).
     pub(super) frames_dropped: u64,
     /// Decode target changes.
@@ -35,11 +42,28 @@ pub(super) struct DdFilter {
 
 impl DdFilter {
     pub(super) fn new(spatial: u8, temporal: u8) -> Self {
-        DdFilter { preferred: (spatial, temporal), current: None, current_layers: None, frame: None, frames_dropped: 0, switches: 0 }
+        DdFilter {
+            preferred: (spatial, temporal),
+            current: None,
+            current_layers: None,
+            frame: None,
+            last_ts: None,
+            max_layers: (0, 0),
+            frames_dropped: 0,
+            switches: 0,
+        }
     }
 
     pub(super) fn set_preference(&mut self, spatial: u8, temporal: u8) {
         self.preferred = (spatial, temporal);
+    }
+
+    /// Whether reaching the preferred layers needs a key frame: the stream has spatial
+    /// layers and the wanted layers are above the forwarded ones.
+    pub(super) fn needs_key_frame(&self) -> bool {
+        let (ms, mt) = self.max_layers;
+        let Some((cs, ct)) = self.current_layers else { return false };
+        ms > 0 && (self.preferred.0.min(ms) > cs || self.preferred.1.min(mt) > ct)
     }
 
     /// The (spatial, temporal) layers being forwarded, once a decode target is.
@@ -52,19 +76,21 @@ impl DdFilter {
     pub(super) fn sync(&mut self) {
         self.current = None;
         self.frame = None;
+        self.last_ts = None;
     }
 
-    /// Whether the packet with descriptor `d` (resolved against `s`) goes out: None if not,
-    /// else whether it must carry the marker bit (it ends the forwarded temporal unit).
-    pub(super) fn admit(&mut self, d: &Descriptor, s: &Structure) -> Option<bool> {
-        if !self.admit_frame(d, s) {
+    /// Whether the packet with descriptor `d` (resolved against `s`) and RTP timestamp `ts`
+    /// goes out: None if not, else whether it must carry the marker bit (it ends the
+    /// forwarded temporal unit).
+    pub(super) fn admit(&mut self, d: &Descriptor, s: &Structure, ts: u32) -> Option<bool> {
+        if !self.admit_frame(d, s, ts) {
             return None;
         }
         let top = self.current_layers.map(|l| l.0);
         Some(d.end_of_frame && top == Some(d.spatial) && d.spatial < s.max_spatial())
     }
 
-    fn admit_frame(&mut self, d: &Descriptor, s: &Structure) -> bool {
+    fn admit_frame(&mut self, d: &Descriptor, s: &Structure, ts: u32) -> bool {
         if let Some((n, keep)) = self.frame {
             if n == d.frame_number {
                 return keep;
@@ -74,7 +100,13 @@ impl DdFilter {
             // Decode target indices belong to the structure: start over with this one.
             self.current = None;
         }
-        let keep = self.decide(d, s);
+        let unit_start = d.start_of_frame && self.last_ts != Some(ts);
+        if d.start_of_frame {
+            self.last_ts = Some(ts);
+        }
+        let layers = s.templates.iter().fold((0, 0), |(a, b), t| (a.max(t.spatial), b.max(t.temporal)));
+        self.max_layers = layers;
+        let keep = self.decide(d, s, unit_start);
         if !keep {
             self.frames_dropped += 1;
         }
@@ -82,13 +114,15 @@ impl DdFilter {
         keep
     }
 
-    fn decide(&mut self, d: &Descriptor, s: &Structure) -> bool {
+    fn decide(&mut self, d: &Descriptor, s: &Structure, unit_start: bool) -> bool {
         let Some(wanted) = wanted_target(s, d.active_targets, self.preferred) else {
             // No decode target to choose from: nothing to filter by.
             return true;
         };
         let current = self.current.filter(|&c| c < usize::from(s.decode_targets));
-        if current != Some(wanted) && d.start_of_frame && d.dtis.get(wanted) == Dti::Switch {
+        let layers = |t: Option<usize>| t.and_then(|t| s.target_layers.get(t).copied());
+        let down = matches!((layers(current), layers(Some(wanted))), (Some(c), Some(w)) if w.0 <= c.0 && w.1 <= c.1);
+        if current != Some(wanted) && unit_start && (down || d.dtis.get(wanted) == Dti::Switch) {
             if current.is_some() {
                 self.switches += 1;
             }
@@ -118,13 +152,13 @@ impl Consumer {
     /// AV1 decode target selection of a packet the consumer otherwise takes: None when the
     /// filter drops it (its sequence number skipped), else whether to set its marker bit.
     #[inline]
-    pub(super) fn av1_admit(&mut self, dd: &DdFrame<'_>, seq_in: u16, switching: bool) -> Option<bool> {
+    pub(super) fn av1_admit(&mut self, dd: &DdFrame<'_>, (seq_in, ts): (u16, u32), switching: bool) -> Option<bool> {
         let (spatial, temporal) = (self.preferred_svc_spatial, self.preferred_temporal);
         let f = self.av1.get_or_insert_with(|| Box::new(DdFilter::new(spatial, temporal)));
         if switching {
             f.sync();
         }
-        let mark = f.admit(&dd.desc, dd.structure);
+        let mark = f.admit(&dd.desc, dd.structure, ts);
         if mark.is_none() {
             self.seq.drop(seq_in);
         }
@@ -149,6 +183,12 @@ impl Consumer {
     pub(super) fn current_temporal(&self) -> Option<u8> {
         let av1 = || self.av1.as_ref().and_then(|f| f.current_layers()).map(|(_, t)| t);
         self.vp8.as_ref().and_then(|f| f.current()).or_else(av1)
+    }
+
+    /// The stream to ask for a key frame so that an AV1 SVC consumer reaches its preferred
+    /// layers (upper spatial layers depend on frames it did not forward).
+    pub(super) fn svc_key_frame(&self) -> Option<usize> {
+        self.av1.as_ref().filter(|f| !self.paused && f.needs_key_frame()).map(|_| self.encoding)
     }
 
     /// The viewer's spatial preference within one stream (a simulcast consumer's picks the

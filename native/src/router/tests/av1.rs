@@ -3,7 +3,7 @@
 //! is a switch point for the wanted target, contiguous output sequence numbers, descriptor
 //! errors counted and not filtered by; AV1 simulcast switching at key frames (N bit); an
 //! L2T1 stream: spatial layer 0 alone with the marker bit moved onto it, up to layer 1 only
-//! at a key frame, down at the next base layer frame.
+//! at a key frame (asked for), down at the next temporal unit.
 
 use super::*;
 use crate::dd::tests::{hex, L1T3_KEY, L2T1_KEY};
@@ -75,6 +75,8 @@ struct Av1 {
     seqs: [u16; 2],
     /// Corrupt the next descriptors (a truncated extension).
     corrupt: bool,
+    /// Frames per temporal unit (one RTP timestamp): 2 with two spatial layers.
+    unit: u32,
 }
 
 impl Av1 {
@@ -104,7 +106,7 @@ impl Av1 {
             c.payload_types = vec![(ROUTER_AV1_PT, ROUTER_AV1_PT)];
             r.add_consumer(now, h, t, 10, c, &mut out).unwrap();
         }
-        Av1 { r, now, host: peer(1).0, viewers: [peer(2).1, peer(3).1], seqs: [100, 40_000], corrupt: false }
+        Av1 { r, now, host: peer(1).0, viewers: [peer(2).1, peer(3).1], seqs: [100, 40_000], corrupt: false, unit: 1 }
     }
 
     fn prefer(&mut self, consumer: Handle, spatial: usize, temporal: Option<u8>) -> (usize, u8) {
@@ -136,7 +138,7 @@ impl Av1 {
         payload.extend_from_slice(&[0xab; 40]);
         payload.push(enc as u8);
         payload.extend_from_slice(&f.to_be_bytes());
-        let ts = 3000 * f + 90_000 * enc as u32;
+        let ts = 3000 * (f / self.unit) + 90_000 * enc as u32;
         let mut pkt = av1_packet(0x100 + enc as u32, self.seqs[enc], ts, d, &payload);
         rtp::set_marker(&mut pkt, marker);
         self.seqs[enc] = self.seqs[enc].wrapping_add(1);
@@ -318,6 +320,7 @@ fn l2_unit(a: &mut Av1, k: u32, key: bool) -> [Vec<Got>; 2] {
 #[test]
 fn l2t1_spatial_layer_zero_takes_the_marker_and_switches_up_at_a_key_frame() {
     let mut a = Av1::new(1);
+    a.unit = 2;
     assert_eq!(a.prefer(20, 0, None).0, 0);
     let mut got = [Vec::new(), Vec::new()];
     for k in 0..4 {
@@ -332,10 +335,15 @@ fn l2t1_spatial_layer_zero_takes_the_marker_and_switches_up_at_a_key_frame() {
     // Viewer 3: everything as sent, the marker on S1 only.
     assert_eq!(got[1].iter().map(|g| (g.2, g.3)).collect::<Vec<_>>(), (0..8).map(|f| (f, f % 2 == 1)).collect::<Vec<_>>());
     assert_eq!(a.stat(30, "currentLayer"), Some(1));
-    // Viewer 2 wants S1: delta units are no switch point for it (S1 needs the S1 before).
-    a.prefer(20, 1, None);
-    // Viewer 3 wants S0: the next S0 frame is a switch point for it.
-    a.prefer(30, 0, None);
+    // Viewer 2 wants S1: delta units are no switch point for it (S1 needs the S1 before), so
+    // the host is asked for a key frame.
+    let mut out = Output::new();
+    a.r.set_preferred_layers(a.now, 20, 1, None, &mut out).unwrap();
+    assert_eq!(dests(&out), vec![1000]);
+    // Viewer 3 wants S0: a move down, at the next temporal unit, no key frame needed.
+    let mut out = Output::new();
+    a.r.set_preferred_layers(a.now, 30, 0, None, &mut out).unwrap();
+    assert!(out.transmits.is_empty());
     let [x, y] = l2_unit(&mut a, 4, false);
     assert_eq!(x.iter().map(|g| (g.2, g.3)).collect::<Vec<_>>(), vec![(8, true)]);
     assert_eq!(y.iter().map(|g| (g.2, g.3)).collect::<Vec<_>>(), vec![(8, true)]);
