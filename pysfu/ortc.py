@@ -107,6 +107,8 @@ URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 URI_RRID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+URI_DEPENDENCY_DESCRIPTOR = (
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension")
 
 # 127 is left out on purpose: mediasoup-client's probator uses it (module docstring).
 _DYNAMIC_PAYLOAD_TYPES: tuple[int, ...] = (*range(100, 127), *range(96, 100))
@@ -121,14 +123,15 @@ _MIME_RE = re.compile(r"(audio|video)/([^/\s]+)", re.IGNORECASE)
 
 # MIME subtypes the data plane knows (mediasoup worker list); anything else is refused.
 _KNOWN_SUBTYPES = frozenset({
-    "opus", "multiopus", "pcma", "pcmu", "isac", "g722", "ilbc", "silk", "vp8", "vp9",
+    "opus", "multiopus", "pcma", "pcmu", "isac", "g722", "ilbc", "silk", "vp8", "vp9", "av1",
     "h264", "h264-svc", "x-h264uc", "h265", "cn", "telephone-event", "rtx", "ulpfec",
     "flexfec", "x-ulpfecuc", "red",
 })
 # Codecs that carry no media of their own: never a stream's codec, never an RTX target.
 _FEATURE_SUBTYPES = frozenset({"rtx", "ulpfec", "flexfec", "x-ulpfecuc", "red"})
-_SIMULCAST_SUBTYPES = frozenset({"vp8", "h264"})
-_SVC_SUBTYPES = frozenset({"vp9", "h264-svc"})
+_SIMULCAST_SUBTYPES = frozenset({"vp8", "h264", "av1"})
+# AV1: one stream's layers are selected by its dependency descriptor (native/src/dd.rs).
+_SVC_SUBTYPES = frozenset({"vp9", "h264-svc", "av1"})
 
 _DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 
@@ -180,6 +183,7 @@ SUPPORTED_CODECS: list[dict[str, Any]] = [
     *(_audio("audio/telephone-event", rate, fb=[]) for rate in (48000, 32000, 16000, 8000)),
     _video("video/VP8"),
     _video("video/VP9"),
+    _video("video/AV1"),
     _video("video/H264", {"level-asymmetry-allowed": 1}),
     _video("video/H264-SVC", {"level-asymmetry-allowed": 1}),
     _video("video/H265", {"level-asymmetry-allowed": 1}),
@@ -201,6 +205,10 @@ SUPPORTED_HEADER_EXTENSIONS: list[dict[str, Any]] = [
     _ext("video", URI_ABS_SEND_TIME, 4),
     _ext("audio", URI_TRANSPORT_CC, 5, "recvonly"),
     _ext("video", URI_TRANSPORT_CC, 5),
+    # Read by the router to select AV1 decode targets and forwarded as sent: a viewer needs
+    # it to assemble the frames of a stream with spatial layers (mediasoup lists id 8 as
+    # recvonly; Chromium does not decode AV1 L2T3 without it).
+    _ext("video", URI_DEPENDENCY_DESCRIPTOR, 8),
     _ext("video", "http://tools.ietf.org/html/draft-ietf-avtext-framemarking-07", 6),
     _ext("video", "urn:ietf:params:rtp-hdrext:framemarking", 7),
     _ext("audio", "urn:ietf:params:rtp-hdrext:ssrc-audio-level", 10),
@@ -221,6 +229,8 @@ DEFAULT_MEDIA_CODECS: list[dict[str, Any]] = [
     {"kind": "video", "mimeType": "video/H264", "clockRate": 90000,
      "parameters": {"packetization-mode": 1, "profile-level-id": "42e01f",
                     "level-asymmetry-allowed": 1, "x-google-start-bitrate": 1000}},
+    {"kind": "video", "mimeType": "video/AV1", "clockRate": 90000,
+     "parameters": {"x-google-start-bitrate": 1000}},
 ]
 
 
@@ -749,7 +759,8 @@ def match_codecs(a: dict[str, Any], b: dict[str, Any], *, strict: bool,
     """Whether codec ``a`` and codec ``b`` are the same codec configuration.
 
     Always: mime type (case-insensitive), clock rate, channels; multiopus stream counts.
-    ``strict`` adds H264 packetization-mode and profile compatibility, VP9 profile-id.
+    ``strict`` adds H264 packetization-mode and profile compatibility, VP9 profile-id,
+    AV1 profile.
     ``modify`` (H264 only) writes the negotiated profile-level-id into ``a["parameters"]``.
     """
     mime = a["mimeType"].lower()
@@ -780,6 +791,9 @@ def match_codecs(a: dict[str, Any], b: dict[str, Any], *, strict: bool,
                 params["profile-level-id"] = answer
     elif mime == "video/vp9" and strict:
         if _as_int(pa.get("profile-id"), 0) != _as_int(pb.get("profile-id"), 0):
+            return False
+    elif mime == "video/av1" and strict:
+        if _as_int(pa.get("profile"), 0) != _as_int(pb.get("profile"), 0):
             return False
     return True
 

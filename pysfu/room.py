@@ -838,6 +838,7 @@ class Room:
         VP9 TID) layers the viewer wants, clamped to what exists; a temporal layer of None
         means every one."""
         consumer = self.owned_consumer(peer, consumer_id)
+        requested_spatial = spatial
         declared = _temporal_layers(consumer.producer)
         if temporal is not None and declared > 1:
             # Clamped to the temporal layers the producer declares, when it declares some (a
@@ -847,6 +848,11 @@ class Room:
         if layers is None:
             raise ConsumerNotFound("the consumer is closing")
         spatial = layers[0]
+        encodings = consumer.producer.rtp_parameters["encodings"]
+        if len(encodings) == 1:
+            # One stream with spatial layers (AV1 SVC): the engine selects within it.
+            spatial_layers = ortc.parse_scalability_mode(encodings[0].get("scalabilityMode"))[0]
+            spatial = max(spatial, min(requested_spatial, spatial_layers - 1))
         log_event(logger, "consumer.preferred_layers", room=self.id, peer=peer.id,
                   consumer=consumer.id, spatial=spatial, temporal=temporal)
         return consumer, spatial, temporal

@@ -102,12 +102,15 @@ def test_router_caps_header_extension_table() -> None:
     caps = ortc.generate_router_rtp_capabilities(transport_cc=True)
     table = {(e["kind"], e["preferredId"]): (e["uri"], e["direction"])
              for e in caps["headerExtensions"]}
-    assert sorted({i for _, i in table}) == [1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14]
+    assert sorted({i for _, i in table}) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14]
     assert table["audio", 1] == table["video", 1] == (URI_MID, "sendrecv")
     assert table["video", 2][1] == table["video", 3][1] == "recvonly"
     assert table["audio", 5] == (URI_TCC, "recvonly")
     assert table["video", 5] == (URI_TCC, "sendrecv")
     assert table["audio", 10] == (URI_AUDIO_LEVEL, "sendrecv")
+    # AV1 dependency descriptor: read by the router and forwarded to viewers.
+    assert table["video", 8] == (ortc.URI_DEPENDENCY_DESCRIPTOR, "sendrecv")
+    assert ("audio", 8) not in table
     assert all(not e["preferredEncrypt"] for e in caps["headerExtensions"])
     assert caps["headerExtensions"] == ortc.SUPPORTED_HEADER_EXTENSIONS
 
@@ -119,13 +122,16 @@ def test_default_router_caps_layout() -> None:
     assert layout == [("audio/opus", 100, None), ("video/VP8", 101, None),
                       ("video/rtx", 102, 101), ("video/VP9", 103, None),
                       ("video/rtx", 104, 103), ("video/H264", 105, None),
-                      ("video/rtx", 106, 105)]
-    opus, vp8, _, vp9, _, h264, _ = caps["codecs"]
+                      ("video/rtx", 106, 105), ("video/AV1", 107, None),
+                      ("video/rtx", 108, 107)]
+    opus, vp8, _, vp9, _, h264, _, av1, _ = caps["codecs"]
     assert opus["channels"] == 2
     assert vp8["parameters"] == {"x-google-start-bitrate": 1000}
     assert vp9["parameters"] == {"profile-id": 0, "x-google-start-bitrate": 1000}
     assert h264["parameters"] == {"level-asymmetry-allowed": 1, "packetization-mode": 1,
                                   "profile-level-id": "42e01f", "x-google-start-bitrate": 1000}
+    assert av1["parameters"] == {"x-google-start-bitrate": 1000}
+    assert [f["type"] for f in av1["rtcpFeedback"]] == ["nack", "nack", "ccm", "goog-remb"]
     # The default is not aliased: callers may mutate what they get.
     caps["codecs"][0]["parameters"]["x"] = 1
     assert "x" not in ortc.generate_router_rtp_capabilities()["codecs"][0]["parameters"]
@@ -191,7 +197,8 @@ def test_router_caps_pool_order_skips_127() -> None:
     {"kind": "audio", "mimeType": "audio/chicken", "clockRate": 8000, "channels": 4},
     {"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 1},
     {"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000},  # channels default 1
-    {"kind": "video", "mimeType": "video/AV1", "clockRate": 90000},
+    {"kind": "video", "mimeType": "video/AV2", "clockRate": 90000},
+    {"kind": "video", "mimeType": "video/AV1", "clockRate": 48000},
     {"kind": "video", "mimeType": "video/VP8", "clockRate": 48000},
 ])
 def test_router_caps_unsupported_codec(codec: dict[str, Any]) -> None:
@@ -319,7 +326,7 @@ def test_full_chain_mapping_consumable_consumer() -> None:
         {"ssrc": base + i, "dtx": False, "maxBitrate": rate, "scalabilityMode": "L1T3"}
         for i, rate in enumerate((111111, 222222, 333333))]
     assert consumable["rtcp"] == {"cname": "qwerty1234", "reducedSize": True}
-    assert all(e["id"] in (1, 4, 6, 7, 11, 12, 13, 14) for e in consumable["headerExtensions"])
+    assert all(e["id"] in (1, 4, 6, 7, 8, 11, 12, 13, 14) for e in consumable["headerExtensions"])
 
     consumer = ortc.get_consumer_rtp_parameters(consumable, CHAIN_REMOTE_CAPS, enable_rtx=True)
     assert consumer["codecs"] == [
@@ -601,6 +608,14 @@ def test_producer_types() -> None:
     temporal = ortc.validate_producer_rtp_parameters(
         "video", {"mid": "0", "codecs": vp8, "encodings": [{"scalabilityMode": "L1T3"}]})
     assert ortc.producer_type(temporal) == "simulcast"
+    # AV1: one stream with layers is SVC (dependency descriptor), several are simulcast.
+    av1 = [{"mimeType": "video/AV1", "payloadType": 45, "clockRate": 90000}]
+    av1_svc = ortc.validate_producer_rtp_parameters(
+        "video", {"mid": "0", "codecs": av1, "encodings": [{"scalabilityMode": "L1T3"}]})
+    assert ortc.producer_type(av1_svc) == "svc"
+    av1_sim = ortc.validate_producer_rtp_parameters(
+        "video", {"mid": "0", "codecs": av1, "encodings": [{"rid": "r0"}, {"rid": "r1"}]})
+    assert ortc.producer_type(av1_sim) == "simulcast"
     # An unparsable mode means one layer: fine for opus.
     opus = ortc.validate_producer_rtp_parameters(
         "audio", audio_producer(encodings=[{"ssrc": 1, "scalabilityMode": "foo"}]))
@@ -861,6 +876,10 @@ def h264(plid: Any = None, pm: Any = 1, **extra: Any) -> dict[str, Any]:
      {"mimeType": "video/vp9", "clockRate": 90000, "parameters": {}}, True, True),
     ({"mimeType": "video/VP9", "clockRate": 90000, "parameters": {"profile-id": 2}},
      {"mimeType": "video/vp9", "clockRate": 90000, "parameters": {}}, False, True),
+    ({"mimeType": "video/AV1", "clockRate": 90000, "parameters": {"profile": 1}},
+     {"mimeType": "video/av1", "clockRate": 90000, "parameters": {}}, True, False),
+    ({"mimeType": "video/AV1", "clockRate": 90000, "parameters": {"profile": "0"}},
+     {"mimeType": "video/av1", "clockRate": 90000, "parameters": {}}, True, True),
     ({"mimeType": "audio/opus", "clockRate": 48000, "channels": 2},
      {"mimeType": "AUDIO/OPUS", "clockRate": 48000, "channels": 2}, True, True),
     ({"mimeType": "audio/opus", "clockRate": 48000, "channels": 2},

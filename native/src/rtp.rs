@@ -450,6 +450,7 @@ pub enum Codec {
     Vp8,
     Vp9,
     H264,
+    Av1,
     Other,
 }
 
@@ -465,6 +466,8 @@ impl Codec {
             Codec::Vp9
         } else if sub.eq_ignore_ascii_case("h264") {
             Codec::H264
+        } else if sub.eq_ignore_ascii_case("av1") {
+            Codec::Av1
         } else {
             Codec::Other
         }
@@ -472,7 +475,7 @@ impl Codec {
 
     /// Whether [`is_keyframe`] can recognise key frames of this codec (the video ones).
     pub fn has_keyframes(self) -> bool {
-        matches!(self, Codec::Vp8 | Codec::Vp9 | Codec::H264)
+        matches!(self, Codec::Vp8 | Codec::Vp9 | Codec::H264 | Codec::Av1)
     }
 }
 
@@ -483,6 +486,7 @@ pub fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
         Codec::Vp8 => vp8_keyframe(payload),
         Codec::Vp9 => vp9_keyframe(payload),
         Codec::H264 => h264_keyframe(payload),
+        Codec::Av1 => av1_keyframe(payload),
         Codec::Opus | Codec::Other => false,
     }
 }
@@ -545,6 +549,12 @@ fn vp9_keyframe(p: &[u8]) -> bool {
         return sid == 0;
     }
     true
+}
+
+/// AV1 RTP payload (AV1 RTP spec §4.4): the aggregation header `Z Y W W N - - -`; N = 1
+/// on the first packet of a coded video sequence, which is how senders mark a key frame.
+fn av1_keyframe(p: &[u8]) -> bool {
+    p.first().is_some_and(|&b0| b0 & 0x08 != 0)
 }
 
 fn h264_nal_is_key(nal_type: u8) -> bool {
@@ -895,7 +905,13 @@ mod tests {
         assert_eq!(Codec::from_mime("video/vp9"), Codec::Vp9);
         assert_eq!(Codec::from_mime("video/H264"), Codec::H264);
         assert_eq!(Codec::from_mime("audio/opus"), Codec::Opus);
-        assert_eq!(Codec::from_mime("video/AV1"), Codec::Other);
+        assert_eq!(Codec::from_mime("video/AV1"), Codec::Av1);
+        assert_eq!(Codec::from_mime("video/AV2"), Codec::Other);
+        assert!(Codec::Av1.has_keyframes());
+        // AV1 aggregation header: N bit (0x08) marks a new coded video sequence.
+        assert!(is_keyframe(Codec::Av1, &hex("18 0a0b")));
+        assert!(!is_keyframe(Codec::Av1, &hex("10 0a0b")));
+        assert!(!is_keyframe(Codec::Av1, &[]));
         assert_eq!(Codec::from_mime(""), Codec::Other);
         assert!(Codec::H264.has_keyframes() && !Codec::Opus.has_keyframes());
         assert!(!is_keyframe(Codec::Opus, &[0]));

@@ -221,7 +221,7 @@ def test_codecs_decode(pages: Pages) -> None:
     available = [c.lower() for c in host.evaluate(STATE)["codecs"]]
     viewer = open_viewer(pages, room, "viewer")
     seen: set[str] = set()
-    for codec in ("video/VP8", "video/VP9", "video/H264"):
+    for codec in ("video/VP8", "video/VP9", "video/H264", "video/AV1"):
         assert codec.lower() in available, f"{codec} not sendable by this Chromium: {available}"
         start_sharing(host, codec=codec)
         stats = wait_decoding(viewer, codec=codec, not_producers=seen)

@@ -19,6 +19,7 @@ use crate::vp8::{self, TemporalFilter};
 use super::egress::{write_egress, Egress, Fanout, Ingress};
 use super::output::DropReason;
 use super::spec::{invalid, ConsumerSpec, Result};
+use super::svc_av1::{self, DdFilter};
 use super::transport::Counters;
 use super::{Handle, Rng};
 
@@ -120,6 +121,10 @@ pub(super) struct Consumer {
     /// VP8: temporal layer selection and PictureID / TL0PICIDX rewriting (made at the
     /// consumer's first VP8 packet; None for other codecs and for pipes).
     pub(super) vp8: Option<Box<TemporalFilter>>,
+    /// The highest spatial layer the viewer wants within one stream (AV1 SVC).
+    pub(super) preferred_svc_spatial: u8,
+    /// AV1 decode target selection (svc_av1.rs; made at the first packet with a descriptor).
+    pub(super) av1: Option<Box<DdFilter>>,
 }
 
 /// A VP8 packet's descriptor and the PictureID and TL0PICIDX to write into it.
@@ -252,6 +257,8 @@ impl Consumer {
             kind,
             preferred_temporal: vp8::ALL_LAYERS,
             vp8: None,
+            preferred_svc_spatial: svc_av1::ALL,
+            av1: None,
         })
     }
 
@@ -279,7 +286,8 @@ impl Consumer {
 
     pub(super) fn layer_switches(&self) -> u64 {
         match &self.kind {
-            Kind::Simple | Kind::Pipe(_) => 0,
+            Kind::Simple => self.av1.as_ref().map_or(0, |f| f.switches),
+            Kind::Pipe(_) => 0,
             Kind::Svc(f) => f.spatial_switches,
             Kind::Simulcast(s) => s.layer_switches,
         }
@@ -388,8 +396,9 @@ impl Consumer {
             let switch = (!before && f.needs_key_frame() && !self.paused && !self.wait_key_frame).then_some(self.encoding);
             return ((l.spatial as usize, l.temporal), switch);
         }
+        self.set_svc_preference(spatial);
         let Kind::Simulcast(s) = &mut self.kind else {
-            return ((spatial.min(rates.len() - 1), self.preferred_temporal), None);
+            return ((spatial.min(rates.len() - 1), self.preferred_temporal), self.svc_key_frame());
         };
         let preferred = spatial.min(rates.len() - 1);
         if preferred > s.preferred_spatial {
@@ -423,11 +432,19 @@ impl Consumer {
             return None;
         };
         let cpt = self.admit(pkt, &mut switching)?;
-        // The codec's layer filter: what it drops, and what it changes in what it forwards.
+        // The codec's layer filter: what it drops, and what it changes in what it forwards
+        // (VP8 temporal layers, VP9 SVC layers, AV1 decode targets by the dependency
+        // descriptor).
         let rewrite = match pkt.codec {
             Codec::Vp8 if self.filters_vp8() => self.vp8_admit(pkt, switching)?.map_or(Rewrite::None, Rewrite::Vp8),
             Codec::Vp9 if matches!(self.kind, Kind::Svc(_)) => self.svc_admit(pkt, switching, now, ct.bwe.estimate(now), &mut cx.key_frame_wanted)?,
-            _ => Rewrite::None,
+            _ => match pkt.dd.as_ref() {
+                Some(dd) => {
+                    let mark = self.av1_admit(dd, (pkt.hdr.sequence, pkt.hdr.timestamp), switching)?;
+                    if mark && !pkt.hdr.marker { Rewrite::Marker } else { Rewrite::None }
+                }
+                None => Rewrite::None,
+            },
         };
         if switching {
             self.sync(pkt, now);
@@ -608,22 +625,6 @@ impl Consumer {
         let Ok(d) = vp8::parse(payload) else { return Some(None) };
         let (pic, tl0) = f.map_again(&d)?;
         Some(Some((d, pic, tl0)))
-    }
-
-    /// Frames dropped for their temporal layer (VP8 filter or VP9 SVC filter).
-    pub(super) fn temporal_frames_dropped(&self) -> u64 {
-        match &self.kind {
-            Kind::Svc(f) => f.temporal_frames_dropped,
-            _ => self.vp8.as_ref().map_or(0, |f| f.frames_dropped),
-        }
-    }
-
-    /// The temporal layer being forwarded (None: the stream signals no temporal layers).
-    pub(super) fn current_temporal(&self) -> Option<u8> {
-        if let Kind::Svc(f) = &self.kind {
-            return f.current().map(|l| l.temporal);
-        }
-        self.vp8.as_ref().and_then(|f| f.current())
     }
 
     /// Output continues right after the last packet sent, in sequence and in time (the

@@ -4,6 +4,7 @@
 use crate::remote::Remote;
 use std::time::Instant;
 
+use crate::dd;
 use crate::fasthash::HandleMap;
 use crate::rtp;
 use crate::srtp::SrtpContext;
@@ -29,6 +30,15 @@ pub(super) struct Ingress<'a> {
     pub(super) has_key_frames: bool,
     /// Producer extension id → router extension id (0 = not forwarded).
     pub(super) ext_map: &'a [u8; 256],
+    /// AV1: the packet's dependency descriptor and its stream's structure, if it had a valid one.
+    pub(super) dd: Option<DdFrame<'a>>,
+}
+
+/// A parsed dependency descriptor with the structure it was resolved against.
+#[derive(Clone, Copy)]
+pub(super) struct DdFrame<'a> {
+    pub(super) desc: dd::Descriptor,
+    pub(super) structure: &'a dd::Structure,
 }
 
 impl Ingress<'_> {

@@ -5,6 +5,7 @@
 use crate::remote::Remote;
 use std::time::Instant;
 
+use crate::dd;
 use crate::fasthash::HandleMap;
 use crate::nack::Arrival;
 use crate::rtp;
@@ -12,7 +13,7 @@ use crate::stun_check;
 use crate::stun_peek;
 use crate::twcc::TwccRecorder;
 
-use super::egress::{fan_out, Fanout, Ingress};
+use super::egress::{fan_out, DdFrame, Fanout, Ingress};
 use super::output::{srtp_drop, DropReason, Drops, Output, UpKind};
 use super::producer::{Producer, PtInfo, StreamQuality, StreamRef};
 use super::transport::Transport;
@@ -114,6 +115,8 @@ impl Router {
             earliest(next_timeout, d);
         }
         let kf = p.note_key_frame(&a, pkt);
+        let dd = p.parse_dd(kf.codec, enc, &a.hdr, pkt);
+        let dd = dd.and_then(|desc| Some(DdFrame { desc, structure: p.encodings[enc].dd.structure()? }));
         if a.hdr.is_padding_only() {
             drops.inc(DropReason::PaddingOnly);
             for ch in &p.consumers {
@@ -136,6 +139,7 @@ impl Router {
             codec: kf.codec,
             has_key_frames: kf.has_key_frames,
             ext_map: &p.ext_map,
+            dd,
         };
         let mut fanout = Fanout { transports, drops, out, first_media, key_frame_wanted: false };
         let (packets, bytes) = fan_out(consumers, &p.consumers, &ingress, &mut fanout, now);
@@ -346,6 +350,18 @@ impl Producer {
             && !self.paused
             && (first_packet || (enc.kf.wanted && enc.kf.outstanding_since.is_none()));
         KeyFrames { router_pt, codec: codec.codec, has_key_frames, key_frame, request }
+    }
+}
+
+impl Producer {
+    /// The dependency descriptor of an AV1 packet of stream `enc` (when the producer
+    /// negotiated the extension), resolved against the stream's last structure; None when
+    /// absent or refused (refusals counted on the stream).
+    #[inline]
+    fn parse_dd(&mut self, codec: rtp::Codec, enc: usize, hdr: &rtp::RtpHeader, pkt: &[u8]) -> Option<dd::Descriptor> {
+        let id = self.dd_id.filter(|_| codec == rtp::Codec::Av1)?;
+        let value = rtp::find_extension(pkt, hdr, id)?;
+        self.encodings.get_mut(enc)?.dd.parse(value).ok()
     }
 }
 

@@ -26,6 +26,7 @@ mod producer;
 mod spec;
 mod stats;
 mod svc;
+mod svc_av1;
 mod timers;
 mod totals;
 mod transport;

@@ -3,11 +3,13 @@
 
 use std::time::Instant;
 
+use crate::dd::DdStream;
 use crate::nack::{self, NackConfig, NackGenerator, RetransmissionBuffer};
 use crate::reports::{BitrateSampler, ReceiveStats};
 use crate::rtp;
 
-use super::spec::{invalid, EncodingSpec, KeyFrameMethod, ProducerSpec, Result, URI_MID, URI_RID, URI_RRID, URI_TRANSPORT_CC};
+use super::spec::{invalid, EncodingSpec, KeyFrameMethod, ProducerSpec, Result, URI_MID, URI_RID, URI_RRID, URI_TRANSPORT_CC,
+    URI_DEPENDENCY_DESCRIPTOR};
 use super::transport::Counters;
 use super::Handle;
 
@@ -52,6 +54,8 @@ pub(super) struct Encoding {
     pub(super) key_frames: u64,
     /// Loss repair and reports (nack.rs, reports.rs).
     pub(super) quality: StreamQuality,
+    /// The stream's dependency descriptor structure (AV1 with the extension negotiated).
+    pub(super) dd: DdStream,
 }
 
 /// Loss repair and reception statistics of one producer stream.
@@ -113,6 +117,8 @@ pub(super) struct Producer {
     pub(super) rrid_id: Option<u8>,
     /// Transport-wide sequence number extension id (recorded for feedback, not forwarded).
     pub(super) tcc_id: Option<u8>,
+    /// Dependency descriptor extension id (read for AV1; forwarded only if mapped).
+    pub(super) dd_id: Option<u8>,
     pub(super) key_frame_request: Option<KeyFrameMethod>,
     pub(super) paused: bool,
     pub(super) consumers: Vec<Handle>,
@@ -145,6 +151,7 @@ impl Producer {
                 stats: Counters::default(),
                 key_frames: 0,
                 quality: StreamQuality::new(now, spec.video, spec.nack, clock_rate),
+                dd: DdStream::new(),
             })
             .collect();
         Ok(Producer {
@@ -159,6 +166,7 @@ impl Producer {
             rid_id: ext.rid,
             rrid_id: ext.rrid,
             tcc_id: ext.tcc,
+            dd_id: ext.dd,
             key_frame_request: spec.key_frame_request.clone(),
             paused: spec.paused,
             consumers: Vec::new(),
@@ -218,11 +226,12 @@ struct ExtIds {
     rid: Option<u8>,
     rrid: Option<u8>,
     tcc: Option<u8>,
+    dd: Option<u8>,
 }
 
 impl ExtIds {
     fn from_spec(spec: &ProducerSpec) -> Result<ExtIds> {
-        let mut x = ExtIds { map: [0u8; 256], mid: None, rid: None, rrid: None, tcc: None };
+        let mut x = ExtIds { map: [0u8; 256], mid: None, rid: None, rrid: None, tcc: None, dd: None };
         for e in &spec.header_extensions {
             if e.id == 0 {
                 return Err(invalid(format!("producer spec: bad extension id {}", e.id)));
@@ -237,6 +246,10 @@ impl ExtIds {
                 URI_RID => x.rid = Some(e.id),
                 URI_RRID => x.rrid = Some(e.id),
                 URI_TRANSPORT_CC => x.tcc = Some(e.id),
+                URI_DEPENDENCY_DESCRIPTOR => {
+                    x.dd = Some(e.id);
+                    x.map[e.id as usize] = e.router_id.unwrap_or(0);
+                }
                 _ => x.map[e.id as usize] = e.router_id.unwrap_or(0),
             }
         }

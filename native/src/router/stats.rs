@@ -152,7 +152,7 @@ fn consumer_stats(c: &Consumer) -> Vec<(&'static str, StatValue)> {
         v.push(("currentTemporalLayer", Int(t as u64)));
     }
     v.push(("preferredTemporalLayer", Int(c.preferred_temporal as u64)));
-    v.push(("temporalFramesDropped", Int(c.temporal_frames_dropped())));
+    v.push(("temporalFramesDropped", Int(c.layer_frames_dropped())));
     v.push(("nackBudgetDrops", Int(c.quality.nack_budget_drops)));
     v.push(("nackMaxResendDrops", Int(c.quality.nack_max_resend_drops)));
     v
@@ -208,6 +208,9 @@ fn encoding_rtp_stats(i: usize, e: &Encoding) -> Vec<(&'static str, StatValue)> 
         ("firCount", Int(q.firs_sent)),
         ("keyFrames", Int(e.key_frames)),
         ("bitrate", Int(q.rate.bps)),
+        // AV1 dependency descriptors read, and refused (malformed, or naming no template).
+        ("dependencyDescriptors", Int(e.dd.parsed)),
+        ("dependencyDescriptorErrors", Int(e.dd.errors)),
     ];
     // RTT toward the producer, estimated from NACK → retransmission times.
     if let Some(g) = g.filter(|g| g.rtt_measured) {

@@ -11,11 +11,31 @@ use super::consumer::{Consumer, Kind, Rewrite};
 use super::egress::Ingress;
 
 impl Consumer {
-    /// The spatial layer being forwarded: the simulcast stream, or the SVC layer.
+    /// The spatial layer being forwarded: the simulcast stream, the VP9 SVC layer, or within
+    /// a single AV1 SVC stream the decode target's spatial layer.
     pub(super) fn current_spatial(&self) -> usize {
         match &self.kind {
             Kind::Svc(f) => f.current().map_or(0, |l| l.spatial as usize),
+            Kind::Simple => self.av1.as_ref().and_then(|f| f.current_layers()).map_or(self.encoding, |(s, _)| usize::from(s)),
             _ => self.encoding,
+        }
+    }
+
+    /// The temporal layer being forwarded (None: the stream signals no temporal layers).
+    pub(super) fn current_temporal(&self) -> Option<u8> {
+        if let Kind::Svc(f) = &self.kind {
+            return f.current().map(|l| l.temporal);
+        }
+        let av1 = || self.av1.as_ref().and_then(|f| f.current_layers()).map(|(_, t)| t);
+        self.vp8.as_ref().and_then(|f| f.current()).or_else(av1)
+    }
+
+    /// Frames a layer filter did not forward: VP8 temporal layers, VP9 SVC layers, AV1
+    /// decode targets.
+    pub(super) fn layer_frames_dropped(&self) -> u64 {
+        match &self.kind {
+            Kind::Svc(f) => f.temporal_frames_dropped,
+            _ => self.vp8.as_ref().map_or(0, |f| f.frames_dropped) + self.av1.as_ref().map_or(0, |f| f.frames_dropped),
         }
     }
 

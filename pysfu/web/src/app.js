@@ -9,10 +9,10 @@
 //      /?room=ID&role=viewer      viewer view
 //      &simulcast=1               (host) send video as three simulcast layers (r0 ¼, r1 ½, r2 full
 //                                 resolution); viewers pick one with setPreferredLayers
-//      &scalability=L1T3          (host) scalabilityMode of each video encoding (temporal
-//                                 layers: viewers can ask for fewer frames per second;
-//                                 L<1-3>T<1-3>[_KEY], e.g. L3T3_KEY with codec VP9: spatial
-//                                 and temporal SVC layers in one stream)
+//      &scalability=L1T3          (host) scalabilityMode of each video encoding (L<s>T<t>[_KEY],
+//                                 s, t 1..3; temporal layers: viewers can ask for fewer frames
+//                                 per second; spatial layers in one stream: VP9 SVC, e.g.
+//                                 L3T3_KEY, or AV1 with the dependency descriptor)
 //      &token=JWT                 join token minted by the app server (needed when the server
 //                                 has auth_secret): sent in join; the peer id is the token's
 //                                 identity. Without a secret configured, rooms are open and

@@ -1,6 +1,7 @@
 //! Router unit tests, split by behaviour; the helpers (a room of one host and two viewers,
 //! packets, specs, peers' SRTP contexts) are here.
 
+mod av1;
 mod forwarding;
 mod ice;
 mod loss;
