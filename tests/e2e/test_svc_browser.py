@@ -60,10 +60,14 @@ def test_vp9_l3t3_key_viewer_spatial_and_temporal_layers(pages: Pages) -> None:
     def width() -> int:
         return int(_video(viewer).get("frameWidth") or 0)
 
-    # The top layer: Chromium's full capture width (it adds the upper spatial layers as its
-    # send-side estimate grows; wait until it has them all).
-    top = int(host.evaluate(STATS)["video"]["frameWidth"])
+    # The top layer: the camera's capture width. Chromium adds the upper spatial layers as
+    # its send-side estimate grows (and drops them under CPU load): wait until it sends them
+    # all, so that the layers below are a half and a quarter of it.
+    top = int(host.evaluate("() => document.getElementById('preview').srcObject"
+                            ".getVideoTracks()[0].getSettings().width"))
     assert top >= 320, top
+    _poll(lambda: int(host.evaluate(STATS)["video"]["frameWidth"] or 0), lambda w: w == top,
+          30, "the host sending every spatial layer")
     _poll(width, lambda w: w == top, 30, "full resolution at the viewer")
     _poll(lambda: viewer.evaluate(CONSUMER_STATS)["spatialLayer"], lambda s: s == 2, 10,
           "server forwards spatial layer 2")
