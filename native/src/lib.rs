@@ -27,6 +27,7 @@ pub mod layers;
 pub mod vp8;
 pub mod vp9;
 pub mod wake;
+pub mod workers;
 pub mod dcep;
 pub mod sctp;
 
