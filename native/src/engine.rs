@@ -106,6 +106,11 @@ struct Shared {
     workers: Vec<WorkerIo>,
     /// The workers' inboxes and counters.
     mesh: Mesh,
+    /// The router's next timer (`poll_timeout`), as nanoseconds since `epoch` (`u64::MAX`:
+    /// none). Worker 0 runs the timers and sets it after each of its locked sections; another
+    /// worker whose datagrams made an earlier timer lowers it and wakes worker 0.
+    timer_at: AtomicU64,
+    epoch: Instant,
     /// UDP candidates are offered: the socket is read. (Bound either way: it holds the port
     /// number the TCP listener shares.)
     udp: bool,
@@ -255,6 +260,25 @@ impl Shared {
         }
     }
 
+    fn timer_ns(&self, at: Option<Instant>) -> u64 {
+        at.map_or(u64::MAX, |d| d.saturating_duration_since(self.epoch).as_nanos().min(u64::MAX as u128 - 1) as u64)
+    }
+
+    /// The router's next timer, as worker 0 last saw it or another worker lowered it.
+    fn next_timer(&self) -> Option<Instant> {
+        let ns = self.timer_at.load(Ordering::Acquire);
+        (ns != u64::MAX).then(|| self.epoch + Duration::from_nanos(ns))
+    }
+
+    /// A worker other than 0 made the router's next timer `at` (call with the lock): if
+    /// earlier than worker 0 knows, tell it and wake it.
+    fn note_timer(&self, at: Option<Instant>) {
+        let ns = self.timer_ns(at);
+        if ns < self.timer_at.fetch_min(ns, Ordering::AcqRel) {
+            self.workers[0].wake.set();
+        }
+    }
+
     /// Set the up fd if there is something to drain and it is not set yet. Call with the lock.
     fn signal(&self, st: &mut State) {
         if !st.signalled && st.router.has_upcalls() {
@@ -397,6 +421,7 @@ fn side_worker(shared: Arc<Shared>, me: usize) {
             let mut st = shared.state.lock();
             let st = &mut *st;
             w.route_udp(&shared, st, n, now, early_at(&shared));
+            shared.note_timer(st.router.poll_timeout());
             shared.signal(st);
         }
         w.dispatch(&shared);
@@ -411,9 +436,10 @@ fn io_thread(shared: Arc<Shared>) {
     let mut proven: Vec<std::net::SocketAddr> = Vec::new();
     let mut last_tick = Instant::now();
     let mut last_tcp_poll = last_tick;
-    // The router's next timer (NACK retries, reports), refreshed after each locked section.
-    let mut deadline: Option<Instant> = None;
     loop {
+        // The router's next timer (NACK retries, reports), refreshed after each locked
+        // section here and lowered by the other workers.
+        let deadline = shared.next_timer();
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
@@ -498,7 +524,8 @@ fn io_thread(shared: Arc<Shared>) {
                     on_io_panic(&shared, st, &*e);
                 }
             }
-            deadline = st.router.poll_timeout();
+            let next = shared.timer_ns(st.router.poll_timeout());
+            shared.timer_at.store(next, Ordering::Release);
             shared.signal(st);
         }
         if !proven.is_empty() {
@@ -741,6 +768,8 @@ impl Engine {
         let shared = Arc::new(Shared {
             state: Mutex::new(State { router: new_router(), signalled: false, last_panic: None, panic_next: false }),
             mesh: Mesh::new(ios.len()),
+            timer_at: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
             workers: ios,
             udp,
             tcp: tcp.map(Mutex::new),
