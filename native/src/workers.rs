@@ -7,7 +7,11 @@
 //! address): a worker sends its own share at once and hands the rest, one batch per owner,
 //! to the owner's `Inbox` (a bounded lock-free queue). A full inbox drops the batch and
 //! counts its datagrams; the ingress worker never blocks. One destination's datagrams leave
-//! from one thread in the order the router produced them (FIFO queues, one owner).
+//! from one thread, its owner's; those one worker made leave in the order it made them
+//! (FIFO queues). That is the order that matters: one producer's packets (one remote, so one
+//! ingress worker) to a consumer. Datagrams two workers made for one destination (a
+//! retransmission answering that viewer's NACK, and fresh packets of the stream) may
+//! interleave, as they could on the wire.
 //! A batch that was sent goes back to the worker that made it (`returns`), which takes its
 //! buffers into its router output pool and reuses the vector: no allocation per packet.
 //! Everything not UDP (TCP connections, plain/pipe sockets) stays with the worker that
