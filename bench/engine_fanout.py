@@ -37,21 +37,22 @@ PROFILES = {
 }
 
 
-def io_thread_cpu() -> float:
-    """CPU seconds of the engine's I/O threads (every worker is named pysfu-io), from /proc."""
+def io_thread_cpus() -> list[float]:
+    """CPU seconds of each engine I/O thread (every worker is named pysfu-io), from /proc, in
+    thread-id order (= worker order: they are started in turn)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for tid in os.listdir("/proc/self/task"):
+    cpus = []
+    for tid in sorted(os.listdir("/proc/self/task"), key=int):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
                 if f.read().strip() != "pysfu-io":
                     continue
             with open(f"/proc/self/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            cpus.append((int(fields[11]) + int(fields[12])) / tick)
         except OSError:
             continue
-    return total
+    return cpus
 
 
 def main() -> None:
@@ -188,7 +189,7 @@ def main() -> None:
             break
         if mark is None and now >= warm:
             mark = (now, forwarded(), eng.stats(10)["packetsReceived"], sent,
-                    resource.getrusage(resource.RUSAGE_SELF), io_thread_cpu())
+                    resource.getrusage(resource.RUSAGE_SELF), io_thread_cpus())
         due = int((now - t0) * rate)
         while sent < min(due, n_pre):
             host.sendto(packets[sent], dest)
@@ -198,7 +199,7 @@ def main() -> None:
     t1 = time.perf_counter()
     fwd1, in1 = forwarded(), eng.stats(10)["packetsReceived"]
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    io1 = io_thread_cpu()
+    io1 = io_thread_cpus()
     stop.set()
     drops = {k: v for k, v in eng.drops().items() if v}
     totals = eng.totals()
@@ -208,6 +209,8 @@ def main() -> None:
     assert mark is not None, "run too short"
     m_t, m_fwd, m_in, m_sent, ru0, io0 = mark
     elapsed = t1 - m_t
+    per_worker = [round((b - a) / elapsed, 3) for a, b in zip(io0, io1, strict=True)]
+    io0, io1 = sum(io0), sum(io1)
     cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     print(json.dumps({
         "bench": "engine_fanout",
@@ -228,6 +231,7 @@ def main() -> None:
         "gso_datagrams": totals["gsoDatagrams"],
         "workers": args.workers,
         "worker_sent": [w["sent"] for w in worker_stats],
+        "worker_cpu_s_per_s": per_worker,
         "worker_handed_off": [w["handedOff"] for w in worker_stats],
         "worker_inbox_peak": [w["inboxPeak"] for w in worker_stats],
         "received_by_viewers": (received[0] if args.drain and not args.tcp else None),
