@@ -42,10 +42,6 @@ const SEND_EARLY_AT: usize = 64;
 /// wait) so that a consumer's packets of the batch (a key-frame burst, retransmissions) leave
 /// together, grouped per destination, as few `UDP_SEGMENT` messages (`gso.rs`).
 const SEND_EARLY_AT_GSO: usize = 4096;
-/// With several workers, the other workers' shares of a batch's fan-out are handed over
-/// once this many new datagrams wait (their owners start sending while the router goes on);
-/// this worker's own share still waits for `SEND_EARLY_AT*` or the batch's end (GSO groups).
-const HAND_OFF_AT: usize = 256;
 /// While UDP keeps the thread busy, TCP readiness is looked at this often (no extra syscall
 /// per UDP batch).
 const TCP_POLL_EVERY: Duration = Duration::from_millis(1);
@@ -300,8 +296,6 @@ struct Worker {
     out: Output,
     planner: Planner,
     part: Partitioner,
-    /// `out.transmits[..split]` are this worker's own (the rest handed off already).
-    split: usize,
 }
 
 impl Worker {
@@ -313,7 +307,6 @@ impl Worker {
             out: Output::new(),
             planner: Planner::new(),
             part: Partitioner::new(me, shared.workers.len()),
-            split: 0,
         }
     }
 
@@ -340,19 +333,9 @@ impl Worker {
     /// Send `out`: the other workers' shares handed to their inboxes (each woken), this
     /// worker's own share at once from its socket.
     fn dispatch(&mut self, shared: &Shared) {
-        self.hand_off(shared);
-        self.split = 0;
-        let sent = shared.send_via(self.fd, &mut self.out, Some(&mut self.planner));
-        shared.mesh.inbox(self.me).counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
-    }
-
-    /// Hand the other workers their shares of `out` (what came since the last hand-off); this
-    /// worker's own share stays in `out`.
-    fn hand_off(&mut self, shared: &Shared) {
         let workers = shared.workers.len();
-        if workers > 1 && self.out.transmits.len() > self.split {
-            self.part.split_from(&mut self.out.transmits, self.split);
-            self.split = self.out.transmits.len();
+        if workers > 1 && !self.out.transmits.is_empty() {
+            self.part.split(&mut self.out.transmits);
             for to in 0..workers {
                 let Some(b) = self.part.take_for(to) else { continue };
                 let n = b.transmits.len() as u64;
@@ -366,6 +349,8 @@ impl Worker {
                 }
             }
         }
+        let sent = shared.send_via(self.fd, &mut self.out, Some(&mut self.planner));
+        shared.mesh.inbox(self.me).counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
     }
 
     /// The received UDP datagrams through the router (lock held by the caller); what they
@@ -392,8 +377,6 @@ impl Worker {
             }
             if self.out.transmits.len() >= early_at {
                 self.dispatch(shared);
-            } else if self.out.transmits.len() >= self.split + HAND_OFF_AT {
-                self.hand_off(shared);
             }
         }
     }

@@ -165,17 +165,11 @@ impl Partitioner {
     /// Move the UDP transmits other workers own out of `transmits` (order kept per owner);
     /// what this worker sends stays, in order. Afterwards `take_for` gives each owner's share.
     pub fn split(&mut self, transmits: &mut Vec<Transmit>) {
-        self.split_from(transmits, 0);
-    }
-
-    /// As `split`, for `transmits[start..]` only (those before were split already).
-    pub fn split_from(&mut self, transmits: &mut Vec<Transmit>, start: usize) {
-        let start = start.min(transmits.len());
-        if self.workers <= 1 || transmits[start..].iter().all(|t| keeps(t, self.me, self.workers)) {
+        if self.workers <= 1 || transmits.iter().all(|t| keeps(t, self.me, self.workers)) {
             return;
         }
         self.local.clear();
-        for t in transmits.drain(start..) {
+        for t in transmits.drain(..) {
             if keeps(&t, self.me, self.workers) {
                 self.local.push(t);
             } else {
@@ -188,7 +182,7 @@ impl Partitioner {
                 self.outgoing[o].push(t);
             }
         }
-        transmits.append(&mut self.local);
+        std::mem::swap(transmits, &mut self.local);
     }
 
     /// The hand-off for worker `to` from the last `split`, taken out (None if nothing).
@@ -252,31 +246,6 @@ mod tests {
         }
         assert!(other.iter().all(|t| owner(&t.dest.addr, 2) == 1));
         assert!(p.take_for(1).is_none(), "taken out");
-    }
-
-    #[test]
-    fn split_in_steps_equals_split_at_once() {
-        let make = || (0..300u32).map(|i| tx(30000 + (i % 13) as u16, i)).collect::<Vec<_>>();
-        let mut once = Partitioner::new(1, 2);
-        let mut all = make();
-        once.split(&mut all);
-        let handed_once: Vec<u32> = once.take_for(0).unwrap().transmits.iter().map(num).collect();
-        let mut steps = Partitioner::new(1, 2);
-        let mut out: Vec<Transmit> = Vec::new();
-        let mut handed: Vec<u32> = Vec::new();
-        let mut done = 0;
-        for t in make() {
-            out.push(t);
-            if out.len() - done >= 50 {
-                steps.split_from(&mut out, done);
-                done = out.len();
-                handed.extend(steps.take_for(0).map(|b| b.transmits).unwrap_or_default().iter().map(num));
-            }
-        }
-        steps.split_from(&mut out, done);
-        handed.extend(steps.take_for(0).map(|b| b.transmits).unwrap_or_default().iter().map(num));
-        assert_eq!(handed, handed_once);
-        assert_eq!(out.iter().map(num).collect::<Vec<_>>(), all.iter().map(num).collect::<Vec<_>>());
     }
 
     #[test]
