@@ -63,11 +63,14 @@ redis:
 	scripts/install-redis.sh
 
 # Load benchmark: a real server process, one host (video + audio), N viewers over loopback;
-# sweep of viewers × SRTP profiles; JSON in bench/results/, table on stdout.
-# BENCH_ARGS e.g. "--viewers 10,100 --profiles gcm --duration 3".
+# sweep of SRTP profiles × media workers (BENCH_WORKERS, default 1 and 2) × viewers; JSON in
+# bench/results/, table on stdout. BENCH_ARGS e.g. "--viewers 10,100 --profiles gcm
+# --duration 3"; then the engine's fan-out with 1 and 2 workers at one offered load.
+BENCH_WORKERS ?= 1,2
 bench: setup-test
 	cargo build --release -p pysfu-loadgen
-	.venv/bin/python bench/sfu_load.py $(BENCH_ARGS)
+	.venv/bin/python bench/sfu_load.py --workers $(BENCH_WORKERS) $(BENCH_ARGS)
+	for w in 1 2; do .venv/bin/python bench/engine_fanout.py --consumers 100 --rate 6000 --workers $$w; done
 
 # criterion micro-benchmarks of the native core (SRTP, rewrite, fan-out).
 bench-native:

@@ -6,7 +6,9 @@ egress packets/s from its own counters (consumer packets_out), measured after a 
 Everything shares the machine's cores (sender, engine I/O thread, kernel).
 
 Prints one JSON object. Usage: python bench/engine_fanout.py [--consumers 50] [--seconds 3]
-[--rate 6000] [--tcp]; raise --rate until ingress_loss > 0 to find the saturation point.
+[--rate 6000] [--tcp] [--workers 2]; raise --rate until ingress_loss > 0 to find the
+saturation point. ``--workers``: the engine's I/O threads (the same offered load for 1 and 2
+shows what a second worker adds: it sends its share of the fan-out).
 ``--tcp``: the viewers are ICE-TCP connections (each sends one valid STUN request, as ICE
 does, then is read: RFC 4571 frames), for the cost per packet over TCP against UDP
 (compare with ``--drain``, which reads the UDP viewers the same way).
@@ -35,20 +37,22 @@ PROFILES = {
 }
 
 
-def io_thread_cpu() -> float:
-    """CPU seconds of the engine's I/O thread (named pysfu-io), from /proc."""
+def io_thread_cpus() -> list[float]:
+    """CPU seconds of each engine I/O thread (every worker is named pysfu-io), from /proc, in
+    thread-id order (= worker order: they are started in turn)."""
     tick = os.sysconf("SC_CLK_TCK")
-    for tid in os.listdir("/proc/self/task"):
+    cpus = []
+    for tid in sorted(os.listdir("/proc/self/task"), key=int):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
                 if f.read().strip() != "pysfu-io":
                     continue
             with open(f"/proc/self/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / tick
+            cpus.append((int(fields[11]) + int(fields[12])) / tick)
         except OSError:
             continue
-    return 0.0
+    return cpus
 
 
 def main() -> None:
@@ -65,10 +69,12 @@ def main() -> None:
                          "runs the temporal layer filter and rewrites them)")
     ap.add_argument("--gso", action=argparse.BooleanOptionalAction, default=True,
                     help="the engine's UDP GSO setting (default on)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="the engine's I/O worker threads (sockets on one port)")
     args = ap.parse_args()
     lib_profile, klen, slen = PROFILES[args.profile]
 
-    eng = Engine("127.0.0.1", 0, gso=args.gso)
+    eng = Engine("127.0.0.1", 0, gso=args.gso, workers=args.workers)
     dest = ("127.0.0.1", eng.port)
     # Producer transport.
     host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -183,7 +189,7 @@ def main() -> None:
             break
         if mark is None and now >= warm:
             mark = (now, forwarded(), eng.stats(10)["packetsReceived"], sent,
-                    resource.getrusage(resource.RUSAGE_SELF), io_thread_cpu())
+                    resource.getrusage(resource.RUSAGE_SELF), io_thread_cpus())
         due = int((now - t0) * rate)
         while sent < min(due, n_pre):
             host.sendto(packets[sent], dest)
@@ -193,15 +199,18 @@ def main() -> None:
     t1 = time.perf_counter()
     fwd1, in1 = forwarded(), eng.stats(10)["packetsReceived"]
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    io1 = io_thread_cpu()
+    io1 = io_thread_cpus()
     stop.set()
     drops = {k: v for k, v in eng.drops().items() if v}
     totals = eng.totals()
     gso_on = eng.gso
+    worker_stats = eng.worker_stats()
     eng.close()
     assert mark is not None, "run too short"
     m_t, m_fwd, m_in, m_sent, ru0, io0 = mark
     elapsed = t1 - m_t
+    per_worker = [round((b - a) / elapsed, 3) for a, b in zip(io0, io1, strict=True)]
+    io0, io1 = sum(io0), sum(io1)
     cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     print(json.dumps({
         "bench": "engine_fanout",
@@ -220,9 +229,14 @@ def main() -> None:
         "gso_in_use": gso_on,
         "gso_messages": totals["gsoMessages"],
         "gso_datagrams": totals["gsoDatagrams"],
+        "workers": args.workers,
+        "worker_sent": [w["sent"] for w in worker_stats],
+        "worker_cpu_s_per_s": per_worker,
+        "worker_handed_off": [w["handedOff"] for w in worker_stats],
+        "worker_inbox_peak": [w["inboxPeak"] for w in worker_stats],
         "received_by_viewers": (received[0] if args.drain and not args.tcp else None),
         "process_cpu_s_per_s": round(cpu / elapsed, 3),
-        "io_thread_cpu_s_per_s": round((io1 - io0) / elapsed, 3),
+        "io_thread_cpu_s_per_s": round((io1 - io0) / elapsed, 3),  # all workers
         "io_thread_us_per_egress_packet": round((io1 - io0) / max(1, fwd1 - m_fwd) * 1e6, 3),
         "drops": drops,
         "cores": os.cpu_count(),

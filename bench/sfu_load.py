@@ -15,7 +15,7 @@ server share the machine's cores, so forwarded packets/s saturate with the machi
 with the server.
 
 Usage: python bench/sfu_load.py [--viewers 10,50,100] [--profiles gcm,cm] [--warmup 3]
-       [--duration 5] [--out bench/results] [--no-save] [--nice -10]
+       [--duration 5] [--out bench/results] [--no-save] [--nice -10] [--workers 1,2]
 Prints a table; writes bench/results/<UTC time>-<git rev>.json (one file per run).
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -61,9 +62,12 @@ def srtp_keys(peer: WebRtcPeer) -> tuple[bytes, bytes, bytes, bytes]:
     return (m[:klen], m[2 * klen:2 * klen + slen], m[klen:2 * klen], m[2 * klen + slen:])
 
 
-def start_server(viewers: int, own_session: bool) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(viewers: int, own_session: bool,
+                 workers: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port, rtc_port = free_port(socket.SOCK_STREAM), free_media_port()
     env = dict(os.environ)
+    if workers is not None:
+        env["PYSFU_WORKERS"] = str(workers)
     # Bench limits through the config (environment), not code: one viewer peer owns all
     # the receive transports; no consent checks are sent during the run.
     env.update({
@@ -128,9 +132,10 @@ async def connect_viewer(client: SignalingClient, caps: dict[str, Any], producer
     return peer, ssrcs
 
 
-async def run_point(viewers: int, profile: str, args: argparse.Namespace) -> dict[str, Any]:
+async def run_point(viewers: int, profile: str, args: argparse.Namespace,
+                    workers: int | None = None) -> dict[str, Any]:
     name, srtp = PROFILES[profile]
-    proc, port = start_server(viewers, own_session=bool(args.nice))
+    proc, port = start_server(viewers, own_session=bool(args.nice), workers=workers)
     url = f"ws://127.0.0.1:{port}/ws"
     peers: list[WebRtcPeer] = []
     try:
@@ -196,6 +201,7 @@ async def run_point(viewers: int, profile: str, args: argparse.Namespace) -> dic
     per_consumer_pps = (sent["video_window"] + sent["audio_window"]) / result["seconds"] / 2
     us = result["server_us_per_packet"]
     result.update({
+        "workers": workers,  # None: the server's default (one per core)
         "consumers": consumers,
         "setup_s": round(setup_s, 2),
         "pps_per_consumer": round(per_consumer_pps, 1),
@@ -259,7 +265,8 @@ def git_rev() -> tuple[str, bool]:
 
 
 def table(points: list[dict[str, Any]]) -> str:
-    head = (f"{'profile':<24} {'viewers':>7} {'consumers':>9} {'fwd pps':>9} {'srv CPU':>7} "
+    head = (f"{'profile':<24} {'wk':>2} {'viewers':>7} {'consumers':>9} {'fwd pps':>9} "
+            f"{'srv CPU':>7} "
             f"{'µs/pkt':>7} {'cons/core':>9} {'p50 ms':>7} {'p99 ms':>7} {'loss':>9} "
             f"{'RSS MiB':>7} {'kernel':>6} {'io wait':>7} {'gen CPU':>7} {'ceil µs':>7} "
             f"{'×ceil':>5}")
@@ -267,7 +274,8 @@ def table(points: list[dict[str, Any]]) -> str:
     for p in points:
         lat = p["latency_ms"]
         rows.append(
-            f"{p['profile']:<24} {p['viewers']:>7} {p['consumers']:>9} {p['forwarded_pps']:>9.0f} "
+            f"{p['profile']:<24} {p.get('workers') or '-':>2} {p['viewers']:>7} "
+            f"{p['consumers']:>9} {p['forwarded_pps']:>9.0f} "
             f"{p['server_cpu_share']:>7.2f} {p['server_us_per_packet']:>7.2f} "
             f"{p['consumers_per_core'] or 0:>9} {lat['p50'] or 0:>7.3f} {lat['p99'] or 0:>7.3f} "
             f"{p['loss']:>9.2e} {p['server_rss_kib'] / 1024:>7.1f} "
@@ -296,6 +304,9 @@ def main() -> None:
                     help="skip the per-point ceiling run (pysfu-ceiling)")
     ap.add_argument("--gso", action=argparse.BooleanOptionalAction, default=None,
                     help="the server's UDP GSO setting (PYSFU_GSO; default: the server's)")
+    ap.add_argument("--workers", default="",
+                    help="the server's media workers, a list swept like --viewers (e.g. 1,2; "
+                         "default: the server's, one per core)")
     args = ap.parse_args()
     if args.gso is not None:
         os.environ["PYSFU_GSO"] = "true" if args.gso else "false"  # servers inherit it
@@ -308,19 +319,19 @@ def main() -> None:
     rev, dirty = git_rev()
     started = datetime.datetime.now(datetime.UTC)
     points = []
-    for profile in profiles:
-        for n in viewers:
-            if 2 * n + 64 > hard:
-                print(f"skipping {n} viewers: file descriptor limit {hard}", file=sys.stderr)
-                continue
-            point = trio.run(run_point, n, profile, args)
-            points.append(point)
-            print(table([point]).splitlines()[-1] if len(points) > 1 else table([point]),
+    worker_counts: list[int | None] = [int(w) for w in args.workers.split(",") if w] or [None]
+    for profile, workers, n in itertools.product(profiles, worker_counts, viewers):
+        if 2 * n + 64 > hard:
+            print(f"skipping {n} viewers: file descriptor limit {hard}", file=sys.stderr)
+            continue
+        point = trio.run(run_point, n, profile, args, workers)
+        points.append(point)
+        print(table([point]).splitlines()[-1] if len(points) > 1 else table([point]),
+              file=sys.stderr, flush=True)
+        if point["loss"] > 0:
+            print(f"  loss {point['loss']:.2e} at {n} viewers; backlog up to "
+                  f"{point['lag_all_ms']['max']:.0f} ms; bound by {point['bound']}",
                   file=sys.stderr, flush=True)
-            if point["loss"] > 0:
-                print(f"  loss {point['loss']:.2e} at {n} viewers; backlog up to "
-                      f"{point['lag_all_ms']['max']:.0f} ms; bound by {point['bound']}",
-                      file=sys.stderr, flush=True)
     record = {
         "bench": "sfu_load",
         "git_rev": rev,
@@ -328,6 +339,7 @@ def main() -> None:
         "started": started.isoformat(timespec="seconds"),
         "machine": machine_info(),
         "server_gso": os.environ.get("PYSFU_GSO", "default (on)"),
+        "server_workers": worker_counts,
         "workload": {"video": "VP8-like 1.5 Mbit/s, 1200-byte packets, 30 fps, key frame "
                               "(30 packets) every 2 s, one burst per frame",
                      "audio": "50 packets/s, 160-byte payload",

@@ -127,17 +127,28 @@ class SrtpKeys(Protocol):
 def version() -> str: ...
 
 class Engine:
-    """One UDP socket, one I/O thread, the forwarding router. Calls release the GIL."""
+    """I/O worker threads with a UDP socket each on one port, the forwarding router. Calls
+    release the GIL."""
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, udp: bool = True, tcp: bool = True,
-        gso: bool = True,
+        gso: bool = True, workers: int = 1,
     ) -> None:
         """``udp``: read the UDP socket (bound either way); ``tcp``: accept ICE-TCP
         connections (RFC 4571 framing) on the same port number. Not both off. ``gso``: send
-        bursts to one destination as UDP GSO messages (off for good if the kernel refuses)."""
+        bursts to one destination as UDP GSO messages (off for good if the kernel refuses).
+        ``workers``: I/O threads (1..64), each with its own socket in an SO_REUSEPORT group
+        on the port (a fixed port held by anyone else is refused); one without UDP."""
     @property
     def port(self) -> int: ...
+    @property
+    def workers(self) -> int: ...
+    def sending_worker(self, ip: str, port: int) -> int:
+        """The worker whose socket sends to UDP remote ip:port (a stable hash of it)."""
+    def worker_stats(self) -> list[dict[str, int]]:
+        """Per worker, datagrams: ``received`` (its socket), ``sent`` (its socket),
+        ``handedOff`` (to other workers), ``taken`` (from its inbox), ``inboxFull`` (dropped:
+        its inbox was full), ``inboxPeak`` (batches waiting at most)."""
     @property
     def gso(self) -> bool:
         """GSO in use now: the setting, unless the kernel refused it since."""
@@ -216,7 +227,8 @@ class Engine:
     def drops(self) -> dict[str, int]:
         """Datagrams and packets dropped, by reason (stable keys), with what the ICE-TCP edge
         refused, dropped and closed: ``tcp_refused_*``, ``tcp_queue_full``, ``tcp_closed_*``,
-        ``tcp_no_connection``, ``tcp_accept_errors``."""
+        ``tcp_no_connection``, ``tcp_accept_errors``; ``workerInboxFull`` (fan-out datagrams
+        for another worker whose inbox was full)."""
     def take_panic(self) -> str | None: ...
     def _test_panic(self, place: Literal["io", "control", "pyo3"]) -> None: ...
     def close(self) -> None: ...

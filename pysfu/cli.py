@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="give the UDP candidate the higher priority (default on)")
     serve.add_argument("--gso", dest="gso", action=argparse.BooleanOptionalAction, default=None,
                        help="send bursts to one destination with UDP GSO (default on)")
+    serve.add_argument("--workers", dest="workers",
+                       help="media I/O threads on the rtc port (default: one per core)")
     serve.add_argument("--announced-ip", dest="announced_ip",
                        help="address put in ICE candidates (public IP behind NAT)")
     serve.add_argument("--config", help="TOML file with settings")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -18,6 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from pysfu.auth import MIN_SECRET_BYTES
+
+_MAX_WORKERS = 64  # the engine's limit (native workers.rs MAX_WORKERS)
+
+
+def default_workers() -> int:
+    """One media worker per core this process may run on."""
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), _MAX_WORKERS))
+    except (AttributeError, OSError):
+        return max(1, min(os.cpu_count() or 1, _MAX_WORKERS))
 
 
 class ConfigError(ValueError):
@@ -42,6 +53,10 @@ class Config:
     # UDP GSO (UDP_SEGMENT): a burst of equal-size datagrams to one destination leaves as one
     # send, segmented by the kernel; off by setting, or by itself if the kernel refuses it.
     gso: bool = True
+    # Media I/O worker threads, each with its own UDP socket on rtc_port (SO_REUSEPORT): a
+    # remote's datagrams go to one worker; fan-out to viewers another worker sends to crosses
+    # over a bounded queue. Default: one per core.
+    workers: int = field(default_factory=default_workers)
     # Plain transports (RTP in/out without ICE/DTLS, ffmpeg/GStreamer): one UDP port each,
     # from this range ("first-last"), bound on rtc_ip.
     plain_port_range: str = "41000-41999"
@@ -402,6 +417,8 @@ def _check(cfg: Config) -> Config:
         fail("log_level", f"must be one of {', '.join(_LEVELS)}")
     if cfg.log_format not in ("logfmt", "json"):
         fail("log_format", "must be logfmt or json")
+    if not 1 <= cfg.workers <= _MAX_WORKERS:
+        fail("workers", f"must be 1..{_MAX_WORKERS}")
     if not 0 <= cfg.shutdown_reconnect_ms <= 3_600_000:
         fail("shutdown_reconnect_ms", "must be 0..3600000")
     if cfg.admin_token is not None and len(cfg.admin_token.encode()) < MIN_SECRET_BYTES:

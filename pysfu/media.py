@@ -52,14 +52,15 @@ class UpcallSink(Protocol):
 
 class MediaEngine:
     def __init__(self, host: str, port: int, *, udp: bool = True, tcp: bool = True,
-                 gso: bool = True) -> None:
-        self.native = _native.Engine(host, port, udp, tcp, gso)
+                 gso: bool = True, workers: int = 1) -> None:
+        self.native = _native.Engine(host, port, udp, tcp, gso, workers)
         self.port: int = self.native.port
         self.udp = udp
         self.tcp = tcp  # ICE-TCP connections accepted on the same port number
         self._transports: dict[int, UpcallSink] = {}
         self.panics = 0  # panics caught on the engine's I/O thread (each logged)
-        log_event(logger, "engine.started", ip=host, port=self.port, udp=udp, tcp=tcp, gso=gso)
+        log_event(logger, "engine.started", ip=host, port=self.port, udp=udp, tcp=tcp, gso=gso,
+                  workers=self.native.workers)
 
     async def run(self) -> None:
         """Drain the engine's upcalls until cancelled."""
@@ -212,6 +213,11 @@ class MediaEngine:
 
     def drops(self) -> dict[str, int]:
         return dict(self.native.drops())
+
+    def worker_stats(self) -> list[dict[str, int]]:
+        """Per media worker: datagrams received, sent, handed to other workers, taken from
+        its inbox, dropped with its inbox full (``Engine.worker_stats``)."""
+        return [dict(w) for w in self.native.worker_stats()]
 
     def totals(self) -> dict[str, int]:
         """Engine-wide counters that never go down (``Engine.totals``), read at a scrape."""

@@ -341,7 +341,8 @@ class Server:
         caps = ortc.generate_router_rtp_capabilities(config.media_codecs, transport_cc="recv")
         try:
             self.media = MediaEngine(config.rtc_ip, config.rtc_port, udp=config.enable_udp,
-                                     tcp=config.enable_tcp, gso=config.gso)
+                                     tcp=config.enable_tcp, gso=config.gso,
+                                     workers=config.workers)
         except (OSError, ValueError) as exc:
             raise StartupError(
                 f"cannot open the media port {config.rtc_ip}:{config.rtc_port} "

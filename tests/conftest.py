@@ -28,8 +28,20 @@ def config_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def server(nursery: trio.Nursery, config_overrides: dict[str, Any]) -> Server:
-    return await nursery.start(serve, test_config(**config_overrides))
+def media_workers() -> int | None:
+    """The server fixture's media workers; None = the setting's default (one per core).
+    The media test modules override it with pysfu.testing.media_room.media_workers, which
+    runs each of their server tests with 1 and with 2 workers."""
+    return None
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, config_overrides: dict[str, Any],
+                 media_workers: int | None) -> Server:
+    overrides = dict(config_overrides)
+    if media_workers is not None:
+        overrides.setdefault("workers", media_workers)
+    return await nursery.start(serve, test_config(**overrides))
 
 
 @pytest.fixture

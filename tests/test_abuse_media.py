@@ -30,6 +30,7 @@ from pysfu.testing.media_room import (
     ROOM,
     add_viewer,
     host,  # noqa: F401  (fixture)
+    media_workers,  # noqa: F401  (fixture: 1 and 2 workers)
 )
 from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp, stun_binding_request, vp8_payload
 

@@ -12,6 +12,7 @@ import trio
 
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
+from pysfu.testing.media_room import media_workers  # noqa: F401  (fixture: 1 and 2 workers)
 
 CYCLES = int(os.environ.get("CHURN_CYCLES", "1000"))
 

@@ -248,6 +248,16 @@ def test_udp_and_tcp_settings() -> None:
         load_config(None, {"PYSFU_ENABLE_TCP": "sometimes"})
 
 
+def test_workers_setting() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert load_config().workers == min(cores, 64)
+    assert load_config(None, {"PYSFU_WORKERS": "3"}).workers == 3
+    assert load_config(None, {"PYSFU_WORKERS": "3"}, {"workers": "1"}).workers == 1
+    for bad in ("0", "65", "two"):
+        with pytest.raises(ConfigError, match="workers"):
+            load_config(None, {"PYSFU_WORKERS": bad})
+
+
 def test_gso_setting() -> None:
     assert load_config().gso is True
     assert load_config(None, {"PYSFU_GSO": "false"}).gso is False

@@ -12,13 +12,14 @@ import trio
 from pysfu.client import RequestFailed
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps, vp8_producer
-from pysfu.testing.media_room import (  # noqa: F401  (host: fixture)
+from pysfu.testing.media_room import (  # noqa: F401  (host, media_workers: fixtures)
     CHROME_MID_EXT,
     CHROME_VP8_PT,
     HOST_SSRC,
     ROOM,
     add_viewer,
     host,
+    media_workers,
     open_peer,
     rtcp_types,
     send_frames,

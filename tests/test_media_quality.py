@@ -17,6 +17,7 @@ from pysfu.client import RequestFailed, connect
 from pysfu.server import Server
 from pysfu.testing.lossy_relay import Impairment
 from pysfu.testing.media_endpoints import HOST_SSRC, LossyRoom, lossy_room
+from pysfu.testing.media_room import media_workers  # noqa: F401  (fixture: 1 and 2 workers)
 from pysfu.testing.webrtc_peer import build_sr, ntp_now
 
 ROOM = "lossy"

@@ -17,6 +17,7 @@ from pysfu import ortc
 from pysfu.client import RequestFailed, SignalingClient
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps
+from pysfu.testing.media_room import media_workers  # noqa: F401  (fixture: 1 and 2 workers)
 from pysfu.testing.simulcast_peer import (
     TCC,
     SimulcastSender,

@@ -10,7 +10,7 @@
 //! router; an eventfd is readable while the queue is non-empty, and `drain()` empties both.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use crate::remote::{Remote, Via};
 use crate::tcp::{self, Frames, TcpEdge};
 use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, SrtpKeys, StatValue, Transmit};
 use crate::wake::EventFd;
+use crate::workers::{Mesh, Partitioner, MAX_WORKERS};
 
 /// Periodic router work (key frame re-requests) at least this often.
 const TICK: Duration = Duration::from_millis(50);
@@ -50,6 +51,8 @@ const BIND_TRIES: usize = 20;
 const TOKEN_UDP: u64 = 0;
 const TOKEN_STOP: u64 = 1;
 const TOKEN_LISTENER: u64 = 2;
+/// A worker's wake fd: its inbox has batches.
+const TOKEN_WAKE: u64 = 3;
 
 struct State {
     router: Router,
@@ -87,9 +90,27 @@ fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
+/// One worker's socket (all in one `SO_REUSEPORT` group on the rtc port) and wake-up fd.
+struct WorkerIo {
+    socket: UdpSocket,
+    /// Set when a batch was put in this worker's inbox (`workers::Mesh`).
+    wake: EventFd,
+    /// Worker 0 waits on `Shared::poller` (with TCP and the listener); the others on their
+    /// own set (socket, wake fd, stop fd).
+    poller: Option<Poller>,
+}
+
 struct Shared {
     state: Mutex<State>,
-    socket: UdpSocket,
+    /// One per worker thread; worker 0's socket also sends for Python and control calls.
+    workers: Vec<WorkerIo>,
+    /// The workers' inboxes and counters.
+    mesh: Mesh,
+    /// The router's next timer (`poll_timeout`), as nanoseconds since `epoch` (`u64::MAX`:
+    /// none). Worker 0 runs the timers and sets it after each of its locked sections; another
+    /// worker whose datagrams made an earlier timer lowers it and wakes worker 0.
+    timer_at: AtomicU64,
+    epoch: Instant,
     /// UDP candidates are offered: the socket is read. (Bound either way: it holds the port
     /// number the TCP listener shares.)
     udp: bool,
@@ -116,26 +137,38 @@ struct GsoCounters {
 }
 
 impl Shared {
+    /// Worker 0's socket: Python's datagrams and control calls' output leave by it.
+    fn socket(&self) -> &UdpSocket {
+        &self.workers[0].socket
+    }
+
     /// Send a batch produced by the router (called with or without the router lock, never
     /// with the TCP lock).
     fn send(&self, out: &mut Output) {
-        self.send_via(out, None);
+        self.send_via(self.socket().as_raw_fd(), out, None);
     }
 
-    /// As `send`; with a planner (the I/O thread's) and GSO on, the UDP datagrams go grouped
-    /// per destination, runs of equal size as one `UDP_SEGMENT` message each.
-    fn send_via(&self, out: &mut Output, planner: Option<&mut Planner>) {
-        if out.transmits.is_empty() {
-            return;
+    /// As `send`, UDP from socket `fd`; with a planner (the worker's) and GSO on, the UDP
+    /// datagrams go grouped per destination, runs of equal size as one `UDP_SEGMENT`
+    /// message each. Returns the UDP datagrams sent.
+    fn send_via(&self, fd: RawFd, out: &mut Output, planner: Option<&mut Planner>) -> usize {
+        let sent = self.send_transmits(fd, &out.transmits, planner);
+        out.recycle();
+        sent
+    }
+
+    /// As `send_via`, for transmits the caller keeps (a batch from another worker's inbox).
+    fn send_transmits(&self, fd: RawFd, transmits: &[Transmit], planner: Option<&mut Planner>) -> usize {
+        if transmits.is_empty() {
+            return 0;
         }
-        if let Some(planner) = planner.filter(|_| out.transmits.len() > 1 && self.gso_on.load(Ordering::Relaxed)) {
-            self.send_gso(out, planner);
-            return;
+        if let Some(planner) = planner.filter(|_| transmits.len() > 1 && self.gso_on.load(Ordering::Relaxed)) {
+            return self.send_gso(fd, transmits, planner);
         }
         let mut other = 0usize;
         let r = io::send_batch(
-            self.socket.as_raw_fd(),
-            out.transmits
+            fd,
+            transmits
                 .iter()
                 .filter(|t| {
                     let udp = t.dest.via == Via::Udp;
@@ -148,9 +181,9 @@ impl Shared {
             self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
         }
         if other > 0 {
-            self.send_not_udp(&out.transmits);
+            self.send_not_udp(transmits);
         }
-        out.recycle();
+        r.sent
     }
 
     /// The transmits that leave by a TCP connection or a plain/pipe transport's own socket.
@@ -166,13 +199,12 @@ impl Shared {
         }
     }
 
-    fn send_gso(&self, out: &mut Output, planner: &mut Planner) {
-        let transmits = &out.transmits;
+    fn send_gso(&self, fd: RawFd, transmits: &[Transmit], planner: &mut Planner) -> usize {
         planner.plan(
             transmits.iter().enumerate().filter(|(_, t)| t.dest.via == Via::Udp).map(|(i, t)| (i, t.dest.addr, t.buf.len())),
         );
         let r = io::send_planned(
-            self.socket.as_raw_fd(),
+            fd,
             |i| (&transmits[i].dest.addr, transmits[i].buf.as_slice()),
             planner.order(),
             planner.runs(),
@@ -192,7 +224,7 @@ impl Shared {
         if planner.order().len() < transmits.len() {
             self.send_not_udp(transmits);
         }
-        out.recycle();
+        r.sent
     }
 
     /// Queue frames on their TCP connections and write what the kernel takes now.
@@ -213,7 +245,7 @@ impl Shared {
     fn send_one(&self, dest: Remote, data: &[u8]) {
         match dest.via {
             Via::Udp => {
-                let r = io::send_batch(self.socket.as_raw_fd(), std::iter::once((&dest.addr, data)));
+                let r = io::send_batch(self.socket().as_raw_fd(), std::iter::once((&dest.addr, data)));
                 if r.failed > 0 {
                     self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
                 }
@@ -228,6 +260,25 @@ impl Shared {
         }
     }
 
+    fn timer_ns(&self, at: Option<Instant>) -> u64 {
+        at.map_or(u64::MAX, |d| d.saturating_duration_since(self.epoch).as_nanos().min(u64::MAX as u128 - 1) as u64)
+    }
+
+    /// The router's next timer, as worker 0 last saw it or another worker lowered it.
+    fn next_timer(&self) -> Option<Instant> {
+        let ns = self.timer_at.load(Ordering::Acquire);
+        (ns != u64::MAX).then(|| self.epoch + Duration::from_nanos(ns))
+    }
+
+    /// A worker other than 0 made the router's next timer `at` (call with the lock): if
+    /// earlier than worker 0 knows, tell it and wake it.
+    fn note_timer(&self, at: Option<Instant>) {
+        let ns = self.timer_ns(at);
+        if ns < self.timer_at.fetch_min(ns, Ordering::AcqRel) {
+            self.workers[0].wake.set();
+        }
+    }
+
     /// Set the up fd if there is something to drain and it is not set yet. Call with the lock.
     fn signal(&self, st: &mut State) {
         if !st.signalled && st.router.has_upcalls() {
@@ -237,23 +288,163 @@ impl Shared {
     }
 }
 
-fn io_thread(shared: Arc<Shared>) {
-    let fd = shared.socket.as_raw_fd();
-    let mut batch = io::RecvBatch::new();
-    let mut events = Events::new(256);
-    let mut frames = Frames::default();
-    let mut proven: Vec<std::net::SocketAddr> = Vec::new();
-    let mut out = Output::new();
-    let mut planner = Planner::new();
-    let mut last_tick = Instant::now();
-    let mut last_tcp_poll = last_tick;
-    // The router's next timer (NACK retries, reports), refreshed after each locked section.
-    let mut deadline: Option<Instant> = None;
+/// One worker's buffers, reused for the life of its thread.
+struct Worker {
+    me: usize,
+    fd: RawFd,
+    batch: io::RecvBatch,
+    out: Output,
+    planner: Planner,
+    part: Partitioner,
+}
+
+impl Worker {
+    fn new(shared: &Shared, me: usize) -> Self {
+        Worker {
+            me,
+            fd: shared.workers[me].socket.as_raw_fd(),
+            batch: io::RecvBatch::new(),
+            out: Output::new(),
+            planner: Planner::new(),
+            part: Partitioner::new(me, shared.workers.len()),
+        }
+    }
+
+    /// Take back this worker's sent hand-offs: their buffers to the router output's pool,
+    /// their vectors to the partitioner. Call with `out` empty.
+    fn absorb_returns(&mut self, shared: &Shared) {
+        while let Some(mut v) = shared.mesh.take_returned(self.me) {
+            self.out.transmits.append(&mut v);
+            self.out.recycle();
+            self.part.reuse(v);
+        }
+    }
+
+    /// Send what other workers handed to this one, oldest first, from this worker's socket.
+    fn drain_inbox(&mut self, shared: &Shared) {
+        let counters = &shared.mesh.inbox(self.me).counters;
+        while let Some(b) = shared.mesh.take(self.me) {
+            let sent = shared.send_transmits(self.fd, &b.transmits, Some(&mut self.planner));
+            counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
+            shared.mesh.give_back(b);
+        }
+    }
+
+    /// Send `out`: the other workers' shares handed to their inboxes (each woken), this
+    /// worker's own share at once from its socket.
+    fn dispatch(&mut self, shared: &Shared) {
+        let workers = shared.workers.len();
+        if workers > 1 && !self.out.transmits.is_empty() {
+            self.part.split(&mut self.out.transmits);
+            for to in 0..workers {
+                let Some(b) = self.part.take_for(to) else { continue };
+                let n = b.transmits.len() as u64;
+                match shared.mesh.hand_off(to, b) {
+                    Ok(()) => {
+                        shared.mesh.inbox(self.me).counters.handed_off.fetch_add(n, Ordering::Relaxed);
+                        shared.workers[to].wake.set();
+                    }
+                    // Full inbox: dropped and counted (`workerInboxFull`); the vector is reused.
+                    Err(b) => self.part.reuse(b.transmits),
+                }
+            }
+        }
+        let sent = shared.send_via(self.fd, &mut self.out, Some(&mut self.planner));
+        shared.mesh.inbox(self.me).counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
+    }
+
+    /// The received UDP datagrams through the router (lock held by the caller); what they
+    /// produce is dispatched early once `early_at` datagrams wait.
+    fn route_udp(&mut self, shared: &Shared, st: &mut State, n: usize, now: Instant, early_at: usize) {
+        shared.mesh.inbox(self.me).counters.received.fetch_add(n as u64, Ordering::Relaxed);
+        for i in 0..n {
+            // One datagram's panic costs that datagram only (counted, reported to Python);
+            // the rest of the batch, other rooms and the thread carry on.
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                if let Some((from, data, truncated)) = self.batch.get(i) {
+                    if std::mem::take(&mut st.panic_next) {
+                        panic!("test panic requested by _test_panic(\"io\")");
+                    }
+                    if truncated {
+                        st.router.count_drop(DropReason::Truncated, 1);
+                    } else {
+                        st.router.handle_datagram(now, Remote::udp(from), data, &mut self.out);
+                    }
+                }
+            }));
+            if let Err(e) = result {
+                on_io_panic(shared, st, &*e);
+            }
+            if self.out.transmits.len() >= early_at {
+                self.dispatch(shared);
+            }
+        }
+    }
+}
+
+fn early_at(shared: &Shared) -> usize {
+    if shared.gso_on.load(Ordering::Relaxed) {
+        SEND_EARLY_AT_GSO
+    } else {
+        SEND_EARLY_AT
+    }
+}
+
+/// A worker other than 0: its socket and inbox only (TCP, timers and the listener are
+/// worker 0's).
+fn side_worker(shared: Arc<Shared>, me: usize) {
+    let mut w = Worker::new(&shared, me);
+    let io_ = &shared.workers[me];
+    let Some(poller) = io_.poller.as_ref() else { return };
+    let mut events = Events::new(8);
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        let n = if shared.udp { batch.recv(fd).unwrap_or_default() } else { 0 };
+        w.absorb_returns(&shared);
+        let n = w.batch.recv(w.fd).unwrap_or_default();
+        if n == 0 {
+            poller.wait(&mut events, TICK.as_millis() as i32);
+            if events.iter().any(|e| e.token == TOKEN_STOP) {
+                break;
+            }
+            if events.iter().any(|e| e.token == TOKEN_WAKE) {
+                io_.wake.reset();
+            }
+        }
+        w.drain_inbox(&shared);
+        if n == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        {
+            let mut st = shared.state.lock();
+            let st = &mut *st;
+            w.route_udp(&shared, st, n, now, early_at(&shared));
+            shared.note_timer(st.router.poll_timeout());
+            shared.signal(st);
+        }
+        w.dispatch(&shared);
+    }
+}
+
+/// Worker 0: its UDP socket, TCP (listener and connections), the router's timers.
+fn io_thread(shared: Arc<Shared>) {
+    let mut w = Worker::new(&shared, 0);
+    let mut events = Events::new(256);
+    let mut frames = Frames::default();
+    let mut proven: Vec<std::net::SocketAddr> = Vec::new();
+    let mut last_tick = Instant::now();
+    let mut last_tcp_poll = last_tick;
+    loop {
+        // The router's next timer (NACK retries, reports), refreshed after each locked
+        // section here and lowered by the other workers.
+        let deadline = shared.next_timer();
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        w.absorb_returns(&shared);
+        let n = if shared.udp { w.batch.recv(w.fd).unwrap_or_default() } else { 0 };
         // Wait when UDP is idle; otherwise only glance at TCP now and then.
         let ready = if n == 0 {
             let mut wait = TICK.saturating_sub(last_tick.elapsed());
@@ -268,8 +459,11 @@ fn io_thread(shared: Arc<Shared>) {
             events.clear();
             0
         };
+        if ready > 0 && events.iter().any(|e| e.token == TOKEN_WAKE) {
+            shared.workers[0].wake.reset();
+        }
+        w.drain_inbox(&shared);
         let now = Instant::now();
-        let early_at = if shared.gso_on.load(Ordering::Relaxed) { SEND_EARLY_AT_GSO } else { SEND_EARLY_AT };
         let mut stop = false;
         let mut closed = Vec::new();
         frames.clear();
@@ -278,12 +472,12 @@ fn io_thread(shared: Arc<Shared>) {
                 last_tcp_poll = now; // polled just now (waited, or looked)
             }
             let tick = now.duration_since(last_tick) >= TICK;
-            let tcp_events = ready > 0 && events.iter().any(|e| e.token != TOKEN_UDP);
+            let tcp_events = ready > 0 && events.iter().any(|e| e.token != TOKEN_UDP && e.token != TOKEN_WAKE);
             if tcp_events || tick {
                 let mut tcp = tcp.lock();
                 for ev in events.iter() {
                     match ev.token {
-                        TOKEN_UDP => {}
+                        TOKEN_UDP | TOKEN_WAKE => {}
                         TOKEN_STOP => stop = true,
                         TOKEN_LISTENER => tcp.accept(&shared.poller, now),
                         token => tcp.on_ready(&shared.poller, token, ev.events, now, &mut frames),
@@ -307,50 +501,31 @@ fn io_thread(shared: Arc<Shared>) {
         {
             let mut st = shared.state.lock();
             let st = &mut *st;
+            let early_at = early_at(&shared);
             for addr in closed.drain(..) {
                 st.router.forget_remote(Remote::tcp(addr));
             }
-            // One datagram's panic costs that datagram only (counted, reported to Python);
-            // the rest of the batch, other rooms and the thread carry on.
             for (from, data) in frames.iter() {
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    if st.router.handle_datagram(now, Remote::tcp(from), data, &mut out) {
+                    if st.router.handle_datagram(now, Remote::tcp(from), data, &mut w.out) {
                         proven.push(from);
                     }
-                    if out.transmits.len() >= early_at {
-                        shared.send_via(&mut out, Some(&mut planner));
-                    }
                 }));
                 if let Err(e) = result {
                     on_io_panic(&shared, st, &*e);
                 }
-            }
-            for i in 0..n {
-                let result = catch_unwind(AssertUnwindSafe(|| {
-                    if let Some((from, data, truncated)) = batch.get(i) {
-                        if std::mem::take(&mut st.panic_next) {
-                            panic!("test panic requested by _test_panic(\"io\")");
-                        }
-                        if truncated {
-                            st.router.count_drop(DropReason::Truncated, 1);
-                        } else {
-                            st.router.handle_datagram(now, Remote::udp(from), data, &mut out);
-                            if out.transmits.len() >= early_at {
-                                shared.send_via(&mut out, Some(&mut planner));
-                            }
-                        }
-                    }
-                }));
-                if let Err(e) = result {
-                    on_io_panic(&shared, st, &*e);
+                if w.out.transmits.len() >= early_at {
+                    w.dispatch(&shared);
                 }
             }
+            w.route_udp(&shared, st, n, now, early_at);
             if tick {
-                if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.handle_timeout(now, &mut out))) {
+                if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.handle_timeout(now, &mut w.out))) {
                     on_io_panic(&shared, st, &*e);
                 }
             }
-            deadline = st.router.poll_timeout();
+            let next = shared.timer_ns(st.router.poll_timeout());
+            shared.timer_at.store(next, Ordering::Release);
             shared.signal(st);
         }
         if !proven.is_empty() {
@@ -364,7 +539,7 @@ fn io_thread(shared: Arc<Shared>) {
         if tick {
             last_tick = now;
         }
-        shared.send_via(&mut out, Some(&mut planner));
+        w.dispatch(&shared);
     }
 }
 
@@ -425,18 +600,20 @@ fn parse_remote(ip: &str, port: u16, protocol: &str) -> PyResult<Remote> {
     Ok(Remote { addr: parse_addr(ip, port)?, via })
 }
 
-/// The UDP socket and, with `tcp`, a TCP listener on the same port number. Port 0: the OS
-/// picks the UDP port; if TCP cannot have that number, try another.
-fn bind_both(host: &str, port: u16, tcp: bool) -> PyResult<(UdpSocket, Option<std::net::TcpListener>)> {
+/// The UDP sockets (one per worker, `io::bind_group`) and, with `tcp`, a TCP listener on the
+/// same port number. Port 0: the OS picks the UDP port; if TCP cannot have that number, try
+/// another.
+fn bind_both(host: &str, port: u16, tcp: bool, workers: usize) -> PyResult<(Vec<UdpSocket>, Option<std::net::TcpListener>)> {
     let mut last = String::new();
     for _ in 0..BIND_TRIES {
-        let socket = io::bind(host, port).map_err(|e| PyValueError::new_err(format!("cannot bind {host}:{port}: {e}")))?;
+        let sockets = io::bind_group(host, port, workers)
+            .map_err(|e| PyValueError::new_err(format!("cannot bind {host}:{port}: {e}")))?;
         if !tcp {
-            return Ok((socket, None));
+            return Ok((sockets, None));
         }
-        let addr = socket.local_addr().map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let addr = sockets[0].local_addr().map_err(|e| PyValueError::new_err(e.to_string()))?;
         match tcp::listen(addr) {
-            Ok(l) => return Ok((socket, Some(l))),
+            Ok(l) => return Ok((sockets, Some(l))),
             Err(e) if port == 0 => last = e.to_string(),
             Err(e) => return Err(PyValueError::new_err(format!("cannot listen on TCP {host}:{port}: {e}"))),
         }
@@ -484,13 +661,16 @@ fn removed_dict<'py>(py: Python<'py>, removed: &Removed) -> PyResult<Bound<'py, 
 
 // ---------------------------------------------------------------------------------------
 
-/// The data plane: one UDP socket, one I/O thread, the forwarding router.
+/// The data plane: worker threads with a UDP socket each on one port, the forwarding router.
 #[pyclass(frozen, module = "pysfu._native")]
 pub struct Engine {
     port: u16,
     up_raw_fd: i32,
-    inner: Mutex<Option<(Arc<Shared>, JoinHandle<()>)>>,
+    inner: Mutex<Option<Running>>,
 }
+
+/// A started engine: its shared state and worker threads.
+type Running = (Arc<Shared>, Vec<JoinHandle<()>>);
 
 impl Engine {
     fn shared(&self) -> PyResult<Arc<Shared>> {
@@ -528,10 +708,12 @@ impl Engine {
 
     fn shutdown(&self) {
         let taken = self.inner.lock().take();
-        if let Some((shared, thread)) = taken {
+        if let Some((shared, threads)) = taken {
             shared.stop.store(true, Ordering::Release);
             shared.stop_fd.set();
-            let _ = thread.join();
+            for thread in threads {
+                let _ = thread.join();
+            }
             shared.plain.join();
             // Dropping the last Arc closes the socket and both fds.
             drop(shared);
@@ -579,19 +761,37 @@ impl Engine {
     /// `tcp`: listen for ICE-TCP connections on the same port number.
     #[new]
     /// `gso`: send bursts to one destination as UDP GSO messages where the kernel takes them.
-    #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true, gso = true))]
-    fn new(host: &str, port: u16, udp: bool, tcp: bool, gso: bool) -> PyResult<Self> {
+    /// `workers`: I/O threads, each with its own UDP socket on the port (`workers.rs`);
+    /// without UDP, one.
+    #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true, gso = true, workers = 1))]
+    fn new(host: &str, port: u16, udp: bool, tcp: bool, gso: bool, workers: usize) -> PyResult<Self> {
         if !udp && !tcp {
             return Err(PyValueError::new_err("the engine needs UDP or TCP (or both)"));
         }
-        let (socket, listener) = bind_both(host, port, tcp)?;
-        let port = socket.local_addr().map_err(|e| PyValueError::new_err(e.to_string()))?.port();
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            return Err(PyValueError::new_err(format!("workers must be 1..={MAX_WORKERS}, not {workers}")));
+        }
+        let workers = if udp { workers } else { 1 };
+        let (sockets, listener) = bind_both(host, port, tcp, workers)?;
+        let port = sockets[0].local_addr().map_err(|e| PyValueError::new_err(e.to_string()))?.port();
         let up_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
         let stop_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
         let poller = Poller::new().map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
-        let reg = |fd: i32, token: u64| poller.add(fd, token, READABLE).map_err(|e| PyValueError::new_err(format!("epoll: {e}")));
-        if udp {
-            reg(socket.as_raw_fd(), TOKEN_UDP)?;
+        let epoll_err = |e: std::io::Error| PyValueError::new_err(format!("epoll: {e}"));
+        let reg = |fd: i32, token: u64| poller.add(fd, token, READABLE).map_err(epoll_err);
+        let mut ios = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let wake = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
+            let own = if i == 0 { None } else { Some(Poller::new().map_err(epoll_err)?) };
+            let set = own.as_ref().unwrap_or(&poller);
+            if udp {
+                set.add(socket.as_raw_fd(), TOKEN_UDP, READABLE).map_err(epoll_err)?;
+            }
+            set.add(wake.as_raw_fd(), TOKEN_WAKE, READABLE).map_err(epoll_err)?;
+            if i > 0 {
+                set.add(stop_fd.as_raw_fd(), TOKEN_STOP, READABLE).map_err(epoll_err)?;
+            }
+            ios.push(WorkerIo { socket, wake, poller: own });
         }
         reg(stop_fd.as_raw_fd(), TOKEN_STOP)?;
         let tcp = listener.map(|l| TcpEdge::new(l, TOKEN_LISTENER));
@@ -603,7 +803,10 @@ impl Engine {
         plain.watch_stop(stop_fd.as_raw_fd()).map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State { router: new_router(), signalled: false, last_panic: None, panic_next: false }),
-            socket,
+            mesh: Mesh::new(ios.len()),
+            timer_at: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            workers: ios,
             udp,
             tcp: tcp.map(Mutex::new),
             poller,
@@ -615,12 +818,63 @@ impl Engine {
             gso_on: AtomicBool::new(gso),
             gso: GsoCounters::default(),
         });
-        let s2 = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("pysfu-io".into())
-            .spawn(move || io_thread(s2))
-            .map_err(|e| PyValueError::new_err(format!("cannot start I/O thread: {e}")))?;
-        Ok(Engine { port, up_raw_fd, inner: Mutex::new(Some((shared, thread))) })
+        let mut threads = Vec::with_capacity(shared.workers.len());
+        for me in 0..shared.workers.len() {
+            let s2 = shared.clone();
+            // Every worker is named pysfu-io: metrics and benches sum the CPU of those threads.
+            let spawned = std::thread::Builder::new().name("pysfu-io".into()).spawn(move || {
+                if me == 0 {
+                    io_thread(s2)
+                } else {
+                    side_worker(s2, me)
+                }
+            });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    shared.stop.store(true, Ordering::Release);
+                    shared.stop_fd.set();
+                    threads.into_iter().for_each(|t| drop(t.join()));
+                    return Err(PyValueError::new_err(format!("cannot start I/O thread: {e}")));
+                }
+            }
+        }
+        Ok(Engine { port, up_raw_fd, inner: Mutex::new(Some((shared, threads))) })
+    }
+
+    /// I/O worker threads (sockets on the port).
+    #[getter]
+    fn workers(&self) -> PyResult<usize> {
+        Ok(self.shared()?.workers.len())
+    }
+
+    /// The worker whose socket sends to UDP remote `ip`:`port` (`workers::owner`).
+    fn sending_worker(&self, ip: &str, port: u16) -> PyResult<usize> {
+        Ok(crate::workers::owner(&parse_addr(ip, port)?, self.shared()?.workers.len()))
+    }
+
+    /// Per worker (index = worker), datagrams: `received` from its socket, `sent` by its
+    /// socket, `handedOff` to other workers, `taken` from its inbox, `inboxFull` dropped
+    /// because its inbox was full, `inboxPeak` (batches waiting at most).
+    fn worker_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let shared = self.shared()?;
+        let list = PyList::empty(py);
+        for i in 0..shared.mesh.workers() {
+            let c = &shared.mesh.inbox(i).counters;
+            let d = PyDict::new(py);
+            for (k, v) in [
+                ("received", &c.received),
+                ("sent", &c.sent),
+                ("handedOff", &c.handed_off),
+                ("taken", &c.taken),
+                ("inboxFull", &c.inbox_full),
+                ("inboxPeak", &c.inbox_peak),
+            ] {
+                d.set_item(k, v.load(Ordering::Relaxed))?;
+            }
+            list.append(d)?;
+        }
+        Ok(list)
     }
 
     #[getter]
@@ -638,8 +892,11 @@ impl Engine {
     /// kernel refuses GSO messages (EINVAL): exercises the fallback on a real socket.
     fn _test_refuse_gso(&self) -> PyResult<()> {
         let shared = self.shared()?;
-        io::setsockopt_int(shared.socket.as_raw_fd(), libc::SO_NO_CHECK, 1)
-            .map_err(|e| PyValueError::new_err(format!("SO_NO_CHECK: {e}")))
+        for w in &shared.workers {
+            io::setsockopt_int(w.socket.as_raw_fd(), libc::SO_NO_CHECK, 1)
+                .map_err(|e| PyValueError::new_err(format!("SO_NO_CHECK: {e}")))?;
+        }
+        Ok(())
     }
 
     /// A file descriptor that is readable while `drain()` has items.
@@ -708,7 +965,7 @@ impl Engine {
                 batch.retain(|(h, _, d)| st.router.note_python_send(*h, d.len()).is_ok());
             }
             let udp = batch.iter().filter(|(_, r, _)| r.via == Via::Udp);
-            let r = io::send_batch(shared.socket.as_raw_fd(), udp.map(|(_, r, d)| (&r.addr, d.as_slice())));
+            let r = io::send_batch(shared.socket().as_raw_fd(), udp.map(|(_, r, d)| (&r.addr, d.as_slice())));
             if r.failed > 0 {
                 shared.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
             }
@@ -927,6 +1184,8 @@ impl Engine {
         for (k, v) in tcp.iter() {
             d.set_item(k, v)?;
         }
+        // Datagrams a worker made for another worker whose inbox was full (workers.rs).
+        d.set_item("workerInboxFull", shared.mesh.inbox_full())?;
         Ok(d)
     }
 

@@ -16,10 +16,17 @@ const SOCKET_BUFFER: libc::c_int = 8 * 1024 * 1024;
 
 /// Bind the engine's socket: non-blocking, large kernel buffers (best effort), close-on-exec.
 pub fn bind(host: &str, port: u16) -> io::Result<UdpSocket> {
-    let ip: std::net::IpAddr = host
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad IP address {host:?}")))?;
-    let sock = UdpSocket::bind(SocketAddr::new(ip, port))?;
+    let sock = UdpSocket::bind(SocketAddr::new(parse_ip(host)?, port))?;
+    tune(&sock)?;
+    Ok(sock)
+}
+
+fn parse_ip(host: &str) -> io::Result<std::net::IpAddr> {
+    host.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad IP address {host:?}")))
+}
+
+/// Non-blocking, large kernel buffers (best effort).
+fn tune(sock: &UdpSocket) -> io::Result<()> {
     sock.set_nonblocking(true)?;
     let fd = sock.as_raw_fd();
     for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
@@ -28,7 +35,34 @@ pub fn bind(host: &str, port: u16) -> io::Result<UdpSocket> {
             let _ = setsockopt_int(fd, plain, SOCKET_BUFFER);
         }
     }
-    Ok(sock)
+    Ok(())
+}
+
+/// `count` sockets on one address and port, one per worker: with one, as `bind`; with more,
+/// an `SO_REUSEPORT` group (the kernel spreads remotes over them by a hash of the 4-tuple).
+/// A fixed port is guarded first by a probe bound without `SO_REUSEPORT` (it fails if anyone
+/// holds the port: a second server must not silently join the group); with port 0 the
+/// first socket of the group picks the port.
+pub fn bind_group(host: &str, port: u16, count: usize) -> io::Result<Vec<UdpSocket>> {
+    if count <= 1 {
+        return Ok(vec![bind(host, port)?]);
+    }
+    let ip = parse_ip(host)?;
+    if port != 0 {
+        drop(UdpSocket::bind(SocketAddr::new(ip, port))?);
+    }
+    let mut group: Vec<UdpSocket> = Vec::with_capacity(count);
+    let mut at = SocketAddr::new(ip, port);
+    for _ in 0..count {
+        let s = socket2::Socket::new(socket2::Domain::for_address(at), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        s.set_reuse_port(true)?;
+        s.bind(&at.into())?;
+        let s: UdpSocket = s.into();
+        tune(&s)?;
+        at = s.local_addr()?;
+        group.push(s);
+    }
+    Ok(group)
 }
 
 pub(crate) fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
@@ -514,6 +548,19 @@ mod tests {
             let want: Vec<Vec<u8>> = items.iter().filter(|(x, _)| *x == dests[d]).map(|(_, b)| b.clone()).collect();
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn group_shares_a_port_and_refuses_strangers() {
+        let group = bind_group("127.0.0.1", 0, 3).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert!(group.iter().all(|s| s.local_addr().unwrap().port() == port));
+        // Neither a plain socket nor a second group may take the port now.
+        assert!(bind("127.0.0.1", port).is_err());
+        assert!(bind_group("127.0.0.1", port, 2).is_err());
+        drop(group);
+        let again = bind_group("127.0.0.1", port, 2).unwrap();
+        assert_eq!(again[1].local_addr().unwrap().port(), port);
     }
 
     #[test]

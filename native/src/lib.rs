@@ -28,6 +28,7 @@ pub mod vp8;
 pub mod vp9;
 pub mod svc;
 pub mod wake;
+pub mod workers;
 pub mod dcep;
 pub mod dd;
 pub mod sctp;

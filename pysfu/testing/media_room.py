@@ -2,7 +2,8 @@
 pyOpenSSL DTLS client, libsrtp) producing VP8 into room ``ROOM``, viewers added on demand.
 
 ``host`` is a pytest fixture (import it into a test module to use it); it needs the
-``server`` and ``client`` fixtures of tests/conftest.py.
+``server`` and ``client`` fixtures of tests/conftest.py. ``media_workers`` (imported likewise)
+runs a module's server tests with 1 and with 2 media workers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ ROOM = "media"
 HOST_SSRC = 0x11223344
 CHROME_VP8_PT = 96
 CHROME_MID_EXT = 4
+
+
+#: Media worker counts every media test module runs its server tests with.
+MEDIA_WORKERS = (1, 2)
+
+
+@pytest.fixture(params=MEDIA_WORKERS, ids=lambda n: f"workers{n}")
+def media_workers(request: pytest.FixtureRequest) -> int:
+    """Overrides tests/conftest.py's ``media_workers`` in a module that imports it: the
+    module's tests that use the ``server`` fixture run once per entry of MEDIA_WORKERS."""
+    return int(request.param)
 
 
 @dataclass

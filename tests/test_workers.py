@@ -1,0 +1,104 @@
+"""Media worker threads on one port (``workers`` setting, native/src/workers.rs): a producer's
+datagrams handled by one worker, viewers sent to by another, over real UDP and SRTP."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+import trio
+
+from pysfu.server import Server
+from pysfu.testing.media_room import (
+    ROOM,
+    Viewer,
+    add_viewer,
+    host,  # noqa: F401  (fixture)
+    send_frames,
+)
+
+FRAMES = 100
+MAX_VIEWERS = 16  # viewers added at most until both workers own some
+
+
+def _delta(after: list[dict[str, int]], before: list[dict[str, int]], key: str) -> list[int]:
+    return [a[key] - b[key] for a, b in zip(after, before, strict=True)]
+
+
+async def _ingress_worker(server: Server, host_peer: Any) -> int:
+    """The worker whose socket the host's datagrams reach (the kernel's hash): the one whose
+    ``received`` grows by the frames sent while nothing else is sent."""
+    before = server.media.worker_stats()
+    await send_frames(host_peer, 1, 20)
+    await trio.sleep(0.2)
+    received = _delta(server.media.worker_stats(), before, "received")
+    assert sorted(received)[-1] >= 20, received
+    return received.index(max(received))
+
+
+@pytest.mark.parametrize("config_overrides", [{"workers": 2}])
+async def test_producer_on_one_worker_consumers_on_another(
+        server: Server, client: Any, host: Any) -> None:  # noqa: F811
+    host_client, host_peer, producer_id = host
+    media = server.media
+    assert media.native.workers == 2
+    async with AsyncExitStack() as stack:
+        viewers: list[Viewer] = []
+        owners: list[int] = []
+        # Viewers bind distinct source ports; add them until both workers send to some.
+        while len(viewers) < 3 or len(set(owners)) < 2:
+            assert len(viewers) < MAX_VIEWERS, f"owners {owners}"
+            viewer = await add_viewer(client, stack, f"v{len(viewers)}", producer_id)
+            viewers.append(viewer)
+            owners.append(media.native.sending_worker(*viewer.peer.local_address))
+        ingress = await _ingress_worker(server, host_peer)
+        for viewer in viewers:  # the ingress probe's frames
+            while await viewer.peer.recv_rtp(timeout=0.3) is not None:
+                pass
+        before, totals_before = media.worker_stats(), media.totals()
+        await send_frames(host_peer, 1000, FRAMES)
+        for i, viewer in enumerate(viewers):
+            seqs, stamps = [], []
+            while len(seqs) < FRAMES:
+                packet = await viewer.peer.recv_rtp(timeout=3)
+                assert packet is not None, f"viewer {i}: {len(seqs)} of {FRAMES} arrived"
+                seqs.append(packet.seq)
+                stamps.append(packet.ts)
+            assert seqs == [(seqs[0] + k) & 0xFFFF for k in range(FRAMES)], f"viewer {i} order"
+            assert stamps == [90 * (1000 + k) for k in range(FRAMES)]
+        after, totals_after = media.worker_stats(), media.totals()
+        # Decrypted once: the engine counted each of the host's packets once, and forwarded
+        # it once per viewer.
+        assert totals_after["videoPacketsReceived"] - totals_before["videoPacketsReceived"] \
+            == FRAMES
+        assert totals_after["videoPacketsForwarded"] - totals_before["videoPacketsForwarded"] \
+            == FRAMES * len(viewers)
+        sent = _delta(after, before, "sent")
+        other = 1 - ingress
+        for w in (0, 1):
+            owned = owners.count(w)
+            assert sent[w] >= FRAMES * owned, (w, sent, owners)
+            assert owned > 0 and sent[w] > 0, f"worker {w} sent nothing: {sent}"
+        # The ingress worker handed the other worker's viewers' packets over its queue.
+        assert _delta(after, before, "handedOff")[ingress] >= FRAMES * owners.count(other)
+        assert _delta(after, before, "taken")[other] >= FRAMES * owners.count(other)
+        assert all(w["inboxFull"] == 0 for w in after)
+        assert media.drops()["workerInboxFull"] == 0
+        room = server.rooms.get(ROOM)
+        assert room is not None
+        await host_client.leave(ROOM)
+        for viewer in viewers:
+            await viewer.client.next_notification("roomClosed")
+        await room.finished.wait()
+    assert media.counts() == {"transports": 0, "producers": 0, "consumers": 0, "streams": 0,
+                              "tuples": 0, "tcp_connections": 0}
+
+
+async def test_workers_setting_reaches_the_engine(server: Server) -> None:
+    """The fixture's default: one worker per core, one socket each on one port."""
+    assert server.media.native.workers == server.config.workers
+    stats = server.media.worker_stats()
+    assert len(stats) == server.config.workers
+    assert set(stats[0]) == {"received", "sent", "handedOff", "taken", "inboxFull",
+                             "inboxPeak"}
