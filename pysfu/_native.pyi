@@ -97,6 +97,9 @@ class ConsumerSpec(TypedDict):
     cname: NotRequired[str | None]
     pipe_ssrcs: NotRequired[list[tuple[int, int | None]]]
     """A pipe consumer: (SSRC, RTX SSRC) of every producer encoding, forwarded unchanged."""
+    tcc_ext_id: NotRequired[int | None]
+    """transport-cc negotiated: transport-wide sequence numbers with this extension id on
+    everything the transport sends; the viewer's feedback feeds the send-side estimate."""
 
 class Removed(TypedDict):
     """What a removal took with it (the named object included): the engine alone decides

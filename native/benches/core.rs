@@ -208,6 +208,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
                 nack: true,
                 cname: None,
                 pipe_ssrcs: vec![],
+                tcc_ext_id: None,
             },
             &mut out,
         )

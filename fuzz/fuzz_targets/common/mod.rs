@@ -118,6 +118,7 @@ pub fn consumer_spec(ssrc: u32, mid: &str, encoding: usize) -> ConsumerSpec {
         nack: true,
         cname: Some("fuzz".into()),
         pipe_ssrcs: vec![],
+        tcc_ext_id: None,
     }
 }
 

@@ -22,6 +22,7 @@ mod feedback;
 mod ingress;
 mod output;
 mod plain;
+mod probing;
 mod producer;
 mod spec;
 mod stats;

@@ -143,6 +143,11 @@ pub struct ConsumerSpec {
     /// `pipe_ssrcs[i].1`, if any), sequence numbers and timestamps as the producer sent them.
     #[pyo3(default)]
     pub pipe_ssrcs: Vec<(u32, Option<u32>)>,
+    /// The viewer negotiated transport-wide sequence numbers with this extension id: every
+    /// packet the transport sends carries one, and its transport-cc feedback feeds the
+    /// send-side estimate (bwe/send_side.rs).
+    #[pyo3(default)]
+    pub tcc_ext_id: Option<u8>,
 }
 
 /// The Python shapes the derive does not take as they are.

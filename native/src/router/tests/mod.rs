@@ -1,6 +1,7 @@
 //! Router unit tests, split by behaviour; the helpers (a room of one host and two viewers,
 //! packets, specs, peers' SRTP contexts) are here.
 
+mod bwe;
 mod forwarding;
 mod ice;
 mod loss;
@@ -140,6 +141,7 @@ fn consumer_spec(ssrc: u32, mid: &str, paused: bool) -> ConsumerSpec {
         nack: true,
         cname: None,
         pipe_ssrcs: vec![],
+        tcc_ext_id: None,
     }
 }
 
