@@ -181,6 +181,7 @@ fn transport_rtp_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatVa
         ("rembReceived", Int(t.bwe.remb_in)),
         ("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))),
         ("transportCcFeedbackSent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))),
+        ("transportCcFeedbackReceived", Int(t.bwe.send_side.as_ref().map_or(0, |s| s.feedback_in))),
     ];
     // The viewer's estimate (bwe.rs), only while one is known.
     if let Some(b) = t.bwe.available_bitrate(now) {
