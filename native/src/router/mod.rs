@@ -21,6 +21,7 @@ mod egress;
 mod feedback;
 mod ingress;
 mod output;
+mod layering;
 mod plain;
 mod probing;
 mod producer;
