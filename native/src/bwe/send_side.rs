@@ -9,7 +9,8 @@
 //!   overuse the rate drops to [`DECREASE_PERCENT`] of the acknowledged bitrate (what
 //!   actually arrived over the last [`ACKED_WINDOW_US`]); while normal it grows by
 //!   [`INCREASE_PER_SEC_PERCENT`] a second, never above 1.5 × acknowledged + 10 kbit/s
-//!   (an estimate cannot run far ahead of what the path has shown: that is probing's job);
+//!   (an estimate cannot run far ahead of what the path has shown: that is probing's job)
+//!   and never below that acknowledged bitrate (what arrives without a congestion signal);
 //!   underuse holds it (the queue drains first). It starts at that same bound over the
 //!   first acknowledged bitrate: the viewer can take what it has been taking with AIMD's
 //!   usual allowance (starting at exactly what arrives would put a viewer's own layer on
@@ -118,7 +119,8 @@ pub struct SendSide {
     arrivals: InterArrival,
     trend: Trendline,
     /// Arrivals (µs, bytes) within the acknowledged-bitrate window, and their byte sum.
-    acked: VecDeque<(i64, u16)>,
+    /// (arrival µs, send µs, bytes) of the window.
+    acked: VecDeque<(i64, i64, u16)>,
     acked_bytes: u64,
     acked_span_full: bool,
     delay_based: Option<u64>,
@@ -214,6 +216,13 @@ impl SendSide {
         self.acked_span_full.then(|| self.acked_bytes * 8 * 1_000_000 / ACKED_WINDOW_US as u64)
     }
 
+    /// The rate at which the packets of the acknowledged window were sent (a draining queue
+    /// delivers faster than that; this does not count such a burst as capacity).
+    fn acked_send_rate(&self) -> Option<u64> {
+        let (lo, hi) = self.acked.iter().fold((i64::MAX, i64::MIN), |(lo, hi), a| (lo.min(a.1), hi.max(a.1)));
+        (hi > lo).then(|| self.acked_bytes * 8 * 1_000_000 / (hi - lo) as u64)
+    }
+
     pub fn usage(&self) -> Usage {
         self.trend.usage()
     }
@@ -250,7 +259,7 @@ impl SendSide {
         self.packets_acked += received as u64;
         scratch.sort_unstable_by_key(|p| p.0);
         for &(arrival, send, size, cluster) in &scratch {
-            self.add_acked(arrival, size);
+            self.add_acked(arrival, send, size);
             if cluster != 0 && cluster == self.cluster.id {
                 self.cluster.add(send, arrival, size);
             }
@@ -266,14 +275,14 @@ impl SendSide {
         self.probe_result(now)
     }
 
-    fn add_acked(&mut self, arrival: i64, size: u16) {
-        self.acked.push_back((arrival, size));
+    fn add_acked(&mut self, arrival: i64, send: i64, size: u16) {
+        self.acked.push_back((arrival, send, size));
         self.acked_bytes += size as u64;
         let oldest = self.acked.front().map_or(arrival, |a| a.0);
         if arrival - oldest >= ACKED_WINDOW_US {
             self.acked_span_full = true;
         }
-        while let Some(&(t, s)) = self.acked.front() {
+        while let Some(&(t, _, s)) = self.acked.front() {
             if arrival - t < ACKED_WINDOW_US && self.acked.len() <= ACKED_MAX {
                 break;
             }
@@ -300,7 +309,11 @@ impl SendSide {
             Usage::Normal => {
                 let grown = cur as f64 * (1.0 + INCREASE_PER_SEC_PERCENT / 100.0).powf(dt.as_secs_f64());
                 let cap = (acked * 3 / 2 + 10_000).max(cur);
-                (grown as u64).min(cap)
+                // Never below what arrives while the delay is steady: the server's send
+                // rate follows layers, not the estimate (a viewer moved up by its preference
+                // shows the path carries the new layer before the growth catches up).
+                let shown = self.acked_send_rate().map_or(0, |r| r.min(acked));
+                (grown as u64).min(cap).max(shown)
             }
         };
         self.delay_based = Some(new.clamp(MIN_BITRATE, MAX_BITRATE));
