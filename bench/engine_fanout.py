@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=6000, help="ingress packets/s")
     ap.add_argument("--drain", action="store_true", help="also read the viewer sockets")
     ap.add_argument("--tcp", action="store_true", help="viewers over ICE-TCP (read always)")
+    ap.add_argument("--tcc", action="store_true",
+                    help="viewers negotiated transport-cc: every egress packet is stamped")
     ap.add_argument("--l1t3", action="store_true",
                     help="VP8 payload descriptor with PictureID/TL0PICIDX/TID (every consumer "
                          "runs the temporal layer filter and rewrites them)")
@@ -125,7 +127,8 @@ def main() -> None:
         eng.set_srtp(h, SrtpKeys(args.profile, os.urandom(klen), os.urandom(slen),
                               os.urandom(klen), os.urandom(slen)), remote)
         eng.add_consumer(1000 + i, h, 10, {"ssrc": 50000 + i, "mid": str(i), "mid_ext_id": 1,
-                                            "payload_types": {101: 101}, "paused": False})
+                                            "payload_types": {101: 101}, "paused": False,
+                                            "tcc_ext_id": 5 if args.tcc else None})
         viewers.append(s)
 
     # Pre-encrypt: a key frame first, then deltas (VP8 descriptor S=1; P bit in the frame tag).
@@ -217,6 +220,7 @@ def main() -> None:
         "profile": args.profile,
         "size": args.size,
         "consumers": args.consumers,
+        "tcc": args.tcc,
         "seconds": round(elapsed, 3),
         "ingress_rate_target": rate,
         "ingress_sent": sent - m_sent,

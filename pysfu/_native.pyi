@@ -99,6 +99,9 @@ class ConsumerSpec(TypedDict):
     """A pipe consumer: (SSRC, RTX SSRC) of every producer encoding, forwarded unchanged."""
     svc: NotRequired[tuple[int, int, bool] | None]
     """VP9 SVC: (spatial layers, temporal layers, k-SVC); layers are filtered per consumer."""
+    tcc_ext_id: NotRequired[int | None]
+    """transport-cc negotiated: transport-wide sequence numbers with this extension id on
+    everything the transport sends; the viewer's feedback feeds the send-side estimate."""
 
 class Removed(TypedDict):
     """What a removal took with it (the named object included): the engine alone decides

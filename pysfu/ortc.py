@@ -16,16 +16,17 @@ The chain for one producer and one viewer::
 
 Decisions worth knowing:
 
-* **transport-cc is receive-only.** The data plane answers a sender's transport-wide
-  sequence numbers with transport-cc feedback (native/src/twcc.rs), so Chrome's send-side
-  estimator ramps its upload. It does not stamp its own transport-wide sequence numbers on
-  what it sends, so it must not offer the extension toward viewers:
-  ``generate_router_rtp_capabilities(..., transport_cc="recv")`` (what the server uses)
-  lists the extension as ``recvonly`` for both kinds (mediasoup: sendrecv for video) and
-  keeps the ``transport-cc`` feedback; consumer parameters then carry abs-send-time and
-  ``goog-remb``, and viewers report REMB, which feeds the per-viewer estimate
-  (native/src/bwe.rs). ``transport_cc=True`` is mediasoup's table verbatim, ``False``
-  (the function default) leaves transport-cc out entirely.
+* **transport-cc both ways, as mediasoup.** The data plane answers a sender's
+  transport-wide sequence numbers with transport-cc feedback (native/src/twcc.rs), so
+  Chrome's send-side estimator ramps its upload; toward viewers it stamps its own
+  transport-wide sequence numbers on everything it sends (media, RTX, probe padding) and
+  estimates each viewer's bandwidth from the viewer's feedback (native/src/bwe/). The
+  server uses ``transport_cc=True``, mediasoup's table verbatim (video sendrecv, audio
+  recvonly); a video consumer that negotiated the extension then has ``transport-cc``
+  and no ``goog-remb`` (the pruning below), one without it keeps abs-send-time and REMB.
+  ``transport_cc="recv"`` lists the extension as ``recvonly`` for both kinds (the
+  receive-only set-up: viewers on REMB); ``False`` (the function default) leaves
+  transport-cc out entirely.
 * **Payload type 127 is never allocated** (nor accepted as a forced router PT):
   mediasoup-client's RTP probator uses PT 127 on every recv transport, and a second codec
   on 127 would be a BUNDLE codec collision. The dynamic pool is 100..126 then 96..99.

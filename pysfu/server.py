@@ -338,7 +338,7 @@ class _WebSocketStream(trio.abc.Stream):
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
-        caps = ortc.generate_router_rtp_capabilities(config.media_codecs, transport_cc="recv")
+        caps = ortc.generate_router_rtp_capabilities(config.media_codecs, transport_cc=True)
         try:
             self.media = MediaEngine(config.rtc_ip, config.rtc_port, udp=config.enable_udp,
                                      tcp=config.enable_tcp, gso=config.gso,

@@ -640,12 +640,19 @@ def producer_spec(producer: Producer) -> ProducerSpec:
     }
 
 
+_URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+
+
 def consumer_spec(consumer: Consumer) -> ConsumerSpec:
     """The engine's egress table for one consumer."""
     rtp = consumer.rtp_parameters
     encoding = rtp["encodings"][0]
     mid_ext = next((ext["id"] for ext in rtp.get("headerExtensions", [])
                     if ext["uri"] == "urn:ietf:params:rtp-hdrext:sdes:mid"), None)
+    # transport-cc negotiated: the engine stamps transport-wide sequence numbers on what it
+    # sends this viewer and estimates from its feedback (native/src/bwe/send_side.rs).
+    tcc_ext = next((ext["id"] for ext in rtp.get("headerExtensions", [])
+                    if ext["uri"] == _URI_TRANSPORT_CC), None)
     return {
         "ssrc": encoding["ssrc"],
         "rtx_ssrc": (encoding.get("rtx") or {}).get("ssrc"),
@@ -665,6 +672,7 @@ def consumer_spec(consumer: Consumer) -> ConsumerSpec:
                     if not c["mimeType"].lower().endswith("/rtx")),
         "cname": rtp.get("rtcp", {}).get("cname"),
         "svc": ortc.svc_layers(consumer.producer.rtp_parameters),
+        "tcc_ext_id": tcc_ext,
     }
 
 

@@ -1,7 +1,8 @@
 """Simulcast and congestion control over real UDP with libsrtp peers: a host sends three rid
 layers with transport-wide sequence numbers; a viewer receives one layer at a time, switched
 only at key frames with continuous sequence numbers and timestamps, by preference
-(setPreferredLayers) and by its REMB estimate; the host gets transport-cc feedback."""
+(setPreferredLayers) and by its bandwidth estimate (REMB, or the server's send-side estimate
+from the viewer's transport-cc feedback); the host gets transport-cc feedback."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pysfu.testing.simulcast_peer import (
     TCC,
     SimulcastSender,
     build_remb,
+    build_transport_cc,
     is_vp8_keyframe,
     parse_transport_cc,
     parse_vp8_descriptor,
@@ -49,12 +51,14 @@ class Viewer:
     peer: WebRtcPeer
     consumer: dict[str, Any]
     packets: list[Rtp] = field(default_factory=list)
+    arrivals: list[int] = field(default_factory=list)  # µs (trio clock), one per packet
 
     async def collect(self) -> None:
         while True:
             packet = await self.peer.recv_rtp(timeout=60)
             if packet is not None:
                 self.packets.append(packet)
+                self.arrivals.append(int(trio.current_time() * 1e6))
 
     def layers(self, start: int = 0) -> list[int]:
         return [payload_layer(p.payload)[0] for p in self.packets[start:]]
@@ -154,10 +158,10 @@ async def test_consumer_parameters_for_a_simulcast_producer(setup: Setup) -> Non
     assert rtp["encodings"][0]["scalabilityMode"] == "L3T3"
     assert rtp["encodings"][0]["maxBitrate"] == 1500000
     assert setup.viewer.consumer["type"] == "simulcast"
-    # transport-cc is receive-only: viewers get abs-send-time + goog-remb, not transport-cc.
-    assert TCC not in {e["uri"] for e in rtp["headerExtensions"]}
+    # transport-cc both ways (as mediasoup): the viewer gets transport-cc, not goog-remb.
+    assert TCC in {e["uri"] for e in rtp["headerExtensions"]}
     fb = {f["type"] for f in rtp["codecs"][0]["rtcpFeedback"]}
-    assert "goog-remb" in fb and "transport-cc" not in fb
+    assert "transport-cc" in fb and "goog-remb" not in fb
 
 
 async def test_default_top_layer_then_switch_down_at_a_key_frame(setup: Setup) -> None:
@@ -210,6 +214,8 @@ async def test_default_top_layer_then_switch_down_at_a_key_frame(setup: Setup) -
 
 
 async def test_remb_estimate_moves_the_viewer_down_and_back_up(setup: Setup) -> None:
+    # The viewer negotiated transport-cc but sends no transport-cc feedback: its estimate
+    # is its REMB (what a viewer without transport-cc has).
     viewer = setup.viewer
     await wait_for(lambda: len(viewer.packets) >= 10, "layer 2 packets")
     # Bitrates are measured per layer on ingress over 1 s windows.
@@ -246,6 +252,46 @@ async def test_remb_estimate_moves_the_viewer_down_and_back_up(setup: Setup) -> 
     assert is_vp8_keyframe(viewer.packets[up].payload)
     assert_continuous(viewer.packets)
     assert setup.consumer_stats()["layerSwitches"] == 2
+
+
+async def test_transport_cc_viewer_is_stamped_and_estimated_from_its_feedback(
+        setup: Setup) -> None:
+    """Every packet toward a transport-cc viewer carries the next transport-wide sequence
+    number; the viewer's feedback gives the transport a send-side estimate of about what it
+    receives, and a host layer whose rate that estimate covers stays forwarded."""
+    viewer = setup.viewer
+    tcc_id = next(e["id"] for e in viewer.consumer["rtpParameters"]["headerExtensions"]
+                  if e["uri"] == TCC)
+    ssrc = viewer.consumer["rtpParameters"]["encodings"][0]["ssrc"]
+    reported = 0
+    deadline = trio.current_time() + 8
+    while trio.current_time() < deadline:
+        await trio.sleep(0.1)
+        upto = len(viewer.packets)
+        if upto > reported:
+            arrivals = [(int.from_bytes(p.extensions[tcc_id], "big"), at)
+                        for p, at in zip(viewer.packets[reported:upto],
+                                         viewer.arrivals[reported:upto], strict=True)]
+            await send_rtcp(viewer.peer, build_transport_cc(0x5EED, ssrc, arrivals))
+            reported = upto
+        if trio.current_time() > setup.consumed_at + 3 and \
+                setup.viewer_transport_stats().get("availableBitrate", 0) > 0:
+            break
+    seqs = [int.from_bytes(p.extensions[tcc_id], "big") for p in viewer.packets]
+    assert len(seqs) > 50
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False)), seqs
+    engine = setup.server.media
+    room = setup.server.rooms.get(ROOM)
+    assert room is not None
+    st = engine.stats(room.transports[viewer.peer.transport["id"]].handle)
+    assert st["transportCcStamped"] >= len(seqs)
+    assert st["transportCcFeedbackReceived"] >= 10 and st["transportCcFeedbackMalformed"] == 0
+    assert st["transportCcAcked"] >= len(seqs) - 60 and st["transportCcLost"] == 0, st
+    rate = int(setup.producer_stats()["layerBitrates"].split(",")[2])
+    # Loopback: the estimate starts at 1.5 x what arrives (the top layer) and only grows.
+    assert st["availableBitrate"] >= rate, (st, rate)
+    assert setup.consumer_stats()["currentLayer"] == 2
+    assert st["probes"] == 0, "at the top layer: nothing to probe for"
 
 
 async def test_host_gets_transport_cc_feedback_for_its_packets(setup: Setup) -> None:

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
                 f.set_preference(now, (*arg & 7) as usize, (arg & 0x80 == 0).then_some((arg >> 3) & 7));
             }
             1 => {
-                f.decide(now, Some((*arg as u64 * 10_000, now)));
+                f.decide(now, Some(pysfu_native::bwe::Estimate { bitrate: *arg as u64 * 10_000, at: now, send_side: *arg % 2 == 0 }));
             }
             _ => {
                 let Ok(d) = vp9::parse(payload) else { continue };

@@ -209,6 +209,7 @@ fn room(profile: Profile, n: usize, sinks: bool) -> Room {
                 cname: None,
                 pipe_ssrcs: vec![],
                 svc: None,
+                tcc_ext_id: None,
             },
             &mut out,
         )

@@ -1,25 +1,37 @@
 //! Which simulcast layer (encoding) a consumer receives.
 //!
 //! The target is the highest layer with traffic that is not above the viewer's preference and
-//! whose measured ingress bitrate fits the viewer's bandwidth estimate (bwe.rs), the lowest
-//! active one if none fits. Two refinements make a REMB-based estimate usable:
+//! whose measured ingress bitrate fits the viewer's bandwidth estimate (bwe/), the lowest
+//! active one if none fits. How a viewer gets back up depends on where its estimate comes
+//! from:
 //!
-//! - Chrome's receive-side estimate never rises above about 1.5× what it receives and climbs
-//!   only gradually (AIMD), so an estimate taken while a viewer got a lower layer, or shortly
-//!   after it moved up, says little about the layer it gets now (measured with Chromium:
-//!   after a move up, its next REMB was still below the new layer's rate). An estimate only
-//!   counts if it arrived at least [`SETTLE`] after the consumer's start or last move up.
-//! - A viewer held below its preference by the estimate tries the next layer up after
-//!   [`UP_TRY_AFTER`] when the estimate leaves [`HEADROOM_PERCENT`] headroom over the layer
-//!   it receives; if that is too much, its next (lower) estimate moves it back down.
+//! - **REMB** (viewers without transport-cc): Chrome's receive-side estimate never rises
+//!   above about 1.5× what it receives and climbs only gradually (AIMD), so an estimate
+//!   taken while a viewer got a lower layer, or shortly after it moved up, says little about
+//!   the layer it gets now (measured with Chromium: after a move up, its next REMB was still
+//!   below the new layer's rate). Such an estimate only counts if it arrived at least
+//!   [`SETTLE`] after the consumer's start or last move up, and a viewer held below its
+//!   preference tries the next layer up blindly after [`UP_TRY_AFTER`] when the estimate
+//!   leaves [`HEADROOM_PERCENT`] headroom over the layer it receives; if that is too much,
+//!   its next (lower) estimate moves it back down.
+//! - **send-side** (transport-cc): the estimate follows what the server sends within a
+//!   feedback interval, so it counts [`SEND_SIDE_SETTLE`] after a move up (the time the
+//!   acknowledged bitrate needs to see the new layer). A viewer held below its preference is
+//!   not moved up blindly: [`LayerState::probe_for`] names the next layer's bitrate, the
+//!   router probes the path at that rate (bwe/probe.rs), and a successful probe raises the
+//!   estimate so that the next decision moves the viewer up at once.
 //!
 //! Sans-IO and allocation-free: times and rates in, a layer index out.
 
 use std::time::{Duration, Instant};
 
-/// Estimates arriving sooner than this after a consumer starts or moves up are not used.
+use crate::bwe::Estimate;
+
+/// REMB estimates arriving sooner than this after a consumer starts or moves up are not used.
 pub const SETTLE: Duration = Duration::from_secs(5);
-/// How long a viewer stays below its preference because of its estimate before trying up.
+/// The same for send-side estimates.
+pub const SEND_SIDE_SETTLE: Duration = Duration::from_secs(1);
+/// How long a viewer stays below its preference because of its REMB estimate before trying up.
 pub const UP_TRY_AFTER: Duration = Duration::from_secs(8);
 /// Estimate over the current layer's bitrate, in percent, needed to try the next layer up.
 pub const HEADROOM_PERCENT: u64 = 120;
@@ -40,34 +52,56 @@ pub fn select_layer(preferred: usize, bitrates: &[u64], estimate: Option<u64>) -
 /// Per-consumer layer selection state.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerState {
-    /// Estimates from before this instant are ignored (the consumer moved up since).
-    estimate_valid_after: Instant,
+    /// The consumer started or last moved up (or its preference rose) then: estimates
+    /// from before this instant plus their settling time are ignored.
+    moved_up: Instant,
     /// Since when the estimate keeps the consumer below its preference.
     held_since: Option<Instant>,
 }
 
 impl LayerState {
     pub fn new(now: Instant) -> Self {
-        LayerState { estimate_valid_after: now + SETTLE, held_since: None }
+        LayerState { moved_up: now, held_since: None }
     }
 
     /// The preference went up: decide on fresh estimates only.
     pub fn preference_raised(&mut self, now: Instant) {
-        self.estimate_valid_after = now + SETTLE;
+        self.moved_up = now;
         self.held_since = None;
+    }
+
+    /// The estimate, if it counts (it came late enough after the last move up).
+    fn usable(&self, estimate: Option<Estimate>) -> Option<Estimate> {
+        estimate.filter(|e| e.at > self.moved_up + if e.send_side { SEND_SIDE_SETTLE } else { SETTLE })
+    }
+
+    /// The bitrate to probe before a move up, when the consumer is settled on `current`
+    /// below its preference, its send-side estimate does not cover the next active layer,
+    /// and a probe could show it does. None otherwise (no probe: at the top, REMB, or the
+    /// estimate already suffices).
+    pub fn probe_for(&self, preferred: usize, current: usize, target: usize, bitrates: &[u64], estimate: Option<Estimate>) -> Option<u64> {
+        let e = self.usable(estimate).filter(|e| e.send_side)?;
+        if target != current || bitrates.get(current).is_none_or(|r| *r == 0) {
+            return None;
+        }
+        let best = select_layer(preferred, bitrates, None);
+        let next = (current + 1..=best).find(|&i| bitrates[i] > 0)?;
+        (bitrates[next] > e.bitrate).then_some(bitrates[next])
     }
 
     /// The layer to receive now. `current`: the layer being forwarded; `estimate`: the
     /// viewer's estimate and when it was last updated.
-    pub fn decide(&mut self, now: Instant, preferred: usize, current: usize, bitrates: &[u64], estimate: Option<(u64, Instant)>) -> usize {
-        let est = estimate.filter(|(_, at)| *at > self.estimate_valid_after).map(|(e, _)| e);
+    pub fn decide(&mut self, now: Instant, preferred: usize, current: usize, bitrates: &[u64], estimate: Option<Estimate>) -> usize {
+        let usable = self.usable(estimate);
+        let est = usable.map(|e| e.bitrate);
+        let blind_try = usable.is_some_and(|e| !e.send_side);
         let best = select_layer(preferred, bitrates, None);
         let mut target = select_layer(preferred, bitrates, est);
         if target < best {
             let since = *self.held_since.get_or_insert(now);
             let current_rate = bitrates.get(current).copied().unwrap_or(0);
             let headroom = est.is_some_and(|e| e.saturating_mul(100) >= current_rate.saturating_mul(HEADROOM_PERCENT));
-            if target == current && headroom && now.saturating_duration_since(since) >= UP_TRY_AFTER {
+            if blind_try && target == current && headroom && now.saturating_duration_since(since) >= UP_TRY_AFTER {
                 if let Some(next) = (current + 1..=best).find(|&i| bitrates[i] > 0) {
                     target = next;
                 }
@@ -77,7 +111,7 @@ impl LayerState {
             self.held_since = None;
         }
         if target > current {
-            self.estimate_valid_after = now + SETTLE;
+            self.moved_up = now;
         }
         target
     }
@@ -86,6 +120,14 @@ impl LayerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn remb((bitrate, at): (u64, Instant)) -> Option<Estimate> {
+        Some(Estimate { bitrate, at, send_side: false })
+    }
+
+    fn send_side(bitrate: u64, at: Instant) -> Option<Estimate> {
+        Some(Estimate { bitrate, at, send_side: true })
+    }
 
     #[test]
     fn selection_follows_preference_activity_and_estimate() {
@@ -108,31 +150,60 @@ mod tests {
         let rates = [100_000, 400_000, 1_200_000];
         let mut st = LayerState::new(t0);
         // An estimate from the consumer's first seconds does not count.
-        assert_eq!(st.decide(s(10), 2, 2, &rates, Some((500_000, t0 + SETTLE / 2))), 2);
+        assert_eq!(st.decide(s(10), 2, 2, &rates, remb((500_000, t0 + SETTLE / 2))), 2);
         // A fresh low estimate moves it down.
-        assert_eq!(st.decide(s(20), 2, 2, &rates, Some((500_000, s(15)))), 1);
+        assert_eq!(st.decide(s(20), 2, 2, &rates, remb((500_000, s(15)))), 1);
         // Held at 1 (the estimate, 500k, leaves 25 % headroom over 400k)...
-        assert_eq!(st.decide(s(1000), 2, 1, &rates, Some((500_000, s(15)))), 1);
+        assert_eq!(st.decide(s(1000), 2, 1, &rates, remb((500_000, s(15)))), 1);
         // ... until UP_TRY_AFTER has passed: then one layer up, and the old estimate is void.
         let later = s(20) + UP_TRY_AFTER;
-        assert_eq!(st.decide(later, 2, 1, &rates, Some((500_000, s(15)))), 2);
-        assert_eq!(st.decide(later + Duration::from_millis(50), 2, 2, &rates, Some((500_000, s(15)))), 2);
+        assert_eq!(st.decide(later, 2, 1, &rates, remb((500_000, s(15)))), 2);
+        assert_eq!(st.decide(later + Duration::from_millis(50), 2, 2, &rates, remb((500_000, s(15)))), 2);
         // A low estimate soon after the try does not count; one after SETTLE moves it down.
         let t = later + SETTLE / 2;
-        assert_eq!(st.decide(t, 2, 2, &rates, Some((450_000, t))), 2);
+        assert_eq!(st.decide(t, 2, 2, &rates, remb((450_000, t))), 2);
         let t = later + SETTLE + Duration::from_millis(100);
-        assert_eq!(st.decide(t, 2, 2, &rates, Some((450_000, t))), 1);
+        assert_eq!(st.decide(t, 2, 2, &rates, remb((450_000, t))), 1);
         // Without headroom there is no try.
         let mut st = LayerState::new(t0);
-        assert_eq!(st.decide(s(20), 2, 2, &rates, Some((410_000, s(15)))), 1);
-        assert_eq!(st.decide(s(20) + UP_TRY_AFTER * 2, 2, 1, &rates, Some((410_000, s(15)))), 1);
+        assert_eq!(st.decide(s(20), 2, 2, &rates, remb((410_000, s(15)))), 1);
+        assert_eq!(st.decide(s(20) + UP_TRY_AFTER * 2, 2, 1, &rates, remb((410_000, s(15)))), 1);
         // An estimate that fits moves it up at once.
-        assert_eq!(st.decide(s(30), 2, 1, &rates, Some((2_000_000, s(25)))), 2);
+        assert_eq!(st.decide(s(30), 2, 1, &rates, remb((2_000_000, s(25)))), 2);
         // A raised preference voids older estimates.
         let mut st = LayerState::new(t0);
-        assert_eq!(st.decide(s(20), 0, 0, &rates, Some((300_000, s(15)))), 0);
+        assert_eq!(st.decide(s(20), 0, 0, &rates, remb((300_000, s(15)))), 0);
         st.preference_raised(s(30));
-        assert_eq!(st.decide(s(40), 2, 0, &rates, Some((300_000, s(15)))), 2);
-        assert_eq!(st.decide(s(50), 2, 2, &rates, Some((300_000, s(45)))), 2, "settling");
+        assert_eq!(st.decide(s(40), 2, 0, &rates, remb((300_000, s(15)))), 2);
+        assert_eq!(st.decide(s(50), 2, 2, &rates, remb((300_000, s(45)))), 2, "settling");
+    }
+
+    #[test]
+    fn send_side_estimates_settle_sooner_and_probe_instead_of_trying_blindly() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_millis(n);
+        let rates = [100_000, 400_000, 1_200_000];
+        let mut st = LayerState::new(t0);
+        // Counts after SEND_SIDE_SETTLE (a REMB of the same age would not).
+        assert_eq!(st.decide(s(1200), 2, 2, &rates, remb((500_000, s(1100)))), 2);
+        assert_eq!(st.decide(s(1200), 2, 2, &rates, send_side(500_000, s(1100))), 1);
+        // Held at 1 with headroom: no blind try, however long; a probe for layer 2 instead.
+        let late = s(1200) + UP_TRY_AFTER * 3;
+        assert_eq!(st.decide(late, 2, 1, &rates, send_side(500_000, late)), 1);
+        assert_eq!(st.probe_for(2, 1, 1, &rates, send_side(500_000, late)), Some(1_200_000));
+        // Not while switching down (target != current), not on REMB, not at the top or the
+        // preference, not when the estimate already covers the next layer.
+        assert_eq!(st.probe_for(2, 2, 1, &rates, send_side(500_000, late)), None);
+        assert_eq!(st.probe_for(2, 1, 1, &rates, remb((500_000, late))), None);
+        assert_eq!(st.probe_for(2, 2, 2, &rates, send_side(500_000, late)), None);
+        assert_eq!(st.probe_for(1, 1, 1, &rates, send_side(200_000, late)), None);
+        assert_eq!(st.probe_for(2, 1, 1, &rates, send_side(1_300_000, late)), None);
+        assert_eq!(st.probe_for(2, 0, 0, &[100_000, 0, 1_200_000], send_side(200_000, late)), Some(1_200_000), "inactive layer skipped");
+        // A successful probe raised the estimate: up at once, and it settles for 1 s only.
+        let t = late + Duration::from_millis(300);
+        assert_eq!(st.decide(t, 2, 1, &rates, send_side(1_400_000, t)), 2);
+        assert_eq!(st.decide(t + Duration::from_millis(500), 2, 2, &rates, send_side(500_000, t + Duration::from_millis(500))), 2, "settling");
+        let t = t + SEND_SIDE_SETTLE + Duration::from_millis(100);
+        assert_eq!(st.decide(t, 2, 2, &rates, send_side(500_000, t)), 1, "a low estimate after settling moves it down");
     }
 }

@@ -209,6 +209,11 @@ pub struct SendStats {
 }
 
 impl SendStats {
+    /// The RTP timestamp of the last packet sent (0 before the first).
+    pub fn last_timestamp(&self) -> u32 {
+        self.last_ts
+    }
+
     #[inline]
     pub fn on_sent(&mut self, now: Instant, timestamp: u32, payload_len: usize) {
         self.packets += 1;

@@ -188,7 +188,7 @@ impl SvcFilter {
     /// Every [`DECIDE_INTERVAL`]: sample the layer bitrates and choose the target layers from
     /// the preference and the viewer's `estimate` (bps, when last updated). True when the new
     /// target needs a key picture the consumer did not need before.
-    pub fn decide(&mut self, now: Instant, estimate: Option<(u64, Instant)>) -> bool {
+    pub fn decide(&mut self, now: Instant, estimate: Option<crate::bwe::Estimate>) -> bool {
         if self.decided_at.is_some_and(|t| now.saturating_duration_since(t) < DECIDE_INTERVAL) {
             return false;
         }
@@ -372,8 +372,8 @@ mod tests {
             f.count(&desc(sid, 0, false, false, false), bytes);
         }
         let later = after + DECIDE_INTERVAL;
-        assert!(f.decide(later, Some((500_000, later))), "k-SVC: a new spatial target needs a key picture");
+        assert!(f.decide(later, Some(crate::bwe::Estimate { bitrate: 500_000, at: later, send_side: false })), "k-SVC: a new spatial target needs a key picture");
         assert_eq!(f.target(), Layers { spatial: 1, temporal: 2 });
-        assert!(!f.decide(later + Duration::from_millis(10), Some((50_000, later))), "at most once per interval");
+        assert!(!f.decide(later + Duration::from_millis(10), Some(crate::bwe::Estimate { bitrate: 50_000, at: later, send_side: false })), "at most once per interval");
     }
 }

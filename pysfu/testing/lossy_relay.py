@@ -7,6 +7,12 @@ configurable share of packets, per direction, from a seeded RNG (so a run is rep
 
 Only SRTP/SRTCP datagrams (first byte 128..191) are impaired, and only while ``impair`` is
 true, so ICE and DTLS set-up stay reliable and a test chooses when loss starts and stops.
+
+A bandwidth cap (``Impairment(rate=700_000)``, bits per second) makes a direction a
+bottleneck link: datagrams leave one after another at that rate (each waits for the ones
+queued before it, which is how a queue builds and delay grows when a sender exceeds the
+link), and one that would wait longer than ``queue_limit`` seconds is dropped (a full
+router buffer). Setting ``rate`` back to 0 lifts the cap; what is queued still drains.
 """
 
 from __future__ import annotations
@@ -28,6 +34,21 @@ class Impairment:
     delay: float = 0.0  # one-way delay added to every datagram
     # Targeted drops (e.g. every packet of a key frame): called with the raw datagram.
     drop: Callable[[bytes], bool] | None = None
+    rate: float = 0.0  # bottleneck bits per second (0: no cap)
+    queue_limit: float = 0.25  # seconds of queue before the bottleneck drops
+
+
+@dataclass
+class _Bottleneck:
+    busy_until: float = 0.0  # trio time the link has sent everything queued
+
+    def wait(self, now: float, size: int, rate: float, limit: float) -> float | None:
+        """Seconds until a ``size``-byte datagram has crossed the link (None: dropped)."""
+        start = max(now, self.busy_until)
+        if start - now > limit:
+            return None
+        self.busy_until = start + size * 8 / rate
+        return self.busy_until - now
 
 
 @dataclass
@@ -35,6 +56,7 @@ class DirectionStats:
     forwarded: int = 0
     dropped: int = 0
     reordered: int = 0
+    rate_limited: int = 0  # dropped by the bandwidth cap's full queue (also in ``dropped``)
     dropped_datagrams: list[bytes] = field(default_factory=list)
 
 
@@ -51,6 +73,7 @@ class LossyRelay:
         self._front = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         self._back = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         self._peer: Address | None = None
+        self._links = {True: _Bottleneck(), False: _Bottleneck()}
         self.address: Address = ("127.0.0.1", 0)
 
     async def run(self, *, task_status: trio.TaskStatus[LossyRelay] = trio.TASK_STATUS_IGNORED
@@ -93,6 +116,14 @@ class LossyRelay:
                 if self._rng.random() < imp.reorder:
                     stats.reordered += 1
                     delay += imp.reorder_delay
+                if imp.rate > 0:
+                    wait = self._links[upstream].wait(trio.current_time(), len(data), imp.rate,
+                                                      imp.queue_limit)
+                    if wait is None:
+                        stats.dropped += 1
+                        stats.rate_limited += 1
+                        continue
+                    delay += wait
             stats.forwarded += 1
             if delay <= 0:
                 await sock.sendto(data, dest)

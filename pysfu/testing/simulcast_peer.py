@@ -241,6 +241,43 @@ def parse_transport_cc(fci: bytes) -> dict[str, Any]:
             "arrivals": arrivals}
 
 
+def build_transport_cc(sender_ssrc: int, media_ssrc: int, arrivals: list[tuple[int, int]],
+                       feedback_count: int = 0) -> bytes:
+    """RTPFB transport-cc feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1)
+    for ``arrivals``, (transport-wide seq, arrival µs) in any order: every status in two-bit
+    vector chunks, every received packet with a large (16-bit) delta. Sequence numbers are
+    taken relative to the first one given (a test's packets span far less than 2^15)."""
+    first = arrivals[0][0]
+    rel = sorted((((seq - first + 0x8000) & 0xFFFF) - 0x8000, at) for seq, at in arrivals)
+    base_rel, last_rel = rel[0][0], rel[-1][0]
+    at_of = dict(rel)
+    ref = min(at for _, at in rel) // 64_000
+    statuses = [2 if r in at_of else 0 for r in range(base_rel, last_rel + 1)]
+    chunks = b""
+    for i in range(0, len(statuses), 7):
+        chunk = 0xC000
+        for k, st in enumerate(statuses[i:i + 7]):
+            chunk |= st << (12 - 2 * k)
+        chunks += struct.pack("!H", chunk)
+    deltas, prev = b"", ref * 64_000 // 250
+    for r in range(base_rel, last_rel + 1):
+        if r in at_of:
+            ticks = at_of[r] // 250
+            delta = max(-0x8000, min(0x7FFF, ticks - prev))
+            prev += delta
+            deltas += struct.pack("!h", delta)
+    body = struct.pack("!IIHH", sender_ssrc, media_ssrc, (first + base_rel) & 0xFFFF,
+                       len(statuses))
+    body += (ref & 0xFFFFFF).to_bytes(3, "big") + bytes([feedback_count & 0xFF])
+    body += chunks + deltas
+    pad = -len(body) % 4
+    first_byte = 0x80 | 15
+    if pad:
+        body += bytes(pad - 1) + bytes([pad])
+        first_byte |= 0x20
+    return struct.pack("!BBH", first_byte, 205, len(body) // 4) + body
+
+
 def build_remb(sender_ssrc: int, bitrate: int, ssrcs: list[int]) -> bytes:
     """PSFB AFB "REMB" (draft-alvestrand-rmcat-remb)."""
     exp = 0

@@ -119,6 +119,7 @@ pub fn consumer_spec(ssrc: u32, mid: &str, encoding: usize) -> ConsumerSpec {
         cname: Some("fuzz".into()),
         pipe_ssrcs: vec![],
         svc: None,
+        tcc_ext_id: None,
     }
 }
 
@@ -127,7 +128,7 @@ pub fn router(now: Instant) -> Router {
     Router::new(0x5eed, now, Duration::from_secs(1_700_000_000))
 }
 
-/// Host on port 1000 (transport 1), viewers on 2000/3000 (transports 2, 3).
+/// Host on port 1000 (transport 1), viewers on 2000/3000 (transports 2, 3; 3 with transport-cc).
 pub fn room(now: Instant) -> Router {
     let mut r = router(now);
     let mut out = Output::new();
@@ -138,6 +139,9 @@ pub fn room(now: Instant) -> Router {
     r.add_producer(now, 11, 1, audio_spec("1", 0x2000)).expect("audio producer");
     r.add_consumer(now, 20, 2, 10, consumer_spec(0xA000, "0", 0), &mut out).expect("consumer");
     r.add_consumer(now, 21, 2, 11, consumer_spec(0xA010, "1", 0), &mut out).expect("consumer");
-    r.add_consumer(now, 30, 3, 10, consumer_spec(0xB000, "0", 1), &mut out).expect("consumer");
+    // Viewer 3 negotiated transport-cc: its packets are stamped, its feedback estimated from.
+    let mut tcc = consumer_spec(0xB000, "0", 1);
+    tcc.tcc_ext_id = Some(5);
+    r.add_consumer(now, 30, 3, 10, tcc, &mut out).expect("consumer");
     r
 }

@@ -103,6 +103,8 @@ pub(super) struct Consumer {
     pub(super) rtx_ssrc: Option<u32>,
     pub(super) mid: Option<Vec<u8>>,
     pub(super) mid_ext_id: Option<u8>,
+    /// Transport-wide sequence number extension id (the viewer negotiated transport-cc).
+    pub(super) tcc_ext_id: Option<u8>,
     /// router PT → consumer PT (0xff = not negotiated)
     pub(super) pt: [u8; 128],
     pub(super) paused: bool,
@@ -175,6 +177,11 @@ fn check(spec: &ConsumerSpec) -> Result<()> {
             return Err(invalid(format!("consumer spec: mid_ext_id {id} not in 1..14")));
         }
     }
+    if let Some(id) = spec.tcc_ext_id {
+        if id == 0 || id > 14 || spec.mid_ext_id == Some(id) {
+            return Err(invalid(format!("consumer spec: tcc_ext_id {id} not in 1..14 or equal to mid_ext_id")));
+        }
+    }
     Ok(())
 }
 
@@ -243,6 +250,7 @@ impl Consumer {
             rtx_ssrc: spec.rtx_ssrc,
             mid: spec.mid.as_ref().map(|m| m.as_bytes().to_vec()),
             mid_ext_id: if spec.mid.is_some() { spec.mid_ext_id } else { None },
+            tcc_ext_id: if spec.pipe_ssrcs.is_empty() { spec.tcc_ext_id } else { None },
             pt,
             paused: spec.paused,
             encoding: if spec.pipe_ssrcs.is_empty() { encoding } else { 0 },
@@ -364,53 +372,6 @@ impl Consumer {
         }
     }
 
-    /// Simulcast: choose the layer from the stream bitrates and the viewer's estimate. The
-    /// stream to ask for a key frame if the target changed to another one than the current.
-    pub(super) fn update_layer(&mut self, now: Instant, rates: &[u64], estimate: Option<(u64, Instant)>) -> Option<usize> {
-        let Kind::Simulcast(s) = &mut self.kind else { return None };
-        let target = s.layers.decide(now, s.preferred_spatial, self.encoding, rates, estimate);
-        if target == s.target {
-            return None;
-        }
-        s.target = target;
-        (target != self.encoding && !self.paused).then_some(target)
-    }
-
-    /// The viewer's preference: at most `spatial` (clamped to `layers` - 1). Returns the
-    /// preferred (spatial, temporal) layers and the stream to ask for a key frame, if any.
-    pub(super) fn set_preference(
-        &mut self,
-        now: Instant,
-        spatial: usize,
-        temporal: Option<u8>,
-        rates: &[u64],
-        estimate: Option<(u64, Instant)>,
-    ) -> ((usize, u8), Option<usize>) {
-        self.preferred_temporal = temporal.unwrap_or(vp8::ALL_LAYERS);
-        if let Some(f) = self.vp8.as_mut() {
-            f.set_target(self.preferred_temporal);
-        }
-        if let Kind::Svc(f) = &mut self.kind {
-            let before = f.needs_key_frame();
-            let l = f.set_preference(now, spatial, temporal);
-            let switch = (!before && f.needs_key_frame() && !self.paused && !self.wait_key_frame).then_some(self.encoding);
-            return ((l.spatial as usize, l.temporal), switch);
-        }
-        self.set_svc_preference(spatial);
-        let Kind::Simulcast(s) = &mut self.kind else {
-            return ((spatial.min(rates.len() - 1), self.preferred_temporal), self.svc_key_frame());
-        };
-        let preferred = spatial.min(rates.len() - 1);
-        if preferred > s.preferred_spatial {
-            s.layers.preference_raised(now);
-        }
-        s.preferred_spatial = preferred;
-        let target = s.layers.decide(now, s.preferred_spatial, self.encoding, rates, estimate);
-        s.target = target;
-        let switch = (target != self.encoding && !self.paused).then_some(target);
-        ((s.preferred_spatial, self.preferred_temporal), switch)
-    }
-
     /// Forward producer packet `pkt`: this consumer's copy (its SSRC, payload type, sequence
     /// number, timestamp and MID) protected with its transport's keys and queued to its
     /// sending tuple. The length queued, if any.
@@ -458,7 +419,8 @@ impl Consumer {
             Kind::Simulcast(s) => s.ts.apply(pkt.hdr.timestamp),
         };
         let mut buf = cx.out.take_buf();
-        let egress = Egress { seq: seq_out, timestamp: ts_out, ssrc: self.ssrc, pt: cpt };
+        let tcc = self.tcc_ext_id.map(|id| (id, ct.bwe.stamping(now).next_seq()));
+        let egress = Egress { seq: seq_out, timestamp: ts_out, ssrc: self.ssrc, pt: cpt, tcc };
         if write_egress(&mut buf, pkt.data, pkt.hdr, &|id| pkt.map_ext(id), self.mid_ext(), egress).is_err() {
             cx.drops.inc(DropReason::RtpMalformed);
             cx.out.give_back(buf);
@@ -478,6 +440,9 @@ impl Consumer {
         let len = buf.len();
         self.stats.tx(len);
         ct.stats.tx(len);
+        if let Some((_, seq)) = tcc {
+            ct.bwe.stamping(now).on_sent(now, seq, len);
+        }
         if !ct.media_sent {
             ct.media_sent = true;
             cx.first_media.push((self.transport, dest));
@@ -510,7 +475,7 @@ impl Consumer {
             return None;
         };
         let mut buf = cx.out.take_buf();
-        let egress = Egress { seq: pkt.hdr.sequence, timestamp: pkt.hdr.timestamp, ssrc: s.ssrc, pt: cpt };
+        let egress = Egress { seq: pkt.hdr.sequence, timestamp: pkt.hdr.timestamp, ssrc: s.ssrc, pt: cpt, tcc: None };
         if write_egress(&mut buf, pkt.data, pkt.hdr, &|id| pkt.map_ext(id), None, egress).is_err() {
             cx.drops.inc(DropReason::RtpMalformed);
             cx.out.give_back(buf);

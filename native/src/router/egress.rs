@@ -102,17 +102,19 @@ pub(super) fn push_rtcp(
     true
 }
 
-/// Where a producer packet goes for one consumer: its sequence number, timestamp, SSRC, PT.
+/// Where a producer packet goes for one consumer: its sequence number, timestamp, SSRC, PT,
+/// and (transport-cc viewers) the transport-wide sequence number with its extension id.
 #[derive(Clone, Copy)]
 pub(super) struct Egress {
     pub(super) seq: u16,
     pub(super) timestamp: u32,
     pub(super) ssrc: u32,
     pub(super) pt: u8,
+    pub(super) tcc: Option<(u8, u16)>,
 }
 
 /// Write the consumer's copy of `pkt` into `buf`: router extension ids (plus the consumer's
-/// mid), then its sequence number, timestamp, SSRC and payload type. Shared by forwarding and
+/// mid and transport-wide sequence number), then its sequence number, timestamp, SSRC and payload type. Shared by forwarding and
 /// retransmission so both always produce the same packet.
 pub(super) fn write_egress(
     buf: &mut Vec<u8>,
@@ -122,9 +124,12 @@ pub(super) fn write_egress(
     mid: Option<(u8, &[u8])>,
     e: Egress,
 ) -> std::result::Result<(), rtp::RtpError> {
-    match mid {
-        Some(m) => rtp::rewrite_extensions(buf, pkt, hdr, map, &[m])?,
-        None => rtp::rewrite_extensions(buf, pkt, hdr, map, &[])?,
+    let tcc = e.tcc.map(|(id, seq)| (id, seq.to_be_bytes()));
+    match (mid, &tcc) {
+        (Some(m), Some((id, v))) => rtp::rewrite_extensions(buf, pkt, hdr, map, &[m, (*id, v)])?,
+        (Some(m), None) => rtp::rewrite_extensions(buf, pkt, hdr, map, &[m])?,
+        (None, Some((id, v))) => rtp::rewrite_extensions(buf, pkt, hdr, map, &[(*id, v)])?,
+        (None, None) => rtp::rewrite_extensions(buf, pkt, hdr, map, &[])?,
     }
     rtp::set_sequence(buf, e.seq);
     rtp::set_timestamp(buf, e.timestamp);

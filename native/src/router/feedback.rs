@@ -124,6 +124,10 @@ impl RtcpWork {
                     }
                 }
                 Ok(rtcp::Packet::Remb(remb)) => bwe.on_remb(now, remb.bitrate),
+                // The viewer's transport-wide feedback on what we stamped (bwe/send_side.rs).
+                Ok(rtcp::Packet::TransportCc(tcc)) if bwe.send_side.is_some() => {
+                    bwe.on_transport_cc(now, tcc.fci);
+                }
                 Ok(_) => drops.inc(DropReason::RtcpIgnored),
                 Err(_) => {
                     drops.inc(DropReason::RtcpMalformed);
@@ -328,7 +332,7 @@ impl Router {
             return;
         }
         if c.may_resend(now, seq_out, pkt.len(), drops) {
-            c.retransmit(t, &Stored { producer: p, stream: stream as usize, pkt }, seq_out, drops, out);
+            c.retransmit(now, t, &Stored { producer: p, stream: stream as usize, pkt }, seq_out, drops, out);
         }
     }
 
@@ -401,7 +405,7 @@ impl Consumer {
 
     /// Send stored packet `s` again as output packet `seq_out`, in this consumer's numbering
     /// and timestamps, as RTX when negotiated.
-    fn retransmit(&mut self, t: &mut Transport, s: &Stored<'_>, seq_out: u16, drops: &mut Drops, out: &mut Output) {
+    fn retransmit(&mut self, now: Instant, t: &mut Transport, s: &Stored<'_>, seq_out: u16, drops: &mut Drops, out: &mut Output) {
         let p = s.producer;
         let Ok(hdr) = rtp::parse(s.pkt) else { return };
         let PtInfo::Media(ci) = p.pt[(hdr.payload_type & 0x7f) as usize] else { return };
@@ -424,7 +428,8 @@ impl Consumer {
             return;
         };
         let mut buf = out.take_buf();
-        let egress = Egress { seq: seq_out, timestamp: hdr.timestamp.wrapping_add(ts_offset), ssrc: self.ssrc, pt: cpt };
+        let tcc = self.tcc_ext_id.map(|id| (id, t.bwe.stamping(now).next_seq()));
+        let egress = Egress { seq: seq_out, timestamp: hdr.timestamp.wrapping_add(ts_offset), ssrc: self.ssrc, pt: cpt, tcc };
         if write_egress(&mut buf, s.pkt, &hdr, &|id| p.map_ext(id), self.mid_ext(), egress).is_err() {
             drops.inc(DropReason::RtpMalformed);
             out.give_back(buf);
@@ -442,7 +447,10 @@ impl Consumer {
         let mut rtx_seq = q.rtx_seq;
         let Some(buf) = as_rtx(buf, rtx, &mut rtx_seq, drops, out) else { return };
         q.rtx_seq = rtx_seq;
-        send_retransmission(buf, tx, q, &mut t.stats, drops, out, dest);
+        let sent = send_retransmission(buf, tx, q, &mut t.stats, drops, out, dest);
+        if let (Some(len), Some((_, seq))) = (sent, tcc) {
+            t.bwe.stamping(now).on_sent(now, seq, len);
+        }
     }
 
     /// A pipe stream's stored packet again, as RTX of that stream when it has an RTX SSRC
@@ -468,7 +476,7 @@ impl Consumer {
         let dest = t.media_dest();
         let (Some(tx), Some(dest)) = (t.tx.as_mut(), dest) else { return };
         let mut buf = out.take_buf();
-        let egress = Egress { seq: hdr.sequence, timestamp: hdr.timestamp, ssrc: ps.ssrc, pt: cpt };
+        let egress = Egress { seq: hdr.sequence, timestamp: hdr.timestamp, ssrc: ps.ssrc, pt: cpt, tcc: None };
         if write_egress(&mut buf, s.pkt, &hdr, &|id| p.map_ext(id), None, egress).is_err() {
             drops.inc(DropReason::RtpMalformed);
             out.give_back(buf);
@@ -497,7 +505,7 @@ fn as_rtx(buf: Vec<u8>, rtx: Option<(u32, u8)>, rtx_seq: &mut u16, drops: &mut D
 }
 
 /// Protect a retransmission and queue it to `dest`, spending the consumer's budget and
-/// counting it (or count the failure and recycle the buffer).
+/// counting it (or count the failure and recycle the buffer). The length sent, if sent.
 fn send_retransmission(
     mut buf: Vec<u8>,
     tx: &mut SrtpContext,
@@ -506,11 +514,11 @@ fn send_retransmission(
     drops: &mut Drops,
     out: &mut Output,
     dest: Remote,
-) {
+) -> Option<usize> {
     if tx.protect_rtp(&mut buf).is_err() {
         drops.inc(DropReason::ProtectFailed);
         out.give_back(buf);
-        return;
+        return None;
     }
     let len = buf.len();
     q.budget.spend(len);
@@ -518,4 +526,5 @@ fn send_retransmission(
     q.tx.rtx_bytes += len as u64;
     stats.tx(len);
     out.push(dest, buf);
+    Some(len)
 }

@@ -150,6 +150,11 @@ pub struct ConsumerSpec {
     /// consumer (svc.rs).
     #[pyo3(default)]
     pub svc: Option<(u8, u8, bool)>,
+    /// The viewer negotiated transport-wide sequence numbers with this extension id: every
+    /// packet the transport sends carries one, and its transport-cc feedback feeds the
+    /// send-side estimate (bwe/send_side.rs).
+    #[pyo3(default)]
+    pub tcc_ext_id: Option<u8>,
 }
 
 /// The Python shapes the derive does not take as they are.

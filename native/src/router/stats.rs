@@ -105,6 +105,19 @@ fn transport_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatValue)
     v.push(("rembReceived", Int(t.bwe.remb_in)));
     v.push(("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))));
     v.push(("transportCcFeedbackSent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))));
+    // Send-side estimate (viewers that negotiated transport-cc; bwe/send_side.rs).
+    if let Some(ss) = &t.bwe.send_side {
+        v.push(("transportCcStamped", Int(ss.packets_sent)));
+        v.push(("transportCcFeedbackReceived", Int(ss.feedback_in)));
+        v.push(("transportCcFeedbackMalformed", Int(t.bwe.feedback_malformed)));
+        v.push(("transportCcAcked", Int(ss.packets_acked)));
+        v.push(("transportCcLost", Int(ss.packets_lost)));
+        v.push(("delayOveruses", Int(ss.overuses)));
+        v.push(("probes", Int(ss.prober.probes)));
+        v.push(("probesSucceeded", Int(ss.prober.succeeded)));
+        v.push(("probesFailed", Int(ss.prober.failed)));
+        v.push(("probePaddingPackets", Int(ss.prober.padding_packets)));
+    }
     if let Some(p) = &t.plain {
         v.push(("plain", Bool(true)));
         v.push(("comedia", Bool(p.comedia)));
@@ -174,6 +187,7 @@ fn transport_rtp_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatVa
         ("rembReceived", Int(t.bwe.remb_in)),
         ("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))),
         ("transportCcFeedbackSent", Int(t.twcc.as_ref().map_or(0, |r| r.feedback_sent))),
+        ("transportCcFeedbackReceived", Int(t.bwe.send_side.as_ref().map_or(0, |s| s.feedback_in))),
     ];
     // The viewer's estimate (bwe.rs), only while one is known.
     if let Some(b) = t.bwe.available_bitrate(now) {

@@ -57,7 +57,7 @@ impl Consumer {
         pkt: &Ingress<'_>,
         switching: bool,
         now: Instant,
-        estimate: Option<(u64, Instant)>,
+        estimate: Option<crate::bwe::Estimate>,
         key_frame_wanted: &mut bool,
     ) -> Option<Rewrite> {
         let Kind::Svc(f) = &mut self.kind else { return Some(Rewrite::None) };

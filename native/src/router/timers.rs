@@ -1,6 +1,7 @@
 //! Timer work (`handle_timeout`): key frame requests still wanted after the last one expired,
 //! upstream NACK retries, transport-wide feedback toward senders, stream bitrates and
-//! simulcast layer choice, sender and receiver reports.
+//! simulcast layer choice (with bandwidth probes before a move up), sender and receiver
+//! reports.
 
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use crate::rtcp;
 
 use super::consumer::Kind;
 use super::egress::push_rtcp;
+use super::probing::start_probe;
 use super::output::Output;
 use super::{Handle, Router, KEY_FRAME_INTERVAL, REPORT_INTERVAL, TWCC_INTERVAL};
 
@@ -18,6 +20,8 @@ impl Router {
         self.send_twcc_feedback(now, out);
         self.update_layers(now, out);
         self.handle_key_frame_timeouts(now, out);
+        // After the key frame timers: they reset the wake-up time this adds to.
+        self.probe_timeout(now, out);
     }
 
     fn send_twcc_feedback(&mut self, now: Instant, out: &mut Output) {
@@ -37,7 +41,8 @@ impl Router {
     }
 
     /// Roll the stream bitrate windows and move simulcast consumers to the layer their
-    /// preference and their viewer's estimate allow (asking that layer for a key frame).
+    /// preference and their viewer's estimate allow (asking that layer for a key frame); a
+    /// consumer held below its preference on a send-side estimate gets its path probed.
     fn update_layers(&mut self, now: Instant, out: &mut Output) {
         let mut wanted: Vec<(Handle, usize)> = Vec::new();
         for p in self.producers.values_mut() {
@@ -51,9 +56,16 @@ impl Router {
             }
             for ch in &p.consumers {
                 let Some(c) = self.consumers.get_mut(ch) else { continue };
-                let estimate = self.transports.get(&c.transport).and_then(|t| t.bwe.estimate(now));
+                let Some(t) = self.transports.get_mut(&c.transport) else { continue };
+                let estimate = t.bwe.estimate(now);
                 if let Some(target) = c.update_layer(now, &rates[..n], estimate) {
                     wanted.push((c.producer, target));
+                }
+                if let Some(next) = c.probe_for(&rates[..n], estimate) {
+                    // What the transport would send after the move: its current rate with
+                    // this consumer's layer replaced by the next one.
+                    let others = t.rate_out.bps.saturating_sub(rates.get(c.encoding).copied().unwrap_or(0));
+                    start_probe(now, t, others + next);
                 }
             }
         }

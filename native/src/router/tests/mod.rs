@@ -2,6 +2,7 @@
 //! packets, specs, peers' SRTP contexts) are here.
 
 mod av1;
+mod bwe;
 mod forwarding;
 mod ice;
 mod loss;
@@ -144,6 +145,7 @@ fn consumer_spec(ssrc: u32, mid: &str, paused: bool) -> ConsumerSpec {
         cname: None,
         pipe_ssrcs: vec![],
         svc: None,
+        tcc_ext_id: None,
     }
 }
 

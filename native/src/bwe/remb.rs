@@ -1,5 +1,4 @@
-//! Per-viewer-transport bandwidth estimate ("available bitrate"), from the REMB messages the
-//! viewer sends.
+//! The receive-side estimate: the REMB messages a viewer without transport-cc sends.
 //!
 //! Design (deliberately simple): the viewer's own receive-side estimator (Chrome's
 //! abs-send-time based one behind `goog-remb`) already does the delay/loss analysis and
@@ -11,9 +10,8 @@
 //! simulcast layers (and why an estimate only counts for the layer it was measured on) is
 //! in layers.rs.
 //!
-//! Transport-wide feedback from viewers is not used: the server does not stamp its own
-//! transport-wide sequence numbers on egress, so the transport-cc extension is offered only
-//! in the receive direction (see pysfu/ortc.py) and viewers fall back to REMB.
+//! Viewers that negotiated transport-cc send no REMB (mediasoup's rule drops `goog-remb`
+//! for them); their estimate is the send-side one (send_side.rs).
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +19,7 @@ use std::time::{Duration, Instant};
 pub const STALE_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default, Clone)]
-pub struct BandwidthEstimator {
+pub struct RembEstimator {
     estimate: Option<u64>,
     /// A higher value reported once, waiting for confirmation.
     pending_increase: Option<u64>,
@@ -29,7 +27,7 @@ pub struct BandwidthEstimator {
     pub remb_in: u64,
 }
 
-impl BandwidthEstimator {
+impl RembEstimator {
     pub fn new() -> Self {
         Self::default()
     }
@@ -76,7 +74,7 @@ mod tests {
     #[test]
     fn decreases_at_once_increases_when_confirmed_and_goes_stale() {
         let t0 = Instant::now();
-        let mut b = BandwidthEstimator::new();
+        let mut b = RembEstimator::new();
         assert_eq!(b.available_bitrate(t0), None);
         b.on_remb(t0, 1_000_000);
         assert_eq!(b.available_bitrate(t0), Some(1_000_000));
