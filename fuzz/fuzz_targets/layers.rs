@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use pysfu_native::bwe::Estimate;
 use pysfu_native::layers::{select_layer, LayerState};
 
 fn check_select(preferred: usize, rates: &[u64], estimate: Option<u64>) -> usize {
@@ -46,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
             state.preference_raised(now);
         }
         let at = now.checked_sub(Duration::from_millis((chunk[7] & 0x7f) as u64 * 100)).unwrap_or(t0);
-        let next = state.decide(now, preferred, current, &rates, estimate.map(|e| (e, at)));
+        // From transport-cc feedback (probes, quick follow-up) or REMB: both rules run.
+        let send_side = chunk[6] & 1 != 0;
+        let estimate = estimate.map(|bitrate| Estimate { bitrate, at, send_side });
+        let next = state.decide(now, preferred, current, &rates, estimate);
         assert!(next <= preferred.min(layers - 1), "decide went to {next} above the preference");
         current = next;
     }
