@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--gso", dest="gso", action=argparse.BooleanOptionalAction, default=None,
                        help="send bursts to one destination with UDP GSO (default on)")
     serve.add_argument("--workers", dest="workers",
-                       help="media I/O threads on the rtc port (default: one per core)")
+                       help="media I/O threads on the rtc port (default 1)")
     serve.add_argument("--announced-ip", dest="announced_ip",
                        help="address put in ICE candidates (public IP behind NAT)")
     serve.add_argument("--config", help="TOML file with settings")

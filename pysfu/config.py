@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -21,14 +20,6 @@ from typing import Any
 from pysfu.auth import MIN_SECRET_BYTES
 
 _MAX_WORKERS = 64  # the engine's limit (native workers.rs MAX_WORKERS)
-
-
-def default_workers() -> int:
-    """One media worker per core this process may run on."""
-    try:
-        return max(1, min(len(os.sched_getaffinity(0)), _MAX_WORKERS))
-    except (AttributeError, OSError):
-        return max(1, min(os.cpu_count() or 1, _MAX_WORKERS))
 
 
 class ConfigError(ValueError):
@@ -56,7 +47,11 @@ class Config:
     # Media I/O worker threads, each with its own UDP socket on rtc_port (SO_REUSEPORT): a
     # remote's datagrams go to one worker; fan-out to viewers another worker sends to crosses
     # over a bounded queue. Default: one per core.
-    workers: int = field(default_factory=default_workers)
+    # Media I/O workers. 1 by default: with one shared router, a second worker costs more CPU
+    # per packet than it saves (bench/engine_fanout.py --workers 1 vs 2 on 2 cores: 1.6 vs
+    # 2.0 us per forwarded packet, the busiest thread 0.96 vs 0.86 of a core); set it to the
+    # number of cores where the send path, not the router, is the bottleneck.
+    workers: int = 1
     # Plain transports (RTP in/out without ICE/DTLS, ffmpeg/GStreamer): one UDP port each,
     # from this range ("first-last"), bound on rtc_ip.
     plain_port_range: str = "41000-41999"
