@@ -8,16 +8,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tests.e2e.layers import assert_temporal_ladder, poll, reported, video
 from tests.e2e.test_browser import (
     STATS,
     _wait,
     new_room,
-    notifications,
     open_viewer,
     start_sharing,
     wait_decoding,
 )
-from tests.e2e.test_simulcast_browser import _poll
 
 Pages = Any
 
@@ -36,49 +35,17 @@ def test_av1_l1t3_viewer_temporal_layers(pages: Pages) -> None:
         stream: dict[str, Any] = answer["stats"][0]
         return stream
 
-    stream = _poll(server_stream, lambda s: s["dependencyDescriptors"] > 50, 20,
-                   "dependency descriptors at the server")
+    stream = poll(server_stream, lambda s: s["dependencyDescriptors"] > 50, 20,
+                  "dependency descriptors at the server")
     assert stream["dependencyDescriptorErrors"] == 0, stream
     assert stream["keyFrames"] >= 1, stream
 
     viewer = open_viewer(pages, room, "viewer")
     wait_decoding(viewer, timeout=20, codec="video/AV1")
 
-    def temporal() -> list[int]:
-        return [d.get("temporalLayer") for d in notifications(viewer, "consumerLayersChanged")]
-
     # The viewer is told it gets temporal layer 2 (the decode target with every layer).
-    _poll(temporal, lambda seen: seen[-1:] == [2], 20, "temporal layer 2 reported")
-
-    def video() -> dict[str, Any]:
-        stats: dict[str, Any] = viewer.evaluate(STATS)["video"]
-        return stats
-
-    def rate(seconds: float = 3.0) -> tuple[float, dict[str, Any], dict[str, Any]]:
-        before = video()
-        time.sleep(seconds)
-        after = video()
-        return (after["framesDecoded"] - before["framesDecoded"]) / seconds, before, after
-
-    full, start, _ = rate()
-    assert full >= 12, f"full rate {full} fps"
-    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0, 0)")
-    assert answer["temporalLayer"] == 0
-    _poll(temporal, lambda seen: seen[-1:] == [0], 5, "temporal layer 0 reported")
-    time.sleep(0.5)
-    low, _, _ = rate()
-    assert 0.15 * full <= low <= 0.4 * full, (full, low)
-
-    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0, 2)")
-    assert answer["temporalLayer"] == 2
-    _poll(temporal, lambda seen: seen[-1:] == [2], 5, "temporal layer 2 reported again")
-    time.sleep(0.5)
-    back, _, end = rate()
-    assert back >= 0.75 * full, (full, back)
-    # Decodable throughout: the viewer never asked for a key frame, dropped (almost) nothing.
-    assert end["pliCount"] == start["pliCount"], (start, end)
-    assert end.get("framesDropped", 0) - start.get("framesDropped", 0) <= 3, (start, end)
-    assert video()["codec"].lower() == "video/av1"
+    assert_temporal_ladder(viewer, spatial=0)
+    assert video(viewer)["codec"].lower() == "video/av1"
 
 
 def test_av1_l2t3_viewer_spatial_layers(pages: Pages) -> None:
@@ -97,20 +64,20 @@ def test_av1_l2t3_viewer_spatial_layers(pages: Pages) -> None:
         return viewer.evaluate(STATS)["video"].get("frameWidth") or 0
 
     def spatial() -> list[int]:
-        return [d.get("spatialLayer") for d in notifications(viewer, "consumerLayersChanged")]
+        return reported(viewer, "spatialLayer")
 
-    top = _poll(width, lambda w: w >= 640, 20, "video at the viewer")
-    _poll(spatial, lambda seen: seen[-1:] == [1], 20, "spatial layer 1 reported")
+    top = poll(width, lambda w: w >= 640, 20, "video at the viewer")
+    poll(spatial, lambda seen: seen[-1:] == [1], 20, "spatial layer 1 reported")
     start = viewer.evaluate(STATS)["video"]
     answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0)")
     assert answer["spatialLayer"] == 0
-    _poll(width, lambda w: w == top // 2, 20, "spatial layer 0 at the viewer")
-    _poll(spatial, lambda seen: seen[-1:] == [0], 5, "spatial layer 0 reported")
+    poll(width, lambda w: w == top // 2, 20, "spatial layer 0 at the viewer")
+    poll(spatial, lambda seen: seen[-1:] == [0], 5, "spatial layer 0 reported")
     frames = viewer.evaluate(STATS)["video"]["framesDecoded"]
     answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(1)")
     assert answer["spatialLayer"] == 1
-    _poll(width, lambda w: w == top, 20, "spatial layer 1 again")
-    _poll(spatial, lambda seen: seen[-1:] == [1], 5, "spatial layer 1 reported again")
+    poll(width, lambda w: w == top, 20, "spatial layer 1 again")
+    poll(spatial, lambda seen: seen[-1:] == [1], 5, "spatial layer 1 reported again")
     time.sleep(1)
     end = viewer.evaluate(STATS)["video"]
     assert end["framesDecoded"] > frames + 10, "decoding went on"
@@ -126,9 +93,9 @@ def test_av1_simulcast_viewer_switches(pages: Pages) -> None:
     host = pages.open("host", f"/?room={room}&role=host&simulcast=1")
     _wait(host, "!document.getElementById('start').disabled", what="host ready")
     start_sharing(host, source="camera", codec="video/AV1")
-    host_layers = _poll(lambda: host.evaluate(STATS)["layers"],
-                        lambda ls: len(ls) == 3 and all(v.get("frameWidth") for v in ls.values()),
-                        30, "three layers encoded at the host")
+    host_layers = poll(lambda: host.evaluate(STATS)["layers"],
+                       lambda ls: len(ls) == 3 and all(v.get("frameWidth") for v in ls.values()),
+                       30, "three layers encoded at the host")
     widths = {rid: v["frameWidth"] for rid, v in host_layers.items()}
     viewer = open_viewer(pages, room, "viewer")
     wait_decoding(viewer, timeout=20, codec="video/AV1")
@@ -136,11 +103,11 @@ def test_av1_simulcast_viewer_switches(pages: Pages) -> None:
     def width() -> int:
         return viewer.evaluate(STATS)["video"].get("frameWidth") or 0
 
-    _poll(width, lambda w: w == widths["r2"], 30, "top layer at the viewer")
+    poll(width, lambda w: w == widths["r2"], 30, "top layer at the viewer")
     viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0)")
-    _poll(width, lambda w: w == widths["r0"], 20, "layer 0 at the viewer")
+    poll(width, lambda w: w == widths["r0"], 20, "layer 0 at the viewer")
     frames = viewer.evaluate(STATS)["video"]["framesDecoded"]
     viewer.evaluate("async () => await window.pysfu.setPreferredLayers(2)")
-    _poll(width, lambda w: w == widths["r2"], 20, "top layer again")
+    poll(width, lambda w: w == widths["r2"], 20, "top layer again")
     time.sleep(1)
     assert viewer.evaluate(STATS)["video"]["framesDecoded"] > frames + 10, "decoding went on"

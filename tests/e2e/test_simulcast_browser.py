@@ -4,9 +4,9 @@ setPreferredLayers and its decoded frame width follows."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from tests.e2e.layers import assert_temporal_ladder, poll
 from tests.e2e.test_browser import (
     STATS,
     _wait,
@@ -18,17 +18,6 @@ from tests.e2e.test_browser import (
 )
 
 Pages = Any
-
-
-def _poll(fn: Any, ok: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    value = fn()
-    while not ok(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: last value {value}")
-        time.sleep(0.25)
-        value = fn()
-    return value
 
 
 def test_simulcast_three_layers_and_viewer_switches(pages: Pages) -> None:
@@ -45,8 +34,8 @@ def test_simulcast_three_layers_and_viewer_switches(pages: Pages) -> None:
                                producer_id)
         return answer["stats"]
 
-    layers = _poll(server_layers,
-                   lambda ls: len(ls) == 3 and all(r["packetCount"] > 0 for r in ls),
+    layers = poll(server_layers,
+                  lambda ls: len(ls) == 3 and all(r["packetCount"] > 0 for r in ls),
                    30, "packets on all three layers at the server")
     assert [r["rid"] for r in layers] == ["r0", "r1", "r2"]
     host_stats = host.evaluate(STATS)
@@ -60,27 +49,27 @@ def test_simulcast_three_layers_and_viewer_switches(pages: Pages) -> None:
         return viewer.evaluate(STATS)["video"].get("frameWidth") or 0
 
     # Default: the top layer (full resolution).
-    top = _poll(width, lambda w: w == widths["r2"], 20, "top layer at the viewer")
+    top = poll(width, lambda w: w == widths["r2"], 20, "top layer at the viewer")
     answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0)")
     assert answer["spatialLayer"] == 0
-    _poll(width, lambda w: w == widths["r0"], 20, "layer 0 at the viewer")
+    poll(width, lambda w: w == widths["r0"], 20, "layer 0 at the viewer")
     frames = viewer.evaluate(STATS)["video"]["framesDecoded"]
     answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(1)")
-    _poll(width, lambda w: w == widths["r1"], 20, "layer 1 at the viewer")
+    poll(width, lambda w: w == widths["r1"], 20, "layer 1 at the viewer")
     viewer.evaluate("async () => await window.pysfu.setPreferredLayers(2)")
-    _poll(width, lambda w: w == top, 20, "top layer again")
+    poll(width, lambda w: w == top, 20, "top layer again")
     assert viewer.evaluate(STATS)["video"]["framesDecoded"] > frames, "decoding went on"
     # The viewer negotiated transport-cc: its feedback on the server's transport-wide sequence
     # numbers reaches the server and gives a per-viewer (send-side) estimate in the recv
     # transport's stats; it sends no REMB.
-    transport_stats = _poll(
-        lambda: viewer.evaluate("async () => (await window.pysfu.serverStats("
+    transport_stats = poll(
+                           lambda: viewer.evaluate("async () => (await window.pysfu.serverStats("
                                 "{transportId: window.pysfu.state.recvTransportId})).stats[0]"),
         lambda st: st.get("availableBitrate", 0) > 0, 10, "availableBitrate from transport-cc")
     assert transport_stats["transportCcFeedbackReceived"] >= 1
     assert transport_stats["rembReceived"] == 0
-    changes = _poll(lambda: [d["spatialLayer"] for d in
-                             notifications(viewer, "consumerLayersChanged")],
+    changes = poll(lambda: [d["spatialLayer"] for d in
+                   notifications(viewer, "consumerLayersChanged")],
                     lambda seen: seen[-1:] == [2], 5, "consumerLayersChanged notifications")
     assert changes[-3:] == [0, 1, 2], changes
 
@@ -96,37 +85,5 @@ def test_simulcast_l1t3_viewer_temporal_layers(pages: Pages) -> None:
     viewer = open_viewer(pages, room, "viewer")
     wait_decoding(viewer, timeout=20, codec="video/VP8")
 
-    def temporal() -> list[int]:
-        return [d.get("temporalLayer") for d in notifications(viewer, "consumerLayersChanged")]
-
     # Chromium sends TIDs: the viewer is told it gets temporal layer 2 (every layer).
-    _poll(temporal, lambda seen: seen[-1:] == [2], 20, "temporal layer 2 reported")
-
-    def video() -> dict[str, Any]:
-        stats: dict[str, Any] = viewer.evaluate(STATS)["video"]
-        return stats
-
-    def rate(seconds: float = 3.0) -> tuple[float, dict[str, Any], dict[str, Any]]:
-        before = video()
-        time.sleep(seconds)
-        after = video()
-        return (after["framesDecoded"] - before["framesDecoded"]) / seconds, before, after
-
-    full, start, _ = rate()
-    assert full >= 12, f"full rate {full} fps"
-    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(2, 0)")
-    assert answer["temporalLayer"] == 0
-    _poll(temporal, lambda seen: seen[-1:] == [0], 5, "temporal layer 0 reported")
-    time.sleep(0.5)
-    low, _, _ = rate()
-    assert 0.15 * full <= low <= 0.4 * full, (full, low)
-
-    answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(2, 2)")
-    assert answer["temporalLayer"] == 2
-    _poll(temporal, lambda seen: seen[-1:] == [2], 5, "temporal layer 2 reported again")
-    time.sleep(0.5)
-    back, _, end = rate()
-    assert back >= 0.75 * full, (full, back)
-    # Decodable throughout: the viewer never asked for a key frame, dropped (almost) nothing.
-    assert end["pliCount"] == start["pliCount"], (start, end)
-    assert end.get("framesDropped", 0) - start.get("framesDropped", 0) <= 3, (start, end)
+    assert_temporal_ladder(viewer, spatial=2)

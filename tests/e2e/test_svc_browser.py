@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tests.e2e.layers import decoded_rate, poll, reported, video
 from tests.e2e.test_browser import (
     STATS,
     _wait,
@@ -18,7 +19,6 @@ from tests.e2e.test_browser import (
     start_sharing,
     wait_decoding,
 )
-from tests.e2e.test_simulcast_browser import _poll
 
 Pages = Any
 
@@ -26,18 +26,6 @@ CONSUMER_STATS = """async () => {
   const id = window.pysfu.state.consumers.find((c) => c.kind === 'video').id;
   return (await window.pysfu.serverStats({consumerId: id})).stats[0];
 }"""
-
-
-def _video(page: Any) -> dict[str, Any]:
-    stats: dict[str, Any] = page.evaluate(STATS)["video"] or {}
-    return stats
-
-
-def _fps(page: Any, seconds: float = 3.0) -> float:
-    before = _video(page)
-    time.sleep(seconds)
-    after = _video(page)
-    return float(after["framesDecoded"] - before["framesDecoded"]) / seconds
 
 
 def test_vp9_l3t3_key_viewer_spatial_and_temporal_layers(pages: Pages) -> None:
@@ -58,7 +46,7 @@ def test_vp9_l3t3_key_viewer_spatial_and_temporal_layers(pages: Pages) -> None:
     assert server["type"] == "outbound-rtp", server
 
     def width() -> int:
-        return int(_video(viewer).get("frameWidth") or 0)
+        return int(video(viewer).get("frameWidth") or 0)
 
     # The top layer: the camera's capture width. Chromium adds the upper spatial layers as
     # its send-side estimate grows (and drops them under CPU load): wait until it sends them
@@ -66,19 +54,19 @@ def test_vp9_l3t3_key_viewer_spatial_and_temporal_layers(pages: Pages) -> None:
     top = int(host.evaluate("() => document.getElementById('preview').srcObject"
                             ".getVideoTracks()[0].getSettings().width"))
     assert top >= 320, top
-    _poll(lambda: int(host.evaluate(STATS)["video"]["frameWidth"] or 0), lambda w: w == top,
-          30, "the host sending every spatial layer")
-    _poll(width, lambda w: w == top, 30, "full resolution at the viewer")
-    _poll(lambda: viewer.evaluate(CONSUMER_STATS)["spatialLayer"], lambda s: s == 2, 10,
-          "server forwards spatial layer 2")
+    poll(lambda: int(host.evaluate(STATS)["video"]["frameWidth"] or 0), lambda w: w == top,
+         30, "the host sending every spatial layer")
+    poll(width, lambda w: w == top, 30, "full resolution at the viewer")
+    poll(lambda: viewer.evaluate(CONSUMER_STATS)["spatialLayer"], lambda s: s == 2, 10,
+         "server forwards spatial layer 2")
 
     seen: dict[int, int] = {}
     for spatial in (0, 1, 2):
         answer = viewer.evaluate(f"async () => await window.pysfu.setPreferredLayers({spatial})")
         assert answer["spatialLayer"] == spatial
         want = top >> (2 - spatial)
-        seen[spatial] = _poll(width, lambda w, want=want: abs(w - want) <= 2, 20,
-                              f"spatial layer {spatial} (width {want}) at the viewer")
+        seen[spatial] = poll(width, lambda w, want=want: abs(w - want) <= 2, 20,
+                             f"spatial layer {spatial} (width {want}) at the viewer")
         assert viewer.evaluate(CONSUMER_STATS)["spatialLayer"] == spatial
     assert seen[0] < seen[1] < seen[2], seen
     changes = [d["spatialLayer"] for d in notifications(viewer, "consumerLayersChanged")]
@@ -89,19 +77,19 @@ def test_vp9_l3t3_key_viewer_spatial_and_temporal_layers(pages: Pages) -> None:
     def temporal(want: int) -> None:
         answer = viewer.evaluate(f"async () => await window.pysfu.setPreferredLayers(0, {want})")
         assert (answer["spatialLayer"], answer["temporalLayer"]) == (0, want), answer
-        _poll(lambda: viewer.evaluate(CONSUMER_STATS).get("temporalLayer"),
-              lambda t: t == want, 5, f"server forwards temporal layer {want}")
+        poll(lambda: viewer.evaluate(CONSUMER_STATS).get("temporalLayer"),
+             lambda t: t == want, 5, f"server forwards temporal layer {want}")
         time.sleep(1.0)
 
     temporal(2)
-    _poll(width, lambda w: abs(w - (top >> 2)) <= 2, 20, "spatial layer 0 again")
-    full, start = _fps(viewer), _video(viewer)
+    poll(width, lambda w: abs(w - (top >> 2)) <= 2, 20, "spatial layer 0 again")
+    full, start = decoded_rate(viewer)[0], video(viewer)
     assert full >= 12, f"full rate {full} fps"
     temporal(0)
-    low = _fps(viewer)
+    low = decoded_rate(viewer)[0]
     assert 0.15 * full <= low <= 0.4 * full, (full, low)
     temporal(2)
-    back, end = _fps(viewer), _video(viewer)
+    back, end = decoded_rate(viewer)[0], video(viewer)
     assert back >= 0.75 * full, (full, back)
     assert abs(width() - (top >> 2)) <= 2, "spatial layer unchanged"
     assert end["pliCount"] == start["pliCount"], (start, end)
@@ -119,24 +107,23 @@ def test_vp9_l1t3_viewer_temporal_layers(pages: Pages) -> None:
     consumer = viewer.evaluate("() => window.pysfu.state.consumers.find("
                                "(c) => c.kind === 'video')")
     assert (consumer["type"], consumer["scalabilityMode"]) == ("svc", "L1T3"), consumer
-    _poll(lambda: viewer.evaluate(CONSUMER_STATS).get("temporalLayer"),
-          lambda t: t == 2, 20, "server forwards temporal layer 2")
+    poll(lambda: viewer.evaluate(CONSUMER_STATS).get("temporalLayer"),
+         lambda t: t == 2, 20, "server forwards temporal layer 2")
 
-    full, start = _fps(viewer), _video(viewer)
+    full, start = decoded_rate(viewer)[0], video(viewer)
     assert full >= 12, f"full rate {full} fps"
     answer = viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0, 0)")
     assert (answer["spatialLayer"], answer["temporalLayer"]) == (0, 0), answer
-    _poll(lambda: [d.get("temporalLayer") for d in
-                   notifications(viewer, "consumerLayersChanged")],
-          lambda seen: seen[-1:] == [0], 5, "temporal layer 0 reported")
+    poll(lambda: reported(viewer, "temporalLayer"),
+         lambda seen: seen[-1:] == [0], 5, "temporal layer 0 reported")
     time.sleep(0.5)
-    low = _fps(viewer)
+    low = decoded_rate(viewer)[0]
     assert 0.15 * full <= low <= 0.4 * full, (full, low)
     viewer.evaluate("async () => await window.pysfu.setPreferredLayers(0, 2)")
-    _poll(lambda: viewer.evaluate(CONSUMER_STATS).get("temporalLayer"),
-          lambda t: t == 2, 5, "server forwards temporal layer 2 again")
+    poll(lambda: viewer.evaluate(CONSUMER_STATS).get("temporalLayer"),
+         lambda t: t == 2, 5, "server forwards temporal layer 2 again")
     time.sleep(0.5)
-    back = _fps(viewer)
-    end = _video(viewer)
+    back = decoded_rate(viewer)[0]
+    end = video(viewer)
     assert back >= 0.75 * full, (full, back)
     assert end["pliCount"] == start["pliCount"], (start, end)
