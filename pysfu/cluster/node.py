@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import coredis
 import coredis.exceptions
 import trio
+from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
 from pysfu.cluster.messages import NONCE_BYTES, MessageError, Opener, seal
@@ -63,6 +64,7 @@ WATCH_INTERVAL = 1.0  # seconds between checks that the nodes we depend on are a
 # refresh: no node is declared lost while Redis's uptime is below this, seconds.
 RESTART_QUIET = REFRESH + 1.0
 INBOX_RETRY = 1.0  # seconds between attempts to subscribe the inbox again
+UNHEARD_RETRY = 0.1  # seconds before a request nobody subscribed to hear is published again
 REQUEST_TIMEOUT = 3.0  # seconds a node waits for another node's answer
 # A new room reserved in the directory for the node a host is redirected to lives this long
 # before the host arrives there (then the node refreshes it like its other rooms).
@@ -553,7 +555,7 @@ class Cluster:
         """A message that needs no answer (events, detach); lost if Redis is unreachable."""
         try:
             with trio.move_on_after(REQUEST_TIMEOUT):
-                await self.redis.publish(inbox(node), self._seal(node, message))
+                await self._publish_heard(node, message)
         except _REDIS_ERRORS as exc:
             log_event(logger, "cluster.send_failed", level=logging.WARNING, to=node,
                       type=message.get("type"), error=str(exc) or type(exc).__name__)
@@ -566,8 +568,7 @@ class Cluster:
         self._pending[request_id] = send
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
-                await self.redis.publish(inbox(node), self._seal(node, {**message,
-                                                                        "id": request_id}))
+                await self._publish_heard(node, {**message, "id": request_id})
                 answer = await recv.receive()
         except trio.TooSlowError:
             raise RequestFailed(f"no answer from {node} within {REQUEST_TIMEOUT:g} s") from None
@@ -580,6 +581,13 @@ class Cluster:
         data = answer.get("data")
         return data if isinstance(data, dict) else {}
 
+    async def _publish_heard(self, node: str, message: dict[str, Any]) -> None:
+        """Publish until the node's inbox has a subscriber (a node whose subscription is
+        being renewed after a Redis restart hears nothing meanwhile); the caller's deadline
+        bounds the wait."""
+        while not await self.redis.publish(inbox(node), self._seal(node, message)):
+            await trio.sleep(UNHEARD_RETRY)
+
     async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                       ) -> None:
         """Read the inbox; subscribe again whenever the subscription is lost (Redis
@@ -587,8 +595,11 @@ class Cluster:
         started = False
         while True:
             try:
+                # No retry inside coredis: its default backs off exponentially (up to 16 s),
+                # which would leave the inbox deaf for seconds after Redis is back.
                 async with self.redis.pubsub(channels=[inbox(self.node_id)],
-                                             ignore_subscribe_messages=True) as pubsub:
+                                             ignore_subscribe_messages=True,
+                                             retry_policy=NoRetryPolicy()) as pubsub:
                     if not started:
                         task_status.started()
                         started = True
@@ -596,8 +607,11 @@ class Cluster:
             except Exception as exc:  # coredis errors, possibly in exception groups
                 if not started:
                     raise
+                cause: BaseException = exc
+                while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+                    cause = cause.exceptions[0]  # the cause, not the nursery around it
                 log_event(logger, "cluster.inbox_lost", level=logging.WARNING,
-                          node=self.node_id, error=str(exc) or type(exc).__name__)
+                          node=self.node_id, error=str(cause) or type(cause).__name__)
             await trio.sleep(INBOX_RETRY)
 
     async def _read_inbox(self, pubsub: Any) -> None:
