@@ -201,7 +201,7 @@ async def run_point(viewers: int, profile: str, args: argparse.Namespace,
     per_consumer_pps = (sent["video_window"] + sent["audio_window"]) / result["seconds"] / 2
     us = result["server_us_per_packet"]
     result.update({
-        "workers": workers,  # None: the server's default (one per core)
+        "workers": workers,  # None: the server's default (the `workers` setting's)
         "consumers": consumers,
         "setup_s": round(setup_s, 2),
         "pps_per_consumer": round(per_consumer_pps, 1),
@@ -209,6 +209,12 @@ async def run_point(viewers: int, profile: str, args: argparse.Namespace,
         "consumers_per_core": (round(1e6 / (us * per_consumer_pps))
                                if us and per_consumer_pps else None),
         "forwarded_pps_per_core": round(1e6 / us) if us else None,
+        # The Python control plane (the server's main thread) in steady media.
+        "python_thread_share": round(result["server_main_thread_cpu_s"]
+                                     / max(result["seconds"], 1e-9), 4),
+        "python_us_per_packet": (round(result["server_main_thread_cpu_s"]
+                                       / result["received"] * 1e6, 3)
+                                 if result["received"] else None),
         "bound": bound(result),
     })
     if args.ceiling and result["forwarded_pps"] > 0:
@@ -269,7 +275,7 @@ def table(points: list[dict[str, Any]]) -> str:
             f"{'srv CPU':>7} "
             f"{'µs/pkt':>7} {'cons/core':>9} {'p50 ms':>7} {'p99 ms':>7} {'loss':>9} "
             f"{'RSS MiB':>7} {'kernel':>6} {'io wait':>7} {'gen CPU':>7} {'ceil µs':>7} "
-            f"{'×ceil':>5}")
+            f"{'×ceil':>5} {'py core':>7} {'py µs':>6}")
     rows = [head, "-" * len(head)]
     for p in points:
         lat = p["latency_ms"]
@@ -283,7 +289,8 @@ def table(points: list[dict[str, Any]]) -> str:
             f"{p['server_io_thread_runqueue_s'] / max(p['seconds'], 1e-9):>7.0%} "
             f"{p['loadgen_cpu_share']:>7.2f} "
             f"{(p.get('ceiling') or {}).get('cpu_us_per_pkt', 0):>7.2f} "
-            f"{p.get('x_ceiling') or 0:>5.2f}")
+            f"{p.get('x_ceiling') or 0:>5.2f} {p.get('python_thread_share', 0):>7.3f} "
+            f"{p.get('python_us_per_packet') or 0:>6.3f}")
     return "\n".join(rows)
 
 

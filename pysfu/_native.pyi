@@ -171,6 +171,7 @@ class Engine:
     def send_many(self, items: list[tuple[int, str, int, bytes, str]]) -> int:
         """Many datagrams in one call: (transport, ip, port, data, protocol "udp"|"tcp")."""
     def add_transport(self, handle: int, local_ufrag: str, ice_password: str) -> None: ...
+    def set_consent_timeout(self, seconds: float) -> None: ...
     def set_ice_credentials(self, handle: int, local_ufrag: str, ice_password: str) -> None:
         """ICE restart: the old credentials are refused from now on; tuples, SRTP keys,
         producers and consumers stay."""

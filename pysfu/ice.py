@@ -1,4 +1,4 @@
-"""ICE-lite server (RFC 8445 §2.5, RFC 7675 consent), sans-IO: one per WebRTC transport.
+"""ICE-lite server (RFC 8445 §2.5), sans-IO: one per WebRTC transport.
 
 The server is always *controlled*: it never sends checks, it answers Binding requests and
 reports from them which remote 5-tuples are valid and which one the browser nominated.
@@ -8,9 +8,12 @@ address it came from and act on ``events``.
 The list of tuples is not kept here but in the engine, which owns what matters for security
 (media only to a nominated tuple that proved itself; ``bind_tuple`` in pysfu.media): it
 keeps the validated tuples, evicts the least recently validated one beyond its bound, and
-knows the selected (sending) tuple. This module keeps what ICE itself needs: credentials,
-consent time, the nomination (DTLS flights go to the nominated tuple) and the last address
-it reported, so that a stream of consent checks from one address is reported once.
+knows the selected (sending) tuple. Consent (RFC 7675) lives there too: the engine sees every
+authenticated Binding request, answers the consent checks on the selected tuple itself (they
+change no ICE state) and tells the transport when consent is lost (``consent_lost``). This
+module keeps what ICE itself needs: credentials, the nomination (DTLS flights go to the
+nominated tuple) and the last address it reported, so that a stream of checks from one
+address is reported once.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def make_address(ip: str, port: int, protocol: str = "udp") -> Address:
 def protocol_of(addr: Address) -> str:
     """"udp" or "tcp"."""
     return addr[2] if len(addr) == 3 else "udp"
-IceState = Literal["new", "connected", "completed", "disconnected"]
+IceState = Literal["new", "connected", "completed"]
 
 # ice-char = ALPHA / DIGIT / "+" / "/" (RFC 8839); letters and digits only, to stay out of
 # trouble with URL-ish handling of "/" and "+" anywhere downstream.
@@ -68,17 +71,13 @@ class IceOutput:
 
 
 class IceLiteServer:
-    def __init__(
-        self, local_ufrag: str, local_password: str, *, consent_timeout: float = 30.0
-    ) -> None:
+    def __init__(self, local_ufrag: str, local_password: str) -> None:
         self.local_ufrag = local_ufrag
         self.local_password = local_password
-        self.consent_timeout = consent_timeout  # <= 0 disables consent expiry
         self.state: IceState = "new"
         self.nominated: Address | None = None  # the browser's nomination
         self._reported: Address | None = None  # the address of the last TupleValidated
         self._last_nomination = 0
-        self._last_valid: float | None = None
         # Counters, for stats and tests.
         self.requests_rejected = 0
 
@@ -101,7 +100,7 @@ class IceLiteServer:
 
     # ---- input --------------------------------------------------------------------------------
 
-    def handle_datagram(self, data: bytes, addr: Address, now: float) -> IceOutput:
+    def handle_datagram(self, data: bytes, addr: Address) -> IceOutput:
         try:
             msg = stun.parse(data)
         except stun.StunError:
@@ -125,7 +124,7 @@ class IceLiteServer:
         if msg.has(stun.ATTR_ICE_CONTROLLED):
             # Both sides think they are controlled; we are lite, so the peer must switch.
             return self._reject(txid, 487, password)
-        return self._accept(msg, password, addr, now)
+        return self._accept(msg, password, addr)
 
     def _bad_request_for_garbage(self, data: bytes) -> bytes | None:
         # Answer 400 only to something that is recognisably a Binding request; anything
@@ -150,14 +149,13 @@ class IceLiteServer:
         return None
 
     def _accept(
-        self, msg: stun.StunMessage, password: str, addr: Address, now: float
+        self, msg: stun.StunMessage, password: str, addr: Address
     ) -> IceOutput:
         try:
             response = stun.binding_success(msg.transaction_id, (addr[0], addr[1]), password)
         except ValueError:
             return IceOutput()  # not an IP address we can map back: nothing sensible to say
         out = IceOutput(response)
-        self._last_valid = now
 
         if addr != self._reported:
             self._reported = addr
@@ -173,25 +171,3 @@ class IceLiteServer:
             out.events.append(TupleSelected(addr))
         self.state = "completed" if self.nominated is not None else "connected"
         return out
-
-    # ---- time ---------------------------------------------------------------------------------
-
-    def consent_deadline(self) -> float | None:
-        """When consent expires unless a valid request arrives before (None: it cannot expire
-        yet). The transport sleeps until then instead of polling."""
-        if self._last_valid is None or self.consent_timeout <= 0:
-            return None
-        return self._last_valid + self.consent_timeout
-
-    def check_consent(self, now: float) -> bool:
-        """False once no valid request arrived for ``consent_timeout`` seconds after the first
-        one (RFC 7675); the transport must then close. True before any request."""
-        if self._last_valid is None or self.consent_timeout <= 0:
-            return True
-        if now - self._last_valid < self.consent_timeout:
-            return True
-        if self.state != "disconnected":
-            self.state = "disconnected"
-            self.nominated = None
-            self._reported = None
-        return False

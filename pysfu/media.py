@@ -46,14 +46,18 @@ class UpcallSink(Protocol):
     """Where the engine's STUN and DTLS datagrams for one transport handle go."""
 
     def deliver(self, kind: str, ip: str, port: int, data: bytes, protocol: str = "udp") -> None:
-        """``kind`` is "stun" or "dtls"; ``protocol`` "udp" or "tcp" (an ICE-TCP connection
-        from ip:port); must not block (called by the dispatcher task)."""
+        """``kind`` is "stun", "dtls", "media" or "consent_lost"; ``protocol`` "udp" or "tcp"
+        (an ICE-TCP connection from ip:port); must not block (called by the dispatcher
+        task)."""
 
 
 class MediaEngine:
     def __init__(self, host: str, port: int, *, udp: bool = True, tcp: bool = True,
-                 gso: bool = True, workers: int = 1) -> None:
+                 gso: bool = True, workers: int = 1, consent_timeout: float = 30.0) -> None:
         self.native = _native.Engine(host, port, udp, tcp, gso, workers)
+        # RFC 7675 consent (the engine answers the checks and tells a transport it lost
+        # consent as the upcall "consent_lost"); <= 0: never lost.
+        self.native.set_consent_timeout(consent_timeout)
         self.port: int = self.native.port
         self.udp = udp
         self.tcp = tcp  # ICE-TCP connections accepted on the same port number

@@ -241,7 +241,7 @@ class WebRtcTransport(MediaTransport):
         self._on_failed = on_failed
         self._on_media = on_media
         ufrag, password = IceLiteServer.generate_credentials()
-        self.ice = IceLiteServer(ufrag, password, consent_timeout=config.consent_timeout)
+        self.ice = IceLiteServer(ufrag, password)
         self.dtls: DtlsTransport | None = None
         self.remote_dtls: dict[str, Any] | None = None
         self.srtp_profile: str | None = None
@@ -395,6 +395,8 @@ class WebRtcTransport(MediaTransport):
                             self._sctp_input(now)
                         elif kind == "media" and self._on_media is not None:
                             self._on_media(self)
+                        elif kind == "consent_lost":  # RFC 7675, decided by the engine
+                            self._fail("ice_consent_timeout")
                     self._on_timer(trio.current_time())
         finally:
             self._end_handshake()
@@ -402,11 +404,11 @@ class WebRtcTransport(MediaTransport):
             self.sctp = None
 
     def _next_deadline(self) -> float:
-        """The earliest of this transport's timers: consent expiry, the DTLS retransmission,
-        the connect deadline and the SCTP association's timers. A connected transport with live
-        consent sleeps until its consent could expire: no per-second wake-up per transport
-        (2,000 viewers used to cost the Python thread 2,000 wake-ups a second)."""
-        deadlines = [self.ice.consent_deadline(), self._connect_deadline,
+        """The earliest of this transport's timers: the DTLS retransmission, the connect
+        deadline and the SCTP association's timers. A connected transport without data
+        channels has none: consent is the engine's (it answers the checks and says
+        ``consent_lost``), so steady media costs this thread nothing per transport."""
+        deadlines = [self._connect_deadline,
                      self.dtls.next_timeout() if self.dtls is not None else None,
                      self.sctp.poll_timeout() if self.sctp is not None else None]
         return min((d for d in deadlines if d is not None), default=math.inf)
@@ -422,16 +424,14 @@ class WebRtcTransport(MediaTransport):
             if timeout is not None and now >= timeout:
                 self.sctp.handle_timeout(now)
                 self._sctp_pump(now)
-        if not self.ice.check_consent(now):
-            self._fail("ice_consent_timeout")
-        elif self._connect_deadline is not None and now >= self._connect_deadline:
+        if self._connect_deadline is not None and now >= self._connect_deadline:
             self._connect_deadline = None
             if self.srtp_profile is None:
                 self._count_dtls("timeout")
                 self._fail("connect_timeout")
 
     def _on_stun(self, data: bytes, addr: Address, now: float) -> None:
-        out = self.ice.handle_datagram(data, addr, now)
+        out = self.ice.handle_datagram(data, addr)
         if out.response is not None:
             self._media.send(self.handle, addr[0], addr[1], out.response, protocol_of(addr))
         for event in out.events:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 
+from pysfu import stun
 from pysfu.client import RequestFailed
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps, vp8_producer
@@ -237,6 +238,39 @@ async def test_host_reconnect_replaces_media(
             await send_frames(host_peer, 9000, 2)
             assert await viewer.peer.recv_rtp(timeout=0.3) is None
             peer2.close()
+
+
+@pytest.mark.parametrize("config_overrides", [{"consent_timeout": 0.6}])
+async def test_consent_checks_are_answered_by_the_engine_and_keep_the_transport(
+        server: Server, client: Any) -> None:
+    """After ICE and DTLS, the peer's consent checks on its selected tuple are answered by the
+    engine (a valid Binding success: integrity with the transport's password, the peer's
+    mapped address), never reach Python, and keep consent alive for many timeouts; once they
+    stop, the transport closes with ``ice_consent_timeout``."""
+    async with client() as c:
+        await c.join(ROOM, "host", "h")
+        peer = await open_peer(c, "send")
+        await c.produce(ROOM, peer.transport["id"], "video", vp8_producer(mid="0"))
+        transport = server.rooms.get(ROOM).transports[peer.transport["id"]]
+        up0 = server.media.stats(transport.handle)["stunReceived"]
+        for _ in range(15):  # 3 s: five consent timeouts
+            response = await peer.ice_check(timeout=1.0)
+            assert response is not None, "consent check unanswered"
+            msg = stun.parse(response)
+            assert (msg.method, msg.is_request) == (stun.METHOD_BINDING, False)
+            assert stun.verify_integrity(msg, peer.ice["password"].encode())
+            assert stun.verify_fingerprint(msg)
+            assert msg.xor_mapped_address == peer.local_address
+            await trio.sleep(0.2)
+        stats = server.media.stats(transport.handle)
+        assert stats["stunAnswered"] >= 15
+        assert stats["stunReceived"] == up0, "Python's ICE saw none of them"
+        with trio.move_on_after(0.01):
+            _, note = await c.next_notification("transportClosed")
+            raise AssertionError(f"closed while checks went on: {note}")
+        _, note = await c.next_notification("transportClosed", timeout=5)
+        assert note == {"transportId": peer.transport["id"], "reason": "ice_consent_timeout"}
+        peer.close()
 
 
 @pytest.mark.parametrize("config_overrides", [{"consent_timeout": 0.6}])

@@ -982,6 +982,15 @@ impl Engine {
         self.control(py, move |r, _, _| r.add_transport(handle, &local_ufrag, &ice_password))
     }
 
+    /// RFC 7675 consent timeout for every transport, seconds (<= 0: consent never expires).
+    fn set_consent_timeout(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
+        let limit = (seconds > 0.0 && seconds.is_finite()).then(|| Duration::from_secs_f64(seconds));
+        self.control(py, move |r, _, _| {
+            r.set_consent_timeout(limit);
+            Ok(())
+        })
+    }
+
     /// ICE restart: new local credentials for `handle`; the old ones are refused from now
     /// on. Tuples, SRTP keys, producers and consumers are kept.
     fn set_ice_credentials(&self, py: Python<'_>, handle: Handle, local_ufrag: String, ice_password: String) -> PyResult<()> {

@@ -2,8 +2,10 @@
 //! Python: MESSAGE-INTEGRITY (HMAC-SHA1 keyed with the transport's ICE password, RFC 5389
 //! §15.4) and FINGERPRINT (CRC-32 xor 0x5354554e, §15.5) when present. A flood of requests
 //! that carry a real transport's ufrag but not its password then costs one HMAC here and never
-//! reaches the queue shared by all transports. Python still does the full ICE work on what
-//! passes (attributes, role conflict, nomination, the answer).
+//! reaches the queue shared by all transports. Python does the full ICE work on what passes
+//! (attributes, role conflict, nomination, the answer), except for consent freshness checks
+//! (RFC 7675) on a transport's selected tuple, which the engine answers itself
+//! (`binding_success`): a plain request (`Checked::plain`) there changes no ICE state.
 //!
 //! Hostile input: every length is checked against the datagram; nothing here panics.
 
@@ -15,6 +17,13 @@ use crate::stun_peek;
 const HEADER_LEN: usize = 20;
 const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
 const ATTR_FINGERPRINT: u16 = 0x8028;
+const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+const ATTR_PRIORITY: u16 = 0x0024;
+const ATTR_ICE_CONTROLLED: u16 = 0x8029;
+/// Renomination's NOMINATION attribute (draft-thatcher-ice-renomination): Python's.
+const ATTR_NOMINATION: u16 = 0xC001;
+const BINDING_SUCCESS: u16 = 0x0101;
+const MAGIC_COOKIE: u32 = 0x2112_A442;
 const INTEGRITY_LEN: usize = 20;
 const FINGERPRINT_XOR: u32 = 0x5354_554E;
 
@@ -50,6 +59,18 @@ struct Layout {
     integrity: Option<usize>,
     fingerprint: Option<usize>,
     end: usize,
+    /// PRIORITY present, and neither ICE-CONTROLLED nor NOMINATION (before the integrity).
+    plain: bool,
+}
+
+/// What a request that passed the checks is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// A Binding request with FINGERPRINT and PRIORITY, without ICE-CONTROLLED (a role
+    /// conflict) or NOMINATION: ICE would answer it with a plain success and, on a tuple
+    /// already selected, change nothing. USE-CANDIDATE may be present (the tuple is already
+    /// nominated then).
+    pub plain: bool,
 }
 
 fn layout(data: &[u8]) -> Result<Layout, Reject> {
@@ -58,6 +79,7 @@ fn layout(data: &[u8]) -> Result<Layout, Reject> {
     let end = HEADER_LEN + len;
     let mut pos = HEADER_LEN;
     let (mut integrity, mut fingerprint) = (None, None);
+    let (mut priority, mut special) = (false, false);
     while pos + 4 <= end {
         let ty = u16::from_be_bytes([data[pos], data[pos + 1]]);
         let alen = u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize;
@@ -84,6 +106,8 @@ fn layout(data: &[u8]) -> Result<Layout, Reject> {
                 }
                 integrity = Some(pos);
             }
+            ATTR_PRIORITY if integrity.is_none() => priority = alen == 4,
+            ATTR_ICE_CONTROLLED | ATTR_NOMINATION if integrity.is_none() => special = true,
             _ => {}
         }
         pos = next;
@@ -91,13 +115,21 @@ fn layout(data: &[u8]) -> Result<Layout, Reject> {
     if pos != end {
         return Err(Reject::Malformed);
     }
-    Ok(Layout { integrity, fingerprint, end })
+    let plain = priority && !special && fingerprint.is_some();
+    Ok(Layout { integrity, fingerprint, end, plain })
 }
 
 /// Check `data` (a whole STUN message) against the ICE key: FINGERPRINT if present, then
 /// MESSAGE-INTEGRITY, which must be present.
 pub fn verify(data: &[u8], key: &IceKey) -> Result<(), Reject> {
+    verify_request(data, key).map(|_| ())
+}
+
+/// `verify`, and what the message is.
+pub fn verify_request(data: &[u8], key: &IceKey) -> Result<Checked, Reject> {
     let l = layout(data)?;
+    let binding = stun_peek::message_type(data) == Some(stun_peek::BINDING_REQUEST);
+    let checked = Checked { plain: l.plain && binding };
     let data = &data[..l.end];
     if let Some(fp) = l.fingerprint {
         let want = u32::from_be_bytes([data[fp + 4], data[fp + 5], data[fp + 6], data[fp + 7]]);
@@ -113,12 +145,56 @@ pub fn verify(data: &[u8], key: &IceKey) -> Result<(), Reject> {
     mac.update(&data[..2]);
     mac.update(&covered_len.to_be_bytes());
     mac.update(&data[4..mi]);
-    mac.verify_slice(&data[mi + 4..mi + 4 + INTEGRITY_LEN]).map_err(|_| Reject::BadIntegrity)
+    mac.verify_slice(&data[mi + 4..mi + 4 + INTEGRITY_LEN]).map_err(|_| Reject::BadIntegrity)?;
+    Ok(checked)
+}
+
+/// The Binding success response to `request` (checked) from `from`: XOR-MAPPED-ADDRESS,
+/// MESSAGE-INTEGRITY keyed with the transport's password, FINGERPRINT (RFC 5389 §10.1.2,
+/// what pysfu/stun.py's `binding_success` builds), written into `out` (cleared first).
+pub fn binding_success(request: &[u8], from: std::net::SocketAddr, key: &IceKey, out: &mut Vec<u8>) {
+    out.clear();
+    let txid = &request[8..HEADER_LEN];
+    let (family, ip): (u8, Vec<u8>) = match from.ip() {
+        std::net::IpAddr::V4(a) => (1, a.octets().to_vec()),
+        std::net::IpAddr::V6(a) => (2, a.octets().to_vec()),
+    };
+    let attr_len = 4 + ip.len();
+    let body = 4 + attr_len + 4 + INTEGRITY_LEN;
+    out.extend_from_slice(&BINDING_SUCCESS.to_be_bytes());
+    out.extend_from_slice(&(body as u16).to_be_bytes());
+    out.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    out.extend_from_slice(txid);
+    out.extend_from_slice(&ATTR_XOR_MAPPED_ADDRESS.to_be_bytes());
+    out.extend_from_slice(&(attr_len as u16).to_be_bytes());
+    out.extend_from_slice(&[0, family]);
+    out.extend_from_slice(&(from.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes());
+    // The address xor'ed with the magic cookie then (IPv6) the transaction id.
+    let mut pad = MAGIC_COOKIE.to_be_bytes().to_vec();
+    pad.extend_from_slice(txid);
+    out.extend(ip.iter().zip(pad).map(|(a, b)| a ^ b));
+    let mut mac = key.0.clone();
+    mac.update(out);
+    let tag = mac.finalize().into_bytes();
+    out.extend_from_slice(&ATTR_MESSAGE_INTEGRITY.to_be_bytes());
+    out.extend_from_slice(&(INTEGRITY_LEN as u16).to_be_bytes());
+    out.extend_from_slice(&tag);
+    let len = (out.len() - HEADER_LEN + 8) as u16;
+    out[2..4].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32fast::hash(out) ^ FINGERPRINT_XOR;
+    out.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
+    out.extend_from_slice(&4u16.to_be_bytes());
+    out.extend_from_slice(&crc.to_be_bytes());
 }
 
 /// A Binding request with USERNAME, MESSAGE-INTEGRITY (keyed with `password`) and, if
 /// `fingerprint`, FINGERPRINT: what a browser's ICE agent sends (for tests and fuzzing).
 pub fn build_binding_request(username: &str, password: &[u8], fingerprint: bool) -> Vec<u8> {
+    build_binding_request_with(username, password, fingerprint, &[])
+}
+
+/// `build_binding_request` with `extra` attributes (type, value) after USE-CANDIDATE.
+pub fn build_binding_request_with(username: &str, password: &[u8], fingerprint: bool, extra: &[(u16, &[u8])]) -> Vec<u8> {
     let mut attrs = Vec::new();
     let attr = |attrs: &mut Vec<u8>, ty: u16, v: &[u8]| {
         attrs.extend_from_slice(&ty.to_be_bytes());
@@ -131,6 +207,9 @@ pub fn build_binding_request(username: &str, password: &[u8], fingerprint: bool)
     attr(&mut attrs, 0x0006, username.as_bytes());
     attr(&mut attrs, 0x0024, &0x6e00_1effu32.to_be_bytes());
     attr(&mut attrs, 0x0025, &[]);
+    for (ty, v) in extra {
+        attr(&mut attrs, *ty, v);
+    }
     let mut msg = Vec::new();
     msg.extend_from_slice(&stun_peek::BINDING_REQUEST.to_be_bytes());
     msg.extend_from_slice(&((attrs.len() + 4 + INTEGRITY_LEN) as u16).to_be_bytes());

@@ -230,3 +230,34 @@ def test_codecs_decode(pages: Pages) -> None:
         host.click("#stop")
         _wait(viewer, "window.pysfu.state.consumers.length === 0", timeout=5,
               what=f"{codec} producers closed")
+
+
+# ---- consent ------------------------------------------------------------------------------------
+
+def selected_pair(page: Any) -> dict[str, Any]:
+    """The receive transport's selected candidate pair, from Chromium's getStats."""
+    pair = page.evaluate(STATS)["transports"]["recv"]["candidatePair"]
+    assert pair["state"] == "succeeded" and pair["nominated"], pair
+    return {"requests": pair["requestsSent"], "responses": pair["responsesReceived"]}
+
+
+def test_consent_checks_are_answered_while_media_flows(pages: Pages) -> None:
+    """Chromium's consent checks on the selected pair (answered by the engine, not Python's
+    ICE) keep being answered: its pair's responses grow with its requests over seconds."""
+    room = new_room()
+    open_host(pages, room)
+    viewer = open_viewer(pages, room, "viewer")
+    wait_decoding(viewer)
+    before = selected_pair(viewer)
+    deadline = time.monotonic() + 20
+    after = before
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        after = selected_pair(viewer)
+        if (after["requests"] >= before["requests"] + 2
+                and after["responses"] >= before["responses"] + 2):
+            break
+    assert after["requests"] >= before["requests"] + 2, (before, after)
+    # Every check but possibly the one in flight was answered.
+    assert after["responses"] >= after["requests"] - 1, (before, after)
+    assert_playing(wait_decoding(viewer))

@@ -808,11 +808,15 @@ fn main() {
     sleep_until(win.start);
     let ps = pid.to_string();
     let me = std::process::id();
+    // The server's main thread (tid = pid): the Python control plane.
+    let main_task = format!("{pid}/task/{pid}");
+    let py0 = proc_cpu(&main_task);
     let (cpu0, io0, self0, snmp0, t0) = (proc_cpu(&ps), thread_cpu(pid, "pysfu-io"), self_cpu(), udp_snmp(), realtime_ns());
     let (ios0, rxs0) = (thread_sched(pid, "pysfu-io"), thread_sched(me, "loadgen-rx"));
     sleep_until(win.end);
     let (cpu1, io1, self1, snmp1, t1) = (proc_cpu(&ps), thread_cpu(pid, "pysfu-io"), self_cpu(), udp_snmp(), realtime_ns());
     let (ios1, rxs1) = (thread_sched(pid, "pysfu-io"), thread_sched(me, "loadgen-rx"));
+    let py1 = proc_cpu(&main_task);
     let rss = proc_rss_kib(pid);
     let sent = tx_thread.join().unwrap();
     let rx = rx_thread.join().unwrap();
@@ -838,7 +842,7 @@ fn main() {
             "{{\"viewers\": {}, \"profile\": \"{}\", \"seconds\": {:.3}, ",
             "\"producer_sent\": {{\"video\": {}, \"audio\": {}, \"key_frames\": {}, \"video_window\": {}, \"audio_window\": {}, \"send_failed\": {}, \"pli_key_frames\": {}}}, ",
             "\"expected\": {}, \"received\": {}, \"lost\": {}, \"loss\": {:.6}, \"viewers_with_loss\": {}, ",
-            "\"forwarded_pps\": {:.0}, \"server_cpu_s\": {:.3}, \"server_cpu_share\": {:.3}, \"server_us_per_packet\": {:.3}, \"server_io_thread_cpu_s\": {:.3}, \"server_io_thread_sys_s\": {:.3}, ",
+            "\"forwarded_pps\": {:.0}, \"server_cpu_s\": {:.3}, \"server_cpu_share\": {:.3}, \"server_us_per_packet\": {:.3}, \"server_io_thread_cpu_s\": {:.3}, \"server_io_thread_sys_s\": {:.3}, \"server_main_thread_cpu_s\": {:.3}, ",
             "\"server_io_thread_runqueue_s\": {:.3}, \"loadgen_rx_cpu_s\": {:.3}, \"loadgen_rx_runqueue_s\": {:.3}, ",
             "\"server_rss_kib\": {}, \"loadgen_cpu_share\": {:.3}, ",
             "\"lag_all_ms\": {{\"mean\": {:.1}, \"max\": {:.1}}}, ",
@@ -867,6 +871,7 @@ fn main() {
         if arrived > 0 { server_cpu / arrived as f64 * 1e6 } else { 0.0 },
         (io1.0 + io1.1) - (io0.0 + io0.1),
         io1.1 - io0.1,
+        py1 - py0,
         ios1.1 - ios0.1,
         rxs1.0 - rxs0.0,
         rxs1.1 - rxs0.1,

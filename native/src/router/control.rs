@@ -5,7 +5,7 @@
 //! control plane updates its registries from the answer instead of repeating the rule.
 
 use crate::remote::Remote;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::srtp::{Profile, SrtpContext, SrtpError};
 use crate::stun_check::IceKey;
@@ -35,6 +35,12 @@ impl Router {
         let rtcp_ssrc = (self.rng.next() as u32) | 1;
         self.transports.insert(h, Transport::new(ufrag, ice_key, rtcp_ssrc));
         Ok(())
+    }
+
+    /// RFC 7675: consent of every transport is lost after `limit` without a valid Binding
+    /// request (None: never).
+    pub fn set_consent_timeout(&mut self, limit: Option<Duration>) {
+        self.consent_timeout = limit;
     }
 
     /// ICE restart: transport `h` takes new local credentials. STUN with the old ufrag or

@@ -29,7 +29,7 @@ impl Router {
             return false;
         };
         match b0 {
-            0..=3 => return self.on_stun(from, data),
+            0..=3 => return self.on_stun(now, from, data, out),
             20..=63 => self.on_dtls(from, data),
             128..=191 => {
                 if data.len() >= 2 && (192..=223).contains(&data[1]) {
@@ -47,10 +47,12 @@ impl Router {
         false
     }
 
-    /// A STUN message goes to Python only as a Binding request for a known transport (found
-    /// by its USERNAME's local ufrag) with a valid MESSAGE-INTEGRITY (and FINGERPRINT, if
-    /// present); everything else is dropped here, counted.
-    fn on_stun(&mut self, from: Remote, data: &[u8]) -> bool {
+    /// A STUN message goes on only as a Binding request for a known transport (found by its
+    /// USERNAME's local ufrag) with a valid MESSAGE-INTEGRITY (and FINGERPRINT, if present);
+    /// everything else is dropped here, counted. What passes renews the transport's consent.
+    /// A plain request from the selected tuple (a consent freshness check: it changes no ICE
+    /// state) is answered here; the rest goes to Python's ICE.
+    fn on_stun(&mut self, now: Instant, from: Remote, data: &[u8], out: &mut Output) -> bool {
         let h = match stun_peek::local_ufrag(data).and_then(|u| self.by_ufrag.get(u)) {
             Some(&h) => h,
             None => {
@@ -71,10 +73,26 @@ impl Router {
             return false;
         };
         t.stats.rx(data.len());
-        if stun_check::verify(data, &t.ice_key).is_err() {
+        let Ok(checked) = stun_check::verify_request(data, &t.ice_key) else {
             t.stun_rejected += 1;
             self.drops.inc(DropReason::StunIntegrity);
             return false;
+        };
+        t.consent_at = Some(now);
+        if self.next_consent_sweep.is_none() {
+            if let Some(d) = self.consent_timeout.map(|_| now + super::CONSENT_SWEEP) {
+                self.next_consent_sweep = Some(d);
+                self.wake_at(d);
+            }
+        }
+        let t = self.transports.get_mut(&h).expect("found above");
+        if checked.plain && t.selected == Some(from) {
+            let mut buf = out.take_buf();
+            stun_check::binding_success(data, from.addr, &t.ice_key, &mut buf);
+            t.stun_answered += 1;
+            t.stats.tx(buf.len());
+            out.push(from, buf);
+            return true;
         }
         self.push_up(UpKind::Stun, h, from, data);
         true

@@ -72,6 +72,10 @@ pub const KEY_FRAME_INTERVAL: Duration = Duration::from_secs(1);
 pub const TWCC_INTERVAL: Duration = Duration::from_millis(100);
 /// Sender/receiver reports every this often (mediasoup: 1 s for video).
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// RFC 7675's consent timeout (the `consent_timeout` setting's default).
+pub const DEFAULT_CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often transports' consent is checked: a lost consent is told at most this late.
+pub const CONSENT_SWEEP: Duration = Duration::from_millis(500);
 
 /// Tiny xorshift PRNG for sequence-number starts and our RTCP SSRCs, from the caller's seed.
 struct Rng(u64);
@@ -120,6 +124,11 @@ pub struct Router {
     connect_pending: Option<Handle>,
     /// Transports that were just sent their first forwarded media packet, and where.
     first_media: Vec<(Handle, Remote)>,
+    /// RFC 7675: a transport whose peer sent no valid Binding request for this long (after
+    /// its first) has lost consent; None: consent never expires.
+    consent_timeout: Option<Duration>,
+    /// When the consent sweep next runs (`CONSENT_SWEEP` apart while transports have consent).
+    next_consent_sweep: Option<Instant>,
 }
 
 impl Router {
@@ -146,6 +155,8 @@ impl Router {
             rtcp_work: RtcpWork::default(),
             connect_pending: None,
             first_media: Vec::new(),
+            consent_timeout: Some(DEFAULT_CONSENT_TIMEOUT),
+            next_consent_sweep: None,
         }
     }
 
@@ -193,7 +204,7 @@ impl Router {
         match kind {
             UpKind::Stun => t.stun_in += 1,
             UpKind::Dtls => t.dtls_in += 1,
-            UpKind::Media => {}
+            UpKind::Media | UpKind::ConsentLost => {}
         }
         self.up.push_back(Upcall { kind, transport, from, data: data.to_vec() });
     }

@@ -171,6 +171,9 @@ pub enum UpKind {
     Dtls,
     /// The first forwarded media packet left for the transport (no data; `from` = where).
     Media,
+    /// No valid Binding request for the consent timeout (RFC 7675): the transport must close
+    /// (no data; `from` = the selected tuple, if any).
+    ConsentLost,
 }
 
 impl UpKind {
@@ -179,6 +182,7 @@ impl UpKind {
             UpKind::Stun => "stun",
             UpKind::Dtls => "dtls",
             UpKind::Media => "media",
+            UpKind::ConsentLost => "consent_lost",
         }
     }
 }

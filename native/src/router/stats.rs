@@ -93,6 +93,7 @@ fn transport_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatValue)
     v.push(("rtcpPacketsReceived", Int(t.rtcp_in)));
     v.push(("rtcpPacketsSent", Int(t.rtcp_out)));
     v.push(("stunReceived", Int(t.stun_in)));
+    v.push(("stunAnswered", Int(t.stun_answered)));
     v.push(("dtlsReceived", Int(t.dtls_in)));
     v.push(("tuples", Int(t.tuples.len() as u64)));
     v.push(("selectedTuple", Str(t.selected.map(|a| a.to_string()).unwrap_or_default())));

@@ -11,7 +11,9 @@ use super::consumer::Kind;
 use super::egress::push_rtcp;
 use super::probing::start_probe;
 use super::output::Output;
-use super::{Handle, Router, KEY_FRAME_INTERVAL, REPORT_INTERVAL, TWCC_INTERVAL};
+use super::output::UpKind;
+use super::{Handle, Router, CONSENT_SWEEP, KEY_FRAME_INTERVAL, REPORT_INTERVAL, TWCC_INTERVAL};
+use crate::remote::Remote;
 
 impl Router {
     /// Periodic work: re-request key frames still wanted after an outstanding request expired;
@@ -20,8 +22,41 @@ impl Router {
         self.send_twcc_feedback(now, out);
         self.update_layers(now, out);
         self.handle_key_frame_timeouts(now, out);
-        // After the key frame timers: they reset the wake-up time this adds to.
+        // After the key frame timers: they reset the wake-up time these add to.
         self.probe_timeout(now, out);
+        self.consent_timeout(now);
+    }
+
+    /// RFC 7675 consent, checked every CONSENT_SWEEP while some transport has it: a transport
+    /// whose last valid Binding request is older than the timeout is told upward once (Python
+    /// closes it). Requests that renew consent are counted in `on_stun`, whoever answers them.
+    fn consent_timeout(&mut self, now: Instant) {
+        let (Some(limit), Some(due)) = (self.consent_timeout, self.next_consent_sweep) else { return };
+        if now < due {
+            self.wake_at(due);
+            return;
+        }
+        let mut lost: Vec<(Handle, Remote)> = Vec::new();
+        let mut live = false;
+        for (&h, t) in self.transports.iter_mut() {
+            let Some(at) = t.consent_at else { continue };
+            if t.consent_lost {
+                continue;
+            }
+            if now.saturating_duration_since(at) >= limit {
+                t.consent_lost = true;
+                lost.push((h, t.selected.or(t.nominated).unwrap_or(Remote::udp(([0, 0, 0, 0], 0).into()))));
+            } else {
+                live = true;
+            }
+        }
+        for (h, from) in lost {
+            self.push_up(UpKind::ConsentLost, h, from, &[]);
+        }
+        self.next_consent_sweep = live.then(|| now + CONSENT_SWEEP);
+        if let Some(d) = self.next_consent_sweep {
+            self.wake_at(d);
+        }
     }
 
     fn send_twcc_feedback(&mut self, now: Instant, out: &mut Output) {

@@ -111,6 +111,12 @@ pub(super) struct Transport {
     pub(super) rtcp_in: u64,
     pub(super) rtcp_out: u64,
     pub(super) stun_in: u64,
+    /// Consent checks on the selected tuple the engine answered itself (not in `stun_in`).
+    pub(super) stun_answered: u64,
+    /// The last Binding request that passed the integrity check (RFC 7675 consent).
+    pub(super) consent_at: Option<Instant>,
+    /// Consent expired and Python was told (once).
+    pub(super) consent_lost: bool,
     pub(super) dtls_in: u64,
     /// Arrivals of transport-wide sequence numbers (created on the first such packet).
     pub(super) twcc: Option<Box<TwccRecorder>>,
@@ -256,6 +262,9 @@ impl Transport {
             rtcp_in: 0,
             rtcp_out: 0,
             stun_in: 0,
+            stun_answered: 0,
+            consent_at: None,
+            consent_lost: false,
             dtls_in: 0,
             twcc: None,
             twcc_media_ssrc: 0,

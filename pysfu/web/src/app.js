@@ -780,7 +780,10 @@ async function transportStats(transport) {
     if (r.type === 'transport') {
       out = pick(r, ['dtlsState', 'iceState', 'bytesSent', 'bytesReceived', 'packetsSent', 'packetsReceived']);
       const pair = r.selectedCandidatePairId && report.get(r.selectedCandidatePairId);
-      if (pair) out.candidatePair = pick(pair, ['state', 'nominated', 'bytesSent', 'bytesReceived']);
+      if (pair) {
+        out.candidatePair = pick(pair, ['state', 'nominated', 'bytesSent', 'bytesReceived',
+          'requestsSent', 'responsesReceived', 'consentRequestsSent']);
+      }
     }
   });
   return out;

@@ -3,6 +3,7 @@
 
 mod av1;
 mod bwe;
+mod consent;
 mod forwarding;
 mod ice;
 mod loss;
