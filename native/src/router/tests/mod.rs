@@ -4,6 +4,7 @@
 mod av1;
 mod bwe;
 mod forwarding;
+mod h264;
 mod ice;
 mod loss;
 mod pipe;
