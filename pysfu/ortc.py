@@ -65,6 +65,7 @@ __all__ = [
     "parse_scalability_mode",
     "producer_type",
     "svc_layers",
+    "temporal_layers_selectable",
     "validate_producer_rtp_parameters",
     "validate_rtp_capabilities",
     "validate_rtp_parameters",
@@ -616,6 +617,22 @@ def svc_layers(params: dict[str, Any]) -> tuple[int, int, bool] | None:
     if _subtype(_encoding_codec(params, encoding)) != "vp9":
         return None
     return parse_scalability_mode(encoding.get("scalabilityMode"))
+
+
+# Codecs whose temporal layers the router tells apart only by the dependency descriptor
+# (native/src/router/svc_dd.rs); VP8 and VP9 carry them in their payload descriptors.
+_DD_LAYERED_SUBTYPES = frozenset({"h264", "av1"})
+
+
+def temporal_layers_selectable(params: dict[str, Any]) -> bool:
+    """Whether the router can drop temporal layers of a producer (validated parameters):
+    always for VP8 and VP9 (their payload descriptors carry the temporal layer), for H264
+    and AV1 only with the dependency descriptor negotiated (Chromium sends no frame
+    marking); without it their consumers forward every layer."""
+    encoding = (params["encodings"] or [{}])[0]
+    if _subtype(_encoding_codec(params, encoding)) not in _DD_LAYERED_SUBTYPES:
+        return True
+    return any(e["uri"] == URI_DEPENDENCY_DESCRIPTOR for e in params.get("headerExtensions", []))
 
 
 # ---- scalability mode --------------------------------------------------------------------

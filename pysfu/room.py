@@ -835,12 +835,17 @@ class Room:
         self, peer: Peer, consumer_id: str, spatial: int, temporal: int | None
     ) -> tuple[Consumer, int, int | None]:
         """The highest spatial (simulcast stream or VP9 SVC layer) and temporal (VP8 TID,
-        VP9 TID) layers the viewer wants, clamped to what exists; a temporal layer of None
-        means every one."""
+        VP9 TID, H264 and AV1 decode targets) layers the viewer wants, clamped to what
+        exists; a temporal layer of None means every one."""
         consumer = self.owned_consumer(peer, consumer_id)
         requested_spatial = spatial
         declared = _temporal_layers(consumer.producer)
-        if temporal is not None and declared > 1:
+        selectable = ortc.temporal_layers_selectable(consumer.producer.rtp_parameters)
+        if not selectable:
+            # H264 without the dependency descriptor: nothing tells its layers apart; the
+            # viewer gets every one, and is told so (the top declared layer).
+            temporal = None
+        elif temporal is not None and declared > 1:
             # Clamped to the temporal layers the producer declares, when it declares some (a
             # sender may use layers it does not declare: the engine goes by the TIDs it sees).
             temporal = min(temporal, declared - 1)
@@ -848,6 +853,8 @@ class Room:
         if layers is None:
             raise ConsumerNotFound("the consumer is closing")
         spatial = layers[0]
+        if not selectable and declared > 1:
+            temporal = declared - 1
         encodings = consumer.producer.rtp_parameters["encodings"]
         if len(encodings) == 1:
             # One stream with spatial layers (AV1 SVC): the engine selects within it.

@@ -630,6 +630,24 @@ def test_producer_types() -> None:
     assert ortc.svc_layers(opus) is None
 
 
+def test_temporal_layers_selectable_by_payload_or_dependency_descriptor() -> None:
+    """VP8 and VP9 carry their temporal layer in the payload; H264 and AV1 only in the
+    dependency descriptor, so without it negotiated their layers cannot be dropped."""
+    dd = [{"uri": ortc.URI_DEPENDENCY_DESCRIPTOR, "id": 9}]
+
+    def params(mime: str, exts: list[dict[str, Any]]) -> dict[str, Any]:
+        return ortc.validate_producer_rtp_parameters("video", {
+            "mid": "0", "codecs": [{"mimeType": mime, "payloadType": 100, "clockRate": 90000}],
+            "headerExtensions": exts, "encodings": [{"scalabilityMode": "L1T3"}]})
+
+    assert ortc.temporal_layers_selectable(params("video/VP8", []))
+    assert ortc.temporal_layers_selectable(params("video/VP9", []))
+    assert not ortc.temporal_layers_selectable(params("video/H264", []))
+    assert ortc.temporal_layers_selectable(params("video/H264", dd))
+    assert not ortc.temporal_layers_selectable(params("video/AV1", []))
+    assert ortc.temporal_layers_selectable(params("video/AV1", dd))
+
+
 def test_producer_tolerance() -> None:
     """Unknown keys are dropped, msid and well-typed extras are kept, PT 127 is fine."""
     raw = audio_producer(

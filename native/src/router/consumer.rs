@@ -19,7 +19,7 @@ use crate::vp8::{self, TemporalFilter};
 use super::egress::{write_egress, Egress, Fanout, Ingress};
 use super::output::DropReason;
 use super::spec::{invalid, ConsumerSpec, Result};
-use super::svc_av1::{self, DdFilter};
+use super::svc_dd::{self, DdFilter};
 use super::transport::Counters;
 use super::{Handle, Rng};
 
@@ -125,8 +125,9 @@ pub(super) struct Consumer {
     pub(super) vp8: Option<Box<TemporalFilter>>,
     /// The highest spatial layer the viewer wants within one stream (AV1 SVC).
     pub(super) preferred_svc_spatial: u8,
-    /// AV1 decode target selection (svc_av1.rs; made at the first packet with a descriptor).
-    pub(super) av1: Option<Box<DdFilter>>,
+    /// Decode target selection by the dependency descriptor, AV1 and H264 (svc_dd.rs; made
+    /// at the first packet with a descriptor).
+    pub(super) dd: Option<Box<DdFilter>>,
 }
 
 /// A VP8 packet's descriptor and the PictureID and TL0PICIDX to write into it.
@@ -265,8 +266,8 @@ impl Consumer {
             kind,
             preferred_temporal: vp8::ALL_LAYERS,
             vp8: None,
-            preferred_svc_spatial: svc_av1::ALL,
-            av1: None,
+            preferred_svc_spatial: svc_dd::ALL,
+            dd: None,
         })
     }
 
@@ -294,7 +295,7 @@ impl Consumer {
 
     pub(super) fn layer_switches(&self) -> u64 {
         match &self.kind {
-            Kind::Simple => self.av1.as_ref().map_or(0, |f| f.switches),
+            Kind::Simple => self.dd.as_ref().map_or(0, |f| f.switches),
             Kind::Pipe(_) => 0,
             Kind::Svc(f) => f.spatial_switches,
             Kind::Simulcast(s) => s.layer_switches,
@@ -394,18 +395,13 @@ impl Consumer {
         };
         let cpt = self.admit(pkt, &mut switching)?;
         // The codec's layer filter: what it drops, and what it changes in what it forwards
-        // (VP8 temporal layers, VP9 SVC layers, AV1 decode targets by the dependency
-        // descriptor).
-        let rewrite = match pkt.codec {
-            Codec::Vp8 if self.filters_vp8() => self.vp8_admit(pkt, switching)?.map_or(Rewrite::None, Rewrite::Vp8),
-            Codec::Vp9 if matches!(self.kind, Kind::Svc(_)) => self.svc_admit(pkt, switching, now, ct.bwe.estimate(now), &mut cx.key_frame_wanted)?,
-            _ => match pkt.dd.as_ref() {
-                Some(dd) => {
-                    let mark = self.av1_admit(dd, (pkt.hdr.sequence, pkt.hdr.timestamp), switching)?;
-                    if mark && !pkt.hdr.marker { Rewrite::Marker } else { Rewrite::None }
-                }
-                None => Rewrite::None,
-            },
+        // (VP8 temporal layers, VP9 SVC layers, AV1 and H264 decode targets by the
+        // dependency descriptor; ingress reads it only for the codecs svc_dd.rs names).
+        let rewrite = match (pkt.codec, pkt.dd.as_ref()) {
+            (Codec::Vp8, _) if self.filters_vp8() => self.vp8_admit(pkt, switching)?.map_or(Rewrite::None, Rewrite::Vp8),
+            (Codec::Vp9, _) if matches!(self.kind, Kind::Svc(_)) => self.svc_admit(pkt, switching, now, ct.bwe.estimate(now), &mut cx.key_frame_wanted)?,
+            (_, Some(dd)) => self.dd_admit(dd, pkt.hdr, switching)?,
+            _ => Rewrite::None,
         };
         if switching {
             self.sync(pkt, now);

@@ -30,7 +30,7 @@ pub(super) struct Ingress<'a> {
     pub(super) has_key_frames: bool,
     /// Producer extension id → router extension id (0 = not forwarded).
     pub(super) ext_map: &'a [u8; 256],
-    /// AV1: the packet's dependency descriptor and its stream's structure, if it had a valid one.
+    /// AV1, H264: the packet's dependency descriptor and its stream's structure, if it had a valid one.
     pub(super) dd: Option<DdFrame<'a>>,
 }
 

@@ -16,6 +16,7 @@ use crate::twcc::TwccRecorder;
 use super::egress::{fan_out, DdFrame, Fanout, Ingress};
 use super::output::{srtp_drop, DropReason, Drops, Output, UpKind};
 use super::producer::{Producer, PtInfo, StreamQuality, StreamRef};
+use super::svc_dd;
 use super::transport::Transport;
 use super::{earliest, Handle, Router};
 
@@ -372,12 +373,12 @@ impl Producer {
 }
 
 impl Producer {
-    /// The dependency descriptor of an AV1 packet of stream `enc` (when the producer
+    /// The dependency descriptor of an AV1 or H264 packet of stream `enc` (when the producer
     /// negotiated the extension), resolved against the stream's last structure; None when
     /// absent or refused (refusals counted on the stream).
     #[inline]
     fn parse_dd(&mut self, codec: rtp::Codec, enc: usize, hdr: &rtp::RtpHeader, pkt: &[u8]) -> Option<dd::Descriptor> {
-        let id = self.dd_id.filter(|_| codec == rtp::Codec::Av1)?;
+        let id = self.dd_id.filter(|_| svc_dd::selects_by_dd(codec))?;
         let value = rtp::find_extension(pkt, hdr, id)?;
         self.encodings.get_mut(enc)?.dd.parse(value).ok()
     }

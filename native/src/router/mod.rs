@@ -28,7 +28,7 @@ mod producer;
 mod spec;
 mod stats;
 mod svc;
-mod svc_av1;
+mod svc_dd;
 mod timers;
 mod totals;
 mod transport;

@@ -54,7 +54,7 @@ pub(super) struct Encoding {
     pub(super) key_frames: u64,
     /// Loss repair and reports (nack.rs, reports.rs).
     pub(super) quality: StreamQuality,
-    /// The stream's dependency descriptor structure (AV1 with the extension negotiated).
+    /// The stream's dependency descriptor structure (AV1 or H264 with the extension negotiated).
     pub(super) dd: DdStream,
 }
 
@@ -117,7 +117,7 @@ pub(super) struct Producer {
     pub(super) rrid_id: Option<u8>,
     /// Transport-wide sequence number extension id (recorded for feedback, not forwarded).
     pub(super) tcc_id: Option<u8>,
-    /// Dependency descriptor extension id (read for AV1; forwarded only if mapped).
+    /// Dependency descriptor extension id (read for AV1 and H264; forwarded only if mapped).
     pub(super) dd_id: Option<u8>,
     pub(super) key_frame_request: Option<KeyFrameMethod>,
     pub(super) paused: bool,

@@ -16,7 +16,7 @@ pub const URI_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 pub const URI_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
 /// Transport-wide sequence numbers: recorded for feedback toward the sender, not forwarded.
 pub const URI_TRANSPORT_CC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
-/// AV1 RTP Dependency Descriptor: read for AV1 decode target selection (dd.rs).
+/// AV1 RTP Dependency Descriptor: read for AV1 and H264 decode target selection (dd.rs).
 pub const URI_DEPENDENCY_DESCRIPTOR: &str = "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
 
 // ---------------------------------------------------------------------------------------

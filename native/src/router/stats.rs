@@ -223,7 +223,7 @@ fn encoding_rtp_stats(i: usize, e: &Encoding) -> Vec<(&'static str, StatValue)> 
         ("firCount", Int(q.firs_sent)),
         ("keyFrames", Int(e.key_frames)),
         ("bitrate", Int(q.rate.bps)),
-        // AV1 dependency descriptors read, and refused (malformed, or naming no template).
+        // AV1 and H264 dependency descriptors read, and refused (malformed, or naming no template).
         ("dependencyDescriptors", Int(e.dd.parsed)),
         ("dependencyDescriptorErrors", Int(e.dd.errors)),
     ];

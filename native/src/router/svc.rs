@@ -16,7 +16,7 @@ impl Consumer {
     pub(super) fn current_spatial(&self) -> usize {
         match &self.kind {
             Kind::Svc(f) => f.current().map_or(0, |l| l.spatial as usize),
-            Kind::Simple => self.av1.as_ref().and_then(|f| f.current_layers()).map_or(self.encoding, |(s, _)| usize::from(s)),
+            Kind::Simple => self.dd.as_ref().and_then(|f| f.current_layers()).map_or(self.encoding, |(s, _)| usize::from(s)),
             _ => self.encoding,
         }
     }
@@ -26,16 +26,16 @@ impl Consumer {
         if let Kind::Svc(f) = &self.kind {
             return f.current().map(|l| l.temporal);
         }
-        let av1 = || self.av1.as_ref().and_then(|f| f.current_layers()).map(|(_, t)| t);
-        self.vp8.as_ref().and_then(|f| f.current()).or_else(av1)
+        let dd = || self.dd.as_ref().and_then(|f| f.current_layers()).map(|(_, t)| t);
+        self.vp8.as_ref().and_then(|f| f.current()).or_else(dd)
     }
 
-    /// Frames a layer filter did not forward: VP8 temporal layers, VP9 SVC layers, AV1
-    /// decode targets.
+    /// Frames a layer filter did not forward: VP8 temporal layers, VP9 SVC layers, AV1 and
+    /// H264 decode targets.
     pub(super) fn layer_frames_dropped(&self) -> u64 {
         match &self.kind {
             Kind::Svc(f) => f.temporal_frames_dropped,
-            _ => self.vp8.as_ref().map_or(0, |f| f.frames_dropped) + self.av1.as_ref().map_or(0, |f| f.frames_dropped),
+            _ => self.vp8.as_ref().map_or(0, |f| f.frames_dropped) + self.dd.as_ref().map_or(0, |f| f.frames_dropped),
         }
     }
 

@@ -64,12 +64,12 @@ fn av1_packet(ssrc: u32, seq: u16, ts: u32, dd: &[u8], payload: &[u8]) -> Vec<u8
 }
 
 /// What a viewer got: (output seq, encoding, frame, marker).
-type Got = (u16, u8, u32, bool);
+pub(super) type Got = (u16, u8, u32, bool);
 
 /// Host 1 with AV1 producer 10 (`encodings` streams), viewers 2 and 3 with consumers 20, 30.
-struct Av1 {
-    r: Router,
-    now: Instant,
+pub(super) struct Av1 {
+    pub(super) r: Router,
+    pub(super) now: Instant,
     host: SrtpContext,
     viewers: [SrtpContext; 2],
     seqs: [u16; 2],
@@ -77,10 +77,21 @@ struct Av1 {
     corrupt: bool,
     /// Frames per temporal unit (one RTP timestamp): 2 with two spatial layers.
     unit: u32,
+    /// The codec whose payloads the host sends (AV1, or H264 with the descriptor: h264.rs).
+    pub(super) codec: rtp::Codec,
+    /// The producer negotiated the dependency descriptor.
+    dd: bool,
 }
 
 impl Av1 {
     fn new(encodings: u32) -> Self {
+        Self::with_codec(encodings, rtp::Codec::Av1, true)
+    }
+
+    /// Producer 10 sends `codec` (AV1 or H264) under the same payload types; `dd`: the
+    /// producer negotiated the dependency descriptor (else the packets carry it under an id
+    /// the router does not know).
+    pub(super) fn with_codec(encodings: u32, codec: rtp::Codec, dd: bool) -> Self {
         let now = Instant::now();
         let mut r = router(now);
         let mut out = Output::new();
@@ -91,12 +102,14 @@ impl Av1 {
         spec.codecs[0] = CodecSpec {
             payload_type: AV1_PT,
             mapped_payload_type: ROUTER_AV1_PT,
-            mime: "video/AV1".into(),
+            mime: if codec == rtp::Codec::H264 { "video/H264" } else { "video/AV1" }.into(),
             rtx_payload_type: None,
             mapped_rtx_payload_type: None,
             clock_rate: Some(90000),
         };
-        spec.header_extensions.push(ExtSpec { id: DD_ID, router_id: Some(ROUTER_DD_ID), uri: URI_DEPENDENCY_DESCRIPTOR.into() });
+        if dd {
+            spec.header_extensions.push(ExtSpec { id: DD_ID, router_id: Some(ROUTER_DD_ID), uri: URI_DEPENDENCY_DESCRIPTOR.into() });
+        }
         spec.encodings = (0..encodings)
             .map(|i| EncodingSpec { ssrc: Some(0x100 + i), rtx_ssrc: None, rid: Some(format!("r{i}")), mapped_ssrc: 7000 + i })
             .collect();
@@ -106,16 +119,16 @@ impl Av1 {
             c.payload_types = vec![(ROUTER_AV1_PT, ROUTER_AV1_PT)];
             r.add_consumer(now, h, t, 10, c, &mut out).unwrap();
         }
-        Av1 { r, now, host: peer(1).0, viewers: [peer(2).1, peer(3).1], seqs: [100, 40_000], corrupt: false, unit: 1 }
+        Av1 { r, now, host: peer(1).0, viewers: [peer(2).1, peer(3).1], seqs: [100, 40_000], corrupt: false, unit: 1, codec, dd }
     }
 
-    fn prefer(&mut self, consumer: Handle, spatial: usize, temporal: Option<u8>) -> (usize, u8) {
+    pub(super) fn prefer(&mut self, consumer: Handle, spatial: usize, temporal: Option<u8>) -> (usize, u8) {
         let mut out = Output::new();
         self.r.set_preferred_layers(self.now, consumer, spatial, temporal, &mut out).unwrap()
     }
 
     /// Frame `f` of stream `enc` in two packets; what each viewer got.
-    fn frame(&mut self, enc: usize, f: u32, key: bool) -> [Vec<Got>; 2] {
+    pub(super) fn frame(&mut self, enc: usize, f: u32, key: bool) -> [Vec<Got>; 2] {
         let mut got = [Vec::new(), Vec::new()];
         for part in 0..2u8 {
             let mut d = dd(f, part, key, (f as u16).wrapping_add(enc as u16 * 1000));
@@ -133,8 +146,12 @@ impl Av1 {
     /// One packet of frame `f` of stream `enc` with descriptor `d` (`key`: the N bit).
     fn packet(&mut self, enc: usize, f: u32, d: &[u8], key: bool, marker: bool) -> [Vec<Got>; 2] {
         let mut got = [Vec::new(), Vec::new()];
-        // AV1 aggregation header: N (new coded video sequence) on a key frame's first packet.
-        let mut payload = vec![if key { 0x18 } else { 0x10 }, 0x32, 0x00];
+        // AV1 aggregation header: N (new coded video sequence) on a key frame's first packet;
+        // H264: an IDR slice NAL unit there, else a non-IDR slice.
+        let mut payload = match self.codec {
+            rtp::Codec::H264 => vec![if key { 0x65 } else { 0x41 }, 0x9a, 0x00],
+            _ => vec![if key { 0x18 } else { 0x10 }, 0x32, 0x00],
+        };
         payload.extend_from_slice(&[0xab; 40]);
         payload.push(enc as u8);
         payload.extend_from_slice(&f.to_be_bytes());
@@ -156,7 +173,8 @@ impl Av1 {
             let h = rtp::parse(&b).unwrap();
             assert_eq!(h.payload_type, ROUTER_AV1_PT);
             // The descriptor goes on as the sender wrote it, under the router's id.
-            assert_eq!(rtp::find_extension(&b, &h, ROUTER_DD_ID), Some(d));
+            let dd = rtp::find_extension(&b, &h, ROUTER_DD_ID);
+            assert_eq!(dd, self.dd.then_some(d));
             let pl = h.payload(&b);
             let n = pl.len();
             got[i].push((h.sequence, pl[n - 5], u32::from_be_bytes([pl[n - 4], pl[n - 3], pl[n - 2], pl[n - 1]]), h.marker));
@@ -165,7 +183,7 @@ impl Av1 {
     }
 
     /// Frames `range` of stream `enc` (frame 0 and `keys` are key frames).
-    fn frames(&mut self, enc: usize, range: std::ops::Range<u32>, keys: &[u32]) -> [Vec<Got>; 2] {
+    pub(super) fn frames(&mut self, enc: usize, range: std::ops::Range<u32>, keys: &[u32]) -> [Vec<Got>; 2] {
         let mut got = [Vec::new(), Vec::new()];
         for f in range {
             let [a, b] = self.frame(enc, f, f == 0 || keys.contains(&f));
@@ -175,7 +193,7 @@ impl Av1 {
         got
     }
 
-    fn stat(&self, h: Handle, key: &str) -> Option<u64> {
+    pub(super) fn stat(&self, h: Handle, key: &str) -> Option<u64> {
         match stats(&self.r, h).into_iter().find(|(k, _)| *k == key).map(|(_, v)| v) {
             Some(StatValue::Int(v)) => Some(v),
             _ => None,
@@ -184,7 +202,7 @@ impl Av1 {
 }
 
 /// The distinct frames in what a viewer got, each with both its packets.
-fn frames_of(got: &[Got]) -> Vec<u32> {
+pub(super) fn frames_of(got: &[Got]) -> Vec<u32> {
     let mut f: Vec<u32> = got.iter().map(|g| g.2).collect();
     f.dedup();
     for x in &f {
@@ -193,7 +211,7 @@ fn frames_of(got: &[Got]) -> Vec<u32> {
     f
 }
 
-fn contiguous(got: &[Got]) -> bool {
+pub(super) fn contiguous(got: &[Got]) -> bool {
     got.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(1))
 }
 

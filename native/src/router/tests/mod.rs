@@ -5,6 +5,7 @@ mod av1;
 mod bwe;
 mod consent;
 mod forwarding;
+mod h264;
 mod ice;
 mod loss;
 mod pipe;

@@ -1,4 +1,9 @@
-//! AV1 decode target selection for one consumer, from the dependency descriptor (dd.rs).
+//! Decode target selection for one consumer, from the dependency descriptor (dd.rs): AV1
+//! (one stream's spatial and temporal layers, or simulcast), and H264 (the temporal layers
+//! of `scalabilityMode: "L1T3"`, per stream or in one; Chromium describes them with the
+//! descriptor when it is negotiated, whatever the codec). An H264 stream without the
+//! descriptor carries nothing that says which frame is in which layer (libwebrtc sends no
+//! frame marking): its consumers forward every frame and report no temporal layer.
 //!
 //! The consumer's preferred spatial and temporal layers pick a decode target of the
 //! stream's structure (the highest one within both); a frame goes out when its decode
@@ -14,12 +19,20 @@
 //! which the viewer no longer gets).
 
 use crate::dd::{Descriptor, Dti, Structure};
+use crate::rtp::{Codec, RtpHeader};
 
-use super::consumer::{Consumer, Kind};
+use super::consumer::{Consumer, Kind, Rewrite};
 use super::egress::DdFrame;
 
 /// Every layer (no preference).
 pub(super) const ALL: u8 = u8::MAX;
+
+/// The codecs whose layers the router selects by the dependency descriptor (when the
+/// producer negotiated it). VP8 and VP9 are filtered by their payload descriptors instead.
+#[inline]
+pub(super) fn selects_by_dd(codec: Codec) -> bool {
+    matches!(codec, Codec::Av1 | Codec::H264)
+}
 
 pub(super) struct DdFilter {
     /// The highest spatial and temporal layers the viewer wants.
@@ -149,26 +162,27 @@ pub(super) fn wanted_target(s: &Structure, active: u32, preferred: (u8, u8)) -> 
 }
 
 impl Consumer {
-    /// AV1 decode target selection of a packet the consumer otherwise takes: None when the
-    /// filter drops it (its sequence number skipped), else whether to set its marker bit.
+    /// Decode target selection (AV1, H264) of a packet with header `hdr` the consumer
+    /// otherwise takes: None when the filter drops it (its sequence number skipped), else
+    /// the marker bit to set, if the packet ends the forwarded part of its temporal unit.
     #[inline]
-    pub(super) fn av1_admit(&mut self, dd: &DdFrame<'_>, (seq_in, ts): (u16, u32), switching: bool) -> Option<bool> {
+    pub(super) fn dd_admit(&mut self, dd: &DdFrame<'_>, hdr: &RtpHeader, switching: bool) -> Option<Rewrite> {
         let (spatial, temporal) = (self.preferred_svc_spatial, self.preferred_temporal);
-        let f = self.av1.get_or_insert_with(|| Box::new(DdFilter::new(spatial, temporal)));
+        let f = self.dd.get_or_insert_with(|| Box::new(DdFilter::new(spatial, temporal)));
         if switching {
             f.sync();
         }
-        let mark = f.admit(&dd.desc, dd.structure, ts);
-        if mark.is_none() {
-            self.seq.drop(seq_in);
-        }
-        mark
+        let Some(mark) = f.admit(&dd.desc, dd.structure, hdr.timestamp) else {
+            self.seq.drop(hdr.sequence);
+            return None;
+        };
+        Some(if mark && !hdr.marker { Rewrite::Marker } else { Rewrite::None })
     }
 
     /// The stream to ask for a key frame so that an AV1 SVC consumer reaches its preferred
     /// layers (upper spatial layers depend on frames it did not forward).
     pub(super) fn svc_key_frame(&self) -> Option<usize> {
-        self.av1.as_ref().filter(|f| !self.paused && f.needs_key_frame()).map(|_| self.encoding)
+        self.dd.as_ref().filter(|f| !self.paused && f.needs_key_frame()).map(|_| self.encoding)
     }
 
     /// The viewer's spatial preference within one stream (a simulcast consumer's picks the
@@ -177,7 +191,7 @@ impl Consumer {
         if !matches!(self.kind, Kind::Simulcast(_)) {
             self.preferred_svc_spatial = spatial.min(usize::from(ALL)) as u8;
         }
-        if let Some(f) = self.av1.as_mut() {
+        if let Some(f) = self.dd.as_mut() {
             f.set_preference(self.preferred_svc_spatial, self.preferred_temporal);
         }
     }
