@@ -5,8 +5,10 @@ loopback with free ports, connects a host and N viewer transports exactly as bro
 (signaling over WebSocket, ICE binding with USE-CANDIDATE, DTLS handshake as client with
 pyOpenSSL, keys from the DTLS exporter; pysfu/testing/webrtc_peer.py), and hands the connected UDP
 sockets and SRTP keys to the Rust generator ``pysfu-loadgen`` (bench/loadgen), which sends
-and checks every packet. Each viewer consumes the video and the audio producer, so the
-server has 2N consumers.
+and checks every packet, and sends every endpoint's ICE consent checks (one per endpoint
+every 2.5 s, as Chromium does). Each viewer consumes the video and the audio producer, so the
+server has 2N consumers. ``python_thread_share`` / ``python_us_per_packet``: the server's
+main (Python) thread's CPU in the window, steady media with consent checks going on.
 
 The primary figure is the server's CPU time per forwarded packet (utime+stime of the server
 process over the measurement window ÷ packets the viewers received in it); "consumers per
@@ -132,6 +134,12 @@ async def connect_viewer(client: SignalingClient, caps: dict[str, Any], producer
     return peer, ssrcs
 
 
+def ice_credentials(peer: WebRtcPeer) -> str:
+    """USERNAME and password of the endpoint's consent checks (the generator sends one per
+    endpoint every 2.5 s, as Chromium does on its selected pair)."""
+    return f"{peer.ice['usernameFragment']}:{peer.ufrag} {peer.ice['password']}"
+
+
 async def run_point(viewers: int, profile: str, args: argparse.Namespace,
                     workers: int | None = None) -> dict[str, Any]:
     name, srtp = PROFILES[profile]
@@ -163,7 +171,8 @@ async def run_point(viewers: int, profile: str, args: argparse.Namespace,
                     peer, (vs, aus) = await connect_viewer(viewer, caps, [video, audio], srtp)
                 peers.append(peer)
                 _, _, key, salt = srtp_keys(peer)
-                lines.append(f"viewer {peer.sock.fileno()} {key.hex()} {salt.hex()} {vs} {aus}")
+                lines.append(f"viewer {peer.sock.fileno()} {key.hex()} {salt.hex()} {vs} {aus} "
+                             f"{ice_credentials(peer)}")
 
             async with trio.open_nursery() as nursery:
                 for _ in range(viewers):
@@ -174,7 +183,8 @@ async def run_point(viewers: int, profile: str, args: argparse.Namespace,
                 f"profile {name}", f"server 127.0.0.1 {hpeer.server[1]}",
                 f"server_pid {proc.pid}", f"warmup {args.warmup}", f"duration {args.duration}",
                 f"producer {hpeer.sock.fileno()} {ck.hex()} {cs.hex()} {sk.hex()} {ss.hex()} "
-                f"{VIDEO_SSRC} {AUDIO_SSRC} {VIDEO_PT} {AUDIO_PT} {MID_EXT}",
+                f"{VIDEO_SSRC} {AUDIO_SSRC} {VIDEO_PT} {AUDIO_PT} {MID_EXT} "
+                f"{ice_credentials(hpeer)}",
                 *lines,
             ]
             fds = [p.sock.fileno() for p in peers]

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use pysfu_native::io::send_batch;
 use pysfu_native::rtp;
 use pysfu_native::srtp::{Profile, SrtpContext};
+use pysfu_native::stun_check;
 
 /// Where the probe (send time, counter, kind) sits in every payload: after room for the VP8
 /// descriptor and key frame header.
@@ -82,6 +83,7 @@ struct ProducerCfg {
     video_pt: u8,
     audio_pt: u8,
     mid_ext: u8,
+    ice: Option<Ice>,
 }
 
 struct ViewerCfg {
@@ -90,7 +92,19 @@ struct ViewerCfg {
     rx_salt: Vec<u8>,
     video_ssrc: u32,
     audio_ssrc: u32,
+    ice: Option<Ice>,
 }
+
+/// An endpoint's ICE credentials (`server_ufrag:our_ufrag`, the server's password): what its
+/// consent checks carry.
+struct Ice {
+    username: String,
+    password: String,
+}
+
+/// Between two consent checks of one endpoint: Chromium's ping interval on a stable
+/// selected pair (RFC 7675 asks for about 5 s; browsers check more often).
+const CONSENT_INTERVAL: Duration = Duration::from_millis(2500);
 
 struct Config {
     profile: Profile,
@@ -163,7 +177,7 @@ impl Config {
                 "audio_pps" => c.audio_pps = num(1),
                 "audio_size" => c.audio_size = num(1) as usize,
                 "producer" => {
-                    if f.len() != 11 {
+                    if f.len() != 11 && f.len() != 13 {
                         die(format!("bad line {line:?}"));
                     }
                     c.producer = Some(ProducerCfg {
@@ -177,10 +191,11 @@ impl Config {
                         video_pt: num(8) as u8,
                         audio_pt: num(9) as u8,
                         mid_ext: num(10) as u8,
+                        ice: (f.len() == 13).then(|| Ice { username: f[11].into(), password: f[12].into() }),
                     });
                 }
                 "viewer" => {
-                    if f.len() != 6 {
+                    if f.len() != 6 && f.len() != 8 {
                         die(format!("bad line {line:?}"));
                     }
                     c.viewers.push(ViewerCfg {
@@ -189,6 +204,7 @@ impl Config {
                         rx_salt: hex(f[3]),
                         video_ssrc: num(4) as u32,
                         audio_ssrc: num(5) as u32,
+                        ice: (f.len() == 8).then(|| Ice { username: f[6].into(), password: f[7].into() }),
                     });
                 }
                 other => die(format!("unknown setting {other:?}")),
@@ -343,6 +359,29 @@ fn run_sender(cfg: &Config, win: &Window, key_frame_wanted: &AtomicBool) -> Send
         st.send_failed += r.failed as u64;
     }
     st
+}
+
+/// Consent freshness checks (RFC 7675) as browsers send them on their selected pair: one
+/// Binding request per endpoint every CONSENT_INTERVAL, spread evenly, until `stop_at`.
+/// Their answers come to the endpoints' sockets and are ignored there. Returns how many.
+fn run_consent(cfg: &Config, stop_at: u64) -> u64 {
+    let producer = cfg.producer.iter().filter_map(|p| p.ice.as_ref().map(|i| (p.fd, i)));
+    let who: Vec<(RawFd, &Ice)> = producer.chain(cfg.viewers.iter().filter_map(|v| v.ice.as_ref().map(|i| (v.fd, i)))).collect();
+    if who.is_empty() {
+        return 0;
+    }
+    let gap = CONSENT_INTERVAL / who.len() as u32;
+    let mut sent = 0u64;
+    for (fd, ice) in who.iter().cycle() {
+        if realtime_ns() >= stop_at {
+            break;
+        }
+        let req = stun_check::build_binding_request(&ice.username, ice.password.as_bytes(), true);
+        send_batch(*fd, std::iter::once((&cfg.server, req.as_slice())));
+        sent += 1;
+        thread::sleep(gap);
+    }
+    sent
 }
 
 #[derive(Default, Clone, Copy)]
@@ -797,6 +836,8 @@ fn main() {
         .unwrap();
     let (c3, w3, k3) = (cfg.clone(), win.clone(), key_frame_wanted.clone());
     let tx_thread = thread::Builder::new().name("loadgen-tx".into()).spawn(move || run_sender(&c3, &w3, &k3)).unwrap();
+    let c4 = cfg.clone();
+    let consent_thread = thread::Builder::new().name("loadgen-ice".into()).spawn(move || run_consent(&c4, stop_at)).unwrap();
 
     let sleep_until = |t: u64| {
         let now = realtime_ns();
@@ -820,6 +861,7 @@ fn main() {
     let rss = proc_rss_kib(pid);
     let sent = tx_thread.join().unwrap();
     let rx = rx_thread.join().unwrap();
+    let consent_sent = consent_thread.join().unwrap();
 
     let n = rx.viewers.len() as u64;
     let elapsed = (t1 - t0) as f64 / 1e9;
@@ -848,7 +890,7 @@ fn main() {
             "\"lag_all_ms\": {{\"mean\": {:.1}, \"max\": {:.1}}}, ",
             "\"latency_ms\": {{\"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max_bucket_overflow\": {}}}, ",
             "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"producer_stale\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}}}, ",
-            "\"udp\": {{\"RcvbufErrors\": {}, \"SndbufErrors\": {}, \"InErrors\": {}}}}}"
+            "\"udp\": {{\"RcvbufErrors\": {}, \"SndbufErrors\": {}, \"InErrors\": {}}}, \"consent_checks_sent\": {}}}"
         ),
         n,
         cfg.profile.name(),
@@ -901,5 +943,6 @@ fn main() {
         d("RcvbufErrors"),
         d("SndbufErrors"),
         d("InErrors"),
+        consent_sent,
     );
 }
