@@ -17,13 +17,13 @@ test-rust:
 	cargo build --release -p pysfu-loadgen
 
 # Bounded fuzzing of every cargo-fuzz target (fuzz/), FUZZ_SECONDS each; non-zero on a crash.
-# `make test` runs the short variant (15 s per target) to keep .ci/run within its budget.
+# `make test` runs the short variant (10 s per target) to keep .ci/run within its budget.
 FUZZ_SECONDS ?= 45
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 fuzz-ci:
-	scripts/fuzz.sh 15
+	scripts/fuzz.sh 10
 
 test-python:
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
