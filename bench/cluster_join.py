@@ -29,11 +29,11 @@ from typing import Any
 
 import trio
 
-from pysfu.client import SignalingClient, connect
+from pysfu.client import connect
 from pysfu.testing.cluster_nodes import Node, redis_server, serve_node
 from pysfu.testing.fixtures import device_caps, vp8_producer
 from pysfu.testing.media_room import CHROME_MID_EXT, CHROME_VP8_PT, HOST_SSRC
-from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp, vp8_payload
+from pysfu.testing.webrtc_peer import WebRtcPeer, build_rtp, connected_peer, vp8_payload
 
 ROOM = "bench"
 FRAME_INTERVAL = 0.005
@@ -46,13 +46,6 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def open_peer(client: SignalingClient, direction: str) -> WebRtcPeer:
-    transport = await client.create_transport(ROOM, direction)
-    peer = WebRtcPeer(transport)
-    await peer.bind()
-    await client.connect_transport(ROOM, transport["id"], peer.dtls_parameters())
-    await peer.connect()
-    return peer
 
 
 JOIN_ANSWER: list[tuple[str, float]] = []  # (node, seconds from join request to answer)
@@ -65,7 +58,7 @@ async def viewer(stack: AsyncExitStack, node: Node, name: str) -> tuple[float, W
     await c.join(ROOM, "viewer", name)
     JOIN_ANSWER.append((node.node_id, trio.current_time() - start))
     producers = await c.get_producers(ROOM)
-    peer = await open_peer(c, "recv")
+    peer = await connected_peer(c, ROOM, "recv")
     stack.callback(peer.close)
     caps = device_caps(await c.router_rtp_capabilities(ROOM))
     consumer = await c.consume(ROOM, peer.transport["id"], producers[0]["id"], caps)
@@ -102,7 +95,7 @@ async def fan_out(a: Node, b: Node, where: Node, n: int, seconds: float) -> dict
     async with trio.open_nursery() as tasks, AsyncExitStack() as stack:
         host = await stack.enter_async_context(connect(a.ws_url))
         await host.join(ROOM, "host", "host")
-        host_peer = await open_peer(host, "send")
+        host_peer = await connected_peer(host, ROOM, "send")
         stack.callback(host_peer.close)
         await host.produce(ROOM, host_peer.transport["id"], "video",
                            vp8_producer(mid="0", ssrc=HOST_SSRC))
@@ -131,7 +124,7 @@ async def join_latency(a: Node, b: Node, joins: int) -> dict[str, Any]:
     async with trio.open_nursery() as tasks, AsyncExitStack() as stack:
         host = await stack.enter_async_context(connect(a.ws_url))
         await host.join(ROOM, "host", "host")
-        host_peer = await open_peer(host, "send")
+        host_peer = await connected_peer(host, ROOM, "send")
         stack.callback(host_peer.close)
         await host.produce(ROOM, host_peer.transport["id"], "video",
                            vp8_producer(mid="0", ssrc=HOST_SSRC))

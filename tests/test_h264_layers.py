@@ -17,7 +17,7 @@ import trio
 from pysfu import ortc
 from pysfu.client import SignalingClient
 from pysfu.testing.fixtures import MID, device_caps
-from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp, connected_peer
 
 ROOM = "h264"
 H264_PT = 102
@@ -63,13 +63,6 @@ def frame_packet(frame: int) -> bytes:
                      extensions={MID_ID: b"0", DD_ID: descriptor(frame)})
 
 
-async def open_peer(client: SignalingClient, direction: str) -> WebRtcPeer:
-    transport = await client.create_transport(ROOM, direction)
-    peer = WebRtcPeer(transport)
-    await peer.bind()
-    await client.connect_transport(ROOM, transport["id"], peer.dtls_parameters())
-    await peer.connect()
-    return peer
 
 
 @dataclass
@@ -111,13 +104,13 @@ async def h264_room(client: Callable[[], Any], dd: bool) -> AsyncIterator[Room]:
     async with AsyncExitStack() as stack:
         host = await stack.enter_async_context(client())
         await host.join(ROOM, "host", "host")
-        host_peer = await open_peer(host, "send")
+        host_peer = await connected_peer(host, ROOM, "send")
         stack.callback(host_peer.close)
         producer_id = await host.produce(ROOM, host_peer.transport["id"], "video",
                                          h264_producer(dd))
         viewer = await stack.enter_async_context(client())
         await viewer.join(ROOM, "viewer", "viewer")
-        viewer_peer = await open_peer(viewer, "recv")
+        viewer_peer = await connected_peer(viewer, ROOM, "recv")
         stack.callback(viewer_peer.close)
         caps = device_caps(await viewer.router_rtp_capabilities(ROOM), only={"video/h264"})
         consumer = await viewer.consume(ROOM, viewer_peer.transport["id"], producer_id, caps)

@@ -27,19 +27,12 @@ from pysfu.testing.simulcast_peer import (
     payload_layer,
     simulcast_producer,
 )
-from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, connected_peer
 from tests.conftest import test_config
 
 ROOM_A, ROOM_B = "origin", "edge"
 
 
-async def open_peer(client: SignalingClient, room: str, direction: str) -> WebRtcPeer:
-    transport = await client.create_transport(room, direction)
-    peer = WebRtcPeer(transport)
-    await peer.bind()
-    await client.connect_transport(room, transport["id"], peer.dtls_parameters())
-    await peer.connect()
-    return peer
 
 
 @dataclass
@@ -92,14 +85,14 @@ async def setup(server: Server, nursery: trio.Nursery) -> AsyncIterator[Setup]:
     async with AsyncExitStack() as stack:
         host = await stack.enter_async_context(connect(f"ws://127.0.0.1:{server.port}/ws"))
         await host.join(ROOM_A, "host", "host")
-        host_peer = await open_peer(host, ROOM_A, "send")
+        host_peer = await connected_peer(host, ROOM_A, "send")
         stack.callback(host_peer.close)
         producer_id = await host.produce(ROOM_A, host_peer.transport["id"], "video",
                                          simulcast_producer())
         sender = SimulcastSender(host_peer)
         vc = await stack.enter_async_context(connect(f"ws://127.0.0.1:{other.port}/ws"))
         await vc.join(ROOM_B, "viewer", "edge-viewer")
-        edge_peer = await open_peer(vc, ROOM_B, "recv")
+        edge_peer = await connected_peer(vc, ROOM_B, "recv")
         stack.callback(edge_peer.close)
         async with trio.open_nursery() as tasks:
             tasks.start_soon(sender.read_rtcp)

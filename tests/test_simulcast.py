@@ -31,18 +31,11 @@ from pysfu.testing.simulcast_peer import (
     send_rtcp,
     simulcast_producer,
 )
-from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, connected_peer
 
 ROOM = "simulcast"
 
 
-async def open_peer(client: SignalingClient, direction: str) -> WebRtcPeer:
-    transport = await client.create_transport(ROOM, direction)
-    peer = WebRtcPeer(transport)
-    await peer.bind()
-    await client.connect_transport(ROOM, transport["id"], peer.dtls_parameters())
-    await peer.connect()
-    return peer
 
 
 @dataclass
@@ -114,7 +107,7 @@ async def setup(server: Server, client: Any, nursery: trio.Nursery) -> AsyncIter
     async with AsyncExitStack() as stack:
         host = await stack.enter_async_context(client())
         await host.join(ROOM, "host", "host")
-        host_peer = await open_peer(host, "send")
+        host_peer = await connected_peer(host, ROOM, "send")
         stack.callback(host_peer.close)
         producer_id = await host.produce(ROOM, host_peer.transport["id"], "video",
                                          simulcast_producer())
@@ -123,7 +116,7 @@ async def setup(server: Server, client: Any, nursery: trio.Nursery) -> AsyncIter
         start(sender.run)
         vc = await stack.enter_async_context(client())
         await vc.join(ROOM, "viewer", "viewer")
-        viewer_peer = await open_peer(vc, "recv")
+        viewer_peer = await connected_peer(vc, ROOM, "recv")
         stack.callback(viewer_peer.close)
         caps = device_caps(await vc.router_rtp_capabilities(ROOM))
         consumer = await vc.consume(ROOM, viewer_peer.transport["id"], producer_id, caps)

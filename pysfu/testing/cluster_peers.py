@@ -15,17 +15,9 @@ from pysfu.client import SignalingClient, connect, connect_and_join
 from pysfu.testing.cluster_nodes import Node
 from pysfu.testing.fixtures import device_caps, vp8_producer
 from pysfu.testing.media_room import CHROME_MID_EXT, CHROME_VP8_PT, HOST_SSRC
-from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp, vp8_payload
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp, connected_peer, vp8_payload
 
-
-async def open_peer(client: SignalingClient, room: str, direction: str) -> WebRtcPeer:
-    """A transport of ``client`` in ``room`` and a connected test peer on it."""
-    transport = await client.create_transport(room, direction)
-    peer = WebRtcPeer(transport)
-    await peer.bind()
-    await client.connect_transport(room, transport["id"], peer.dtls_parameters())
-    await peer.connect()
-    return peer
+open_peer = connected_peer  # (client, room, direction): a connected test peer in ``room``
 
 
 async def start_host(stack: AsyncExitStack, node: Node | str, room: str, *,

@@ -21,7 +21,7 @@ import trio
 from pysfu.client import SignalingClient
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps, vp8_producer
-from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp, vp8_payload
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_rtp, connected_peer, vp8_payload
 
 ROOM = "media"
 HOST_SSRC = 0x11223344
@@ -48,12 +48,8 @@ class Viewer:
 
 
 async def open_peer(client: SignalingClient, direction: str, **kwargs: Any) -> WebRtcPeer:
-    transport = await client.create_transport(ROOM, direction)
-    peer = WebRtcPeer(transport, **kwargs)
-    await peer.bind()
-    await client.connect_transport(ROOM, transport["id"], peer.dtls_parameters())
-    await peer.connect()
-    return peer
+    """A connected test peer on a new transport in ``ROOM``."""
+    return await connected_peer(client, ROOM, direction, **kwargs)
 
 
 @pytest.fixture

@@ -349,6 +349,17 @@ class WebRtcPeer:
         return None
 
 
+async def connected_peer(client: Any, room: str, direction: str, **kwargs: Any) -> WebRtcPeer:
+    """A ``direction`` transport of signaling ``client`` in ``room`` and a test peer on it,
+    connected (ICE, DTLS, SRTP) as a browser would; ``kwargs`` go to :class:`WebRtcPeer`."""
+    transport = await client.create_transport(room, direction)
+    peer = WebRtcPeer(transport, **kwargs)
+    await peer.bind()
+    await client.connect_transport(room, transport["id"], peer.dtls_parameters())
+    await peer.connect()
+    return peer
+
+
 def build_nack(sender_ssrc: int, media_ssrc: int, seqs: list[int]) -> bytes:
     """RTPFB generic NACK (RFC 4585 §6.2.1) for ``seqs``."""
     fci = b""
