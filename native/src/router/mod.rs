@@ -24,6 +24,7 @@ mod output;
 mod layering;
 mod plain;
 mod probing;
+mod seal;
 mod producer;
 mod spec;
 mod stats;
@@ -48,6 +49,7 @@ use feedback::RtcpWork;
 use producer::Producer;
 use transport::Transport;
 
+pub use seal::{sender, KeyEvent, Seal};
 pub use output::{DropReason, Drops, Output, Transmit, UpKind, Upcall};
 pub use spec::{
     CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, KeyFrameMethod, ProducerSpec, Removed, RouterError, SrtpKeys, URI_MID, URI_RID, URI_RRID,
@@ -120,6 +122,8 @@ pub struct Router {
     connect_pending: Option<Handle>,
     /// Transports that were just sent their first forwarded media packet, and where.
     first_media: Vec<(Handle, Remote)>,
+    /// Where outbound SRTP is applied: here, or by each transport's owner worker.
+    sealing: seal::Sealing,
 }
 
 impl Router {
@@ -146,7 +150,20 @@ impl Router {
             rtcp_work: RtcpWork::default(),
             connect_pending: None,
             first_media: Vec::new(),
+            sealing: seal::Sealing::default(),
         }
+    }
+
+    /// The engine runs `workers` workers: with more than one, transports given keys from now
+    /// on are protected by their owner worker (`seal.rs`), not under the router.
+    pub fn set_workers(&mut self, workers: usize) {
+        self.sealing.set_workers(workers);
+    }
+
+    /// Outbound contexts for owner workers (and what they can drop), oldest first. The
+    /// engine queues them to the owners before it releases the router.
+    pub fn take_key_events(&mut self) -> Vec<KeyEvent> {
+        self.sealing.take()
     }
 
     fn handle_in_use(&self, h: Handle) -> bool {

@@ -6,6 +6,7 @@ mod bwe;
 mod forwarding;
 mod ice;
 mod loss;
+mod owners;
 mod pipe;
 mod plain;
 mod plain_rtcp;
