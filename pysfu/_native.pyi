@@ -147,11 +147,16 @@ class Engine:
     @property
     def workers(self) -> int: ...
     def sending_worker(self, ip: str, port: int) -> int:
-        """The worker whose socket sends to UDP remote ip:port (a stable hash of it)."""
+        """The worker whose socket sends to UDP remote ip:port (a stable hash of it); with
+        several workers also the owner that protects the SRTP of a transport whose DTLS
+        completed with that address."""
     def worker_stats(self) -> list[dict[str, int]]:
         """Per worker, datagrams: ``received`` (its socket), ``sent`` (its socket),
         ``handedOff`` (to other workers), ``taken`` (from its inbox), ``inboxFull`` (dropped:
-        its inbox was full), ``inboxPeak`` (batches waiting at most)."""
+        its inbox was full), ``inboxPeak`` (batches waiting at most); ``sealed`` (protected
+        for the transports it owns: several workers), ``sealNoKey`` and ``sealFailed``
+        (dropped instead: no context for their keys; protection failed), ``contexts``
+        (outbound SRTP contexts it holds now: the transports it owns)."""
     @property
     def gso(self) -> bool:
         """GSO in use now: the setting, unless the kernel refused it since."""
@@ -232,7 +237,8 @@ class Engine:
         """Datagrams and packets dropped, by reason (stable keys), with what the ICE-TCP edge
         refused, dropped and closed: ``tcp_refused_*``, ``tcp_queue_full``, ``tcp_closed_*``,
         ``tcp_no_connection``, ``tcp_accept_errors``; ``workerInboxFull`` (fan-out datagrams
-        for another worker whose inbox was full)."""
+        for another worker whose inbox was full), ``workerSealNoKey`` and ``workerSealFailed``
+        (datagrams an owner worker could not protect)."""
     def take_panic(self) -> str | None: ...
     def _test_panic(self, place: Literal["io", "control", "pyo3"]) -> None: ...
     def close(self) -> None: ...

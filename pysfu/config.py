@@ -46,10 +46,11 @@ class Config:
     gso: bool = True
     # Media I/O worker threads, each with its own UDP socket on rtc_port (SO_REUSEPORT): a
     # remote's datagrams go to one worker; fan-out to viewers another worker sends to crosses
-    # over a bounded queue. Default: one per core.
-    # Media I/O workers. 1 by default: with one shared router, a second worker costs more CPU
-    # per packet than it saves (bench/engine_fanout.py --workers 1 vs 2 on 2 cores: 1.6 vs
-    # 2.0 us per forwarded packet, the busiest thread 0.96 vs 0.86 of a core); set it to the
+    # over a bounded queue, and each transport's SRTP is protected by its owner worker.
+    # Media I/O workers. 1 by default: with one shared router, a second worker still costs
+    # more CPU per packet than it saves on 2 cores (bench/engine_fanout.py --workers 1 vs 2,
+    # owners protecting: 1.2-1.4 vs 1.8-2.0 us per forwarded packet, the ingress worker
+    # still ~60 % of the work: it routes and copies every consumer's packet); set it to the
     # number of cores where the send path, not the router, is the bottleneck.
     workers: int = 1
     # Plain transports (RTP in/out without ICE/DTLS, ffmpeg/GStreamer): one UDP port each,

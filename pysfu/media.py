@@ -220,7 +220,8 @@ class MediaEngine:
 
     def worker_stats(self) -> list[dict[str, int]]:
         """Per media worker: datagrams received, sent, handed to other workers, taken from
-        its inbox, dropped with its inbox full (``Engine.worker_stats``)."""
+        its inbox, dropped with its inbox full, protected as the owner of their transport
+        (``Engine.worker_stats``)."""
         return [dict(w) for w in self.native.worker_stats()]
 
     def totals(self) -> dict[str, int]:

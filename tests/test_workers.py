@@ -80,6 +80,13 @@ async def test_producer_on_one_worker_consumers_on_another(
             owned = owners.count(w)
             assert sent[w] >= FRAMES * owned, (w, sent, owners)
             assert owned > 0 and sent[w] > 0, f"worker {w} sent nothing: {sent}"
+        # Protected by their owner, not by the ingress worker: each worker sealed at least
+        # its viewers' packets, and none was dropped for want of keys.
+        sealed = _delta(after, before, "sealed")
+        for w in (0, 1):
+            assert sealed[w] >= FRAMES * owners.count(w), (w, sealed, owners)
+        assert all(w["sealNoKey"] == 0 and w["sealFailed"] == 0 for w in after)
+        assert sum(w["contexts"] for w in after) >= len(viewers) + 1, after
         # The ingress worker handed the other worker's viewers' packets over its queue.
         assert _delta(after, before, "handedOff")[ingress] >= FRAMES * owners.count(other)
         assert _delta(after, before, "taken")[other] >= FRAMES * owners.count(other)
@@ -91,6 +98,10 @@ async def test_producer_on_one_worker_consumers_on_another(
         for viewer in viewers:
             await viewer.client.next_notification("roomClosed")
         await room.finished.wait()
+    # Every transport's outbound context left its owner with the transport.
+    with trio.fail_after(3):
+        while any(w["contexts"] for w in media.worker_stats()):
+            await trio.sleep(0.05)
     assert media.counts() == {"transports": 0, "producers": 0, "consumers": 0, "streams": 0,
                               "tuples": 0, "tcp_connections": 0}
 
@@ -101,4 +112,5 @@ async def test_workers_setting_reaches_the_engine(server: Server) -> None:
     stats = server.media.worker_stats()
     assert len(stats) == server.config.workers
     assert set(stats[0]) == {"received", "sent", "handedOff", "taken", "inboxFull",
-                             "inboxPeak"}
+                             "inboxPeak", "sealed", "sealNoKey", "sealFailed",
+                             "contexts"}

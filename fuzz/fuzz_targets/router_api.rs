@@ -2,7 +2,10 @@
 //! transports, producers and consumers (plus tuples over UDP and TCP, closed TCP connections,
 //! keys, ICE restarts, datagrams and timers between them). Each call succeeds exactly when the model says it should, and counts, pause
 //! states and cascades (closing a transport closes its producers and their consumers)
-//! match after every step.
+//! match after every step. Inputs whose first byte has its high bit set run the router as for
+//! two workers: every datagram it makes is sealed by its transport's owner (`Keyring`), which
+//! has the keys it needs at each step (no datagram lacks them), and holds exactly one context
+//! per keyed transport.
 #![no_main]
 
 mod common;
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use pysfu_native::router::{Handle, Output, Removed, Router, SrtpKeys, StatValue, MAX_TUPLES};
+use pysfu_native::sealing::Keyring;
 
 #[derive(Default)]
 struct Model {
@@ -77,6 +81,10 @@ fuzz_target!(|data: &[u8]| {
     let mut r = common::router(now);
     let mut m = Model::default();
     let mut out = Output::new();
+    let workers = if data.first().is_some_and(|b| b & 0x80 != 0) { 2 } else { 1 };
+    r.set_workers(workers);
+    let mut rings: Vec<Keyring> = (0..workers).map(|_| Keyring::new()).collect();
+    let mut keyed: HashSet<Handle> = HashSet::new();
     for op in data.chunks_exact(3).take(2000) {
         let (kind, a, b) = (op[0] % 15, op[1], op[2]);
         let t = 1 + (a % 6) as Handle;
@@ -93,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
                 let removed = r.remove_transport(t);
                 assert_eq!(removed.is_ok(), known);
                 let gone = m.remove_transport(t);
+                keyed.remove(&t);
                 if let Ok(removed) = removed {
                     assert_eq!(sorted(removed), gone, "the router reports what it removed");
                 }
@@ -161,6 +170,9 @@ fuzz_target!(|data: &[u8]| {
                 let dtls = (b & 0x40 != 0).then(|| common::remote(b));
                 let ok = r.set_srtp(now, t, &SrtpKeys::new(common::PROFILE.name(), &k, &s, &k, &s), dtls, &mut out).is_ok();
                 assert_eq!(ok, m.transports.contains(&t));
+                if ok {
+                    keyed.insert(t);
+                }
             }
             10 => {
                 let pkt = [0x80 | (b & 0x3f), 96 + (a & 0x7f), 0, b, 0, 0, 0, 1, 0, 0x10, 0, 0, 1, 2, 3, 4];
@@ -191,6 +203,22 @@ fuzz_target!(|data: &[u8]| {
                 let _ = r.take_upcalls();
                 let _ = r.stats(now, u64::from(a));
             }
+        }
+        for ev in r.take_key_events() {
+            assert!(workers > 1, "one worker protects under the router");
+            rings[ev.owner()].apply(ev);
+        }
+        if workers > 1 {
+            for (me, ring) in rings.iter_mut().enumerate() {
+                let mut mine: Vec<_> = out.transmits.iter().filter(|t| t.seal.is_some_and(|s| s.owner as usize == me)).map(|t| pysfu_native::router::Transmit { dest: t.dest, buf: t.buf.clone(), seal: t.seal }).collect();
+                let n = mine.len() as u64;
+                let c = ring.seal(&mut mine, || None);
+                assert_eq!(c.no_key, 0, "the owner has the keys of every datagram it is given");
+                assert_eq!(c.sealed + c.failed, n);
+            }
+            assert_eq!(rings.iter().map(Keyring::len).sum::<usize>(), keyed.len(), "one context per keyed transport");
+        } else {
+            assert!(out.transmits.iter().all(|t| t.seal.is_none()));
         }
         out.recycle();
         m.check(&r);

@@ -35,7 +35,7 @@ impl Model {
         let dest = if d % 5 == 4 { Remote::tcp(addr) } else { Remote::udp(addr) };
         let mut buf = n.to_be_bytes().to_vec();
         buf.push(maker as u8);
-        Transmit { dest, buf }
+        Transmit::new(dest, buf)
     }
 
     /// Worker `me` sends `t`: UDP only by its owner, per destination in order.

@@ -30,7 +30,8 @@ use crate::remote::{Remote, Via};
 use crate::tcp::{self, Frames, TcpEdge};
 use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, SrtpKeys, StatValue, Transmit};
 use crate::wake::EventFd;
-use crate::workers::{Mesh, Partitioner, MAX_WORKERS};
+use crate::sealing::Keyring;
+use crate::workers::{Batch, Mesh, Partitioner, MAX_WORKERS, NO_WORKER};
 
 /// Periodic router work (key frame re-requests) at least this often.
 const TICK: Duration = Duration::from_millis(50);
@@ -78,9 +79,12 @@ fn os_seed() -> u64 {
 
 /// A router for an engine started now: OS randomness, the monotonic and the wall clock,
 /// read here at the I/O edge.
-fn new_router() -> Router {
+fn new_router(workers: usize) -> Router {
     let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    Router::new(os_seed(), Instant::now(), unix_time)
+    let mut router = Router::new(os_seed(), Instant::now(), unix_time);
+    // Several workers: each transport's outbound SRTP is applied by its owner (sealing.rs).
+    router.set_workers(workers);
+    router
 }
 
 fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
@@ -142,10 +146,36 @@ impl Shared {
         &self.workers[0].socket
     }
 
-    /// Send a batch produced by the router (called with or without the router lock, never
-    /// with the TCP lock).
+    /// Send a batch produced by the router outside a worker (control calls, the plain
+    /// thread; with or without the router lock, never with the TCP lock): datagrams still to
+    /// be protected go to their owner worker's inbox, the rest leave by worker 0's socket.
     fn send(&self, out: &mut Output) {
+        if out.transmits.iter().any(|t| t.seal.is_some()) {
+            let mut by_owner: Vec<Vec<Transmit>> = (0..self.workers.len()).map(|_| Vec::new()).collect();
+            let mut rest = Vec::with_capacity(out.transmits.len());
+            for t in out.transmits.drain(..) {
+                match t.seal {
+                    Some(s) => by_owner[(s.owner as usize).min(self.workers.len() - 1)].push(t),
+                    None => rest.push(t),
+                }
+            }
+            out.transmits = rest;
+            for (to, transmits) in by_owner.into_iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+                // Full inbox: dropped and counted (`workerInboxFull`) as a worker's hand-off.
+                if self.mesh.hand_off(to, Batch { from: NO_WORKER, transmits }).is_ok() {
+                    self.workers[to].wake.set();
+                }
+            }
+        }
         self.send_via(self.socket().as_raw_fd(), out, None);
+    }
+
+    /// Queue the router's key events to their owner workers. Call before releasing the router
+    /// lock of any call that may have produced some (`sealing.rs`).
+    fn publish_keys(&self, st: &mut State) {
+        for ev in st.router.take_key_events() {
+            self.mesh.push_key(ev);
+        }
     }
 
     /// As `send`, UDP from socket `fd`; with a planner (the worker's) and GSO on, the UDP
@@ -252,7 +282,7 @@ impl Shared {
             }
             Via::Tcp => self.send_tcp(std::iter::once((dest.addr, data))),
             Via::Plain(_) => {
-                let failed = self.plain.send(std::iter::once(&Transmit { dest, buf: data.to_vec() }));
+                let failed = self.plain.send(std::iter::once(&Transmit::new(dest, data.to_vec())));
                 if failed > 0 {
                     self.send_failed.fetch_add(failed, Ordering::Relaxed);
                 }
@@ -281,6 +311,7 @@ impl Shared {
 
     /// Set the up fd if there is something to drain and it is not set yet. Call with the lock.
     fn signal(&self, st: &mut State) {
+        self.publish_keys(st);
         if !st.signalled && st.router.has_upcalls() {
             st.signalled = true;
             self.up_fd.set();
@@ -296,6 +327,8 @@ struct Worker {
     out: Output,
     planner: Planner,
     part: Partitioner,
+    /// The outbound SRTP contexts of the transports this worker owns.
+    keys: Keyring,
 }
 
 impl Worker {
@@ -307,6 +340,34 @@ impl Worker {
             out: Output::new(),
             planner: Planner::new(),
             part: Partitioner::new(me, shared.workers.len()),
+            keys: Keyring::new(),
+        }
+    }
+
+    /// Apply the key events queued for this worker (each turn of its loop, so a removed
+    /// transport's context goes without waiting for traffic).
+    fn apply_keys(&mut self, shared: &Shared) {
+        let mut any = false;
+        while let Some(ev) = shared.mesh.pop_key(self.me) {
+            self.keys.apply(ev);
+            any = true;
+        }
+        if any {
+            shared.mesh.inbox(self.me).counters.contexts.store(self.keys.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Protect the datagrams of `transmits` left sealed for this worker (`sealing.rs`).
+    fn seal(keys: &mut Keyring, shared: &Shared, me: usize, transmits: &mut Vec<Transmit>) {
+        let counters = &shared.mesh.inbox(me).counters;
+        let d = keys.seal(transmits, || shared.mesh.pop_key(me));
+        counters.contexts.store(keys.len() as u64, Ordering::Relaxed);
+        if d.sealed > 0 {
+            counters.sealed.fetch_add(d.sealed, Ordering::Relaxed);
+        }
+        if d.no_key + d.failed > 0 {
+            counters.seal_no_key.fetch_add(d.no_key, Ordering::Relaxed);
+            counters.seal_failed.fetch_add(d.failed, Ordering::Relaxed);
         }
     }
 
@@ -322,8 +383,10 @@ impl Worker {
 
     /// Send what other workers handed to this one, oldest first, from this worker's socket.
     fn drain_inbox(&mut self, shared: &Shared) {
+        self.apply_keys(shared);
         let counters = &shared.mesh.inbox(self.me).counters;
-        while let Some(b) = shared.mesh.take(self.me) {
+        while let Some(mut b) = shared.mesh.take(self.me) {
+            Self::seal(&mut self.keys, shared, self.me, &mut b.transmits);
             let sent = shared.send_transmits(self.fd, &b.transmits, Some(&mut self.planner));
             counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
             shared.mesh.give_back(b);
@@ -349,6 +412,7 @@ impl Worker {
                 }
             }
         }
+        Self::seal(&mut self.keys, shared, self.me, &mut self.out.transmits);
         let sent = shared.send_via(self.fd, &mut self.out, Some(&mut self.planner));
         shared.mesh.inbox(self.me).counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
     }
@@ -692,6 +756,7 @@ impl Engine {
             let r = {
                 let mut st = shared.state.lock();
                 let r = catch_unwind(AssertUnwindSafe(|| f(&mut st.router, Instant::now(), &mut out)));
+                shared.publish_keys(&mut st);
                 match r {
                     Ok(r) => r,
                     Err(_) => {
@@ -802,7 +867,7 @@ impl Engine {
         let plain = PlainSockets::new().map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
         plain.watch_stop(stop_fd.as_raw_fd()).map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { router: new_router(), signalled: false, last_panic: None, panic_next: false }),
+            state: Mutex::new(State { router: new_router(ios.len()), signalled: false, last_panic: None, panic_next: false }),
             mesh: Mesh::new(ios.len()),
             timer_at: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
@@ -855,7 +920,10 @@ impl Engine {
 
     /// Per worker (index = worker), datagrams: `received` from its socket, `sent` by its
     /// socket, `handedOff` to other workers, `taken` from its inbox, `inboxFull` dropped
-    /// because its inbox was full, `inboxPeak` (batches waiting at most).
+    /// because its inbox was full, `inboxPeak` (batches waiting at most); `sealed` datagrams
+    /// it protected for the transports it owns (several workers), `sealNoKey` and
+    /// `sealFailed` those it dropped instead (no context for their keys; protection failed),
+    /// `contexts` (outbound SRTP contexts it holds now: the transports it owns).
     fn worker_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let shared = self.shared()?;
         let list = PyList::empty(py);
@@ -869,6 +937,10 @@ impl Engine {
                 ("taken", &c.taken),
                 ("inboxFull", &c.inbox_full),
                 ("inboxPeak", &c.inbox_peak),
+                ("sealed", &c.sealed),
+                ("sealNoKey", &c.seal_no_key),
+                ("sealFailed", &c.seal_failed),
+                ("contexts", &c.contexts),
             ] {
                 d.set_item(k, v.load(Ordering::Relaxed))?;
             }
@@ -1195,6 +1267,11 @@ impl Engine {
         }
         // Datagrams a worker made for another worker whose inbox was full (workers.rs).
         d.set_item("workerInboxFull", shared.mesh.inbox_full())?;
+        // Datagrams an owner worker could not protect (sealing.rs): no keys (the transport
+        // went or was re-keyed meanwhile), or protection failed.
+        let (no_key, failed) = shared.mesh.seal_drops();
+        d.set_item("workerSealNoKey", no_key)?;
+        d.set_item("workerSealFailed", failed)?;
         Ok(d)
     }
 

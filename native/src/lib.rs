@@ -29,6 +29,7 @@ pub mod vp9;
 pub mod svc;
 pub mod wake;
 pub mod workers;
+pub mod sealing;
 pub mod dcep;
 pub mod dd;
 pub mod sctp;

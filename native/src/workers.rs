@@ -16,15 +16,19 @@
 //! buffers into its router output pool and reuses the vector: no allocation per packet.
 //! Everything not UDP (TCP connections, plain/pipe sockets) stays with the worker that
 //! produced it, as with one worker.
+//! With several workers a WebRTC transport's datagrams leave the router unprotected, sealed
+//! for the transport's owner (`router/seal.rs`): they go to that worker whatever their
+//! destination, and it protects them just before sending (`sealing.rs`); its outbound SRTP
+//! context comes over the worker's key queue (`push_key`), filled under the router lock.
 
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::{ArrayQueue, SegQueue};
 
 use crate::remote::Via;
-use crate::router::Transmit;
+use crate::router::{KeyEvent, Transmit};
 
 /// Most workers an engine takes (more threads than this is a mistake, not a setting).
 pub const MAX_WORKERS: usize = 64;
@@ -47,10 +51,23 @@ pub fn owner(dest: &SocketAddr, workers: usize) -> usize {
     (h.finish() % workers as u64) as usize
 }
 
+/// The worker that sends `t`: a sealed datagram's transport owner (it protects it first),
+/// else the UDP destination's owner; None: whoever made it (TCP, plain/pipe sockets).
+fn sender_of(t: &Transmit, workers: usize) -> Option<usize> {
+    match t.seal {
+        Some(s) => Some(s.owner as usize),
+        None if t.dest.via == Via::Udp => Some(owner(&t.dest.addr, workers)),
+        None => None,
+    }
+}
+
 /// Whether worker `me` of `workers` keeps `t` (sends it itself).
 fn keeps(t: &Transmit, me: usize, workers: usize) -> bool {
-    t.dest.via != Via::Udp || owner(&t.dest.addr, workers) == me
+    sender_of(t, workers).is_none_or(|o| o == me)
 }
+
+/// `Batch::from` of a batch no worker made (the control and plain threads): not returned.
+pub const NO_WORKER: usize = usize::MAX;
 
 /// Transmits handed from worker `from` to another worker.
 pub struct Batch {
@@ -73,18 +90,33 @@ pub struct WorkerCounters {
     pub inbox_full: AtomicU64,
     /// Batches in this worker's inbox at most (a depth high-water mark).
     pub inbox_peak: AtomicU64,
+    /// Datagrams this worker protected for the transports it owns (`sealing.rs`).
+    pub sealed: AtomicU64,
+    /// Sealed datagrams dropped: no context for their transport's keys (removed, re-keyed).
+    pub seal_no_key: AtomicU64,
+    /// Sealed datagrams whose protection failed.
+    pub seal_failed: AtomicU64,
+    /// Outbound SRTP contexts this worker holds now (a gauge: the transports it owns).
+    pub contexts: AtomicU64,
 }
 
-/// One worker's queues: batches for it to send, and its own sent batches coming back.
+/// One worker's queues: batches for it to send, its own sent batches coming back, and the
+/// outbound SRTP contexts of the transports it owns (unbounded: one event per control call).
 pub struct Inbox {
     queue: ArrayQueue<Batch>,
     returns: ArrayQueue<Vec<Transmit>>,
+    keys: SegQueue<KeyEvent>,
     pub counters: WorkerCounters,
 }
 
 impl Inbox {
     fn new() -> Self {
-        Inbox { queue: ArrayQueue::new(INBOX_BATCHES), returns: ArrayQueue::new(RETURN_BATCHES), counters: WorkerCounters::default() }
+        Inbox {
+            queue: ArrayQueue::new(INBOX_BATCHES),
+            returns: ArrayQueue::new(RETURN_BATCHES),
+            keys: SegQueue::new(),
+            counters: WorkerCounters::default(),
+        }
     }
 }
 
@@ -131,14 +163,35 @@ impl Mesh {
         Some(b)
     }
 
-    /// A batch that was sent goes back to its maker (dropped if its return queue is full).
+    /// A batch that was sent goes back to its maker (dropped if its return queue is full, or
+    /// if no worker made it).
     pub fn give_back(&self, batch: Batch) {
-        let _ = self.inboxes[batch.from].returns.push(batch.transmits);
+        if let Some(maker) = self.inboxes.get(batch.from) {
+            let _ = maker.returns.push(batch.transmits);
+        }
+    }
+
+    /// Queue a key event for its owner worker (call with the router lock held, in the call
+    /// that produced it: then it is queued before any datagram that needs it).
+    pub fn push_key(&self, ev: KeyEvent) {
+        let to = ev.owner().min(self.inboxes.len() - 1);
+        self.inboxes[to].keys.push(ev);
+    }
+
+    /// The oldest key event for worker `me`.
+    pub fn pop_key(&self, me: usize) -> Option<KeyEvent> {
+        self.inboxes[me].keys.pop()
     }
 
     /// One of worker `me`'s sent batches, back (its transmits' buffers to reuse).
     pub fn take_returned(&self, me: usize) -> Option<Vec<Transmit>> {
         self.inboxes[me].returns.pop()
+    }
+
+    /// Sealed datagrams dropped by their owners, over every worker: (no key, failed).
+    pub fn seal_drops(&self) -> (u64, u64) {
+        let sum = |f: fn(&WorkerCounters) -> &AtomicU64| self.inboxes.iter().map(|i| f(&i.counters).load(Ordering::Relaxed)).sum();
+        (sum(|c| &c.seal_no_key), sum(|c| &c.seal_failed))
     }
 
     /// Datagrams dropped because an inbox was full, over every worker.
@@ -173,7 +226,7 @@ impl Partitioner {
             if keeps(&t, self.me, self.workers) {
                 self.local.push(t);
             } else {
-                let o = owner(&t.dest.addr, self.workers);
+                let o = sender_of(&t, self.workers).unwrap_or(self.me);
                 if self.outgoing[o].capacity() == 0 {
                     if let Some(v) = self.free.pop() {
                         self.outgoing[o] = v;
@@ -209,7 +262,7 @@ mod tests {
     use crate::remote::Remote;
 
     fn tx(port: u16, n: u32) -> Transmit {
-        Transmit { dest: Remote::udp(SocketAddr::from(([127, 0, 0, 1], port))), buf: n.to_be_bytes().to_vec() }
+        Transmit::new(Remote::udp(SocketAddr::from(([127, 0, 0, 1], port))), n.to_be_bytes().to_vec())
     }
 
     fn num(t: &Transmit) -> u32 {
@@ -232,7 +285,7 @@ mod tests {
     fn split_keeps_own_and_non_udp_in_order() {
         let mut p = Partitioner::new(0, 2);
         let mut ts: Vec<Transmit> = (0..200u32).map(|i| tx(30000 + (i % 20) as u16, i)).collect();
-        ts.push(Transmit { dest: Remote::tcp(SocketAddr::from(([127, 0, 0, 1], 1))), buf: 999u32.to_be_bytes().to_vec() });
+        ts.push(Transmit::new(Remote::tcp(SocketAddr::from(([127, 0, 0, 1], 1))), 999u32.to_be_bytes().to_vec()));
         p.split(&mut ts);
         assert!(ts.iter().all(|t| keeps(t, 0, 2)));
         assert_eq!(num(ts.last().unwrap()), 999, "TCP stays with the maker");

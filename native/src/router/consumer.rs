@@ -428,12 +428,12 @@ impl Consumer {
             Rewrite::None => {}
         }
         self.last_out = Some(now);
-        if tx.protect_rtp(&mut buf).is_err() {
+        let Ok(seal) = tx.protect_rtp(&mut buf) else {
             cx.drops.inc(DropReason::ProtectFailed);
             cx.out.give_back(buf);
             return None;
-        }
-        let len = buf.len();
+        };
+        let len = tx.wire_len(buf.len(), seal);
         self.stats.tx(len);
         ct.stats.tx(len);
         if let Some((_, seq)) = tcc {
@@ -447,7 +447,7 @@ impl Consumer {
             m.record(seq_out, seq_in, pkt.encoding as u8);
         }
         self.quality.tx.on_sent(now, ts_out, pkt.hdr.payload_len);
-        cx.out.push(dest, buf);
+        cx.out.push_sealed(dest, buf, seal);
         Some(len)
     }
 
@@ -477,18 +477,18 @@ impl Consumer {
             cx.out.give_back(buf);
             return None;
         }
-        if tx.protect_rtp(&mut buf).is_err() {
+        let Ok(seal) = tx.protect_rtp(&mut buf) else {
             cx.drops.inc(DropReason::ProtectFailed);
             cx.out.give_back(buf);
             return None;
-        }
-        let len = buf.len();
+        };
+        let len = tx.wire_len(buf.len(), seal);
         self.last_out = Some(now);
         self.stats.tx(len);
         ct.stats.tx(len);
         s.tx.on_sent(now, pkt.hdr.timestamp, pkt.hdr.payload_len);
         self.quality.tx.on_sent(now, pkt.hdr.timestamp, pkt.hdr.payload_len);
-        cx.out.push(dest, buf);
+        cx.out.push_sealed(dest, buf, seal);
         Some(len)
     }
 

@@ -88,6 +88,7 @@ impl Router {
             }
         }
         let t = self.transports.remove(&h).expect("checked above");
+        self.sealing.push(t.tx.as_ref().and_then(|tx| tx.removal()));
         for a in &t.tuples {
             if self.by_addr.get(&a.addr) == Some(&h) {
                 self.by_addr.remove(&a.addr);
@@ -188,7 +189,10 @@ impl Router {
         let rx = SrtpContext::new(p, &keys.remote_key, &keys.remote_salt).map_err(|e| bad("remote", e))?;
         let t = self.transports.get_mut(&h).expect("checked above");
         let was_connected = t.is_connected();
-        t.tx = Some(tx);
+        if let Some(old) = t.tx.take() {
+            self.sealing.push(old.removal());
+        }
+        t.tx = Some(self.sealing.install(h, remote.or(t.selected), tx));
         t.rx = Some(rx);
         if let Some(a) = remote {
             t.dtls_addr = Some(a);
@@ -347,9 +351,8 @@ impl Router {
                 keep
             });
             if let Some(tx) = t.tx.as_mut() {
-                for s in [c.ssrc].into_iter().chain(c.rtx_ssrc).chain(ssrcs) {
-                    tx.remove_ssrc(s);
-                }
+                let gone = tx.remove_ssrcs([c.ssrc].into_iter().chain(c.rtx_ssrc).chain(ssrcs).collect());
+                self.sealing.push(gone);
             }
         }
         if let Some(p) = self.producers.get_mut(&c.producer) {

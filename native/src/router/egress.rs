@@ -7,10 +7,10 @@ use std::time::Instant;
 use crate::dd;
 use crate::fasthash::HandleMap;
 use crate::rtp;
-use crate::srtp::SrtpContext;
 
 use super::consumer::Consumer;
 use super::output::{DropReason, Drops, Output};
+use super::seal::TxSrtp;
 use super::transport::{Counters, Transport};
 use super::Handle;
 
@@ -83,7 +83,7 @@ pub(super) fn fan_out(
 /// Protect an RTCP packet we built and queue it to `dest`, counting it on its transport;
 /// false (the buffer recycled, the drop counted) if protection failed.
 pub(super) fn push_rtcp(
-    tx: &mut SrtpContext,
+    tx: &mut TxSrtp,
     stats: &mut Counters,
     rtcp_out: &mut u64,
     drops: &mut Drops,
@@ -91,14 +91,14 @@ pub(super) fn push_rtcp(
     dest: Remote,
     mut buf: Vec<u8>,
 ) -> bool {
-    if tx.protect_rtcp(&mut buf).is_err() {
+    let Ok(seal) = tx.protect_rtcp(&mut buf) else {
         drops.inc(DropReason::ProtectFailed);
         out.give_back(buf);
         return false;
-    }
-    stats.tx(buf.len());
+    };
+    stats.tx(tx.wire_len(buf.len(), seal));
     *rtcp_out += 1;
-    out.push(dest, buf);
+    out.push_sealed(dest, buf, seal);
     true
 }
 

@@ -10,11 +10,11 @@ use crate::bwe::BandwidthEstimator;
 use crate::nack::Resend;
 use crate::rtcp;
 use crate::rtp;
-use crate::srtp::SrtpContext;
 
 use super::consumer::{rewrite_vp8, set_marker, Consumer, ConsumerQuality, Kind};
 use super::egress::{push_rtcp, write_egress, Egress};
 use super::output::{srtp_drop, DropReason, Drops, Output};
+use super::seal::TxSrtp;
 use super::producer::{Producer, PtInfo};
 use super::spec::KeyFrameMethod;
 use super::transport::{Counters, Transport};
@@ -348,11 +348,11 @@ impl Router {
         if let (false, Some(tx), Some(dest)) = (seqs.is_empty(), t.tx.as_mut(), dest) {
             let mut buf = out.take_buf();
             rtcp::build_nack(&mut buf, t.rtcp_ssrc, ssrc, seqs);
-            if tx.protect_rtcp(&mut buf).is_ok() {
-                t.stats.tx(buf.len());
+            if let Ok(seal) = tx.protect_rtcp(&mut buf) {
+                t.stats.tx(tx.wire_len(buf.len(), seal));
                 t.rtcp_out += 1;
                 e.quality.nacks_sent += 1;
-                out.push(dest, buf);
+                out.push_sealed(dest, buf, seal);
             } else {
                 drops.inc(DropReason::ProtectFailed);
                 out.give_back(buf);
@@ -508,23 +508,23 @@ fn as_rtx(buf: Vec<u8>, rtx: Option<(u32, u8)>, rtx_seq: &mut u16, drops: &mut D
 /// counting it (or count the failure and recycle the buffer). The length sent, if sent.
 fn send_retransmission(
     mut buf: Vec<u8>,
-    tx: &mut SrtpContext,
+    tx: &mut TxSrtp,
     q: &mut ConsumerQuality,
     stats: &mut Counters,
     drops: &mut Drops,
     out: &mut Output,
     dest: Remote,
 ) -> Option<usize> {
-    if tx.protect_rtp(&mut buf).is_err() {
+    let Ok(seal) = tx.protect_rtp(&mut buf) else {
         drops.inc(DropReason::ProtectFailed);
         out.give_back(buf);
         return None;
-    }
-    let len = buf.len();
+    };
+    let len = tx.wire_len(buf.len(), seal);
     q.budget.spend(len);
     q.tx.rtx_packets += 1;
     q.tx.rtx_bytes += len as u64;
     stats.tx(len);
-    out.push(dest, buf);
+    out.push_sealed(dest, buf, seal);
     Some(len)
 }

@@ -92,7 +92,7 @@ impl Router {
             stun_check::binding_success(data, from.addr, &t.ice_key, &mut buf);
             t.stun_answered += 1;
             t.stats.tx(buf.len());
-            out.push(from, buf);
+            out.push_sealed(from, buf, None); // STUN: never SRTP
             return true;
         }
         self.push_up(UpKind::Stun, h, from, data);

@@ -24,6 +24,7 @@ mod output;
 mod layering;
 mod plain;
 mod probing;
+mod seal;
 mod producer;
 mod spec;
 mod stats;
@@ -48,6 +49,7 @@ use feedback::RtcpWork;
 use producer::Producer;
 use transport::Transport;
 
+pub use seal::{sender, KeyEvent, Seal};
 pub use output::{DropReason, Drops, Output, Transmit, UpKind, Upcall};
 pub use spec::{
     CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, KeyFrameMethod, ProducerSpec, Removed, RouterError, SrtpKeys, URI_MID, URI_RID, URI_RRID,
@@ -129,6 +131,8 @@ pub struct Router {
     consent_timeout: Option<Duration>,
     /// When the consent sweep next runs (`CONSENT_SWEEP` apart while transports have consent).
     next_consent_sweep: Option<Instant>,
+    /// Where outbound SRTP is applied: here, or by each transport's owner worker.
+    sealing: seal::Sealing,
 }
 
 impl Router {
@@ -157,7 +161,20 @@ impl Router {
             first_media: Vec::new(),
             consent_timeout: Some(DEFAULT_CONSENT_TIMEOUT),
             next_consent_sweep: None,
+            sealing: seal::Sealing::default(),
         }
+    }
+
+    /// The engine runs `workers` workers: with more than one, transports given keys from now
+    /// on are protected by their owner worker (`seal.rs`), not under the router.
+    pub fn set_workers(&mut self, workers: usize) {
+        self.sealing.set_workers(workers);
+    }
+
+    /// Outbound contexts for owner workers (and what they can drop), oldest first. The
+    /// engine queues them to the owners before it releases the router.
+    pub fn take_key_events(&mut self) -> Vec<KeyEvent> {
+        self.sealing.take()
     }
 
     fn handle_in_use(&self, h: Handle) -> bool {

@@ -5,6 +5,7 @@ use crate::remote::Remote;
 
 use crate::srtp::SrtpError;
 
+use super::seal::Seal;
 use super::Handle;
 
 /// Buffers kept for reuse by `Output`.
@@ -114,6 +115,15 @@ pub(super) fn srtp_drop(e: SrtpError, rtcp: bool) -> DropReason {
 pub struct Transmit {
     pub dest: Remote,
     pub buf: Vec<u8>,
+    /// Still to be protected by its transport's owner worker (`seal.rs`); None: ready.
+    pub seal: Option<Seal>,
+}
+
+impl Transmit {
+    /// A datagram ready to send.
+    pub fn new(dest: Remote, buf: Vec<u8>) -> Self {
+        Transmit { dest, buf, seal: None }
+    }
 }
 
 /// Egress datagrams of one call, from a pool of reusable buffers. Call `recycle` after sending
@@ -140,9 +150,10 @@ impl Output {
         }
     }
 
+    /// Queue `buf` to `dest`, protected already (`seal` None) or by its owner worker later.
     #[inline]
-    pub(super) fn push(&mut self, dest: Remote, buf: Vec<u8>) {
-        self.transmits.push(Transmit { dest, buf });
+    pub(super) fn push_sealed(&mut self, dest: Remote, buf: Vec<u8>, seal: Option<Seal>) {
+        self.transmits.push(Transmit { dest, buf, seal });
     }
 
     #[inline]

@@ -21,6 +21,7 @@ use crate::stun_check::IceKey;
 use crate::remote::{Remote, SocketId, Via, MAIN_SOCKET};
 
 use super::output::{DropReason, Output};
+use super::seal::TxSrtp;
 use super::spec::{invalid, unknown, Result, SrtpKeys};
 use super::transport::{Plain, RtcpPort, Transport};
 use super::{Handle, Router};
@@ -63,7 +64,7 @@ impl Router {
         t.via = Via::Plain(socket);
         t.plain = Some(Box::new(Plain { comedia, wrong_source: 0, rtcp: None }));
         if !srtp {
-            t.tx = Some(SrtpContext::null());
+            t.tx = Some(TxSrtp::inline(SrtpContext::null()));
             t.rx = Some(SrtpContext::null());
         }
         self.transports.insert(h, t);
@@ -112,7 +113,7 @@ impl Router {
         let t = self.transports.get_mut(&h).expect("checked above");
         let was_connected = t.is_connected();
         if let Some((tx, rx)) = srtp {
-            t.tx = Some(tx);
+            t.tx = Some(TxSrtp::inline(tx));
             t.rx = Some(rx);
         }
         if let Some(a) = remote {

@@ -63,17 +63,17 @@ fn send_padding(now: Instant, t: &mut Transport, consumers: &mut HandleMap<Consu
         let mut buf = out.take_buf();
         let seq = ss.next_seq();
         write_padding(&mut buf, c, seq);
-        if tx.protect_rtp(&mut buf).is_err() {
+        let Ok(seal) = tx.protect_rtp(&mut buf) else {
             drops.inc(DropReason::ProtectFailed);
             out.give_back(buf);
             return;
-        }
-        let len = buf.len();
+        };
+        let len = tx.wire_len(buf.len(), seal);
         ss.on_sent(now, seq, len);
         ss.prober.on_padding_sent(len);
         c.stats.tx(len);
         t.stats.tx(len);
-        out.push(dest, buf);
+        out.push_sealed(dest, buf, seal);
     }
 }
 

@@ -8,6 +8,8 @@ use std::time::Instant;
 use crate::bwe::BandwidthEstimator;
 use crate::reports::BitrateSampler;
 use crate::srtp::SrtpContext;
+
+use super::seal::TxSrtp;
 use crate::stun_check::IceKey;
 use crate::twcc::TwccRecorder;
 
@@ -99,7 +101,7 @@ pub(super) struct Transport {
     /// Unprotects what the peer sends (remote keys).
     pub(super) rx: Option<SrtpContext>,
     /// Protects what we send (local keys).
-    pub(super) tx: Option<SrtpContext>,
+    pub(super) tx: Option<TxSrtp>,
     pub(super) producers: Vec<Handle>,
     pub(super) consumers: Vec<Handle>,
     /// Ingress SSRC → producer stream.

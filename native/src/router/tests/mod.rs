@@ -8,6 +8,7 @@ mod forwarding;
 mod h264;
 mod ice;
 mod loss;
+mod owners;
 mod pipe;
 mod plain;
 mod plain_rtcp;

@@ -1,0 +1,149 @@
+//! Outbound SRTP/SRTCP of a transport: protected here (one worker, or a plain transport), or
+//! sealed later by the worker that owns the transport (`workers` > 1).
+//!
+//! With several workers, the router builds the fan-out unprotected: each datagram carries a
+//! `Seal` naming its transport and that transport's owner worker, and the owner protects it
+//! just before sending (`crate::sealing`). The owner holds the transport's only outbound SRTP
+//! context (the ROC of every SSRC and the SRTCP index live there): one thread touches it, no
+//! lock per packet. The context reaches the owner as a `KeyEvent` the engine takes from the
+//! router (`take_key_events`) before the router lock is released, so it is queued before any
+//! datagram that needs it. The router keeps its own copy only to answer "has keys".
+
+use std::net::SocketAddr;
+
+use crate::remote::{Remote, Via};
+use crate::srtp::{SrtpContext, SrtpError};
+
+use super::Handle;
+
+/// What the owner does to a datagram before sending it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seal {
+    pub transport: Handle,
+    /// The keys this datagram was built for (a transport given new keys has a new epoch).
+    pub epoch: u32,
+    /// The worker that protects and sends it.
+    pub owner: u16,
+    /// SRTCP (else SRTP).
+    pub rtcp: bool,
+}
+
+/// A transport's outbound context for its owner worker, or what it no longer needs.
+pub enum KeyEvent {
+    Install { transport: Handle, epoch: u32, owner: u16, ctx: Box<SrtpContext> },
+    /// SSRCs no longer sent on the transport (a consumer went): their ROC state goes.
+    Forget { transport: Handle, epoch: u32, owner: u16, ssrcs: Vec<u32> },
+    Remove { transport: Handle, epoch: u32, owner: u16 },
+}
+
+impl KeyEvent {
+    pub fn owner(&self) -> usize {
+        match self {
+            KeyEvent::Install { owner, .. } | KeyEvent::Forget { owner, .. } | KeyEvent::Remove { owner, .. } => *owner as usize,
+        }
+    }
+}
+
+/// A transport's outbound SRTP: protect here (`at` None) or leave it to the owner worker.
+pub(super) struct TxSrtp {
+    ctx: SrtpContext,
+    at: Option<(u16, u32)>,
+    transport: Handle,
+}
+
+impl TxSrtp {
+    /// Protected here, by whoever holds the router (one worker; plain transports).
+    pub(super) fn inline(ctx: SrtpContext) -> Self {
+        TxSrtp { ctx, at: None, transport: 0 }
+    }
+
+    /// Protect RTP in place now (None), or tell what the owner must do (`buf` unchanged).
+    #[inline]
+    pub(super) fn protect_rtp(&mut self, buf: &mut Vec<u8>) -> Result<Option<Seal>, SrtpError> {
+        match self.at {
+            None => self.ctx.protect_rtp(buf).map(|()| None),
+            Some((owner, epoch)) => Ok(Some(Seal { transport: self.transport, epoch, owner, rtcp: false })),
+        }
+    }
+
+    /// As `protect_rtp`, for an RTCP compound packet.
+    pub(super) fn protect_rtcp(&mut self, buf: &mut Vec<u8>) -> Result<Option<Seal>, SrtpError> {
+        match self.at {
+            None => self.ctx.protect_rtcp(buf).map(|()| None),
+            Some((owner, epoch)) => Ok(Some(Seal { transport: self.transport, epoch, owner, rtcp: true })),
+        }
+    }
+
+    /// The datagram's length on the wire once `seal` (if any) is applied to `len` bytes.
+    #[inline]
+    pub(super) fn wire_len(&self, len: usize, seal: Option<Seal>) -> usize {
+        match seal {
+            None => len,
+            Some(s) if s.rtcp => len + self.ctx.profile().rtcp_overhead(),
+            Some(_) => len + self.ctx.profile().rtp_overhead(),
+        }
+    }
+
+    /// Forget `ssrcs` (inline); with an owner, the `KeyEvent::Forget` to queue.
+    pub(super) fn remove_ssrcs(&mut self, ssrcs: Vec<u32>) -> Option<KeyEvent> {
+        for &s in &ssrcs {
+            self.ctx.remove_ssrc(s);
+        }
+        let (owner, epoch) = self.at?;
+        Some(KeyEvent::Forget { transport: self.transport, epoch, owner, ssrcs })
+    }
+
+    /// The owner's `KeyEvent::Remove` when the transport goes (None: protected here).
+    pub(super) fn removal(&self) -> Option<KeyEvent> {
+        let (owner, epoch) = self.at?;
+        Some(KeyEvent::Remove { transport: self.transport, epoch, owner })
+    }
+}
+
+/// Where a router's transports are protected: here (one worker) or by owner workers.
+#[derive(Default)]
+pub(super) struct Sealing {
+    /// Worker count when more than one (owners seal); 0 or 1: everything is protected here.
+    workers: usize,
+    next_epoch: u32,
+    events: Vec<KeyEvent>,
+}
+
+impl Sealing {
+    pub(super) fn set_workers(&mut self, workers: usize) {
+        self.workers = workers;
+    }
+
+    /// `ctx` as transport `h`'s outbound context. With several workers its owner is the worker
+    /// that sends to `dest` (`workers::owner`: the one the UDP hand-off already picks), or for
+    /// a TCP or unknown destination the handle's share; the context is queued for that owner.
+    pub(super) fn install(&mut self, h: Handle, dest: Option<Remote>, ctx: SrtpContext) -> TxSrtp {
+        if self.workers <= 1 {
+            return TxSrtp::inline(ctx);
+        }
+        let owner = match dest {
+            Some(Remote { addr, via: Via::Udp }) => crate::workers::owner(&addr, self.workers),
+            _ => (h % self.workers as u64) as usize,
+        } as u16;
+        self.next_epoch = self.next_epoch.wrapping_add(1);
+        let epoch = self.next_epoch;
+        self.events.push(KeyEvent::Install { transport: h, epoch, owner, ctx: Box::new(ctx.clone()) });
+        TxSrtp { ctx, at: Some((owner, epoch)), transport: h }
+    }
+
+    pub(super) fn push(&mut self, ev: Option<KeyEvent>) {
+        self.events.extend(ev);
+    }
+
+    pub(super) fn take(&mut self) -> Vec<KeyEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// The sending worker of a UDP destination, or of a sealed datagram (its transport's owner).
+pub fn sender(seal: Option<Seal>, dest: &SocketAddr, workers: usize) -> usize {
+    match seal {
+        Some(s) => s.owner as usize,
+        None => crate::workers::owner(dest, workers),
+    }
+}

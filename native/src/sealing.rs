@@ -1,0 +1,193 @@
+//! The owner worker's half of outbound SRTP (`router/seal.rs` is the router's): the outbound
+//! contexts of the transports this worker owns, and the protection of the datagrams the router
+//! left sealed for it, just before they are sent.
+//!
+//! Only the owner's thread touches its `Keyring`: no lock per packet. Contexts arrive as
+//! `KeyEvent`s on the worker's key queue (`workers::Mesh::push_key`), queued while the router
+//! lock was held in the call that gave the transport keys, so before any datagram that needs
+//! them; a datagram whose context is not installed yet makes the worker read its key queue
+//! again before giving up (the datagram is then dropped and counted: its transport was removed
+//! or re-keyed meanwhile).
+
+use crate::fasthash::HandleMap;
+use crate::router::{KeyEvent, Seal, Transmit};
+use crate::srtp::SrtpContext;
+
+/// What one `Keyring::seal` call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SealCounts {
+    /// Datagrams protected.
+    pub sealed: u64,
+    /// No context for the datagram's transport and keys (removed, re-keyed).
+    pub no_key: u64,
+    /// Protection failed (a malformed packet).
+    pub failed: u64,
+}
+
+/// One worker's outbound SRTP contexts, by transport: (keys epoch, context).
+#[derive(Default)]
+pub struct Keyring {
+    contexts: HandleMap<(u32, SrtpContext)>,
+}
+
+impl Keyring {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Transports whose outbound context this worker holds.
+    pub fn len(&self) -> usize {
+        self.contexts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.contexts.is_empty()
+    }
+
+    /// Install, trim or drop a transport's context (events of older keys are ignored).
+    pub fn apply(&mut self, ev: KeyEvent) {
+        match ev {
+            KeyEvent::Install { transport, epoch, ctx, .. } => {
+                self.contexts.insert(transport, (epoch, *ctx));
+            }
+            KeyEvent::Forget { transport, epoch, ssrcs, .. } => {
+                if let Some((e, ctx)) = self.contexts.get_mut(&transport) {
+                    if *e == epoch {
+                        ssrcs.iter().for_each(|&s| ctx.remove_ssrc(s));
+                    }
+                }
+            }
+            KeyEvent::Remove { transport, epoch, .. } => {
+                if self.contexts.get(&transport).is_some_and(|(e, _)| *e == epoch) {
+                    self.contexts.remove(&transport);
+                }
+            }
+        }
+    }
+
+    /// Protect each sealed datagram of `transmits` in place (they are this worker's); those
+    /// that cannot be are removed. `more` gives the key events queued since the last call.
+    pub fn seal(&mut self, transmits: &mut Vec<Transmit>, mut more: impl FnMut() -> Option<KeyEvent>) -> SealCounts {
+        let mut drops = SealCounts::default();
+        if transmits.iter().all(|t| t.seal.is_none()) {
+            return drops;
+        }
+        while let Some(ev) = more() {
+            self.apply(ev);
+        }
+        transmits.retain_mut(|t| {
+            let Some(seal) = t.seal.take() else { return true };
+            let ok = match self.context(seal, &mut more) {
+                None => {
+                    drops.no_key += 1;
+                    return false;
+                }
+                Some(ctx) if seal.rtcp => ctx.protect_rtcp(&mut t.buf).is_ok(),
+                Some(ctx) => ctx.protect_rtp(&mut t.buf).is_ok(),
+            };
+            drops.failed += u64::from(!ok);
+            drops.sealed += u64::from(ok);
+            ok
+        });
+        drops
+    }
+
+    /// The context `seal` was made for, reading the key queue once more if it is not here.
+    fn context(&mut self, seal: Seal, more: &mut impl FnMut() -> Option<KeyEvent>) -> Option<&mut SrtpContext> {
+        if self.contexts.get(&seal.transport).is_none_or(|(e, _)| *e != seal.epoch) {
+            while let Some(ev) = more() {
+                self.apply(ev);
+            }
+        }
+        match self.contexts.get_mut(&seal.transport) {
+            Some((e, ctx)) if *e == seal.epoch => Some(ctx),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::Remote;
+    use crate::srtp::Profile;
+    use std::net::SocketAddr;
+
+    const KEY: [u8; 16] = [7; 16];
+    const SALT: [u8; 12] = [3; 12];
+
+    fn ctx() -> SrtpContext {
+        SrtpContext::new(Profile::AeadAes128Gcm, &KEY, &SALT).unwrap()
+    }
+
+    fn rtp(seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 96, 0, 0, 0, 0, 0, 1, 0, 0, 0, 42];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0xab; 100]);
+        p
+    }
+
+    fn sealed(transport: u64, epoch: u32, buf: Vec<u8>) -> Transmit {
+        let dest = Remote::udp(SocketAddr::from(([127, 0, 0, 1], 5000)));
+        Transmit { dest, buf, seal: Some(Seal { transport, epoch, owner: 1, rtcp: false }) }
+    }
+
+    fn install(transport: u64, epoch: u32) -> KeyEvent {
+        KeyEvent::Install { transport, epoch, owner: 1, ctx: Box::new(ctx()) }
+    }
+
+    #[test]
+    fn sealed_here_equals_protected_inline_and_decrypts() {
+        let mut ring = Keyring::new();
+        let mut queue = vec![install(9, 1)];
+        let mut ts: Vec<Transmit> = (0..5).map(|s| sealed(9, 1, rtp(65533u16.wrapping_add(s)))).collect();
+        ts.push(Transmit::new(Remote::udp(SocketAddr::from(([127, 0, 0, 1], 1))), vec![1, 2, 3]));
+        let counts = ring.seal(&mut ts, || queue.pop());
+        assert_eq!(counts, SealCounts { sealed: 5, no_key: 0, failed: 0 });
+        assert_eq!(ts.len(), 6);
+        assert_eq!(ts[5].buf, vec![1, 2, 3], "an unsealed datagram is left alone");
+        let (mut inline, mut rx) = (ctx(), ctx());
+        for (k, t) in ts[..5].iter().enumerate() {
+            assert!(t.seal.is_none());
+            let mut want = rtp(65533u16.wrapping_add(k as u16));
+            inline.protect_rtp(&mut want).unwrap();
+            assert_eq!(t.buf, want, "packet {k}: the owner's bytes are the inline bytes (ROC kept across the wrap)");
+            let mut got = t.buf.clone();
+            rx.unprotect_rtp(&mut got).unwrap();
+            assert_eq!(got, rtp(65533u16.wrapping_add(k as u16)));
+        }
+    }
+
+    #[test]
+    fn unknown_removed_or_stale_keys_drop_and_count() {
+        let mut ring = Keyring::new();
+        let mut ts = vec![sealed(1, 1, rtp(1))];
+        assert_eq!(ring.seal(&mut ts, || None).no_key, 1);
+        assert!(ts.is_empty());
+        ring.apply(install(1, 2));
+        let mut ts = vec![sealed(1, 1, rtp(2)), sealed(1, 2, rtp(3))];
+        assert_eq!(ring.seal(&mut ts, || None), SealCounts { sealed: 1, no_key: 1, failed: 0 });
+        assert_eq!(ts.len(), 1, "the datagram of the old keys went");
+        ring.apply(KeyEvent::Remove { transport: 1, epoch: 1, owner: 1 });
+        assert_eq!(ring.len(), 1, "a removal of older keys leaves the new ones");
+        ring.apply(KeyEvent::Remove { transport: 1, epoch: 2, owner: 1 });
+        assert!(ring.is_empty());
+        let mut bad = vec![sealed(1, 3, vec![0x80, 96])];
+        ring.apply(install(1, 3));
+        assert_eq!(ring.seal(&mut bad, || None), SealCounts { sealed: 0, no_key: 0, failed: 1 });
+    }
+
+    #[test]
+    fn keys_queued_after_the_first_look_are_found() {
+        let mut ring = Keyring::new();
+        let mut calls = 0;
+        let mut ts = vec![sealed(4, 7, rtp(10))];
+        // The first read of the queue is empty (the install raced in after it).
+        let counts = ring.seal(&mut ts, || {
+            calls += 1;
+            (calls == 2).then(|| install(4, 7))
+        });
+        assert_eq!(counts, SealCounts { sealed: 1, no_key: 0, failed: 0 });
+        assert_eq!(ts.len(), 1);
+    }
+}
