@@ -2,7 +2,8 @@
 //!
 //! The target is the highest layer with traffic that is not above the viewer's preference and
 //! whose measured ingress bitrate fits the viewer's bandwidth estimate (bwe/), the lowest
-//! active one if none fits. How a viewer gets back up depends on where its estimate comes
+//! active one if none fits. The layer being received counts as fitting while the estimate is at least
+//! [`KEEP_PERCENT`] of its bitrate. How a viewer gets back up depends on where its estimate comes
 //! from:
 //!
 //! - **REMB** (viewers without transport-cc): Chrome's receive-side estimate never rises
@@ -35,6 +36,13 @@ pub const SEND_SIDE_SETTLE: Duration = Duration::from_secs(1);
 pub const UP_TRY_AFTER: Duration = Duration::from_secs(8);
 /// Estimate over the current layer's bitrate, in percent, needed to try the next layer up.
 pub const HEADROOM_PERCENT: u64 = 120;
+/// A consumer keeps its layer while the estimate is at least this share of the layer's
+/// bitrate, in percent (hysteresis against noise). A send-side estimate falls to 85 % of
+/// what arrives on each overuse, and what arrives is this layer with audio and headers, so a
+/// single overuse (a key frame burst, a probe that found no room) would otherwise move a
+/// viewer whose path carries its layer down a layer, with a key frame and a visible cut;
+/// a path that really cannot carry the layer overuses again and the estimate falls further.
+pub const KEEP_PERCENT: u64 = 90;
 
 /// The highest active layer not above `preferred` whose bitrate fits `estimate` (the lowest
 /// active one if none fits). Layers with no traffic in the last window are not candidates;
@@ -57,17 +65,21 @@ pub struct LayerState {
     moved_up: Instant,
     /// Since when the estimate keeps the consumer below its preference.
     held_since: Option<Instant>,
+    /// The last decision, held while the estimate settles after a move up (None: at the
+    /// start or after a raised preference, which the consumer then gets at once).
+    last: Option<usize>,
 }
 
 impl LayerState {
     pub fn new(now: Instant) -> Self {
-        LayerState { moved_up: now, held_since: None }
+        LayerState { moved_up: now, held_since: None, last: None }
     }
 
     /// The preference went up: decide on fresh estimates only.
     pub fn preference_raised(&mut self, now: Instant) {
         self.moved_up = now;
         self.held_since = None;
+        self.last = None;
     }
 
     /// The estimate, if it counts (it came late enough after the last move up).
@@ -96,10 +108,19 @@ impl LayerState {
         let est = usable.map(|e| e.bitrate);
         let blind_try = usable.is_some_and(|e| !e.send_side);
         let best = select_layer(preferred, bitrates, None);
-        let mut target = select_layer(preferred, bitrates, est);
+        let mut target = match self.last {
+            // Settling after a move up: the layer moved to, not the top one (an estimate
+            // too old to count says nothing about the layers above it either).
+            Some(last) if estimate.is_some() && usable.is_none() && bitrates.get(last).is_some_and(|r| *r > 0) => last.min(best),
+            _ => select_layer(preferred, bitrates, est),
+        };
+        let current_rate = bitrates.get(current).copied().unwrap_or(0);
+        let keeps = est.is_some_and(|e| e.saturating_mul(100) >= current_rate.saturating_mul(KEEP_PERCENT));
+        if target < current && current <= best && current_rate > 0 && keeps {
+            target = current;
+        }
         if target < best {
             let since = *self.held_since.get_or_insert(now);
-            let current_rate = bitrates.get(current).copied().unwrap_or(0);
             let headroom = est.is_some_and(|e| e.saturating_mul(100) >= current_rate.saturating_mul(HEADROOM_PERCENT));
             if blind_try && target == current && headroom && now.saturating_duration_since(since) >= UP_TRY_AFTER {
                 if let Some(next) = (current + 1..=best).find(|&i| bitrates[i] > 0) {
@@ -113,6 +134,7 @@ impl LayerState {
         if target > current {
             self.moved_up = now;
         }
+        self.last = Some(target);
         target
     }
 }
@@ -176,6 +198,39 @@ mod tests {
         st.preference_raised(s(30));
         assert_eq!(st.decide(s(40), 2, 0, &rates, remb((300_000, s(15)))), 2);
         assert_eq!(st.decide(s(50), 2, 2, &rates, remb((300_000, s(45)))), 2, "settling");
+    }
+
+    #[test]
+    fn a_move_up_settles_on_the_layer_moved_to_not_the_top() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_millis(n);
+        let rates = [100_000, 400_000, 1_200_000];
+        let mut st = LayerState::new(t0);
+        assert_eq!(st.decide(s(1200), 2, 2, &rates, send_side(200_000, s(1100))), 0);
+        // The estimate covers layer 1: up to 1, and while it settles, 1 (not the top).
+        assert_eq!(st.decide(s(2000), 2, 0, &rates, send_side(500_000, s(1950))), 1);
+        assert_eq!(st.decide(s(2100), 2, 0, &rates, send_side(500_000, s(2050))), 1, "switch pending");
+        assert_eq!(st.decide(s(2500), 2, 1, &rates, send_side(500_000, s(2450))), 1, "settling");
+        assert_eq!(st.decide(s(3200), 2, 1, &rates, send_side(500_000, s(3150))), 1, "settled");
+        // A lowered preference applies while settling.
+        assert_eq!(st.decide(s(3300), 2, 1, &rates, send_side(2_000_000, s(3250))), 2);
+        assert_eq!(st.decide(s(3400), 0, 1, &rates, send_side(2_000_000, s(3350))), 0);
+    }
+
+    #[test]
+    fn a_layer_is_kept_while_the_estimate_is_within_keep_percent_of_it() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_millis(n);
+        let rates = [100_000, 400_000, 1_200_000];
+        let mut st = LayerState::new(t0);
+        // On layer 1: an estimate at 92.5 % of it keeps it, one at 87.5 % does not.
+        assert_eq!(st.decide(s(1200), 2, 1, &rates, send_side(370_000, s(1100))), 1);
+        assert_eq!(st.decide(s(1300), 2, 1, &rates, send_side(350_000, s(1250))), 0);
+        // Not above the preference, nor for a layer that stopped.
+        assert_eq!(st.decide(s(1400), 0, 1, &rates, send_side(399_000, s(1350))), 0);
+        assert_eq!(st.decide(s(1500), 2, 1, &[100_000, 0, 1_200_000], send_side(399_000, s(1450))), 0);
+        // Only the current layer is kept: a higher one needs the full estimate.
+        assert_eq!(st.decide(s(1600), 2, 0, &rates, send_side(370_000, s(1550))), 0);
     }
 
     #[test]

@@ -194,20 +194,39 @@ impl SvcFilter {
         }
         self.decided_at = Some(now);
         let n = self.declared.spatial as usize + 1;
-        let mut rates = [0u64; MAX_SPATIAL_LAYERS];
-        let mut below = 0u64;
-        for ((rate, sampler), &bytes) in rates.iter_mut().zip(&mut self.rates).zip(&self.bytes).take(n) {
+        for (sampler, &bytes) in self.rates.iter_mut().zip(&self.bytes).take(n) {
             sampler.sample(now, bytes);
-            // Full SVC: a layer needs the ones below it; k-SVC: about its own rate.
-            *rate = sampler.bps + if self.ksvc { 0 } else { below };
-            below += sampler.bps;
         }
+        let rates = self.layer_rates();
         let current = self.current.map_or(self.target.spatial, |c| c.spatial) as usize;
         let before = self.needs_key_frame();
         let spatial = self.layers.decide(now, self.preferred.spatial as usize, current, &rates[..n], estimate) as u8;
         let temporal = if spatial < self.preferred.spatial { self.declared.temporal } else { self.preferred.temporal };
         self.target = Layers { spatial, temporal };
         !before && self.needs_key_frame()
+    }
+
+    /// What receiving each spatial layer costs, bits per second, as last sampled (full SVC:
+    /// a layer needs the ones below it; k-SVC: about its own rate).
+    fn layer_rates(&self) -> [u64; MAX_SPATIAL_LAYERS] {
+        let mut rates = [0u64; MAX_SPATIAL_LAYERS];
+        let mut below = 0u64;
+        for (rate, sampler) in rates.iter_mut().zip(&self.rates).take(self.declared.spatial as usize + 1) {
+            *rate = sampler.bps + if self.ksvc { 0 } else { below };
+            below += sampler.bps;
+        }
+        rates
+    }
+
+    /// Settled below the preference on a send-side `estimate` that does not cover the next
+    /// spatial layer: that layer's bitrate and the current one's, to probe the path for
+    /// before moving up (layers.rs, as for simulcast). None otherwise.
+    pub fn probe_for(&self, estimate: Option<crate::bwe::Estimate>) -> Option<(u64, u64)> {
+        let current = self.current?.spatial as usize;
+        let rates = self.layer_rates();
+        let n = self.declared.spatial as usize + 1;
+        let next = self.layers.probe_for(self.preferred.spatial as usize, current, self.target.spatial as usize, &rates[..n], estimate)?;
+        Some((next, rates[current]))
     }
 
     /// Whether to forward the packet with descriptor `d`, RTP timestamp `ts` and marker bit
