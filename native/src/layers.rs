@@ -32,6 +32,10 @@ use crate::bwe::Estimate;
 pub const SETTLE: Duration = Duration::from_secs(5);
 /// The same for send-side estimates.
 pub const SEND_SIDE_SETTLE: Duration = Duration::from_secs(1);
+/// No probe on estimates from sooner than this after a move down: the path just showed
+/// congestion and its queue is still draining (a probe into it, measured with Chromium behind
+/// a capped relay, lost packets, froze the picture and cost one more layer).
+pub const PROBE_AFTER_DOWN: Duration = Duration::from_millis(1500);
 /// How long a viewer stays below its preference because of its REMB estimate before trying up.
 pub const UP_TRY_AFTER: Duration = Duration::from_secs(8);
 /// Estimate over the current layer's bitrate, in percent, needed to try the next layer up.
@@ -68,11 +72,13 @@ pub struct LayerState {
     /// The last decision, held while the estimate settles after a move up (None: at the
     /// start or after a raised preference, which the consumer then gets at once).
     last: Option<usize>,
+    /// The consumer last moved down (or was still waiting to) then.
+    moved_down: Option<Instant>,
 }
 
 impl LayerState {
     pub fn new(now: Instant) -> Self {
-        LayerState { moved_up: now, held_since: None, last: None }
+        LayerState { moved_up: now, held_since: None, last: None, moved_down: None }
     }
 
     /// The preference went up: decide on fresh estimates only.
@@ -93,6 +99,9 @@ impl LayerState {
     /// estimate already suffices).
     pub fn probe_for(&self, preferred: usize, current: usize, target: usize, bitrates: &[u64], estimate: Option<Estimate>) -> Option<u64> {
         let e = self.usable(estimate).filter(|e| e.send_side)?;
+        if self.moved_down.is_some_and(|d| e.at < d + PROBE_AFTER_DOWN) {
+            return None;
+        }
         if target != current || bitrates.get(current).is_none_or(|r| *r == 0) {
             return None;
         }
@@ -133,6 +142,8 @@ impl LayerState {
         }
         if target > current {
             self.moved_up = now;
+        } else if target < current {
+            self.moved_down = Some(now);
         }
         self.last = Some(target);
         target
@@ -254,6 +265,13 @@ mod tests {
         assert_eq!(st.probe_for(1, 1, 1, &rates, send_side(200_000, late)), None);
         assert_eq!(st.probe_for(2, 1, 1, &rates, send_side(1_300_000, late)), None);
         assert_eq!(st.probe_for(2, 0, 0, &[100_000, 0, 1_200_000], send_side(200_000, late)), Some(1_200_000), "inactive layer skipped");
+        // Not on estimates from the first PROBE_AFTER_DOWN after a move down.
+        let mut down = LayerState::new(t0);
+        assert_eq!(down.decide(late, 2, 2, &rates, send_side(500_000, late)), 1);
+        let soon = late + PROBE_AFTER_DOWN - Duration::from_millis(100);
+        assert_eq!(down.probe_for(2, 1, 1, &rates, send_side(500_000, soon)), None);
+        let after = late + PROBE_AFTER_DOWN;
+        assert_eq!(down.probe_for(2, 1, 1, &rates, send_side(500_000, after)), Some(1_200_000));
         // A successful probe raised the estimate: up at once, and it settles for 1 s only.
         let t = late + Duration::from_millis(300);
         assert_eq!(st.decide(t, 2, 1, &rates, send_side(1_400_000, t)), 2);
