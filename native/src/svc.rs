@@ -35,8 +35,11 @@ use crate::vp9;
 pub const MAX_SPATIAL_LAYERS: usize = 8;
 /// Temporal layers a VP9 descriptor can name (TID is 3 bits).
 pub const MAX_TEMPORAL_LAYERS: u8 = 8;
-/// How often the per-layer bitrates are sampled and the layers chosen from the estimate.
-pub const DECIDE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the layers are chosen from the estimate (as often as simulcast ones: a viewer
+/// kept on a layer its path no longer carries loses packets and freezes meanwhile).
+pub const DECIDE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the per-layer bitrates are sampled (over this window).
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Spatial and temporal layer indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +99,7 @@ pub struct SvcFilter {
     bytes: [u64; MAX_SPATIAL_LAYERS],
     rates: [BitrateSampler; MAX_SPATIAL_LAYERS],
     decided_at: Option<Instant>,
+    sampled_at: Option<Instant>,
     /// Layer frames dropped (counted at their first packet), and of them those dropped for
     /// their temporal layer alone.
     pub frames_dropped: u64,
@@ -123,6 +127,7 @@ impl SvcFilter {
             bytes: [0; MAX_SPATIAL_LAYERS],
             rates: Default::default(),
             decided_at: None,
+            sampled_at: None,
             frames_dropped: 0,
             temporal_frames_dropped: 0,
             spatial_switches: 0,
@@ -185,8 +190,9 @@ impl SvcFilter {
         }
     }
 
-    /// Every [`DECIDE_INTERVAL`]: sample the layer bitrates and choose the target layers from
-    /// the preference and the viewer's `estimate` (bps, when last updated). True when the new
+    /// Every [`DECIDE_INTERVAL`] (the layer bitrates sampled every [`SAMPLE_INTERVAL`]):
+    /// choose the target layers from the preference and the viewer's `estimate` (bps, when
+    /// last updated). True when the new
     /// target needs a key picture the consumer did not need before.
     pub fn decide(&mut self, now: Instant, estimate: Option<crate::bwe::Estimate>) -> bool {
         if self.decided_at.is_some_and(|t| now.saturating_duration_since(t) < DECIDE_INTERVAL) {
@@ -194,8 +200,11 @@ impl SvcFilter {
         }
         self.decided_at = Some(now);
         let n = self.declared.spatial as usize + 1;
-        for (sampler, &bytes) in self.rates.iter_mut().zip(&self.bytes).take(n) {
-            sampler.sample(now, bytes);
+        if self.sampled_at.is_none_or(|t| now.saturating_duration_since(t) >= SAMPLE_INTERVAL) {
+            self.sampled_at = Some(now);
+            for (sampler, &bytes) in self.rates.iter_mut().zip(&self.bytes).take(n) {
+                sampler.sample(now, bytes);
+            }
         }
         let rates = self.layer_rates();
         let current = self.current.map_or(self.target.spatial, |c| c.spatial) as usize;
@@ -390,7 +399,7 @@ mod tests {
         for (sid, bytes) in [(0u8, 12_500usize), (1, 37_500), (2, 112_500)] {
             f.count(&desc(sid, 0, false, false, false), bytes);
         }
-        let later = after + DECIDE_INTERVAL;
+        let later = after + SAMPLE_INTERVAL;
         assert!(f.decide(later, Some(crate::bwe::Estimate { bitrate: 500_000, at: later, send_side: false })), "k-SVC: a new spatial target needs a key picture");
         assert_eq!(f.target(), Layers { spatial: 1, temporal: 2 });
         assert!(!f.decide(later + Duration::from_millis(10), Some(crate::bwe::Estimate { bitrate: 50_000, at: later, send_side: false })), "at most once per interval");
