@@ -35,8 +35,11 @@ use crate::vp9;
 pub const MAX_SPATIAL_LAYERS: usize = 8;
 /// Temporal layers a VP9 descriptor can name (TID is 3 bits).
 pub const MAX_TEMPORAL_LAYERS: u8 = 8;
-/// How often the per-layer bitrates are sampled and the layers chosen from the estimate.
-pub const DECIDE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the layers are chosen from the estimate (as often as simulcast ones: a viewer
+/// kept on a layer its path no longer carries loses packets and freezes meanwhile).
+pub const DECIDE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the per-layer bitrates are sampled (over this window).
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Spatial and temporal layer indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +99,7 @@ pub struct SvcFilter {
     bytes: [u64; MAX_SPATIAL_LAYERS],
     rates: [BitrateSampler; MAX_SPATIAL_LAYERS],
     decided_at: Option<Instant>,
+    sampled_at: Option<Instant>,
     /// Layer frames dropped (counted at their first packet), and of them those dropped for
     /// their temporal layer alone.
     pub frames_dropped: u64,
@@ -123,6 +127,7 @@ impl SvcFilter {
             bytes: [0; MAX_SPATIAL_LAYERS],
             rates: Default::default(),
             decided_at: None,
+            sampled_at: None,
             frames_dropped: 0,
             temporal_frames_dropped: 0,
             spatial_switches: 0,
@@ -185,8 +190,9 @@ impl SvcFilter {
         }
     }
 
-    /// Every [`DECIDE_INTERVAL`]: sample the layer bitrates and choose the target layers from
-    /// the preference and the viewer's `estimate` (bps, when last updated). True when the new
+    /// Every [`DECIDE_INTERVAL`] (the layer bitrates sampled every [`SAMPLE_INTERVAL`]):
+    /// choose the target layers from the preference and the viewer's `estimate` (bps, when
+    /// last updated). True when the new
     /// target needs a key picture the consumer did not need before.
     pub fn decide(&mut self, now: Instant, estimate: Option<crate::bwe::Estimate>) -> bool {
         if self.decided_at.is_some_and(|t| now.saturating_duration_since(t) < DECIDE_INTERVAL) {
@@ -194,20 +200,42 @@ impl SvcFilter {
         }
         self.decided_at = Some(now);
         let n = self.declared.spatial as usize + 1;
-        let mut rates = [0u64; MAX_SPATIAL_LAYERS];
-        let mut below = 0u64;
-        for ((rate, sampler), &bytes) in rates.iter_mut().zip(&mut self.rates).zip(&self.bytes).take(n) {
-            sampler.sample(now, bytes);
-            // Full SVC: a layer needs the ones below it; k-SVC: about its own rate.
-            *rate = sampler.bps + if self.ksvc { 0 } else { below };
-            below += sampler.bps;
+        if self.sampled_at.is_none_or(|t| now.saturating_duration_since(t) >= SAMPLE_INTERVAL) {
+            self.sampled_at = Some(now);
+            for (sampler, &bytes) in self.rates.iter_mut().zip(&self.bytes).take(n) {
+                sampler.sample(now, bytes);
+            }
         }
+        let rates = self.layer_rates();
         let current = self.current.map_or(self.target.spatial, |c| c.spatial) as usize;
         let before = self.needs_key_frame();
         let spatial = self.layers.decide(now, self.preferred.spatial as usize, current, &rates[..n], estimate) as u8;
         let temporal = if spatial < self.preferred.spatial { self.declared.temporal } else { self.preferred.temporal };
         self.target = Layers { spatial, temporal };
         !before && self.needs_key_frame()
+    }
+
+    /// What receiving each spatial layer costs, bits per second, as last sampled (full SVC:
+    /// a layer needs the ones below it; k-SVC: about its own rate).
+    fn layer_rates(&self) -> [u64; MAX_SPATIAL_LAYERS] {
+        let mut rates = [0u64; MAX_SPATIAL_LAYERS];
+        let mut below = 0u64;
+        for (rate, sampler) in rates.iter_mut().zip(&self.rates).take(self.declared.spatial as usize + 1) {
+            *rate = sampler.bps + if self.ksvc { 0 } else { below };
+            below += sampler.bps;
+        }
+        rates
+    }
+
+    /// Settled below the preference on a send-side `estimate` that does not cover the next
+    /// spatial layer: that layer's bitrate and the current one's, to probe the path for
+    /// before moving up (layers.rs, as for simulcast). None otherwise.
+    pub fn probe_for(&self, estimate: Option<crate::bwe::Estimate>) -> Option<(u64, u64)> {
+        let current = self.current?.spatial as usize;
+        let rates = self.layer_rates();
+        let n = self.declared.spatial as usize + 1;
+        let next = self.layers.probe_for(self.preferred.spatial as usize, current, self.target.spatial as usize, &rates[..n], estimate)?;
+        Some((next, rates[current]))
     }
 
     /// Whether to forward the packet with descriptor `d`, RTP timestamp `ts` and marker bit
@@ -371,7 +399,7 @@ mod tests {
         for (sid, bytes) in [(0u8, 12_500usize), (1, 37_500), (2, 112_500)] {
             f.count(&desc(sid, 0, false, false, false), bytes);
         }
-        let later = after + DECIDE_INTERVAL;
+        let later = after + SAMPLE_INTERVAL;
         assert!(f.decide(later, Some(crate::bwe::Estimate { bitrate: 500_000, at: later, send_side: false })), "k-SVC: a new spatial target needs a key picture");
         assert_eq!(f.target(), Layers { spatial: 1, temporal: 2 });
         assert!(!f.decide(later + Duration::from_millis(10), Some(crate::bwe::Estimate { bitrate: 50_000, at: later, send_side: false })), "at most once per interval");

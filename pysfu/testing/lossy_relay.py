@@ -12,7 +12,8 @@ A bandwidth cap (``Impairment(rate=700_000)``, bits per second) makes a directio
 bottleneck link: datagrams leave one after another at that rate (each waits for the ones
 queued before it, which is how a queue builds and delay grows when a sender exceeds the
 link), and one that would wait longer than ``queue_limit`` seconds is dropped (a full
-router buffer). Setting ``rate`` back to 0 lifts the cap; what is queued still drains.
+router buffer). Setting ``rate`` back to 0 lifts the cap; what is queued still drains, and
+datagrams that come meanwhile leave after it (in order, as from a real queue).
 """
 
 from __future__ import annotations
@@ -116,14 +117,18 @@ class LossyRelay:
                 if self._rng.random() < imp.reorder:
                     stats.reordered += 1
                     delay += imp.reorder_delay
+                link = self._links[upstream]
                 if imp.rate > 0:
-                    wait = self._links[upstream].wait(trio.current_time(), len(data), imp.rate,
-                                                      imp.queue_limit)
+                    wait = link.wait(trio.current_time(), len(data), imp.rate, imp.queue_limit)
                     if wait is None:
                         stats.dropped += 1
                         stats.rate_limited += 1
                         continue
                     delay += wait
+                else:
+                    # No cap (any more): still behind what the cap queued, as on a link
+                    # whose queue drains first (a datagram does not overtake the queue).
+                    delay += max(0.0, link.busy_until - trio.current_time())
             stats.forwarded += 1
             if delay <= 0:
                 await sock.sendto(data, dest)

@@ -1,5 +1,5 @@
 //! A consumer's layer choice (simulcast; VP9 SVC and AV1 preferences are handed to their
-//! filters): the viewer's preference and its bandwidth estimate
+//! filters, and a VP9 SVC filter's probe request passed on): the viewer's preference and its bandwidth estimate
 //! (layers.rs decides), and the bitrate to probe before a move up (bwe/probe.rs).
 
 use std::time::Instant;
@@ -22,14 +22,22 @@ impl Consumer {
         (target != self.encoding && !self.paused).then_some(target)
     }
 
-    /// Simulcast, settled below the preference on a send-side estimate that does not cover
-    /// the next layer: that layer's bitrate, to probe before moving up (layers.rs).
-    pub(super) fn probe_for(&self, rates: &[u64], estimate: Option<Estimate>) -> Option<u64> {
-        let Kind::Simulcast(s) = &self.kind else { return None };
+    /// Simulcast or VP9 SVC, settled below the preference on a send-side estimate that does
+    /// not cover the next spatial layer: that layer's bitrate and the current one's, to probe
+    /// before moving up (layers.rs). `rates`: the simulcast streams' bitrates (an SVC filter
+    /// measures its layers itself).
+    pub(super) fn probe_for(&self, rates: &[u64], estimate: Option<Estimate>) -> Option<(u64, u64)> {
         if self.paused {
             return None;
         }
-        s.layers.probe_for(s.preferred_spatial, self.encoding, s.target, rates, estimate)
+        match &self.kind {
+            Kind::Simulcast(s) => {
+                let next = s.layers.probe_for(s.preferred_spatial, self.encoding, s.target, rates, estimate)?;
+                Some((next, rates.get(self.encoding).copied().unwrap_or(0)))
+            }
+            Kind::Svc(f) => f.probe_for(estimate),
+            _ => None,
+        }
     }
 
     /// The viewer's preference: at most `spatial` (clamped to `layers` - 1). Returns the

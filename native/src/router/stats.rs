@@ -194,6 +194,16 @@ fn transport_rtp_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatVa
     if let Some(b) = t.bwe.available_bitrate(now) {
         r.push(("availableBitrate", Int(b)));
     }
+    // How the send-side estimate got there (transport-cc viewers): congestion signals and
+    // probes, as in the engine stats.
+    if let Some(ss) = &t.bwe.send_side {
+        r.push(("transportCcLost", Int(ss.packets_lost)));
+        r.push(("delayOveruses", Int(ss.overuses)));
+        r.push(("probes", Int(ss.prober.probes)));
+        r.push(("probesSucceeded", Int(ss.prober.succeeded)));
+        r.push(("probesFailed", Int(ss.prober.failed)));
+        r.push(("probePaddingPackets", Int(ss.prober.padding_packets)));
+    }
     r
 }
 

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use crate::rtcp;
+use crate::rtp::Codec;
 
 use super::consumer::Kind;
 use super::egress::push_rtcp;
@@ -77,11 +78,15 @@ impl Router {
 
     /// Roll the stream bitrate windows and move simulcast consumers to the layer their
     /// preference and their viewer's estimate allow (asking that layer for a key frame); a
-    /// consumer held below its preference on a send-side estimate gets its path probed.
+    /// simulcast or VP9 SVC consumer held below its preference on a send-side estimate gets
+    /// its path probed.
     fn update_layers(&mut self, now: Instant, out: &mut Output) {
         let mut wanted: Vec<(Handle, usize)> = Vec::new();
         for p in self.producers.values_mut() {
-            if p.encodings.len() < 2 {
+            // Simulcast consumers choose their stream here; VP9 SVC ones choose their layers
+            // in their filter, and may ask for a probe here.
+            let simulcast = p.encodings.len() >= 2;
+            if !simulcast && !p.codecs.iter().any(|c| c.codec == Codec::Vp9) {
                 continue;
             }
             let mut rates = [0u64; 8];
@@ -93,14 +98,15 @@ impl Router {
                 let Some(c) = self.consumers.get_mut(ch) else { continue };
                 let Some(t) = self.transports.get_mut(&c.transport) else { continue };
                 let estimate = t.bwe.estimate(now);
-                if let Some(target) = c.update_layer(now, &rates[..n], estimate) {
-                    wanted.push((c.producer, target));
+                if simulcast {
+                    if let Some(target) = c.update_layer(now, &rates[..n], estimate) {
+                        wanted.push((c.producer, target));
+                    }
                 }
-                if let Some(next) = c.probe_for(&rates[..n], estimate) {
+                if let Some((next, current)) = c.probe_for(&rates[..n], estimate) {
                     // What the transport would send after the move: its current rate with
                     // this consumer's layer replaced by the next one.
-                    let others = t.rate_out.bps.saturating_sub(rates.get(c.encoding).copied().unwrap_or(0));
-                    start_probe(now, t, others + next);
+                    start_probe(now, t, t.rate_out.bps.saturating_sub(current) + next);
                 }
             }
         }

@@ -1,10 +1,13 @@
 //! Send-side bandwidth estimation end to end inside the router: a transport-cc viewer of a
-//! three-layer simulcast producer behind a simulated bottleneck, giving transport-cc
-//! feedback built by the real recorder (twcc.rs), in virtual time.
+//! three-layer simulcast producer (or a VP9 k-SVC one, L3T1_KEY) behind a simulated
+//! bottleneck, giving transport-cc feedback built by the real recorder (twcc.rs), in virtual
+//! time.
 
 use super::*;
 use crate::bwe::probe::PADDING_SIZE;
 use crate::twcc::TwccRecorder;
+use crate::vp8::PictureId;
+use crate::vp9::{self, Descriptor, LayerIndices};
 
 const TCC_ID: u8 = 5;
 const RTX_PT: u8 = 102;
@@ -12,6 +15,20 @@ const RTX_SSRC: u32 = 0xAAAB;
 /// Host packets: 1000 bytes of payload every 80, 20 and 7 ms (about 0.1, 0.4, 1.15 Mbit/s).
 const EVERY_MS: [u64; 3] = [80, 20, 7];
 const KEY_FRAME_EVERY_MS: u64 = 250;
+const VP9_PT: u8 = 98;
+const ROUTER_VP9_PT: u8 = 103;
+/// k-SVC pictures: one every 33 ms, a key picture every 8th; per spatial layer this many
+/// packets of this many bytes (about 0.1, 0.4 and 1.15 Mbit/s, as the simulcast layers).
+const PICTURE_EVERY_MS: u64 = 33;
+const KEY_PICTURE_EVERY: u64 = 8;
+const SVC_PACKETS: [(u8, usize); 3] = [(1, 400), (2, 800), (5, 950)];
+
+/// What the host sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Simulcast,
+    Ksvc,
+}
 
 /// The viewer's access link: queueing at `capacity` bit/s (None: unlimited) behind at most
 /// 250 ms of queue (more is dropped), 10 ms one-way.
@@ -44,6 +61,7 @@ struct Seen {
 
 struct Scenario {
     r: Router,
+    source: Source,
     t0: Instant,
     now: Instant,
     host: SrtpContext,
@@ -60,24 +78,38 @@ struct Scenario {
 
 impl Scenario {
     fn new() -> Self {
+        Self::with(Source::Simulcast)
+    }
+
+    fn with(source: Source) -> Self {
         let t0 = Instant::now();
         let mut r = router(t0);
         let mut out = Output::new();
         connect(&mut r, t0, 1, 1000, &mut out);
         connect(&mut r, t0, 2, 2000, &mut out);
         let mut spec = producer_spec(None);
-        spec.encodings = (0..3u32)
-            .map(|i| EncodingSpec { ssrc: Some(0x100 + i), rtx_ssrc: None, rid: Some(format!("r{i}")), mapped_ssrc: 7000 + i })
-            .collect();
-        r.add_producer(t0, 10, 1, spec).unwrap();
         let mut c = consumer_spec(0xAAAA, "c0", false);
+        if source == Source::Simulcast {
+            spec.encodings = (0..3u32)
+                .map(|i| EncodingSpec { ssrc: Some(0x100 + i), rtx_ssrc: None, rid: Some(format!("r{i}")), mapped_ssrc: 7000 + i })
+                .collect();
+            c.rtx_payload_types = vec![(ROUTER_VP8_PT, RTX_PT)];
+        } else {
+            spec.codecs[0].payload_type = VP9_PT;
+            spec.codecs[0].mapped_payload_type = ROUTER_VP9_PT;
+            spec.codecs[0].mime = "video/VP9".into();
+            c.payload_types = vec![(ROUTER_VP9_PT, ROUTER_VP9_PT)];
+            c.rtx_payload_types = vec![(ROUTER_VP9_PT, RTX_PT)];
+            c.svc = Some((3, 1, true));
+        }
+        r.add_producer(t0, 10, 1, spec).unwrap();
         c.rtx_ssrc = Some(RTX_SSRC);
-        c.rtx_payload_types = vec![(ROUTER_VP8_PT, RTX_PT)];
         c.tcc_ext_id = Some(TCC_ID);
         r.add_consumer(t0, 20, 2, 10, c, &mut out).unwrap();
         let (viewer_tx, viewer_rx) = peer(2);
         Scenario {
             r,
+            source,
             t0,
             now: t0,
             host: peer(1).0,
@@ -100,8 +132,9 @@ impl Scenario {
         (self.now - self.t0).as_millis() as u64
     }
 
+    /// The spatial layer the viewer gets (simulcast stream or SVC layer).
     fn encoding(&self) -> usize {
-        self.r.consumers[&20].encoding
+        self.r.consumers[&20].current_spatial()
     }
 
     /// The server's packets toward the viewer go onto the path (RTCP is not stamped).
@@ -138,11 +171,49 @@ impl Scenario {
         }
     }
 
+    /// A host packet arrives at the router; what it sends goes onto the path.
+    fn host_packet(&mut self, mut pkt: Vec<u8>) {
+        self.host.protect_rtp(&mut pkt).unwrap();
+        let mut out = Output::new();
+        self.r.handle_datagram(self.now, addr(1000), &pkt, &mut out);
+        self.take(out);
+    }
+
+    /// The k-SVC host: picture `n`, every spatial layer (the marker on the top one's end).
+    fn svc_picture(&mut self, n: u64) {
+        let key = n.is_multiple_of(KEY_PICTURE_EVERY);
+        for (sid, &(packets, size)) in SVC_PACKETS.iter().enumerate() {
+            for k in 0..packets {
+                let d = Descriptor {
+                    picture_id: Some(PictureId { value: (n & 0x7fff) as u16, long: true }),
+                    inter_picture_predicted: !key,
+                    layer: Some(LayerIndices { tid: 0, switching_up: false, sid: sid as u8, inter_layer_dependency: sid > 0 && key }),
+                    begin: k == 0,
+                    end: k == packets - 1,
+                    tl0_pic_idx: Some(n as u8),
+                    ..Descriptor::default()
+                };
+                let mut payload = Vec::new();
+                vp9::write(&d, None, &mut payload);
+                payload.resize(size, sid as u8);
+                let mut pkt = rtp_packet(0x1234, self.seqs[0], VP9_PT, Some("0"), &payload);
+                self.seqs[0] = self.seqs[0].wrapping_add(1);
+                rtp::set_timestamp(&mut pkt, (n * 3000) as u32);
+                rtp::set_marker(&mut pkt, sid == SVC_PACKETS.len() - 1 && k == packets - 1);
+                self.host_packet(pkt);
+            }
+        }
+    }
+
     /// One millisecond: host packets, timers when due, arrivals, feedback every 100 ms.
     fn step(&mut self) {
         self.now += Duration::from_millis(1);
         let ms = self.ms();
-        for (layer, every) in EVERY_MS.iter().enumerate() {
+        if self.source == Source::Ksvc && ms.is_multiple_of(PICTURE_EVERY_MS) {
+            self.svc_picture(ms / PICTURE_EVERY_MS);
+        }
+        let layers = if self.source == Source::Simulcast { &EVERY_MS[..] } else { &[] };
+        for (layer, every) in layers.iter().enumerate() {
             if !ms.is_multiple_of(*every) {
                 continue;
             }
@@ -152,10 +223,7 @@ impl Scenario {
             let mut pkt = rtp_packet(0x100 + layer as u32, self.seqs[layer], VP8_PT, Some("0"), &payload);
             rtp::set_timestamp(&mut pkt, (ms * 90) as u32);
             self.seqs[layer] = self.seqs[layer].wrapping_add(1);
-            self.host.protect_rtp(&mut pkt).unwrap();
-            let mut out = Output::new();
-            self.r.handle_datagram(self.now, addr(1000), &pkt, &mut out);
-            self.take(out);
+            self.host_packet(pkt);
         }
         if self.now >= self.next_timer || self.r.poll_timeout().is_some_and(|t| self.now >= t) {
             let mut out = Output::new();
@@ -211,7 +279,18 @@ impl Scenario {
 
 #[test]
 fn a_congested_viewer_goes_down_a_layer_and_back_up_after_a_probe() {
-    let mut s = Scenario::new();
+    down_and_back_up(Source::Simulcast);
+}
+
+/// The same with a VP9 k-SVC producer: the consumer's filter follows the estimate down, and
+/// a probe (not only a raised preference) brings it back up.
+#[test]
+fn a_congested_ksvc_viewer_goes_down_a_layer_and_back_up_after_a_probe() {
+    down_and_back_up(Source::Ksvc);
+}
+
+fn down_and_back_up(source: Source) {
+    let mut s = Scenario::with(source);
     s.until(6_000, |_| false);
     assert_eq!(s.encoding(), 2, "unlimited: the top layer");
     let est = s.r.transports[&2].bwe.available_bitrate(s.now).expect("a send-side estimate");
