@@ -28,11 +28,18 @@ def task_count() -> int:
     return walk(trio.lowlevel.current_root_task())
 
 
-async def settle(server: Server) -> None:
-    """Wait (bounded) for rooms to finish closing."""
+async def settle(server: Server) -> int:
+    """Wait (bounded) for rooms to finish closing and the open fds to stop changing (a
+    connection of the last cycle may still be closing); the fd count then."""
     with trio.move_on_after(5):
         while server.health()["rooms"] or server.health()["sessions"]:
             await trio.sleep(0.01)
+    seen: list[int] = []
+    with trio.move_on_after(3):
+        while len(seen) < 5 or len(set(seen[-5:])) > 1:
+            seen.append(open_fds())
+            await trio.sleep(0.05)
+    return seen[-1] if seen else open_fds()
 
 
 async def cycle(client: Any, i: int) -> None:
@@ -65,8 +72,7 @@ async def test_churn_leaves_nothing_behind(server: Server, client: Any) -> None:
     # Warm up (imports, first allocations, lazily opened fds), then take the baseline.
     for i in range(3):
         await cycle(client, i)
-    await settle(server)
-    fds0, tasks0 = open_fds(), task_count()
+    fds0, tasks0 = await settle(server), task_count()
     started = time.monotonic()
     peak_tasks = 0
     for i in range(CYCLES):
@@ -74,8 +80,7 @@ async def test_churn_leaves_nothing_behind(server: Server, client: Any) -> None:
         if i % 100 == 0:
             peak_tasks = max(peak_tasks, task_count())
     elapsed = time.monotonic() - started
-    await settle(server)
-    fds1, tasks1 = open_fds(), task_count()
+    fds1, tasks1 = await settle(server), task_count()
     print(f"\nchurn: {CYCLES} cycles in {elapsed:.1f} s; fds {fds0} -> {fds1}; "
           f"tasks {tasks0} -> {tasks1} (peak sampled {peak_tasks}); "
           f"health {server.health()}")
@@ -83,5 +88,7 @@ async def test_churn_leaves_nothing_behind(server: Server, client: Any) -> None:
     assert server.rooms.rooms == {}
     assert server.media.counts() == {"transports": 0, "producers": 0, "consumers": 0,
                                      "streams": 0, "tuples": 0, "tcp_connections": 0}
-    assert fds1 == fds0
+    # Not one fd more (CI once saw one fewer: a warm-up connection still closing when the
+    # baseline was taken, hence the settling above).
+    assert fds1 <= fds0, (fds0, fds1)
     assert tasks1 == tasks0
