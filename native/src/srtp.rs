@@ -1493,34 +1493,4 @@ mod tests {
         tx.protect_rtp(&mut p).unwrap();
         assert_eq!(tx.stream_count(), MAX_STREAMS);
     }
-
-    /// Cost of protect + unprotect per 1200-byte payload, for a manual look:
-    /// `cargo test --release -- --ignored --nocapture srtp_cost`. Not a benchmark.
-    #[test]
-    #[ignore]
-    fn srtp_cost() {
-        for profile in PROFILES {
-            let (mut tx, mut rx) = pair(profile);
-            let n = 200_000u32;
-            let mut buf = Vec::with_capacity(1500);
-            let t0 = std::time::Instant::now();
-            let mut t_protect = std::time::Duration::ZERO;
-            for i in 0..n {
-                buf.clear();
-                buf.extend_from_slice(&[0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-                buf[2..4].copy_from_slice(&(i as u16).to_be_bytes());
-                buf.resize(12 + 1200, 0x55);
-                let t = std::time::Instant::now();
-                tx.protect_rtp(&mut buf).unwrap();
-                t_protect += t.elapsed();
-                rx.unprotect_rtp(&mut buf).unwrap();
-            }
-            let total = t0.elapsed();
-            println!(
-                "{profile:?}: protect {:.0} ns, protect+unprotect {:.0} ns per 1200 B (incl. buffer fill)",
-                t_protect.as_nanos() as f64 / n as f64,
-                total.as_nanos() as f64 / n as f64
-            );
-        }
-    }
 }
