@@ -330,11 +330,12 @@ impl RecvBatch {
 
 /// The segment size of a received message's `UDP_GRO` control message, if it has one.
 fn gro_segment_size(h: &libc::msghdr) -> Option<usize> {
-    if h.msg_control.is_null() || (h.msg_controllen as usize) < mem::size_of::<libc::cmsghdr>() {
+    if h.msg_control.is_null() {
         return None;
     }
     // SAFETY: the kernel filled msg_control up to msg_controllen with well-formed control
-    // messages; CMSG_FIRSTHDR/NXTHDR stay within it, and the data is read unaligned.
+    // messages; CMSG_FIRSTHDR (null when msg_controllen is under one header) and NXTHDR
+    // stay within it, and the data is read unaligned.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(h);
         while !c.is_null() {
@@ -698,7 +699,9 @@ mod tests {
 
     /// Everything `sock` receives into `batch` until `expect` datagrams or a quiet second,
     /// with the coalesced buffers/datagrams counted over the calls.
-    fn recv_into(batch: &mut RecvBatch, sock: &UdpSocket, expect: usize) -> (Vec<(SocketAddr, Vec<u8>, bool)>, (usize, usize)) {
+    type Received = Vec<(SocketAddr, Vec<u8>, bool)>;
+
+    fn recv_into(batch: &mut RecvBatch, sock: &UdpSocket, expect: usize) -> (Received, (usize, usize)) {
         let mut got = Vec::new();
         let mut coalesced = (0, 0);
         while got.len() < expect {
