@@ -664,13 +664,9 @@ fn enable_gro(sockets: &[UdpSocket], want: bool) -> (bool, bool) {
     if !want {
         return (false, false);
     }
-    if sockets.iter().all(|s| io::set_gro(s.as_raw_fd(), true).is_ok()) {
-        return (true, false);
-    }
-    for s in sockets {
-        let _ = io::set_gro(s.as_raw_fd(), false);
-    }
-    (false, true)
+    let fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+    let on = io::set_gro_all(&fds);
+    (on, !on)
 }
 
 fn on_io_panic(shared: &Shared, st: &mut State, e: &(dyn std::any::Any + Send)) {

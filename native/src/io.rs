@@ -163,6 +163,19 @@ pub fn set_gro(fd: RawFd, on: bool) -> io::Result<()> {
     }
 }
 
+/// `UDP_GRO` on every socket of `fds`, or on none: if the kernel refuses it on one, it is
+/// turned off again on those that took it (a socket with GRO must be read with GRO-sized
+/// buffers, `RecvBatch::with_gro`). Returns whether it is on.
+pub fn set_gro_all(fds: &[RawFd]) -> bool {
+    if fds.iter().all(|&fd| set_gro(fd, true).is_ok()) {
+        return true;
+    }
+    for &fd in fds {
+        let _ = set_gro(fd, false);
+    }
+    false
+}
+
 /// One datagram of a GRO batch: where in which slot.
 #[derive(Clone, Copy, Default)]
 struct Segment {
@@ -802,6 +815,28 @@ mod tests {
             assert_eq!(flags, vec![true, false], "gro {gro}");
             assert_eq!(got[1].1, small);
         }
+    }
+
+    /// The socket's `UDP_GRO` option as the kernel reports it.
+    fn gro_of(fd: RawFd) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid fd, pointer to a c_int and its size.
+        let r = unsafe { libc::getsockopt(fd, libc::SOL_UDP, UDP_GRO, &mut v as *mut _ as *mut libc::c_void, &mut len) };
+        assert_eq!(r, 0);
+        v
+    }
+
+    #[test]
+    fn gro_is_on_for_every_socket_or_none() {
+        let (a, b) = (bind("127.0.0.1", 0).unwrap(), bind("127.0.0.1", 0).unwrap());
+        assert!(set_gro_all(&[a.as_raw_fd(), b.as_raw_fd()]));
+        assert_eq!((gro_of(a.as_raw_fd()), gro_of(b.as_raw_fd())), (1, 1));
+        // One socket refuses (a TCP socket, as an old kernel would): off again everywhere.
+        let c = bind("127.0.0.1", 0).unwrap();
+        let refuses = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!set_gro_all(&[c.as_raw_fd(), refuses.as_raw_fd()]));
+        assert_eq!(gro_of(c.as_raw_fd()), 0);
     }
 
     #[test]
