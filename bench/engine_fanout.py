@@ -55,6 +55,8 @@ def io_thread_cpus() -> list[float]:
     return cpus
 
 
+SOL_UDP, UDP_SEGMENT = 17, 103  # linux/udp.h
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--consumers", type=int, default=50)
@@ -73,10 +75,15 @@ def main() -> None:
                     help="the engine's UDP GSO setting (default on)")
     ap.add_argument("--workers", type=int, default=1,
                     help="the engine's I/O worker threads (sockets on one port)")
+    ap.add_argument("--gro", action=argparse.BooleanOptionalAction, default=False,
+                    help="the engine's UDP GRO setting (default off)")
+    ap.add_argument("--ingress-burst", type=int, default=1,
+                    help="send the host's packets N at a time as one UDP GSO message (what a "
+                         "NIC's GRO would hand up coalesced; loopback coalesces nothing else)")
     args = ap.parse_args()
     lib_profile, klen, slen = PROFILES[args.profile]
 
-    eng = Engine("127.0.0.1", 0, gso=args.gso, workers=args.workers)
+    eng = Engine("127.0.0.1", 0, gso=args.gso, workers=args.workers, gro=args.gro)
     dest = ("127.0.0.1", eng.port)
     # Producer transport.
     host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -193,8 +200,14 @@ def main() -> None:
         if mark is None and now >= warm:
             mark = (now, forwarded(), eng.stats(10)["packetsReceived"], sent,
                     resource.getrusage(resource.RUSAGE_SELF), io_thread_cpus())
-        due = int((now - t0) * rate)
-        while sent < min(due, n_pre):
+        due = min(int((now - t0) * rate), n_pre)
+        while args.ingress_burst > 1 and sent + args.ingress_burst <= due:
+            # All packets have one size: one GSO message of ingress_burst segments.
+            burst = packets[sent:sent + args.ingress_burst]
+            segment = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(burst[0])))]
+            host.sendmsg([b"".join(burst)], segment, 0, dest)
+            sent += args.ingress_burst
+        while args.ingress_burst <= 1 and sent < due:
             host.sendto(packets[sent], dest)
             sent += 1
         time.sleep(0.0005)
@@ -207,6 +220,7 @@ def main() -> None:
     drops = {k: v for k, v in eng.drops().items() if v}
     totals = eng.totals()
     gso_on = eng.gso
+    gro_on = eng.gro
     worker_stats = eng.worker_stats()
     eng.close()
     assert mark is not None, "run too short"
@@ -233,6 +247,11 @@ def main() -> None:
         "gso_in_use": gso_on,
         "gso_messages": totals["gsoMessages"],
         "gso_datagrams": totals["gsoDatagrams"],
+        "gro": args.gro,
+        "gro_in_use": gro_on,
+        "gro_buffers": totals["groBuffers"],
+        "gro_datagrams": totals["groDatagrams"],
+        "ingress_burst": args.ingress_burst,
         "workers": args.workers,
         "worker_sent": [w["sent"] for w in worker_stats],
         "worker_cpu_s_per_s": per_worker,

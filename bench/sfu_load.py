@@ -321,12 +321,16 @@ def main() -> None:
                     help="skip the per-point ceiling run (pysfu-ceiling)")
     ap.add_argument("--gso", action=argparse.BooleanOptionalAction, default=None,
                     help="the server's UDP GSO setting (PYSFU_GSO; default: the server's)")
+    ap.add_argument("--gro", action=argparse.BooleanOptionalAction, default=None,
+                    help="the server's UDP GRO setting (PYSFU_GRO; default: the server's)")
     ap.add_argument("--workers", default="",
                     help="the server's media workers, a list swept like --viewers (e.g. 1,2; "
                          "default: the server's, one per core)")
     args = ap.parse_args()
     if args.gso is not None:
         os.environ["PYSFU_GSO"] = "true" if args.gso else "false"  # servers inherit it
+    if args.gro is not None:
+        os.environ["PYSFU_GRO"] = "true" if args.gro else "false"
     if not LOADGEN.exists():
         sys.exit(f"{LOADGEN} missing: cargo build --release -p pysfu-loadgen")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -356,6 +360,7 @@ def main() -> None:
         "started": started.isoformat(timespec="seconds"),
         "machine": machine_info(),
         "server_gso": os.environ.get("PYSFU_GSO", "default (on)"),
+        "server_gro": os.environ.get("PYSFU_GRO", "default (off)"),
         "server_workers": worker_counts,
         "workload": {"video": "VP8-like 1.5 Mbit/s, 1200-byte packets, 30 fps, key frame "
                               "(30 packets) every 2 s, one burst per frame",

@@ -135,13 +135,15 @@ class Engine:
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, udp: bool = True, tcp: bool = True,
-        gso: bool = True, workers: int = 1,
+        gso: bool = True, workers: int = 1, gro: bool = False,
     ) -> None:
         """``udp``: read the UDP socket (bound either way); ``tcp``: accept ICE-TCP
         connections (RFC 4571 framing) on the same port number. Not both off. ``gso``: send
         bursts to one destination as UDP GSO messages (off for good if the kernel refuses).
         ``workers``: I/O threads (1..64), each with its own socket in an SO_REUSEPORT group
-        on the port (a fixed port held by anyone else is refused); one without UDP."""
+        on the port (a fixed port held by anyone else is refused); one without UDP. ``gro``:
+        receive with UDP GRO (coalesced buffers split into datagrams before routing; off,
+        and ``groRefused`` 1, if the kernel refuses it)."""
     @property
     def port(self) -> int: ...
     @property
@@ -160,6 +162,9 @@ class Engine:
     @property
     def gso(self) -> bool:
         """GSO in use now: the setting, unless the kernel refused it since."""
+    @property
+    def gro(self) -> bool:
+        """GRO in use: the setting, unless the kernel refused it."""
     def _test_refuse_gso(self) -> None:
         """Test hook: SO_NO_CHECK on the UDP socket, so the kernel refuses GSO (EINVAL)."""
     def fileno(self) -> int:
@@ -232,7 +237,8 @@ class Engine:
         """Engine-wide counters that never go down: ``audioPacketsReceived``,
         ``videoBytesForwarded``, ``nacksReceived``, ``nacksSent``, ``packetsRetransmitted``,
         ``plisReceived``, ``firsSent``, ``keyFramesRequested``, ``tcpConnectionsAccepted``,
-        ``gsoMessages``, ``gsoDatagrams``, ``gsoRefused``, ..."""
+        ``gsoMessages``, ``gsoDatagrams``, ``gsoRefused``, ``groBuffers``, ``groDatagrams``,
+        ``groRefused``, ..."""
     def drops(self) -> dict[str, int]:
         """Datagrams and packets dropped, by reason (stable keys), with what the ICE-TCP edge
         refused, dropped and closed: ``tcp_refused_*``, ``tcp_queue_full``, ``tcp_closed_*``,

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="give the UDP candidate the higher priority (default on)")
     serve.add_argument("--gso", dest="gso", action=argparse.BooleanOptionalAction, default=None,
                        help="send bursts to one destination with UDP GSO (default on)")
+    serve.add_argument("--gro", dest="gro", action=argparse.BooleanOptionalAction, default=None,
+                       help="receive with UDP GRO (default off)")
     serve.add_argument("--workers", dest="workers",
                        help="media I/O threads on the rtc port (default 1)")
     serve.add_argument("--announced-ip", dest="announced_ip",

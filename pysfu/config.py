@@ -44,6 +44,11 @@ class Config:
     # UDP GSO (UDP_SEGMENT): a burst of equal-size datagrams to one destination leaves as one
     # send, segmented by the kernel; off by setting, or by itself if the kernel refuses it.
     gso: bool = True
+    # UDP GRO (UDP_GRO) on receive: the kernel may hand up several equal-size datagrams of one
+    # source as one buffer, split into datagrams before routing. Off by default: an SFU's
+    # ingress is small and it measured no gain (bench/results, README); off by itself if the
+    # kernel refuses it.
+    gro: bool = False
     # Media I/O worker threads, each with its own UDP socket on rtc_port (SO_REUSEPORT): a
     # remote's datagrams go to one worker; fan-out to viewers another worker sends to crosses
     # over a bounded queue, and each transport's SRTP is protected by its owner worker.

@@ -53,8 +53,9 @@ class UpcallSink(Protocol):
 
 class MediaEngine:
     def __init__(self, host: str, port: int, *, udp: bool = True, tcp: bool = True,
-                 gso: bool = True, workers: int = 1, consent_timeout: float = 30.0) -> None:
-        self.native = _native.Engine(host, port, udp, tcp, gso, workers)
+                 gso: bool = True, workers: int = 1, consent_timeout: float = 30.0,
+                 gro: bool = False) -> None:
+        self.native = _native.Engine(host, port, udp, tcp, gso, workers, gro)
         # RFC 7675 consent (the engine answers the checks and tells a transport it lost
         # consent as the upcall "consent_lost"); <= 0: never lost.
         self.native.set_consent_timeout(consent_timeout)
@@ -64,7 +65,7 @@ class MediaEngine:
         self._transports: dict[int, UpcallSink] = {}
         self.panics = 0  # panics caught on the engine's I/O thread (each logged)
         log_event(logger, "engine.started", ip=host, port=self.port, udp=udp, tcp=tcp, gso=gso,
-                  workers=self.native.workers)
+                  gro=self.native.gro, workers=self.native.workers)
 
     async def run(self) -> None:
         """Drain the engine's upcalls until cancelled."""

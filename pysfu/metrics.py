@@ -54,6 +54,9 @@ _PLAIN_TOTALS: tuple[tuple[str, str, str], ...] = (
     ("gsoMessages", "gso_messages", "UDP GSO messages sent (several datagrams in one send)"),
     ("gsoDatagrams", "gso_datagrams", "datagrams sent inside UDP GSO messages"),
     ("gsoRefused", "gso_refused", "times the kernel refused UDP GSO (then sent without)"),
+    ("groBuffers", "gro_buffers", "received UDP GRO buffers that held several datagrams"),
+    ("groDatagrams", "gro_datagrams", "datagrams received inside coalesced UDP GRO buffers"),
+    ("groRefused", "gro_refused", "1 if the kernel refused UDP GRO (then received without)"),
 )
 
 

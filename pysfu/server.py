@@ -342,7 +342,7 @@ class Server:
         try:
             self.media = MediaEngine(config.rtc_ip, config.rtc_port, udp=config.enable_udp,
                                      tcp=config.enable_tcp, gso=config.gso,
-                                     workers=config.workers,
+                                     gro=config.gro, workers=config.workers,
                                      consent_timeout=config.consent_timeout)
         except (OSError, ValueError) as exc:
             raise StartupError(

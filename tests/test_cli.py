@@ -241,3 +241,11 @@ def test_gso_flag() -> None:
     assert _parser().parse_args(["serve", "--no-gso"]).gso is False
     assert _parser().parse_args(["serve", "--gso"]).gso is True
     assert _parser().parse_args(["serve"]).gso is None  # the config's (default on)
+
+
+def test_gro_flag() -> None:
+    from pysfu.cli import _parser
+
+    assert _parser().parse_args(["serve", "--gro"]).gro is True
+    assert _parser().parse_args(["serve", "--no-gro"]).gro is False
+    assert _parser().parse_args(["serve"]).gro is None  # the config's (default off)

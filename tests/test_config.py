@@ -257,6 +257,12 @@ def test_workers_setting() -> None:
             load_config(None, {"PYSFU_WORKERS": bad})
 
 
+def test_gro_setting() -> None:
+    assert load_config().gro is False
+    assert load_config(None, {"PYSFU_GRO": "on"}).gro is True
+    assert load_config(None, {"PYSFU_GRO": "on"}, {"gro": False}).gro is False
+
+
 def test_gso_setting() -> None:
     assert load_config().gso is True
     assert load_config(None, {"PYSFU_GSO": "false"}).gso is False

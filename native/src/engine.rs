@@ -130,6 +130,19 @@ struct Shared {
     /// UDP GSO in use: on by setting, off for good once the kernel refuses it.
     gso_on: AtomicBool,
     gso: GsoCounters,
+    /// UDP GRO on every worker's socket (the setting, unless the kernel refused it).
+    gro_on: bool,
+    gro: GroCounters,
+}
+
+/// What GRO did (engine totals: groBuffers, groDatagrams, groRefused).
+#[derive(Default)]
+struct GroCounters {
+    /// Received buffers that held several datagrams, and the datagrams they held.
+    buffers: AtomicU64,
+    datagrams: AtomicU64,
+    /// 1 when the setting asked for GRO and the kernel refused it (then it is off).
+    refused: AtomicU64,
 }
 
 /// What GSO did (engine totals: gsoMessages, gsoDatagrams, gsoRefused).
@@ -336,7 +349,7 @@ impl Worker {
         Worker {
             me,
             fd: shared.workers[me].socket.as_raw_fd(),
-            batch: io::RecvBatch::new(),
+            batch: if shared.gro_on { io::RecvBatch::with_gro() } else { io::RecvBatch::new() },
             out: Output::new(),
             planner: Planner::new(),
             part: Partitioner::new(me, shared.workers.len()),
@@ -421,6 +434,11 @@ impl Worker {
     /// produce is dispatched early once `early_at` datagrams wait.
     fn route_udp(&mut self, shared: &Shared, st: &mut State, n: usize, now: Instant, early_at: usize) {
         shared.mesh.inbox(self.me).counters.received.fetch_add(n as u64, Ordering::Relaxed);
+        let (buffers, datagrams) = self.batch.coalesced();
+        if buffers > 0 {
+            shared.gro.buffers.fetch_add(buffers as u64, Ordering::Relaxed);
+            shared.gro.datagrams.fetch_add(datagrams as u64, Ordering::Relaxed);
+        }
         for i in 0..n {
             // One datagram's panic costs that datagram only (counted, reported to Python);
             // the rest of the batch, other rooms and the thread carry on.
@@ -639,6 +657,18 @@ fn plain_thread(shared: Arc<Shared>) {
 }
 
 /// Count a panic caught on the I/O thread and wake Python so it logs it.
+/// UDP GRO on every socket of `sockets` if `want`: (on, refused). All or none: if the kernel
+/// refuses it on one, it is turned off again on those that took it (a socket with GRO must
+/// be read with GRO-sized buffers).
+fn enable_gro(sockets: &[UdpSocket], want: bool) -> (bool, bool) {
+    if !want {
+        return (false, false);
+    }
+    let fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+    let on = io::set_gro_all(&fds);
+    (on, !on)
+}
+
 fn on_io_panic(shared: &Shared, st: &mut State, e: &(dyn std::any::Any + Send)) {
     st.router.count_drop(DropReason::Panic, 1);
     st.last_panic = Some(panic_message(e));
@@ -828,8 +858,10 @@ impl Engine {
     /// `gso`: send bursts to one destination as UDP GSO messages where the kernel takes them.
     /// `workers`: I/O threads, each with its own UDP socket on the port (`workers.rs`);
     /// without UDP, one.
-    #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true, gso = true, workers = 1))]
-    fn new(host: &str, port: u16, udp: bool, tcp: bool, gso: bool, workers: usize) -> PyResult<Self> {
+    /// `gro`: receive with UDP GRO (`io::set_gro`): coalesced buffers split into datagrams
+    /// before the router; off for good (totals `groRefused`) where the kernel refuses it.
+    #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true, gso = true, workers = 1, gro = false))]
+    fn new(host: &str, port: u16, udp: bool, tcp: bool, gso: bool, workers: usize, gro: bool) -> PyResult<Self> {
         if !udp && !tcp {
             return Err(PyValueError::new_err("the engine needs UDP or TCP (or both)"));
         }
@@ -839,6 +871,7 @@ impl Engine {
         let workers = if udp { workers } else { 1 };
         let (sockets, listener) = bind_both(host, port, tcp, workers)?;
         let port = sockets[0].local_addr().map_err(|e| PyValueError::new_err(e.to_string()))?.port();
+        let (gro_on, gro_refused) = enable_gro(&sockets, gro && udp);
         let up_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
         let stop_fd = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
         let poller = Poller::new().map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
@@ -882,6 +915,8 @@ impl Engine {
             plain,
             gso_on: AtomicBool::new(gso),
             gso: GsoCounters::default(),
+            gro_on,
+            gro: GroCounters { refused: AtomicU64::new(u64::from(gro_refused)), ..GroCounters::default() },
         });
         let mut threads = Vec::with_capacity(shared.workers.len());
         for me in 0..shared.workers.len() {
@@ -952,6 +987,12 @@ impl Engine {
     #[getter]
     fn port(&self) -> u16 {
         self.port
+    }
+
+    /// UDP GRO in use (the setting, unless the kernel refused it).
+    #[getter]
+    fn gro(&self) -> PyResult<bool> {
+        Ok(self.shared()?.gro_on)
     }
 
     /// UDP GSO in use now (the setting, unless the kernel refused it since).
@@ -1249,6 +1290,9 @@ impl Engine {
         d.set_item("gsoMessages", shared.gso.messages.load(Ordering::Relaxed))?;
         d.set_item("gsoDatagrams", shared.gso.datagrams.load(Ordering::Relaxed))?;
         d.set_item("gsoRefused", shared.gso.refused.load(Ordering::Relaxed))?;
+        d.set_item("groBuffers", shared.gro.buffers.load(Ordering::Relaxed))?;
+        d.set_item("groDatagrams", shared.gro.datagrams.load(Ordering::Relaxed))?;
+        d.set_item("groRefused", shared.gro.refused.load(Ordering::Relaxed))?;
         Ok(d)
     }
 

@@ -129,13 +129,82 @@ pub fn std_to_sockaddr(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> l
     }
 }
 
-/// Receive buffers for one recvmmsg call, reused forever by the I/O thread.
+/// `UDP_GRO` (linux/udp.h, Linux >= 5.0): the socket option that lets the kernel hand up
+/// several datagrams of one size from one source as one buffer, and the control message
+/// (level `SOL_UDP`, an int) that gives their size. Not in the libc crate for glibc targets.
+const UDP_GRO: libc::c_int = 104;
+/// Receive slot with GRO: a coalesced buffer is one UDP payload (under 64 KiB).
+pub const GRO_SLOT: usize = 65_536;
+/// Slots per recvmmsg call with GRO (each may hold many datagrams).
+pub const GRO_BATCH: usize = 16;
+/// Room for the `UDP_GRO` control message (and a spare one), 8-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct GroCmsg([u8; 64]);
+
+/// Ask the kernel for coalesced receive (`UDP_GRO`) on `fd`, or (`on` false) stop it.
+/// Err where the kernel has no UDP GRO (before 5.0: ENOPROTOOPT) or `fd` is not UDP.
+pub fn set_gro(fd: RawFd, on: bool) -> io::Result<()> {
+    let value = libc::c_int::from(on);
+    // SAFETY: valid fd, pointer to a c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_GRO,
+            &value as *const libc::c_int as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `UDP_GRO` on every socket of `fds`, or on none: if the kernel refuses it on one, it is
+/// turned off again on those that took it (a socket with GRO must be read with GRO-sized
+/// buffers, `RecvBatch::with_gro`). Returns whether it is on.
+pub fn set_gro_all(fds: &[RawFd]) -> bool {
+    if fds.iter().all(|&fd| set_gro(fd, true).is_ok()) {
+        return true;
+    }
+    for &fd in fds {
+        let _ = set_gro(fd, false);
+    }
+    false
+}
+
+/// One datagram of a GRO batch: where in which slot.
+#[derive(Clone, Copy, Default)]
+struct Segment {
+    slot: u32,
+    start: u32,
+    len: u32,
+    truncated: bool,
+}
+
+/// Receive buffers for one recvmmsg call, reused forever by the I/O thread. Without GRO,
+/// `RECV_BATCH` slots of `SLOT` bytes, one datagram each. With GRO (`with_gro`, on a socket
+/// `set_gro` enabled), `GRO_BATCH` slots of `GRO_SLOT` bytes; a slot may hold several
+/// datagrams of one size from one source (the size in the `UDP_GRO` control message, the
+/// last one possibly shorter), split here into datagrams (index only, no copy) so that
+/// `get` hands out one datagram at a time either way.
 pub struct RecvBatch {
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
     lens: Vec<usize>,
     truncated: Vec<bool>,
     count: usize,
+    slot: usize,
+    slots: usize,
+    /// With GRO: a control message buffer per slot, and the datagrams of the last call.
+    cmsgs: Vec<GroCmsg>,
+    segments: Vec<Segment>,
+    gro: bool,
+    /// Of the last call (GRO): buffers that held more than one datagram, and their datagrams.
+    coalesced: (usize, usize),
 }
 
 impl Default for RecvBatch {
@@ -146,38 +215,71 @@ impl Default for RecvBatch {
 
 impl RecvBatch {
     pub fn new() -> Self {
+        Self::sized(RECV_BATCH, SLOT, false)
+    }
+
+    /// Buffers for a socket with `UDP_GRO` on (`set_gro`).
+    pub fn with_gro() -> Self {
+        Self::sized(GRO_BATCH, GRO_SLOT, true)
+    }
+
+    fn sized(slots: usize, slot: usize, gro: bool) -> Self {
+        debug_assert!(slots <= RECV_BATCH);
         RecvBatch {
-            bufs: vec![0u8; RECV_BATCH * SLOT],
+            bufs: vec![0u8; slots * slot],
             // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-            addrs: vec![unsafe { mem::zeroed() }; RECV_BATCH],
-            lens: vec![0; RECV_BATCH],
-            truncated: vec![false; RECV_BATCH],
+            addrs: vec![unsafe { mem::zeroed() }; slots],
+            lens: vec![0; slots],
+            truncated: vec![false; slots],
             count: 0,
+            slot,
+            slots,
+            cmsgs: if gro { vec![GroCmsg([0; 64]); slots] } else { Vec::new() },
+            segments: Vec::with_capacity(if gro { slots * 8 } else { 0 }),
+            gro,
+            coalesced: (0, 0),
         }
     }
 
-    /// One non-blocking recvmmsg. Ok(0) when nothing is waiting.
+    /// Whether this batch splits coalesced buffers (made by `with_gro`).
+    pub fn gro(&self) -> bool {
+        self.gro
+    }
+
+    /// Of the last call: buffers that held several datagrams, and the datagrams they held.
+    pub fn coalesced(&self) -> (usize, usize) {
+        self.coalesced
+    }
+
+    /// One non-blocking recvmmsg. Ok(0) when nothing is waiting; otherwise the number of
+    /// datagrams (with GRO, after splitting).
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut iov: [libc::iovec; RECV_BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; RECV_BATCH];
         // SAFETY: mmsghdr is plain old data; all-zero is valid.
         let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { mem::zeroed() };
         let base = self.bufs.as_mut_ptr();
-        for i in 0..RECV_BATCH {
-            // SAFETY: i * SLOT + SLOT <= bufs.len().
-            iov[i].iov_base = unsafe { base.add(i * SLOT) } as *mut libc::c_void;
-            iov[i].iov_len = SLOT;
+        for i in 0..self.slots {
+            // SAFETY: i * slot + slot <= bufs.len().
+            iov[i].iov_base = unsafe { base.add(i * self.slot) } as *mut libc::c_void;
+            iov[i].iov_len = self.slot;
             msgs[i].msg_hdr.msg_iov = &mut iov[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &mut self.addrs[i] as *mut _ as *mut libc::c_void;
             msgs[i].msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            if self.gro {
+                msgs[i].msg_hdr.msg_control = self.cmsgs[i].0.as_mut_ptr() as *mut libc::c_void;
+                msgs[i].msg_hdr.msg_controllen = mem::size_of::<GroCmsg>() as _;
+            }
         }
         // SAFETY: every pointer in msgs points into buffers owned by self or this frame.
         let n = unsafe {
-            libc::recvmmsg(fd, msgs.as_mut_ptr(), RECV_BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(fd, msgs.as_mut_ptr(), self.slots as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
         };
+        self.coalesced = (0, 0);
         if n < 0 {
             let e = io::Error::last_os_error();
             self.count = 0;
+            self.segments.clear();
             return match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
                 _ => Err(e),
@@ -185,21 +287,79 @@ impl RecvBatch {
         }
         let n = n as usize;
         for (i, m) in msgs.iter().take(n).enumerate() {
-            self.lens[i] = (m.msg_len as usize).min(SLOT);
+            self.lens[i] = (m.msg_len as usize).min(self.slot);
             self.truncated[i] = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         }
         self.count = n;
-        Ok(n)
+        if !self.gro {
+            return Ok(n);
+        }
+        self.segments.clear();
+        for (i, m) in msgs.iter().take(n).enumerate() {
+            self.split(i, gro_segment_size(&m.msg_hdr));
+        }
+        Ok(self.segments.len())
+    }
+
+    /// Slot `i`'s buffer as datagrams of `size` bytes (the last one may be shorter); one
+    /// datagram without a size. A datagram over `SLOT` counts as truncated, as without GRO.
+    fn split(&mut self, i: usize, size: Option<usize>) {
+        let len = self.lens[i];
+        if self.truncated[i] || len == 0 {
+            self.segments.push(Segment { slot: i as u32, start: 0, len: len as u32, truncated: self.truncated[i] });
+            return;
+        }
+        let size = size.filter(|&s| s > 0 && s < len).unwrap_or(len);
+        let before = self.segments.len();
+        let mut at = 0usize;
+        while at < len {
+            let l = size.min(len - at);
+            self.segments.push(Segment { slot: i as u32, start: at as u32, len: l as u32, truncated: l > SLOT });
+            at += l;
+        }
+        let made = self.segments.len() - before;
+        if made > 1 {
+            self.coalesced.0 += 1;
+            self.coalesced.1 += made;
+        }
     }
 
     /// Datagram `i` of the last call: source, bytes, truncated flag.
     pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8], bool)> {
+        if self.gro {
+            let s = self.segments.get(i)?;
+            let slot = s.slot as usize;
+            let at = slot * self.slot + s.start as usize;
+            let addr = sockaddr_to_std(&self.addrs[slot])?;
+            return Some((addr, &self.bufs[at..at + s.len as usize], s.truncated));
+        }
         if i >= self.count {
             return None;
         }
         let addr = sockaddr_to_std(&self.addrs[i])?;
         Some((addr, &self.bufs[i * SLOT..i * SLOT + self.lens[i]], self.truncated[i]))
     }
+}
+
+/// The segment size of a received message's `UDP_GRO` control message, if it has one.
+fn gro_segment_size(h: &libc::msghdr) -> Option<usize> {
+    if h.msg_control.is_null() {
+        return None;
+    }
+    // SAFETY: the kernel filled msg_control up to msg_controllen with well-formed control
+    // messages; CMSG_FIRSTHDR (null when msg_controllen is under one header) and NXTHDR
+    // stay within it, and the data is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                return usize::try_from(v).ok();
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
 }
 
 /// Outcome of sending a batch.
@@ -548,6 +708,143 @@ mod tests {
             let want: Vec<Vec<u8>> = items.iter().filter(|(x, _)| *x == dests[d]).map(|(_, b)| b.clone()).collect();
             assert_eq!(got, want);
         }
+    }
+
+    /// Everything `sock` receives into `batch` until `expect` datagrams or a quiet second,
+    /// with the coalesced buffers/datagrams counted over the calls.
+    type Received = Vec<(SocketAddr, Vec<u8>, bool)>;
+
+    fn recv_into(batch: &mut RecvBatch, sock: &UdpSocket, expect: usize) -> (Received, (usize, usize)) {
+        let mut got = Vec::new();
+        let mut coalesced = (0, 0);
+        while got.len() < expect {
+            wait(sock.as_raw_fd(), sock.as_raw_fd(), 1000);
+            let n = batch.recv(sock.as_raw_fd()).unwrap();
+            if n == 0 {
+                break;
+            }
+            coalesced.0 += batch.coalesced().0;
+            coalesced.1 += batch.coalesced().1;
+            for i in 0..n {
+                let (from, data, trunc) = batch.get(i).unwrap();
+                got.push((from, data.to_vec(), trunc));
+            }
+            assert!(batch.get(n).is_none());
+        }
+        (got, coalesced)
+    }
+
+    /// Two senders' GSO bursts (equal sizes, the last of each shorter) interleaved with
+    /// plain datagrams, to `dest`; returns what was sent, per datagram, in send order.
+    fn gso_bursts_to(dest: SocketAddr, a: &UdpSocket, b: &UdpSocket) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut sent = Vec::new();
+        for round in 0..3u8 {
+            for (k, (sock, len, count)) in [(a, 1200usize, 20usize), (b, 700, 7)].into_iter().enumerate() {
+                let items: Vec<(SocketAddr, Vec<u8>)> = (0..count)
+                    .map(|p| {
+                        let l = if p + 1 == count { 111 + k } else { len };
+                        let mut d = vec![round; l];
+                        d[0] = k as u8;
+                        d[1] = p as u8;
+                        (dest, d)
+                    })
+                    .collect();
+                let r = send_plan(sock.as_raw_fd(), &items);
+                assert_eq!((r.sent, r.gso_messages, r.refused), (count, 1, false));
+                let from = sock.local_addr().unwrap();
+                sent.extend(items.into_iter().map(|(_, d)| (from, d)));
+            }
+            let single = vec![9u8, round, 7, 7];
+            send_batch(a.as_raw_fd(), std::iter::once((&dest, single.as_slice())));
+            sent.push((a.local_addr().unwrap(), single));
+        }
+        sent
+    }
+
+    #[test]
+    fn gro_splits_coalesced_buffers_exactly() {
+        let rx = bind("127.0.0.1", 0).unwrap();
+        set_gro(rx.as_raw_fd(), true).expect("this kernel (>= 5.0) has UDP_GRO");
+        let (a, b) = (bind("127.0.0.1", 0).unwrap(), bind("127.0.0.1", 0).unwrap());
+        let sent = gso_bursts_to(rx.local_addr().unwrap(), &a, &b);
+        let mut batch = RecvBatch::with_gro();
+        assert!(batch.gro());
+        let (got, coalesced) = recv_into(&mut batch, &rx, sent.len());
+        let got_plain: Vec<(SocketAddr, Vec<u8>)> = got.iter().map(|(f, d, t)| {
+            assert!(!t);
+            (*f, d.clone())
+        }).collect();
+        // Every datagram with its own source, size and bytes, in order (per source and
+        // overall: each burst was queued whole before the next was sent).
+        assert_eq!(got_plain, sent);
+        // Loopback hands a GSO message to a GRO socket whole: six bursts came coalesced.
+        assert_eq!(coalesced, (6, 3 * (20 + 7)));
+    }
+
+    #[test]
+    fn gro_off_receives_the_same_datagrams_one_by_one() {
+        let rx = bind("127.0.0.1", 0).unwrap();
+        let (a, b) = (bind("127.0.0.1", 0).unwrap(), bind("127.0.0.1", 0).unwrap());
+        let sent = gso_bursts_to(rx.local_addr().unwrap(), &a, &b);
+        let mut batch = RecvBatch::new();
+        assert!(!batch.gro());
+        let (got, coalesced) = recv_into(&mut batch, &rx, sent.len());
+        let got: Vec<(SocketAddr, Vec<u8>)> = got.into_iter().map(|(f, d, _)| (f, d)).collect();
+        assert_eq!(got, sent);
+        assert_eq!(coalesced, (0, 0));
+        // And turning GRO off on a socket that had it: the same again.
+        set_gro(rx.as_raw_fd(), true).unwrap();
+        set_gro(rx.as_raw_fd(), false).unwrap();
+        let sent = gso_bursts_to(rx.local_addr().unwrap(), &a, &b);
+        let (got, _) = recv_into(&mut batch, &rx, sent.len());
+        assert_eq!(got.into_iter().map(|(f, d, _)| (f, d)).collect::<Vec<_>>(), sent);
+    }
+
+    #[test]
+    fn gro_batch_flags_oversized_datagrams_as_truncated_like_without() {
+        for gro in [false, true] {
+            let rx = bind("127.0.0.1", 0).unwrap();
+            set_gro(rx.as_raw_fd(), gro).unwrap();
+            let tx = bind("127.0.0.1", 0).unwrap();
+            let dest = rx.local_addr().unwrap();
+            let (big, small) = (vec![1u8; SLOT + 100], vec![2u8; 50]);
+            send_batch(tx.as_raw_fd(), [(&dest, big.as_slice()), (&dest, small.as_slice())]);
+            let mut batch = if gro { RecvBatch::with_gro() } else { RecvBatch::new() };
+            let (got, _) = recv_into(&mut batch, &rx, 2);
+            let flags: Vec<bool> = got.iter().map(|(_, _, t)| *t).collect();
+            assert_eq!(flags, vec![true, false], "gro {gro}");
+            assert_eq!(got[1].1, small);
+        }
+    }
+
+    /// The socket's `UDP_GRO` option as the kernel reports it.
+    fn gro_of(fd: RawFd) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid fd, pointer to a c_int and its size.
+        let r = unsafe { libc::getsockopt(fd, libc::SOL_UDP, UDP_GRO, &mut v as *mut _ as *mut libc::c_void, &mut len) };
+        assert_eq!(r, 0);
+        v
+    }
+
+    #[test]
+    fn gro_is_on_for_every_socket_or_none() {
+        let (a, b) = (bind("127.0.0.1", 0).unwrap(), bind("127.0.0.1", 0).unwrap());
+        assert!(set_gro_all(&[a.as_raw_fd(), b.as_raw_fd()]));
+        assert_eq!((gro_of(a.as_raw_fd()), gro_of(b.as_raw_fd())), (1, 1));
+        // One socket refuses (a TCP socket, as an old kernel would): off again everywhere.
+        let c = bind("127.0.0.1", 0).unwrap();
+        let refuses = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!set_gro_all(&[c.as_raw_fd(), refuses.as_raw_fd()]));
+        assert_eq!(gro_of(c.as_raw_fd()), 0);
+    }
+
+    #[test]
+    fn gro_refused_where_the_socket_has_none() {
+        // A TCP socket has no SOL_UDP options: the kernel refuses, as an old kernel would.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = set_gro(l.as_raw_fd(), true).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOPROTOOPT));
     }
 
     #[test]
