@@ -24,6 +24,7 @@ pub mod stun_peek;
 pub mod twcc;
 pub mod bwe;
 pub mod layers;
+pub mod layer_rates;
 pub mod vp8;
 pub mod vp9;
 pub mod svc;

@@ -17,8 +17,22 @@
 //! packets. When higher spatial layers are dropped, the last packet of the target's spatial
 //! layer takes the RTP marker bit (the sender put it on the last layer of the temporal unit,
 //! which the viewer no longer gets).
+//!
+//! A single-stream consumer's layers also follow its viewer's bandwidth estimate, as a VP9
+//! SVC consumer's do (svc.rs): the filter measures what each rung of the stream's layer
+//! ladder costs (the spatial layers, each with every temporal layer; or, in a stream with
+//! one spatial layer, its temporal layers), counting a packet toward a rung when its frame
+//! is present in the rung's decode target (so a rung's rate includes the layers it depends
+//! on), and [`crate::layers::LayerState`] picks the highest rung within the preference that
+//! the estimate covers, with the hysteresis, settling and probing rules of simulcast. A move
+//! down waits for the next temporal unit, and, when the lower target needs frames the viewer
+//! did not get (k-SVC), for a switch point of it (asked for with a key frame request).
 
+use std::time::Instant;
+
+use crate::bwe::Estimate;
 use crate::dd::{Descriptor, Dti, Structure};
+use crate::layer_rates::{LayerMeter, MAX_LAYERS};
 use crate::rtp::{Codec, RtpHeader};
 
 use super::consumer::{Consumer, Kind, Rewrite};
@@ -26,6 +40,9 @@ use super::egress::DdFrame;
 
 /// Every layer (no preference).
 pub(super) const ALL: u8 = u8::MAX;
+/// Frames remembered as forwarded or not (frame differences are at most 16 in practice:
+/// dd.rs MAX_FDIFFS entries of up to 4 bits + 1 in templates).
+const HISTORY: usize = 64;
 
 /// The codecs whose layers the router selects by the dependency descriptor (when the
 /// producer negotiated it). VP8 and VP9 are filtered by their payload descriptors instead.
@@ -34,9 +51,49 @@ pub(super) fn selects_by_dd(codec: Codec) -> bool {
     matches!(codec, Codec::Av1 | Codec::H264)
 }
 
+/// The rungs of a stream's layer ladder (cheapest first): the decode target of each.
+#[derive(Clone, Copy, Default)]
+struct Ladder {
+    targets: [u8; MAX_LAYERS],
+    len: u8,
+    /// The rungs are temporal layers (the stream has one spatial layer).
+    temporal: bool,
+    /// Every rung's frames are frames of the rung above too (full SVC, temporal layers):
+    /// moving down needs no switch point. Not so in k-SVC.
+    nested: bool,
+}
+
+impl Ladder {
+    fn of(s: &Structure, max: (u8, u8)) -> Self {
+        let mut l = Ladder { temporal: max.0 == 0, nested: true, ..Ladder::default() };
+        let rungs = if l.temporal { max.1 } else { max.0 };
+        for rung in 0..=rungs.min(MAX_LAYERS as u8 - 1) {
+            let want = if l.temporal { (0, rung) } else { (rung, ALL) };
+            let Some(t) = wanted_target(s, u32::MAX, want) else { break };
+            if l.len > 0 && !contains(s, t, usize::from(l.targets[usize::from(l.len) - 1])) {
+                l.nested = false;
+            }
+            l.targets[usize::from(l.len)] = t as u8;
+            l.len += 1;
+        }
+        l
+    }
+}
+
+/// Whether every template present in decode target `small` is present in `big` too (a
+/// viewer of `big` has every frame `small` needs).
+fn contains(s: &Structure, big: usize, small: usize) -> bool {
+    s.templates.iter().all(|t| t.dtis.get(small) == Dti::NotPresent || t.dtis.get(big) != Dti::NotPresent)
+}
+
 pub(super) struct DdFilter {
     /// The highest spatial and temporal layers the viewer wants.
     preferred: (u8, u8),
+    /// The rung of the ladder its bandwidth estimate allows (None: no limit yet).
+    cap: Option<u8>,
+    ladder: Ladder,
+    /// Per-rung bitrates and the decision on them (layer_rates.rs, layers.rs).
+    meter: LayerMeter,
     /// The decode target being forwarded (None: none yet, waiting for a switch point).
     current: Option<usize>,
     /// Its (spatial, temporal) layers.
@@ -47,6 +104,9 @@ pub(super) struct DdFilter {
     last_ts: Option<u32>,
     /// The highest (spatial, temporal) layers of the stream's structure.
     max_layers: (u8, u8),
+    /// The frame numbers of the last [`HISTORY`] frames, where forwarded (by number modulo
+    /// HISTORY): whether the viewer has a frame's references.
+    forwarded: [Option<u16>; HISTORY],
     /// Frames not forwarded (not present in the target, or before a switch point).
     pub(super) frames_dropped: u64,
     /// Decode target changes.
@@ -54,34 +114,61 @@ pub(super) struct DdFilter {
 }
 
 impl DdFilter {
-    pub(super) fn new(spatial: u8, temporal: u8) -> Self {
+    pub(super) fn new(spatial: u8, temporal: u8, now: Instant) -> Self {
         DdFilter {
             preferred: (spatial, temporal),
+            cap: None,
+            ladder: Ladder::default(),
+            meter: LayerMeter::new(now),
             current: None,
             current_layers: None,
             frame: None,
             last_ts: None,
             max_layers: (0, 0),
+            forwarded: [None; HISTORY],
             frames_dropped: 0,
             switches: 0,
         }
     }
 
-    pub(super) fn set_preference(&mut self, spatial: u8, temporal: u8) {
+    /// The viewer's preference; the estimate lowers it again at the next decision.
+    pub(super) fn set_preference(&mut self, now: Instant, spatial: u8, temporal: u8) {
+        let rung = |p: (u8, u8)| if self.ladder.temporal { p.1 } else { p.0 };
+        if rung((spatial, temporal)) > rung(self.preferred) {
+            self.meter.preference_raised(now);
+        }
         self.preferred = (spatial, temporal);
+        self.cap = None;
     }
 
-    /// Whether reaching the preferred layers needs a key frame: the stream has spatial
-    /// layers and the wanted layers are above the forwarded ones.
+    /// The layers to select: the preference, lowered to the rung the estimate allows (a
+    /// lower spatial layer with every temporal layer, or a lower temporal layer).
+    fn wanted_layers(&self) -> (u8, u8) {
+        let (ps, pt) = self.preferred;
+        match self.cap {
+            Some(c) if self.ladder.temporal => (ps, pt.min(c)),
+            Some(c) if c < ps.min(self.max_layers.0) => (c, ALL),
+            _ => (ps, pt),
+        }
+    }
+
+    /// Whether reaching the wanted layers needs a key frame: the stream has spatial layers
+    /// and the wanted layers are above the forwarded ones, or below them but not nested.
     pub(super) fn needs_key_frame(&self) -> bool {
         let (ms, mt) = self.max_layers;
         let Some((cs, ct)) = self.current_layers else { return false };
-        ms > 0 && (self.preferred.0.min(ms) > cs || self.preferred.1.min(mt) > ct)
+        let (ws, wt) = self.wanted_layers();
+        ms > 0 && (ws.min(ms) > cs || wt.min(mt) > ct || (!self.ladder.nested && ws.min(ms) < cs))
     }
 
     /// The (spatial, temporal) layers being forwarded, once a decode target is.
     pub(super) fn current_layers(&self) -> Option<(u8, u8)> {
         self.current_layers
+    }
+
+    /// The spatial layer the filter moves to (the preference as the estimate lowers it).
+    pub(super) fn target_spatial(&self) -> u8 {
+        self.wanted_layers().0.min(self.max_layers.0)
     }
 
     /// The output starts over (the consumer (re)starts at a key frame, or its source stream
@@ -90,6 +177,77 @@ impl DdFilter {
         self.current = None;
         self.frame = None;
         self.last_ts = None;
+        self.forwarded = [None; HISTORY];
+    }
+
+    /// Whether the viewer got every frame frame `d` references.
+    fn has_references(&self, d: &Descriptor) -> bool {
+        d.fdiffs.as_slice().iter().all(|&f| {
+            let n = d.frame_number.wrapping_sub(f);
+            usize::from(f) < HISTORY && self.forwarded[usize::from(n) % HISTORY] == Some(n)
+        })
+    }
+
+    /// A packet of `len` bytes with descriptor `d` (resolved against `s`): at a frame start
+    /// the stream's layers and ladder are read from `s`; the packet counts toward every rung
+    /// whose decode target its frame is present in.
+    #[inline]
+    pub(super) fn count(&mut self, d: &Descriptor, s: &Structure, len: usize) {
+        if d.start_of_frame || self.ladder.len == 0 {
+            let layers = s.templates.iter().fold((0, 0), |(a, b), t| (a.max(t.spatial), b.max(t.temporal)));
+            self.max_layers = layers;
+            self.ladder = Ladder::of(s, layers);
+        }
+        for (i, &t) in self.ladder.targets[..usize::from(self.ladder.len)].iter().enumerate() {
+            if d.active_targets & (1 << t) != 0 && d.dtis.get(usize::from(t)) != Dti::NotPresent {
+                self.meter.count(i, len);
+            }
+        }
+    }
+
+    /// The rung being forwarded (None before the first target).
+    fn current_rung(&self) -> Option<usize> {
+        let (s, t) = self.current_layers?;
+        let rung = if self.ladder.temporal { t } else { s };
+        Some(usize::from(rung).min(usize::from(self.ladder.len).saturating_sub(1)))
+    }
+
+    fn preferred_rung(&self) -> usize {
+        let rung = if self.ladder.temporal { self.preferred.1 } else { self.preferred.0 };
+        usize::from(rung).min(usize::from(self.ladder.len).saturating_sub(1))
+    }
+
+    fn rates(&self) -> [u64; MAX_LAYERS] {
+        std::array::from_fn(|i| self.meter.bps(i))
+    }
+
+    /// Every [`crate::layer_rates::DECIDE_INTERVAL`]: the rung the viewer's `estimate`
+    /// allows (None: no estimate applies). True when the new wanted layers need a key frame
+    /// the filter did not need before.
+    pub(super) fn follow_estimate(&mut self, now: Instant, estimate: Option<Estimate>) -> bool {
+        let n = usize::from(self.ladder.len);
+        if n < 2 || !self.meter.due(now) {
+            return false;
+        }
+        let preferred = self.preferred_rung();
+        let current = self.current_rung().unwrap_or(usize::from(self.cap.map_or(preferred as u8, |c| c)));
+        let before = self.needs_key_frame();
+        let rung = self.meter.decide(now, preferred, current, &self.rates()[..n], estimate);
+        self.cap = Some(rung as u8);
+        !before && self.needs_key_frame()
+    }
+
+    /// Settled below the preference on a send-side `estimate` that does not cover the next
+    /// rung: that rung's bitrate and the current one's, to probe the path for before moving
+    /// up (layers.rs). None otherwise.
+    pub(super) fn probe_for(&self, estimate: Option<Estimate>) -> Option<(u64, u64)> {
+        let n = usize::from(self.ladder.len);
+        let current = self.current_rung().filter(|_| n >= 2)?;
+        let preferred = self.preferred_rung();
+        let target = self.cap.map_or(preferred, usize::from);
+        let rates = self.rates();
+        let next = self.meter.probe_for(preferred, current, target, &rates[..n], estimate)?;
+        Some((next, rates[current]))
     }
 
     /// Whether the packet with descriptor `d` (resolved against `s`) and RTP timestamp `ts`
@@ -117,25 +275,30 @@ impl DdFilter {
         if d.start_of_frame {
             self.last_ts = Some(ts);
         }
-        let layers = s.templates.iter().fold((0, 0), |(a, b), t| (a.max(t.spatial), b.max(t.temporal)));
-        self.max_layers = layers;
         let keep = self.decide(d, s, unit_start);
         if !keep {
             self.frames_dropped += 1;
         }
+        self.forwarded[usize::from(d.frame_number) % HISTORY] = keep.then_some(d.frame_number);
         self.frame = Some((d.frame_number, keep));
         keep
     }
 
     fn decide(&mut self, d: &Descriptor, s: &Structure, unit_start: bool) -> bool {
-        let Some(wanted) = wanted_target(s, d.active_targets, self.preferred) else {
+        let Some(wanted) = wanted_target(s, d.active_targets, self.wanted_layers()) else {
             // No decode target to choose from: nothing to filter by.
             return true;
         };
         let current = self.current.filter(|&c| c < usize::from(s.decode_targets));
-        let layers = |t: Option<usize>| t.and_then(|t| s.target_layers.get(t).copied());
-        let down = matches!((layers(current), layers(Some(wanted))), (Some(c), Some(w)) if w.0 <= c.0 && w.1 <= c.1);
-        if current != Some(wanted) && unit_start && (down || d.dtis.get(wanted) == Dti::Switch) {
+        // Down where the viewer has every frame the wanted target needs (nested layers) at
+        // once; else at a switch point of the wanted target, and going down (k-SVC) only at
+        // one whose references the viewer has (a lower layer's key frame), not at a switch
+        // point whose chain it never got.
+        let layers = |t: usize| s.target_layers.get(t).copied().unwrap_or_default();
+        let down = current.is_some_and(|c| contains(s, c, wanted));
+        let lower = current.is_some_and(|c| layers(wanted).0 <= layers(c).0 && layers(wanted).1 <= layers(c).1);
+        let switch = d.dtis.get(wanted) == Dti::Switch && (!lower || self.has_references(d));
+        if current != Some(wanted) && unit_start && (down || switch) {
             if current.is_some() {
                 self.switches += 1;
             }
@@ -165,12 +328,28 @@ impl Consumer {
     /// Decode target selection (AV1, H264) of a packet with header `hdr` the consumer
     /// otherwise takes: None when the filter drops it (its sequence number skipped), else
     /// the marker bit to set, if the packet ends the forwarded part of its temporal unit.
+    /// A single-stream consumer's layers follow `estimate` (the viewer's bandwidth
+    /// estimate; a simulcast consumer's stream does instead, layering.rs), which sets
+    /// `key_frame_wanted` when it moves the consumer to layers that need a key frame.
     #[inline]
-    pub(super) fn dd_admit(&mut self, dd: &DdFrame<'_>, hdr: &RtpHeader, switching: bool) -> Option<Rewrite> {
+    pub(super) fn dd_admit(
+        &mut self,
+        dd: &DdFrame<'_>,
+        hdr: &RtpHeader,
+        switching: bool,
+        now: Instant,
+        estimate: Option<Estimate>,
+        key_frame_wanted: &mut bool,
+    ) -> Option<Rewrite> {
         let (spatial, temporal) = (self.preferred_svc_spatial, self.preferred_temporal);
-        let f = self.dd.get_or_insert_with(|| Box::new(DdFilter::new(spatial, temporal)));
+        let f = self.dd.get_or_insert_with(|| Box::new(DdFilter::new(spatial, temporal, now)));
+        f.count(&dd.desc, dd.structure, hdr.payload_len);
         if switching {
             f.sync();
+        }
+        let estimate = estimate.filter(|_| matches!(self.kind, Kind::Simple));
+        if f.follow_estimate(now, estimate) && !self.paused {
+            *key_frame_wanted = true;
         }
         let Some(mark) = f.admit(&dd.desc, dd.structure, hdr.timestamp) else {
             self.seq.drop(hdr.sequence);
@@ -187,12 +366,12 @@ impl Consumer {
 
     /// The viewer's spatial preference within one stream (a simulcast consumer's picks the
     /// stream; within it every spatial layer goes).
-    pub(super) fn set_svc_preference(&mut self, spatial: usize) {
+    pub(super) fn set_svc_preference(&mut self, now: Instant, spatial: usize) {
         if !matches!(self.kind, Kind::Simulcast(_)) {
             self.preferred_svc_spatial = spatial.min(usize::from(ALL)) as u8;
         }
         if let Some(f) = self.dd.as_mut() {
-            f.set_preference(self.preferred_svc_spatial, self.preferred_temporal);
+            f.set_preference(now, self.preferred_svc_spatial, self.preferred_temporal);
         }
     }
 }
