@@ -233,8 +233,12 @@ impl DdFilter {
         let current = self.current_rung().unwrap_or(usize::from(self.cap.map_or(preferred as u8, |c| c)));
         let before = self.needs_key_frame();
         let rung = self.meter.decide(now, preferred, current, &self.rates()[..n], estimate);
+        let moved_down = rung < usize::from(self.cap.map_or(preferred as u8, |c| c)) && self.current_layers.is_some();
         self.cap = Some(rung as u8);
-        !before && self.needs_key_frame()
+        // A spatial move down on the estimate follows congestion, whose losses likely hit
+        // the lower layer too: a key frame gives the viewer a clean start on it (as a
+        // simulcast switch does) rather than a wait for retransmissions over the full path.
+        (!before && self.needs_key_frame()) || (moved_down && !self.ladder.temporal)
     }
 
     /// Settled below the preference on a send-side `estimate` that does not cover the next

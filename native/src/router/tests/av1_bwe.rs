@@ -1,8 +1,8 @@
 //! AV1 SVC consumers follow their viewer's bandwidth estimate: an AV1 L2T3, L3T3 (full SVC
 //! or k-SVC) or L1T3 producer with the dependency descriptor, its transport-cc viewer
 //! behind the simulated bottleneck of bwe.rs. Under a limit the consumer moves down (a
-//! lower spatial layer, or with one spatial layer a lower temporal layer) at a temporal
-//! unit boundary, and its reported layers change (what consumerLayersChanged reports); when
+//! lower spatial layer, asking for a key frame, or with one spatial layer a lower temporal
+//! layer) at a temporal unit boundary, and its reported layers change (what consumerLayersChanged reports); when
 //! the limit goes, the path is probed first, then the consumer moves up at a key frame it
 //! asked for. The viewer's preference still caps it.
 
@@ -210,10 +210,14 @@ fn down_and_back_up(spatial: u8, ksvc: bool, limit: u64, low: usize) {
     let limited_at = s.ms() as i64 * 1000;
     let keys = s.seen.key_units;
     let down = s.until(2_000, |s| s.encoding() < top).expect("down within 2 s of the limit");
-    // Full SVC: down at the next temporal unit; k-SVC: the lower layer's frames since the
-    // last key frame were not forwarded, so at a key frame asked for.
-    assert_eq!(s.seen.key_units > keys, ksvc, "a key frame for the move down");
+    // k-SVC moves down only at a key frame it asks for (the lower layer's frames since the
+    // last key frame were not forwarded), full SVC at the next temporal unit; both ask for
+    // one (a clean start after the losses of the congestion).
+    if ksvc {
+        assert!(s.seen.key_units > keys, "k-SVC: down at a key frame");
+    }
     s.until(4_000, |_| false);
+    assert!(s.seen.key_units > keys, "a key frame for the move down");
     assert_eq!(s.layers(), (low, Some(2)), "held on the layer that fits, every temporal layer (down after {down} ms)");
     assert_eq!(stat(&s.r, 20, "targetLayer"), Some(StatValue::Int(low as u64)));
     let p = s.prober();
@@ -287,4 +291,43 @@ fn the_preference_still_caps_an_av1_viewer_with_room() {
 #[test]
 fn an_l2t3_key_viewer_goes_down_to_s0_at_a_key_frame_not_at_a_switch_point() {
     down_and_back_up(2, true, 700_000, 0);
+}
+
+/// The filter alone, on L2T3_KEY: a viewer of S1 that asks for S0 does not move at S0's
+/// temporal switch points (their references are S0 frames it never got), asks for a key
+/// frame, and moves at the key frame.
+#[test]
+fn a_ksvc_move_down_waits_for_a_frame_whose_references_the_viewer_has() {
+    use crate::dd::DdStream;
+    use crate::router::svc_dd::DdFilter;
+    let now = Instant::now();
+    let mut stream = DdStream::new();
+    let mut f = DdFilter::new(super::super::svc_dd::ALL, super::super::svc_dd::ALL, now);
+    let mut number = 0u16;
+    // Unit `n` (key or not): whether the filter forwards its S0 and S1 frames.
+    let mut unit = |f: &mut DdFilter, n: u32, key: bool| -> [bool; 2] {
+        let kind = if key { 0 } else { 1 + usize::from(tid(u64::from(n))) };
+        [0usize, 1].map(|s| {
+            let d = descriptor(true, true, s * KINDS + kind, number, (key && s == 0).then_some((2, true)));
+            number += 1;
+            let d = stream.parse(&d).unwrap();
+            let st = stream.structure().unwrap().clone();
+            f.count(&d, &st, 100);
+            f.admit(&d, &st, n * 3000).is_some()
+        })
+    };
+    assert_eq!(unit(&mut f, 0, true), [true, true]);
+    for n in 1..4 {
+        assert_eq!(unit(&mut f, n, false), [false, true], "k-SVC: S1 alone");
+    }
+    assert_eq!(f.current_layers(), Some((1, 2)));
+    f.set_preference(now, 0, super::super::svc_dd::ALL);
+    assert!(f.needs_key_frame(), "S0 from S1 in k-SVC needs a key frame");
+    for n in 4..8 {
+        // Units 5, 6, 7 start with S0 switch points for S0's targets (T2, T1, T2).
+        assert_eq!(unit(&mut f, n, false), [false, true], "still S1 at unit {n}");
+    }
+    assert_eq!(unit(&mut f, 8, true), [true, false], "S0 from its key frame on");
+    assert_eq!(f.current_layers(), Some((0, 2)));
+    assert_eq!(unit(&mut f, 9, false), [true, false]);
 }
