@@ -33,6 +33,7 @@ pub mod workers;
 pub mod sealing;
 pub mod dcep;
 pub mod dd;
+pub mod dd_filter;
 pub mod sctp;
 
 use pyo3::prelude::*;

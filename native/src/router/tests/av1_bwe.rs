@@ -299,10 +299,10 @@ fn an_l2t3_key_viewer_goes_down_to_s0_at_a_key_frame_not_at_a_switch_point() {
 #[test]
 fn a_ksvc_move_down_waits_for_a_frame_whose_references_the_viewer_has() {
     use crate::dd::DdStream;
-    use crate::router::svc_dd::DdFilter;
+    use crate::dd_filter::{DdFilter, ALL};
     let now = Instant::now();
     let mut stream = DdStream::new();
-    let mut f = DdFilter::new(super::super::svc_dd::ALL, super::super::svc_dd::ALL, now);
+    let mut f = DdFilter::new(ALL, ALL, now);
     let mut number = 0u16;
     // Unit `n` (key or not): whether the filter forwards its S0 and S1 frames.
     let mut unit = |f: &mut DdFilter, n: u32, key: bool| -> [bool; 2] {
@@ -321,7 +321,7 @@ fn a_ksvc_move_down_waits_for_a_frame_whose_references_the_viewer_has() {
         assert_eq!(unit(&mut f, n, false), [false, true], "k-SVC: S1 alone");
     }
     assert_eq!(f.current_layers(), Some((1, 2)));
-    f.set_preference(now, 0, super::super::svc_dd::ALL);
+    f.set_preference(now, 0, ALL);
     assert!(f.needs_key_frame(), "S0 from S1 in k-SVC needs a key frame");
     for n in 4..8 {
         // Units 5, 6, 7 start with S0 switch points for S0's targets (T2, T1, T2).
