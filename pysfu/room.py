@@ -142,6 +142,14 @@ def _temporal_layers(producer: Producer) -> int:
                 for e in producer.rtp_parameters["encodings"]), default=1)
 
 
+def _layers(producer: Producer) -> tuple[int, int]:
+    """The most spatial and temporal layers any of the producer's encodings declares
+    (scalabilityMode; an AV1 L2T1 stream has spatial layers its consumers move between)."""
+    modes = [ortc.parse_scalability_mode(e.get("scalabilityMode"))
+             for e in producer.rtp_parameters["encodings"]]
+    return max((m[0] for m in modes), default=1), max((m[1] for m in modes), default=1)
+
+
 @dataclass(eq=False)
 class Peer:
     id: str
@@ -788,7 +796,7 @@ class Room:
         self.consumers[consumer.id] = consumer
         log_event(logger, "consumer.created", room=self.id, peer=peer.id,
                   transport=transport.id, consumer=consumer.id, producer=producer.id)
-        if len(producer.mapping["encodings"]) > 1 or _temporal_layers(producer) > 1 \
+        if len(producer.mapping["encodings"]) > 1 or max(_layers(producer)) > 1 \
                 or ortc.svc_layers(producer.rtp_parameters) is not None:
             self.nursery.start_soon(self._watch_layers, consumer)
         return consumer

@@ -24,6 +24,7 @@ pub mod stun_peek;
 pub mod twcc;
 pub mod bwe;
 pub mod layers;
+pub mod layer_rates;
 pub mod vp8;
 pub mod vp9;
 pub mod svc;
@@ -32,6 +33,7 @@ pub mod workers;
 pub mod sealing;
 pub mod dcep;
 pub mod dd;
+pub mod dd_filter;
 pub mod sctp;
 
 use pyo3::prelude::*;

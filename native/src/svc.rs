@@ -24,22 +24,17 @@
 //! against the per-layer bitrates this filter measures ([`crate::layers::LayerState`], as for
 //! simulcast). Sans-IO (time passed in) and allocation-free per packet.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::layers::LayerState;
-use crate::reports::BitrateSampler;
+use crate::layer_rates::LayerMeter;
+pub use crate::layer_rates::{DECIDE_INTERVAL, SAMPLE_INTERVAL};
 use crate::seq::is_newer_ts;
 use crate::vp9;
 
 /// Spatial layers a VP9 descriptor can name (SID is 3 bits).
-pub const MAX_SPATIAL_LAYERS: usize = 8;
+pub const MAX_SPATIAL_LAYERS: usize = crate::layer_rates::MAX_LAYERS;
 /// Temporal layers a VP9 descriptor can name (TID is 3 bits).
 pub const MAX_TEMPORAL_LAYERS: u8 = 8;
-/// How often the layers are chosen from the estimate (as often as simulcast ones: a viewer
-/// kept on a layer its path no longer carries loses packets and freezes meanwhile).
-pub const DECIDE_INTERVAL: Duration = Duration::from_millis(100);
-/// How often the per-layer bitrates are sampled (over this window).
-pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Spatial and temporal layer indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,11 +90,8 @@ pub struct SvcFilter {
     current: Option<Layers>,
     /// RTP timestamp of the newest picture seen.
     picture: Option<u32>,
-    layers: LayerState,
-    bytes: [u64; MAX_SPATIAL_LAYERS],
-    rates: [BitrateSampler; MAX_SPATIAL_LAYERS],
-    decided_at: Option<Instant>,
-    sampled_at: Option<Instant>,
+    /// Per-layer bitrates and the layer decision (layer_rates.rs, layers.rs).
+    meter: LayerMeter,
     /// Layer frames dropped (counted at their first packet), and of them those dropped for
     /// their temporal layer alone.
     pub frames_dropped: u64,
@@ -123,11 +115,7 @@ impl SvcFilter {
             target: declared,
             current: None,
             picture: None,
-            layers: LayerState::new(now),
-            bytes: [0; MAX_SPATIAL_LAYERS],
-            rates: Default::default(),
-            decided_at: None,
-            sampled_at: None,
+            meter: LayerMeter::new(now),
             frames_dropped: 0,
             temporal_frames_dropped: 0,
             spatial_switches: 0,
@@ -158,7 +146,7 @@ impl SvcFilter {
         let spatial = spatial.min(self.declared.spatial as usize) as u8;
         let temporal = temporal.map_or(self.declared.temporal, |t| t.min(self.declared.temporal));
         if spatial > self.preferred.spatial {
-            self.layers.preference_raised(now);
+            self.meter.preference_raised(now);
         }
         self.preferred = Layers { spatial, temporal };
         self.target = self.preferred;
@@ -184,10 +172,7 @@ impl SvcFilter {
     /// Count a producer packet of spatial layer `sid` (`len` bytes) toward the layer bitrates.
     #[inline]
     pub fn count(&mut self, d: &vp9::Descriptor, len: usize) {
-        let sid = d.layer.map_or(0, |l| l.sid) as usize;
-        if let Some(b) = self.bytes.get_mut(sid) {
-            *b += len as u64;
-        }
+        self.meter.count(d.layer.map_or(0, |l| l.sid) as usize, len);
     }
 
     /// Every [`DECIDE_INTERVAL`] (the layer bitrates sampled every [`SAMPLE_INTERVAL`]):
@@ -195,21 +180,14 @@ impl SvcFilter {
     /// last updated). True when the new
     /// target needs a key picture the consumer did not need before.
     pub fn decide(&mut self, now: Instant, estimate: Option<crate::bwe::Estimate>) -> bool {
-        if self.decided_at.is_some_and(|t| now.saturating_duration_since(t) < DECIDE_INTERVAL) {
+        if !self.meter.due(now) {
             return false;
         }
-        self.decided_at = Some(now);
         let n = self.declared.spatial as usize + 1;
-        if self.sampled_at.is_none_or(|t| now.saturating_duration_since(t) >= SAMPLE_INTERVAL) {
-            self.sampled_at = Some(now);
-            for (sampler, &bytes) in self.rates.iter_mut().zip(&self.bytes).take(n) {
-                sampler.sample(now, bytes);
-            }
-        }
         let rates = self.layer_rates();
         let current = self.current.map_or(self.target.spatial, |c| c.spatial) as usize;
         let before = self.needs_key_frame();
-        let spatial = self.layers.decide(now, self.preferred.spatial as usize, current, &rates[..n], estimate) as u8;
+        let spatial = self.meter.decide(now, self.preferred.spatial as usize, current, &rates[..n], estimate) as u8;
         let temporal = if spatial < self.preferred.spatial { self.declared.temporal } else { self.preferred.temporal };
         self.target = Layers { spatial, temporal };
         !before && self.needs_key_frame()
@@ -220,9 +198,10 @@ impl SvcFilter {
     fn layer_rates(&self) -> [u64; MAX_SPATIAL_LAYERS] {
         let mut rates = [0u64; MAX_SPATIAL_LAYERS];
         let mut below = 0u64;
-        for (rate, sampler) in rates.iter_mut().zip(&self.rates).take(self.declared.spatial as usize + 1) {
-            *rate = sampler.bps + if self.ksvc { 0 } else { below };
-            below += sampler.bps;
+        for (i, rate) in rates.iter_mut().enumerate().take(self.declared.spatial as usize + 1) {
+            let bps = self.meter.bps(i);
+            *rate = bps + if self.ksvc { 0 } else { below };
+            below += bps;
         }
         rates
     }
@@ -234,7 +213,7 @@ impl SvcFilter {
         let current = self.current?.spatial as usize;
         let rates = self.layer_rates();
         let n = self.declared.spatial as usize + 1;
-        let next = self.layers.probe_for(self.preferred.spatial as usize, current, self.target.spatial as usize, &rates[..n], estimate)?;
+        let next = self.meter.probe_for(self.preferred.spatial as usize, current, self.target.spatial as usize, &rates[..n], estimate)?;
         Some((next, rates[current]))
     }
 
@@ -309,6 +288,7 @@ mod tests {
     use super::*;
     use crate::vp8::PictureId;
     use crate::vp9::{Descriptor, LayerIndices};
+    use std::time::Duration;
 
     fn desc(sid: u8, tid: u8, key: bool, u: bool, d: bool) -> Descriptor {
         Descriptor {

@@ -269,16 +269,18 @@ def run(pages: Pages, room: str, relay: RelayThread) -> None:
     assert figures["longest_decoded_gap"] < MAX_FREEZE * 1000, figures
 
 
-def measure(data: dict[str, Any], capped: float, lifted: float, top: int) -> dict[str, Any]:
-    """The figures of one run (times in s after the cap or its removal, gaps in ms)."""
+def measure(data: dict[str, Any], capped: float, lifted: float, top: int,
+            top_layer: int = 2) -> dict[str, Any]:
+    """The figures of one run (times in s after the cap or its removal, gaps in ms; the top
+    spatial layer is ``top_layer``, ``top`` its width)."""
     samples = [s for s in data["samples"] if s[0] >= capped]
     frames = [f[0] for f in data["frames"] if f[0] >= capped]
     gap, gap_at = longest_gap(frames)
     first, last = samples[0], samples[-1]
-    up = first_after(data["layers"], lifted, lambda r: r[1] == 2)
+    up = first_after(data["layers"], lifted, lambda r: r[1] == top_layer)
     up_at = None if up is None else lifted + up * 1000
     return {
-        "down_notified": first_after(data["layers"], capped, lambda r: r[1] < 2),
+        "down_notified": first_after(data["layers"], capped, lambda r: r[1] < top_layer),
         "down_decoded": first_after(data["samples"], capped, lambda r: (r[2] or 0) < top),
         "up_notified": up,
         "up_decoded": first_after(data["samples"], lifted, lambda r: r[2] == top),
@@ -304,12 +306,13 @@ def probes_between(server: list[list[Any]], start: float, end: float | None) -> 
     return int(after[0] - before[-1])
 
 
-def save(figures: dict[str, Any], data: dict[str, Any], capped: float) -> None:
-    """Append the run's figures to test-artifacts/bwe_browser.jsonl, and write its timeline
+def save(figures: dict[str, Any], data: dict[str, Any], capped: float,
+         name: str = "bwe_browser") -> None:
+    """Append the run's figures to test-artifacts/<name>.jsonl, and write its timeline
     (seconds after the cap: the server's view every 200 ms, the layers notified) to
-    test-artifacts/bwe_browser.timeline.json."""
+    test-artifacts/<name>.timeline.json."""
     ARTIFACTS.mkdir(exist_ok=True)
-    with open(ARTIFACTS / "bwe_browser.jsonl", "a") as f:
+    with open(ARTIFACTS / f"{name}.jsonl", "a") as f:
         f.write(json.dumps(figures) + "\n")
     timeline = {
         "server_keys": SERVER_STATS,
@@ -317,4 +320,4 @@ def save(figures: dict[str, Any], data: dict[str, Any], capped: float) -> None:
         "layers": [[round((t - capped) / 1000, 2), s] for t, s in data["layers"]],
         "widths": [[round((t - capped) / 1000, 2), w] for t, _, w, *_ in data["samples"]],
     }
-    (ARTIFACTS / "bwe_browser.timeline.json").write_text(json.dumps(timeline))
+    (ARTIFACTS / f"{name}.timeline.json").write_text(json.dumps(timeline))

@@ -360,7 +360,7 @@ impl Consumer {
     /// The consumer still needs a key frame of stream `i` (it waits for one or switches to it).
     pub(super) fn wants_key_frame_of(&self, i: usize) -> bool {
         let target = self.target();
-        let svc = matches!(&self.kind, Kind::Svc(f) if f.needs_key_frame());
+        let svc = matches!(&self.kind, Kind::Svc(f) if f.needs_key_frame()) || self.dd.as_ref().is_some_and(|f| f.needs_key_frame());
         !self.paused && ((self.encoding == i && (self.wait_key_frame || svc)) || (target == i && self.encoding != i))
     }
 
@@ -400,7 +400,7 @@ impl Consumer {
         let rewrite = match (pkt.codec, pkt.dd.as_ref()) {
             (Codec::Vp8, _) if self.filters_vp8() => self.vp8_admit(pkt, switching)?.map_or(Rewrite::None, Rewrite::Vp8),
             (Codec::Vp9, _) if matches!(self.kind, Kind::Svc(_)) => self.svc_admit(pkt, switching, now, ct.bwe.estimate(now), &mut cx.key_frame_wanted)?,
-            (_, Some(dd)) => self.dd_admit(dd, pkt.hdr, switching)?,
+            (_, Some(dd)) => self.dd_admit(dd, pkt.hdr, switching, now, ct.bwe.estimate(now), &mut cx.key_frame_wanted)?,
             _ => Rewrite::None,
         };
         if switching {

@@ -1,5 +1,5 @@
-//! A consumer's layer choice (simulcast; VP9 SVC and AV1 preferences are handed to their
-//! filters, and a VP9 SVC filter's probe request passed on): the viewer's preference and its bandwidth estimate
+//! A consumer's layer choice (simulcast; VP9 SVC, AV1 and H264 preferences are handed to
+//! their filters, and their probe requests passed on): the viewer's preference and its bandwidth estimate
 //! (layers.rs decides), and the bitrate to probe before a move up (bwe/probe.rs).
 
 use std::time::Instant;
@@ -22,7 +22,8 @@ impl Consumer {
         (target != self.encoding && !self.paused).then_some(target)
     }
 
-    /// Simulcast or VP9 SVC, settled below the preference on a send-side estimate that does
+    /// Simulcast, VP9 SVC or a single stream selected by the dependency descriptor (AV1,
+    /// H264), settled below the preference on a send-side estimate that does
     /// not cover the next spatial layer: that layer's bitrate and the current one's, to probe
     /// before moving up (layers.rs). `rates`: the simulcast streams' bitrates (an SVC filter
     /// measures its layers itself).
@@ -36,7 +37,8 @@ impl Consumer {
                 Some((next, rates.get(self.encoding).copied().unwrap_or(0)))
             }
             Kind::Svc(f) => f.probe_for(estimate),
-            _ => None,
+            Kind::Simple => self.dd.as_ref()?.probe_for(estimate),
+            Kind::Pipe(_) => None,
         }
     }
 
@@ -60,7 +62,7 @@ impl Consumer {
             let switch = (!before && f.needs_key_frame() && !self.paused && !self.wait_key_frame).then_some(self.encoding);
             return ((l.spatial as usize, l.temporal), switch);
         }
-        self.set_svc_preference(spatial);
+        self.set_svc_preference(now, spatial);
         let Kind::Simulcast(s) = &mut self.kind else {
             return ((spatial.min(rates.len() - 1), self.preferred_temporal), self.svc_key_frame());
         };

@@ -43,6 +43,7 @@ impl Consumer {
     pub(super) fn target_spatial(&self) -> usize {
         match &self.kind {
             Kind::Svc(f) => f.target().spatial as usize,
+            Kind::Simple => self.dd.as_ref().filter(|f| f.current_layers().is_some()).map_or(self.encoding, |f| usize::from(f.target_spatial())),
             _ => self.target(),
         }
     }

@@ -9,6 +9,7 @@ use crate::rtcp;
 use crate::rtp::Codec;
 
 use super::consumer::Kind;
+use super::svc_dd;
 use super::egress::push_rtcp;
 use super::probing::start_probe;
 use super::output::Output;
@@ -78,15 +79,16 @@ impl Router {
 
     /// Roll the stream bitrate windows and move simulcast consumers to the layer their
     /// preference and their viewer's estimate allow (asking that layer for a key frame); a
-    /// simulcast or VP9 SVC consumer held below its preference on a send-side estimate gets
-    /// its path probed.
+    /// simulcast, VP9 SVC or AV1/H264 layered consumer held below its preference on a
+    /// send-side estimate gets its path probed.
     fn update_layers(&mut self, now: Instant, out: &mut Output) {
         let mut wanted: Vec<(Handle, usize)> = Vec::new();
         for p in self.producers.values_mut() {
-            // Simulcast consumers choose their stream here; VP9 SVC ones choose their layers
-            // in their filter, and may ask for a probe here.
+            // Simulcast consumers choose their stream here; VP9 SVC ones, and single-stream
+            // ones selected by the dependency descriptor (AV1, H264), choose their layers in
+            // their filter, and may ask for a probe here.
             let simulcast = p.encodings.len() >= 2;
-            if !simulcast && !p.codecs.iter().any(|c| c.codec == Codec::Vp9) {
+            if !simulcast && !p.codecs.iter().any(|c| c.codec == Codec::Vp9 || svc_dd::selects_by_dd(c.codec)) {
                 continue;
             }
             let mut rates = [0u64; 8];

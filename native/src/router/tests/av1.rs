@@ -9,11 +9,11 @@ use super::*;
 use crate::dd::tests::{hex, L1T3_KEY, L2T1_KEY};
 use crate::router::spec::URI_DEPENDENCY_DESCRIPTOR;
 
-const AV1_PT: u8 = 45;
-const ROUTER_AV1_PT: u8 = 110;
+pub(super) const AV1_PT: u8 = 45;
+pub(super) const ROUTER_AV1_PT: u8 = 110;
 /// The host's id of the dependency descriptor extension, and the router's (viewers get it).
-const DD_ID: u8 = 5;
-const ROUTER_DD_ID: u8 = 8;
+pub(super) const DD_ID: u8 = 5;
+pub(super) const ROUTER_DD_ID: u8 = 8;
 
 /// (temporal layer, template id) of frame `f` of the L1T3 pattern T0 T2 T1 T2; frame 0 is
 /// the key frame (template 0, the structure attached).
@@ -44,7 +44,7 @@ fn dd(f: u32, part: u8, key: bool, number: u16) -> Vec<u8> {
 }
 
 /// An RTP packet with the MID (id 3) and a dependency descriptor (id 5).
-fn av1_packet(ssrc: u32, seq: u16, ts: u32, dd: &[u8], payload: &[u8]) -> Vec<u8> {
+pub(super) fn av1_packet(ssrc: u32, seq: u16, ts: u32, dd: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut v = vec![0x90, AV1_PT, 0, 0, 0, 0, 0, 0];
     v[2..4].copy_from_slice(&seq.to_be_bytes());
     v[4..8].copy_from_slice(&ts.to_be_bytes());

@@ -1,5 +1,6 @@
 //! Send-side bandwidth estimation end to end inside the router: a transport-cc viewer of a
-//! three-layer simulcast producer (or a VP9 k-SVC one, L3T1_KEY) behind a simulated
+//! three-layer simulcast producer (or a VP9 k-SVC one, L3T1_KEY; or an AV1 one with the
+//! dependency descriptor: av1_bwe.rs) behind a simulated
 //! bottleneck, giving transport-cc feedback built by the real recorder (twcc.rs), in virtual
 //! time.
 
@@ -25,15 +26,17 @@ const SVC_PACKETS: [(u8, usize); 3] = [(1, 400), (2, 800), (5, 950)];
 
 /// What the host sends.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub(super) enum Source {
     Simulcast,
     Ksvc,
+    /// AV1 L<spatial>T3 (k-SVC or not) with the dependency descriptor (av1_bwe.rs).
+    Dd { spatial: u8, ksvc: bool },
 }
 
 /// The viewer's access link: queueing at `capacity` bit/s (None: unlimited) behind at most
 /// 250 ms of queue (more is dropped), 10 ms one-way.
-struct Path {
-    capacity: Option<u64>,
+pub(super) struct Path {
+    pub(super) capacity: Option<u64>,
     free_at_us: i64,
 }
 
@@ -51,29 +54,40 @@ impl Path {
 
 /// What the viewer got: per RTP packet in send order (transport-wide seq, SSRC, padding-only).
 #[derive(Default)]
-struct Seen {
+pub(super) struct Seen {
     tcc_seqs: Vec<u16>,
-    padding: usize,
+    pub(super) padding: usize,
     rtx: usize,
     unstamped: usize,
     last_media_seq: u16,
+    /// Key frame requests (PLI or FIR) the router sent the host.
+    pub(super) key_requests: usize,
+    /// Key units the AV1 host sent (av1_bwe.rs).
+    pub(super) key_units: usize,
+    /// Media packets the viewer got, in send order, with their arrival (None: lost on
+    /// the path): (µs sent, seq, marker, arrival µs).
+    pub(super) media: Vec<(i64, u16, bool, Option<i64>)>,
 }
 
-struct Scenario {
-    r: Router,
+pub(super) struct Scenario {
+    pub(super) r: Router,
     source: Source,
     t0: Instant,
-    now: Instant,
-    host: SrtpContext,
+    pub(super) now: Instant,
+    pub(super) host: SrtpContext,
+    host_rx: SrtpContext,
     viewer_rx: SrtpContext,
     viewer_tx: SrtpContext,
-    seqs: [u16; 3],
-    path: Path,
+    pub(super) seqs: [u16; 3],
+    pub(super) path: Path,
     /// (arrival µs, transport-wide seq) in flight toward the viewer.
     flight: Vec<(i64, u16)>,
     recorder: TwccRecorder,
-    seen: Seen,
+    pub(super) seen: Seen,
     next_timer: Instant,
+    /// The AV1 host's next frame number, and whether its next unit is a key unit.
+    pub(super) frame_number: u16,
+    pub(super) key_due: bool,
 }
 
 impl Scenario {
@@ -81,7 +95,7 @@ impl Scenario {
         Self::with(Source::Simulcast)
     }
 
-    fn with(source: Source) -> Self {
+    pub(super) fn with(source: Source) -> Self {
         let t0 = Instant::now();
         let mut r = router(t0);
         let mut out = Output::new();
@@ -89,7 +103,9 @@ impl Scenario {
         connect(&mut r, t0, 2, 2000, &mut out);
         let mut spec = producer_spec(None);
         let mut c = consumer_spec(0xAAAA, "c0", false);
-        if source == Source::Simulcast {
+        if let Source::Dd { .. } = source {
+            super::av1_bwe::specs(&mut spec, &mut c, RTX_PT);
+        } else if source == Source::Simulcast {
             spec.encodings = (0..3u32)
                 .map(|i| EncodingSpec { ssrc: Some(0x100 + i), rtx_ssrc: None, rid: Some(format!("r{i}")), mapped_ssrc: 7000 + i })
                 .collect();
@@ -113,6 +129,7 @@ impl Scenario {
             t0,
             now: t0,
             host: peer(1).0,
+            host_rx: peer(1).1,
             viewer_rx,
             viewer_tx,
             seqs: [10, 20_000, 40_000],
@@ -121,6 +138,8 @@ impl Scenario {
             recorder: TwccRecorder::new(),
             seen: Seen::default(),
             next_timer: t0,
+            frame_number: 0,
+            key_due: true,
         }
     }
 
@@ -128,17 +147,23 @@ impl Scenario {
         (self.now - self.t0).as_micros() as i64
     }
 
-    fn ms(&self) -> u64 {
+    pub(super) fn ms(&self) -> u64 {
         (self.now - self.t0).as_millis() as u64
     }
 
     /// The spatial layer the viewer gets (simulcast stream or SVC layer).
-    fn encoding(&self) -> usize {
+    pub(super) fn encoding(&self) -> usize {
         self.r.consumers[&20].current_spatial()
     }
 
     /// The server's packets toward the viewer go onto the path (RTCP is not stamped).
     fn take(&mut self, out: Output) {
+        for t in out.transmits.iter().filter(|t| t.dest.port() == 1000) {
+            let b = rtcp_of(&mut self.host_rx, t);
+            if rtcp::compound(&b).any(|p| matches!(p, Ok(rtcp::Packet::Pli(_) | rtcp::Packet::Fir(_)))) {
+                self.seen.key_requests += 1;
+            }
+        }
         for t in out.transmits.iter().filter(|t| t.dest.port() == 2000) {
             if (192..=223).contains(&t.buf[1]) {
                 continue;
@@ -165,14 +190,18 @@ impl Scenario {
                 }
             }
             let now_us = self.us();
-            if let Some(at) = self.path.carry(now_us, t.buf.len()) {
+            let arrival = self.path.carry(now_us, t.buf.len());
+            if let Some(at) = arrival {
                 self.flight.push((at, seq));
+            }
+            if h.ssrc == 0xAAAA {
+                self.seen.media.push((now_us, h.sequence, h.marker, arrival));
             }
         }
     }
 
     /// A host packet arrives at the router; what it sends goes onto the path.
-    fn host_packet(&mut self, mut pkt: Vec<u8>) {
+    pub(super) fn host_packet(&mut self, mut pkt: Vec<u8>) {
         self.host.protect_rtp(&mut pkt).unwrap();
         let mut out = Output::new();
         self.r.handle_datagram(self.now, addr(1000), &pkt, &mut out);
@@ -212,6 +241,11 @@ impl Scenario {
         if self.source == Source::Ksvc && ms.is_multiple_of(PICTURE_EVERY_MS) {
             self.svc_picture(ms / PICTURE_EVERY_MS);
         }
+        if let Source::Dd { spatial, ksvc } = self.source {
+            if ms.is_multiple_of(PICTURE_EVERY_MS) {
+                self.dd_unit(ms / PICTURE_EVERY_MS, spatial, ksvc);
+            }
+        }
         let layers = if self.source == Source::Simulcast { &EVERY_MS[..] } else { &[] };
         for (layer, every) in layers.iter().enumerate() {
             if !ms.is_multiple_of(*every) {
@@ -247,7 +281,7 @@ impl Scenario {
     }
 
     /// Step until `cond` holds, at most `ms`; the milliseconds it took.
-    fn until(&mut self, ms: u64, cond: impl Fn(&Self) -> bool) -> Option<u64> {
+    pub(super) fn until(&mut self, ms: u64, cond: impl Fn(&Self) -> bool) -> Option<u64> {
         for i in 0..ms {
             if cond(self) {
                 return Some(i);
@@ -265,11 +299,11 @@ impl Scenario {
         self.take(out);
     }
 
-    fn prober(&self) -> &crate::bwe::probe::Prober {
+    pub(super) fn prober(&self) -> &crate::bwe::probe::Prober {
         &self.r.transports[&2].bwe.send_side.as_ref().expect("stamping").prober
     }
 
-    fn assert_consecutive(&self) {
+    pub(super) fn assert_consecutive(&self) {
         assert_eq!(self.seen.unstamped, 0, "every RTP packet carries a transport-wide sequence number");
         for w in self.seen.tcc_seqs.windows(2) {
             assert_eq!(w[1], w[0].wrapping_add(1), "consecutive in send order");

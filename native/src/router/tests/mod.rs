@@ -2,6 +2,7 @@
 //! packets, specs, peers' SRTP contexts) are here.
 
 mod av1;
+mod av1_bwe;
 mod bwe;
 mod consent;
 mod forwarding;
