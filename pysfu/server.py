@@ -85,6 +85,8 @@ REFUSAL_BODY = b"too many connections from this address: try again later\n"
 PINGS_PER_SECOND = 20.0
 PING_BURST = 40
 CLOSE_POLICY_VIOLATION = 1008
+# During a graceful shutdown, how often we look whether any signaling session is left.
+SHUTDOWN_POLL = 0.05
 
 # The demo page (pysfu/web/dist) loads only its own script and style sheet, uses a data: URL
 # as favicon and opens a WebSocket to its own origin ('self' covers ws:// and wss:// of the
@@ -446,8 +448,8 @@ class Server:
     async def shutdown(self, grace: float | None = None) -> None:
         """Graceful stop: no new rooms or connections, every peer told
         ``serverShuttingDown {reconnectInMs}``, then after ``grace`` (shutdown_grace) every
-        room closed with reason ``server_shutdown`` (peers get ``roomClosed``). The caller
-        cancels the server afterwards."""
+        room closed with reason ``server_shutdown`` (peers get ``roomClosed``), or sooner once
+        no signaling session is left. The caller cancels the server afterwards."""
         grace = self.config.shutdown_grace if grace is None else grace
         self.shutting_down = True
         self.set_draining(True)
@@ -458,7 +460,14 @@ class Server:
         for room in rooms:
             room.notify_all("serverShuttingDown", notice)
         if rooms:
-            await trio.sleep(grace)
+            # The grace is for connected peers to move; once every signaling session has
+            # gone (peers left, or only hosts in their grace period remain) nobody is waiting.
+            started = trio.current_time()
+            with trio.move_on_after(grace):
+                while self.sessions:
+                    await trio.sleep(SHUTDOWN_POLL)
+                log_event(logger, "server.drained", rooms=len(rooms),
+                          after=round(trio.current_time() - started, 2))
         for room in list(self.rooms.rooms.values()) if self.rooms is not None else []:
             room.close("server_shutdown")
         # Let the sessions' writers send roomClosed before the caller cancels everything.

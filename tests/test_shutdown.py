@@ -135,3 +135,21 @@ async def test_a_new_connection_during_shutdown_is_refused(tmp_path: Path) -> No
                 assert await stream.receive_some(1024) == b""
         code, _ = await _wait(proc, 5)
         assert code == 0
+
+
+async def test_the_grace_ends_once_no_signaling_session_is_left(tmp_path: Path) -> None:
+    """A room whose peers have all hung up (its host within host_grace_period, so the room
+    stays) has nobody to wait for: the server stops long before a 30 s grace."""
+    log = tmp_path / "server.log"
+    async with _serve(log, 30.0) as (proc, port):
+        async with contextlib.AsyncExitStack() as peers:
+            await _room(peers, port)
+        assert b"event=room.closed" not in log.read_bytes()  # the host's grace keeps it
+        proc.send_signal(signal.SIGTERM)
+        code, took = await _wait(proc, 10)
+        assert code == 0 and took < 10
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "event=server.drained rooms=1" in text
+    assert text.strip().splitlines()[-1].endswith(
+        "event=server.stopped reason=SIGTERM graceful=True")
