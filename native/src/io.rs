@@ -66,11 +66,16 @@ pub fn bind_group(host: &str, port: u16, count: usize) -> io::Result<Vec<UdpSock
 }
 
 pub(crate) fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    setsockopt_at(fd, libc::SOL_SOCKET, opt, value)
+}
+
+/// An integer socket option at `level` (SOL_SOCKET, SOL_UDP...).
+fn setsockopt_at(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: valid fd, pointer to a c_int and its size.
     let r = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
+            level,
             opt,
             &value as *const libc::c_int as *const libc::c_void,
             mem::size_of::<libc::c_int>() as libc::socklen_t,
@@ -145,22 +150,7 @@ struct GroCmsg([u8; 64]);
 /// Ask the kernel for coalesced receive (`UDP_GRO`) on `fd`, or (`on` false) stop it.
 /// Err where the kernel has no UDP GRO (before 5.0: ENOPROTOOPT) or `fd` is not UDP.
 pub fn set_gro(fd: RawFd, on: bool) -> io::Result<()> {
-    let value = libc::c_int::from(on);
-    // SAFETY: valid fd, pointer to a c_int and its size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            UDP_GRO,
-            &value as *const libc::c_int as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt_at(fd, libc::SOL_UDP, UDP_GRO, libc::c_int::from(on))
 }
 
 /// `UDP_GRO` on every socket of `fds`, or on none: if the kernel refuses it on one, it is

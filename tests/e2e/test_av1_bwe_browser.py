@@ -17,15 +17,14 @@ from typing import Any
 import pytest
 
 from tests.e2e.layers import poll
-from tests.e2e.test_browser import STATS, _wait, new_room, start_sharing, wait_decoding
+from tests.e2e.test_browser import STATS, new_room
 from tests.e2e.test_bwe_browser import (
     DOWN_WITHIN,
     MAX_FREEZE,
-    SAMPLE_MS,
     SERVER_STATS,
     UP_WITHIN,
-    VIEWER_HOOK,
     RelayThread,
+    host_and_relayed_viewer,
     measure,
     recorded,
     save,
@@ -72,16 +71,7 @@ def test_av1_l2t3_viewer_behind_capped_relay_goes_down_and_back_up(
 
 
 def run(pages: Pages, room: str, relay: RelayThread) -> None:
-    host = pages.open("host", f"/?room={room}&role=host&scalability=L2T3")
-    _wait(host, "!document.getElementById('start').disabled", what="host ready")
-    start_sharing(host, source="camera", codec="video/AV1")
-    hook = VIEWER_HOOK % {"server_port": relay.relay.server[1],
-                          "relay_port": relay.relay.address[1], "sample_ms": SAMPLE_MS,
-                          "server_keys": json.dumps(SERVER_STATS)}
-    viewer = pages.open("viewer", f"/?room={room}&role=viewer", init_script=hook)
-    _wait(viewer, "window.pysfu.state.transports.recv !== undefined", what="viewer ready")
-    wait_decoding(viewer, timeout=20, codec="video/AV1")
-    assert viewer.evaluate("() => __relay.rewritten") >= 1, "the viewer's offer was not rewritten"
+    host, viewer = host_and_relayed_viewer(pages, room, relay, "scalability=L2T3", "video/AV1")
     viewer.evaluate("() => __relay.start()")
 
     def width() -> int:

@@ -198,17 +198,25 @@ def test_viewer_behind_capped_relay_goes_down_and_back_up(pages: Pages, sfu: Sfu
         relay.stop()
 
 
-def run(pages: Pages, room: str, relay: RelayThread) -> None:
-    host = pages.open("host", f"/?room={room}&role=host&simulcast=1")
+def host_and_relayed_viewer(pages: Pages, room: str, relay: RelayThread, host_query: str,
+                            codec: str) -> tuple[Any, Any]:
+    """A host sharing its camera in `codec` straight to the server, and a viewer whose media
+    goes through `relay` (its page hook rewrites the server's candidate), decoding."""
+    host = pages.open("host", f"/?room={room}&role=host&{host_query}")
     _wait(host, "!document.getElementById('start').disabled", what="host ready")
-    start_sharing(host, source="camera", codec="video/VP8")
+    start_sharing(host, source="camera", codec=codec)
     hook = VIEWER_HOOK % {"server_port": relay.relay.server[1],
                           "relay_port": relay.relay.address[1], "sample_ms": SAMPLE_MS,
                           "server_keys": json.dumps(SERVER_STATS)}
     viewer = pages.open("viewer", f"/?room={room}&role=viewer", init_script=hook)
     _wait(viewer, "window.pysfu.state.transports.recv !== undefined", what="viewer ready")
-    wait_decoding(viewer, timeout=20, codec="video/VP8")
+    wait_decoding(viewer, timeout=20, codec=codec)
     assert viewer.evaluate("() => __relay.rewritten") >= 1, "the viewer's offer was not rewritten"
+    return host, viewer
+
+
+def run(pages: Pages, room: str, relay: RelayThread) -> None:
+    host, viewer = host_and_relayed_viewer(pages, room, relay, "simulcast=1", "video/VP8")
     forwarded = relay.relay.down_stats.forwarded
     time.sleep(0.5)
     assert relay.relay.down_stats.forwarded > forwarded + 10, "no media through the relay"
