@@ -69,7 +69,11 @@ def test_vp9_l3t3_key_viewer_spatial_and_temporal_layers(pages: Pages) -> None:
                              f"spatial layer {spatial} (width {want}) at the viewer")
         assert viewer.evaluate(CONSUMER_STATS)["spatialLayer"] == spatial
     assert seen[0] < seen[1] < seen[2], seen
-    changes = [d["spatialLayer"] for d in notifications(viewer, "consumerLayersChanged")]
+    # The notification follows the server's layer change within the watcher's poll
+    # (pysfu/layers.py POLL_INTERVAL), so it may come after the stats already say 2.
+    changes = poll(lambda: [d["spatialLayer"] for d in
+                   notifications(viewer, "consumerLayersChanged")],
+                   lambda seen: seen[-1:] == [2], 5, "consumerLayersChanged notifications")
     assert changes[-3:] == [0, 1, 2], changes
 
     # Temporal, on spatial layer 0 (which the viewer's estimate never lowers): layer 0 is
