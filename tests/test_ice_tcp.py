@@ -84,6 +84,13 @@ async def test_transport_offers_a_passive_tcp_candidate(server: Server, client: 
     assert cands[1]["tcpType"] == "passive"
 
 
+# With several I/O workers a transport's SRTP is applied by its owner worker, which then
+# writes to the TCP connection: the same results.
+TWO_WORKERS = pytest.mark.parametrize("config_overrides", [{"workers": 1}, {"workers": 2}],
+                                      ids=["1worker", "2workers"])
+
+
+@TWO_WORKERS
 async def test_viewer_gets_every_packet_over_tcp(server: Server) -> None:
     async with live_stream(server, viewer_protocol="tcp") as live:
         await trio.sleep(1.5)
@@ -226,6 +233,7 @@ async def test_a_thousand_idle_connections_from_one_address(server: Server) -> N
             s.close()
 
 
+@TWO_WORKERS
 async def test_rtcp_both_ways_over_tcp(server: Server, client: Any) -> None:
     """Host and viewer on ICE-TCP only: the server's reports reach both over their
     connections; the viewer's NACK (SRTCP over TCP) is answered with the retransmission (RTX)
