@@ -305,6 +305,10 @@ async def test_rtcp_both_ways_over_tcp(server: Server, client: Any) -> None:
                        if s["type"] == "outbound-rtp"]
             assert stats["nackCount"] == 1 and stats["pliCount"] == 1, stats
             assert stats["packetsRetransmitted"] == 2, stats
+            # getStats says which protocol carries the media (mediasoup's iceSelectedTuple).
+            for c, t in ((vc, viewer.transport["id"]), (hc, host.transport["id"])):
+                [record] = await c.get_stats(room, transportId=t)
+                assert record["iceSelectedTuple"]["protocol"] == "tcp", record
             assert server.media.counts()["tcp_connections"] == 2
         finally:
             host.close()
