@@ -1,10 +1,11 @@
-"""bench/engine_fanout.py for workers 1 and 2 (or, ``--vary gro``, GRO off and on) back to
+"""bench/engine_fanout.py for workers 1 and 2 (or, ``--vary gro``, GRO off and on; ``--vary
+tcp``, viewers over UDP read by the bench (``--drain``) and over ICE-TCP (``--tcp``)) back to
 back, N pairs (the machine's load drifts: pairs keep the two close in time); writes one JSON
 with every run, the load average at each, and the medians (forwarded packets/s, I/O CPU per
 egress packet, busiest worker thread).
 
 Usage: python bench/engine_fanout_pairs.py --out bench/results/engine_fanout-workers-<...>.json
-[--pairs 3] [--consumers 100] [--seconds 4] [--vary workers|gro] [-- --rate 12000]
+[--pairs 3] [--consumers 100] [--seconds 4] [--vary workers|gro|tcp] [-- --rate 12000]
 (after --: engine_fanout args)
 """
 
@@ -26,13 +27,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--label", default="")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--vary", choices=("workers", "gro"), default="workers")
+    ap.add_argument("--vary", choices=("workers", "gro", "tcp"), default="workers")
     ap.add_argument("extra", nargs="*")
     a = ap.parse_args()
     runs = []
     # The two settings compared: (name in the summary, engine_fanout arguments, run's key).
-    sides = ([("workers_1", ["--workers", "1"]), ("workers_2", ["--workers", "2"])]
-             if a.vary == "workers" else [("gro_off", ["--no-gro"]), ("gro_on", ["--gro"])])
+    sides = {
+        "workers": [("workers_1", ["--workers", "1"]), ("workers_2", ["--workers", "2"])],
+        "gro": [("gro_off", ["--no-gro"]), ("gro_on", ["--gro"])],
+        "tcp": [("udp_drained", ["--drain"]), ("tcp", ["--tcp"])],
+    }[a.vary]
     for _ in range(a.pairs):
         for w, (_, side) in enumerate(sides, start=1):
             cmd = [sys.executable, "bench/engine_fanout.py", "--consumers", str(a.consumers),
@@ -52,6 +56,7 @@ def main() -> None:
             "io_us_per_packet_median": statistics.median(
                 r["io_thread_us_per_egress_packet"] for r in rs),
             "busiest_thread_median": statistics.median(max(r["worker_cpu_s_per_s"]) for r in rs),
+            "drops_median": statistics.median(sum(r["drops"].values()) for r in rs),
         }
     (one, _), (two, _) = sides
     summary["pps_ratio_2_vs_1"] = round(summary[two]["forwarded_pps_median"]

@@ -28,7 +28,12 @@ async def test_old_credentials_refused_new_ones_answered(
         server: Server, client: Any, host: Any) -> None:  # noqa: F811
     host_client, host_peer, _producer_id = host
     old = dict(host_peer.ice)
-    params = await host_client.restart_ice(ROOM, host_peer.transport["id"])
+    # The answer: iceRestarted {transportId, iceParameters} (mediasoup's IceParameters).
+    event, answer = await host_client.request_answer(
+        "restartIce", {"roomId": ROOM, "transportId": host_peer.transport["id"]})
+    assert event == "iceRestarted" and answer["transportId"] == host_peer.transport["id"]
+    params = answer["iceParameters"]
+    assert set(params) == {"usernameFragment", "password", "iceLite"}
     assert params["iceLite"] is True
     assert params["usernameFragment"] != old["usernameFragment"]
     assert params["password"] != old["password"]
