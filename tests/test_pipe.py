@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from pysfu.client import SignalingClient, connect
-from pysfu.pipe import PipeEnd, pipe_to_router
+from pysfu.pipe import PipeEnd, PipeError, pipe_to_router
 from pysfu.room import Room
 from pysfu.server import Server, serve
 from pysfu.testing.fixtures import device_caps
@@ -80,8 +80,10 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(server: Server, nursery: trio.Nursery) -> AsyncIterator[Setup]:
-    other: Server = await nursery.start(serve, test_config())
+async def setup(server: Server, nursery: trio.Nursery,
+                config_overrides: dict[str, Any]) -> AsyncIterator[Setup]:
+    """Server A (the ``server`` fixture) and B, both with ``config_overrides``."""
+    other: Server = await nursery.start(serve, test_config(**config_overrides))
     async with AsyncExitStack() as stack:
         host = await stack.enter_async_context(connect(f"ws://127.0.0.1:{server.port}/ws"))
         await host.join(ROOM_A, "host", "host")
@@ -237,3 +239,17 @@ async def test_the_far_producer_follows_pause_resume_and_close(setup: Setup) -> 
     _, note = await edge.client.next_notification("producerClosed")
     assert note["producerId"] == link.producer.id
     assert setup.b.media.counts()["producers"] == 0
+
+
+async def test_an_srtp_pipe_refuses_a_far_end_without_keys(setup: Setup) -> None:
+    """Pipes are SRTP unless pipe_plain_rtp (loopback only) says otherwise: a far end
+    without keys is refused, and nothing is sent."""
+    room_a = setup.room(setup.a, ROOM_A)
+    pipe = room_a.open_pipe()
+    end = pipe.local_end()
+    assert end.srtp is not None and end.srtp["cryptoSuite"] == "AEAD_AES_128_GCM"
+    with pytest.raises(PipeError, match="no srtpParameters"):
+        pipe.connect_end(PipeEnd.from_dict({"ip": "127.0.0.1", "port": 9}))
+    assert not pipe.connected
+    room_a.close_pipe(pipe)
+    assert setup.a.media.plain_sockets() == 0
