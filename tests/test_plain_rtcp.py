@@ -34,7 +34,7 @@ from pysfu.plain import (
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps
 from pysfu.testing.media_room import ROOM, add_viewer, rtcp_types
-from pysfu.testing.webrtc_peer import build_pli, build_rtp, vp8_payload
+from pysfu.testing.webrtc_peer import build_pli, build_rtp, parse_rtp, vp8_payload
 from tests.test_plain_ffmpeg import free_udp_port, run_ffmpeg, vp8_key_frame_size
 
 FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
@@ -338,6 +338,44 @@ async def test_srtp_on_both_ports(server: Server, client: Any) -> None:
         assert state["rtcpPacketsReceived"] == 2 and state["wrongSourceDropped"] == 0
         types = [t for packet in ours for t in rtcp_types(rx.unprotect_rtcp(packet))]
         assert any(t[0] == RR for t in types), types
+
+
+async def test_plain_consumer_starts_paused_until_resume_consumer(server: Server,
+                                                                  client: Any) -> None:
+    """A plain consumer starts paused like any consumer: its receiver gets nothing while the
+    source sends, and the stream from the first key frame once ``resumeConsumer`` came."""
+    with ExitStack() as sockets:
+        src, rx = (sockets.enter_context(s) for s in _udp_pair())
+        async with client() as c:
+            await c.join(ROOM, "host", "host")
+            source = await c.create_plain_transport(ROOM, comedia=True)
+            await c.connect_plain_transport(ROOM, source["transportId"])
+            producer_id = await c.produce(ROOM, source["transportId"], "video",
+                                          plain_producer_parameters(
+                                              "video", payload_type=VIDEO_PT, ssrc=VIDEO_SSRC))
+            out = await c.create_plain_transport(ROOM)
+            await c.connect_plain_transport(ROOM, out["transportId"], ip="127.0.0.1",
+                                            port=_port(rx))
+            consumer = await c.consume(ROOM, out["transportId"], producer_id,
+                                       device_caps(await c.router_rtp_capabilities(ROOM)))
+            dest = ("127.0.0.1", source["tuple"]["localPort"])
+
+            async def send(first: int, count: int) -> None:
+                for seq in range(first, first + count):
+                    src.sendto(build_rtp(VIDEO_PT, seq, seq * 3000, VIDEO_SSRC,
+                                         vp8_payload(True), marker=True), dest)
+                    await trio.sleep(0.02)
+
+            await send(1, 10)
+            before = await _drain(rx, 0.3)
+            await c.resume_consumer(ROOM, consumer["id"])
+            await send(11, 10)
+            after = await _drain(rx, 0.5)
+        assert before == []
+        ssrc = consumer["rtpParameters"]["encodings"][0]["ssrc"]
+        rtp = [parse_rtp(d) for d in after if not 192 <= d[1] <= 223]
+        assert len(rtp) >= 5 and {p.ssrc for p in rtp} == {ssrc}, rtp
+        assert vp8_key_frame_size(rtp[0].payload) is not None
 
 
 def _fir(sender_ssrc: int, media_ssrc: int, seq: int) -> bytes:
