@@ -447,3 +447,32 @@ async def test_plain_transports_per_address_are_limited_across_rooms(server: Ser
         await c.close_plain_transport(room, tid)
         await last.create_plain_transport(f"plain-{rooms}")
         assert server.ctx.media.plain_sockets() == MAX_PLAIN_TRANSPORTS_PER_ADDRESS
+
+
+def _one_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+ONE_PORT = _one_free_port()
+
+
+@pytest.mark.parametrize("config_overrides", [{"plain_port_range": f"{ONE_PORT}-{ONE_PORT}"}])
+async def test_plain_port_range_exhausted_is_limit_exceeded(server: Server,
+                                                            client: Any) -> None:
+    """plain_port_range is where plain transports bind; a range with no free port left is
+    refused as limit_exceeded (so is a split transport that needs two), and the port of a
+    closed transport serves the next one."""
+    async with client() as c:
+        await c.join(ROOM, "host", "host")
+        first = await c.create_plain_transport(ROOM)
+        assert first["tuple"]["localPort"] == ONE_PORT
+        with pytest.raises(Exception, match="limit_exceeded"):
+            await c.create_plain_transport(ROOM)
+        await c.close_plain_transport(ROOM, first["transportId"])
+        with pytest.raises(Exception, match="limit_exceeded"):
+            await c.create_plain_transport(ROOM, rtcpMux=False)  # two ports, the range has one
+        again = await c.create_plain_transport(ROOM)
+        assert again["tuple"]["localPort"] == ONE_PORT
+        assert server.ctx.media.plain_sockets() == 1
