@@ -29,7 +29,9 @@ from pysfu.plain import (
     consumer_sdp,
     ffmpeg_record_command,
     ffmpeg_send_command,
+    gst_send_command,
     plain_producer_parameters,
+    shell,
 )
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps
@@ -123,6 +125,28 @@ def test_helpers_write_rtcp_port_instead_of_rtcp_mux() -> None:
     # ffmpeg's RTCP: on for the split target, off (skip_rtcp) for the rtcp-mux one only.
     assert argv.count("skip_rtcp") == 1
     assert argv.index("skip_rtcp") > argv.index(urls[0])
+
+
+def _readme_block(after: str, fence: str) -> str:
+    """The first ``fence`` code block of README.md after the line ``after``, its shell
+    continuation lines joined."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rest = readme[readme.index(after):]
+    start = rest.index(f"```{fence}\n") + len(fence) + 4
+    block = rest[start:rest.index("```", start)]
+    return " ".join(line.strip() for line in block.replace("\\\n", " ").splitlines())
+
+
+def test_readme_send_examples_are_what_the_helpers_print() -> None:
+    """README's copy-paste command lines are the helpers' output, word for word."""
+    target = RtpTarget("127.0.0.1", 41000, 101, 1111)
+    printed = shell(ffmpeg_send_command(["-re", "-i", "movie.mp4"], video=target))
+    assert " ".join(_readme_block("which prints a command like", "sh").split()) == printed
+    split = RtpTarget("127.0.0.1", 41000, 101, 1111, rtcp_port=41001)
+    gst = shell(gst_send_command(split, source="videotestsrc is-live=true"))
+    assert " ".join(_readme_block("print(shell(gst_send_command(", "sh").split()) == gst
+    tail = shell(ffmpeg_send_command(["-re", "-i", "movie.mp4"], video=split)).split(" -ssrc ")[1]
+    assert f"# ... -ssrc {tail}" in _readme_block("has a port of its own both ways", "python")
 
 
 # ---- signaling -----------------------------------------------------------------------------
