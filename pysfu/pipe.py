@@ -106,6 +106,12 @@ class PipeEnd:
         if not isinstance(ip, str) or isinstance(port, bool) or not isinstance(port, int) \
                 or not 1 <= port <= 65535:
             raise PipeError("pipe end: ip (string) and port (1..65535)")
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            raise PipeError("pipe end: ip must be an IP address") from None
+        if address.is_unspecified or address.is_multicast:
+            raise PipeError("pipe end: ip must be a unicast address")
         srtp = data.get("srtpParameters")
         if srtp is None:
             return cls(ip, port, None)

@@ -7,14 +7,18 @@ SRTP and refuse a far end without keys."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pysfu.config import load_config
 from pysfu.pipe import PipeEnd, PipeError, pipe_to_router, plain_rtp_pipes
+from pysfu.plain import PlainTransportError
 from pysfu.testing.simulcast_peer import payload_layer
 from pysfu.testing.webrtc_peer import parse_rtp
 from tests.test_pipe import ROOM_A, ROOM_B, Setup, consume_piped, wait_for
@@ -84,3 +88,33 @@ async def test_plain_rtp_pipe_refuses_keys_and_non_loopback_ends(setup: Setup) -
     assert not pipe.connected
     room_a.close_pipe(pipe)
     assert setup.a.media.plain_sockets() == 0
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=50),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=20), inner, max_size=4), max_leaves=12)
+_ends = st.fixed_dictionaries({}, optional={
+    "ip": st.sampled_from(["127.0.0.1", "::1", "192.0.2.1", "x"]) | _json,
+    "port": st.integers(-5, 70000) | _json,
+    "srtpParameters": st.fixed_dictionaries({}, optional={
+        "cryptoSuite": st.sampled_from(["AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80"]) | _json,
+        "keyBase64": st.sampled_from(["A" * 38 + "==", "A" * 40, "!!"]) | _json}) | _json})
+
+
+@given(_ends | _json)
+def test_pipe_end_from_any_data_is_an_end_or_a_clear_error(data: Any) -> None:
+    """A pipe end comes from another node as plain data: anything is a PipeEnd that
+    round-trips, or PipeError / PlainTransportError, never another exception."""
+    try:
+        end = PipeEnd.from_dict(data)
+    except (PipeError, PlainTransportError):
+        return
+    assert ipaddress.ip_address(end.ip) and 1 <= end.port <= 65535
+    assert PipeEnd.from_dict(end.as_dict()) == end
+
+
+def test_pipe_end_addresses_are_unicast_ips() -> None:
+    for ip in ("x", "", "0.0.0.0", "::", "224.0.0.1", "localhost"):
+        with pytest.raises(PipeError, match="ip must be"):
+            PipeEnd.from_dict({"ip": ip, "port": 9})
+    assert PipeEnd.from_dict({"ip": "::1", "port": 9}) == PipeEnd("::1", 9, None)
