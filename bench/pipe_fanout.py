@@ -8,10 +8,12 @@ Both engines live in this process on loopback. The figure is the CPU of every en
 thread (pysfu-io and pysfu-plain of both engines, from /proc) per packet forwarded to a
 viewer, measured after a warm-up, with a paced Python sender (pre-encrypted SRTP).
 
-One run prints one JSON object: python bench/pipe_fanout.py [--hop pipe|direct]
+``--hop pipe-plain``: the pipe without SRTP (the ``pipe_plain_rtp`` setting, loopback only).
+
+One run prints one JSON object: python bench/pipe_fanout.py [--hop pipe|pipe-plain|direct]
 [--consumers 50] [--seconds 4] [--rate 3000]. With ``--out FILE`` it runs ``--pairs`` pairs
-(direct then pipe, back to back, each run a fresh process) for every N of
-``--consumers-list`` and writes every run, the load average at each, the git revision and
+(``--hops``, default direct then pipe, back to back, each run a fresh process) for every N
+of ``--consumers-list`` and writes every run, the load average at each, the git revision and
 the medians (µs per forwarded packet, pipe / direct) to FILE, e.g.
 ``python bench/pipe_fanout.py --out bench/results/pipe_fanout-<UTC>-<rev>.json
 --consumers-list 10,50 --pairs 3``.
@@ -100,14 +102,15 @@ def setup(hop: str, consumers: int) -> tuple[list[Engine], Engine, list[socket.s
     if hop == "direct":
         return [a], a, add_viewers(a, 10, consumers), host, hk + hs
     b = Engine("127.0.0.1", 0)
-    port_a, _ = a.add_plain_transport(5, "127.0.0.1", PORTS, False, True)
-    port_b, _ = b.add_plain_transport(6, "127.0.0.1", PORTS, False, True)
+    srtp = hop == "pipe"
+    port_a, _ = a.add_plain_transport(5, "127.0.0.1", PORTS, False, srtp)
+    port_b, _ = b.add_plain_transport(6, "127.0.0.1", PORTS, False, srtp)
     ka, kb = os.urandom(KLEN + SLEN), os.urandom(KLEN + SLEN)
     # A protects with ka, B with kb; each unprotects with the other's.
     a.connect_plain(5, "127.0.0.1", port_b, SrtpKeys(PROFILE, ka[:KLEN], ka[KLEN:],
-                                                      kb[:KLEN], kb[KLEN:]))
+                                                      kb[:KLEN], kb[KLEN:]) if srtp else None)
     b.connect_plain(6, "127.0.0.1", port_a, SrtpKeys(PROFILE, kb[:KLEN], kb[KLEN:],
-                                                      ka[:KLEN], ka[KLEN:]))
+                                                      ka[:KLEN], ka[KLEN:]) if srtp else None)
     a.add_consumer(50, 5, 10, {"ssrc": 7777, "payload_types": {101: 101}, "paused": False,
                                "pipe_ssrcs": [(7777, None)]})
     b.add_producer(20, 6, producer_spec(7777, 101))
@@ -169,11 +172,13 @@ def run(hop: str, consumers: int, seconds: float, rate: float, size: int) -> dic
 
 
 def pairs(a: argparse.Namespace) -> dict[str, object]:
-    """``a.pairs`` direct/pipe pairs per N, each run a fresh process; runs and medians."""
+    """``a.pairs`` rounds of ``a.hops`` per N, each run a fresh process; runs and medians
+    (each hop against the first one)."""
+    hops = a.hops.split(",")
     runs: list[dict[str, object]] = []
     for n in (int(x) for x in a.consumers_list.split(",")):
         for _ in range(a.pairs):
-            for hop in ("direct", "pipe"):
+            for hop in hops:
                 cmd = [sys.executable, __file__, "--hop", hop, "--consumers", str(n),
                        "--seconds", str(a.seconds), "--rate", str(a.rate), "--size", str(a.size)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -186,19 +191,20 @@ def pairs(a: argparse.Namespace) -> dict[str, object]:
     for n in sorted({int(str(r["consumers"])) for r in runs}):
         med = {hop: statistics.median(float(str(r["engine_us_per_forwarded_packet"]))
                                       for r in runs if r["hop"] == hop and r["consumers"] == n)
-               for hop in ("direct", "pipe")}
-        summary[str(n)] = {"direct_us_median": med["direct"], "pipe_us_median": med["pipe"],
-                           "pipe_vs_direct": round(med["pipe"] / med["direct"], 3)}
+               for hop in hops}
+        summary[str(n)] = {f"{hop}_us_median": med[hop] for hop in hops}
+        for hop in hops[1:]:
+            summary[str(n)][f"{hop}_vs_{hops[0]}"] = round(med[hop] / med[hops[0]], 3)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True, check=False).stdout.strip()
-    return {"bench": "pipe_fanout, direct vs pipe hop, pairs back to back", "git": rev,
+    return {"bench": f"pipe_fanout, {' vs '.join(hops)}, back to back", "git": rev,
             "args": vars(a), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "summary": summary, "runs": runs}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--hop", choices=("pipe", "direct"), default="pipe")
+    ap.add_argument("--hop", choices=("pipe", "pipe-plain", "direct"), default="pipe")
     ap.add_argument("--consumers", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rate", type=float, default=3000, help="ingress packets/s")
@@ -206,6 +212,7 @@ def main() -> None:
     ap.add_argument("--out", help="pairs mode: write every run and the medians here")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--consumers-list", default="10,50")
+    ap.add_argument("--hops", default="direct,pipe", help="pairs mode: hops compared, in order")
     args = ap.parse_args()
     if args.out is None:
         print(json.dumps(run(args.hop, args.consumers, args.seconds, args.rate, args.size)))
