@@ -49,15 +49,19 @@ TONE = """async () => {
   source.connect(analyser);
   const wave = new Float32Array(analyser.fftSize);
   const spectrum = new Float32Array(analyser.frequencyBinCount);
-  let peak = 0, hz = 0;
+  let peak = 0;
+  const hz = [];  // the strongest frequency of each sample that is not silence
   for (let i = 0; i < 15; i++) {
     await new Promise((r) => setTimeout(r, 100));
     analyser.getFloatTimeDomainData(wave);
-    for (const x of wave) peak = Math.max(peak, Math.abs(x));
+    let level = 0;
+    for (const x of wave) level = Math.max(level, Math.abs(x));
+    peak = Math.max(peak, level);
+    if (level < 0.02) continue;
     analyser.getFloatFrequencyData(spectrum);
     let best = 0;
     for (let b = 1; b < spectrum.length; b++) if (spectrum[b] > spectrum[best]) best = b;
-    hz = best * ctx.sampleRate / analyser.fftSize;
+    hz.push(best * ctx.sampleRate / analyser.fftSize);
   }
   const state = ctx.state;
   await ctx.close();
@@ -106,7 +110,7 @@ def test_ffmpeg_test_pattern_and_opus_decoded_by_chromium(pages: Pages, sfu: Sfu
     host.thread.start()
     assert host.ready.wait(15) and host.error is None, host.error
     source = ["-re", "-f", "lavfi", "-i", f"testsrc=size={WIDTH}x{HEIGHT}:rate=30",
-              "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "25"]
+              "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "45"]
     argv = ffmpeg_send_command(source, video=host.targets["video"], audio=host.targets["audio"],
                                video_bitrate="400k", audio_stream="1:a:0")
     ffmpeg = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -120,7 +124,8 @@ def test_ffmpeg_test_pattern_and_opus_decoded_by_chromium(pages: Pages, sfu: Sfu
         # The Opus is decoded: the viewer's audio track carries ffmpeg's 440 Hz tone.
         viewer.mouse.click(1, 1)  # a user gesture: the page may start an AudioContext
         tone = viewer.evaluate(TONE)
-        assert tone["peak"] > 0.02 and abs(tone["hz"] - 440) < 30, tone
+        near = [hz for hz in tone["hz"] if abs(hz - 440) < 30]
+        assert tone["peak"] > 0.02 and len(near) >= 5 and len(near) * 2 > len(tone["hz"]), tone
     finally:
         ffmpeg.terminate()
         _, err = ffmpeg.communicate(timeout=10)
