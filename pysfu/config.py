@@ -61,6 +61,10 @@ class Config:
     # Plain transports (RTP in/out without ICE/DTLS, ffmpeg/GStreamer): one UDP port each,
     # from this range ("first-last"), bound on rtc_ip.
     plain_port_range: str = "41000-41999"
+    # Pipes (router to router, pysfu/pipe.py) are SRTP. True: a pipe whose socket is bound on
+    # a loopback rtc_ip carries plain RTP instead (both sides must say so; its far end must
+    # be a loopback address too). A pipe on any other address stays SRTP.
+    pipe_plain_rtp: bool = False
     # Lifetimes, seconds. host_grace_period: how long a host whose WebSocket dropped keeps
     # its room, transports and producers (media flows on) for a ``resume``; 0 = none (the
     # room closes when the host's socket does).

@@ -2,14 +2,18 @@
 of one room appears as a producer of another room, in this process or on another node.
 
 A pipe is a pair of pipe transports, one per room: plain transports (a UDP socket each,
-no ICE/DTLS) always protected with SRTP, whose keys the control plane exchanges with the
-addresses. On the producer's side a *pipe consumer* forwards every encoding of the
-producer (all simulcast layers; RTX for repairs) with its own SSRC per encoding, the
-router's payload types and header extension ids, and the producer's sequence numbers and
-timestamps; on the other side a *pipe producer* declares exactly those streams, so that
-room's consumers get the usual layer choice, key frame requests and loss repair. PLI/FIR,
-NACKs and receiver reports of the far side go back through the pipe; sender reports
-(the producer's NTP/RTP mapping) come along with the media.
+no ICE/DTLS) protected with SRTP, whose keys the control plane exchanges with the
+addresses. Plain RTP only on loopback, by setting: with ``pipe_plain_rtp`` a pipe whose
+socket is bound on a loopback ``rtc_ip`` has no SRTP, and takes only a far end without keys
+at a loopback address (``plain_rtp_pipes``).
+
+On the producer's side a *pipe consumer* forwards every encoding of the producer (all
+simulcast layers; RTX for repairs) with its own SSRC per encoding, the router's payload
+types and header extension ids, and the producer's sequence numbers and timestamps; on the
+other side a *pipe producer* declares exactly those streams, so that room's consumers get
+the usual layer choice, key frame requests and loss repair. PLI/FIR, NACKs and receiver
+reports of the far side go back through the pipe; sender reports (the producer's NTP/RTP
+mapping) come along with the media.
 
 Everything that crosses between the two sides is plain data (``PipeEnd``, the offer of
 ``pipe_consume``), so that a control channel between nodes can carry it. ``pipe_to_router``
@@ -21,6 +25,7 @@ the far producer follows its origin's pause, resume and close.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable
@@ -64,17 +69,34 @@ class PipeError(ValueError):
     """Bad pipe data from the other side (the message says which)."""
 
 
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_rtp_pipes(config: Config) -> bool:
+    """Whether this server's pipes carry plain RTP: ``pipe_plain_rtp`` set and ``rtc_ip`` (where
+    pipe sockets are bound) a loopback address; otherwise they are SRTP."""
+    return config.pipe_plain_rtp and _loopback(config.rtc_ip)
+
+
 @dataclass(frozen=True)
 class PipeEnd:
     """One side of a pipe as the other side needs it: where to send, and the key that
-    protects what this side sends. Plain data (``as_dict`` / ``from_dict``)."""
+    protects what this side sends (None: a plain RTP pipe, loopback only). Plain data
+    (``as_dict`` / ``from_dict``)."""
 
     ip: str
     port: int
-    srtp: dict[str, str]  # mediasoup SrtpParameters {cryptoSuite, keyBase64}
+    srtp: dict[str, str] | None  # mediasoup SrtpParameters {cryptoSuite, keyBase64}
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ip": self.ip, "port": self.port, "srtpParameters": dict(self.srtp)}
+        end: dict[str, Any] = {"ip": self.ip, "port": self.port}
+        if self.srtp is not None:
+            end["srtpParameters"] = dict(self.srtp)
+        return end
 
     @classmethod
     def from_dict(cls, data: Any) -> PipeEnd:
@@ -84,28 +106,48 @@ class PipeEnd:
         if not isinstance(ip, str) or isinstance(port, bool) or not isinstance(port, int) \
                 or not 1 <= port <= 65535:
             raise PipeError("pipe end: ip (string) and port (1..65535)")
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            raise PipeError("pipe end: ip must be an IP address") from None
+        if address.is_unspecified or address.is_multicast:
+            raise PipeError("pipe end: ip must be a unicast address")
         srtp = data.get("srtpParameters")
+        if srtp is None:
+            return cls(ip, port, None)
         suite, key, salt = parse_srtp_parameters(srtp)  # PlainTransportError if malformed
         return cls(ip, port, {"cryptoSuite": suite,
                               "keyBase64": base64.b64encode(key + salt).decode()})
 
 
 class PipeTransport(PlainTransport):
-    """A plain transport of a room for one pipe: SRTP always, remote fixed by ``connect_end``.
-    ``on_closed`` callbacks run once when it closes (the other side closes its end)."""
+    """A plain transport of a room for one pipe: SRTP (plain RTP only on loopback, by setting:
+    ``plain_rtp_pipes``), remote fixed by ``connect_end``. ``on_closed`` callbacks run once
+    when it closes (the other side closes its end)."""
 
     def __init__(self, transport_id: str, *, handle: int, media: MediaEngine, config: Config,
                  room_id: str = "") -> None:
         super().__init__(transport_id, PIPE_OWNER, handle=handle, media=media, config=config,
-                         comedia=False, enable_srtp=True, srtp_suite=PIPE_SRTP_SUITE,
-                         room_id=room_id)
+                         comedia=False, enable_srtp=not plain_rtp_pipes(config),
+                         srtp_suite=PIPE_SRTP_SUITE, room_id=room_id)
         self.direction = "pipe"
 
     def local_end(self) -> PipeEnd:
         params = self.parameters()
-        return PipeEnd(self.local_ip, self.local_port, params["srtpParameters"])
+        return PipeEnd(self.local_ip, self.local_port, params.get("srtpParameters"))
 
     def connect_end(self, end: PipeEnd) -> None:
+        """Send to ``end`` (the other side's ``local_end``): an SRTP pipe needs its keys; a
+        plain RTP pipe takes none, and only a loopback address."""
+        if self.srtp_suite is not None and end.srtp is None:
+            raise PipeError("pipe end: no srtpParameters (plain RTP pipes: pipe_plain_rtp on "
+                            "both sides, loopback only)")
+        if self.srtp_suite is None:
+            if end.srtp is not None:
+                raise PipeError("pipe end: SRTP offered to a plain RTP pipe (pipe_plain_rtp "
+                                "must be the same on both sides)")
+            if not _loopback(end.ip):
+                raise PipeError("pipe end: plain RTP pipes only between loopback addresses")
         self.connect(ip=end.ip, port=end.port, srtp_parameters=end.srtp)
 
 
@@ -209,5 +251,6 @@ def pipe_to_router(producer_id: str, source: Room, target: Room) -> PipeLink:
     source.watch_producer(producer_id, follow)
     log_event(logger, "pipe.opened", source=source.id, target=target.id,
               producer=producer_id, piped_producer=producer.id,
-              streams=len(offer["rtpParameters"]["encodings"]))
+              streams=len(offer["rtpParameters"]["encodings"]),
+              srtp=source_pipe.srtp_suite is not None)
     return PipeLink(source, target, source_pipe, target_pipe, consumer, producer)

@@ -483,7 +483,9 @@ class Room:
             raise Forbidden("only the host may create a plain transport")
         if peer is not None and len(peer.plain_transports) >= MAX_PLAIN_TRANSPORTS_PER_PEER:
             raise LimitExceeded("too many plain transports for this peer")
-        if len(self.plain_transports) >= MAX_PLAIN_TRANSPORTS_PER_ROOM:
+        # Pipes live in plain_transports too but have their own limit (MAX_PIPES_PER_ROOM).
+        plain = sum(not isinstance(t, PipeTransport) for t in self.plain_transports.values())
+        if plain >= MAX_PLAIN_TRANSPORTS_PER_ROOM:
             raise LimitExceeded("too many plain transports in this room")
         ctx = self.ctx
         owner = peer.id if peer is not None else ADMIN_OWNER

@@ -7,6 +7,8 @@ either room tears the pipe down; the engines end with nothing left."""
 
 from __future__ import annotations
 
+import struct
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ import pytest
 import trio
 
 from pysfu.client import SignalingClient, connect
-from pysfu.pipe import PipeEnd, pipe_to_router
+from pysfu.pipe import PipeEnd, PipeError, pipe_to_router
 from pysfu.room import Room
 from pysfu.server import Server, serve
 from pysfu.testing.fixtures import device_caps
@@ -27,7 +29,7 @@ from pysfu.testing.simulcast_peer import (
     payload_layer,
     simulcast_producer,
 )
-from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, connected_peer
+from pysfu.testing.webrtc_peer import Rtp, WebRtcPeer, build_sr, connected_peer
 from tests.conftest import test_config
 
 ROOM_A, ROOM_B = "origin", "edge"
@@ -80,8 +82,10 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(server: Server, nursery: trio.Nursery) -> AsyncIterator[Setup]:
-    other: Server = await nursery.start(serve, test_config())
+async def setup(server: Server, nursery: trio.Nursery,
+                config_overrides: dict[str, Any]) -> AsyncIterator[Setup]:
+    """Server A (the ``server`` fixture) and B, both with ``config_overrides``."""
+    other: Server = await nursery.start(serve, test_config(**config_overrides))
     async with AsyncExitStack() as stack:
         host = await stack.enter_async_context(connect(f"ws://127.0.0.1:{server.port}/ws"))
         await host.join(ROOM_A, "host", "host")
@@ -138,9 +142,20 @@ async def test_piped_simulcast_producer_layers_and_key_frames_cross(setup: Setup
     assert sum(1 for _, m in sender.plis if m == r0) > plis_before, "PLI reached the host"
     switch = edge.layers().index(0, n)
     assert is_vp8_keyframe(edge.packets[switch].payload)
+    # And back up: the top layer again, from its key frame (asked of the host's r2).
+    r2 = sender.ssrcs[2]
+    plis_before = sum(1 for _, m in sender.plis if m == r2)
+    n = len(edge.packets)
+    await edge.client.request("setPreferredLayers", {
+        "roomId": ROOM_B, "consumerId": edge.consumer["id"], "spatialLayer": 2})
+    await wait_for(lambda: 2 in edge.layers(n), "layer 2 again at the edge")
+    assert sum(1 for _, m in sender.plis if m == r2) > plis_before, "PLI for r2 reached the host"
+    switch = edge.layers().index(2, n)
+    assert is_vp8_keyframe(edge.packets[switch].payload)
+    assert set(edge.layers(switch)) == {2}
     seqs = [p.seq for p in edge.packets]
     assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False)), \
-        "continuous numbering through the switch"
+        "continuous numbering through both switches"
     # RTCP crosses both ways: A's sender reports reach B's pipe, B's receiver reports and
     # key frame requests reach A's.
     await trio.sleep(1.2)
@@ -212,7 +227,11 @@ async def test_closing_the_far_room_closes_the_origin_pipe(setup: Setup) -> None
     room_b.close("test")
     assert link.consumer.id not in room_a.consumers
     assert setup.a.media.plain_sockets() == 0 and setup.b.media.plain_sockets() == 0
-    assert setup.a.media.counts()["consumers"] == 0
+    # B holds nothing; A holds only the host's own transport and producer.
+    assert all(v == 0 for v in setup.b.media.counts().values()), setup.b.media.counts()
+    counts = setup.a.media.counts()
+    assert (counts["transports"], counts["producers"], counts["consumers"]) == (1, 1, 0), counts
+    assert link.source_pipe.id not in room_a.plain_transports
 
 
 async def test_the_far_producer_follows_pause_resume_and_close(setup: Setup) -> None:
@@ -237,3 +256,77 @@ async def test_the_far_producer_follows_pause_resume_and_close(setup: Setup) -> 
     _, note = await edge.client.next_notification("producerClosed")
     assert note["producerId"] == link.producer.id
     assert setup.b.media.counts()["producers"] == 0
+
+
+async def test_an_srtp_pipe_refuses_a_far_end_without_keys(setup: Setup) -> None:
+    """Pipes are SRTP unless pipe_plain_rtp (loopback only) says otherwise: a far end
+    without keys is refused, and nothing is sent."""
+    room_a = setup.room(setup.a, ROOM_A)
+    pipe = room_a.open_pipe()
+    end = pipe.local_end()
+    assert end.srtp is not None and end.srtp["cryptoSuite"] == "AEAD_AES_128_GCM"
+    with pytest.raises(PipeError, match="no srtpParameters"):
+        pipe.connect_end(PipeEnd.from_dict({"ip": "127.0.0.1", "port": 9}))
+    assert not pipe.connected
+    room_a.close_pipe(pipe)
+    assert setup.a.media.plain_sockets() == 0
+
+
+NTP_UNIX = 2_208_988_800  # seconds from the NTP epoch (1900) to the Unix epoch
+HOST_CLOCK_SKEW = 1000.0  # the host's NTP clock is this far behind ours (s)
+
+
+def _ntp(seconds: float) -> int:
+    return int((seconds + NTP_UNIX) * (1 << 32))
+
+
+def _srs(packets: list[bytes], ssrc: int) -> list[tuple[float, int]]:
+    """(NTP time in Unix seconds, RTP timestamp) of every SR for ``ssrc``."""
+    found = []
+    for packet in packets:
+        offset = 0
+        while offset + 4 <= len(packet):
+            words = struct.unpack_from("!H", packet, offset + 2)[0]
+            if packet[offset + 1] == 200:
+                sender, ntp, rtp_ts = struct.unpack_from("!IQI", packet, offset + 4)
+                if sender == ssrc:
+                    found.append((ntp / (1 << 32) - NTP_UNIX, rtp_ts))
+            offset += 4 * (words + 1)
+    return found
+
+
+async def test_fir_and_sender_reports_cross_the_pipe(setup: Setup) -> None:
+    """The edge viewer's FIR reaches the host as a key frame request for the layer it
+    watches; the host's sender reports (its own NTP clock, 1000 s behind ours) reach the
+    edge viewer through the pipe: the viewer's SRs carry the host's NTP time, not ours."""
+    room_a, room_b = setup.room(setup.a, ROOM_A), setup.room(setup.b, ROOM_B)
+    pipe_to_router(setup.producer_id, room_a, room_b)
+    await consume_piped(setup)
+    edge, sender = setup.edge, setup.sender
+    await wait_for(lambda: len(edge.packets) >= 15, "the top layer at the edge")
+    r2 = sender.ssrcs[2]
+    await trio.sleep(1.2)  # past the key frame request interval of the first key frame
+    quiet = sum(1 for _, m in sender.plis if m == r2)
+    await trio.sleep(0.3)
+    assert sum(1 for _, m in sender.plis if m == r2) == quiet, "no request while quiet"
+    consumer_ssrc = edge.consumer["rtpParameters"]["encodings"][0]["ssrc"]
+    fir = struct.pack("!BBHIIIB3x", 0x84, 206, 4, 0xE1, 0, consumer_ssrc, 1)
+    await edge.peer.send_rtcp(fir)
+    await wait_for(lambda: sum(1 for _, m in sender.plis if m == r2) > quiet,
+                   "the FIR's key frame request at the host", timeout=3)
+    records = setup.b.media.rtp_stats(room_b.consumers[edge.consumer["id"]].handle)
+    assert records is not None
+    (record,) = (r for r in records if r["type"] == "outbound-rtp")
+    assert record["firCount"] == 1, record
+    # Sender reports of the host's three layers, its NTP clock 1000 s behind ours.
+    for layer, ssrc in enumerate(sender.ssrcs):
+        rtp_ts = (sender.ts_base[layer] + 3000 * sender.frame) & 0xFFFFFFFF
+        await sender.peer.send_rtcp(build_sr(ssrc, _ntp(time.time() - HOST_CLOCK_SKEW),
+                                             rtp_ts, sender.frame, 100 * sender.frame))
+    start = len(edge.peer.rtcp_received)
+    await wait_for(lambda: any(ntp < time.time() - HOST_CLOCK_SKEW / 2 for ntp, _ in
+                               _srs(edge.peer.rtcp_received[start:], consumer_ssrc)),
+                   "an SR with the host's clock at the edge viewer", timeout=5)
+    (ntp, _), *_ = [sr for sr in _srs(edge.peer.rtcp_received[start:], consumer_ssrc)
+                    if sr[0] < time.time() - HOST_CLOCK_SKEW / 2]
+    assert abs(ntp - (time.time() - HOST_CLOCK_SKEW)) < 3, ntp

@@ -447,3 +447,70 @@ async def test_plain_transports_per_address_are_limited_across_rooms(server: Ser
         await c.close_plain_transport(room, tid)
         await last.create_plain_transport(f"plain-{rooms}")
         assert server.ctx.media.plain_sockets() == MAX_PLAIN_TRANSPORTS_PER_ADDRESS
+
+
+def _one_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+ONE_PORT = _one_free_port()
+
+
+@pytest.mark.parametrize("config_overrides", [{"plain_port_range": f"{ONE_PORT}-{ONE_PORT}"}])
+async def test_plain_port_range_exhausted_is_limit_exceeded(server: Server,
+                                                            client: Any) -> None:
+    """plain_port_range is where plain transports bind; a range with no free port left is
+    refused as limit_exceeded (so is a split transport that needs two), and the port of a
+    closed transport serves the next one."""
+    async with client() as c:
+        await c.join(ROOM, "host", "host")
+        first = await c.create_plain_transport(ROOM)
+        assert first["tuple"]["localPort"] == ONE_PORT
+        with pytest.raises(Exception, match="limit_exceeded"):
+            await c.create_plain_transport(ROOM)
+        await c.close_plain_transport(ROOM, first["transportId"])
+        with pytest.raises(Exception, match="limit_exceeded"):
+            await c.create_plain_transport(ROOM, rtcpMux=False)  # two ports, the range has one
+        again = await c.create_plain_transport(ROOM)
+        assert again["tuple"]["localPort"] == ONE_PORT
+        assert server.ctx.media.plain_sockets() == 1
+
+
+async def test_room_plain_limit_counts_host_and_operator_transports_not_pipes(
+        server: Server, client: Any) -> None:
+    """MAX_PLAIN_TRANSPORTS_PER_ROOM counts the host's and the operator's plain transports of
+    a room (the host alone stops at its own limit first); the room's pipes have their own
+    limit (MAX_PIPES_PER_ROOM) and take none of these slots."""
+    from pysfu.plain import (
+        DEFAULT_SRTP_SUITE,
+        MAX_PLAIN_TRANSPORTS_PER_PEER,
+        MAX_PLAIN_TRANSPORTS_PER_ROOM,
+    )
+    from pysfu.room import LimitExceeded
+
+    async with client() as c:
+        await c.join(ROOM, "host", "host")
+        room = _room_of(server)
+        for _ in range(MAX_PLAIN_TRANSPORTS_PER_ROOM):
+            room.open_pipe()
+        for _ in range(MAX_PLAIN_TRANSPORTS_PER_PEER):
+            await c.create_plain_transport(ROOM)
+
+        def operator() -> Any:
+            return room.create_plain_transport(None, comedia=False, enable_srtp=False,
+                                               srtp_suite=DEFAULT_SRTP_SUITE)
+
+        for _ in range(MAX_PLAIN_TRANSPORTS_PER_ROOM - MAX_PLAIN_TRANSPORTS_PER_PEER):
+            operator()
+        with pytest.raises(LimitExceeded, match="in this room"):
+            operator()
+        assert server.ctx.media.plain_sockets() == 2 * MAX_PLAIN_TRANSPORTS_PER_ROOM
+
+
+def _room_of(server: Server) -> Any:
+    assert server.rooms is not None
+    room = server.rooms.get(ROOM)
+    assert room is not None
+    return room

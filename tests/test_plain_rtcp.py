@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
@@ -28,12 +29,14 @@ from pysfu.plain import (
     consumer_sdp,
     ffmpeg_record_command,
     ffmpeg_send_command,
+    gst_send_command,
     plain_producer_parameters,
+    shell,
 )
 from pysfu.server import Server
 from pysfu.testing.fixtures import device_caps
 from pysfu.testing.media_room import ROOM, add_viewer, rtcp_types
-from pysfu.testing.webrtc_peer import build_rtp, vp8_payload
+from pysfu.testing.webrtc_peer import build_pli, build_rtp, parse_rtp, vp8_payload
 from tests.test_plain_ffmpeg import free_udp_port, run_ffmpeg, vp8_key_frame_size
 
 FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
@@ -122,6 +125,28 @@ def test_helpers_write_rtcp_port_instead_of_rtcp_mux() -> None:
     # ffmpeg's RTCP: on for the split target, off (skip_rtcp) for the rtcp-mux one only.
     assert argv.count("skip_rtcp") == 1
     assert argv.index("skip_rtcp") > argv.index(urls[0])
+
+
+def _readme_block(after: str, fence: str) -> str:
+    """The first ``fence`` code block of README.md after the line ``after``, its shell
+    continuation lines joined."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rest = readme[readme.index(after):]
+    start = rest.index(f"```{fence}\n") + len(fence) + 4
+    block = rest[start:rest.index("```", start)]
+    return " ".join(line.strip() for line in block.replace("\\\n", " ").splitlines())
+
+
+def test_readme_send_examples_are_what_the_helpers_print() -> None:
+    """README's copy-paste command lines are the helpers' output, word for word."""
+    target = RtpTarget("127.0.0.1", 41000, 101, 1111)
+    printed = shell(ffmpeg_send_command(["-re", "-i", "movie.mp4"], video=target))
+    assert " ".join(_readme_block("which prints a command like", "sh").split()) == printed
+    split = RtpTarget("127.0.0.1", 41000, 101, 1111, rtcp_port=41001)
+    gst = shell(gst_send_command(split, source="videotestsrc is-live=true"))
+    assert " ".join(_readme_block("print(shell(gst_send_command(", "sh").split()) == gst
+    tail = shell(ffmpeg_send_command(["-re", "-i", "movie.mp4"], video=split)).split(" -ssrc ")[1]
+    assert f"# ... -ssrc {tail}" in _readme_block("has a port of its own both ways", "python")
 
 
 # ---- signaling -----------------------------------------------------------------------------
@@ -337,6 +362,120 @@ async def test_srtp_on_both_ports(server: Server, client: Any) -> None:
         assert state["rtcpPacketsReceived"] == 2 and state["wrongSourceDropped"] == 0
         types = [t for packet in ours for t in rtcp_types(rx.unprotect_rtcp(packet))]
         assert any(t[0] == RR for t in types), types
+
+
+async def test_plain_consumer_starts_paused_until_resume_consumer(server: Server,
+                                                                  client: Any) -> None:
+    """A plain consumer starts paused like any consumer: its receiver gets nothing while the
+    source sends, and the stream from the first key frame once ``resumeConsumer`` came."""
+    with ExitStack() as sockets:
+        src, rx = (sockets.enter_context(s) for s in _udp_pair())
+        async with client() as c:
+            await c.join(ROOM, "host", "host")
+            source = await c.create_plain_transport(ROOM, comedia=True)
+            await c.connect_plain_transport(ROOM, source["transportId"])
+            producer_id = await c.produce(ROOM, source["transportId"], "video",
+                                          plain_producer_parameters(
+                                              "video", payload_type=VIDEO_PT, ssrc=VIDEO_SSRC))
+            out = await c.create_plain_transport(ROOM)
+            await c.connect_plain_transport(ROOM, out["transportId"], ip="127.0.0.1",
+                                            port=_port(rx))
+            consumer = await c.consume(ROOM, out["transportId"], producer_id,
+                                       device_caps(await c.router_rtp_capabilities(ROOM)))
+            dest = ("127.0.0.1", source["tuple"]["localPort"])
+
+            async def send(first: int, count: int) -> None:
+                for seq in range(first, first + count):
+                    src.sendto(build_rtp(VIDEO_PT, seq, seq * 3000, VIDEO_SSRC,
+                                         vp8_payload(True), marker=True), dest)
+                    await trio.sleep(0.02)
+
+            await send(1, 10)
+            before = await _drain(rx, 0.3)
+            await c.resume_consumer(ROOM, consumer["id"])
+            await send(11, 10)
+            after = await _drain(rx, 0.5)
+        assert before == []
+        ssrc = consumer["rtpParameters"]["encodings"][0]["ssrc"]
+        rtp = [parse_rtp(d) for d in after if not 192 <= d[1] <= 223]
+        assert len(rtp) >= 5 and {p.ssrc for p in rtp} == {ssrc}, rtp
+        assert vp8_key_frame_size(rtp[0].payload) is not None
+
+
+def _fir(sender_ssrc: int, media_ssrc: int, seq: int) -> bytes:
+    """PSFB FIR (RFC 5104): one FCI entry asking ``media_ssrc`` for a key frame."""
+    return struct.pack("!BBHIIIB3x", 0x80 | 4, PSFB, 4, sender_ssrc, 0, media_ssrc, seq)
+
+
+def _key_frame_requests(packets: list[bytes]) -> list[tuple[int, int, int]]:
+    """PLI (with its media SSRC) and FIR (with its first FCI SSRC) in compound packets."""
+    found = []
+    for packet in packets:
+        for ptype, fmt, media in rtcp_types(packet):
+            if ptype == PSFB and fmt == PLI:
+                found.append((ptype, fmt, media))
+            elif ptype == PSFB and fmt == 4:
+                found.append((ptype, fmt, struct.unpack_from("!I", packet, 12)[0]))
+    return found
+
+
+@pytest.mark.parametrize("rtcp_mux", [True, False], ids=["mux", "split"])
+async def test_plain_consumer_receiver_asks_key_frames_with_pli_and_fir(
+        server: Server, client: Any, rtcp_mux: bool) -> None:
+    """A plain consumer's receiver that has RTCP asks for key frames itself: its PLI, then
+    its FIR (to our RTCP port: the RTP port with rtcp-mux) reach the plain producer's
+    source as key frame requests for its SSRC; nothing asks the source while it is quiet."""
+    with ExitStack() as sockets:
+        src = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        src.bind(("127.0.0.1", 0))
+        rx_rtp, rx_rtcp = (sockets.enter_context(s) for s in _udp_pair())
+        async with client() as c:
+            await c.join(ROOM, "host", "host")
+            source = await c.create_plain_transport(ROOM)
+            await c.connect_plain_transport(ROOM, source["transportId"], ip="127.0.0.1",
+                                            port=_port(src))
+            producer_id = await c.produce(ROOM, source["transportId"], "video",
+                                          plain_producer_parameters(
+                                              "video", payload_type=VIDEO_PT, ssrc=VIDEO_SSRC))
+            dest = ("127.0.0.1", source["tuple"]["localPort"])
+            seqs = iter(range(1, 100))
+
+            def send_key_frame() -> None:  # what the source's encoder does on a request
+                seq = next(seqs)
+                src.sendto(build_rtp(VIDEO_PT, seq, seq * 3000, VIDEO_SSRC, vp8_payload(True),
+                                     marker=True), dest)
+
+            send_key_frame()
+            out = await c.create_plain_transport(ROOM, rtcpMux=rtcp_mux)
+            connect: dict[str, Any] = {"ip": "127.0.0.1", "port": _port(rx_rtp)}
+            if not rtcp_mux:
+                connect["rtcpPort"] = _port(rx_rtcp)
+            await c.connect_plain_transport(ROOM, out["transportId"], **connect)
+            caps = device_caps(await c.router_rtp_capabilities(ROOM))
+            consumer = await c.consume(ROOM, out["transportId"], producer_id, caps)
+            await c.resume_consumer(ROOM, consumer["id"])
+            ssrc = consumer["rtpParameters"]["encodings"][0]["ssrc"]
+            # The resume's own key frame request first (answered: the consumer then has its
+            # key frame and wants none).
+            await _drain(src, 1.2)
+            send_key_frame()
+            quiet = _key_frame_requests(await _drain(src, 0.3))
+            assert quiet == [], quiet
+            our_rtcp = ("127.0.0.1", (out["tuple"] if rtcp_mux else out["rtcpTuple"])
+                        ["localPort"])
+            rx = rx_rtp if rtcp_mux else rx_rtcp
+            rx.sendto(build_pli(0xABCD, ssrc), our_rtcp)
+            after_pli = _key_frame_requests(await _drain(src, 0.8))
+            send_key_frame()
+            await trio.sleep(0.1)
+            rx.sendto(_fir(0xABCD, ssrc, 1), our_rtcp)
+            after_fir = _key_frame_requests(await _drain(src, 0.8))
+            records = server.ctx.media.rtp_stats(_room(server).consumers[consumer["id"]].handle)
+        assert [media for _, _, media in after_pli] == [VIDEO_SSRC], after_pli
+        assert [media for _, _, media in after_fir] == [VIDEO_SSRC], after_fir
+        assert records is not None
+        (record,) = (r for r in records if r["type"] == "outbound-rtp")
+        assert (record["pliCount"], record["firCount"]) == (1, 1), record
 
 
 # ---- real ffmpeg -----------------------------------------------------------------------------

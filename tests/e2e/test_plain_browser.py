@@ -1,7 +1,8 @@
 """End-to-end plain transports with real ffmpeg and Chromium against `pysfu serve`:
 
 - ffmpeg sends a VP8 test pattern and Opus into two comedia plain transports of a host
-  (a signaling client); a Chromium viewer (the demo page, mediasoup-client) decodes both.
+  (a signaling client); a Chromium viewer (the demo page, mediasoup-client) decodes both:
+  frames of the pattern's size, and the 440 Hz tone on its audio track (Web Audio).
 - A Chromium host shares its camera; the operator (admin API) consumes it on a plain
   transport and ffmpeg records 5 s from the SDP it answers; ffprobe reads a VP8 stream of
   the host's resolution with at least 100 frames.
@@ -37,6 +38,35 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("
                                 reason="ffmpeg missing: run scripts/install-ffmpeg.sh")
 
 WIDTH, HEIGHT = 320, 240
+# The remote audio track's peak level and strongest frequency (Web Audio analyser, ~1.5 s).
+TONE = """async () => {
+  const stream = document.getElementById('remote').srcObject;
+  const ctx = new AudioContext();
+  await ctx.resume();
+  const source = ctx.createMediaStreamSource(new MediaStream(stream.getAudioTracks()));
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 4096;
+  source.connect(analyser);
+  const wave = new Float32Array(analyser.fftSize);
+  const spectrum = new Float32Array(analyser.frequencyBinCount);
+  let peak = 0;
+  const hz = [];  // the strongest frequency of each sample that is not silence
+  for (let i = 0; i < 15; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    analyser.getFloatTimeDomainData(wave);
+    let level = 0;
+    for (const x of wave) level = Math.max(level, Math.abs(x));
+    peak = Math.max(peak, level);
+    if (level < 0.02) continue;
+    analyser.getFloatFrequencyData(spectrum);
+    let best = 0;
+    for (let b = 1; b < spectrum.length; b++) if (spectrum[b] > spectrum[best]) best = b;
+    hz.push(best * ctx.sampleRate / analyser.fftSize);
+  }
+  const state = ctx.state;
+  await ctx.close();
+  return { peak, hz, state };
+}"""
 
 
 class IngestHost:
@@ -80,7 +110,7 @@ def test_ffmpeg_test_pattern_and_opus_decoded_by_chromium(pages: Pages, sfu: Sfu
     host.thread.start()
     assert host.ready.wait(15) and host.error is None, host.error
     source = ["-re", "-f", "lavfi", "-i", f"testsrc=size={WIDTH}x{HEIGHT}:rate=30",
-              "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "25"]
+              "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "45"]
     argv = ffmpeg_send_command(source, video=host.targets["video"], audio=host.targets["audio"],
                                video_bitrate="400k", audio_stream="1:a:0")
     ffmpeg = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -90,6 +120,12 @@ def test_ffmpeg_test_pattern_and_opus_decoded_by_chromium(pages: Pages, sfu: Sfu
         assert (stats["element"]["videoWidth"], stats["element"]["videoHeight"]) == (WIDTH,
                                                                                    HEIGHT)
         assert stats["audio"]["packetsReceived"] > 0
+        assert (stats["audio"]["codec"] or "").lower() == "audio/opus", stats["audio"]
+        # The Opus is decoded: the viewer's audio track carries ffmpeg's 440 Hz tone.
+        viewer.mouse.click(1, 1)  # a user gesture: the page may start an AudioContext
+        tone = viewer.evaluate(TONE)
+        near = [hz for hz in tone["hz"] if abs(hz - 440) < 30]
+        assert tone["peak"] > 0.02 and len(near) >= 5 and len(near) * 2 > len(tone["hz"]), tone
     finally:
         ffmpeg.terminate()
         _, err = ffmpeg.communicate(timeout=10)
