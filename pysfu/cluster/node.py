@@ -217,36 +217,40 @@ class Cluster:
                           node=self.node_id, error=str(exc) or type(exc).__name__)
 
     async def _watch_loop(self) -> None:
-        """Edge rooms whose origin is gone close (``node_lost``); pipes served to a gone
-        node close."""
         while True:
             await trio.sleep(WATCH_INTERVAL)
-            nodes = {e.origin for e in self.edges.values()}
-            nodes.update(n for s in self.served.values() for n in s.nodes)
-            if not nodes:
-                continue
-            try:
-                with trio.fail_after(REFRESH):
-                    uptime = (await self.redis.info("server")).get("uptime_in_seconds")
-                    if not isinstance(uptime, int | float) or uptime < RESTART_QUIET:
-                        continue  # Redis restarted: the nodes have not re-registered yet
-                    alive = {n for n in nodes if await self.redis.exists([node_key(n)])}
-            except _REDIS_ERRORS:
-                continue  # Redis unreachable: nothing is known to be gone
-            try:
-                self._drop_lost(alive)
-            except Exception:  # a bug: logged, the watch goes on
-                log_event(logger, "cluster.watch_crashed", level=logging.ERROR,
-                          node=self.node_id, exc_info=True)
+            await self._watch_once()
 
-    def _drop_lost(self, alive: set[str]) -> None:
+    async def _watch_once(self) -> None:
+        """Edge rooms whose origin is gone close (``node_lost``); pipes served to a gone
+        node close. Only the nodes looked up are judged: a node that attached (or an edge
+        room that opened) while the lookups were under way waits for the next round."""
+        nodes = {e.origin for e in self.edges.values()}
+        nodes.update(n for s in self.served.values() for n in s.nodes)
+        if not nodes:
+            return
+        try:
+            with trio.fail_after(REFRESH):
+                uptime = (await self.redis.info("server")).get("uptime_in_seconds")
+                if not isinstance(uptime, int | float) or uptime < RESTART_QUIET:
+                    return  # Redis restarted: the nodes have not re-registered yet
+                lost = {n for n in nodes if not await self.redis.exists([node_key(n)])}
+        except _REDIS_ERRORS:
+            return  # Redis unreachable: nothing is known to be gone
+        try:
+            self._drop_lost(lost)
+        except Exception:  # a bug: logged, the watch goes on
+            log_event(logger, "cluster.watch_crashed", level=logging.ERROR,
+                      node=self.node_id, exc_info=True)
+
+    def _drop_lost(self, lost: set[str]) -> None:
         """Close the edge rooms of gone origins and the pipes served to gone nodes."""
-        for edge in [e for e in self.edges.values() if e.origin not in alive]:
+        for edge in [e for e in self.edges.values() if e.origin in lost]:
             log_event(logger, "cluster.node_lost", node=self.node_id, lost=edge.origin,
                       room=edge.room.id)
             edge.room.close("node_lost")
         for served in list(self.served.values()):
-            for node in [n for n in served.nodes if n not in alive]:
+            for node in [n for n in served.nodes if n in lost]:
                 self._close_served(served, node)
 
     # ---- placement (pysfu.room.Placement) -----------------------------------------------
