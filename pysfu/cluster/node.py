@@ -61,7 +61,9 @@ TTL = 6.0  # seconds a registry entry or a room's directory entry lives without 
 REFRESH = 2.0  # seconds between refreshes
 WATCH_INTERVAL = 1.0  # seconds between checks that the nodes we depend on are alive
 # A Redis that has just (re)started holds no registry entries until every node's next
-# refresh: no node is declared lost while Redis's uptime is below this, seconds.
+# refresh: no node is declared lost while Redis's uptime is below this, seconds. Nor for
+# this long after this node reaches Redis again: the others could not refresh either, and
+# entries that expired meanwhile come back with their next refresh.
 RESTART_QUIET = REFRESH + 1.0
 INBOX_RETRY = 1.0  # seconds between attempts to subscribe the inbox again
 UNHEARD_RETRY = 0.1  # seconds before a request nobody subscribed to hear is published again
@@ -143,6 +145,8 @@ class Cluster:
         self.edges: dict[str, EdgeRoom] = {}
         self.served: dict[str, Served] = {}
         self.rooms: RoomRegistry | None = None
+        self._unreachable = False  # a Redis call failed since the last watch round
+        self._judge_after = 0.0  # monotonic time before which no node is declared lost
         self._pending: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
@@ -213,6 +217,7 @@ class Cluster:
                         await self.redis.eval(_REFRESH_OR_CLAIM, [room_key(room_id)],
                                               [self.node_id, int(TTL * 1000)])
             except _REDIS_ERRORS as exc:
+                self._unreachable = True
                 log_event(logger, "cluster.refresh_failed", level=logging.WARNING,
                           node=self.node_id, error=str(exc) or type(exc).__name__)
 
@@ -236,7 +241,14 @@ class Cluster:
                     return  # Redis restarted: the nodes have not re-registered yet
                 lost = {n for n in nodes if not await self.redis.exists([node_key(n)])}
         except _REDIS_ERRORS:
+            self._unreachable = True
             return  # Redis unreachable: nothing is known to be gone
+        now = self._monotonic()
+        if self._unreachable:  # Redis answers again: the others re-register first
+            self._unreachable = False
+            self._judge_after = now + RESTART_QUIET
+        if now < self._judge_after:
+            return
         try:
             self._drop_lost(lost)
         except Exception:  # a bug: logged, the watch goes on
