@@ -251,6 +251,35 @@ async def test_origin_events_reach_viewers_on_every_node_and_close_tears_down(
         await wait_for(all_empty, "every node's engine counts back to zero", timeout=5)
 
 
+async def test_an_edge_node_that_cannot_pipe_the_media_refuses_the_viewer(
+        nodes: Nodes, tmp_path: Path) -> None:
+    """Node C has one pipe port: the room's video is piped, its audio cannot be. The viewer
+    is told ``unavailable`` (rather than joining a room without the audio), C's room
+    closes and A closes the pipe it had opened for C."""
+    async with AsyncExitStack() as stack:
+        c = await stack.enter_async_context(serve_node(
+            nodes.redis, "node-c", tmp_path, plain_ports="42300-42300",
+            extra_env=LOOPBACK_ROOMS))
+        host, host_peer, _ = await start_host(stack, nodes.a, ROOM)
+        await host.produce(ROOM, host_peer.transport["id"], "audio", opus_producer(mid="1"))
+        alone = await nodes.a.engine()
+        viewer = await stack.enter_async_context(connect(c.ws_url))
+        with pytest.raises(RequestFailed) as info:
+            await viewer.join(ROOM, "viewer", "viewer-c")
+        assert info.value.code == "unavailable", info.value
+        assert "could not be piped" in info.value.message
+
+        async def back() -> bool:
+            return await nodes.a.engine() == alone and is_empty(await c.engine())
+
+        await wait_for(back, "A's pipe to C closed, C empty", timeout=5)
+        assert (await c.health())["rooms"] == 0
+        # A node with pipe ports gets both.
+        other = await stack.enter_async_context(connect(nodes.b.ws_url))
+        await other.join(ROOM, "viewer", "viewer-b")
+        assert len(await other.get_producers(ROOM)) == 2
+
+
 async def test_edge_room_emptied_closes_the_origin_pipes(nodes: Nodes) -> None:
     async with AsyncExitStack() as stack:
         await start_host(stack, nodes.a, ROOM)

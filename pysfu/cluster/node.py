@@ -396,7 +396,7 @@ class Cluster:
         except _REDIS_ERRORS:
             pass  # it expires on its own
 
-    def _spawn(self, job: Awaitable[None]) -> None:
+    def _spawn(self, job: Awaitable[object]) -> None:
         """Run ``job`` in the cluster's nursery; a bug in it is logged, never fatal to the
         node (this nursery is the server's)."""
         async def run() -> None:
@@ -495,17 +495,24 @@ class Cluster:
         producers = answer.get("producers")
         if not isinstance(producers, list):
             raise Unavailable("the room's node gave a bad answer")
-        for entry in producers:
-            if isinstance(entry, dict) and isinstance(entry.get("producerId"), str):
-                await self._pipe_from(edge, entry["producerId"])
+        wanted = [entry["producerId"] for entry in producers
+                  if isinstance(entry, dict) and isinstance(entry.get("producerId"), str)]
+        failed = [producer_id for producer_id in wanted
+                  if not await self._pipe_from(edge, producer_id)]
+        if failed:  # the first viewer would sit in a room without that media: refused
+            raise Unavailable(f"{len(failed)} of the room's {len(wanted)} producers could "
+                              f"not be piped to this node; try again")
         log_event(logger, "cluster.edge_attached", room=room.id, origin=origin,
                   pipes=len(edge.pipes))
 
-    async def _pipe_from(self, edge: EdgeRoom, producer_id: str) -> None:
-        """One pipe of the origin's producer ``producer_id`` into the edge room."""
+    async def _pipe_from(self, edge: EdgeRoom, producer_id: str) -> bool:
+        """One pipe of the origin's producer ``producer_id`` into the edge room; False if
+        it could not be set up (logged)."""
         room = edge.room
-        if producer_id in edge.pipes or producer_id in edge.pending or room.closed:
-            return
+        if producer_id in edge.pipes or producer_id in edge.pending:
+            return True  # (being piped: a newProducer event and the attach crossed)
+        if room.closed:
+            return False
         edge.pending.add(producer_id)
         try:
             pipe = room.open_pipe()
@@ -513,7 +520,7 @@ class Cluster:
             edge.pending.discard(producer_id)
             log_event(logger, "cluster.pipe_refused", level=logging.WARNING, room=room.id,
                       producer=producer_id, error=str(exc))
-            return
+            return False
         try:
             answer = await self._request(edge.origin, {
                 "type": "pipe", "room": room.id, "producerId": producer_id,
@@ -526,7 +533,7 @@ class Cluster:
             room.close_pipe(pipe)
             log_event(logger, "cluster.pipe_failed", level=logging.WARNING, room=room.id,
                       producer=producer_id, error=str(exc))
-            return
+            return False
         finally:
             edge.pending.discard(producer_id)
         edge.pipes[producer_id] = pipe
@@ -534,6 +541,7 @@ class Cluster:
         pipe.on_closed.append(lambda: _forget_pipe(edge.pipes, producer_id, pipe))
         log_event(logger, "cluster.piped", room=room.id, origin=edge.origin,
                   producer=producer_id, transport=pipe.id)
+        return True
 
     def _on_room_event(self, msg: dict[str, Any]) -> None:
         edge = self.edges.get(str(msg.get("room")))
