@@ -337,7 +337,7 @@ async def test_forged_node_request_opens_no_pipe(nodes: Nodes) -> None:
     from pysfu.cluster.node import inbox
 
     async with AsyncExitStack() as stack:
-        await start_host(stack, nodes.a, ROOM)
+        host, _, _ = await start_host(stack, nodes.a, ROOM)
         before = await nodes.a.engine()
         forged = seal(b"not-the-cluster-secret-0123456789abcdef",
                       {"type": "attach", "room": ROOM, "id": "x"}, sender="node-evil",
@@ -350,6 +350,13 @@ async def test_forged_node_request_opens_no_pipe(nodes: Nodes) -> None:
             while b"event=cluster.message_rejected" not in nodes.a.log.read_bytes():
                 await trio.sleep(0.05)
         assert b"event=cluster.node_attached" not in nodes.a.log.read_bytes()
+        assert await nodes.a.engine() == before
+        # A client of the SFU, even the room's host, has no request that opens a pipe.
+        for event in ("attach", "pipe", "pipeToRouter", "createPipeTransport"):
+            with pytest.raises(RequestFailed) as info:
+                await host.request(event, {"roomId": ROOM, "room": ROOM, "id": "x"})
+            assert info.value.code == "unknown_event", (event, info.value)
+        assert b"event=pipe.transport_created" not in nodes.a.log.read_bytes()
         assert await nodes.a.engine() == before
 
 
