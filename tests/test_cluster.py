@@ -300,6 +300,42 @@ async def test_edge_room_emptied_closes_the_origin_pipes(nodes: Nodes) -> None:
         assert (await nodes.a.engine())["consumers"] == alone["consumers"] + 1
 
 
+async def test_origin_stopped_cleanly_tells_the_edges_and_leaves_redis(
+        nodes: Nodes, tmp_path: Path) -> None:
+    """SIGTERM of the origin (README: a clean stop): its rooms close with
+    ``server_shutdown``, which the edge viewer hears at once (not ``node_lost`` after the
+    TTL), and its registry and directory entries are gone when the process has exited."""
+    import coredis
+
+    from pysfu.cluster.node import node_key, room_key
+
+    async with AsyncExitStack() as stack:
+        s = await stack.enter_async_context(serve_node(
+            nodes.redis, "node-s", tmp_path, plain_ports="42400-42499",
+            extra_env={**LOOPBACK_ROOMS, "PYSFU_SHUTDOWN_GRACE": "1"}))
+        await start_host(stack, s, ROOM)
+        viewer = await start_viewer(stack, nodes.b, "edge-viewer", ROOM)
+        client: coredis.Redis[str] = coredis.Redis.from_url(nodes.redis.url,
+                                                            decode_responses=True)
+        await stack.enter_async_context(client)
+        assert await client.get(room_key(ROOM)) == "node-s"
+        s.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(1 + 3):  # the grace, then the rooms close
+            _, note = await viewer.client.next_notification("roomClosed")
+        assert note == {"roomId": ROOM, "reason": "server_shutdown"}
+        with trio.fail_after(5):
+            while s.process.poll() is None:
+                await trio.sleep(0.05)
+        assert s.process.returncode == 0, s.log.read_text()[-2000:]
+        assert await client.exists([node_key("node-s")]) == 0, "node entry"
+        assert await client.exists([room_key(ROOM)]) == 0, "room entry"
+        await wait_for(lambda: _empty(nodes.b), "B's engine counts back to zero", timeout=5)
+
+
+async def _empty(node: Node) -> bool:
+    return is_empty(await node.engine())
+
+
 async def test_viewer_node_killed_origin_closes_its_pipes(nodes: Nodes) -> None:
     async with AsyncExitStack() as stack:
         await start_host(stack, nodes.a, ROOM)

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import coredis
 import coredis.exceptions
 import trio
@@ -164,6 +165,14 @@ class Cluster:
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Register, listen to the inbox, refresh and watch until cancelled."""
         self.rooms = rooms
+        try:
+            await self._run(rooms, task_status)
+        except* anyio.ClosedResourceError:
+            # Cancelled (the server stops): coredis's pubsub then unsubscribes on a
+            # connection its pool has closed already. Nothing is lost: the node leaves.
+            log_event(logger, "cluster.inbox_closed", node=self.node_id)
+
+    async def _run(self, rooms: RoomRegistry, task_status: trio.TaskStatus[None]) -> None:
         async with self.redis, trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._register()
@@ -199,13 +208,19 @@ class Cluster:
         await self.redis.set(node_key(self.node_id), json.dumps(entry), px=int(TTL * 1000))
 
     async def _leave(self) -> None:
-        """A clean stop: the node's entry and its rooms' entries go at once."""
+        """A clean stop: the node's entry and its rooms' entries go at once. Through a
+        client of its own: the cancellation that stops the node has closed the connections
+        of ``self.redis`` already."""
+        assert self.config.cluster_redis_url is not None
         try:
-            await self.redis.delete([node_key(self.node_id)])
-            for room_id in list(self.served):
-                await self._delete_room_entry(room_id)
-        except _REDIS_ERRORS:
-            pass
+            async with coredis.Redis.from_url(self.config.cluster_redis_url,
+                                              decode_responses=True) as redis:
+                await redis.delete([node_key(self.node_id)])
+                for room_id in list(self.served):
+                    await redis.eval(_DELETE_IF_OURS, [room_key(room_id)], [self.node_id])
+        except (*_REDIS_ERRORS, anyio.ClosedResourceError) as exc:
+            log_event(logger, "cluster.leave_failed", level=logging.WARNING,
+                      node=self.node_id, error=str(exc) or type(exc).__name__)
 
     async def _refresh_loop(self) -> None:
         while True:
