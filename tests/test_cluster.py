@@ -22,7 +22,14 @@ import pytest
 import trio
 
 from pysfu.client import RequestFailed, SignalingClient, connect
-from pysfu.cluster.node import REFRESH, RESTART_QUIET, TTL, WATCH_INTERVAL
+from pysfu.cluster.node import (
+    PIPE_RETRIES,
+    PIPE_RETRY_DELAY,
+    REFRESH,
+    RESTART_QUIET,
+    TTL,
+    WATCH_INTERVAL,
+)
 from pysfu.testing.cluster_nodes import Node, RedisServer, redis_server, serve_node
 from pysfu.testing.cluster_peers import (
     Viewer,
@@ -279,6 +286,32 @@ async def test_an_edge_node_that_cannot_pipe_the_media_refuses_the_viewer(
         other = await stack.enter_async_context(connect(nodes.b.ws_url))
         await other.join(ROOM, "viewer", "viewer-b")
         assert len(await other.get_producers(ROOM)) == 2
+
+
+async def test_an_added_producer_the_edge_could_not_pipe_is_piped_once_it_can(
+        nodes: Nodes, tmp_path: Path) -> None:
+    """Node C has one pipe port, taken by the video's pipe: the audio added on A cannot be
+    piped at once. When the video closes (its pipe frees the port) C tries again and its
+    viewer gets the audio."""
+    async with AsyncExitStack() as stack:
+        c = await stack.enter_async_context(serve_node(
+            nodes.redis, "node-c", tmp_path, plain_ports="42300-42300",
+            extra_env=LOOPBACK_ROOMS))
+        host, host_peer, video_id = await start_host(stack, nodes.a, ROOM)
+        viewer = await start_viewer(stack, c, "viewer-c", ROOM)
+        await host.produce(ROOM, host_peer.transport["id"], "audio", opus_producer(mid="1"))
+        with trio.fail_after(5):
+            while b"event=cluster.pipe_refused" not in c.log.read_bytes():
+                await trio.sleep(0.05)
+        await host.close_producer(ROOM, video_id)
+        with trio.fail_after(5):
+            _, note = await viewer.client.next_notification("producerClosed")
+        assert note == {"producerId": viewer.consumer["producerId"]}
+        with trio.fail_after(PIPE_RETRIES * PIPE_RETRY_DELAY + 3):
+            _, note = await viewer.client.next_notification("newProducer")
+        assert note["kind"] == "audio"
+        assert [p["id"] for p in await viewer.client.get_producers(ROOM)] == [
+            note["producerId"]]
 
 
 async def test_edge_room_emptied_closes_the_origin_pipes(nodes: Nodes) -> None:

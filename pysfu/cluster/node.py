@@ -69,6 +69,10 @@ RESTART_QUIET = REFRESH + 1.0
 INBOX_RETRY = 1.0  # seconds between attempts to subscribe the inbox again
 UNHEARD_RETRY = 0.1  # seconds before a request nobody subscribed to hear is published again
 REQUEST_TIMEOUT = 3.0  # seconds a node waits for another node's answer
+# A producer added on the origin (newProducer) whose pipe could not be set up here (e.g. no
+# free pipe port) is tried again this many times, this many seconds apart, while it lasts.
+PIPE_RETRIES = 5
+PIPE_RETRY_DELAY = 1.0
 # A new room reserved in the directory for the node a host is redirected to lives this long
 # before the host arrives there (then the node refreshes it like its other rooms).
 RESERVATION_TTL = 10.0
@@ -112,6 +116,7 @@ class EdgeRoom:
     pipes: dict[str, PipeTransport] = field(default_factory=dict)  # origin producer id ->
     producers: dict[str, Producer] = field(default_factory=dict)  # origin producer id ->
     pending: set[str] = field(default_factory=set)  # origin producer ids being piped
+    wanted: set[str] = field(default_factory=set)  # added producers piped with retries
 
 
 @dataclass
@@ -558,18 +563,38 @@ class Cluster:
                   producer=producer_id, transport=pipe.id)
         return True
 
+    async def _pipe_added(self, edge: EdgeRoom, producer_id: str) -> None:
+        """A producer added on the origin, piped here; tried again (``PIPE_RETRIES``) while
+        the edge room is attached and the producer open."""
+        if len(edge.wanted) >= MAX_PENDING_REQUESTS:
+            return
+        edge.wanted.add(producer_id)
+        try:
+            for attempt in range(1 + PIPE_RETRIES):
+                if attempt:
+                    await trio.sleep(PIPE_RETRY_DELAY)
+                if producer_id not in edge.wanted or self.edges.get(edge.room.id) is not edge:
+                    return  # closed meanwhile
+                if await self._pipe_from(edge, producer_id):
+                    return
+            log_event(logger, "cluster.pipe_given_up", level=logging.WARNING,
+                      room=edge.room.id, producer=producer_id, attempts=1 + PIPE_RETRIES)
+        finally:
+            edge.wanted.discard(producer_id)
+
     def _on_room_event(self, msg: dict[str, Any]) -> None:
         edge = self.edges.get(str(msg.get("room")))
         if edge is None or edge.origin != msg["from"]:
             return
         kind, producer_id = msg["type"], msg.get("producerId")
         if kind == "newProducer" and isinstance(producer_id, str):
-            self._spawn(self._pipe_from(edge, producer_id))
+            self._spawn(self._pipe_added(edge, producer_id))
         elif kind in ("producerPaused", "producerResumed") and isinstance(producer_id, str):
             producer = edge.producers.get(producer_id)
             if producer is not None and edge.pipes.get(producer_id) is not None:
                 edge.room.set_pipe_producer_paused(producer, kind == "producerPaused")
         elif kind == "producerClosed" and isinstance(producer_id, str):
+            edge.wanted.discard(producer_id)
             edge.producers.pop(producer_id, None)
             pipe = edge.pipes.pop(producer_id, None)
             if pipe is not None:
