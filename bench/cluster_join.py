@@ -12,13 +12,14 @@ edge room that exists.
 CPU: user + system seconds of each ``pysfu serve`` process (/proc/PID/stat) over
 ``--seconds`` of streaming, per packet delivered to a viewer.
 
-Prints one JSON object (and writes it to bench/results/cluster_join.json).
+Prints one JSON object and writes it to bench/results/cluster_join-<UTC time>.json.
 Usage: python bench/cluster_join.py [--viewers 10] [--joins 5] [--seconds 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -158,7 +159,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                            extra_env=ENV) as a, \
                 serve_node(redis, "b", Path(tmp), plain_ports="43200-43299",
                            extra_env=ENV) as b:
-            result: dict[str, Any] = {"join": await join_latency(a, b, args.joins)}
+            result: dict[str, Any] = {
+                "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "cpus": os.cpu_count(), "viewers": args.viewers, "joins": args.joins,
+                "seconds": args.seconds,
+                "note": "one 2-core machine shared by the 2 nodes, redis-server, the Python "
+                        "test peers and other builds: noisy figures"}
+            result["join"] = await join_latency(a, b, args.joins)
             await trio.sleep(1.0)
             result["all_on_origin"] = await fan_out(a, b, a, args.viewers, args.seconds)
             await trio.sleep(1.0)
@@ -174,6 +181,7 @@ if __name__ == "__main__":
     outcome = trio.run(main, parser.parse_args())
     text = json.dumps(outcome, indent=2)
     print(text)
-    out = Path(__file__).parent / "results" / "cluster_join.json"
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(__file__).parent / "results" / f"cluster_join-{stamp}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text + "\n")

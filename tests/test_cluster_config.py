@@ -45,6 +45,23 @@ def test_bad_cluster_settings_are_refused(env: dict[str, str], needle: str) -> N
     assert "short" not in str(info.value)  # secrets never echoed
 
 
+def test_node_id_defaults_to_a_random_name() -> None:
+    """Without node_id every node process names itself at random (coredis connects only
+    in ``run``: nothing is reached here)."""
+    import re
+
+    from pysfu.cluster.node import Cluster
+
+    def node_id(env: dict[str, str]) -> str:
+        cfg = load_config(env={"PYSFU_CLUSTER_REDIS_URL": URL, "PYSFU_CLUSTER_SECRET": SECRET,
+                               **env})
+        return Cluster(cfg, signaling_url=lambda: "ws://127.0.0.1:1/ws", load=dict).node_id
+
+    ids = {node_id({}) for _ in range(5)}
+    assert len(ids) == 5 and all(re.fullmatch(r"n-[0-9a-f]{12}", i) for i in ids), ids
+    assert node_id({"PYSFU_NODE_ID": "node-7"}) == "node-7"
+
+
 def test_cli_options() -> None:
     from pysfu.cli import _parser
 

@@ -2,20 +2,30 @@
 cluster pysfu accepts: every node's environment is loaded by pysfu's own config loader
 (valid names and values), the nodes' ids, ports and pipe port ranges do not collide, each
 node_url names its own port, and every node uses the one Redis. (Docker is not run here:
-the compose file is read as YAML.)"""
+the compose file is read as YAML.) The README's shell lines that start Redis and three
+nodes on one machine are run as they are, on free ports: all three nodes join."""
 
 from __future__ import annotations
 
 import configparser
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pysfu.config import Config, load_config
+from pysfu.testing.ports import free_media_port, free_port
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+ROOT = Path(__file__).resolve().parent.parent
+CONTRIB = ROOT / "contrib"
 VALUES = {"PUBLIC_IP": "203.0.113.10", "PYSFU_CLUSTER_SECRET": "c" * 40,
           "PYSFU_AUTH_SECRET": "a" * 40}
 
@@ -41,6 +51,7 @@ def check_nodes(configs: list[Config], redis_url: str) -> None:
     assert len(configs) == 3
     assert len({c.node_id for c in configs}) == 3
     assert len({c.port for c in configs}) == 3 and len({c.rtc_port for c in configs}) == 3
+    assert len({c.metrics_port for c in configs}) == 3
     ranges = [port_range(c.plain_port_range) for c in configs]
     for i, r in enumerate(ranges):
         for other in ranges[i + 1:]:
@@ -105,3 +116,62 @@ def test_systemd_template_and_example_env_files_make_three_valid_nodes() -> None
     check_nodes(configs, common["PYSFU_CLUSTER_REDIS_URL"])
     redis_conf = (CONTRIB / "systemd" / "redis-pysfu.conf").read_text()
     assert re.search(r"^port 6379$", redis_conf, re.M) and 'save ""' in redis_conf
+
+
+def readme_cluster_lines() -> str:
+    """The indented shell block of the README's "Running several nodes"."""
+    section = (ROOT / "README.md").read_text().split("## Running several nodes", 1)[1]
+    block = next(b for b in section.split("\n\n") if b.startswith("    "))
+    lines = block.splitlines()
+    assert all(line.startswith("    ") for line in lines), lines
+    return "\n".join(line[4:] for line in lines)
+
+
+def node_health(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            answer: dict[str, Any] = json.loads(resp.read())
+            return answer
+    except OSError:
+        return None
+
+
+def test_readme_lines_start_redis_and_three_nodes(tmp_path: Path) -> None:
+    script = readme_cluster_lines()
+    script = "\n".join(line for line in script.splitlines()
+                       if not line.startswith("apt-get "))
+    ports: dict[str, int] = {"6379": free_port()}
+    for fixed in ("8081", "8082", "8083", "9461", "9462", "9463"):
+        ports[fixed] = free_port()
+    for fixed in ("40001", "40002", "40003"):
+        ports[fixed] = free_media_port()
+    for fixed, free in ports.items():  # the lines' own ports, each replaced by a free one
+        assert fixed in script or fixed.startswith("946"), fixed
+        script = re.sub(rf"\b{fixed}\b", str(free), script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSFU_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    with (tmp_path / "out.log").open("wb") as out:
+        # Its own process group: the nodes and Redis it starts in the background end with
+        # it (the script waits for them).
+        shell = subprocess.Popen(["bash", "-c", script + "\nwait"], cwd=tmp_path, env=env,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        expected = {ports[p]: n for p, n in (("8081", "a"), ("8082", "b"), ("8083", "c"))}
+        deadline = time.monotonic() + 40
+        nodes: dict[int, Any] = {}
+        while len(nodes) < 3 and time.monotonic() < deadline and shell.poll() is None:
+            for port in expected:
+                health = node_health(port)
+                if health is not None and health.get("node") == expected[port]:
+                    nodes[port] = health
+            time.sleep(0.2)
+        log = (tmp_path / "out.log").read_text(errors="replace")
+        assert len(nodes) == 3, log[-3000:]
+        assert "event=server.failed" not in log, log[-3000:]
+        registered = subprocess.run(
+            ["redis-cli", "-p", str(ports["6379"]), "--scan", "--pattern", "pysfu:node:*"],
+            capture_output=True, text=True, timeout=10).stdout.split()
+        assert sorted(registered) == ["pysfu:node:a", "pysfu:node:b", "pysfu:node:c"]
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()

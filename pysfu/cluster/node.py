@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import coredis
 import coredis.exceptions
 import trio
@@ -61,11 +62,17 @@ TTL = 6.0  # seconds a registry entry or a room's directory entry lives without 
 REFRESH = 2.0  # seconds between refreshes
 WATCH_INTERVAL = 1.0  # seconds between checks that the nodes we depend on are alive
 # A Redis that has just (re)started holds no registry entries until every node's next
-# refresh: no node is declared lost while Redis's uptime is below this, seconds.
+# refresh: no node is declared lost while Redis's uptime is below this, seconds. Nor for
+# this long after this node reaches Redis again: the others could not refresh either, and
+# entries that expired meanwhile come back with their next refresh.
 RESTART_QUIET = REFRESH + 1.0
 INBOX_RETRY = 1.0  # seconds between attempts to subscribe the inbox again
 UNHEARD_RETRY = 0.1  # seconds before a request nobody subscribed to hear is published again
 REQUEST_TIMEOUT = 3.0  # seconds a node waits for another node's answer
+# A producer added on the origin (newProducer) whose pipe could not be set up here (e.g. no
+# free pipe port) is tried again this many times, this many seconds apart, while it lasts.
+PIPE_RETRIES = 5
+PIPE_RETRY_DELAY = 1.0
 # A new room reserved in the directory for the node a host is redirected to lives this long
 # before the host arrives there (then the node refreshes it like its other rooms).
 RESERVATION_TTL = 10.0
@@ -109,6 +116,7 @@ class EdgeRoom:
     pipes: dict[str, PipeTransport] = field(default_factory=dict)  # origin producer id ->
     producers: dict[str, Producer] = field(default_factory=dict)  # origin producer id ->
     pending: set[str] = field(default_factory=set)  # origin producer ids being piped
+    wanted: set[str] = field(default_factory=set)  # added producers piped with retries
 
 
 @dataclass
@@ -143,6 +151,8 @@ class Cluster:
         self.edges: dict[str, EdgeRoom] = {}
         self.served: dict[str, Served] = {}
         self.rooms: RoomRegistry | None = None
+        self._unreachable = False  # a Redis call failed since the last watch round
+        self._judge_after = 0.0  # monotonic time before which no node is declared lost
         self._pending: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
@@ -160,6 +170,14 @@ class Cluster:
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Register, listen to the inbox, refresh and watch until cancelled."""
         self.rooms = rooms
+        try:
+            await self._run(rooms, task_status)
+        except* anyio.ClosedResourceError:
+            # Cancelled (the server stops): coredis's pubsub then unsubscribes on a
+            # connection its pool has closed already. Nothing is lost: the node leaves.
+            log_event(logger, "cluster.inbox_closed", node=self.node_id)
+
+    async def _run(self, rooms: RoomRegistry, task_status: trio.TaskStatus[None]) -> None:
         async with self.redis, trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._register()
@@ -195,13 +213,19 @@ class Cluster:
         await self.redis.set(node_key(self.node_id), json.dumps(entry), px=int(TTL * 1000))
 
     async def _leave(self) -> None:
-        """A clean stop: the node's entry and its rooms' entries go at once."""
+        """A clean stop: the node's entry and its rooms' entries go at once. Through a
+        client of its own: the cancellation that stops the node has closed the connections
+        of ``self.redis`` already."""
+        assert self.config.cluster_redis_url is not None
         try:
-            await self.redis.delete([node_key(self.node_id)])
-            for room_id in list(self.served):
-                await self._delete_room_entry(room_id)
-        except _REDIS_ERRORS:
-            pass
+            async with coredis.Redis.from_url(self.config.cluster_redis_url,
+                                              decode_responses=True) as redis:
+                await redis.delete([node_key(self.node_id)])
+                for room_id in list(self.served):
+                    await redis.eval(_DELETE_IF_OURS, [room_key(room_id)], [self.node_id])
+        except (*_REDIS_ERRORS, anyio.ClosedResourceError) as exc:
+            log_event(logger, "cluster.leave_failed", level=logging.WARNING,
+                      node=self.node_id, error=str(exc) or type(exc).__name__)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -213,40 +237,52 @@ class Cluster:
                         await self.redis.eval(_REFRESH_OR_CLAIM, [room_key(room_id)],
                                               [self.node_id, int(TTL * 1000)])
             except _REDIS_ERRORS as exc:
+                self._unreachable = True
                 log_event(logger, "cluster.refresh_failed", level=logging.WARNING,
                           node=self.node_id, error=str(exc) or type(exc).__name__)
 
     async def _watch_loop(self) -> None:
-        """Edge rooms whose origin is gone close (``node_lost``); pipes served to a gone
-        node close."""
         while True:
             await trio.sleep(WATCH_INTERVAL)
-            nodes = {e.origin for e in self.edges.values()}
-            nodes.update(n for s in self.served.values() for n in s.nodes)
-            if not nodes:
-                continue
-            try:
-                with trio.fail_after(REFRESH):
-                    uptime = (await self.redis.info("server")).get("uptime_in_seconds")
-                    if not isinstance(uptime, int | float) or uptime < RESTART_QUIET:
-                        continue  # Redis restarted: the nodes have not re-registered yet
-                    alive = {n for n in nodes if await self.redis.exists([node_key(n)])}
-            except _REDIS_ERRORS:
-                continue  # Redis unreachable: nothing is known to be gone
-            try:
-                self._drop_lost(alive)
-            except Exception:  # a bug: logged, the watch goes on
-                log_event(logger, "cluster.watch_crashed", level=logging.ERROR,
-                          node=self.node_id, exc_info=True)
+            await self._watch_once()
 
-    def _drop_lost(self, alive: set[str]) -> None:
+    async def _watch_once(self) -> None:
+        """Edge rooms whose origin is gone close (``node_lost``); pipes served to a gone
+        node close. Only the nodes looked up are judged: a node that attached (or an edge
+        room that opened) while the lookups were under way waits for the next round."""
+        nodes = {e.origin for e in self.edges.values()}
+        nodes.update(n for s in self.served.values() for n in s.nodes)
+        if not nodes:
+            return
+        try:
+            with trio.fail_after(REFRESH):
+                uptime = (await self.redis.info("server")).get("uptime_in_seconds")
+                if not isinstance(uptime, int | float) or uptime < RESTART_QUIET:
+                    return  # Redis restarted: the nodes have not re-registered yet
+                lost = {n for n in nodes if not await self.redis.exists([node_key(n)])}
+        except _REDIS_ERRORS:
+            self._unreachable = True
+            return  # Redis unreachable: nothing is known to be gone
+        now = self._monotonic()
+        if self._unreachable:  # Redis answers again: the others re-register first
+            self._unreachable = False
+            self._judge_after = now + RESTART_QUIET
+        if now < self._judge_after:
+            return
+        try:
+            self._drop_lost(lost)
+        except Exception:  # a bug: logged, the watch goes on
+            log_event(logger, "cluster.watch_crashed", level=logging.ERROR,
+                      node=self.node_id, exc_info=True)
+
+    def _drop_lost(self, lost: set[str]) -> None:
         """Close the edge rooms of gone origins and the pipes served to gone nodes."""
-        for edge in [e for e in self.edges.values() if e.origin not in alive]:
+        for edge in [e for e in self.edges.values() if e.origin in lost]:
             log_event(logger, "cluster.node_lost", node=self.node_id, lost=edge.origin,
                       room=edge.room.id)
             edge.room.close("node_lost")
         for served in list(self.served.values()):
-            for node in [n for n in served.nodes if n not in alive]:
+            for node in [n for n in served.nodes if n in lost]:
                 self._close_served(served, node)
 
     # ---- placement (pysfu.room.Placement) -----------------------------------------------
@@ -380,7 +416,7 @@ class Cluster:
         except _REDIS_ERRORS:
             pass  # it expires on its own
 
-    def _spawn(self, job: Awaitable[None]) -> None:
+    def _spawn(self, job: Awaitable[object]) -> None:
         """Run ``job`` in the cluster's nursery; a bug in it is logged, never fatal to the
         node (this nursery is the server's)."""
         async def run() -> None:
@@ -479,17 +515,24 @@ class Cluster:
         producers = answer.get("producers")
         if not isinstance(producers, list):
             raise Unavailable("the room's node gave a bad answer")
-        for entry in producers:
-            if isinstance(entry, dict) and isinstance(entry.get("producerId"), str):
-                await self._pipe_from(edge, entry["producerId"])
+        wanted = [entry["producerId"] for entry in producers
+                  if isinstance(entry, dict) and isinstance(entry.get("producerId"), str)]
+        failed = [producer_id for producer_id in wanted
+                  if not await self._pipe_from(edge, producer_id)]
+        if failed:  # the first viewer would sit in a room without that media: refused
+            raise Unavailable(f"{len(failed)} of the room's {len(wanted)} producers could "
+                              f"not be piped to this node; try again")
         log_event(logger, "cluster.edge_attached", room=room.id, origin=origin,
                   pipes=len(edge.pipes))
 
-    async def _pipe_from(self, edge: EdgeRoom, producer_id: str) -> None:
-        """One pipe of the origin's producer ``producer_id`` into the edge room."""
+    async def _pipe_from(self, edge: EdgeRoom, producer_id: str) -> bool:
+        """One pipe of the origin's producer ``producer_id`` into the edge room; False if
+        it could not be set up (logged)."""
         room = edge.room
-        if producer_id in edge.pipes or producer_id in edge.pending or room.closed:
-            return
+        if producer_id in edge.pipes or producer_id in edge.pending:
+            return True  # (being piped: a newProducer event and the attach crossed)
+        if room.closed:
+            return False
         edge.pending.add(producer_id)
         try:
             pipe = room.open_pipe()
@@ -497,7 +540,7 @@ class Cluster:
             edge.pending.discard(producer_id)
             log_event(logger, "cluster.pipe_refused", level=logging.WARNING, room=room.id,
                       producer=producer_id, error=str(exc))
-            return
+            return False
         try:
             answer = await self._request(edge.origin, {
                 "type": "pipe", "room": room.id, "producerId": producer_id,
@@ -510,7 +553,7 @@ class Cluster:
             room.close_pipe(pipe)
             log_event(logger, "cluster.pipe_failed", level=logging.WARNING, room=room.id,
                       producer=producer_id, error=str(exc))
-            return
+            return False
         finally:
             edge.pending.discard(producer_id)
         edge.pipes[producer_id] = pipe
@@ -518,6 +561,26 @@ class Cluster:
         pipe.on_closed.append(lambda: _forget_pipe(edge.pipes, producer_id, pipe))
         log_event(logger, "cluster.piped", room=room.id, origin=edge.origin,
                   producer=producer_id, transport=pipe.id)
+        return True
+
+    async def _pipe_added(self, edge: EdgeRoom, producer_id: str) -> None:
+        """A producer added on the origin, piped here; tried again (``PIPE_RETRIES``) while
+        the edge room is attached and the producer open."""
+        if len(edge.wanted) >= MAX_PENDING_REQUESTS:
+            return
+        edge.wanted.add(producer_id)
+        try:
+            for attempt in range(1 + PIPE_RETRIES):
+                if attempt:
+                    await trio.sleep(PIPE_RETRY_DELAY)
+                if producer_id not in edge.wanted or self.edges.get(edge.room.id) is not edge:
+                    return  # closed meanwhile
+                if await self._pipe_from(edge, producer_id):
+                    return
+            log_event(logger, "cluster.pipe_given_up", level=logging.WARNING,
+                      room=edge.room.id, producer=producer_id, attempts=1 + PIPE_RETRIES)
+        finally:
+            edge.wanted.discard(producer_id)
 
     def _on_room_event(self, msg: dict[str, Any]) -> None:
         edge = self.edges.get(str(msg.get("room")))
@@ -525,12 +588,13 @@ class Cluster:
             return
         kind, producer_id = msg["type"], msg.get("producerId")
         if kind == "newProducer" and isinstance(producer_id, str):
-            self._spawn(self._pipe_from(edge, producer_id))
+            self._spawn(self._pipe_added(edge, producer_id))
         elif kind in ("producerPaused", "producerResumed") and isinstance(producer_id, str):
             producer = edge.producers.get(producer_id)
             if producer is not None and edge.pipes.get(producer_id) is not None:
                 edge.room.set_pipe_producer_paused(producer, kind == "producerPaused")
         elif kind == "producerClosed" and isinstance(producer_id, str):
+            edge.wanted.discard(producer_id)
             edge.producers.pop(producer_id, None)
             pipe = edge.pipes.pop(producer_id, None)
             if pipe is not None:
