@@ -167,14 +167,15 @@ class DataProducer:
     label: str
     protocol: str
     limits: DataLimits
+    owner_name: str = ""  # the owner's display name when it produced (Peer.display_name)
     consumers: dict[str, DataConsumer] = field(default_factory=dict)
     messages: int = 0  # relayed
     dropped: dict[str, int] = field(default_factory=dict)  # over a limit, by reason
     told: bool = False  # the owner was told it went over a limit (once)
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "peerId": self.owner, "label": self.label,
-                "protocol": self.protocol}
+        return {"id": self.id, "peerId": self.owner, "displayName": self.owner_name,
+                "label": self.label, "protocol": self.protocol}
 
 
 @dataclass(eq=False)
@@ -191,4 +192,5 @@ class DataConsumer:
         p = self.producer
         return {"id": self.id, "dataProducerId": p.id,
                 "sctpStreamParameters": p.stream.to_dict(self.stream_id),
-                "label": p.label, "protocol": p.protocol, "peerId": p.owner}
+                "label": p.label, "protocol": p.protocol, "peerId": p.owner,
+                "displayName": p.owner_name}
