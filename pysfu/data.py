@@ -6,12 +6,14 @@ Where each step runs (see README "Data channels"):
   decryption (pyOpenSSL, ``pysfu.dtls``) -> native SCTP association (``sctp-proto`` in
   ``native/src/sctp.rs``: reassembly, acknowledgements, DCEP) -> the room: limits, the data
   producer's consumers -> ONE native call (``sctp_fanout``) writes the message into every
-  consumer's association -> Python: DTLS record protection per consumer (pyOpenSSL) -> ONE
-  engine call (``Engine.send_many``, sendmmsg) for every datagram.
+  consumer's association, each of which seals its packets as DTLS records
+  (``native/src/dtls_seal.rs``, AEAD suites, once the peer's handshake is over) -> ONE engine
+  call (``Engine.send_many``, sendmmsg) for every datagram.
 
-A message therefore costs one native call for SCTP and one for sending, whatever the number
-of consumers; DTLS record protection stays in Python for now, one pyOpenSSL call per packet
-per consumer (``bench/data_fanout.py`` measures it).
+A message therefore costs one native call for SCTP and record protection and one for
+sending, whatever the number of consumers; only sessions with a non-AEAD suite are still
+protected in Python (pyOpenSSL, one call per packet per consumer). ``bench/data_fanout.py``
+measures both.
 """
 
 from __future__ import annotations

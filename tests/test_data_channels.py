@@ -99,6 +99,13 @@ async def test_host_messages_reach_viewers_in_order_and_intact(server: Server,
             room = server.rooms.get(ROOM)
             assert room is not None
             assert room.data_producers[producer_id].messages == want
+            # The consumers' associations sealed their DTLS records natively (AEAD suite),
+            # and the viewers' OpenSSL read every one.
+            for side in (r1, r2):
+                sctp = room.transports[side.peer.transport["id"]].sctp
+                assert sctp is not None and sctp.sealed
+                assert sctp.counters()["recordsSealed"] >= want
+                assert sctp.counters()["sealFailed"] == 0
             assert room.data_snapshot() == {"dataProducers": 1, "dataConsumers": 2,
                                             "dataRoutes": 1}
 
