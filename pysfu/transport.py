@@ -523,8 +523,11 @@ class WebRtcTransport(MediaTransport):
         if not packets or addr is None or not self._registered or self.dtls is None:
             return []
         protocol = protocol_of(addr)
-        sealed = self.sctp is not None and self.sctp.sealed
-        records = packets if sealed else self.dtls.protect(packets)
+        if self.sctp is not None and self.sctp.sealed:
+            # Sealed already; nothing once the session is closed or failed (as protect()).
+            records = packets if self.dtls.state == "connected" else []
+        else:
+            records = self.dtls.protect(packets)
         return [(self.handle, addr[0], addr[1], d, protocol) for d in records]
 
     def _sctp_input(self, now: float) -> None:

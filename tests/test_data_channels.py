@@ -298,6 +298,26 @@ async def test_closing_the_room_frees_every_association(server: Server, client: 
     assert _native.sctp_associations() == before
 
 
+async def test_sealed_records_stop_once_the_dtls_session_is_closed(server: Server,
+                                                                   client: Any) -> None:
+    async with client() as host, client() as viewer:
+        await host.join(ROOM, "host", "alice")
+        await viewer.join(ROOM, "viewer", "bob")
+        async with data_side(host, "send") as h, data_side(viewer, "recv") as v:
+            producer_id = await host.produce_data(ROOM, h.peer.transport["id"], 0)
+            stream = await consume(viewer, v, producer_id)
+            h.open_stream(0)
+            h.send(0, "sealed")
+            assert (await v.wait_messages(1))[0] == (stream, 51, "sealed")
+            room = server.rooms.get(ROOM)
+            assert room is not None
+            ours = room.transports[v.peer.transport["id"]]
+            assert ours.sctp is not None and ours.sctp.sealed and ours.dtls is not None
+            assert len(ours.protect_data([b"sctp packet"])) == 1
+            ours.dtls.close()
+            assert ours.protect_data([b"sctp packet"]) == []
+
+
 async def test_partial_reliability_parameters_reach_the_consumer(server: Server,
                                                                  client: Any) -> None:
     async with client() as host, client() as viewer:
