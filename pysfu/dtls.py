@@ -426,9 +426,11 @@ class DtlsTransport:
             return None
         name = self._conn.get_cipher_name() or ""
         params = next((v for k, v in _AEAD_RECORD_KEYS.items() if name.endswith(k)), None)
+        if params is None:
+            return None
         master = self._conn.master_key()
         client, server = self._conn.client_random(), self._conn.server_random()
-        if params is None or not master or not client or not server:
+        if not master or not client or not server:
             return None
         key_len, iv_len, digest = params
         block = tls12_prf(master, b"key expansion", server + client, 2 * (key_len + iv_len),
