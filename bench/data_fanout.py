@@ -14,12 +14,15 @@ how much of the offered load arrived.
 
 ``steps`` — the server's per-message work in-process, step by step, on N connected
 association pairs (no sockets): the native fan-out (``sctp_fanout``: N SCTP writes, one
-call), DTLS record protection (Python, pyOpenSSL, one call per packet per consumer), and
-the SACKs coming back (DTLS decryption in Python + the native association).
+call), DTLS record protection, and the SACKs coming back (DTLS decryption in Python + the
+native association). Record protection both ways (``--sealing``): ``native``, as the server
+does for AEAD suites (each association seals its records inside the same ``sctp_fanout``
+call: nothing left per consumer in Python), and ``python`` (pyOpenSSL, one call per packet
+per consumer, as before and for non-AEAD suites).
 
 Usage: python bench/data_fanout.py [--consumers 100] [--sizes 100,10240]
        [--points 100@20,100@100,10240@2,10240@10] [--duration 4] [--step-messages 200]
-       [--no-e2e] [--no-save]
+       [--sealing native,python] [--no-e2e] [--no-save]
 """
 
 from __future__ import annotations
@@ -204,12 +207,13 @@ def _ms(seconds: float | None) -> float | None:
 class Pair:
     """A server-role association and DTLS session, and the client side of both, in memory."""
 
-    def __init__(self, cert: Certificate, client_cert: Certificate) -> None:
+    def __init__(self, cert: Certificate, client_cert: Certificate, sealing: str) -> None:
         self.s_dtls = DtlsTransport(cert, role="server", remote_fingerprint={
             "algorithm": "sha-256", "value": client_cert.fingerprint()})
         self.c_dtls = DtlsTransport(client_cert, role="client", remote_fingerprint={
             "algorithm": "sha-256", "value": cert.fingerprint()})
         now = time.monotonic()
+        self.delivered = 0  # messages the client side received
         self.server = SctpAssociation("server", now)
         self.client = SctpAssociation("client", now)
         self.c_dtls.start(now)
@@ -225,6 +229,14 @@ class Pair:
             self.to_client(self.s_dtls.protect(self.server.take_packets(time.monotonic())))
         assert self.server.connected and self.client.connected
         self.server.open_stream(0)
+        if sealing == "native":
+            keys = self.s_dtls.record_keys()
+            assert keys is not None
+            assert self.server.seal_with(keys.cipher, keys.key, keys.iv, keys.epoch)
+
+    def protect(self, out: list[bytes]) -> list[bytes]:
+        """The server association's output as datagrams (sealed by it already, or here)."""
+        return out if self.server.sealed else self.s_dtls.protect(out)
 
     def to_server(self, datagrams: list[bytes]) -> None:
         now = time.monotonic()
@@ -239,12 +251,13 @@ class Pair:
             self.c_dtls.receive(d, now)
         for record in self.c_dtls.take_application():
             self.client.handle_packet(record, now)
-        self.client.take_events()
+        self.delivered += sum(1 for e in self.client.take_events() if e[0] == "message")
 
 
-def run_steps(consumers: int, size: int, messages: int) -> dict[str, Any]:
+def run_steps(consumers: int, size: int, messages: int,
+              sealing: str = "native") -> dict[str, Any]:
     cert, client_cert = Certificate.generate(), Certificate.generate()
-    pairs = [Pair(cert, client_cert) for _ in range(consumers)]
+    pairs = [Pair(cert, client_cert, sealing) for _ in range(consumers)]
     payload = b"m" * size
     fanout_s = protect_s = ack_s = 0.0
     packets = 0
@@ -258,7 +271,7 @@ def run_steps(consumers: int, size: int, messages: int) -> dict[str, Any]:
         # (its congestion window), deliver, take the SACKs back in (which lets out more).
         while any(outgoing):
             t = time.perf_counter()
-            datagrams = [p.s_dtls.protect(out) for p, out in zip(pairs, outgoing, strict=True)]
+            datagrams = [p.protect(out) for p, out in zip(pairs, outgoing, strict=True)]
             protect_s += time.perf_counter() - t
             packets += sum(len(out) for out in outgoing)
             acks = []
@@ -274,16 +287,17 @@ def run_steps(consumers: int, size: int, messages: int) -> dict[str, Any]:
     per = 1e6 / messages
     return {
         "consumers": consumers, "message_bytes": size, "messages": messages,
+        "sealing": sealing, "delivered": sum(p.delivered for p in pairs),
         "packets_per_message": round(packets / messages, 2),
         "us_per_message": {
             "native_sctp_fanout": round(fanout_s * per, 1),
-            "python_dtls_protect": round(protect_s * per, 1),
+            "dtls_protect_left_in_python": round(protect_s * per, 1),
             "acks_in_python_dtls_and_native_sctp": round(ack_s * per, 1),
             "total": round((fanout_s + protect_s + ack_s) * per, 1),
         },
         "us_per_consumer": {
             "native_sctp_fanout": round(fanout_s * per / consumers, 2),
-            "python_dtls_protect": round(protect_s * per / consumers, 2),
+            "dtls_protect_left_in_python": round(protect_s * per / consumers, 2),
         },
     }
 
@@ -307,6 +321,8 @@ def main() -> None:
                     help="e2e runs: size@messages per second, comma-separated")
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--step-messages", type=int, default=200)
+    ap.add_argument("--sealing", default="native,python",
+                    help="record protection of the steps runs: native and/or python")
     ap.add_argument("--no-e2e", dest="e2e", action="store_false")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--no-save", action="store_true")
@@ -315,10 +331,11 @@ def main() -> None:
     record: dict[str, Any] = {"bench": "data_fanout", "git": git_rev(),
                               "time": datetime.datetime.now(datetime.UTC).isoformat(),
                               "cores": os.cpu_count(), "steps": [], "e2e": []}
-    for size in sizes:
-        step = run_steps(args.consumers, size, args.step_messages)
-        record["steps"].append(step)
-        print(json.dumps(step))
+    for sealing in args.sealing.split(","):
+        for size in sizes:
+            step = run_steps(args.consumers, size, args.step_messages, sealing)
+            record["steps"].append(step)
+            print(json.dumps(step))
     if args.e2e:
         for spec in args.points.split(","):
             size_text, _, rate_text = spec.partition("@")

@@ -191,13 +191,18 @@ class SignalingClient:
 
     # Convenience wrappers for the protocol's requests.
     async def join(self, room_id: str, role: str, peer_id: str | None = None,
-                   token: str | None = None, *, redirected: bool = False) -> dict[str, Any]:
+                   token: str | None = None, *, redirected: bool = False,
+                   display_name: str | None = None) -> dict[str, Any]:
         """Join ``room_id`` as ``role``; ``peer_id`` is required by open rooms, optional with
         a token (whose identity it must equal). ``Redirected``: the server sends this join
-        to another node (``redirected``: this join follows such a redirect)."""
+        to another node (``redirected``: this join follows such a redirect).
+        ``display_name``: what others see as this peer's name in open rooms (a token's
+        ``name`` claim takes its place)."""
         data: dict[str, Any] = {"roomId": room_id, "role": role}
         if peer_id is not None:
             data["peerId"] = peer_id
+        if display_name is not None:
+            data["displayName"] = display_name
         if token is not None:
             data["token"] = token
         if redirected:

@@ -6,12 +6,14 @@ Where each step runs (see README "Data channels"):
   decryption (pyOpenSSL, ``pysfu.dtls``) -> native SCTP association (``sctp-proto`` in
   ``native/src/sctp.rs``: reassembly, acknowledgements, DCEP) -> the room: limits, the data
   producer's consumers -> ONE native call (``sctp_fanout``) writes the message into every
-  consumer's association -> Python: DTLS record protection per consumer (pyOpenSSL) -> ONE
-  engine call (``Engine.send_many``, sendmmsg) for every datagram.
+  consumer's association, each of which seals its packets as DTLS records
+  (``native/src/dtls_seal.rs``, AEAD suites, once the peer's handshake is over) -> ONE engine
+  call (``Engine.send_many``, sendmmsg) for every datagram.
 
-A message therefore costs one native call for SCTP and one for sending, whatever the number
-of consumers; DTLS record protection stays in Python for now, one pyOpenSSL call per packet
-per consumer (``bench/data_fanout.py`` measures it).
+A message therefore costs one native call for SCTP and record protection and one for
+sending, whatever the number of consumers; only sessions with a non-AEAD suite are still
+protected in Python (pyOpenSSL, one call per packet per consumer). ``bench/data_fanout.py``
+measures both.
 """
 
 from __future__ import annotations
@@ -167,14 +169,15 @@ class DataProducer:
     label: str
     protocol: str
     limits: DataLimits
+    owner_name: str = ""  # the owner's display name when it produced (Peer.display_name)
     consumers: dict[str, DataConsumer] = field(default_factory=dict)
     messages: int = 0  # relayed
     dropped: dict[str, int] = field(default_factory=dict)  # over a limit, by reason
     told: bool = False  # the owner was told it went over a limit (once)
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "peerId": self.owner, "label": self.label,
-                "protocol": self.protocol}
+        return {"id": self.id, "peerId": self.owner, "displayName": self.owner_name,
+                "label": self.label, "protocol": self.protocol}
 
 
 @dataclass(eq=False)
@@ -191,4 +194,5 @@ class DataConsumer:
         p = self.producer
         return {"id": self.id, "dataProducerId": p.id,
                 "sctpStreamParameters": p.stream.to_dict(self.stream_id),
-                "label": p.label, "protocol": p.protocol, "peerId": p.owner}
+                "label": p.label, "protocol": p.protocol, "peerId": p.owner,
+                "displayName": p.owner_name}

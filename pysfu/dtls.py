@@ -17,6 +17,7 @@ Where the flight did arrive and only the answer was lost, the peer drops the dup
 from __future__ import annotations
 
 import datetime
+import hmac
 import secrets
 import struct
 from dataclasses import dataclass
@@ -60,6 +61,39 @@ _CIPHERS = (
     b"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES256-GCM-SHA384:"
     b"ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
 )
+
+# AEAD suites whose application records the engine side can seal (native/src/dtls_seal.rs):
+# suffix of OpenSSL's name -> (key length, fixed IV length, PRF hash).
+_AEAD_RECORD_KEYS: dict[str, tuple[int, int, str]] = {
+    "AES128-GCM-SHA256": (16, 4, "sha256"),
+    "AES256-GCM-SHA384": (32, 4, "sha384"),
+    "CHACHA20-POLY1305": (32, 12, "sha256"),
+}
+
+
+def tls12_prf(secret: bytes, label: bytes, seed: bytes, size: int, digest: str) -> bytes:
+    """RFC 5246 §5: P_hash(secret, label + seed), ``size`` bytes."""
+    seed = label + seed
+    out, a = b"", seed
+    while len(out) < size:
+        a = hmac.digest(secret, a, digest)
+        out += hmac.digest(secret, a + seed, digest)
+    return out[:size]
+
+
+@dataclass(frozen=True)
+class RecordKeys:
+    """The write side of an established session's epoch 1: what
+    ``SctpAssociation.seal_with`` needs. Never logged."""
+
+    cipher: str  # OpenSSL's suite name
+    key: bytes
+    iv: bytes
+    epoch: int = 1
+
+    def __repr__(self) -> str:
+        return f"RecordKeys({self.cipher})"
+
 
 DtlsRole = Literal["server", "client"]
 DtlsState = Literal["new", "connecting", "connected", "failed", "closed"]
@@ -383,6 +417,29 @@ class DtlsTransport:
         data channel transport, one SCTP packet each)."""
         out, self._app_in = self._app_in, []
         return out
+
+    def record_keys(self) -> RecordKeys | None:
+        """Our write key and IV of the session (TLS 1.2 key expansion, RFC 5246 §6.3, from
+        OpenSSL's master secret and randoms) for sealing application records elsewhere; None
+        unless connected with an AEAD suite (those records stay with :meth:`protect`)."""
+        if self.state != "connected":
+            return None
+        name = self._conn.get_cipher_name() or ""
+        params = next((v for k, v in _AEAD_RECORD_KEYS.items() if name.endswith(k)), None)
+        if params is None:
+            return None
+        master = self._conn.master_key()
+        client, server = self._conn.client_random(), self._conn.server_random()
+        if not master or not client or not server:
+            return None
+        key_len, iv_len, digest = params
+        block = tls12_prf(master, b"key expansion", server + client, 2 * (key_len + iv_len),
+                          digest)
+        # client_write_key | server_write_key | client_write_IV | server_write_IV (no MAC keys)
+        keys = (block[:key_len], block[key_len:2 * key_len])
+        ivs = (block[2 * key_len:2 * key_len + iv_len], block[2 * key_len + iv_len:])
+        mine = 0 if self.role == "client" else 1
+        return RecordKeys(name, keys[mine], ivs[mine])
 
     def protect(self, packets: list[bytes]) -> list[bytes]:
         """Application data (SCTP packets) as DTLS records, one datagram each; nothing

@@ -168,6 +168,13 @@ class Peer:
     resume_secret: str | None = field(default=None, repr=False)
     data_producers: dict[str, DataProducer] = field(default_factory=dict)
     data_consumers: dict[str, DataConsumer] = field(default_factory=dict)
+    # What others see as its name (a data producer's sender): the token's name claim, or the
+    # join's displayName in open rooms; the peer id without one.
+    name: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name if self.name is not None else self.id
 
 
 class Room:
@@ -253,7 +260,8 @@ class Room:
     def host(self) -> Peer | None:
         return next((p for p in self.peers.values() if p.role == "host"), None)
 
-    def join(self, peer_id: str, role: Role, notify: Notify) -> tuple[Peer, bool]:
+    def join(self, peer_id: str, role: Role, notify: Notify, *,
+             display_name: str | None = None) -> tuple[Peer, bool]:
         """Add a peer, or re-attach a known one (reconnect). Returns (peer, reconnected)."""
         self._check_open()
         peer = self.peers.get(peer_id)
@@ -266,6 +274,7 @@ class Room:
                 peer.grace_scope = None
             self._release_peer(peer)
             peer.notify = notify
+            peer.name = display_name
             peer.joined_at, peer.got_media = trio.current_time(), False
             if role == "host":
                 peer.resume_secret = new_secret()  # the old one goes with the old transports
@@ -277,7 +286,7 @@ class Room:
             raise Forbidden("the room has a host on another node")
         if len(self.peers) >= self.ctx.config.max_peers_per_room:
             raise LimitExceeded("the room is full")
-        peer = Peer(peer_id, role, notify)
+        peer = Peer(peer_id, role, notify, name=display_name)
         if role == "host":
             peer.resume_secret = new_secret()
         self.peers[peer_id] = peer
@@ -922,14 +931,16 @@ class Room:
         if route in self._data_routes:
             raise Forbidden("that streamId is in use on this transport")
         producer = DataProducer(new_id(), peer.id, transport, params, label, protocol,
-                                DataLimits(self.ctx.config, trio.current_time()))
+                                DataLimits(self.ctx.config, trio.current_time()),
+                                owner_name=peer.display_name)
         self._data_routes[route] = producer
         peer.data_producers[producer.id] = producer
         self.data_producers[producer.id] = producer
         log_event(logger, "data_producer.created", room=self.id, peer=peer.id,
                   transport=transport.id, data_producer=producer.id, stream=params.stream_id)
         self._broadcast("newDataProducer", {"dataProducerId": producer.id, "label": label,
-                                            "protocol": protocol, "peerId": peer.id},
+                                            "protocol": protocol, "peerId": peer.id,
+                                            "displayName": producer.owner_name},
                         exclude=peer)
         return producer
 

@@ -515,13 +515,20 @@ class WebRtcTransport(MediaTransport):
             self._sctp_pump(trio.current_time())
 
     def protect_data(self, packets: list[bytes]) -> list[tuple[int, str, int, bytes, str]]:
-        """SCTP packets as DTLS datagrams, ready for ``MediaEngine.send_many`` (over UDP or
-        the transport's ICE-TCP connection, wherever ICE nominated)."""
+        """The association's packets out as DTLS datagrams, ready for
+        ``MediaEngine.send_many`` (over UDP or the transport's ICE-TCP connection, wherever
+        ICE nominated): sealed already by the association (``seal_with``), else protected here
+        with pyOpenSSL."""
         addr = self.ice.nominated
         if not packets or addr is None or not self._registered or self.dtls is None:
             return []
         protocol = protocol_of(addr)
-        return [(self.handle, addr[0], addr[1], d, protocol) for d in self.dtls.protect(packets)]
+        if self.sctp is not None and self.sctp.sealed:
+            # Sealed already; nothing once the session is closed or failed (as protect()).
+            records = packets if self.dtls.state == "connected" else []
+        else:
+            records = self.dtls.protect(packets)
+        return [(self.handle, addr[0], addr[1], d, protocol) for d in records]
 
     def _sctp_input(self, now: float) -> None:
         dtls, sctp = self.dtls, self.sctp
@@ -532,6 +539,14 @@ class WebRtcTransport(MediaTransport):
             return
         for record in records:
             sctp.handle_packet(record, now)
+        if not sctp.sealed:
+            # The peer sent application data: its handshake is over (OpenSSL will not resend
+            # a flight of epoch 1), so from here the association seals its records itself
+            # (AEAD suites; others stay with pyOpenSSL).
+            keys = dtls.record_keys()
+            if keys is not None and sctp.seal_with(keys.cipher, keys.key, keys.iv, keys.epoch):
+                log_event(logger, "sctp.sealing", level=logging.DEBUG, room=self.room_id,
+                          peer=self.owner, transport=self.id, cipher=keys.cipher)
         self._sctp_pump(now)
 
     def _sctp_pump(self, now: float) -> None:

@@ -55,11 +55,16 @@ data_fanout = _load_script(ROOT / "bench" / "data_fanout.py")
 
 
 def test_data_fanout_steps_measure_each_step() -> None:
-    r = data_fanout.run_steps(3, 100, 5)
-    assert r["consumers"] == 3 and r["packets_per_message"] == 3
+    r = data_fanout.run_steps(3, 100, 5, "python")
+    assert r["consumers"] == 3 and r["packets_per_message"] == 3 and r["delivered"] == 15
     steps = r["us_per_message"]
-    assert steps["native_sctp_fanout"] > 0 and steps["python_dtls_protect"] > 0
-    assert steps["total"] >= steps["native_sctp_fanout"] + steps["python_dtls_protect"]
+    assert steps["native_sctp_fanout"] > 0 and steps["dtls_protect_left_in_python"] > 0
+    assert steps["total"] >= steps["native_sctp_fanout"] + steps["dtls_protect_left_in_python"]
+    # Sealed natively (inside sctp_fanout): the same packets, every message read by the
+    # clients' OpenSSL.
+    native = data_fanout.run_steps(3, 100, 5, "native")
+    assert native["sealing"] == "native" and native["packets_per_message"] == 3
+    assert native["delivered"] == 15
 
 
 async def test_data_fanout_e2e_delivers_every_message_in_order() -> None:

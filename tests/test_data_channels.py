@@ -6,6 +6,8 @@ viewers' data when allowed, limits, ownership, and freeing everything with the r
 from __future__ import annotations
 
 import gc
+import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 import trio
 
 from pysfu import _native, errors
+from pysfu.auth import create_token
 from pysfu.client import SCTP_CAPABILITIES, RequestFailed, SignalingClient
 from pysfu.dtls import split_records
 from pysfu.server import Server
@@ -70,7 +73,7 @@ async def test_host_messages_reach_viewers_in_order_and_intact(server: Server,
                                                   label="chat", protocol="json")
             _, note = await v1.next_notification("newDataProducer")
             assert note == {"dataProducerId": producer_id, "label": "chat", "protocol": "json",
-                            "peerId": "alice"}
+                            "peerId": "alice", "displayName": "alice"}  # no name: the id
             listed = await v2.get_data_producers(ROOM)
             assert [p["id"] for p in listed] == [producer_id]
             s1 = await consume(v1, r1, producer_id)
@@ -96,6 +99,13 @@ async def test_host_messages_reach_viewers_in_order_and_intact(server: Server,
             room = server.rooms.get(ROOM)
             assert room is not None
             assert room.data_producers[producer_id].messages == want
+            # The consumers' associations sealed their DTLS records natively (AEAD suite),
+            # and the viewers' OpenSSL read every one.
+            for side in (r1, r2):
+                sctp = room.transports[side.peer.transport["id"]].sctp
+                assert sctp is not None and sctp.sealed
+                assert sctp.counters()["recordsSealed"] >= want
+                assert sctp.counters()["sealFailed"] == 0
             assert room.data_snapshot() == {"dataProducers": 1, "dataConsumers": 2,
                                             "dataRoutes": 1}
 
@@ -225,6 +235,44 @@ async def test_limits_drop_count_and_tell_once_without_delaying_others(server: S
             assert producer.dropped["messages_per_second"] > dropped
 
 
+@pytest.mark.parametrize("config_overrides", [{"max_data_message_size": 2000,
+                                               "data_bytes_per_second": 1000.0,
+                                               "data_bytes_burst": 6000}])
+async def test_message_size_and_bytes_per_second_limits_drop_and_count(server: Server,
+                                                                       client: Any) -> None:
+    async with client() as host, client() as viewer:
+        await host.join(ROOM, "host", "alice")
+        await viewer.join(ROOM, "viewer", "bob")
+        async with data_side(host, "send") as h, data_side(viewer, "recv") as v:
+            producer_id = await host.produce_data(ROOM, h.peer.transport["id"], 0)
+            stream = await consume(viewer, v, producer_id)
+            h.open_stream(0)
+            assert h.send(0, b"B" * 2001) == "sent"  # SCTP takes it; the server's limit not
+            _, note = await host.next_notification("dataProducerLimited")
+            assert note == {"dataProducerId": producer_id, "reason": "message_size"}
+            assert h.send(0, b"S" * 2000) == "sent"  # exactly the size limit: relayed
+            bodies = [bytes([i]) * 1000 for i in range(10)]
+            for body in bodies:
+                assert h.send(0, body) == "sent"
+            # 6000 bytes of burst: the 2000-byte one and four of the ten (the refill, 1000
+            # bytes/s, may let one more through on a slow machine), the rest dropped.
+            await v.wait_messages(5, timeout=10)
+            await trio.sleep(0.5)
+            got = list(v.messages)
+            assert got[0] == (stream, 53, b"S" * 2000)
+            relayed = [m[2] for m in got[1:]]
+            assert 4 <= len(relayed) <= 5
+            assert relayed == bodies[:len(relayed)]  # the first ones, in order
+            room = server.rooms.get(ROOM)
+            assert room is not None
+            producer = room.data_producers[producer_id]
+            assert producer.dropped["message_size"] == 1
+            assert producer.dropped["bytes_per_second"] == 10 - len(relayed)
+            # Told once, for the first reason only.
+            with pytest.raises(trio.TooSlowError):
+                await host.next_notification("dataProducerLimited", timeout=0.3)
+
+
 async def test_closing_the_room_frees_every_association(server: Server, client: Any) -> None:
     gc.collect()
     before = _native.sctp_associations()
@@ -248,6 +296,26 @@ async def test_closing_the_room_frees_every_association(server: Server, client: 
     del h, v
     gc.collect()
     assert _native.sctp_associations() == before
+
+
+async def test_sealed_records_stop_once_the_dtls_session_is_closed(server: Server,
+                                                                   client: Any) -> None:
+    async with client() as host, client() as viewer:
+        await host.join(ROOM, "host", "alice")
+        await viewer.join(ROOM, "viewer", "bob")
+        async with data_side(host, "send") as h, data_side(viewer, "recv") as v:
+            producer_id = await host.produce_data(ROOM, h.peer.transport["id"], 0)
+            stream = await consume(viewer, v, producer_id)
+            h.open_stream(0)
+            h.send(0, "sealed")
+            assert (await v.wait_messages(1))[0] == (stream, 51, "sealed")
+            room = server.rooms.get(ROOM)
+            assert room is not None
+            ours = room.transports[v.peer.transport["id"]]
+            assert ours.sctp is not None and ours.sctp.sealed and ours.dtls is not None
+            assert len(ours.protect_data([b"sctp packet"])) == 1
+            ours.dtls.close()
+            assert ours.protect_data([b"sctp packet"]) == []
 
 
 async def test_partial_reliability_parameters_reach_the_consumer(server: Server,
@@ -330,3 +398,52 @@ async def test_application_data_on_a_transport_without_sctp_is_not_kept(server: 
             assert ours.dtls.take_application() == []  # read and dropped, not piled up
         finally:
             peer.close()
+
+
+async def test_the_senders_display_name_comes_with_its_data_producer(server: Server,
+                                                                     client: Any) -> None:
+    """Open rooms: the join's displayName; every way a data producer is described names it."""
+    async with client() as host, client() as viewer:
+        joined = await host.join(ROOM, "host", "alice", display_name="Alice Liddell")
+        assert joined["displayName"] == "Alice Liddell"
+        plain = await viewer.join(ROOM, "viewer", "bob")
+        assert "displayName" not in plain
+        send = await host.create_transport(ROOM, "send", sctp_capabilities=SCTP_CAPABILITIES)
+        recv = await viewer.create_transport(ROOM, "recv", sctp_capabilities=SCTP_CAPABILITIES)
+        producer_id = await host.produce_data(ROOM, send["id"], 0, label="chat")
+        _, note = await viewer.next_notification("newDataProducer")
+        assert (note["peerId"], note["displayName"]) == ("alice", "Alice Liddell")
+        [listed] = await viewer.get_data_producers(ROOM)
+        assert (listed["peerId"], listed["displayName"]) == ("alice", "Alice Liddell")
+        consumed = await viewer.consume_data(ROOM, recv["id"], producer_id)
+        assert (consumed["peerId"], consumed["displayName"]) == ("alice", "Alice Liddell")
+    async with client() as other:
+        for bad in ("   ", "x" * 129, "new\nline", 5):  # 4: the 5th failed join closes
+            with pytest.raises(RequestFailed) as refused:
+                await other.request("join", {"roomId": "names", "role": "host",
+                                             "peerId": "p", "displayName": bad})
+            assert refused.value.code == errors.INVALID_FIELD, bad
+
+
+SECRET = secrets.token_urlsafe(32)
+
+
+@pytest.mark.parametrize("config_overrides", [{"auth_secret": SECRET,
+                                               "viewer_data_channels": True}])
+async def test_with_tokens_the_display_name_is_the_tokens_name(server: Server,
+                                                               client: Any) -> None:
+    def token(identity: str, role: str, name: str | None) -> str:
+        return create_token(SECRET, room=ROOM, identity=identity, role=role, now=time.time(),
+                            ttl=600, name=name)
+
+    async with client() as host, client() as viewer:
+        # A displayName in the join does not override the token's name.
+        joined = await viewer.request("join", {"roomId": ROOM, "role": "viewer",
+                                               "token": token("u-7", "viewer", "Ada"),
+                                               "displayName": "Someone Else"})
+        assert joined["displayName"] == "Ada"
+        await host.join(ROOM, "host", token=token("u-1", "host", None))
+        send = await viewer.create_transport(ROOM, "send", sctp_capabilities=SCTP_CAPABILITIES)
+        await viewer.produce_data(ROOM, send["id"], 0, label="chat")
+        _, note = await host.next_notification("newDataProducer")
+        assert (note["peerId"], note["displayName"]) == ("u-7", "Ada")

@@ -35,6 +35,7 @@ pub mod dcep;
 pub mod dd;
 pub mod dd_filter;
 pub mod sctp;
+pub mod dtls_seal;
 
 use pyo3::prelude::*;
 

@@ -27,6 +27,7 @@ use sctp_proto::{
 };
 
 use crate::dcep::{self, Reliability};
+use crate::dtls_seal::{Cipher, RecordSealer, SEQ_START};
 
 /// The largest message either way (`sctpParameters.maxMessageSize`, a=max-message-size).
 pub const MAX_MESSAGE_SIZE: u32 = 262_144;
@@ -540,6 +541,10 @@ impl Clock {
 pub struct SctpAssociation {
     core: SctpCore,
     clock: Clock,
+    /// Set (`seal_with`): every packet out is returned as a DTLS record sealed here.
+    sealer: Option<RecordSealer>,
+    /// Packets that could not be sealed (dropped): cannot happen before 2^48 records.
+    seal_failed: u64,
 }
 
 fn reliability_from(max_retransmits: Option<u32>, max_packet_life_time: Option<u32>) -> PyResult<Reliability> {
@@ -561,6 +566,21 @@ fn reliability_pair(r: Reliability) -> (Option<u32>, Option<u32>) {
 }
 
 impl SctpAssociation {
+    /// The association's packets at `now`, sealed as DTLS records when a sealer is set.
+    fn out_packets(&mut self, now: f64) -> Vec<Vec<u8>> {
+        let t = self.clock.instant(now);
+        let packets = self.core.poll_packets(t);
+        let Some(sealer) = &mut self.sealer else { return packets };
+        let mut out = Vec::with_capacity(packets.len());
+        for p in packets {
+            match sealer.seal(&p) {
+                Ok(record) => out.push(record),
+                Err(_) => self.seal_failed += 1,
+            }
+        }
+        out
+    }
+
     fn events<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
         for out in self.core.take_outputs() {
@@ -612,7 +632,8 @@ impl SctpAssociation {
             "client" => Role::Client,
             _ => return Err(PyValueError::new_err("role must be 'server' or 'client'")),
         };
-        Ok(SctpAssociation { core: SctpCore::new(role), clock: Clock { base: Instant::now(), base_secs: now } })
+        Ok(SctpAssociation { core: SctpCore::new(role), clock: Clock { base: Instant::now(), base_secs: now },
+                             sealer: None, seal_failed: 0 })
     }
 
     /// One SCTP packet (a DTLS application record's plaintext) from the peer.
@@ -651,10 +672,34 @@ impl SctpAssociation {
         self.core.send(stream, ppid, &Bytes::copy_from_slice(data)).name()
     }
 
-    /// Packets to protect with DTLS and send, after running the association at `now`.
+    /// Packets to send, after running the association at `now`: SCTP packets to protect
+    /// with DTLS, or DTLS records already (after `seal_with`).
     fn take_packets<'py>(&mut self, py: Python<'py>, now: f64) -> PyResult<Bound<'py, PyList>> {
-        let t = self.clock.instant(now);
-        packets_list(py, self.core.poll_packets(t))
+        let packets = self.out_packets(now);
+        packets_list(py, packets)
+    }
+
+    /// From now on, seal every packet out as a DTLS 1.2 application data record of `epoch`
+    /// (`dtls_seal.rs`) with the session's write key and IV (pysfu.dtls derives them), from
+    /// sequence number 2^32 up. `cipher`: OpenSSL's suite name; False (and nothing changes)
+    /// for a suite that is not AEAD or keys of the wrong size. Only once the peer has
+    /// finished its handshake (it sent application data): OpenSSL may still need to resend
+    /// its last flight before.
+    fn seal_with(&mut self, cipher: &str, key: &[u8], iv: &[u8], epoch: u16) -> bool {
+        let Some(cipher) = Cipher::from_openssl(cipher) else { return false };
+        match RecordSealer::new(cipher, key, iv, epoch, SEQ_START) {
+            Ok(s) => {
+                self.sealer = Some(s);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether packets out are DTLS records sealed here (`seal_with`).
+    #[getter]
+    fn sealed(&self) -> bool {
+        self.sealer.is_some()
     }
 
     /// Events since the last call: ("connected",), ("closed", reason),
@@ -694,6 +739,8 @@ impl SctpAssociation {
             ("droppedNotConnected", c.dropped_not_connected),
             ("droppedBufferFull", c.dropped_buffer_full), ("droppedTooBig", c.dropped_too_big),
             ("eventsDropped", c.events_dropped),
+            ("recordsSealed", self.sealer.as_ref().map_or(0, |s| s.sealed)),
+            ("sealFailed", self.seal_failed),
         ] {
             d.set_item(k, v)?;
         }
@@ -703,7 +750,8 @@ impl SctpAssociation {
 
 /// One message written into many associations in one call (a data producer's message to
 /// its data consumers): `targets` is a list of (association, stream id). Returns, per
-/// target, (result, packets to protect and send). The payload is copied once.
+/// target, (result, packets to send: DTLS records already where the association seals, else
+/// SCTP packets to protect). The payload is copied once.
 #[pyfunction]
 pub fn sctp_fanout<'py>(py: Python<'py>, targets: Vec<(Bound<'py, SctpAssociation>, u16)>,
                         ppid: u32, data: &[u8], now: f64) -> PyResult<Bound<'py, PyList>> {
@@ -715,8 +763,7 @@ pub fn sctp_fanout<'py>(py: Python<'py>, targets: Vec<(Bound<'py, SctpAssociatio
             continue;
         };
         let result = a.core.send(stream, ppid, &payload);
-        let t = a.clock.instant(now);
-        let packets = a.core.poll_packets(t);
+        let packets = a.out_packets(now);
         out.append((result.name(), packets_list(py, packets)?))?;
     }
     Ok(out)

@@ -117,6 +117,21 @@ def get_name(data: dict[str, Any], name: str) -> str:
     return value
 
 
+MAX_DISPLAY_NAME = 128  # characters of a displayName (a token's name claim: the same)
+
+
+def get_display_name(data: dict[str, Any], name: str = "displayName") -> str | None:
+    """An optional display name (join in open rooms): 1-128 characters, no control
+    characters; None when absent."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if (not isinstance(value, str) or not value.strip() or len(value) > MAX_DISPLAY_NAME
+            or any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in value)):
+        raise _invalid(name, f"1-{MAX_DISPLAY_NAME} characters, no control characters")
+    return value
+
+
 def get_object(data: dict[str, Any], name: str) -> dict[str, Any]:
     value = data.get(name)
     if not isinstance(value, dict):

@@ -57,6 +57,7 @@ from pysfu.signaling.schema import (
     RequestError,
     encode,
     encode_error,
+    get_display_name,
     get_dtls_parameters,
     get_layer,
     get_name,
@@ -329,14 +330,16 @@ class Session:
                                                   trio.current_time())
             raise
 
-    def _identity(self, data: dict[str, Any], room_id: str, role: str) -> str:
-        """The peer id a join (or resume) may use: named by the client in open rooms, the
-        token's identity when tokens are required (the token valid for this room and role)."""
+    def _identity(self, data: dict[str, Any], room_id: str,
+                  role: str) -> tuple[str, str | None]:
+        """The peer id a join (or resume) may use and its display name: named by the client
+        in open rooms (``peerId``, ``displayName``), the token's identity and ``name`` when
+        tokens are required (the token valid for this room and role)."""
         if self.room is not None and not self.room.closed:
             raise SignalingError(errors.ALREADY_JOINED, "this connection already joined a room")
         verifier = self.ctx.verifier
         if verifier is None:  # open rooms: the client names itself
-            return get_name(data, "peerId")
+            return get_name(data, "peerId"), get_display_name(data)
         token = data.get("token")
         if token is None:
             token = self._url_token
@@ -348,23 +351,26 @@ class Session:
         peer_id = grant.identity  # the token's sub is the peer's identity
         if data.get("peerId") is not None and data.get("peerId") != peer_id:
             raise SignalingError(errors.FORBIDDEN, "peerId must be the token's identity")
-        return peer_id
+        return peer_id, grant.name  # the token names the peer: a join's displayName is ignored
 
     async def _try_join(self, data: dict[str, Any]) -> Answer:
         room_id = get_name(data, "roomId")
         role = get_str(data, "role", choices=_ROLES)
-        peer_id = self._identity(data, room_id, role)
+        peer_id, display_name = self._identity(data, room_id, role)
         try:
             room = await self.rooms.get_or_create(
                 room_id, address=self.address, role=role,  # type: ignore[arg-type]
                 redirected=data.get("redirected") is True)
         except Redirect as redirect:  # (cluster placement) join again at that node
             return "redirect", {"roomId": room_id, "url": redirect.url, "node": redirect.node}
-        peer, reconnected = room.join(peer_id, role, self.notify)  # type: ignore[arg-type]
+        peer, reconnected = room.join(peer_id, role, self.notify,  # type: ignore[arg-type]
+                                      display_name=display_name)
         self.room, self.peer = room, peer
         self.joined.set()
         answer: dict[str, Any] = {"roomId": room_id, "peerId": peer_id, "role": role,
                                   "reconnected": reconnected}
+        if peer.name is not None:
+            answer["displayName"] = peer.name
         if peer.resume_secret is not None:
             answer["resumeToken"] = peer.resume_secret
         return "joined", answer
@@ -376,7 +382,7 @@ class Session:
         from here on, so two resumes cannot both win: the secret changes with the first."""
         room_id = get_name(data, "roomId")
         secret = get_str(data, "resumeToken")
-        peer_id = self._identity(data, room_id, "host")
+        peer_id, _ = self._identity(data, room_id, "host")
         room = self.rooms.get(room_id)
         if room is None or room.closed:
             raise Forbidden("cannot resume: unknown peer or resume token")

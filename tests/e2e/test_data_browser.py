@@ -1,13 +1,16 @@
 """End-to-end data channels: the demo page's chat (unmodified mediasoup-client produceData /
 consumeData) in real Chromium against `pysfu serve`: a host's 1,000 text messages and a
 200 KB binary message reach three viewers in order and intact; a viewer's message reaches
-the host and the other viewers when the server allows it, and is refused when not."""
+the host and the other viewers when the server allows it, and is refused when not; every
+page shows each message with its sender's display name (?name=); a reloaded viewer gets the
+messages sent after its reload only."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -51,8 +54,10 @@ def sfu(tmp_path: Path, request: pytest.FixtureRequest, sfu_env: dict[str, str],
         server.stop()
 
 
-def open_chat(pages: Pages, room: str, role: str, name: str) -> Any:
-    page = pages.open(name, f"/?room={room}&role={role}")
+def open_chat(pages: Pages, room: str, role: str, name: str,
+              display_name: str | None = None) -> Any:
+    shown = f"&name={quote(display_name)}" if display_name is not None else ""
+    page = pages.open(name, f"/?room={room}&role={role}{shown}")
     _wait(page, "window.pysfu.state.chat && window.pysfu.state.chat.ready",
           what=f"{name} chat ready")
     return page
@@ -77,10 +82,11 @@ def wait_messages(page: Any, count: int, sender: str, timeout: float = 30.0) -> 
                                       "PYSFU_DATA_MESSAGE_BURST": "5000"}])
 def test_chat_host_to_three_viewers_and_viewer_to_all(pages: Pages, sfu: SfuProcess) -> None:
     room = new_room()
-    host = open_chat(pages, room, "host", "host")
+    host = open_chat(pages, room, "host", "host", "The Host")
     _wait(host, "window.pysfu.state.chat.open", what="host data producer open")
     host_id = host.evaluate(STATE)["peerId"]
-    viewers = [open_chat(pages, room, "viewer", f"viewer{i}") for i in range(3)]
+    viewers = [open_chat(pages, room, "viewer", f"viewer{i}", f"Viewer Nr {i}")
+               for i in range(3)]
     for v in viewers:
         # Each consumes the host and the viewers that were there before it, and may write.
         _wait(v, "window.pysfu.state.chat.open", what="viewer data producer open")
@@ -100,6 +106,9 @@ def test_chat_host_to_three_viewers_and_viewer_to_all(pages: Pages, sfu: SfuProc
         got = wait_messages(v, 1001, host_id)
         assert [m.get("text") for m in got[:1000]] == texts  # all, in order
         assert got[1000]["binary"] == BIG and got[1000]["hash"] == digest  # intact
+        assert {m["name"] for m in got} == {"The Host"}  # the sender's display name
+        assert v.locator("#chat-log li", has_text="message 0999").first.inner_text() \
+            == "The Host message 0999"
 
     # A viewer's message reaches the host and the two other viewers, with its name.
     writer = viewers[0]
@@ -108,6 +117,11 @@ def test_chat_host_to_three_viewers_and_viewer_to_all(pages: Pages, sfu: SfuProc
     for page in (host, viewers[1], viewers[2]):
         got = wait_messages(page, 1, writer_id)
         assert got[0]["text"] == "hello from a viewer"
+        assert got[0]["name"] == "Viewer Nr 0"
+        assert page.locator("#chat-log li", has_text="hello from a viewer").inner_text() \
+            == "Viewer Nr 0 hello from a viewer"
+    mine = writer.locator("#chat-log li.mine").inner_text()
+    assert mine == "Viewer Nr 0 (you) hello from a viewer"
     # Typed into the panel: the same path.
     viewers[1].fill("#chat-input", "typed")
     viewers[1].click("#chat-send")
@@ -131,3 +145,25 @@ def test_viewer_chat_refused_by_default(pages: Pages, sfu: SfuProcess) -> None:
     host_id = host.evaluate(STATE)["peerId"]
     assert wait_messages(viewer, 1, host_id)[0]["text"] == "hi viewers"
     assert not viewer.evaluate("() => window.pysfu.sendData('nope')")
+
+
+def test_a_reloaded_viewer_gets_new_messages_only(pages: Pages, sfu: SfuProcess) -> None:
+    room = new_room()
+    host = open_chat(pages, room, "host", "host")
+    _wait(host, "window.pysfu.state.chat.open", what="host data producer open")
+    host_id = host.evaluate(STATE)["peerId"]
+    viewer = open_chat(pages, room, "viewer", "viewer")
+    viewer.wait_for_function("() => window.pysfu.state.chat.openConsumers >= 1",
+                             timeout=15_000)
+    assert host.evaluate("() => window.pysfu.sendData('before the reload')")
+    assert wait_messages(viewer, 1, host_id)[0]["text"] == "before the reload"
+    viewer.reload()
+    _wait(viewer, "window.pysfu.state.chat && window.pysfu.state.chat.ready",
+          what="viewer chat ready after the reload")
+    viewer.wait_for_function("() => window.pysfu.state.chat.openConsumers >= 1",
+                             timeout=15_000)
+    assert host.evaluate("() => window.pysfu.sendData('after the reload')")
+    got = wait_messages(viewer, 1, host_id)
+    assert [m["text"] for m in got] == ["after the reload"]  # no history, the new one
+    assert viewer.locator("#chat-log li", has_text="before the reload").count() == 0
+    assert viewer.locator("#chat-log li", has_text="after the reload").count() == 1

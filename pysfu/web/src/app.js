@@ -17,6 +17,9 @@
 //                                 has auth_secret): sent in join; the peer id is the token's
 //                                 identity. Without a secret configured, rooms are open and
 //                                 no token is needed.
+//      &name=Ada                  display name shown with this page's chat messages (open rooms:
+//                                 sent as the join's displayName; with a token, the server uses
+//                                 the token's name claim instead); without one, the peer id
 //      &hops=N                    set by a cluster's placement redirect (this page moved here
 //                                 from another node's; the join says `redirected`)
 //
@@ -32,6 +35,11 @@ const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
 const $ = (id) => document.getElementById(id);
 // The join token handed to this page by the app that linked here (?token=), or null.
 const TOKEN = new URLSearchParams(location.search).get('token');
+// The display name asked for with ?name= (open rooms; 1–128 characters), or null.
+const NAME = (() => {
+  const name = (new URLSearchParams(location.search).get('name') || '').trim();
+  return name && name.length <= 128 && !/[\u0000-\u001f\u007f-\u009f]/.test(name) ? name : null;
+})();
 // A host whose WebSocket dropped retries opening a new one this long (the server keeps its
 // session for host_grace_period, 10 s by default), first after RESUME_RETRY_MS, doubling.
 const RESUME_PATIENCE_MS = 15000;
@@ -49,6 +57,7 @@ const state = {
   role: null, // 'host' | 'viewer' | null (landing page)
   roomId: null,
   peerId: null,
+  displayName: null, // what others see with our chat messages (the server's answer to join)
   withToken: TOKEN !== null, // joined with a token (its identity is our peerId)
   signaling: 'new',
   joined: false,
@@ -191,6 +200,7 @@ async function connect(roomId, role, peerId) {
   // as the same peer); without one, we name ourselves.
   const joined = await join(roomId, role, peerId);
   state.peerId = joined.peerId;
+  state.displayName = joined.displayName || joined.peerId;
   resumeToken = joined.resumeToken || null; // hosts only
   state.joined = true;
   state.reconnected = !!joined.reconnected;
@@ -206,6 +216,7 @@ async function connect(roomId, role, peerId) {
 // join; a 'redirect {url}' answer moves the page to that node (redirectedPage).
 async function join(roomId, role, peerId) {
   const request = TOKEN ? { roomId, role, token: TOKEN } : { roomId, role, peerId };
+  if (!TOKEN && NAME) request.displayName = NAME;
   if (HOPS > 0) request.redirected = true; // we came through a redirect: stay here
   const answer = await sig.requestAnswer('join', request);
   if (answer.event !== 'redirect') return answer.data;
@@ -897,7 +908,10 @@ function runLanding() {
   $('join-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     const room = $('join-room').value.trim();
-    if (ROOM_RE.test(room)) location.href = `/?room=${encodeURIComponent(room)}&role=viewer`;
+    const name = $('join-name').value.trim();
+    const query = new URLSearchParams({ room, role: 'viewer' });
+    if (name) query.set('name', name);
+    if (ROOM_RE.test(room)) location.href = `/?${query}`;
   });
 }
 

@@ -2,8 +2,9 @@
 //
 // Every page consumes every chat data producer of the room on its recv transport; the host
 // (and viewers, when the server allows viewer_data_channels) produces one on a send
-// transport. A message is shown with its sender's name: the peerId the server gives for the
-// data producer (newDataProducer / dataConsumed), never a name the sender writes itself.
+// transport. A message is shown with its sender's display name as the server gives it for the
+// data producer (newDataProducer / dataConsumed: the join token's name claim, or the join's
+// displayName in open rooms, else the peer id), never a name written into the message.
 // No history: a page that (re)joins sees the messages sent from then on.
 
 const MAX_KEPT = 5000; // messages kept in state.chat.messages
@@ -30,7 +31,7 @@ export class Chat {
     this.createSendTransport = createSendTransport;
     this.producer = null; // our mediasoup DataProducer
     this.consumers = new Map(); // dataProducerId -> DataConsumer
-    this.names = new Map(); // dataProducerId -> peerId
+    this.names = new Map(); // dataProducerId -> { peerId, displayName }
     this.chain = Promise.resolve();
     state.chat = { canSend: false, open: false, ready: false, openConsumers: 0, note: '', producerId: null, messages: [], consumers: 0 };
   }
@@ -64,7 +65,7 @@ export class Chat {
     $('chat-input').disabled = !this.state.chat.canSend;
     $('chat-send').disabled = !this.state.chat.canSend;
     const { dataProducers } = await this.sig.request('getDataProducers', { roomId: this.state.roomId });
-    for (const p of dataProducers) this.enqueue(p.id, p.peerId);
+    for (const p of dataProducers) this.enqueue(p.id, p.peerId, p.displayName);
     await this.chain;
     this.state.chat.ready = true;
   }
@@ -81,21 +82,21 @@ export class Chat {
   send(message) {
     if (!this.producer || this.producer.readyState !== 'open') return false;
     this.producer.send(message);
-    this.add(this.state.peerId, message, true);
+    this.add({ peerId: this.state.peerId, displayName: this.state.displayName }, message, true);
     return true;
   }
 
   onNotification(event, data) {
-    if (event === 'newDataProducer') this.enqueue(data.dataProducerId, data.peerId);
+    if (event === 'newDataProducer') this.enqueue(data.dataProducerId, data.peerId, data.displayName);
     else if (event === 'dataProducerClosed') this.drop(data.dataProducerId);
     else if (event === 'dataProducerLimited') {
       this.$('chat-note').textContent = `Slow down: some messages were dropped (${data.reason}).`;
     }
   }
 
-  enqueue(dataProducerId, peerId) {
+  enqueue(dataProducerId, peerId, displayName) {
     if (this.consumers.has(dataProducerId) || dataProducerId === this.state.chat.producerId) return;
-    this.names.set(dataProducerId, peerId);
+    this.names.set(dataProducerId, { peerId, displayName });
     this.consumers.set(dataProducerId, null); // reserved while it is set up
     this.chain = this.chain.then(() => this.consume(dataProducerId)).catch((err) => {
       this.consumers.delete(dataProducerId);
@@ -117,7 +118,9 @@ export class Chat {
       label: d.label,
       protocol: d.protocol,
     });
-    const from = d.peerId || this.names.get(dataProducerId) || '?';
+    const known = this.names.get(dataProducerId) || {};
+    const peerId = d.peerId || known.peerId || '?';
+    const from = { peerId, displayName: d.displayName || known.displayName || peerId };
     consumer.binaryType = 'arraybuffer';
     consumer.on('message', (message) => this.add(from, message, false));
     consumer.on('transportclose', () => this.drop(dataProducerId));
@@ -143,8 +146,11 @@ export class Chat {
     this.state.chat.consumers = [...this.consumers.values()].filter(Boolean).length;
   }
 
-  add(from, message, mine) {
-    const entry = { from, mine, t: Date.now() };
+  // `sender`: { peerId, displayName }; entries keep both (`from` is the peer id).
+  add(sender, message, mine) {
+    const from = sender.peerId;
+    const name = sender.displayName || from;
+    const entry = { from, name, mine, t: Date.now() };
     if (typeof message === 'string') entry.text = message;
     else {
       const bytes = new Uint8Array(message);
@@ -157,7 +163,7 @@ export class Chat {
     const li = document.createElement('li');
     if (mine) li.className = 'mine';
     const who = document.createElement('b');
-    who.textContent = mine ? `${from} (you)` : from;
+    who.textContent = mine ? `${name} (you)` : name;
     li.append(who, ' ', entry.text !== undefined ? entry.text : `[${entry.binary} bytes]`);
     const list = this.$('chat-log');
     list.append(li);
