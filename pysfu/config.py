@@ -414,6 +414,9 @@ def _check(cfg: Config) -> Config:
             fail(name, f"must be 1..{_MAX_DATA_COUNT}")
     if not 1 <= cfg.max_data_message_size <= _SCTP_MAX_MESSAGE_SIZE:
         fail("max_data_message_size", f"must be 1..{_SCTP_MAX_MESSAGE_SIZE} (SCTP maxMessageSize)")
+    if cfg.data_bytes_burst < cfg.max_data_message_size:
+        # A message larger than the burst could never be let through.
+        fail("data_bytes_burst", "must be >= max_data_message_size")
     if cfg.request_burst_per_address is not None and cfg.request_burst_per_address < 1:
         fail("request_burst_per_address", "must be >= 1")
     _check_auth(cfg)

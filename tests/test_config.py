@@ -40,6 +40,9 @@ def test_precedence_file_env_cli(tmp_path: Path) -> None:
         ({"PYSFU_LOG_LEVEL": "loud"}, "log_level"),
         ({"PYSFU_NO_SUCH": "1"}, "PYSFU_NO_SUCH"),
         ({"PYSFU_MAX_ROOMS": "0"}, "max_rooms"),
+        # A data message bigger than the byte burst could never pass the limit.
+        ({"PYSFU_DATA_BYTES_BURST": "1000", "PYSFU_MAX_DATA_MESSAGE_SIZE": "1001"},
+         "data_bytes_burst"),
     ],
 )
 def test_invalid_settings_are_refused(env: dict[str, str], needle: str) -> None:
