@@ -80,6 +80,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests: Counter[tuple[str, str]] = Counter()  # (event, code or "ok")
         self.dtls_handshakes: Counter[str] = Counter()  # outcome
+        self.data_dropped: Counter[str] = Counter()  # data messages over a limit, by reason
         self.dtls_seconds = Histogram(
             "pysfu_dtls_handshake_seconds", "DTLS handshake time, first flight to connected",
             buckets=_DTLS_BUCKETS, registry=self.registry)
@@ -95,6 +96,10 @@ class Metrics:
     def first_packet(self, seconds: float) -> None:
         """A peer got its first forwarded media packet ``seconds`` after it joined."""
         self.join_to_first_packet.observe(seconds)
+
+    def data_dropped_over_limit(self, reason: str) -> None:
+        """A data channel message was dropped over its producer's limit (``reason``)."""
+        self.data_dropped[reason] += 1
 
     def dtls_done(self, outcome: str, seconds: float | None = None) -> None:
         """A DTLS handshake ended: "connected" (with its time), "failed" or "timeout"."""
@@ -182,6 +187,12 @@ class EngineCollector(Collector):
         for outcome in sorted(set(m.dtls_handshakes) | {"connected", "failed", "timeout"}):
             dtls.add_metric([outcome], m.dtls_handshakes.get(outcome, 0))
         yield dtls
+        data = CounterMetricFamily("pysfu_data_messages_dropped",
+                                   "data channel messages dropped over a producer's limits, "
+                                   "by reason", labels=["reason"])
+        for reason, n in sorted(m.data_dropped.items()):
+            data.add_metric([reason], n)
+        yield data
 
 
 def _io_thread_cpu() -> Iterator[Metric]:

@@ -1023,6 +1023,7 @@ class Room:
         why = producer.limits.check(len(data), now)
         if why is not None:
             producer.dropped[why] = producer.dropped.get(why, 0) + 1
+            self.ctx.metrics.data_dropped_over_limit(why)
             if not producer.told:
                 producer.told = True
                 owner = self.peers.get(producer.owner)

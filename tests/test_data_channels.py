@@ -19,6 +19,7 @@ from pysfu import _native, errors
 from pysfu.auth import create_token
 from pysfu.client import SCTP_CAPABILITIES, RequestFailed, SignalingClient
 from pysfu.dtls import split_records
+from pysfu.metrics import render
 from pysfu.server import Server
 from pysfu.testing.data_peer import DataPeer, open_data_peer
 from pysfu.testing.webrtc_peer import WebRtcPeer
@@ -268,6 +269,12 @@ async def test_message_size_and_bytes_per_second_limits_drop_and_count(server: S
             producer = room.data_producers[producer_id]
             assert producer.dropped["message_size"] == 1
             assert producer.dropped["bytes_per_second"] == 10 - len(relayed)
+            # The same counts reach /metrics (pysfu_data_messages_dropped{reason}).
+            assert server.ctx.metrics.data_dropped == {"message_size": 1,
+                                                       "bytes_per_second": 10 - len(relayed)}
+            scraped = render(server.registry).decode()
+            assert f'pysfu_data_messages_dropped_total{{reason="bytes_per_second"}} ' \
+                   f'{float(10 - len(relayed))}' in scraped
             # Told once, for the first reason only.
             with pytest.raises(trio.TooSlowError):
                 await host.next_notification("dataProducerLimited", timeout=0.3)
