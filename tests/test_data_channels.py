@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -46,6 +47,29 @@ async def consume(client: SignalingClient, side: DataPeer, producer_id: str) -> 
     assert answer["dataProducerId"] == producer_id
     stream: int = answer["sctpStreamParameters"]["streamId"]
     return stream
+
+
+@dataclass
+class OneWay:
+    """The host's data producer on stream 0, consumed by one viewer: both associations up."""
+
+    host: SignalingClient
+    viewer: SignalingClient
+    send: DataPeer  # the host's side
+    recv: DataPeer  # the viewer's side
+    producer_id: str
+    stream: int  # the viewer's stream id for it
+
+
+@asynccontextmanager
+async def host_to_viewer(client: Any) -> AsyncIterator[OneWay]:
+    async with client() as host, client() as viewer:
+        await host.join(ROOM, "host", "alice")
+        await viewer.join(ROOM, "viewer", "bob")
+        async with data_side(host, "send") as h, data_side(viewer, "recv") as v:
+            producer_id = await host.produce_data(ROOM, h.peer.transport["id"], 0)
+            stream = await consume(viewer, v, producer_id)
+            yield OneWay(host, viewer, h, v, producer_id, stream)
 
 
 async def test_create_transport_answers_sctp_parameters(server: Server, client: Any) -> None:
@@ -241,43 +265,40 @@ async def test_limits_drop_count_and_tell_once_without_delaying_others(server: S
                                                "data_bytes_burst": 6000}])
 async def test_message_size_and_bytes_per_second_limits_drop_and_count(server: Server,
                                                                        client: Any) -> None:
-    async with client() as host, client() as viewer:
-        await host.join(ROOM, "host", "alice")
-        await viewer.join(ROOM, "viewer", "bob")
-        async with data_side(host, "send") as h, data_side(viewer, "recv") as v:
-            producer_id = await host.produce_data(ROOM, h.peer.transport["id"], 0)
-            stream = await consume(viewer, v, producer_id)
-            h.open_stream(0)
-            assert h.send(0, b"B" * 2001) == "sent"  # SCTP takes it; the server's limit not
-            _, note = await host.next_notification("dataProducerLimited")
-            assert note == {"dataProducerId": producer_id, "reason": "message_size"}
-            assert h.send(0, b"S" * 2000) == "sent"  # exactly the size limit: relayed
-            bodies = [bytes([i]) * 1000 for i in range(10)]
-            for body in bodies:
-                assert h.send(0, body) == "sent"
-            # 6000 bytes of burst: the 2000-byte one and four of the ten (the refill, 1000
-            # bytes/s, may let one more through on a slow machine), the rest dropped.
-            await v.wait_messages(5, timeout=10)
-            await trio.sleep(0.5)
-            got = list(v.messages)
-            assert got[0] == (stream, 53, b"S" * 2000)
-            relayed = [m[2] for m in got[1:]]
-            assert 4 <= len(relayed) <= 5
-            assert relayed == bodies[:len(relayed)]  # the first ones, in order
-            room = server.rooms.get(ROOM)
-            assert room is not None
-            producer = room.data_producers[producer_id]
-            assert producer.dropped["message_size"] == 1
-            assert producer.dropped["bytes_per_second"] == 10 - len(relayed)
-            # The same counts reach /metrics (pysfu_data_messages_dropped{reason}).
-            assert server.ctx.metrics.data_dropped == {"message_size": 1,
-                                                       "bytes_per_second": 10 - len(relayed)}
-            scraped = render(server.registry).decode()
-            assert f'pysfu_data_messages_dropped_total{{reason="bytes_per_second"}} ' \
-                   f'{float(10 - len(relayed))}' in scraped
-            # Told once, for the first reason only.
-            with pytest.raises(trio.TooSlowError):
-                await host.next_notification("dataProducerLimited", timeout=0.3)
+    async with host_to_viewer(client) as one:
+        host, producer_id = one.host, one.producer_id
+        h, v, stream = one.send, one.recv, one.stream
+        h.open_stream(0)
+        assert h.send(0, b"B" * 2001) == "sent"  # SCTP takes it; the server's limit not
+        _, note = await host.next_notification("dataProducerLimited")
+        assert note == {"dataProducerId": producer_id, "reason": "message_size"}
+        assert h.send(0, b"S" * 2000) == "sent"  # exactly the size limit: relayed
+        bodies = [bytes([i]) * 1000 for i in range(10)]
+        for body in bodies:
+            assert h.send(0, body) == "sent"
+        # 6000 bytes of burst: the 2000-byte one and four of the ten (the refill, 1000
+        # bytes/s, may let one more through on a slow machine), the rest dropped.
+        await v.wait_messages(5, timeout=10)
+        await trio.sleep(0.5)
+        got = list(v.messages)
+        assert got[0] == (stream, 53, b"S" * 2000)
+        relayed = [m[2] for m in got[1:]]
+        assert 4 <= len(relayed) <= 5
+        assert relayed == bodies[:len(relayed)]  # the first ones, in order
+        room = server.rooms.get(ROOM)
+        assert room is not None
+        producer = room.data_producers[producer_id]
+        assert producer.dropped["message_size"] == 1
+        assert producer.dropped["bytes_per_second"] == 10 - len(relayed)
+        # The same counts reach /metrics (pysfu_data_messages_dropped{reason}).
+        assert server.ctx.metrics.data_dropped == {"message_size": 1,
+                                                   "bytes_per_second": 10 - len(relayed)}
+        scraped = render(server.registry).decode()
+        assert f'pysfu_data_messages_dropped_total{{reason="bytes_per_second"}} ' \
+               f'{float(10 - len(relayed))}' in scraped
+        # Told once, for the first reason only.
+        with pytest.raises(trio.TooSlowError):
+            await host.next_notification("dataProducerLimited", timeout=0.3)
 
 
 async def test_closing_the_room_frees_every_association(server: Server, client: Any) -> None:
@@ -307,22 +328,18 @@ async def test_closing_the_room_frees_every_association(server: Server, client: 
 
 async def test_sealed_records_stop_once_the_dtls_session_is_closed(server: Server,
                                                                    client: Any) -> None:
-    async with client() as host, client() as viewer:
-        await host.join(ROOM, "host", "alice")
-        await viewer.join(ROOM, "viewer", "bob")
-        async with data_side(host, "send") as h, data_side(viewer, "recv") as v:
-            producer_id = await host.produce_data(ROOM, h.peer.transport["id"], 0)
-            stream = await consume(viewer, v, producer_id)
-            h.open_stream(0)
-            h.send(0, "sealed")
-            assert (await v.wait_messages(1))[0] == (stream, 51, "sealed")
-            room = server.rooms.get(ROOM)
-            assert room is not None
-            ours = room.transports[v.peer.transport["id"]]
-            assert ours.sctp is not None and ours.sctp.sealed and ours.dtls is not None
-            assert len(ours.protect_data([b"sctp packet"])) == 1
-            ours.dtls.close()
-            assert ours.protect_data([b"sctp packet"]) == []
+    async with host_to_viewer(client) as one:
+        h, v, stream = one.send, one.recv, one.stream
+        h.open_stream(0)
+        h.send(0, "sealed")
+        assert (await v.wait_messages(1))[0] == (stream, 51, "sealed")
+        room = server.rooms.get(ROOM)
+        assert room is not None
+        ours = room.transports[v.peer.transport["id"]]
+        assert ours.sctp is not None and ours.sctp.sealed and ours.dtls is not None
+        assert len(ours.protect_data([b"sctp packet"])) == 1
+        ours.dtls.close()
+        assert ours.protect_data([b"sctp packet"]) == []
 
 
 async def test_partial_reliability_parameters_reach_the_consumer(server: Server,
@@ -349,31 +366,27 @@ async def test_partial_reliability_parameters_reach_the_consumer(server: Server,
 
 async def test_garbage_sctp_over_dtls_is_counted_and_the_association_goes_on(
         server: Server, client: Any) -> None:
-    async with client() as host, client() as viewer:
-        await host.join(ROOM, "host", "alice")
-        await viewer.join(ROOM, "viewer", "bob")
-        async with data_side(host, "send") as h, data_side(viewer, "recv") as v:
-            producer_id = await host.produce_data(ROOM, h.peer.transport["id"], 0)
-            stream = await consume(viewer, v, producer_id)
-            # Application records that are not SCTP (or not this association's), through
-            # the real DTLS session, straight at the server's association.
-            for junk in (b"", b"\x00" * 3, b"garbage" * 40, bytes(range(256)) * 4,
-                         b"\x13\x88\x13\x88" + b"\xff" * 60):
-                if junk:
-                    h.conn.send(junk)
-            flushed = h.conn.bio_read(65536)
-            for record in split_records(flushed) or []:
-                await h.peer.sock.sendto(record, h.peer.server)
-            room = server.rooms.get(ROOM)
-            assert room is not None
-            sctp = room.transports[h.peer.transport["id"]].sctp
-            assert sctp is not None
-            with trio.fail_after(5):
-                while sctp.counters()["unroutable"] < 4:
-                    await trio.sleep(0.02)
-            h.open_stream(0)
-            h.send(0, "still fine")
-            assert (await v.wait_messages(1))[0] == (stream, 51, "still fine")
+    async with host_to_viewer(client) as one:
+        h, v, stream = one.send, one.recv, one.stream
+        # Application records that are not SCTP (or not this association's), through
+        # the real DTLS session, straight at the server's association.
+        for junk in (b"", b"\x00" * 3, b"garbage" * 40, bytes(range(256)) * 4,
+                     b"\x13\x88\x13\x88" + b"\xff" * 60):
+            if junk:
+                h.conn.send(junk)
+        flushed = h.conn.bio_read(65536)
+        for record in split_records(flushed) or []:
+            await h.peer.sock.sendto(record, h.peer.server)
+        room = server.rooms.get(ROOM)
+        assert room is not None
+        sctp = room.transports[h.peer.transport["id"]].sctp
+        assert sctp is not None
+        with trio.fail_after(5):
+            while sctp.counters()["unroutable"] < 4:
+                await trio.sleep(0.02)
+        h.open_stream(0)
+        h.send(0, "still fine")
+        assert (await v.wait_messages(1))[0] == (stream, 51, "still fine")
 
 
 async def test_application_data_on_a_transport_without_sctp_is_not_kept(server: Server,

@@ -132,26 +132,24 @@ async def test_piped_simulcast_producer_layers_and_key_frames_cross(setup: Setup
     # All three layers crossed the pipe (B's producer measured each).
     stats = setup.b.media.stats(link.producer.handle)
     assert stats is not None and all(int(n) > 0 for n in stats["layerPackets"].split(",")), stats
-    # The edge viewer wants layer 0: B asks the pipe for r0's key frame, A asks the host.
-    r0 = sender.ssrcs[0]
-    plis_before = sum(1 for _, m in sender.plis if m == r0)
-    n = len(edge.packets)
-    await edge.client.request("setPreferredLayers", {
-        "roomId": ROOM_B, "consumerId": edge.consumer["id"], "spatialLayer": 0})
-    await wait_for(lambda: 0 in edge.layers(n), "layer 0 at the edge")
-    assert sum(1 for _, m in sender.plis if m == r0) > plis_before, "PLI reached the host"
-    switch = edge.layers().index(0, n)
-    assert is_vp8_keyframe(edge.packets[switch].payload)
+    async def switch_to(layer: int) -> int:
+        """The edge viewer asks for ``layer``: B asks the pipe for its key frame, A asks the
+        host (a PLI for that layer's SSRC); the edge gets it from that key frame on. Answers
+        the index of the edge's first packet of the layer."""
+        ssrc = sender.ssrcs[layer]
+        plis_before = sum(1 for _, m in sender.plis if m == ssrc)
+        n = len(edge.packets)
+        await edge.client.request("setPreferredLayers", {
+            "roomId": ROOM_B, "consumerId": edge.consumer["id"], "spatialLayer": layer})
+        await wait_for(lambda: layer in edge.layers(n), f"layer {layer} at the edge")
+        assert sum(1 for _, m in sender.plis if m == ssrc) > plis_before, "PLI reached the host"
+        switch = edge.layers().index(layer, n)
+        assert is_vp8_keyframe(edge.packets[switch].payload)
+        return switch
+
+    await switch_to(0)
     # And back up: the top layer again, from its key frame (asked of the host's r2).
-    r2 = sender.ssrcs[2]
-    plis_before = sum(1 for _, m in sender.plis if m == r2)
-    n = len(edge.packets)
-    await edge.client.request("setPreferredLayers", {
-        "roomId": ROOM_B, "consumerId": edge.consumer["id"], "spatialLayer": 2})
-    await wait_for(lambda: 2 in edge.layers(n), "layer 2 again at the edge")
-    assert sum(1 for _, m in sender.plis if m == r2) > plis_before, "PLI for r2 reached the host"
-    switch = edge.layers().index(2, n)
-    assert is_vp8_keyframe(edge.packets[switch].payload)
+    switch = await switch_to(2)
     assert set(edge.layers(switch)) == {2}
     seqs = [p.seq for p in edge.packets]
     assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False)), \
