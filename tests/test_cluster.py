@@ -404,7 +404,7 @@ async def test_forged_node_request_opens_no_pipe(nodes: Nodes) -> None:
     import coredis
 
     from pysfu.cluster.messages import seal
-    from pysfu.cluster.node import inbox
+    from pysfu.cluster.bus import inbox
 
     async with AsyncExitStack() as stack:
         host, _, _ = await start_host(stack, nodes.a, ROOM)

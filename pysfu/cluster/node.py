@@ -11,7 +11,8 @@ Keys (every value expires unless refreshed; ``TTL`` 6 s, refreshed every ``REFRE
   writes it again if it is missing, e.g. after a Redis restart) and deletes it when the room
   closes (only if it still names this node).
 - channel ``pysfu:inbox:{id}``: the node's inbox. Requests, answers and room events
-  addressed to it, each sealed with the shared ``cluster_secret`` (``messages``).
+  addressed to it, each sealed with the shared ``cluster_secret`` (``messages``); sent and
+  read by ``pysfu.cluster.bus``.
 
 A viewer may join on any node. If the room's origin is another node, this node's room is an
 *edge*: it asks the origin (``attach``) for the room's producers, then for one pipe per
@@ -39,12 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import coredis
-import coredis.exceptions
 import trio
-from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
-from pysfu.cluster.messages import NONCE_BYTES, MessageError, Opener, seal
+from pysfu.cluster.bus import PREFIX, REDIS_ERRORS, REQUEST_TIMEOUT, Bus, RequestFailed
 from pysfu.cluster.placement import LoadMeter, Placer, Target
 from pysfu.log import log_event
 from pysfu.pipe import PipeEnd, PipeError, PipeTransport
@@ -66,9 +65,6 @@ WATCH_INTERVAL = 1.0  # seconds between checks that the nodes we depend on are a
 # this long after this node reaches Redis again: the others could not refresh either, and
 # entries that expired meanwhile come back with their next refresh.
 RESTART_QUIET = REFRESH + 1.0
-INBOX_RETRY = 1.0  # seconds between attempts to subscribe the inbox again
-UNHEARD_RETRY = 0.1  # seconds before a request nobody subscribed to hear is published again
-REQUEST_TIMEOUT = 3.0  # seconds a node waits for another node's answer
 # A producer added on the origin (newProducer) whose pipe could not be set up here (e.g. no
 # free pipe port) is tried again this many times, this many seconds apart, while it lasts.
 PIPE_RETRIES = 5
@@ -77,8 +73,7 @@ PIPE_RETRY_DELAY = 1.0
 # before the host arrives there (then the node refreshes it like its other rooms).
 RESERVATION_TTL = 10.0
 MAX_NODES = 1000  # registry entries read when placing a room
-MAX_PENDING_REQUESTS = 1024  # requests of this node waiting for an answer
-PREFIX = "pysfu"
+MAX_ADDED_PIPES = 1024  # producers added on an origin being piped with retries, per edge
 
 # Compare-and-delete / refresh-or-reclaim of a room's directory entry (atomic in Redis).
 _DELETE_IF_OURS = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -88,8 +83,6 @@ _REFRESH_OR_CLAIM = ("local v = redis.call('get', KEYS[1]) "
                      "return 1 elseif v == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) "
                      "return 1 else return 0 end")
 
-_REDIS_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
-
 
 def node_key(node_id: str) -> str:
     return f"{PREFIX}:node:{node_id}"
@@ -97,14 +90,6 @@ def node_key(node_id: str) -> str:
 
 def room_key(room_id: str) -> str:
     return f"{PREFIX}:room:{room_id}"
-
-
-def inbox(node_id: str) -> str:
-    return f"{PREFIX}:inbox:{node_id}"
-
-
-class RequestFailed(Exception):
-    """Another node refused a request, did not answer in time, or Redis is unreachable."""
 
 
 @dataclass
@@ -145,15 +130,15 @@ class Cluster:
         self._monotonic = monotonic
         self.meter = LoadMeter()
         self.placer = Placer(self.node_id)
-        self._opener = Opener(self._secret, self.node_id)
         self.redis: coredis.Redis[str] = coredis.Redis.from_url(
             config.cluster_redis_url, decode_responses=True)
+        self.bus = Bus(self.redis, self._secret, self.node_id, clock=clock,
+                       on_message=self._dispatch)
         self.edges: dict[str, EdgeRoom] = {}
         self.served: dict[str, Served] = {}
         self.rooms: RoomRegistry | None = None
         self._unreachable = False  # a Redis call failed since the last watch round
         self._judge_after = 0.0  # monotonic time before which no node is declared lost
-        self._pending: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "attach": self._on_attach,
@@ -181,7 +166,7 @@ class Cluster:
         async with self.redis, trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._register()
-            await nursery.start(self._listen)
+            await nursery.start(self.bus.listen)
             nursery.start_soon(self._refresh_loop)
             nursery.start_soon(self._watch_loop)
             rooms.placement = self
@@ -223,7 +208,7 @@ class Cluster:
                 await redis.delete([node_key(self.node_id)])
                 for room_id in list(self.served):
                     await redis.eval(_DELETE_IF_OURS, [room_key(room_id)], [self.node_id])
-        except (*_REDIS_ERRORS, anyio.ClosedResourceError) as exc:
+        except (*REDIS_ERRORS, anyio.ClosedResourceError) as exc:
             log_event(logger, "cluster.leave_failed", level=logging.WARNING,
                       node=self.node_id, error=str(exc) or type(exc).__name__)
 
@@ -236,7 +221,7 @@ class Cluster:
                     for room_id in list(self.served):
                         await self.redis.eval(_REFRESH_OR_CLAIM, [room_key(room_id)],
                                               [self.node_id, int(TTL * 1000)])
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 self._unreachable = True
                 log_event(logger, "cluster.refresh_failed", level=logging.WARNING,
                           node=self.node_id, error=str(exc) or type(exc).__name__)
@@ -260,7 +245,7 @@ class Cluster:
                 if not isinstance(uptime, int | float) or uptime < RESTART_QUIET:
                     return  # Redis restarted: the nodes have not re-registered yet
                 lost = {n for n in nodes if not await self.redis.exists([node_key(n)])}
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             self._unreachable = True
             return  # Redis unreachable: nothing is known to be gone
         now = self._monotonic()
@@ -302,7 +287,7 @@ class Cluster:
                     origin = await self._claim(room.id)
                     if origin is not None and origin != self.node_id:
                         origin_entry = await self._entry(origin)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log_event(logger, "cluster.directory_unreachable", level=logging.WARNING,
                       room=room.id, error=str(exc) or type(exc).__name__)
             raise Unavailable("the cluster directory is unreachable; try again") from None
@@ -369,7 +354,7 @@ class Cluster:
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
                 target = await self._reserve_elsewhere(room_id, leaving=True)
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             return
         if target is not None:
             log_event(logger, "cluster.redirect", room=room_id, to=target.node_id,
@@ -405,7 +390,7 @@ class Cluster:
         edge = self.edges.get(room.id)
         if edge is not None and edge.room is room:
             del self.edges[room.id]
-            self._spawn(self._tell(edge.origin, {"type": "detach", "room": room.id}))
+            self._spawn(self.bus.tell(edge.origin, {"type": "detach", "room": room.id}))
 
     async def _delete_room_entry(self, room_id: str) -> None:
         if room_id in self.served:
@@ -413,7 +398,7 @@ class Cluster:
         try:
             with trio.move_on_after(REQUEST_TIMEOUT):
                 await self.redis.eval(_DELETE_IF_OURS, [room_key(room_id)], [self.node_id])
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             pass  # it expires on its own
 
     def _spawn(self, job: Awaitable[object]) -> None:
@@ -444,7 +429,7 @@ class Cluster:
                 if pipe is not None:
                     served.room.close_pipe(pipe)
         for node in list(served.nodes):
-            self._spawn(self._tell(node, {"type": event, "room": served.room.id, **data}))
+            self._spawn(self.bus.tell(node, {"type": event, "room": served.room.id, **data}))
 
     def _close_served(self, served: Served, node: str) -> None:
         for pipe in list(served.nodes.pop(node, {}).values()):
@@ -491,7 +476,7 @@ class Cluster:
         def follow(state: str) -> None:  # the far side follows pause and resume
             if state in ("paused", "resumed") and pipes.get(producer_id) is pipe:
                 kind = "producerPaused" if state == "paused" else "producerResumed"
-                self._spawn(self._tell(node, {"type": kind, "room": room.id,
+                self._spawn(self.bus.tell(node, {"type": kind, "room": room.id,
                                               "producerId": producer_id}))
 
         room.watch_producer(producer_id, follow)
@@ -509,7 +494,7 @@ class Cluster:
         room.origin_node = origin
         self.edges[room.id] = edge
         try:
-            answer = await self._request(origin, {"type": "attach", "room": room.id})
+            answer = await self.bus.request(origin, {"type": "attach", "room": room.id})
         except RequestFailed as exc:
             raise Unavailable(f"the room's node does not answer ({exc})") from None
         producers = answer.get("producers")
@@ -542,7 +527,7 @@ class Cluster:
                       producer=producer_id, error=str(exc))
             return False
         try:
-            answer = await self._request(edge.origin, {
+            answer = await self.bus.request(edge.origin, {
                 "type": "pipe", "room": room.id, "producerId": producer_id,
                 "end": self._end(pipe)})
             if room.closed or self.edges.get(room.id) is not edge:
@@ -566,7 +551,7 @@ class Cluster:
     async def _pipe_added(self, edge: EdgeRoom, producer_id: str) -> None:
         """A producer added on the origin, piped here; tried again (``PIPE_RETRIES``) while
         the edge room is attached and the producer open."""
-        if len(edge.wanted) >= MAX_PENDING_REQUESTS:
+        if len(edge.wanted) >= MAX_ADDED_PIPES:
             return
         edge.wanted.add(producer_id)
         try:
@@ -609,103 +594,12 @@ class Cluster:
         if served is not None and msg["from"] in served.nodes:
             self._close_served(served, msg["from"])
 
-    # ---- messages -------------------------------------------------------------------------
-
-    def _seal(self, to: str, message: dict[str, Any]) -> str:
-        return seal(self._secret, message, sender=self.node_id, to=to, now=self._clock(),
-                    nonce=secrets.token_hex(NONCE_BYTES))
-
-    async def _tell(self, node: str, message: dict[str, Any]) -> None:
-        """A message that needs no answer (events, detach); lost if Redis is unreachable."""
-        try:
-            with trio.move_on_after(REQUEST_TIMEOUT):
-                await self._publish_heard(node, message)
-        except _REDIS_ERRORS as exc:
-            log_event(logger, "cluster.send_failed", level=logging.WARNING, to=node,
-                      type=message.get("type"), error=str(exc) or type(exc).__name__)
-
-    async def _request(self, node: str, message: dict[str, Any]) -> dict[str, Any]:
-        if len(self._pending) >= MAX_PENDING_REQUESTS:
-            raise RequestFailed("too many requests in flight")
-        request_id = secrets.token_hex(8)
-        send, recv = trio.open_memory_channel[dict[str, Any]](1)
-        self._pending[request_id] = send
-        try:
-            with trio.fail_after(REQUEST_TIMEOUT):
-                await self._publish_heard(node, {**message, "id": request_id})
-                answer = await recv.receive()
-        except trio.TooSlowError:
-            raise RequestFailed(f"no answer from {node} within {REQUEST_TIMEOUT:g} s") from None
-        except _REDIS_ERRORS as exc:
-            raise RequestFailed(f"redis: {exc}") from None
-        finally:
-            self._pending.pop(request_id, None)
-        if not answer.get("ok"):
-            raise RequestFailed(str(answer.get("error"))[:200])
-        data = answer.get("data")
-        return data if isinstance(data, dict) else {}
-
-    async def _publish_heard(self, node: str, message: dict[str, Any]) -> None:
-        """Publish until the node's inbox has a subscriber (a node whose subscription is
-        being renewed after a Redis restart hears nothing meanwhile); the caller's deadline
-        bounds the wait."""
-        while not await self.redis.publish(inbox(node), self._seal(node, message)):
-            await trio.sleep(UNHEARD_RETRY)
-
-    async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                      ) -> None:
-        """Read the inbox; subscribe again whenever the subscription is lost (Redis
-        restarted or unreachable: what was published meanwhile is lost)."""
-        started = False
-        while True:
-            try:
-                # No retry inside coredis: its default backs off exponentially (up to 16 s),
-                # which would leave the inbox deaf for seconds after Redis is back.
-                async with self.redis.pubsub(channels=[inbox(self.node_id)],
-                                             ignore_subscribe_messages=True,
-                                             retry_policy=NoRetryPolicy()) as pubsub:
-                    if not started:
-                        task_status.started()
-                        started = True
-                    await self._read_inbox(pubsub)
-            except Exception as exc:  # coredis errors, possibly in exception groups
-                if not started:
-                    raise
-                cause: BaseException = exc
-                while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
-                    cause = cause.exceptions[0]  # the cause, not the nursery around it
-                log_event(logger, "cluster.inbox_lost", level=logging.WARNING,
-                          node=self.node_id, error=str(cause) or type(cause).__name__)
-            await trio.sleep(INBOX_RETRY)
-
-    async def _read_inbox(self, pubsub: Any) -> None:
-        async for item in pubsub:
-            data = item.get("data")
-            if item.get("type") != "message" or not isinstance(data, str | bytes):
-                continue
-            try:
-                msg = self._opener.open(data, self._clock())
-            except MessageError as exc:
-                log_event(logger, "cluster.message_rejected", level=logging.WARNING,
-                          node=self.node_id, error=str(exc),
-                          rejected=self._opener.rejected)
-                continue
-            try:
-                self._dispatch(msg)
-            except Exception:  # a bug: logged, the inbox keeps being read
-                log_event(logger, "cluster.message_crashed", level=logging.ERROR,
-                          node=self.node_id, type=msg.get("type"), exc_info=True)
+    # ---- messages (pysfu.cluster.bus) ---------------------------------------------------
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
+        """A message from another node (not a reply: the bus matches those)."""
         kind = msg["type"]
-        if kind == "reply":
-            pending = self._pending.get(str(msg.get("re")))
-            if pending is not None:
-                try:
-                    pending.send_nowait(msg)
-                except (trio.WouldBlock, trio.BrokenResourceError):
-                    pass
-        elif kind in self._handlers:
+        if kind in self._handlers:
             self._spawn(self._answer(msg))
         elif kind == "detach":
             self._on_detach(msg)
@@ -716,11 +610,10 @@ class Cluster:
     async def _answer(self, msg: dict[str, Any]) -> None:
         try:
             data = await self._handlers[msg["type"]](msg)
-            reply: dict[str, Any] = {"type": "reply", "re": msg.get("id"), "ok": True,
-                                     "data": data}
         except (RoomError, PipeError, PlainTransportError) as exc:
-            reply = {"type": "reply", "re": msg.get("id"), "ok": False, "error": str(exc)}
-        await self._tell(msg["from"], reply)
+            await self.bus.reply(msg, error=str(exc))
+            return
+        await self.bus.reply(msg, data)
 
 
 def _forget_pipe(pipes: dict[str, PipeTransport], producer_id: str,
