@@ -403,8 +403,8 @@ async def test_forged_node_request_opens_no_pipe(nodes: Nodes) -> None:
 
     import coredis
 
-    from pysfu.cluster.messages import seal
     from pysfu.cluster.bus import inbox
+    from pysfu.cluster.messages import seal
 
     async with AsyncExitStack() as stack:
         host, _, _ = await start_host(stack, nodes.a, ROOM)
