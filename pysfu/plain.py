@@ -30,7 +30,7 @@ import secrets
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from pysfu.dtls import SrtpKeys
 from pysfu.log import log_event
@@ -85,12 +85,17 @@ def _srtp_key(suite: str, key_base64: Any) -> tuple[bytes, bytes]:
     return raw[:key_len], raw[key_len:]
 
 
+def is_srtp_suite(value: object) -> TypeGuard[str]:
+    """Whether ``value`` (from a peer: any JSON) names one of ``SRTP_SUITES``."""
+    return isinstance(value, str) and value in SRTP_SUITES
+
+
 def parse_srtp_parameters(value: Any) -> tuple[str, bytes, bytes]:
     """mediasoup's SrtpParameters {cryptoSuite, keyBase64} -> (suite, key, salt)."""
     if not isinstance(value, dict):
         raise PlainTransportError("srtpParameters must be an object")
     suite = value.get("cryptoSuite")
-    if suite not in SRTP_SUITES:
+    if not is_srtp_suite(suite):
         raise PlainTransportError(f"srtpParameters.cryptoSuite must be one of "
                                   f"{', '.join(SRTP_SUITES)}")
     key, salt = _srtp_key(suite, value.get("keyBase64"))
@@ -108,7 +113,7 @@ class PlainTransport(MediaTransport):
                  rtcp_mux: bool = True) -> None:
         super().__init__(transport_id, owner, "plain", handle=handle, media=media,
                          room_id=room_id)
-        if srtp_suite not in SRTP_SUITES:
+        if not is_srtp_suite(srtp_suite):
             raise PlainTransportError(f"srtpCryptoSuite must be one of {', '.join(SRTP_SUITES)}")
         self.comedia = comedia
         self.rtcp_mux = rtcp_mux

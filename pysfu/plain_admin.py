@@ -19,7 +19,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pysfu import errors
-from pysfu.plain import DEFAULT_SRTP_SUITE, SRTP_SUITES, PlainTransportError, consumer_sdp
+from pysfu.plain import (
+    DEFAULT_SRTP_SUITE,
+    SRTP_SUITES,
+    PlainTransportError,
+    consumer_sdp,
+    is_srtp_suite,
+)
 
 if TYPE_CHECKING:
     from pysfu.room import Room
@@ -56,7 +62,7 @@ def admin_plain(room: Room, rest: list[str], query: dict[str, str]) -> Answer:
 def _admin_plain(room: Room, rest: list[str], query: dict[str, str]) -> Answer:
     if not rest:
         suite = query.get("srtpCryptoSuite", DEFAULT_SRTP_SUITE)
-        if suite not in SRTP_SUITES:
+        if not is_srtp_suite(suite):
             raise PlainTransportError(f"srtpCryptoSuite: one of {', '.join(SRTP_SUITES)}")
         transport = room.create_plain_transport(
             None, comedia=query.get("comedia", "").lower() in _TRUE,

@@ -394,6 +394,8 @@ async def test_plain_srtp_parameters_are_checked(server: Server, client: Any) ->
         await c.join(ROOM, "host", "host")
         with pytest.raises(Exception, match="invalid_field"):
             await c.create_plain_transport(ROOM, enableSrtp=True, srtpCryptoSuite="NULL")
+        with pytest.raises(Exception, match="invalid_field"):  # any JSON: a clear error
+            await c.create_plain_transport(ROOM, enableSrtp=True, srtpCryptoSuite=[])
         with pytest.raises(Exception, match="invalid_field"):
             await c.create_plain_transport(ROOM, comedia="yes")
         srtp = await c.create_plain_transport(ROOM, enableSrtp=True)
@@ -405,6 +407,7 @@ async def test_plain_srtp_parameters_are_checked(server: Server, client: Any) ->
                     {"cryptoSuite": "AEAD_AES_256_GCM",
                      "keyBase64": base64.b64encode(bytes(44)).decode()},  # not our suite
                     {"cryptoSuite": "AES_CM_128_HMAC_SHA1_80", "keyBase64": "!!"},
+                    {"cryptoSuite": [], "keyBase64": "!!"}, {"cryptoSuite": {"a": 1}},
                     None):
             with pytest.raises(Exception, match="invalid_field"):
                 await c.connect_plain_transport(ROOM, tid, ip="127.0.0.1", port=9,

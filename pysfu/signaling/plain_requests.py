@@ -30,6 +30,7 @@ from pysfu.plain import (
     MAX_PLAIN_TRANSPORTS_PER_ADDRESS,
     SRTP_SUITES,
     PlainTransportError,
+    is_srtp_suite,
 )
 from pysfu.room import Forbidden, LimitExceeded
 from pysfu.signaling.schema import get_str
@@ -90,7 +91,7 @@ def plain_handlers(session: Session) -> dict[str, Callable[[dict[str, Any]], Awa
         rtcp_mux = _bool(data, "rtcpMux", True)
         enable_srtp = _bool(data, "enableSrtp", False)
         suite = data.get("srtpCryptoSuite", DEFAULT_SRTP_SUITE)
-        if suite not in SRTP_SUITES:
+        if not is_srtp_suite(suite):
             raise SignalingError(errors.INVALID_FIELD,
                                  f"srtpCryptoSuite: one of {', '.join(SRTP_SUITES)}")
         # One address holds at most MAX_PLAIN_TRANSPORTS_PER_ADDRESS transports (ports of the
