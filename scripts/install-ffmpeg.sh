@@ -9,4 +9,4 @@ if command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; then
 fi
 
 "$(dirname "$0")/apt-install.sh" install-ffmpeg ffmpeg
-ffmpeg -hide_banner -version | head -1
+ffmpeg -hide_banner -version | sed -n 1p  # sed reads it all: head would close the pipe (SIGPIPE under pipefail)

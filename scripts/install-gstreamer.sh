@@ -12,4 +12,4 @@ fi
 
 "$(dirname "$0")/apt-install.sh" install-gstreamer gstreamer1.0-tools gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good
-gst-launch-1.0 --version | head -1
+gst-launch-1.0 --version | sed -n 1p  # sed reads it all: head would close the pipe (SIGPIPE under pipefail)
