@@ -158,7 +158,10 @@ class Engine:
         its inbox was full), ``inboxPeak`` (batches waiting at most); ``sealed`` (protected
         for the transports it owns: several workers), ``sealNoKey`` and ``sealFailed``
         (dropped instead: no context for their keys; protection failed), ``contexts``
-        (outbound SRTP contexts it holds now: the transports it owns)."""
+        (outbound SRTP contexts it holds now: the transports it owns); ``shares`` (producer
+        packets another worker left for this worker's consumers, forwarded here),
+        ``sharesFull`` (not forwarded here: its share queue was full), ``sharePeak`` (shares
+        waiting at most)."""
     @property
     def gso(self) -> bool:
         """GSO in use now: the setting, unless the kernel refused it since."""
@@ -243,8 +246,9 @@ class Engine:
         """Datagrams and packets dropped, by reason (stable keys), with what the ICE-TCP edge
         refused, dropped and closed: ``tcp_refused_*``, ``tcp_queue_full``, ``tcp_closed_*``,
         ``tcp_no_connection``, ``tcp_accept_errors``; ``workerInboxFull`` (fan-out datagrams
-        for another worker whose inbox was full), ``workerSealNoKey`` and ``workerSealFailed``
-        (datagrams an owner worker could not protect)."""
+        for another worker whose inbox was full), ``workerSharesFull`` (producer packets not
+        forwarded to a worker's consumers: its share queue was full), ``workerSealNoKey``
+        and ``workerSealFailed`` (datagrams an owner worker could not protect)."""
     def take_panic(self) -> str | None: ...
     def _test_panic(self, place: Literal["io", "control", "pyo3"]) -> None: ...
     def close(self) -> None: ...

@@ -322,9 +322,26 @@ impl Shared {
         }
     }
 
+    /// Queue the shares the router left to their workers (after the key events: a share's
+    /// consumers' contexts are queued first) and wake them. Call with the router lock.
+    fn publish_shares(&self, st: &mut State) {
+        if !st.router.has_shares() {
+            return;
+        }
+        let mut woken = 0u64;
+        for share in st.router.take_shares() {
+            let to = share.to;
+            if self.mesh.push_share(share) && woken & (1 << to.min(63)) == 0 {
+                woken |= 1 << to.min(63);
+                self.workers[to].wake.set();
+            }
+        }
+    }
+
     /// Set the up fd if there is something to drain and it is not set yet. Call with the lock.
     fn signal(&self, st: &mut State) {
         self.publish_keys(st);
+        self.publish_shares(st);
         if !st.signalled && st.router.has_upcalls() {
             st.signalled = true;
             self.up_fd.set();
@@ -406,6 +423,35 @@ impl Worker {
         }
     }
 
+    /// Forward the producer packets other workers left for this one's consumers
+    /// (`router/share.rs`), under the router lock, then send what they made.
+    fn run_shares(&mut self, shared: &Shared) {
+        if !shared.mesh.has_shares(self.me) {
+            return;
+        }
+        {
+            let mut st = shared.state.lock();
+            let st = &mut *st;
+            let now = Instant::now();
+            let early_at = early_at(shared);
+            st.router.act_as(Some(self.me));
+            while let Some(share) = shared.mesh.pop_share(self.me) {
+                if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.run_share(now, share, &mut self.out))) {
+                    on_io_panic(shared, st, &*e);
+                }
+                if self.out.transmits.len() >= early_at {
+                    self.dispatch(shared);
+                }
+            }
+            st.router.act_as(None);
+            if self.me != 0 {
+                shared.note_timer(st.router.poll_timeout());
+            }
+            shared.signal(st);
+        }
+        self.dispatch(shared);
+    }
+
     /// Send `out`: the other workers' shares handed to their inboxes (each woken), this
     /// worker's own share at once from its socket.
     fn dispatch(&mut self, shared: &Shared) {
@@ -434,6 +480,7 @@ impl Worker {
     /// produce is dispatched early once `early_at` datagrams wait.
     fn route_udp(&mut self, shared: &Shared, st: &mut State, n: usize, now: Instant, early_at: usize) {
         shared.mesh.inbox(self.me).counters.received.fetch_add(n as u64, Ordering::Relaxed);
+        st.router.act_as(Some(self.me));
         let (buffers, datagrams) = self.batch.coalesced();
         if buffers > 0 {
             shared.gro.buffers.fetch_add(buffers as u64, Ordering::Relaxed);
@@ -461,6 +508,7 @@ impl Worker {
                 self.dispatch(shared);
             }
         }
+        st.router.act_as(None);
     }
 }
 
@@ -495,6 +543,7 @@ fn side_worker(shared: Arc<Shared>, me: usize) {
             }
         }
         w.drain_inbox(&shared);
+        w.run_shares(&shared);
         if n == 0 {
             continue;
         }
@@ -545,6 +594,7 @@ fn io_thread(shared: Arc<Shared>) {
             shared.workers[0].wake.reset();
         }
         w.drain_inbox(&shared);
+        w.run_shares(&shared);
         let now = Instant::now();
         let mut stop = false;
         let mut closed = Vec::new();
@@ -958,7 +1008,9 @@ impl Engine {
     /// because its inbox was full, `inboxPeak` (batches waiting at most); `sealed` datagrams
     /// it protected for the transports it owns (several workers), `sealNoKey` and
     /// `sealFailed` those it dropped instead (no context for their keys; protection failed),
-    /// `contexts` (outbound SRTP contexts it holds now: the transports it owns).
+    /// `contexts` (outbound SRTP contexts it holds now: the transports it owns); `shares`
+    /// (producer packets other workers left for its consumers), `sharesFull` (dropped: its
+    /// share queue was full), `sharePeak` (shares waiting at most).
     fn worker_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let shared = self.shared()?;
         let list = PyList::empty(py);
@@ -976,6 +1028,9 @@ impl Engine {
                 ("sealNoKey", &c.seal_no_key),
                 ("sealFailed", &c.seal_failed),
                 ("contexts", &c.contexts),
+                ("shares", &c.shares),
+                ("sharesFull", &c.shares_full),
+                ("sharePeak", &c.share_peak),
             ] {
                 d.set_item(k, v.load(Ordering::Relaxed))?;
             }
@@ -1311,6 +1366,7 @@ impl Engine {
         }
         // Datagrams a worker made for another worker whose inbox was full (workers.rs).
         d.set_item("workerInboxFull", shared.mesh.inbox_full())?;
+        d.set_item("workerSharesFull", shared.mesh.shares_full())?;
         // Datagrams an owner worker could not protect (sealing.rs): no keys (the transport
         // went or was re-keyed meanwhile), or protection failed.
         let (no_key, failed) = shared.mesh.seal_drops();

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
 use crate::remote::Via;
-use crate::router::{KeyEvent, Transmit};
+use crate::router::{KeyEvent, Share, Transmit};
 
 /// Most workers an engine takes (more threads than this is a mistake, not a setting).
 pub const MAX_WORKERS: usize = 64;
@@ -37,6 +37,9 @@ pub const MAX_WORKERS: usize = 64;
 pub const INBOX_BATCHES: usize = 256;
 /// Sent batches waiting to go back to the worker that made them; past this they are freed.
 pub const RETURN_BATCHES: usize = 256;
+/// Producer packets waiting in one worker's share queue at most (`router/share.rs`: the
+/// fan-out to the consumers it owns, left by the worker that received them).
+pub const SHARE_QUEUE: usize = 1024;
 /// Emptied batch vectors a worker keeps for its next hand-offs.
 const FREE_BATCHES: usize = 64;
 
@@ -98,14 +101,22 @@ pub struct WorkerCounters {
     pub seal_failed: AtomicU64,
     /// Outbound SRTP contexts this worker holds now (a gauge: the transports it owns).
     pub contexts: AtomicU64,
+    /// Producer packets left for this worker's consumers by other workers, and forwarded.
+    pub shares: AtomicU64,
+    /// Producer packets not forwarded to this worker's consumers: its share queue was full.
+    pub shares_full: AtomicU64,
+    /// Shares waiting at most (a depth high-water mark).
+    pub share_peak: AtomicU64,
 }
 
-/// One worker's queues: batches for it to send, its own sent batches coming back, and the
-/// outbound SRTP contexts of the transports it owns (unbounded: one event per control call).
+/// One worker's queues: batches for it to send, its own sent batches coming back, the
+/// outbound SRTP contexts of the transports it owns (unbounded: one event per control call),
+/// and producer packets for it to forward to its consumers (shares).
 pub struct Inbox {
     queue: ArrayQueue<Batch>,
     returns: ArrayQueue<Vec<Transmit>>,
     keys: SegQueue<KeyEvent>,
+    shares: ArrayQueue<Share>,
     pub counters: WorkerCounters,
 }
 
@@ -115,6 +126,7 @@ impl Inbox {
             queue: ArrayQueue::new(INBOX_BATCHES),
             returns: ArrayQueue::new(RETURN_BATCHES),
             keys: SegQueue::new(),
+            shares: ArrayQueue::new(SHARE_QUEUE),
             counters: WorkerCounters::default(),
         }
     }
@@ -181,6 +193,39 @@ impl Mesh {
     /// The oldest key event for worker `me`.
     pub fn pop_key(&self, me: usize) -> Option<KeyEvent> {
         self.inboxes[me].keys.pop()
+    }
+
+    /// Queue `share` for its worker (call with the router lock held, after the key events of
+    /// the same call). Full: dropped and counted (`shares_full`); false.
+    pub fn push_share(&self, share: Share) -> bool {
+        let Some(inbox) = self.inboxes.get(share.to) else { return false };
+        match inbox.shares.push(share) {
+            Ok(()) => {
+                inbox.counters.share_peak.fetch_max(inbox.shares.len() as u64, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                inbox.counters.shares_full.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The oldest share for worker `me`.
+    pub fn pop_share(&self, me: usize) -> Option<Share> {
+        let s = self.inboxes[me].shares.pop()?;
+        self.inboxes[me].counters.shares.fetch_add(1, Ordering::Relaxed);
+        Some(s)
+    }
+
+    /// Whether shares wait for worker `me`.
+    pub fn has_shares(&self, me: usize) -> bool {
+        !self.inboxes[me].shares.is_empty()
+    }
+
+    /// Producer packets dropped because a share queue was full, over every worker.
+    pub fn shares_full(&self) -> u64 {
+        self.inboxes.iter().map(|i| i.counters.shares_full.load(Ordering::Relaxed)).sum()
     }
 
     /// One of worker `me`'s sent batches, back (its transmits' buffers to reuse).

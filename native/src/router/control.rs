@@ -89,6 +89,7 @@ impl Router {
         }
         let t = self.transports.remove(&h).expect("checked above");
         self.sealing.push(t.tx.as_ref().and_then(|tx| tx.removal()));
+        self.shares.changed();
         for a in &t.tuples {
             if self.by_addr.get(&a.addr) == Some(&h) {
                 self.by_addr.remove(&a.addr);
@@ -193,6 +194,7 @@ impl Router {
             self.sealing.push(old.removal());
         }
         t.tx = Some(self.sealing.install(h, remote.or(t.selected), tx));
+        self.shares.changed();
         t.rx = Some(rx);
         if let Some(a) = remote {
             t.dtls_addr = Some(a);
@@ -330,6 +332,7 @@ impl Router {
             }
         }
         self.producers.get_mut(&producer).expect("checked above").consumers.push(h);
+        self.shares.changed();
         if !spec.paused {
             self.resync_consumer(now, h, out);
         }
@@ -338,6 +341,7 @@ impl Router {
 
     pub fn remove_consumer(&mut self, h: Handle) -> Result<()> {
         let c = self.consumers.remove(&h).ok_or_else(|| unknown("consumer", h))?;
+        self.shares.changed();
         let video = self.consumer_is_video(&c);
         self.retired.add_consumer(&c, video);
         if let Some(t) = self.transports.get_mut(&c.transport) {

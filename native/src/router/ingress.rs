@@ -13,7 +13,8 @@ use crate::stun_check;
 use crate::stun_peek;
 use crate::twcc::TwccRecorder;
 
-use super::egress::{fan_out, DdFrame, Fanout, Ingress};
+use super::egress::{DdFrame, Fanout, Ingress};
+use super::share;
 use super::output::{srtp_drop, DropReason, Drops, Output, UpKind};
 use super::producer::{Producer, PtInfo, StreamQuality, StreamRef};
 use super::svc_dd;
@@ -125,7 +126,7 @@ impl Router {
     pub(super) fn on_rtp_of(&mut self, now: Instant, th: Handle, from: Remote, data: &[u8], out: &mut Output) {
         let Some(th) = self.unprotect_rtp(th, from, data) else { return };
         let Some(a) = self.producer_stream(now, th, data.len()) else { return };
-        let Router { transports, producers, consumers, drops, scratch, next_timeout, first_media, .. } = self;
+        let Router { transports, producers, consumers, drops, scratch, next_timeout, first_media, shares, sealing, .. } = self;
         let Some(p) = producers.get_mut(&a.stream.producer) else { return };
         let enc = a.stream.encoding;
         let pkt: &[u8] = scratch;
@@ -161,7 +162,9 @@ impl Router {
             dd,
         };
         let mut fanout = Fanout { transports, drops, out, first_media, key_frame_wanted: false };
-        let (packets, bytes) = fan_out(consumers, &p.consumers, &ingress, &mut fanout, now);
+        let workers = sealing.workers();
+        let (packets, bytes) =
+            share::fan_out_split(shares, workers, a.stream.producer, &mut p.split, &p.consumers, consumers, &ingress, &mut fanout, now);
         let filter_wants_key_frame = fanout.key_frame_wanted;
         p.stats.packets_out += packets;
         p.stats.bytes_out += bytes;

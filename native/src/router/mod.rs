@@ -25,6 +25,7 @@ mod layering;
 mod plain;
 mod probing;
 mod seal;
+mod share;
 mod producer;
 mod spec;
 mod stats;
@@ -50,6 +51,7 @@ use producer::Producer;
 use transport::Transport;
 
 pub use seal::{sender, KeyEvent, Seal};
+pub use share::Share;
 pub use output::{DropReason, Drops, Output, Transmit, UpKind, Upcall};
 pub use spec::{
     CodecSpec, ConsumerSpec, EncodingSpec, ExtSpec, KeyFrameMethod, ProducerSpec, Removed, RouterError, SrtpKeys, URI_MID, URI_RID, URI_RRID,
@@ -133,6 +135,8 @@ pub struct Router {
     next_consent_sweep: Option<Instant>,
     /// Where outbound SRTP is applied: here, or by each transport's owner worker.
     sealing: seal::Sealing,
+    /// Fan-out by owner worker: who routes now, the shares left for the others.
+    shares: share::Shares,
 }
 
 impl Router {
@@ -162,6 +166,7 @@ impl Router {
             consent_timeout: Some(DEFAULT_CONSENT_TIMEOUT),
             next_consent_sweep: None,
             sealing: seal::Sealing::default(),
+            shares: share::Shares::default(),
         }
     }
 
@@ -169,6 +174,7 @@ impl Router {
     /// on are protected by their owner worker (`seal.rs`), not under the router.
     pub fn set_workers(&mut self, workers: usize) {
         self.sealing.set_workers(workers);
+        self.shares.changed();
     }
 
     /// Outbound contexts for owner workers (and what they can drop), oldest first. The

@@ -10,6 +10,7 @@ use crate::rtp;
 
 use super::spec::{invalid, EncodingSpec, KeyFrameMethod, ProducerSpec, Result, URI_MID, URI_RID, URI_RRID, URI_TRANSPORT_CC,
     URI_DEPENDENCY_DESCRIPTOR};
+use super::share::OwnerSplit;
 use super::transport::Counters;
 use super::Handle;
 
@@ -122,6 +123,8 @@ pub(super) struct Producer {
     pub(super) key_frame_request: Option<KeyFrameMethod>,
     pub(super) paused: bool,
     pub(super) consumers: Vec<Handle>,
+    /// `consumers` by the worker that forwards them (`share.rs`).
+    pub(super) split: OwnerSplit,
     pub(super) stats: Counters,
     pub(super) key_frames: u64,
 }
@@ -170,6 +173,7 @@ impl Producer {
             key_frame_request: spec.key_frame_request.clone(),
             paused: spec.paused,
             consumers: Vec::new(),
+            split: OwnerSplit::default(),
             stats: Counters::default(),
             key_frames: 0,
         })

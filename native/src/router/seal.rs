@@ -74,6 +74,12 @@ impl TxSrtp {
         }
     }
 
+    /// The worker that protects this transport's datagrams (None: protected here).
+    #[inline]
+    pub(super) fn owner(&self) -> Option<usize> {
+        self.at.map(|(owner, _)| owner as usize)
+    }
+
     /// The datagram's length on the wire once `seal` (if any) is applied to `len` bytes.
     #[inline]
     pub(super) fn wire_len(&self, len: usize, seal: Option<Seal>) -> usize {
@@ -112,6 +118,11 @@ pub(super) struct Sealing {
 impl Sealing {
     pub(super) fn set_workers(&mut self, workers: usize) {
         self.workers = workers;
+    }
+
+    /// Worker count when more than one, else 0 or 1.
+    pub(super) fn workers(&self) -> usize {
+        self.workers
     }
 
     /// `ctx` as transport `h`'s outbound context. With several workers its owner is the worker

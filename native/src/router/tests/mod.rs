@@ -15,6 +15,7 @@ mod plain;
 mod plain_rtcp;
 mod reports;
 mod sans_io;
+mod shares;
 mod simulcast;
 mod svc;
 mod temporal;
