@@ -12,14 +12,12 @@ import trio
 from pysfu.server import Server
 from pysfu.testing.media_room import (
     ROOM,
-    Viewer,
     add_viewer,
     host,  # noqa: F401  (fixture)
     send_frames,
 )
 
 FRAMES = 100
-MAX_VIEWERS = 16  # viewers added at most until both workers own some
 
 
 def _delta(after: list[dict[str, int]], before: list[dict[str, int]], key: str) -> list[int]:
@@ -44,14 +42,16 @@ async def test_producer_on_one_worker_consumers_on_another(
     media = server.media
     assert media.native.workers == 2
     async with AsyncExitStack() as stack:
-        viewers: list[Viewer] = []
-        owners: list[int] = []
-        # Viewers bind distinct source ports; add them until both workers send to some.
-        while len(viewers) < 3 or len(set(owners)) < 2:
-            assert len(viewers) < MAX_VIEWERS, f"owners {owners}"
-            viewer = await add_viewer(client, stack, f"v{len(viewers)}", producer_id)
-            viewers.append(viewer)
-            owners.append(media.native.sending_worker(*viewer.peer.local_address))
+        viewers = [await add_viewer(client, stack, f"v{i}", producer_id) for i in range(3)]
+        room = server.rooms.get(ROOM)
+        assert room is not None
+        # Each transport given keys goes to the worker that owns the fewest: with the host,
+        # four transports over two workers own two each, whatever their addresses hash to.
+        owners = [media.stats(room.transports[v.peer.transport["id"]].handle)["sendingWorker"]
+                  for v in viewers]
+        host_owner = media.stats(room.transports[host_peer.transport["id"]].handle)[
+            "sendingWorker"]
+        assert sorted([*owners, host_owner]) == [0, 0, 1, 1], (owners, host_owner)
         ingress = await _ingress_worker(server, host_peer)
         for viewer in viewers:  # the ingress probe's frames
             while await viewer.peer.recv_rtp(timeout=0.3) is not None:
@@ -94,8 +94,6 @@ async def test_producer_on_one_worker_consumers_on_another(
         assert shares[other] == FRAMES and shares[ingress] == 0, shares
         assert all(w["sharesFull"] == 0 and w["inboxFull"] == 0 for w in after)
         assert media.drops()["workerInboxFull"] == 0 and media.drops()["workerSharesFull"] == 0
-        room = server.rooms.get(ROOM)
-        assert room is not None
         await host_client.leave(ROOM)
         for viewer in viewers:
             await viewer.client.next_notification("roomClosed")

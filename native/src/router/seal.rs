@@ -113,6 +113,9 @@ pub(super) struct Sealing {
     workers: usize,
     next_epoch: u32,
     events: Vec<KeyEvent>,
+    /// Transports each worker owns now (index = worker): a transport given keys goes to the
+    /// least loaded, so one room's consumers split evenly whatever their addresses hash to.
+    owned: Vec<u32>,
 }
 
 impl Sealing {
@@ -126,23 +129,39 @@ impl Sealing {
     }
 
     /// `ctx` as transport `h`'s outbound context. With several workers its owner is the worker
-    /// that sends to `dest` (`workers::owner`: the one the UDP hand-off already picks), or for
-    /// a TCP or unknown destination the handle's share; the context is queued for that owner.
+    /// that owns the fewest transports now; among those, the one that sends to `dest`
+    /// (`workers::owner`, the one the UDP hand-off picks for unsealed datagrams) or, for a TCP
+    /// or unknown destination, the handle's share. The context is queued for that owner.
     pub(super) fn install(&mut self, h: Handle, dest: Option<Remote>, ctx: SrtpContext) -> TxSrtp {
         if self.workers <= 1 {
             return TxSrtp::inline(ctx);
         }
-        let owner = match dest {
+        let preferred = match dest {
             Some(Remote { addr, via: Via::Udp }) => crate::workers::owner(&addr, self.workers),
             _ => (h % self.workers as u64) as usize,
-        } as u16;
+        };
+        self.owned.resize(self.workers, 0);
+        let least = self.owned.iter().copied().min().unwrap_or(0);
+        let owner = if self.owned[preferred] == least {
+            preferred
+        } else {
+            self.owned.iter().position(|&n| n == least).unwrap_or(preferred)
+        };
+        self.owned[owner] += 1;
+        let owner = owner as u16;
         self.next_epoch = self.next_epoch.wrapping_add(1);
         let epoch = self.next_epoch;
         self.events.push(KeyEvent::Install { transport: h, epoch, owner, ctx: Box::new(ctx.clone()) });
         TxSrtp { ctx, at: Some((owner, epoch)), transport: h }
     }
 
+    /// Queue `ev` for its owner; a `Remove` frees the owner's place.
     pub(super) fn push(&mut self, ev: Option<KeyEvent>) {
+        if let Some(KeyEvent::Remove { owner, .. }) = &ev {
+            if let Some(n) = self.owned.get_mut(*owner as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
         self.events.extend(ev);
     }
 

@@ -102,6 +102,10 @@ fn transport_stats(t: &Transport, now: Instant) -> Vec<(&'static str, StatValue)
     v.push(("stunRejected", Int(t.stun_rejected)));
     v.push(("upQueueFull", Int(t.up_dropped)));
     v.push(("srtp", Bool(t.tx.is_some())));
+    // Several workers: the worker that protects and sends this transport's datagrams.
+    if let Some(w) = t.tx.as_ref().and_then(|tx| tx.owner()) {
+        v.push(("sendingWorker", Int(w as u64)));
+    }
     v.push(("availableBitrate", Int(t.bwe.available_bitrate(now).unwrap_or(0))));
     v.push(("rembReceived", Int(t.bwe.remb_in)));
     v.push(("transportCcPackets", Int(t.twcc.as_ref().map_or(0, |r| r.packets_recorded))));

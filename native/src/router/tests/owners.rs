@@ -33,6 +33,14 @@ fn run(r: &mut Router, now: Instant, host: &mut SrtpContext, n: u16, mut seal: i
     sent
 }
 
+/// The worker that protects and sends transport `h`'s datagrams (its stats).
+pub(super) fn sending_worker(r: &Router, h: Handle) -> usize {
+    match stats(r, h).into_iter().find(|(k, _)| *k == "sendingWorker") {
+        Some((_, StatValue::Int(w))) => w as usize,
+        other => panic!("transport {h}: sendingWorker {other:?}"),
+    }
+}
+
 #[test]
 fn owners_seal_the_bytes_one_worker_protects_and_keys_follow_the_transport() {
     let (mut inline, now, mut host) = room_of(1);
@@ -47,15 +55,18 @@ fn owners_seal_the_bytes_one_worker_protects_and_keys_follow_the_transport() {
         }
     };
     deliver(&mut r, &mut rings);
-    for h in 1..=3u16 {
-        let o = owner(&addr(1000 * h).addr, WORKERS);
+    let owners: Vec<usize> = (1..=3).map(|h| sending_worker(&r, h)).collect();
+    for (h, &o) in (1..=3).zip(&owners) {
         assert!(!rings[o].is_empty(), "transport {h}'s context went to worker {o}");
     }
+    let most = (0..WORKERS).map(|w| owners.iter().filter(|&&o| o == w).count());
+    assert_eq!(most.max(), Some(2), "three transports over two workers: two and one ({owners:?})");
+    assert_eq!(owners[0], owner(&addr(1000).addr, WORKERS), "the first goes where its address hashes");
     assert_eq!(rings.iter().map(Keyring::len).sum::<usize>(), 3);
-    let got = run(&mut r, now, &mut host, 30, |_, ts| {
+    let got = run(&mut r, now, &mut host, 30, |r, ts| {
         for t in ts.iter() {
             let s = t.seal.expect("every datagram is left to its owner");
-            assert_eq!(s.owner as usize, owner(&t.dest.addr, WORKERS), "the destination's owner seals it");
+            assert_eq!(s.owner as usize, sending_worker(r, Handle::from(t.dest.port() / 1000)), "the transport's owner seals it");
             assert_eq!(s.rtcp, t.dest.port() == 1000, "RTCP (PLI) toward the host, RTP to viewers");
         }
         for (me, ring) in rings.iter_mut().enumerate() {

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::sealing::Keyring;
-use crate::workers::owner;
+use super::owners::sending_worker;
 
 const WORKERS: usize = 2;
 const VIEWERS: u16 = 8;
@@ -114,8 +114,12 @@ fn one_worker(n: u16) -> (Router, HashMap<u16, Vec<Vec<u8>>>) {
 
 #[test]
 fn each_owner_forwards_its_consumers_and_together_they_send_what_one_worker_sends() {
-    let owners: Vec<usize> = (2..2 + VIEWERS).map(|h| owner(&addr(1000 * h).addr, WORKERS)).collect();
-    assert!(owners.contains(&0) && owners.contains(&1), "both workers own viewers: {owners:?}");
+    let (r, ..) = room_of(WORKERS);
+    let owners: Vec<usize> = (2..2 + VIEWERS as Handle).map(|h| sending_worker(&r, h)).collect();
+    let host = sending_worker(&r, 1);
+    let mine = |w: usize| owners.iter().filter(|&&o| o == w).count() + usize::from(host == w);
+    assert_eq!(mine(0) + mine(1), 9);
+    assert!(mine(0).abs_diff(mine(1)) == 1, "nine transports over two workers, least loaded first: {owners:?}");
     let (inline, want) = one_worker(40);
     for ingress in 0..WORKERS {
         for late in [false, true] {
