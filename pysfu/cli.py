@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--gro", dest="gro", action=argparse.BooleanOptionalAction, default=None,
                        help="receive with UDP GRO (default off)")
     serve.add_argument("--workers", dest="workers",
-                       help="media I/O threads on the rtc port (default 1)")
+                       help="media I/O threads on the rtc port (default: one per core)")
     serve.add_argument("--announced-ip", dest="announced_ip",
                        help="address put in ICE candidates (public IP behind NAT)")
     serve.add_argument("--config", help="TOML file with settings")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -20,6 +21,16 @@ from typing import Any
 from pysfu.auth import MIN_SECRET_BYTES
 
 _MAX_WORKERS = 64  # the engine's limit (native workers.rs MAX_WORKERS)
+
+
+def default_workers() -> int:
+    """The ``workers`` default: the cores this process may run on (its CPU affinity, which
+    follows a container's cpuset), 1.._MAX_WORKERS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MAX_WORKERS))
 
 
 class ConfigError(ValueError):
@@ -50,14 +61,12 @@ class Config:
     # kernel refuses it.
     gro: bool = False
     # Media I/O worker threads, each with its own UDP socket on rtc_port (SO_REUSEPORT): a
-    # remote's datagrams go to one worker; fan-out to viewers another worker sends to crosses
-    # over a bounded queue, and each transport's SRTP is protected by its owner worker.
-    # Media I/O workers. 1 by default: with one shared router, a second worker still costs
-    # more CPU per packet than it saves on 2 cores (bench/engine_fanout.py --workers 1 vs 2,
-    # owners protecting: 1.2-1.4 vs 1.8-2.0 us per forwarded packet, the ingress worker
-    # still ~60 % of the work: it routes and copies every consumer's packet); set it to the
-    # number of cores where the send path, not the router, is the bottleneck.
-    workers: int = 1
+    # remote's datagrams go to one worker (its ingress worker), each transport given keys is
+    # owned by one worker (the least loaded), which makes, protects and sends its consumers'
+    # copies of every producer packet (the ingress worker leaves it a share of the decrypted
+    # packet: native router/share.rs). By default one per core this process may run on:
+    # 2 workers forward 1.5x the packets/s of one on 2 cores (bench/engine_fanout.py).
+    workers: int = field(default_factory=default_workers)
     # Plain transports (RTP in/out without ICE/DTLS, ffmpeg/GStreamer): one UDP port each,
     # from this range ("first-last"), bound on rtc_ip.
     plain_port_range: str = "41000-41999"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pysfu.config import Config, ConfigError, load_config
+from pysfu.config import Config, ConfigError, default_workers, load_config
 from pysfu.testing.ports import free_media_port, free_port
 
 
@@ -252,7 +252,8 @@ def test_udp_and_tcp_settings() -> None:
 
 
 def test_workers_setting() -> None:
-    assert load_config().workers == 1  # until a second worker pays (pysfu/config.py)
+    # One per core this process may run on (its affinity), capped at the engine's limit.
+    assert load_config().workers == min(len(os.sched_getaffinity(0)), 64) == default_workers()
     assert load_config(None, {"PYSFU_WORKERS": "3"}).workers == 3
     assert load_config(None, {"PYSFU_WORKERS": "3"}, {"workers": "2"}).workers == 2
     for bad in ("0", "65", "two"):

@@ -16,6 +16,10 @@
 //! buffers into its router output pool and reuses the vector: no allocation per packet.
 //! Everything not UDP (TCP connections, plain/pipe sockets) stays with the worker that
 //! produced it, as with one worker.
+//! Fresh media does not cross as datagrams: the ingress worker leaves each other owner worker
+//! one share of a producer packet (decrypted once; `router/share.rs`) in its bounded share
+//! queue (full: dropped and counted, never blocking), and that worker makes its consumers'
+//! copies itself. What crosses in inboxes is the rest: retransmissions, RTCP, control output.
 //! With several workers a WebRTC transport's datagrams leave the router unprotected, sealed
 //! for the transport's owner (`router/seal.rs`): they go to that worker whatever their
 //! destination, and it protects them just before sending (`sealing.rs`); its outbound SRTP
