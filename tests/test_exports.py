@@ -36,7 +36,7 @@ PUBLIC: dict[str, set[str]] = {
 INTERNAL: dict[str, set[str]] = {
     "pysfu": set(),
     "pysfu.client": {"RESUME_RETRY_MIN", "RESUME_RETRY_MAX", "RESUME_PATIENCE"},
-    "pysfu.config": set(),
+    "pysfu.config": {"default_workers"},  # the workers default (tests check it)
     "pysfu.errors": set(),
     "pysfu.auth": {"ALGORITHM", "ROLES", "MIN_SECRET_BYTES", "MAX_TOKEN_LENGTH",
                    "MAX_NAME_LENGTH", "LEEWAY_SECONDS"},
