@@ -163,8 +163,20 @@ impl Router {
         };
         let mut fanout = Fanout { transports, drops, out, first_media, key_frame_wanted: false };
         let workers = sealing.workers();
-        let (packets, bytes) =
-            share::fan_out_split(shares, workers, a.stream.producer, &mut p.split, &p.consumers, consumers, &ingress, &mut fanout, now);
+        // Layers chosen by the dependency descriptor: the whole producer stays on this worker.
+        let splittable = !(p.dd_id.is_some() && svc_dd::selects_by_dd(kf.codec));
+        let (packets, bytes) = share::fan_out_split(
+            shares,
+            workers,
+            a.stream.producer,
+            splittable,
+            &mut p.split,
+            &p.consumers,
+            consumers,
+            &ingress,
+            &mut fanout,
+            now,
+        );
         let filter_wants_key_frame = fanout.key_frame_wanted;
         p.stats.packets_out += packets;
         p.stats.bytes_out += bytes;

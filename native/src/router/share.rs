@@ -11,9 +11,13 @@
 //! consumer of the fan-out. One producer's packets come from one ingress worker and its
 //! shares are queued in order, so each consumer still gets them in order.
 //!
-//! Packets with a dependency descriptor (AV1, H264 decode targets) are resolved against
-//! their stream's current structure, which a later packet may replace: those are forwarded
-//! whole by the ingress worker, as with one worker.
+//! Producers whose layers are selected by the dependency descriptor (AV1, H264 with the
+//! extension negotiated) are forwarded whole by the ingress worker, as with one worker: a
+//! descriptor is resolved against its stream's current structure, which a later packet may
+//! replace. That holds for every packet of such a producer, with or without a descriptor
+//! that parsed, so one producer's packets to a consumer always take one path (a share, or a
+//! datagram in the owner's inbox, which it sends before it runs its shares) and keep their
+//! order.
 //!
 //! Which consumers are whose is cached per producer (`OwnerSplit`) and rebuilt when a
 //! consumer comes or goes or a transport is (re)keyed (`Shares::changed`).
@@ -150,14 +154,16 @@ impl Router {
 
 /// Forward `ingress` (of producer `ph`, whose consumers are `all`, split by owner in
 /// `split`) to the consumers the acting worker forwards and leave a share for each other
-/// worker with consumers of it; with no acting worker (or a packet that must not be split),
-/// to every consumer. The packets and bytes queued here.
+/// worker with consumers of it; with no acting worker, or for a producer that is not
+/// `splittable` (its layers selected by the dependency descriptor), to every consumer. The
+/// packets and bytes queued here.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(super) fn fan_out_split(
     shares: &mut Shares,
     workers: usize,
     ph: Handle,
+    splittable: bool,
     split: &mut OwnerSplit,
     all: &[Handle],
     consumers: &mut HandleMap<Consumer>,
@@ -165,7 +171,7 @@ pub(super) fn fan_out_split(
     cx: &mut Fanout<'_>,
     now: Instant,
 ) -> (u64, u64) {
-    let Some(me) = shares.acting.filter(|_| ingress.dd.is_none()) else {
+    let Some(me) = shares.acting.filter(|_| splittable) else {
         return fan_out(consumers, all, ingress, cx, now);
     };
     split.refresh(shares.generation, workers, all, consumers, cx.transports);

@@ -12,11 +12,20 @@ const VIEWERS: u16 = 8;
 /// Host 1 and viewers 2..=9 (consumer 10h on viewer h), on a router of `workers` workers;
 /// each worker's key ring holds the contexts of the transports it owns.
 fn room_of(workers: usize) -> (Router, Instant, SrtpContext, Vec<Keyring>) {
+    room_with(workers, producer_spec(None))
+}
+
+/// As `room_of`, producer 10 from `spec`.
+fn room_with(workers: usize, spec: ProducerSpec) -> (Router, Instant, SrtpContext, Vec<Keyring>) {
     let now = Instant::now();
     let mut r = router(now);
     r.set_workers(workers);
     let mut out = Output::new();
-    host_and_viewers(&mut r, now, VIEWERS, &mut out);
+    connect(&mut r, now, 1, 1000, &mut out);
+    for h in 2..2 + VIEWERS {
+        connect(&mut r, now, Handle::from(h), 1000 * h, &mut out);
+    }
+    r.add_producer(now, 10, 1, spec).unwrap();
     for h in 2..2 + VIEWERS as Handle {
         r.add_consumer(now, 10 * h, h, 10, consumer_spec(0xA000 + h as u32, "c0", false), &mut out).unwrap();
     }
@@ -191,4 +200,36 @@ fn a_share_whose_producer_went_forwards_nothing() {
         assert!(out.transmits.is_empty());
     }
     assert_eq!(r.counts().consumers, 0);
+}
+
+#[test]
+fn a_producer_whose_layers_the_descriptor_selects_stays_whole_on_its_ingress_worker() {
+    let dd_ext = ExtSpec { id: 5, router_id: Some(8), uri: crate::router::spec::URI_DEPENDENCY_DESCRIPTOR.into() };
+    for (mime, dd, splits) in [("video/VP8", true, true), ("video/H264", false, true), ("video/H264", true, false), ("video/AV1", true, false)] {
+        let mut spec = producer_spec(None);
+        spec.codecs[0].mime = mime.into();
+        if dd {
+            spec.header_extensions.push(dd_ext.clone());
+        }
+        let (mut r, now, mut host, _) = room_with(WORKERS, spec);
+        // No descriptor on this packet: the producer's path is decided by what it negotiated.
+        let mut out = Output::new();
+        r.act_as(Some(0));
+        // A key frame of the codec (H264 IDR slice, AV1 new coded video sequence, VP8).
+        let payload = match mime {
+            "video/H264" => vec![0x65, 0x9a, 0x00, 0xab, 0xab],
+            "video/AV1" => vec![0x18, 0x32, 0x00, 0xab, 0xab],
+            _ => vp8_payload(true),
+        };
+        let mut pkt = rtp_packet(0x1234, 100, VP8_PT, Some("0"), &payload);
+        host.protect_rtp(&mut pkt).unwrap();
+        r.handle_datagram(now, addr(1000), &pkt, &mut out);
+        r.act_as(None);
+        let shares = r.take_shares();
+        assert_eq!(!shares.is_empty(), splits, "{mime}, descriptor negotiated: {dd}");
+        if !splits {
+            let owners: Vec<usize> = out.transmits.iter().filter(|t| t.dest.port() != 1000).filter_map(|t| t.seal.map(|s| s.owner as usize)).collect();
+            assert!(owners.contains(&1), "worker 1's consumers' copies are made here, sealed for it: {owners:?}");
+        }
+    }
 }
