@@ -75,6 +75,9 @@ def main() -> None:
                     help="the engine's UDP GSO setting (default on)")
     ap.add_argument("--workers", type=int, default=1,
                     help="the engine's I/O worker threads (sockets on one port)")
+    ap.add_argument("--pin-workers", action=argparse.BooleanOptionalAction, default=False,
+                    help="pin worker i to the i-th CPU (the server's pin_workers; default "
+                         "off here, as in the earlier records)")
     ap.add_argument("--gro", action=argparse.BooleanOptionalAction, default=False,
                     help="the engine's UDP GRO setting (default off)")
     ap.add_argument("--ingress-burst", type=int, default=1,
@@ -83,7 +86,8 @@ def main() -> None:
     args = ap.parse_args()
     lib_profile, klen, slen = PROFILES[args.profile]
 
-    eng = Engine("127.0.0.1", 0, gso=args.gso, workers=args.workers, gro=args.gro)
+    eng = Engine("127.0.0.1", 0, gso=args.gso, workers=args.workers, gro=args.gro,
+                 pin_workers=args.pin_workers)
     dest = ("127.0.0.1", eng.port)
     # Producer transport.
     host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -253,6 +257,8 @@ def main() -> None:
         "gro_datagrams": totals["groDatagrams"],
         "ingress_burst": args.ingress_burst,
         "workers": args.workers,
+        "pin_workers": args.pin_workers,
+        "worker_cpu": [w["cpu"] for w in worker_stats],
         "worker_sent": [w["sent"] for w in worker_stats],
         "worker_cpu_s_per_s": per_worker,
         "worker_handed_off": [w["handedOff"] for w in worker_stats],

@@ -323,6 +323,9 @@ def main() -> None:
                     help="the server's UDP GSO setting (PYSFU_GSO; default: the server's)")
     ap.add_argument("--gro", action=argparse.BooleanOptionalAction, default=None,
                     help="the server's UDP GRO setting (PYSFU_GRO; default: the server's)")
+    ap.add_argument("--pin-workers", action=argparse.BooleanOptionalAction, default=None,
+                    help="the server's pin_workers setting (PYSFU_PIN_WORKERS; default: the "
+                         "server's, on)")
     ap.add_argument("--workers", default="",
                     help="the server's media workers, a list swept like --viewers (e.g. 1,2; "
                          "default: the server's, one per core)")
@@ -331,6 +334,8 @@ def main() -> None:
         os.environ["PYSFU_GSO"] = "true" if args.gso else "false"  # servers inherit it
     if args.gro is not None:
         os.environ["PYSFU_GRO"] = "true" if args.gro else "false"
+    if args.pin_workers is not None:
+        os.environ["PYSFU_PIN_WORKERS"] = "true" if args.pin_workers else "false"
     if not LOADGEN.exists():
         sys.exit(f"{LOADGEN} missing: cargo build --release -p pysfu-loadgen")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -361,6 +366,7 @@ def main() -> None:
         "machine": machine_info(),
         "server_gso": os.environ.get("PYSFU_GSO", "default (on)"),
         "server_gro": os.environ.get("PYSFU_GRO", "default (off)"),
+        "server_pin_workers": os.environ.get("PYSFU_PIN_WORKERS", "default (on)"),
         "server_workers": worker_counts,
         "workload": {"video": "VP8-like 1.5 Mbit/s, 1200-byte packets, 30 fps, key frame "
                               "(30 packets) every 2 s, one burst per frame",

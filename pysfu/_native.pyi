@@ -135,7 +135,7 @@ class Engine:
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, udp: bool = True, tcp: bool = True,
-        gso: bool = True, workers: int = 1, gro: bool = False,
+        gso: bool = True, workers: int = 1, gro: bool = False, pin_workers: bool = False,
     ) -> None:
         """``udp``: read the UDP socket (bound either way); ``tcp``: accept ICE-TCP
         connections (RFC 4571 framing) on the same port number. Not both off. ``gso``: send
@@ -143,7 +143,9 @@ class Engine:
         ``workers``: I/O threads (1..64), each with its own socket in an SO_REUSEPORT group
         on the port (a fixed port held by anyone else is refused); one without UDP. ``gro``:
         receive with UDP GRO (coalesced buffers split into datagrams before routing; off,
-        and ``groRefused`` 1, if the kernel refuses it)."""
+        and ``groRefused`` 1, if the kernel refuses it). ``pin_workers``: with more than one
+        worker, worker i is pinned to the i-th CPU of this process's affinity (round robin;
+        ``worker_stats()[i]["cpu"]``, None when unpinned)."""
     @property
     def port(self) -> int: ...
     @property
@@ -152,7 +154,7 @@ class Engine:
         """The worker whose socket sends to UDP remote ip:port (a stable hash of it); with
         several workers also the owner that protects the SRTP of a transport whose DTLS
         completed with that address."""
-    def worker_stats(self) -> list[dict[str, int]]:
+    def worker_stats(self) -> list[dict[str, int | None]]:
         """Per worker, datagrams: ``received`` (its socket), ``sent`` (its socket),
         ``handedOff`` (to other workers), ``taken`` (from its inbox), ``inboxFull`` (dropped:
         its inbox was full), ``inboxPeak`` (batches waiting at most); ``sealed`` (protected
@@ -161,7 +163,7 @@ class Engine:
         (outbound SRTP contexts it holds now: the transports it owns); ``shares`` (producer
         packets another worker left for this worker's consumers, forwarded here),
         ``sharesFull`` (not forwarded here: its share queue was full), ``sharePeak`` (shares
-        waiting at most)."""
+        waiting at most); ``cpu``: the CPU it is pinned to (``pin_workers``), else None."""
     @property
     def gso(self) -> bool:
         """GSO in use now: the setting, unless the kernel refused it since."""

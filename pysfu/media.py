@@ -54,8 +54,8 @@ class UpcallSink(Protocol):
 class MediaEngine:
     def __init__(self, host: str, port: int, *, udp: bool = True, tcp: bool = True,
                  gso: bool = True, workers: int = 1, consent_timeout: float = 30.0,
-                 gro: bool = False) -> None:
-        self.native = _native.Engine(host, port, udp, tcp, gso, workers, gro)
+                 gro: bool = False, pin_workers: bool = False) -> None:
+        self.native = _native.Engine(host, port, udp, tcp, gso, workers, gro, pin_workers)
         # RFC 7675 consent (the engine answers the checks and tells a transport it lost
         # consent as the upcall "consent_lost"); <= 0: never lost.
         self.native.set_consent_timeout(consent_timeout)
@@ -65,7 +65,8 @@ class MediaEngine:
         self._transports: dict[int, UpcallSink] = {}
         self.panics = 0  # panics caught on the engine's I/O thread (each logged)
         log_event(logger, "engine.started", ip=host, port=self.port, udp=udp, tcp=tcp, gso=gso,
-                  gro=self.native.gro, workers=self.native.workers)
+                  gro=self.native.gro, workers=self.native.workers,
+                  cpus=[w["cpu"] for w in self.native.worker_stats()])
 
     async def run(self) -> None:
         """Drain the engine's upcalls until cancelled."""
@@ -219,10 +220,10 @@ class MediaEngine:
     def drops(self) -> dict[str, int]:
         return dict(self.native.drops())
 
-    def worker_stats(self) -> list[dict[str, int]]:
+    def worker_stats(self) -> list[dict[str, int | None]]:
         """Per media worker: datagrams received, sent, handed to other workers, taken from
-        its inbox, dropped with its inbox full, protected as the owner of their transport
-        (``Engine.worker_stats``)."""
+        its inbox, dropped with its inbox full, protected as the owner of their transport;
+        the CPU it is pinned to or None (``Engine.worker_stats``)."""
         return [dict(w) for w in self.native.worker_stats()]
 
     def totals(self) -> dict[str, int]:

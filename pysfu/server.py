@@ -345,6 +345,7 @@ class Server:
             self.media = MediaEngine(config.rtc_ip, config.rtc_port, udp=config.enable_udp,
                                      tcp=config.enable_tcp, gso=config.gso,
                                      gro=config.gro, workers=config.workers,
+                                     pin_workers=config.pin_workers,
                                      consent_timeout=config.consent_timeout)
         except (OSError, ValueError) as exc:
             raise StartupError(

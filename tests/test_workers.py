@@ -3,12 +3,15 @@ datagrams handled by one worker, viewers sent to by another, over real UDP and S
 
 from __future__ import annotations
 
+import os
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 import trio
 
+from pysfu._native import Engine
 from pysfu.server import Server
 from pysfu.testing.media_room import (
     ROOM,
@@ -113,4 +116,60 @@ async def test_workers_setting_reaches_the_engine(server: Server) -> None:
     assert len(stats) == server.config.workers
     assert set(stats[0]) == {"received", "sent", "handedOff", "taken", "inboxFull",
                              "inboxPeak", "sealed", "sealNoKey", "sealFailed",
-                             "contexts", "shares", "sharesFull", "sharePeak"}
+                             "contexts", "shares", "sharesFull", "sharePeak", "cpu"}
+
+
+def _io_threads() -> dict[tuple[int, int], set[int]]:
+    """This process's engine worker threads (named pysfu-io), each as (tid, start time: tids
+    are reused) -> the CPUs it may run on."""
+    threads = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != "pysfu-io":
+                    continue
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                started = int(f.read().rsplit(")", 1)[1].split()[19])
+            threads[(int(tid), started)] = os.sched_getaffinity(int(tid))
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return threads
+
+
+@pytest.mark.parametrize(("workers", "pin"), [(2, True), (3, True), (2, False), (1, True)])
+def test_pinned_workers_each_run_on_their_own_cpu(workers: int, pin: bool) -> None:
+    """``pin_workers``: worker i runs only on the i-th CPU of the process's affinity (round
+    robin), as the kernel reports for its thread; unpinned (or alone) a worker may run on all."""
+    allowed = sorted(os.sched_getaffinity(0))
+    before = set(_io_threads())
+    engine = Engine("127.0.0.1", 0, workers=workers, pin_workers=pin)
+    try:
+        expected = ([allowed[i % len(allowed)] for i in range(workers)]
+                    if pin and workers > 1 else [None] * workers)
+        deadline = time.monotonic() + 5
+        while True:  # each worker names and pins itself as its thread starts
+            cpus = [w["cpu"] for w in engine.worker_stats()]
+            mine = {t: a for t, a in _io_threads().items() if t not in before}
+            if (cpus == expected and len(mine) == workers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert cpus == expected
+        assert len(mine) == workers
+        if expected[0] is None:
+            assert all(a == set(allowed) for a in mine.values())
+        else:
+            assert sorted(min(a) for a in mine.values()) == sorted(expected)
+            assert all(len(a) == 1 for a in mine.values())
+    finally:
+        engine.close()
+
+
+async def test_server_pins_its_workers_by_default(server: Server) -> None:
+    """The config default pins every worker when there are several (one per core)."""
+    assert server.config.pin_workers
+    cpus = [w["cpu"] for w in server.media.worker_stats()]
+    if server.config.workers > 1:
+        assert all(c is not None for c in cpus)
+        assert len(set(cpus)) == min(server.config.workers, len(os.sched_getaffinity(0)))
+    else:
+        assert cpus == [None]

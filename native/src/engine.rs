@@ -12,7 +12,7 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,6 +22,7 @@ use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::affinity;
 use crate::gso::Planner;
 use crate::io;
 use crate::plain_io::PlainSockets;
@@ -102,6 +103,8 @@ struct WorkerIo {
     /// Worker 0 waits on `Shared::poller` (with TCP and the listener); the others on their
     /// own set (socket, wake fd, stop fd).
     poller: Option<Poller>,
+    /// The CPU the worker pinned itself to (`affinity.rs`), or -1.
+    cpu: AtomicI64,
 }
 
 struct Shared {
@@ -910,8 +913,21 @@ impl Engine {
     /// without UDP, one.
     /// `gro`: receive with UDP GRO (`io::set_gro`): coalesced buffers split into datagrams
     /// before the router; off for good (totals `groRefused`) where the kernel refuses it.
-    #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true, gso = true, workers = 1, gro = false))]
-    fn new(host: &str, port: u16, udp: bool, tcp: bool, gso: bool, workers: usize, gro: bool) -> PyResult<Self> {
+    /// `pin_workers`: with more than one worker, pin worker i to the i-th CPU this process
+    /// may run on (`affinity.rs`; `worker_stats()[i]["cpu"]`).
+    #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true, gso = true, workers = 1, gro = false,
+                        pin_workers = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        host: &str,
+        port: u16,
+        udp: bool,
+        tcp: bool,
+        gso: bool,
+        workers: usize,
+        gro: bool,
+        pin_workers: bool,
+    ) -> PyResult<Self> {
         if !udp && !tcp {
             return Err(PyValueError::new_err("the engine needs UDP or TCP (or both)"));
         }
@@ -939,7 +955,7 @@ impl Engine {
             if i > 0 {
                 set.add(stop_fd.as_raw_fd(), TOKEN_STOP, READABLE).map_err(epoll_err)?;
             }
-            ios.push(WorkerIo { socket, wake, poller: own });
+            ios.push(WorkerIo { socket, wake, poller: own, cpu: AtomicI64::new(-1) });
         }
         reg(stop_fd.as_raw_fd(), TOKEN_STOP)?;
         let tcp = listener.map(|l| TcpEdge::new(l, TOKEN_LISTENER));
@@ -969,10 +985,21 @@ impl Engine {
             gro: GroCounters { refused: AtomicU64::new(u64::from(gro_refused)), ..GroCounters::default() },
         });
         let mut threads = Vec::with_capacity(shared.workers.len());
+        let allowed = if pin_workers { affinity::allowed_cpus() } else { Vec::new() };
+        // Each worker reports once it has pinned itself: the engine is whole on return.
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
         for me in 0..shared.workers.len() {
             let s2 = shared.clone();
+            let cpu = affinity::cpu_for(me, s2.workers.len(), &allowed);
+            let started_tx = started_tx.clone();
             // Every worker is named pysfu-io: metrics and benches sum the CPU of those threads.
             let spawned = std::thread::Builder::new().name("pysfu-io".into()).spawn(move || {
+                if let Some(cpu) = cpu {
+                    if affinity::pin_current(cpu).is_ok() {
+                        s2.workers[me].cpu.store(cpu as i64, Ordering::Relaxed);
+                    }
+                }
+                started_tx.send(()).ok();
                 if me == 0 {
                     io_thread(s2)
                 } else {
@@ -987,6 +1014,12 @@ impl Engine {
                     threads.into_iter().for_each(|t| drop(t.join()));
                     return Err(PyValueError::new_err(format!("cannot start I/O thread: {e}")));
                 }
+            }
+        }
+        drop(started_tx);
+        for _ in 0..threads.len() {
+            if started.recv_timeout(Duration::from_secs(5)).is_err() {
+                break; // a worker that never reports is not waited for forever
             }
         }
         Ok(Engine { port, up_raw_fd, inner: Mutex::new(Some((shared, threads))) })
@@ -1034,6 +1067,8 @@ impl Engine {
             ] {
                 d.set_item(k, v.load(Ordering::Relaxed))?;
             }
+            let cpu = shared.workers[i].cpu.load(Ordering::Relaxed);
+            d.set_item("cpu", (cpu >= 0).then_some(cpu))?;
             list.append(d)?;
         }
         Ok(list)

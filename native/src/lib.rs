@@ -13,6 +13,7 @@ pub mod seq;
 pub mod srtp;
 
 pub mod budget;
+pub mod affinity;
 pub mod engine;
 pub mod fasthash;
 pub mod gso;
