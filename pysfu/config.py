@@ -65,7 +65,7 @@ class Config:
     # owned by one worker (the least loaded), which makes, protects and sends its consumers'
     # copies of every producer packet (the ingress worker leaves it a share of the decrypted
     # packet: native router/share.rs). By default one per core this process may run on:
-    # 2 workers forward 1.5x the packets/s of one on 2 cores (bench/engine_fanout.py).
+    # 2 workers forward 1.68x the packets/s of one on 2 cores (bench/engine_fanout.py).
     workers: int = field(default_factory=default_workers)
     # With more than one worker, pin worker i to the i-th CPU this process may run on (round
     # robin over its affinity): each worker keeps its consumers' state and contexts in one
