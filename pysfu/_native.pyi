@@ -144,8 +144,8 @@ class Engine:
         on the port (a fixed port held by anyone else is refused); one without UDP. ``gro``:
         receive with UDP GRO (coalesced buffers split into datagrams before routing; off,
         and ``groRefused`` 1, if the kernel refuses it). ``pin_workers``: with more than one
-        worker, worker i is pinned to the i-th CPU of this process's affinity (round robin;
-        ``worker_stats()[i]["cpu"]``, None when unpinned)."""
+        worker and at least one per CPU of this process's affinity, worker i is pinned to the
+        i-th of those CPUs (round robin; ``worker_stats()[i]["cpu"]``, None when unpinned)."""
     @property
     def port(self) -> int: ...
     @property

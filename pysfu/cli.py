@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="media I/O threads on the rtc port (default: one per core)")
     serve.add_argument("--pin-workers", dest="pin_workers",
                        action=argparse.BooleanOptionalAction, default=None,
-                       help="pin each media worker to its own CPU (default on; one worker "
-                            "is never pinned)")
+                       help="pin each media worker to its own CPU when they cover every "
+                            "CPU the process may run on (default on)")
     serve.add_argument("--announced-ip", dest="announced_ip",
                        help="address put in ICE candidates (public IP behind NAT)")
     serve.add_argument("--config", help="TOML file with settings")

@@ -67,9 +67,11 @@ class Config:
     # packet: native router/share.rs). By default one per core this process may run on:
     # 2 workers forward 1.68x the packets/s of one on 2 cores (bench/engine_fanout.py).
     workers: int = field(default_factory=default_workers)
-    # With more than one worker, pin worker i to the i-th CPU this process may run on (round
-    # robin over its affinity): each worker keeps its consumers' state and contexts in one
-    # core's caches, and a woken worker is not queued behind its waker. Measured on 2 vCPUs:
+    # With more than one worker and at least one per CPU this process may run on (the workers
+    # default), pin worker i to the i-th of those CPUs (round robin over its affinity): each
+    # worker keeps its consumers' state and contexts in one core's caches, and a woken worker
+    # is not queued behind its waker. Fewer workers than CPUs stay unpinned (nodes sharing a
+    # host would all land on the first cores); place such processes with taskset/cpusets. Measured on 2 vCPUs:
     # -10 % CPU per forwarded packet, -15 % p50 (README "Pinned workers"). Turn off where
     # the cores are shared with other heavy work placed by hand.
     pin_workers: bool = True

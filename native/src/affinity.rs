@@ -1,7 +1,8 @@
 //! CPU affinity of the I/O workers (`Engine(pin_workers=True)`).
 //!
-//! With more than one worker, worker `i` is pinned to the `i`-th CPU (round robin) of the set
-//! the process may run on when the engine starts. A worker then keeps its consumers' state,
+//! With more than one worker and at least one per CPU the process may run on (its affinity
+//! when the engine starts, the `workers` default), worker `i` is pinned to the `i`-th CPU of
+//! that set (round robin). A worker then keeps its consumers' state,
 //! SRTP contexts and socket buffers in one core's caches, and two workers never wait for one
 //! CPU while the other is free of them (the scheduler otherwise moves a woken worker next to
 //! its waker). Measured on 2 vCPUs with the load generator on the same machine: -10 % CPU per
@@ -23,9 +24,12 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 /// The CPU worker `me` of `workers` goes to, from `allowed` (round robin), or None when there
-/// is nothing to separate (one worker) or no CPU is known.
+/// is nothing to separate (one worker), no CPU is known, or the workers do not cover every
+/// allowed CPU: pinning a few workers to the first CPUs would stack several processes (nodes
+/// on one host, each given fewer workers than cores) on the same cores; an operator who
+/// places processes gives each its own CPU set (taskset, cpuset), whose workers then cover it.
 pub fn cpu_for(me: usize, workers: usize, allowed: &[usize]) -> Option<usize> {
-    if workers < 2 || allowed.is_empty() {
+    if workers < 2 || allowed.is_empty() || workers < allowed.len() {
         return None;
     }
     Some(allowed[me % allowed.len()])
@@ -63,6 +67,12 @@ mod tests {
         let got: Vec<_> = (0..5).map(|i| cpu_for(i, 5, &allowed)).collect();
         assert_eq!(got, vec![Some(2), Some(5), Some(7), Some(2), Some(5)]);
         assert_eq!(cpu_for(0, 2, &[]), None);
+    }
+
+    #[test]
+    fn fewer_workers_than_cpus_are_left_to_the_scheduler() {
+        assert_eq!(cpu_for(0, 2, &[0, 1, 2]), None);
+        assert_eq!(cpu_for(1, 3, &[0, 1, 2]), Some(1));
     }
 
     #[test]

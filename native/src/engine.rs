@@ -913,8 +913,8 @@ impl Engine {
     /// without UDP, one.
     /// `gro`: receive with UDP GRO (`io::set_gro`): coalesced buffers split into datagrams
     /// before the router; off for good (totals `groRefused`) where the kernel refuses it.
-    /// `pin_workers`: with more than one worker, pin worker i to the i-th CPU this process
-    /// may run on (`affinity.rs`; `worker_stats()[i]["cpu"]`).
+    /// `pin_workers`: with more than one worker and at least one per CPU this process may run
+    /// on, pin worker i to the i-th of them (`affinity.rs`; `worker_stats()[i]["cpu"]`).
     #[pyo3(signature = (host = "127.0.0.1", port = 0, udp = true, tcp = true, gso = true, workers = 1, gro = false,
                         pin_workers = false))]
     #[allow(clippy::too_many_arguments)]
