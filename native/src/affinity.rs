@@ -5,8 +5,8 @@
 //! that set (round robin). A worker then keeps its consumers' state,
 //! SRTP contexts and socket buffers in one core's caches, and two workers never wait for one
 //! CPU while the other is free of them (the scheduler otherwise moves a woken worker next to
-//! its waker). Measured on 2 vCPUs with the load generator on the same machine: -10 % CPU per
-//! forwarded packet, -15 % p50 (README "Pinned workers").
+//! its waker). Measured on 2 vCPUs with the load generator on the same machine (GCM, 100-500
+//! viewers): -7 to -15 % CPU per forwarded packet, -15 to -22 % p50 (README "Pinned workers").
 //!
 //! Linux only (sched_setaffinity); where the call fails the worker runs unpinned and says so
 //! (`Engine.worker_stats()[i]["cpu"]` is None).
