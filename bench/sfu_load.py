@@ -182,6 +182,7 @@ async def run_point(viewers: int, profile: str, args: argparse.Namespace,
             config = [
                 f"profile {name}", f"server 127.0.0.1 {hpeer.server[1]}",
                 f"server_pid {proc.pid}", f"warmup {args.warmup}", f"duration {args.duration}",
+                f"viewer_gro {int(args.viewer_gro)}",
                 f"producer {hpeer.sock.fileno()} {ck.hex()} {cs.hex()} {sk.hex()} {ss.hex()} "
                 f"{VIDEO_SSRC} {AUDIO_SSRC} {VIDEO_PT} {AUDIO_PT} {MID_EXT} "
                 f"{ice_credentials(hpeer)}",
@@ -323,6 +324,11 @@ def main() -> None:
                     help="the server's UDP GSO setting (PYSFU_GSO; default: the server's)")
     ap.add_argument("--gro", action=argparse.BooleanOptionalAction, default=None,
                     help="the server's UDP GRO setting (PYSFU_GRO; default: the server's)")
+    ap.add_argument("--viewer-gro", action=argparse.BooleanOptionalAction, default=False,
+                    help="UDP_GRO on the generator's viewer sockets: a GSO message the server "
+                         "sends stays one buffer on loopback, as a NIC would carry it away, "
+                         "instead of being split into datagrams inside the server's send call "
+                         "(default: off)")
     ap.add_argument("--pin-workers", action=argparse.BooleanOptionalAction, default=None,
                     help="the server's pin_workers setting (PYSFU_PIN_WORKERS; default: the "
                          "server's, on)")
@@ -367,6 +373,7 @@ def main() -> None:
         "server_gso": os.environ.get("PYSFU_GSO", "default (on)"),
         "server_gro": os.environ.get("PYSFU_GRO", "default (off)"),
         "server_pin_workers": os.environ.get("PYSFU_PIN_WORKERS", "default (on)"),
+        "viewer_gro": args.viewer_gro,
         "server_workers": worker_counts,
         "workload": {"video": "VP8-like 1.5 Mbit/s, 1200-byte packets, 30 fps, key frame "
                               "(30 packets) every 2 s, one burst per frame",

@@ -12,7 +12,9 @@
 //!   in the payload;
 //! - N viewer endpoints receive with recvmmsg (kernel receive timestamps, SO_TIMESTAMPNS),
 //!   unprotect every packet, check the SSRC, sequence continuity against the counter, count
-//!   loss and take latency = kernel receive time − send time.
+//!   loss and take latency = kernel receive time − send time. With `viewer_gro 1` the viewer
+//!   sockets take coalesced receive (`UDP_GRO`): a GSO message from the server arrives as one
+//!   buffer, split here by its segment size, as a NIC would have carried it off the host.
 //!
 //! Packets sent inside the measurement window [start+warmup, +duration) are the ones counted.
 //! The server's CPU time (utime+stime of its /proc/<pid>/stat), its RSS, the kernel's UDP
@@ -46,6 +48,12 @@ const KIND_AUDIO: u8 = 2;
 const HIST_US: usize = 200_000;
 const RECV_BATCH: usize = 32;
 const SLOT: usize = 2048;
+/// With `viewer_gro` on: a coalesced receive holds up to 64 KiB (one GSO message), so the
+/// viewer sockets read fewer, larger slots.
+const GRO_BATCH: usize = 8;
+const GRO_SLOT: usize = 65_536;
+/// `UDP_GRO` (linux/udp.h): the socket option and control message of coalesced receive.
+const UDP_GRO: libc::c_int = 104;
 /// Sleep of the receiving thread when no socket has data: it polls (epoll_wait without
 /// blocking) rather than blocking in epoll_wait.
 const POLL_IDLE: Duration = Duration::from_millis(1);
@@ -120,6 +128,9 @@ struct Config {
     key_frame_packets: usize,
     audio_pps: f64,
     audio_size: usize,
+    /// `UDP_GRO` on the viewer sockets: a GSO message the server sent stays one buffer on
+    /// loopback instead of being split into datagrams inside the server's send call.
+    viewer_gro: bool,
     producer: Option<ProducerCfg>,
     viewers: Vec<ViewerCfg>,
 }
@@ -143,6 +154,7 @@ impl Config {
             key_frame_packets: 30,
             audio_pps: 50.0,
             audio_size: 160,
+            viewer_gro: false,
             producer: None,
             viewers: Vec::new(),
         };
@@ -176,6 +188,7 @@ impl Config {
                 "key_frame_packets" => c.key_frame_packets = num(1) as usize,
                 "audio_pps" => c.audio_pps = num(1),
                 "audio_size" => c.audio_size = num(1) as usize,
+                "viewer_gro" => c.viewer_gro = num(1) != 0.0,
                 "producer" => {
                     if f.len() != 11 && f.len() != 13 {
                         die(format!("bad line {line:?}"));
@@ -403,6 +416,8 @@ struct Viewer {
 
 #[derive(Default)]
 struct RecvStats {
+    /// Coalesced (`UDP_GRO`) messages read on viewer sockets.
+    coalesced: u64,
     rtp: u64,
     rtcp: u64,
     rtcp_bad: u64,
@@ -431,20 +446,36 @@ struct RecvStats {
 struct Batch {
     bufs: Vec<u8>,
     ctrl: Vec<u64>,
+    slot: usize,
+    count: usize,
     lens: [usize; RECV_BATCH],
     stamps: [u64; RECV_BATCH],
+    /// The segment size of a coalesced (`UDP_GRO`) message; 0 for a single datagram.
+    segs: [usize; RECV_BATCH],
 }
 
-const CTRL_WORDS: usize = 8; // 64 bytes: room for one SCM_TIMESTAMPNS
+const CTRL_WORDS: usize = 12; // 96 bytes: one SCM_TIMESTAMPNS and one UDP_GRO message
 
 impl Batch {
-    fn new() -> Self {
+    /// `count` messages of up to `slot` bytes per recvmmsg.
+    fn new(count: usize, slot: usize) -> Self {
+        assert!(count <= RECV_BATCH);
         Batch {
-            bufs: vec![0; RECV_BATCH * SLOT],
-            ctrl: vec![0; RECV_BATCH * CTRL_WORDS],
+            bufs: vec![0; count * slot],
+            ctrl: vec![0; count * CTRL_WORDS],
+            slot,
+            count,
             lens: [0; RECV_BATCH],
             stamps: [0; RECV_BATCH],
+            segs: [0; RECV_BATCH],
         }
+    }
+
+    /// The datagrams of message `i`: one, or the segments of a coalesced message.
+    fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+        let msg = &self.bufs[i * self.slot..i * self.slot + self.lens[i]];
+        let seg = if self.segs[i] == 0 { msg.len().max(1) } else { self.segs[i] };
+        msg.chunks(seg)
     }
 
     /// One non-blocking recvmmsg with kernel receive timestamps; 0 when nothing waits.
@@ -452,25 +483,26 @@ impl Batch {
         let mut iov: [libc::iovec; RECV_BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; RECV_BATCH];
         // SAFETY: mmsghdr is plain old data.
         let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { mem::zeroed() };
-        for i in 0..RECV_BATCH {
+        for i in 0..self.count {
             // SAFETY: slot i lies within bufs / ctrl.
-            iov[i].iov_base = unsafe { self.bufs.as_mut_ptr().add(i * SLOT) } as *mut libc::c_void;
-            iov[i].iov_len = SLOT;
+            iov[i].iov_base = unsafe { self.bufs.as_mut_ptr().add(i * self.slot) } as *mut libc::c_void;
+            iov[i].iov_len = self.slot;
             msgs[i].msg_hdr.msg_iov = &mut iov[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_control = unsafe { self.ctrl.as_mut_ptr().add(i * CTRL_WORDS) } as *mut libc::c_void;
             msgs[i].msg_hdr.msg_controllen = CTRL_WORDS * 8;
         }
         // SAFETY: all pointers refer to live buffers of the right sizes.
-        let n = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), RECV_BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), self.count as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if n <= 0 {
             return 0;
         }
         let n = n as usize;
         #[allow(clippy::needless_range_loop)]
         for i in 0..n {
-            self.lens[i] = (msgs[i].msg_len as usize).min(SLOT);
+            self.lens[i] = (msgs[i].msg_len as usize).min(self.slot);
             self.stamps[i] = 0;
+            self.segs[i] = 0;
             let hdr = &msgs[i].msg_hdr;
             // SAFETY: walking the control buffer the kernel filled, with the libc macros.
             unsafe {
@@ -479,6 +511,9 @@ impl Batch {
                     if (*cm).cmsg_level == libc::SOL_SOCKET && (*cm).cmsg_type == libc::SCM_TIMESTAMPNS {
                         let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cm) as *const libc::timespec);
                         self.stamps[i] = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+                    } else if (*cm).cmsg_level == libc::SOL_UDP && (*cm).cmsg_type == UDP_GRO {
+                        let seg = std::ptr::read_unaligned(libc::CMSG_DATA(cm) as *const libc::c_int);
+                        self.segs[i] = seg.max(0) as usize;
                     }
                     cm = libc::CMSG_NXTHDR(hdr, cm);
                 }
@@ -517,6 +552,8 @@ struct Receiver {
     producer_video_ssrc: u32,
     hist: Vec<u64>,
     stats: RecvStats,
+    /// Viewer sockets read with `UDP_GRO` on (`viewer_gro`).
+    viewer_gro: bool,
 }
 
 impl Receiver {
@@ -628,8 +665,9 @@ impl Receiver {
         }
         add(self.producer_fd, token_producer);
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-        let mut batch = Batch::new();
-        let mut buf = Vec::with_capacity(SLOT);
+        let mut batch = Batch::new(RECV_BATCH, SLOT);
+        let mut gro_batch = Batch::new(GRO_BATCH, GRO_SLOT);
+        let mut buf = Vec::with_capacity(GRO_SLOT);
         while realtime_ns() < stop_at {
             // SAFETY: events buffer of the given length.
             let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 0) };
@@ -640,19 +678,25 @@ impl Receiver {
             for e in events.iter().take(n.max(0) as usize) {
                 let token = e.u64;
                 let fd = if token == token_producer { self.producer_fd } else { self.fds[token as usize] };
+                let batch = if token != token_producer && self.viewer_gro { &mut gro_batch } else { &mut batch };
                 loop {
                     let got = batch.recv(fd);
                     self.stats.recv_calls += 1;
                     for i in 0..got {
-                        let data = &batch.bufs[i * SLOT..i * SLOT + batch.lens[i]];
                         if token == token_producer {
+                            let data = &batch.bufs[i * batch.slot..i * batch.slot + batch.lens[i]];
                             self.on_producer_packet(data, &mut buf, key_frame_wanted);
-                        } else {
-                            let stamp = if batch.stamps[i] != 0 { batch.stamps[i] } else { realtime_ns() };
+                            continue;
+                        }
+                        let stamp = if batch.stamps[i] != 0 { batch.stamps[i] } else { realtime_ns() };
+                        if batch.segs[i] != 0 {
+                            self.stats.coalesced += 1;
+                        }
+                        for data in batch.datagrams(i) {
                             self.on_viewer_packet(token as usize, data, stamp, win, &mut buf);
                         }
                     }
-                    if got < RECV_BATCH {
+                    if got < batch.count {
                         break;
                     }
                 }
@@ -795,6 +839,14 @@ fn main() {
         if !setsockopt_int(v.fd, libc::SO_RCVBUFFORCE, 1 << 20) {
             setsockopt_int(v.fd, libc::SO_RCVBUF, 1 << 20);
         }
+        if cfg.viewer_gro {
+            let on: libc::c_int = 1;
+            // SAFETY: pointer to a c_int and its size.
+            let r = unsafe { libc::setsockopt(v.fd, libc::SOL_UDP, UDP_GRO, &on as *const _ as *const libc::c_void, 4) };
+            if r != 0 {
+                die(format!("UDP_GRO on fd {}: {}", v.fd, io::Error::last_os_error()));
+            }
+        }
     }
     // What the server sent the silent producer during the set-up (a key frame request each
     // second while the consumers waited for their first key frame: one per second of set-up)
@@ -824,6 +876,7 @@ fn main() {
         producer_video_ssrc: p.video_ssrc,
         hist: vec![0; HIST_US + 1],
         stats: RecvStats::default(),
+        viewer_gro: cfg.viewer_gro,
     };
     let cfg = Arc::new(cfg);
     let (w2, k2) = (win.clone(), key_frame_wanted.clone());
@@ -889,7 +942,7 @@ fn main() {
             "\"server_rss_kib\": {}, \"loadgen_cpu_share\": {:.3}, ",
             "\"lag_all_ms\": {{\"mean\": {:.1}, \"max\": {:.1}}}, ",
             "\"latency_ms\": {{\"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max_bucket_overflow\": {}}}, ",
-            "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"producer_stale\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}}}, ",
+            "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"producer_stale\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}, \"coalesced\": {}}}, ",
             "\"udp\": {{\"RcvbufErrors\": {}, \"SndbufErrors\": {}, \"InErrors\": {}}}, \"consent_checks_sent\": {}}}"
         ),
         n,
@@ -940,6 +993,7 @@ fn main() {
         st.plis,
         st.other,
         st.recv_calls,
+        st.coalesced,
         d("RcvbufErrors"),
         d("SndbufErrors"),
         d("InErrors"),
