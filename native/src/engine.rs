@@ -23,7 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::affinity;
-use crate::gso::Planner;
+use crate::gso::{self, Planner};
 use crate::io;
 use crate::plain_io::PlainSockets;
 use crate::poller::{Events, Poller, READABLE};
@@ -31,7 +31,7 @@ use crate::remote::{Remote, Via};
 use crate::tcp::{self, Frames, TcpEdge};
 use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, SrtpKeys, StatValue, Transmit};
 use crate::wake::EventFd;
-use crate::sealing::Keyring;
+use crate::sealing::{Keyring, SealCounts};
 use crate::workers::{Batch, Mesh, Partitioner, MAX_WORKERS, NO_WORKER};
 
 /// Periodic router work (key frame re-requests) at least this often.
@@ -44,6 +44,9 @@ const SEND_EARLY_AT: usize = 64;
 /// wait) so that a consumer's packets of the batch (a key-frame burst, retransmissions) leave
 /// together, grouped per destination, as few `UDP_SEGMENT` messages (`gso.rs`).
 const SEND_EARLY_AT_GSO: usize = 4096;
+/// Messages of a GSO plan sealed, then sent, at a time (`Worker::seal_send`): a few viewers'
+/// bursts, small enough to stay in cache between protection and the kernel's copy.
+const SEAL_CHUNK: usize = 8;
 /// While UDP keeps the thread busy, TCP readiness is looked at this often (no extra syscall
 /// per UDP batch).
 const TCP_POLL_EVERY: Duration = Duration::from_millis(1);
@@ -233,12 +236,14 @@ impl Shared {
     }
 
     /// The transmits that leave by a TCP connection or a plain/pipe transport's own socket.
+    /// (Empty ones, whose seal failed, are skipped.)
     fn send_not_udp(&self, transmits: &[Transmit]) {
-        if transmits.iter().any(|t| t.dest.via == Via::Tcp) {
-            self.send_tcp(transmits.iter().filter(|t| t.dest.via == Via::Tcp).map(|t| (t.dest.addr, t.buf.as_slice())));
+        let live = || transmits.iter().filter(|t| !t.buf.is_empty());
+        if live().any(|t| t.dest.via == Via::Tcp) {
+            self.send_tcp(live().filter(|t| t.dest.via == Via::Tcp).map(|t| (t.dest.addr, t.buf.as_slice())));
         }
-        if transmits.iter().any(|t| matches!(t.dest.via, Via::Plain(_))) {
-            let failed = self.plain.send(transmits.iter().filter(|t| matches!(t.dest.via, Via::Plain(_))));
+        if live().any(|t| matches!(t.dest.via, Via::Plain(_))) {
+            let failed = self.plain.send(live().filter(|t| matches!(t.dest.via, Via::Plain(_))));
             if failed > 0 {
                 self.send_failed.fetch_add(failed, Ordering::Relaxed);
             }
@@ -249,12 +254,40 @@ impl Shared {
         planner.plan(
             transmits.iter().enumerate().filter(|(_, t)| t.dest.via == Via::Udp).map(|(i, t)| (i, t.dest.addr, t.buf.len())),
         );
-        let r = io::send_planned(
-            fd,
-            |i| (&transmits[i].dest.addr, transmits[i].buf.as_slice()),
-            planner.order(),
-            planner.runs(),
-        );
+        let sent = self.send_planned(fd, transmits, planner.order(), planner.runs());
+        if planner.order().len() < transmits.len() {
+            self.send_not_udp(transmits);
+        }
+        sent
+    }
+
+    /// What a worker's seals did, into its counters.
+    fn count_seals(&self, me: usize, keys: &Keyring, d: SealCounts) {
+        let counters = &self.mesh.inbox(me).counters;
+        counters.contexts.store(keys.len() as u64, Ordering::Relaxed);
+        if d.sealed > 0 {
+            counters.sealed.fetch_add(d.sealed, Ordering::Relaxed);
+        }
+        if d.no_key + d.failed > 0 {
+            counters.seal_no_key.fetch_add(d.no_key, Ordering::Relaxed);
+            counters.seal_failed.fetch_add(d.failed, Ordering::Relaxed);
+        }
+    }
+
+    /// Send `runs` of a plan over `transmits` (GSO on; UDP only), counting what happened;
+    /// the UDP datagrams sent. A refusal turns GSO off for good: the rest of the runs went
+    /// plain in the same call.
+    fn send_planned(&self, fd: RawFd, transmits: &[Transmit], order: &[u32], runs: &[gso::Run]) -> usize {
+        if !self.gso_on.load(Ordering::Relaxed) {
+            let Some(end) = runs.last().map(|r| (r.start + r.len) as usize) else { return 0 };
+            let items = order[runs[0].start as usize..end].iter().map(|&i| &transmits[i as usize]);
+            let r = io::send_batch(fd, items.filter(|t| !t.buf.is_empty()).map(|t| (&t.dest.addr, t.buf.as_slice())));
+            if r.failed > 0 {
+                self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
+            }
+            return r.sent;
+        }
+        let r = io::send_planned(fd, |i| (&transmits[i].dest.addr, transmits[i].buf.as_slice()), order, runs);
         if r.failed > 0 {
             self.send_failed.fetch_add(r.failed as u64, Ordering::Relaxed);
         }
@@ -266,9 +299,6 @@ impl Shared {
             // The kernel (or this route) takes no GSO: send as without it from now on.
             self.gso_on.store(false, Ordering::Relaxed);
             self.gso.refused.fetch_add(1, Ordering::Relaxed);
-        }
-        if planner.order().len() < transmits.len() {
-            self.send_not_udp(transmits);
         }
         r.sent
     }
@@ -392,16 +422,8 @@ impl Worker {
 
     /// Protect the datagrams of `transmits` left sealed for this worker (`sealing.rs`).
     fn seal(keys: &mut Keyring, shared: &Shared, me: usize, transmits: &mut Vec<Transmit>) {
-        let counters = &shared.mesh.inbox(me).counters;
         let d = keys.seal(transmits, || shared.mesh.pop_key(me));
-        counters.contexts.store(keys.len() as u64, Ordering::Relaxed);
-        if d.sealed > 0 {
-            counters.sealed.fetch_add(d.sealed, Ordering::Relaxed);
-        }
-        if d.no_key + d.failed > 0 {
-            counters.seal_no_key.fetch_add(d.no_key, Ordering::Relaxed);
-            counters.seal_failed.fetch_add(d.failed, Ordering::Relaxed);
-        }
+        shared.count_seals(me, keys, d);
     }
 
     /// Take back this worker's sent hand-offs: their buffers to the router output's pool,
@@ -419,8 +441,7 @@ impl Worker {
         self.apply_keys(shared);
         let counters = &shared.mesh.inbox(self.me).counters;
         while let Some(mut b) = shared.mesh.take(self.me) {
-            Self::seal(&mut self.keys, shared, self.me, &mut b.transmits);
-            let sent = shared.send_transmits(self.fd, &b.transmits, Some(&mut self.planner));
+            let sent = Self::seal_send(&mut self.keys, &mut self.planner, shared, self.me, self.fd, &mut b.transmits);
             counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
             shared.mesh.give_back(b);
         }
@@ -474,9 +495,47 @@ impl Worker {
                 }
             }
         }
-        Self::seal(&mut self.keys, shared, self.me, &mut self.out.transmits);
-        let sent = shared.send_via(self.fd, &mut self.out, Some(&mut self.planner));
+        let sent = Self::seal_send(&mut self.keys, &mut self.planner, shared, self.me, self.fd, &mut self.out.transmits);
+        self.out.recycle();
         shared.mesh.inbox(self.me).counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
+    }
+
+    /// Protect this worker's sealed datagrams of `transmits` and send them all from `fd`.
+    /// With GSO, the plan is made on wire lengths and each `SEAL_CHUNK` messages are sealed
+    /// just before they go: the first viewers' datagrams leave without waiting for the whole
+    /// batch to be protected, and each datagram is still in cache when the kernel copies it.
+    /// Returns the UDP datagrams sent.
+    fn seal_send(keys: &mut Keyring, planner: &mut Planner, shared: &Shared, me: usize, fd: RawFd, transmits: &mut Vec<Transmit>) -> usize {
+        if transmits.len() < 2 || !shared.gso_on.load(Ordering::Relaxed) || transmits.iter().all(|t| t.seal.is_none()) {
+            Self::seal(keys, shared, me, transmits);
+            return shared.send_transmits(fd, transmits, Some(planner));
+        }
+        let mut more = || shared.mesh.pop_key(me);
+        keys.absorb(&mut more);
+        let mut counts = SealCounts::default();
+        let mut not_udp = false;
+        for t in transmits.iter_mut().filter(|t| t.dest.via != Via::Udp) {
+            not_udp = true;
+            keys.seal_one(t, &mut more, &mut counts);
+        }
+        planner.plan(
+            transmits.iter().enumerate().filter(|(_, t)| t.dest.via == Via::Udp).map(|(i, t)| (i, t.dest.addr, t.wire_len())),
+        );
+        let (order, runs) = (planner.order(), planner.runs());
+        let mut sent = 0usize;
+        for chunk in runs.chunks(SEAL_CHUNK) {
+            for run in chunk {
+                for &i in &order[run.start as usize..(run.start + run.len) as usize] {
+                    keys.seal_one(&mut transmits[i as usize], &mut more, &mut counts);
+                }
+            }
+            sent += shared.send_planned(fd, transmits, order, chunk);
+        }
+        shared.count_seals(me, keys, counts);
+        if not_udp {
+            shared.send_not_udp(transmits);
+        }
+        sent
     }
 
     /// The received UDP datagrams through the router (lock held by the caller); what they

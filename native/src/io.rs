@@ -461,11 +461,14 @@ fn gso_refusal(errno: i32) -> bool {
 }
 
 /// Send a plan (`gso::Planner`): `item(i)` is the caller's datagram `i`; `order` the caller's
-/// indices grouped per destination; `runs` the messages over `order`. A run of several
-/// datagrams goes as one message with a `UDP_SEGMENT` control message (its datagrams as the
-/// message's iovecs, no copy; the kernel segments it); a run of one as a plain datagram.
-/// If the kernel refuses GSO, the refused run and every later one go as plain datagrams in
-/// the same order (`send_batch`) and `refused` is set.
+/// indices grouped per destination; `runs` the messages over `order` (all of a plan's, or a
+/// consecutive part of them). A run of several datagrams goes as one message with a
+/// `UDP_SEGMENT` control message (its datagrams as the message's iovecs, no copy; the kernel
+/// segments it); a run of one as a plain datagram. Empty datagrams are skipped (a seal that
+/// failed after planning); a run whose datagrams no longer fit its segment size (each but the
+/// last of the first one's size, the last no longer) goes one datagram per message.
+/// If the kernel refuses GSO, the refused run and every later one of `runs` go as plain
+/// datagrams in the same order (`send_batch`) and `refused` is set.
 pub fn send_planned<'a>(
     fd: RawFd,
     item: impl Fn(usize) -> (&'a SocketAddr, &'a [u8]),
@@ -473,13 +476,15 @@ pub fn send_planned<'a>(
     runs: &[crate::gso::Run],
 ) -> GsoResult {
     let mut result = GsoResult::default();
+    let Some(end) = runs.last().map(|r| (r.start + r.len) as usize) else { return result };
     // SAFETY (all zeroed arrays): plain old data; all-zero is valid.
     let mut addrs: [libc::sockaddr_storage; SEND_BATCH] = unsafe { mem::zeroed() };
     let mut iov: [libc::iovec; SEND_IOVS] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; SEND_IOVS];
     let mut cmsgs: [SegmentCmsg; SEND_BATCH] = [SegmentCmsg([0; 32]); SEND_BATCH];
     let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { mem::zeroed() };
-    // First run of each message of the current call.
-    let mut first_run = [0usize; SEND_BATCH];
+    // Per message of the current call: its datagrams, and where its run starts in `order`.
+    let mut count = [0usize; SEND_BATCH];
+    let mut from = [0usize; SEND_BATCH];
     let mut next_run = 0usize;
     while next_run < runs.len() {
         // Fill one sendmmsg call.
@@ -488,14 +493,35 @@ pub fn send_planned<'a>(
         while n < SEND_BATCH && next_run < runs.len() {
             let run = runs[next_run];
             let len = run.len as usize;
-            if used_iov + len > SEND_IOVS {
+            let idx = &order[run.start as usize..run.start as usize + len];
+            let datagrams = || idx.iter().map(|&i| item(i as usize)).filter(|(_, d)| !d.is_empty());
+            let live = datagrams().count();
+            let segment = datagrams().next().map_or(0, |(_, d)| d.len());
+            let fits = datagrams().enumerate().all(|(k, (_, d))| d.len() == segment || (k + 1 == live && d.len() < segment));
+            // One message for the run, or (it no longer fits) one per datagram.
+            let messages = if live > 1 && !fits { live } else { 1 };
+            // (A run fits an empty call: `MAX_SEGMENTS <= SEND_BATCH`, asserted below.)
+            if used_iov + live > SEND_IOVS || n + messages > SEND_BATCH {
                 break;
             }
-            let idx = &order[run.start as usize..run.start as usize + len];
-            let (dest, _) = item(idx[0] as usize);
+            next_run += 1;
+            if live == 0 {
+                continue;
+            }
+            let dest = datagrams().next().map(|(a, _)| a).expect("live > 0");
+            if messages > 1 {
+                for (_, data) in datagrams() {
+                    let alen = std_to_sockaddr(dest, &mut addrs[n]);
+                    plain_message(&mut msgs[n], &mut addrs[n], alen, &mut iov[used_iov], data);
+                    count[n] = 1;
+                    from[n] = run.start as usize;
+                    used_iov += 1;
+                    n += 1;
+                }
+                continue;
+            }
             let alen = std_to_sockaddr(dest, &mut addrs[n]);
-            for (k, &i) in idx.iter().enumerate() {
-                let (_, data) = item(i as usize);
+            for (k, (_, data)) in datagrams().enumerate() {
                 iov[used_iov + k].iov_base = data.as_ptr() as *mut libc::c_void;
                 iov[used_iov + k].iov_len = data.len();
             }
@@ -503,9 +529,9 @@ pub fn send_planned<'a>(
             h.msg_name = &mut addrs[n] as *mut _ as *mut libc::c_void;
             h.msg_namelen = alen;
             h.msg_iov = &mut iov[used_iov];
-            h.msg_iovlen = len as _;
+            h.msg_iovlen = live as _;
             h.msg_flags = 0;
-            if len > 1 {
+            if live > 1 {
                 h.msg_control = cmsgs[n].0.as_mut_ptr() as *mut libc::c_void;
                 // SAFETY: CMSG_SPACE/LEN are arithmetic; the buffer holds CMSG_SPACE(2) bytes
                 // (checked by the assert), 8-aligned, and msg_controllen says so.
@@ -517,16 +543,16 @@ pub fn send_planned<'a>(
                     (*c).cmsg_level = libc::SOL_UDP;
                     (*c).cmsg_type = libc::UDP_SEGMENT;
                     (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, run.segment as u16);
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, segment as u16);
                 }
             } else {
                 h.msg_control = std::ptr::null_mut();
                 h.msg_controllen = 0;
             }
-            first_run[n] = next_run;
-            used_iov += len;
+            count[n] = live;
+            from[n] = run.start as usize;
+            used_iov += live;
             n += 1;
-            next_run += 1;
         }
         let mut start = 0usize;
         let mut retried = false;
@@ -535,8 +561,7 @@ pub fn send_planned<'a>(
             // data that outlives the call.
             let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr().add(start), (n - start) as libc::c_uint, 0) };
             if r > 0 {
-                for m in start..start + r as usize {
-                    let len = runs[first_run[m]].len as usize;
+                for &len in &count[start..start + r as usize] {
                     result.sent += len;
                     if len > 1 {
                         result.gso_messages += 1;
@@ -559,11 +584,13 @@ pub fn send_planned<'a>(
                 retried = true;
                 continue;
             }
-            let len = runs[first_run[start]].len as usize;
+            let len = count[start];
             if len > 1 && gso_refusal(raw) {
-                // No GSO: this run and the rest, one datagram each, in the same order.
-                let from = runs[first_run[start]].start as usize;
-                let rest = send_batch(fd, order[from..].iter().map(|&i| item(i as usize)));
+                // No GSO: this run and the rest of `runs`, one datagram each, in order.
+                let rest = send_batch(
+                    fd,
+                    order[from[start]..end].iter().map(|&i| item(i as usize)).filter(|(_, d)| !d.is_empty()),
+                );
                 result.sent += rest.sent;
                 result.failed += rest.failed;
                 result.refused = true;
@@ -576,6 +603,22 @@ pub fn send_planned<'a>(
         }
     }
     result
+}
+
+const _: () = assert!(crate::gso::MAX_SEGMENTS <= SEND_BATCH);
+
+/// Fill `m` as a plain datagram (no control message) of `data` to `addr`.
+fn plain_message(m: &mut libc::mmsghdr, addr: &mut libc::sockaddr_storage, alen: libc::socklen_t, iov: &mut libc::iovec, data: &[u8]) {
+    iov.iov_base = data.as_ptr() as *mut libc::c_void;
+    iov.iov_len = data.len();
+    let h = &mut m.msg_hdr;
+    h.msg_name = addr as *mut _ as *mut libc::c_void;
+    h.msg_namelen = alen;
+    h.msg_iov = iov;
+    h.msg_iovlen = 1;
+    h.msg_flags = 0;
+    h.msg_control = std::ptr::null_mut();
+    h.msg_controllen = 0;
 }
 
 /// Wait until `sock_fd` is readable, `wake_fd` is readable, or `timeout_ms` passed.
@@ -697,6 +740,71 @@ mod tests {
             let got: Vec<Vec<u8>> = recv_all(sock, 10).into_iter().map(|(_, b)| b).collect();
             let want: Vec<Vec<u8>> = items.iter().filter(|(x, _)| *x == dests[d]).map(|(_, b)| b.clone()).collect();
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn gso_plan_skips_datagrams_emptied_after_planning() {
+        // A seal that fails after planning empties its datagram: the run goes without it.
+        let a = bind("127.0.0.1", 0).unwrap();
+        let rx = bind("127.0.0.1", 0).unwrap();
+        let dest = rx.local_addr().unwrap();
+        let mut items = burst(&[dest], 6);
+        let mut planner = crate::gso::Planner::new();
+        planner.plan(items.iter().enumerate().map(|(i, (d, b))| (i, *d, b.len())));
+        items[0].1.clear(); // the run's first: the segment size comes from the next one
+        items[3].1.clear();
+        let r = send_planned(a.as_raw_fd(), |i| (&items[i].0, items[i].1.as_slice()), planner.order(), planner.runs());
+        assert_eq!((r.sent, r.failed, r.gso_messages, r.gso_datagrams), (4, 0, 1, 4));
+        let got: Vec<Vec<u8>> = recv_all(&rx, 4).into_iter().map(|(_, b)| b).collect();
+        let want: Vec<Vec<u8>> = items.iter().filter(|(_, b)| !b.is_empty()).map(|(_, b)| b.clone()).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn gso_run_that_no_longer_fits_goes_one_datagram_each() {
+        // Planned as equal sizes, then one grew (a seal of another size): segmenting by the
+        // first one's size would cut the datagrams wrongly, so each goes alone, in order.
+        let a = bind("127.0.0.1", 0).unwrap();
+        let rx = bind("127.0.0.1", 0).unwrap();
+        let dest = rx.local_addr().unwrap();
+        let mut items = burst(&[dest], 5);
+        let mut planner = crate::gso::Planner::new();
+        planner.plan(items.iter().enumerate().map(|(i, (d, b))| (i, *d, b.len())));
+        assert_eq!(planner.runs().len(), 1);
+        items[2].1.extend_from_slice(&[1, 2, 3, 4]);
+        let r = send_planned(a.as_raw_fd(), |i| (&items[i].0, items[i].1.as_slice()), planner.order(), planner.runs());
+        assert_eq!((r.sent, r.failed, r.gso_messages), (5, 0, 0));
+        let got: Vec<Vec<u8>> = recv_all(&rx, 5).into_iter().map(|(_, b)| b).collect();
+        assert_eq!(got, items.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn gso_plan_sent_in_parts_sends_only_the_runs_given() {
+        // The engine seals and sends a plan a few runs at a time: each call sends only its
+        // runs, so what is not sealed yet never leaves early (refused or not).
+        for refuse in [false, true] {
+            let a = bind("127.0.0.1", 0).unwrap();
+            if refuse {
+                setsockopt_int(a.as_raw_fd(), libc::SO_NO_CHECK, 1).unwrap();
+            }
+            let rx: Vec<UdpSocket> = (0..4).map(|_| bind("127.0.0.1", 0).unwrap()).collect();
+            let dests: Vec<SocketAddr> = rx.iter().map(|s| s.local_addr().unwrap()).collect();
+            let items = burst(&dests, 5);
+            let mut planner = crate::gso::Planner::new();
+            planner.plan(items.iter().enumerate().map(|(i, (d, b))| (i, *d, b.len())));
+            assert_eq!(planner.runs().len(), 4);
+            let item = |i: usize| (&items[i].0, items[i].1.as_slice());
+            let r = send_planned(a.as_raw_fd(), item, planner.order(), &planner.runs()[1..3]);
+            assert_eq!((r.sent, r.failed, r.refused), (10, 0, refuse));
+            for (d, sock) in rx.iter().enumerate() {
+                if (1..3).contains(&d) {
+                    assert_eq!(recv_all(sock, 5).len(), 5, "refuse {refuse}, destination {d}");
+                } else {
+                    // Loopback delivers within the send call: nothing queued means nothing sent.
+                    assert_eq!(RecvBatch::new().recv(sock.as_raw_fd()).unwrap(), 0, "refuse {refuse}, destination {d}");
+                }
+            }
         }
     }
 

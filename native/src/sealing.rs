@@ -68,28 +68,48 @@ impl Keyring {
     /// Protect each sealed datagram of `transmits` in place (they are this worker's); those
     /// that cannot be are removed. `more` gives the key events queued since the last call.
     pub fn seal(&mut self, transmits: &mut Vec<Transmit>, mut more: impl FnMut() -> Option<KeyEvent>) -> SealCounts {
-        let mut drops = SealCounts::default();
+        let mut counts = SealCounts::default();
         if transmits.iter().all(|t| t.seal.is_none()) {
-            return drops;
+            return counts;
         }
+        self.absorb(&mut more);
+        transmits.retain_mut(|t| self.seal_one(t, &mut more, &mut counts));
+        counts
+    }
+
+    /// Apply the key events queued since the last call.
+    pub fn absorb(&mut self, more: &mut impl FnMut() -> Option<KeyEvent>) {
         while let Some(ev) = more() {
             self.apply(ev);
         }
-        transmits.retain_mut(|t| {
-            let Some(seal) = t.seal.take() else { return true };
-            let ok = match self.context(seal, &mut more) {
-                None => {
-                    drops.no_key += 1;
-                    return false;
-                }
-                Some(ctx) if seal.rtcp => ctx.protect_rtcp(&mut t.buf).is_ok(),
-                Some(ctx) => ctx.protect_rtp(&mut t.buf).is_ok(),
-            };
-            drops.failed += u64::from(!ok);
-            drops.sealed += u64::from(ok);
-            ok
-        });
-        drops
+    }
+
+    /// Protect `t` in place if it is sealed (counted in `counts`). False: it cannot be (no
+    /// context for its keys, or protection failed); its buffer is then emptied, which the
+    /// senders skip.
+    pub fn seal_one(&mut self, t: &mut Transmit, more: &mut impl FnMut() -> Option<KeyEvent>, counts: &mut SealCounts) -> bool {
+        let Some(seal) = t.seal.take() else { return true };
+        let ok = match self.context(seal, more) {
+            None => {
+                counts.no_key += 1;
+                false
+            }
+            Some(ctx) if seal.rtcp => {
+                let ok = ctx.protect_rtcp(&mut t.buf).is_ok();
+                counts.failed += u64::from(!ok);
+                ok
+            }
+            Some(ctx) => {
+                let ok = ctx.protect_rtp(&mut t.buf).is_ok();
+                counts.failed += u64::from(!ok);
+                ok
+            }
+        };
+        counts.sealed += u64::from(ok);
+        if !ok {
+            t.buf.clear();
+        }
+        ok
     }
 
     /// The context `seal` was made for, reading the key queue once more if it is not here.
@@ -129,7 +149,7 @@ mod tests {
 
     fn sealed(transport: u64, epoch: u32, buf: Vec<u8>) -> Transmit {
         let dest = Remote::udp(SocketAddr::from(([127, 0, 0, 1], 5000)));
-        Transmit { dest, buf, seal: Some(Seal { transport, epoch, owner: 1, rtcp: false }) }
+        Transmit { dest, buf, seal: Some(Seal { transport, epoch, owner: 1, rtcp: false, grow: 16 }) }
     }
 
     fn install(transport: u64, epoch: u32) -> KeyEvent {
@@ -189,5 +209,24 @@ mod tests {
         });
         assert_eq!(counts, SealCounts { sealed: 1, no_key: 0, failed: 0 });
         assert_eq!(ts.len(), 1);
+    }
+
+    #[test]
+    fn sealing_one_grows_by_the_planned_length_or_empties() {
+        // The engine plans GSO on `wire_len` before sealing: a sealed datagram must come out
+        // exactly that long, and one that cannot be sealed empty (the senders skip it).
+        let mut ring = Keyring::new();
+        let mut more = || None;
+        ring.apply(install(2, 1));
+        let mut counts = SealCounts::default();
+        let mut t = sealed(2, 1, rtp(5));
+        let planned = t.wire_len();
+        assert!(ring.seal_one(&mut t, &mut more, &mut counts));
+        assert_eq!(t.buf.len(), planned);
+        assert!(t.seal.is_none());
+        let mut gone = sealed(3, 1, rtp(6));
+        assert!(!ring.seal_one(&mut gone, &mut more, &mut counts));
+        assert!(gone.buf.is_empty());
+        assert_eq!(counts, SealCounts { sealed: 1, no_key: 1, failed: 0 });
     }
 }

@@ -941,7 +941,7 @@ fn main() {
             "\"server_io_thread_runqueue_s\": {:.3}, \"loadgen_rx_cpu_s\": {:.3}, \"loadgen_rx_runqueue_s\": {:.3}, ",
             "\"server_rss_kib\": {}, \"loadgen_cpu_share\": {:.3}, ",
             "\"lag_all_ms\": {{\"mean\": {:.1}, \"max\": {:.1}}}, ",
-            "\"latency_ms\": {{\"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max_bucket_overflow\": {}}}, ",
+            "\"latency_ms\": {{\"p1\": {}, \"p10\": {}, \"p25\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max_bucket_overflow\": {}}}, ",
             "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"producer_stale\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}, \"coalesced\": {}}}, ",
             "\"udp\": {{\"RcvbufErrors\": {}, \"SndbufErrors\": {}, \"InErrors\": {}}}, \"consent_checks_sent\": {}}}"
         ),
@@ -974,6 +974,9 @@ fn main() {
         (self1 - self0) / elapsed,
         st.lag_sum_us as f64 / st.lag_n.max(1) as f64 / 1000.0,
         st.lag_max_us as f64 / 1000.0,
+        opt(percentile(&rx.hist, 0.01)),
+        opt(percentile(&rx.hist, 0.1)),
+        opt(percentile(&rx.hist, 0.25)),
         opt(percentile(&rx.hist, 0.5)),
         opt(percentile(&rx.hist, 0.9)),
         opt(percentile(&rx.hist, 0.99)),

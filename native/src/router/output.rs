@@ -124,6 +124,12 @@ impl Transmit {
     pub fn new(dest: Remote, buf: Vec<u8>) -> Self {
         Transmit { dest, buf, seal: None }
     }
+
+    /// Its length on the wire: now, or once its owner has sealed it.
+    #[inline]
+    pub fn wire_len(&self) -> usize {
+        self.seal.map_or(self.buf.len(), |s| s.wire_len(self.buf.len()))
+    }
 }
 
 /// Egress datagrams of one call, from a pool of reusable buffers. Call `recycle` after sending

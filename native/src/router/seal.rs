@@ -26,6 +26,17 @@ pub struct Seal {
     pub owner: u16,
     /// SRTCP (else SRTP).
     pub rtcp: bool,
+    /// Bytes the protection appends (tag, SRTCP index): the datagram's wire length is its
+    /// length now plus this, which GSO planning needs before the owner seals it.
+    pub grow: u8,
+}
+
+impl Seal {
+    /// The wire length of a datagram of `len` bytes once sealed.
+    #[inline]
+    pub fn wire_len(self, len: usize) -> usize {
+        len + self.grow as usize
+    }
 }
 
 /// A transport's outbound context for its owner worker, or what it no longer needs.
@@ -62,7 +73,10 @@ impl TxSrtp {
     pub(super) fn protect_rtp(&mut self, buf: &mut Vec<u8>) -> Result<Option<Seal>, SrtpError> {
         match self.at {
             None => self.ctx.protect_rtp(buf).map(|()| None),
-            Some((owner, epoch)) => Ok(Some(Seal { transport: self.transport, epoch, owner, rtcp: false })),
+            Some((owner, epoch)) => {
+                let grow = self.ctx.profile().rtp_overhead() as u8;
+                Ok(Some(Seal { transport: self.transport, epoch, owner, rtcp: false, grow }))
+            }
         }
     }
 
@@ -70,7 +84,10 @@ impl TxSrtp {
     pub(super) fn protect_rtcp(&mut self, buf: &mut Vec<u8>) -> Result<Option<Seal>, SrtpError> {
         match self.at {
             None => self.ctx.protect_rtcp(buf).map(|()| None),
-            Some((owner, epoch)) => Ok(Some(Seal { transport: self.transport, epoch, owner, rtcp: true })),
+            Some((owner, epoch)) => {
+                let grow = self.ctx.profile().rtcp_overhead() as u8;
+                Ok(Some(Seal { transport: self.transport, epoch, owner, rtcp: true, grow }))
+            }
         }
     }
 
@@ -83,11 +100,7 @@ impl TxSrtp {
     /// The datagram's length on the wire once `seal` (if any) is applied to `len` bytes.
     #[inline]
     pub(super) fn wire_len(&self, len: usize, seal: Option<Seal>) -> usize {
-        match seal {
-            None => len,
-            Some(s) if s.rtcp => len + self.ctx.profile().rtcp_overhead(),
-            Some(_) => len + self.ctx.profile().rtp_overhead(),
-        }
+        seal.map_or(len, |s| s.wire_len(len))
     }
 
     /// Forget `ssrcs` (inline); with an owner, the `KeyEvent::Forget` to queue.
