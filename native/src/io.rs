@@ -743,15 +743,20 @@ mod tests {
         }
     }
 
+    /// A sender, a receiver, a burst of `packets` to it and the plan made of it.
+    fn one_planned_burst(packets: usize) -> (UdpSocket, UdpSocket, Vec<(SocketAddr, Vec<u8>)>, crate::gso::Planner) {
+        let a = bind("127.0.0.1", 0).unwrap();
+        let rx = bind("127.0.0.1", 0).unwrap();
+        let items = burst(&[rx.local_addr().unwrap()], packets);
+        let mut planner = crate::gso::Planner::new();
+        planner.plan(items.iter().enumerate().map(|(i, (d, b))| (i, *d, b.len())));
+        (a, rx, items, planner)
+    }
+
     #[test]
     fn gso_plan_skips_datagrams_emptied_after_planning() {
         // A seal that fails after planning empties its datagram: the run goes without it.
-        let a = bind("127.0.0.1", 0).unwrap();
-        let rx = bind("127.0.0.1", 0).unwrap();
-        let dest = rx.local_addr().unwrap();
-        let mut items = burst(&[dest], 6);
-        let mut planner = crate::gso::Planner::new();
-        planner.plan(items.iter().enumerate().map(|(i, (d, b))| (i, *d, b.len())));
+        let (a, rx, mut items, planner) = one_planned_burst(6);
         items[0].1.clear(); // the run's first: the segment size comes from the next one
         items[3].1.clear();
         let r = send_planned(a.as_raw_fd(), |i| (&items[i].0, items[i].1.as_slice()), planner.order(), planner.runs());
@@ -765,12 +770,7 @@ mod tests {
     fn gso_run_that_no_longer_fits_goes_one_datagram_each() {
         // Planned as equal sizes, then one grew (a seal of another size): segmenting by the
         // first one's size would cut the datagrams wrongly, so each goes alone, in order.
-        let a = bind("127.0.0.1", 0).unwrap();
-        let rx = bind("127.0.0.1", 0).unwrap();
-        let dest = rx.local_addr().unwrap();
-        let mut items = burst(&[dest], 5);
-        let mut planner = crate::gso::Planner::new();
-        planner.plan(items.iter().enumerate().map(|(i, (d, b))| (i, *d, b.len())));
+        let (a, rx, mut items, planner) = one_planned_burst(5);
         assert_eq!(planner.runs().len(), 1);
         items[2].1.extend_from_slice(&[1, 2, 3, 4]);
         let r = send_planned(a.as_raw_fd(), |i| (&items[i].0, items[i].1.as_slice()), planner.order(), planner.runs());
