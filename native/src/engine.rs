@@ -524,11 +524,8 @@ impl Worker {
         let (order, runs) = (planner.order(), planner.runs());
         let mut sent = 0usize;
         for chunk in runs.chunks(SEAL_CHUNK) {
-            for run in chunk {
-                for &i in &order[run.start as usize..(run.start + run.len) as usize] {
-                    keys.seal_one(&mut transmits[i as usize], &mut more, &mut counts);
-                }
-            }
+            let indices = chunk.iter().flat_map(|run| &order[run.start as usize..(run.start + run.len) as usize]);
+            keys.seal_many(transmits, indices.map(|&i| i as usize), &mut more, &mut counts);
             sent += shared.send_planned(fd, transmits, order, chunk);
         }
         shared.count_seals(me, keys, counts);

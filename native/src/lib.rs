@@ -11,6 +11,7 @@ pub mod rtcp;
 pub mod rtp;
 pub mod seq;
 pub mod srtp;
+pub mod hmac_sha1;
 
 pub mod budget;
 pub mod affinity;

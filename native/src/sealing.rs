@@ -11,7 +11,8 @@
 
 use crate::fasthash::HandleMap;
 use crate::router::{KeyEvent, Seal, Transmit};
-use crate::srtp::SrtpContext;
+use crate::hmac_sha1::LANES;
+use crate::srtp::{finish_tags, PendingTag, SrtpContext};
 
 /// What one `Keyring::seal` call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,6 +29,17 @@ pub struct SealCounts {
 #[derive(Default)]
 pub struct Keyring {
     contexts: HandleMap<(u32, SrtpContext)>,
+    /// AES-CM datagrams encrypted, their tags not computed yet: (index in the caller's
+    /// transmits, what the tag needs, the datagram's buffer taken out meanwhile).
+    pending: Vec<(usize, PendingTag, Vec<u8>)>,
+}
+
+/// How far `Keyring::start` got with one datagram.
+enum Started {
+    /// Protected (true), or it cannot be and its buffer was emptied (false).
+    Done(bool),
+    /// Encrypted; its tag is to be computed with others'.
+    Tag(PendingTag),
 }
 
 impl Keyring {
@@ -73,7 +85,12 @@ impl Keyring {
             return counts;
         }
         self.absorb(&mut more);
-        transmits.retain_mut(|t| self.seal_one(t, &mut more, &mut counts));
+        let all = 0..transmits.len();
+        self.seal_many(transmits, all, &mut more, &mut counts);
+        if counts.no_key + counts.failed > 0 {
+            // Those were emptied (nothing else is: the router sends no empty datagram).
+            transmits.retain(|t| !t.buf.is_empty());
+        }
         counts
     }
 
@@ -88,28 +105,69 @@ impl Keyring {
     /// context for its keys, or protection failed); its buffer is then emptied, which the
     /// senders skip.
     pub fn seal_one(&mut self, t: &mut Transmit, more: &mut impl FnMut() -> Option<KeyEvent>, counts: &mut SealCounts) -> bool {
-        let Some(seal) = t.seal.take() else { return true };
-        let ok = match self.context(seal, more) {
+        match self.start(t, more, counts) {
+            Started::Done(ok) => ok,
+            Started::Tag(pending) => {
+                finish_tags([(&pending, &mut t.buf)]);
+                true
+            }
+        }
+    }
+
+    /// [`Keyring::seal_one`] for `transmits[i]`, each `i` of `order` in turn; the AES-CM
+    /// tags are computed [`LANES`] datagrams at a time (`hmac_sha1.rs`).
+    pub fn seal_many(
+        &mut self,
+        transmits: &mut [Transmit],
+        order: impl IntoIterator<Item = usize>,
+        more: &mut impl FnMut() -> Option<KeyEvent>,
+        counts: &mut SealCounts,
+    ) {
+        for i in order {
+            let Some(t) = transmits.get_mut(i) else { continue };
+            if let Started::Tag(pending) = self.start(t, more, counts) {
+                self.pending.push((i, pending, std::mem::take(&mut t.buf)));
+                if self.pending.len() == LANES {
+                    self.finish_pending(transmits);
+                }
+            }
+        }
+        self.finish_pending(transmits);
+    }
+
+    /// Tag the pending datagrams and give their buffers back.
+    fn finish_pending(&mut self, transmits: &mut [Transmit]) {
+        finish_tags(self.pending.iter_mut().map(|(_, pending, buf)| (&*pending, buf)));
+        for (i, _, buf) in self.pending.drain(..) {
+            if let Some(t) = transmits.get_mut(i) {
+                t.buf = buf;
+            }
+        }
+    }
+
+    /// Protect `t` unless only its AES-CM tag is left to do (counted as sealed then).
+    fn start(&mut self, t: &mut Transmit, more: &mut impl FnMut() -> Option<KeyEvent>, counts: &mut SealCounts) -> Started {
+        let Some(seal) = t.seal.take() else { return Started::Done(true) };
+        let started = match self.context(seal, more) {
             None => {
                 counts.no_key += 1;
-                false
+                t.buf.clear();
+                return Started::Done(false);
             }
-            Some(ctx) if seal.rtcp => {
-                let ok = ctx.protect_rtcp(&mut t.buf).is_ok();
-                counts.failed += u64::from(!ok);
-                ok
-            }
-            Some(ctx) => {
-                let ok = ctx.protect_rtp(&mut t.buf).is_ok();
-                counts.failed += u64::from(!ok);
-                ok
-            }
+            Some(ctx) if seal.rtcp => Started::Done(ctx.protect_rtcp(&mut t.buf).is_ok()),
+            Some(ctx) => match ctx.protect_rtp_deferred(&mut t.buf) {
+                Ok(Some(pending)) => Started::Tag(pending),
+                Ok(None) => Started::Done(true),
+                Err(_) => Started::Done(false),
+            },
         };
-        counts.sealed += u64::from(ok);
-        if !ok {
+        if matches!(started, Started::Done(false)) {
+            counts.failed += 1;
             t.buf.clear();
+        } else {
+            counts.sealed += 1;
         }
-        ok
+        started
     }
 
     /// The context `seal` was made for, reading the key queue once more if it is not here.
@@ -228,5 +286,62 @@ mod tests {
         assert!(!ring.seal_one(&mut gone, &mut more, &mut counts));
         assert!(gone.buf.is_empty());
         assert_eq!(counts, SealCounts { sealed: 1, no_key: 1, failed: 0 });
+    }
+
+    fn cm_ctx(transport: u64) -> SrtpContext {
+        let key: Vec<u8> = (0..16).map(|i| (i as u64 * 5 + transport) as u8).collect();
+        let salt: Vec<u8> = (0..14).map(|i| (i as u64 * 3 + transport) as u8).collect();
+        SrtpContext::new(Profile::AesCm128HmacSha1_80, &key, &salt).unwrap()
+    }
+
+    #[test]
+    fn aes_cm_tags_computed_together_equal_each_packet_protected_alone() {
+        // Eleven AES-CM transports (more than one group of lanes, the last one short), one GCM
+        // transport and one without keys, visited in a scattered order with a malformed packet
+        // and a datagram of different length among them: every CM packet gets the tag of its
+        // own keys and decrypts; the others are sealed or dropped as one at a time would.
+        let mut ring = Keyring::new();
+        for tr in 1..=11u64 {
+            ring.apply(KeyEvent::Install { transport: tr, epoch: 1, owner: 1, ctx: Box::new(cm_ctx(tr)) });
+        }
+        ring.apply(install(20, 1));
+        let mut ts: Vec<Transmit> = Vec::new();
+        let mut want: Vec<Option<Vec<u8>>> = Vec::new();
+        for tr in 1..=11u64 {
+            let mut p = rtp(100 + tr as u16);
+            if tr == 5 {
+                p.extend_from_slice(&[0x11; 300]);
+            }
+            let mut w = p.clone();
+            cm_ctx(tr).protect_rtp(&mut w).unwrap();
+            want.push(Some(w));
+            ts.push(sealed(tr, 1, p));
+        }
+        let mut g = rtp(7);
+        ctx().protect_rtp(&mut g).unwrap();
+        ts.push(sealed(20, 1, rtp(7)));
+        want.push(Some(g));
+        ts.push(sealed(30, 1, rtp(8)));
+        want.push(None);
+        ts.push(sealed(3, 1, vec![0x80, 96]));
+        want.push(None);
+        let order = [12, 3, 0, 11, 7, 1, 13, 5, 2, 9, 4, 10, 6, 8];
+        let mut counts = SealCounts::default();
+        ring.seal_many(&mut ts, order, &mut || None, &mut counts);
+        assert_eq!(counts, SealCounts { sealed: 12, no_key: 1, failed: 1 });
+        for (i, (t, w)) in ts.iter().zip(&want).enumerate() {
+            assert!(t.seal.is_none(), "transmit {i} was visited");
+            match w {
+                Some(w) => assert_eq!(&t.buf, w, "transmit {i}"),
+                None => assert!(t.buf.is_empty(), "transmit {i} dropped"),
+            }
+        }
+        for tr in 1..=11u64 {
+            let mut rx = cm_ctx(tr);
+            let mut got = ts[tr as usize - 1].buf.clone();
+            rx.unprotect_rtp(&mut got).unwrap();
+            assert_eq!(got[..12], rtp(100 + tr as u16)[..12]);
+        }
+        assert!(ring.pending.is_empty(), "no buffer is left behind");
     }
 }

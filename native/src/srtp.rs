@@ -8,8 +8,9 @@
 //! Profiles: `AES_CM_128_HMAC_SHA1_80`, `AEAD_AES_128_GCM`, `AEAD_AES_256_GCM`.
 //! Session keys are derived once in [`SrtpContext::new`] (AES-CM PRF, key derivation rate 0;
 //! a 12-byte GCM master salt is used as the high 96 bits of the 112-bit PRF salt, as libsrtp
-//! does). AES key schedules are expanded once; the HMAC-SHA1 key is absorbed once and the
-//! keyed state (inner/outer pads already hashed) is cloned per packet.
+//! does). AES key schedules are expanded once; the HMAC-SHA1 key is absorbed once (inner and
+//! outer pads already hashed, `hmac_sha1.rs`). [`SrtpContext::protect_rtp_deferred`] leaves
+//! an AES-CM packet's tag to [`finish_tags`], which computes several at once.
 //!
 //! Per SSRC the context keeps: the highest RTP index seen/sent (ROC and highest sequence
 //! number, RFC 3711 §3.3.1), a 128-packet RTP replay window, and for SRTCP either the next
@@ -37,9 +38,8 @@ use aes::cipher::{
 use aes::{Aes128Enc, Aes256Enc};
 use ctr::flavors::Ctr128BE;
 use ctr::CtrCore;
-use hmac::{Hmac, Mac};
+use crate::hmac_sha1::{self, HmacSha1Key, Job};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
-use sha1::Sha1;
 
 /// Most SSRCs one context tracks (each direction of a transport).
 pub const MAX_STREAMS: usize = 4096;
@@ -161,7 +161,7 @@ impl std::error::Error for SrtpError {}
 struct CmKeys {
     aes: Aes128Enc,
     salt: [u8; 14],
-    mac: Hmac<Sha1>,
+    mac: HmacSha1Key,
 }
 
 /// AES-GCM session key (ring: AES-NI/VAES + CLMUL assembly) and salt of one of RTP / RTCP.
@@ -381,7 +381,7 @@ fn derive_keys(
             Ok(Keys::Cm(Box::new(CmKeys {
                 aes: Aes128Enc::new_from_slice(&k).map_err(|_| SrtpError::BadKey)?,
                 salt: s,
-                mac: <Hmac<Sha1> as Mac>::new_from_slice(&a).map_err(|_| SrtpError::BadKey)?,
+                mac: HmacSha1Key::new(&a),
             })))
         }
         Profile::Null => Ok(Keys::Null),
@@ -491,6 +491,50 @@ fn gcm_rtcp_iv(salt: &[u8; 12], ssrc: u32, index: u32) -> [u8; 12] {
     iv
 }
 
+/// The tag an AES-CM packet still needs ([`SrtpContext::protect_rtp_deferred`]): the
+/// transport's RTP authentication key and the packet's ROC.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingTag {
+    key: HmacSha1Key,
+    roc: [u8; 4],
+}
+
+/// Append its tag to each packet left by [`SrtpContext::protect_rtp_deferred`], computing
+/// [`hmac_sha1::LANES`] at a time.
+pub fn finish_tags<'a>(items: impl IntoIterator<Item = (&'a PendingTag, &'a mut Vec<u8>)>) {
+    let mut items = items.into_iter();
+    loop {
+        let mut group: [Option<(&PendingTag, &mut Vec<u8>)>; hmac_sha1::LANES] = Default::default();
+        let mut n = 0;
+        for slot in group.iter_mut() {
+            match items.next() {
+                Some(item) => {
+                    *slot = Some(item);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        let mut tags = [[0u8; hmac_sha1::TAG_LEN]; hmac_sha1::LANES];
+        {
+            let jobs: [Job<'_>; hmac_sha1::LANES] = std::array::from_fn(|k| match &group[k] {
+                Some((p, buf)) => Job { key: &p.key, head: buf, suffix: &p.roc },
+                None => Job { key: &group[0].as_ref().expect("one item at least").0.key, head: &[], suffix: &[] },
+            });
+            hmac_sha1::tags(&jobs[..n], &mut tags[..n]);
+        }
+        for ((_, buf), tag) in group.iter_mut().flatten().zip(&tags) {
+            buf.extend_from_slice(&tag[..HMAC_TAG_LEN]);
+        }
+        if n < hmac_sha1::LANES {
+            return;
+        }
+    }
+}
+
 impl SrtpContext {
     /// A context from the master key and salt of one direction (RFC 5764 §4.2 split).
     pub fn new(profile: Profile, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
@@ -552,6 +596,16 @@ impl SrtpContext {
     /// Encrypt the payload in place and append the tag. Does not allocate when
     /// `pkt.capacity() >= pkt.len() + profile.rtp_overhead()`.
     pub fn protect_rtp(&mut self, pkt: &mut Vec<u8>) -> Result<(), SrtpError> {
+        if let Some(pending) = self.protect_rtp_deferred(pkt)? {
+            finish_tags([(&pending, pkt)]);
+        }
+        Ok(())
+    }
+
+    /// [`SrtpContext::protect_rtp`] but for an AES-CM packet's tag, returned to be appended
+    /// by [`finish_tags`] together with other packets' (the packet stays encrypted and
+    /// untagged until then). Other profiles finish here: `None`.
+    pub fn protect_rtp_deferred(&mut self, pkt: &mut Vec<u8>) -> Result<Option<PendingTag>, SrtpError> {
         let len = pkt.len();
         let hlen = rtp_header_len(pkt, len)?;
         let seq = be16(pkt, 2).ok_or(SrtpError::TooShort)?;
@@ -578,11 +632,7 @@ impl SrtpContext {
             Keys::Cm(k) => {
                 let iv = cm_iv(&k.salt, ssrc, index);
                 aes_ctr_xor(&k.aes, &iv, pkt.get_mut(hlen..).ok_or(SrtpError::TooShort)?);
-                let mut mac = k.mac.clone();
-                mac.update(pkt);
-                mac.update(&roc.to_be_bytes());
-                let tag = mac.finalize().into_bytes();
-                pkt.extend_from_slice(tag.get(..HMAC_TAG_LEN).ok_or(SrtpError::Malformed)?);
+                return Ok(Some(PendingTag { key: k.mac, roc: roc.to_be_bytes() }));
             }
             Keys::Gcm(k) => {
                 let iv = gcm_rtp_iv(&k.salt, ssrc, roc, seq);
@@ -592,7 +642,7 @@ impl SrtpContext {
             }
             Keys::Null => {}
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Verify, check the replay window, decrypt in place and drop the tag. On error the
@@ -620,11 +670,10 @@ impl SrtpContext {
         let roc = (index >> 16) as u32;
         match &self.rtp {
             Keys::Cm(k) => {
-                let mut mac = k.mac.clone();
-                mac.update(pkt.get(..body).ok_or(SrtpError::TooShort)?);
-                mac.update(&roc.to_be_bytes());
-                mac.verify_truncated_left(pkt.get(body..).ok_or(SrtpError::TooShort)?)
-                    .map_err(|_| SrtpError::AuthFailed)?;
+                let tag = k.mac.tag(pkt.get(..body).ok_or(SrtpError::TooShort)?, &roc.to_be_bytes());
+                if !hmac_sha1::tag_matches(&tag, pkt.get(body..).ok_or(SrtpError::TooShort)?) {
+                    return Err(SrtpError::AuthFailed);
+                }
                 let iv = cm_iv(&k.salt, ssrc, index);
                 aes_ctr_xor(
                     &k.aes,
@@ -682,10 +731,8 @@ impl SrtpContext {
                 let iv = cm_iv(&k.salt, ssrc, index as u64);
                 aes_ctr_xor(&k.aes, &iv, pkt.get_mut(8..).ok_or(SrtpError::TooShort)?);
                 pkt.extend_from_slice(&word);
-                let mut mac = k.mac.clone();
-                mac.update(pkt);
-                let tag = mac.finalize().into_bytes();
-                pkt.extend_from_slice(tag.get(..HMAC_TAG_LEN).ok_or(SrtpError::Malformed)?);
+                let tag = k.mac.tag(pkt, &[]);
+                pkt.extend_from_slice(&tag[..HMAC_TAG_LEN]);
             }
             Keys::Gcm(k) => {
                 let iv = gcm_rtcp_iv(&k.salt, ssrc, index);
@@ -737,10 +784,10 @@ impl SrtpContext {
         }
         match &self.rtcp {
             Keys::Cm(k) => {
-                let mut mac = k.mac.clone();
-                mac.update(pkt.get(..tag_at).ok_or(SrtpError::TooShort)?);
-                mac.verify_truncated_left(pkt.get(tag_at..).ok_or(SrtpError::TooShort)?)
-                    .map_err(|_| SrtpError::AuthFailed)?;
+                let tag = k.mac.tag(pkt.get(..tag_at).ok_or(SrtpError::TooShort)?, &[]);
+                if !hmac_sha1::tag_matches(&tag, pkt.get(tag_at..).ok_or(SrtpError::TooShort)?) {
+                    return Err(SrtpError::AuthFailed);
+                }
                 if encrypted {
                     let iv = cm_iv(&k.salt, ssrc, index as u64);
                     aes_ctr_xor(
