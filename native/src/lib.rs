@@ -12,6 +12,7 @@ pub mod rtp;
 pub mod seq;
 pub mod srtp;
 pub mod hmac_sha1;
+pub mod aes_ctr;
 
 pub mod budget;
 pub mod affinity;

@@ -38,6 +38,7 @@ use aes::cipher::{
 use aes::{Aes128Enc, Aes256Enc};
 use ctr::flavors::Ctr128BE;
 use ctr::CtrCore;
+use crate::aes_ctr::Aes128Ctr;
 use crate::hmac_sha1::{self, HmacSha1Key, Job};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
 
@@ -159,7 +160,7 @@ impl std::error::Error for SrtpError {}
 /// AES_CM + HMAC-SHA1 session keys of one of RTP / RTCP.
 #[derive(Clone)]
 struct CmKeys {
-    aes: Aes128Enc,
+    aes: Aes128Ctr,
     salt: [u8; 14],
     mac: HmacSha1Key,
 }
@@ -379,7 +380,7 @@ fn derive_keys(
             kdf(mk, ms, l_auth, &mut a)?;
             kdf(mk, ms, l_salt, &mut s)?;
             Ok(Keys::Cm(Box::new(CmKeys {
-                aes: Aes128Enc::new_from_slice(&k).map_err(|_| SrtpError::BadKey)?,
+                aes: Aes128Ctr::new(&k),
                 salt: s,
                 mac: HmacSha1Key::new(&a),
             })))
@@ -631,7 +632,7 @@ impl SrtpContext {
         match &self.rtp {
             Keys::Cm(k) => {
                 let iv = cm_iv(&k.salt, ssrc, index);
-                aes_ctr_xor(&k.aes, &iv, pkt.get_mut(hlen..).ok_or(SrtpError::TooShort)?);
+                k.aes.apply(&iv, pkt.get_mut(hlen..).ok_or(SrtpError::TooShort)?);
                 return Ok(Some(PendingTag { key: k.mac, roc: roc.to_be_bytes() }));
             }
             Keys::Gcm(k) => {
@@ -675,11 +676,7 @@ impl SrtpContext {
                     return Err(SrtpError::AuthFailed);
                 }
                 let iv = cm_iv(&k.salt, ssrc, index);
-                aes_ctr_xor(
-                    &k.aes,
-                    &iv,
-                    pkt.get_mut(hlen..body).ok_or(SrtpError::TooShort)?,
-                );
+                k.aes.apply(&iv, pkt.get_mut(hlen..body).ok_or(SrtpError::TooShort)?);
             }
             Keys::Gcm(k) => {
                 let iv = gcm_rtp_iv(&k.salt, ssrc, roc, seq);
@@ -729,7 +726,7 @@ impl SrtpContext {
         match &self.rtcp {
             Keys::Cm(k) => {
                 let iv = cm_iv(&k.salt, ssrc, index as u64);
-                aes_ctr_xor(&k.aes, &iv, pkt.get_mut(8..).ok_or(SrtpError::TooShort)?);
+                k.aes.apply(&iv, pkt.get_mut(8..).ok_or(SrtpError::TooShort)?);
                 pkt.extend_from_slice(&word);
                 let tag = k.mac.tag(pkt, &[]);
                 pkt.extend_from_slice(&tag[..HMAC_TAG_LEN]);
@@ -790,11 +787,7 @@ impl SrtpContext {
                 }
                 if encrypted {
                     let iv = cm_iv(&k.salt, ssrc, index as u64);
-                    aes_ctr_xor(
-                        &k.aes,
-                        &iv,
-                        pkt.get_mut(8..body).ok_or(SrtpError::TooShort)?,
-                    );
+                    k.aes.apply(&iv, pkt.get_mut(8..body).ok_or(SrtpError::TooShort)?);
                 }
             }
             Keys::Gcm(k) => {
