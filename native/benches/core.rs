@@ -7,6 +7,7 @@
 //!   consumers on 1000 transports (sans-IO: the outputs are built, then recycled).
 //! - `fanout_1000_send/<profile>/{sendmmsg,sendto}`: the same plus sending the 1000 datagrams
 //!   to 1000 loopback sockets, batched (io::send_batch, sendmmsg of 64) or one sendto each.
+//! - `aes_ctr/*`, `hmac_sha1/*`: the two halves of AES-CM protection, each implementation.
 //!
 //! SRTP refuses replays, so every measured packet is a fresh one: packets are encrypted in
 //! untimed chunks and only their processing is timed (`iter_custom`).
@@ -17,6 +18,9 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hmac::{Hmac, Mac};
+use pysfu_native::aes_ctr::Aes128Ctr;
+use pysfu_native::hmac_sha1::{self, HmacSha1Key, Job};
 use pysfu_native::io;
 use pysfu_native::remote::Remote;
 use pysfu_native::router::{
@@ -24,6 +28,7 @@ use pysfu_native::router::{
 };
 use pysfu_native::rtp;
 use pysfu_native::srtp::{Profile, SrtpContext};
+use sha1::Sha1;
 
 const PROFILES: [(&str, Profile); 2] =
     [("gcm", Profile::AeadAes128Gcm), ("cm_sha1_80", Profile::AesCm128HmacSha1_80)];
@@ -292,5 +297,47 @@ fn fanout_1000_send(c: &mut Criterion) {
     fanout(c, "fanout_1000_send", 1000, &[("sendmmsg", Send::Batched), ("sendto", Send::OneByOne)]);
 }
 
-criterion_group!(benches, forward_one, fanout_1000, fanout_1000_send);
+/// The two halves of AES-CM protection on a 1,088-byte payload, each path apart:
+/// `aes_ctr/{wide,portable}` (VAES/AVX-512 or the aes/ctr crates) and
+/// `hmac_sha1/{hmac_crate,lanes_1,lanes_4}` per message (the `hmac` crate, then
+/// `hmac_sha1::tags` one and four messages at a time).
+fn crypto_parts(c: &mut Criterion) {
+    let key = [0x2bu8; 16];
+    let iv = [7u8; 16];
+    let mut payload = vec![0x5au8; 1088];
+    let ctr = Aes128Ctr::new(&key);
+    let mut g = c.benchmark_group("aes_ctr");
+    g.throughput(Throughput::Bytes(payload.len() as u64));
+    g.bench_function("wide", |b| b.iter(|| ctr.apply(black_box(&iv), &mut payload)));
+    g.bench_function("portable", |b| b.iter(|| ctr.apply_portable(black_box(&iv), &mut payload)));
+    g.finish();
+
+    let packet = vec![0x5au8; 1100];
+    let roc = [0, 0, 0, 1];
+    let keys: Vec<HmacSha1Key> = (0..4u8).map(|i| HmacSha1Key::new(&[i; 20])).collect();
+    let mut g = c.benchmark_group("hmac_sha1");
+    g.throughput(Throughput::Elements(1));
+    let reference = <Hmac<Sha1> as Mac>::new_from_slice(&[0; 20]).unwrap();
+    g.bench_function("hmac_crate", |b| {
+        b.iter(|| {
+            let mut m = reference.clone();
+            m.update(black_box(&packet));
+            m.update(&roc);
+            black_box(m.finalize().into_bytes())
+        })
+    });
+    g.bench_function("lanes_1", |b| b.iter(|| black_box(keys[0].tag(black_box(&packet), &roc))));
+    g.throughput(Throughput::Elements(4));
+    g.bench_function("lanes_4", |b| {
+        let jobs: Vec<Job<'_>> = keys.iter().map(|key| Job { key, head: &packet, suffix: &roc }).collect();
+        let mut out = [[0u8; 20]; 4];
+        b.iter(|| {
+            hmac_sha1::tags(black_box(&jobs), &mut out);
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, forward_one, fanout_1000, fanout_1000_send, crypto_parts);
 criterion_main!(benches);
