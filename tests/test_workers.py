@@ -90,11 +90,11 @@ async def test_producer_on_one_worker_consumers_on_another(
             assert sealed[w] >= FRAMES * owners.count(w), (w, sealed, owners)
         assert all(w["sealNoKey"] == 0 and w["sealFailed"] == 0 for w in after)
         assert sum(w["contexts"] for w in after) >= len(viewers) + 1, after
-        # The ingress worker left each packet, decrypted, to the other worker (one share per
-        # packet, over its share queue), which made its own viewers' copies; nothing went
-        # the other way.
+        # The ingress worker left each packet, decrypted, to each owner worker, itself
+        # included (one share per packet per worker, over its share queue), and each made its
+        # own viewers' copies.
         shares = _delta(after, before, "shares")
-        assert shares[other] == FRAMES and shares[ingress] == 0, shares
+        assert shares[other] == FRAMES and shares[ingress] == FRAMES, shares
         assert all(w["sharesFull"] == 0 and w["inboxFull"] == 0 for w in after)
         assert media.drops()["workerInboxFull"] == 0 and media.drops()["workerSharesFull"] == 0
         await host_client.leave(ROOM)

@@ -29,7 +29,7 @@ use crate::plain_io::PlainSockets;
 use crate::poller::{Events, Poller, READABLE};
 use crate::remote::{Remote, Via};
 use crate::tcp::{self, Frames, TcpEdge};
-use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, SrtpKeys, StatValue, Transmit};
+use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, Share, SrtpKeys, StatValue, Transmit};
 use crate::wake::EventFd;
 use crate::sealing::{Keyring, SealCounts};
 use crate::workers::{Batch, Mesh, Partitioner, MAX_WORKERS, NO_WORKER};
@@ -47,6 +47,12 @@ const SEND_EARLY_AT_GSO: usize = 4096;
 /// Messages of a GSO plan sealed, then sent, at a time (`Worker::seal_send`): a few viewers'
 /// bursts, small enough to stay in cache between protection and the kernel's copy.
 const SEAL_CHUNK: usize = 8;
+/// Consumers of each share a worker forwards per hold of the router (`Worker::run_shares`):
+/// it then releases the router and sends them, so the first viewers' datagrams of a frame
+/// leave while the rest are made, and the other worker can take the router in between.
+const SHARE_PART: usize = 8;
+/// Shares a worker takes from its queue at a time (their parts are run together).
+const SHARES_AT_ONCE: usize = 64;
 /// While UDP keeps the thread busy, TCP readiness is looked at this often (no extra syscall
 /// per UDP batch).
 const TCP_POLL_EVERY: Duration = Duration::from_millis(1);
@@ -356,25 +362,27 @@ impl Shared {
     }
 
     /// Queue the shares the router left to their workers (after the key events: a share's
-    /// consumers' contexts are queued first) and wake them. Call with the router lock.
-    fn publish_shares(&self, st: &mut State) {
+    /// consumers' contexts are queued first) and wake them, except the calling worker `me`
+    /// (it runs its own next). Call with the router lock.
+    fn publish_shares(&self, st: &mut State, me: Option<usize>) {
         if !st.router.has_shares() {
             return;
         }
         let mut woken = 0u64;
         for share in st.router.take_shares() {
             let to = share.to;
-            if self.mesh.push_share(share) && woken & (1 << to.min(63)) == 0 {
+            if self.mesh.push_share(share) && Some(to) != me && woken & (1 << to.min(63)) == 0 {
                 woken |= 1 << to.min(63);
                 self.workers[to].wake.set();
             }
         }
     }
 
-    /// Set the up fd if there is something to drain and it is not set yet. Call with the lock.
-    fn signal(&self, st: &mut State) {
+    /// Set the up fd if there is something to drain and it is not set yet; queue the key
+    /// events and shares (`me`: the calling worker). Call with the lock.
+    fn signal(&self, st: &mut State, me: Option<usize>) {
         self.publish_keys(st);
-        self.publish_shares(st);
+        self.publish_shares(st, me);
         if !st.signalled && st.router.has_upcalls() {
             st.signalled = true;
             self.up_fd.set();
@@ -392,6 +400,8 @@ struct Worker {
     part: Partitioner,
     /// The outbound SRTP contexts of the transports this worker owns.
     keys: Keyring,
+    /// The shares being run (`run_shares`), each with its consumers once taken.
+    shares: Vec<(Share, Option<Arc<[Handle]>>)>,
 }
 
 impl Worker {
@@ -404,6 +414,7 @@ impl Worker {
             planner: Planner::new(),
             part: Partitioner::new(me, shared.workers.len()),
             keys: Keyring::new(),
+            shares: Vec::with_capacity(SHARES_AT_ONCE),
         }
     }
 
@@ -447,33 +458,58 @@ impl Worker {
         }
     }
 
-    /// Forward the producer packets other workers left for this one's consumers
-    /// (`router/share.rs`), under the router lock, then send what they made.
+    /// Forward the producer packets left for this worker's consumers (`router/share.rs`; by
+    /// any worker, this one included), then send what they made. The shares taken at once
+    /// are run in parts of `SHARE_PART` consumers each, the router held for one part and
+    /// released while the part is sealed and sent.
     fn run_shares(&mut self, shared: &Shared) {
-        if !shared.mesh.has_shares(self.me) {
-            return;
+        while shared.mesh.has_shares(self.me) {
+            self.shares.clear();
+            while self.shares.len() < SHARES_AT_ONCE {
+                let Some(share) = shared.mesh.pop_share(self.me) else { break };
+                self.shares.push((share, None));
+            }
+            let mut from = 0;
+            while self.run_share_part(shared, from) {
+                from += SHARE_PART;
+            }
+            self.shares.clear();
         }
+    }
+
+    /// Consumers `from..from + SHARE_PART` of each share taken (their lists are taken on
+    /// the first part, all under one hold of the router), then sent. Whether any share has
+    /// consumers past this part.
+    fn run_share_part(&mut self, shared: &Shared, from: usize) -> bool {
+        let mut more = false;
         {
             let mut st = shared.state.lock();
             let st = &mut *st;
             let now = Instant::now();
-            let early_at = early_at(shared);
             st.router.act_as(Some(self.me));
-            while let Some(share) = shared.mesh.pop_share(self.me) {
-                if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.run_share(now, share, &mut self.out))) {
-                    on_io_panic(shared, st, &*e);
+            for (share, list) in self.shares.iter_mut() {
+                if from == 0 {
+                    *list = st.router.share_consumers(share);
                 }
-                if self.out.transmits.len() >= early_at {
-                    self.dispatch(shared);
+                let Some(list) = list.as_deref() else { continue };
+                let part = &list[from.min(list.len())..(from + SHARE_PART).min(list.len())];
+                more |= from + SHARE_PART < list.len();
+                if part.is_empty() {
+                    continue;
+                }
+                let out = &mut self.out;
+                if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.run_share_part(now, share, part, out))) {
+                    on_io_panic(shared, st, &*e);
                 }
             }
             st.router.act_as(None);
             if self.me != 0 {
                 shared.note_timer(st.router.poll_timeout());
             }
-            shared.signal(st);
+            shared.signal(st, Some(self.me));
         }
         self.dispatch(shared);
+        more
     }
 
     /// Send `out`: the other workers' shares handed to their inboxes (each woken), this
@@ -612,9 +648,11 @@ fn side_worker(shared: Arc<Shared>, me: usize) {
             let st = &mut *st;
             w.route_udp(&shared, st, n, now, early_at(&shared));
             shared.note_timer(st.router.poll_timeout());
-            shared.signal(st);
+            shared.signal(st, Some(me));
         }
         w.dispatch(&shared);
+        // The shares this batch left for this worker's own consumers.
+        w.run_shares(&shared);
     }
 }
 
@@ -717,7 +755,7 @@ fn io_thread(shared: Arc<Shared>) {
             }
             let next = shared.timer_ns(st.router.poll_timeout());
             shared.timer_at.store(next, Ordering::Release);
-            shared.signal(st);
+            shared.signal(st, Some(0));
         }
         if !proven.is_empty() {
             if let Some(tcp) = &shared.tcp {
@@ -731,6 +769,7 @@ fn io_thread(shared: Arc<Shared>) {
             last_tick = now;
         }
         w.dispatch(&shared);
+        w.run_shares(&shared);
     }
 }
 
@@ -759,7 +798,7 @@ fn plain_thread(shared: Arc<Shared>) {
                     on_io_panic(&shared, st, &*e);
                 }
             }
-            shared.signal(st);
+            shared.signal(st, None);
         }
         shared.send(&mut out);
     });

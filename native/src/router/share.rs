@@ -1,15 +1,20 @@
 //! Fan-out by owner worker (`workers` > 1): the consumers of a producer packet are forwarded
 //! by the worker that owns their transport, not all by the worker that received the packet.
 //!
-//! The ingress worker decrypts the packet once, forwards it to its own share of the consumers
-//! (and to those no worker owns: plain/pipe transports, transports without keys yet), and
-//! leaves one `Share` per other owner worker that has consumers of the producer: the
-//! decrypted packet with what the consumers need of it. The engine queues each share to its
-//! worker (bounded; full: dropped and counted), which takes the router and forwards it to its
-//! own consumers (`run_share`): their copies are made, rewritten and protected on the core
-//! that sends them, and the ingress worker's work per packet no longer grows with every
-//! consumer of the fan-out. One producer's packets come from one ingress worker and its
-//! shares are queued in order, so each consumer still gets them in order.
+//! The ingress worker decrypts the packet once, forwards it to the consumers no worker owns
+//! (plain/pipe transports, transports without keys yet) and leaves one `Share` per owner
+//! worker that has consumers of the producer, itself included: the decrypted packet with
+//! what the consumers need of it. The engine queues each share to its worker (bounded; full:
+//! dropped and counted), which forwards it to its own consumers (`share_consumers`, then
+//! `run_share_part` over parts of that list): their copies are made, rewritten and protected
+//! on the core that sends them. Routing a receive batch is then only its ingress work
+//! (decryption, stream learning, NACK bookkeeping), so the other worker is handed its shares
+//! at once instead of after the whole fan-out, and each worker can forward a few consumers,
+//! send them and go on (the engine releases the router between parts): the first datagrams
+//! of a frame leave while the rest are still being made. One producer's packets come from
+//! one ingress worker and its shares are queued in order; a worker runs the shares it took in
+//! parts of the same consumer positions of each share's list (taken for all of them at once),
+//! so each consumer still gets them in order.
 //!
 //! Producers whose layers are selected by the dependency descriptor (AV1, H264 with the
 //! extension negotiated) are forwarded whole by the ingress worker, as with one worker: a
@@ -20,8 +25,12 @@
 //! order.
 //!
 //! Which consumers are whose is cached per producer (`OwnerSplit`) and rebuilt when a
-//! consumer comes or goes or a transport is (re)keyed (`Shares::changed`).
+//! consumer comes or goes or a transport is (re)keyed (`Shares::changed`). A worker's list is
+//! shared (`Arc`): the snapshot a worker takes for its shares stays as it was while the
+//! router is released between parts; a consumer removed meanwhile is skipped, one added
+//! meanwhile starts with the next packets.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::fasthash::HandleMap;
@@ -73,7 +82,7 @@ pub(super) struct OwnerSplit {
     /// Consumers no worker owns (forwarded by whoever routes the packet).
     anyone: Vec<Handle>,
     /// Index = worker.
-    by_worker: Vec<Vec<Handle>>,
+    by_worker: Vec<Arc<[Handle]>>,
 }
 
 impl OwnerSplit {
@@ -83,8 +92,7 @@ impl OwnerSplit {
         }
         self.built = Some(generation);
         self.anyone.clear();
-        self.by_worker.resize_with(workers, Vec::new);
-        self.by_worker.iter_mut().for_each(Vec::clear);
+        let mut by_worker: Vec<Vec<Handle>> = vec![Vec::new(); workers];
         for &ch in all {
             let owner = consumers
                 .get(&ch)
@@ -93,10 +101,11 @@ impl OwnerSplit {
                 .and_then(|tx| tx.owner())
                 .filter(|&o| o < workers);
             match owner {
-                Some(o) => self.by_worker[o].push(ch),
+                Some(o) => by_worker[o].push(ch),
                 None => self.anyone.push(ch),
             }
         }
+        self.by_worker = by_worker.into_iter().map(Arc::from).collect();
     }
 }
 
@@ -118,15 +127,31 @@ impl Router {
         !self.shares.out.is_empty()
     }
 
-    /// Forward `share` to the consumers of its worker (the one running this), at `now`.
-    pub fn run_share(&mut self, now: Instant, share: Share, out: &mut Output) {
+    /// The consumers `share`'s worker forwards it to, as they are now (None: its producer
+    /// is gone). The engine takes this once per share and runs the share over parts of it.
+    pub fn share_consumers(&mut self, share: &Share) -> Option<Arc<[Handle]>> {
         let workers = self.sealing.workers();
-        let Router { transports, producers, consumers, drops, first_media, shares, .. } = self;
-        let Some(p) = producers.get_mut(&share.producer) else { return };
+        let Router { transports, producers, consumers, shares, .. } = self;
+        let p = producers.get_mut(&share.producer)?;
         if share.to >= workers {
-            return;
+            return None;
         }
         p.split.refresh(shares.generation, workers, &p.consumers, consumers, transports);
+        Some(p.split.by_worker[share.to].clone())
+    }
+
+    /// Forward `share` to all of its worker's consumers (the one running this), at `now`.
+    pub fn run_share(&mut self, now: Instant, share: &Share, out: &mut Output) {
+        if let Some(list) = self.share_consumers(share) {
+            self.run_share_part(now, share, &list, out);
+        }
+    }
+
+    /// Forward `share` to `part` (consumers of `share_consumers`; those gone since are
+    /// skipped), at `now`.
+    pub fn run_share_part(&mut self, now: Instant, share: &Share, part: &[Handle], out: &mut Output) {
+        let Router { transports, producers, consumers, drops, first_media, .. } = self;
+        let Some(p) = producers.get_mut(&share.producer) else { return };
         let ingress = Ingress {
             data: &share.data,
             hdr: &share.hdr,
@@ -139,7 +164,7 @@ impl Router {
             dd: None,
         };
         let mut cx = Fanout { transports, drops, out, first_media, key_frame_wanted: false };
-        let (packets, bytes) = fan_out(consumers, &p.split.by_worker[share.to], &ingress, &mut cx, now);
+        let (packets, bytes) = fan_out(consumers, part, &ingress, &mut cx, now);
         let key_frame_wanted = cx.key_frame_wanted;
         p.stats.packets_out += packets;
         p.stats.bytes_out += bytes;
@@ -153,10 +178,10 @@ impl Router {
 }
 
 /// Forward `ingress` (of producer `ph`, whose consumers are `all`, split by owner in
-/// `split`) to the consumers the acting worker forwards and leave a share for each other
-/// worker with consumers of it; with no acting worker, or for a producer that is not
-/// `splittable` (its layers selected by the dependency descriptor), to every consumer. The
-/// packets and bytes queued here.
+/// `split`) to the consumers no worker owns and leave a share for each worker with consumers
+/// of it, the acting one included; with no acting worker, or for a producer that is not
+/// `splittable` (its layers selected by the dependency descriptor), forward it to every
+/// consumer. The packets and bytes queued here.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(super) fn fan_out_split(
@@ -171,14 +196,13 @@ pub(super) fn fan_out_split(
     cx: &mut Fanout<'_>,
     now: Instant,
 ) -> (u64, u64) {
-    let Some(me) = shares.acting.filter(|_| splittable) else {
+    if shares.acting.is_none() || !splittable {
         return fan_out(consumers, all, ingress, cx, now);
-    };
+    }
     split.refresh(shares.generation, workers, all, consumers, cx.transports);
-    let a = fan_out(consumers, &split.anyone, ingress, cx, now);
-    let b = fan_out(consumers, &split.by_worker[me], ingress, cx, now);
+    let forwarded = fan_out(consumers, &split.anyone, ingress, cx, now);
     for (to, list) in split.by_worker.iter().enumerate() {
-        if to != me && !list.is_empty() {
+        if !list.is_empty() {
             shares.out.push(Share {
                 to,
                 producer: ph,
@@ -192,5 +216,5 @@ pub(super) fn fan_out_split(
             });
         }
     }
-    (a.0 + b.0, a.1 + b.1)
+    forwarded
 }

@@ -1,6 +1,6 @@
 //! Several workers, fan-out by owner (`share.rs`): the worker that receives a producer packet
-//! forwards it to its own consumers and leaves one share per other owner worker, which
-//! forwards it to its consumers; together they send what one worker sends.
+//! leaves one share per owner worker (itself included), which forwards it to its consumers,
+//! whole or in parts; together they send what one worker sends.
 
 use super::*;
 use crate::sealing::Keyring;
@@ -76,11 +76,10 @@ fn run_split(ingress: usize, n: u16, late: bool) -> (Router, HashMap<u16, Vec<Ve
         r.act_as(Some(ingress));
         r.handle_datagram(now, addr(1000), &host_packet(&mut host, 100 + i), &mut out);
         r.act_as(None);
-        for t in &out.transmits {
-            if t.dest.port() != 1000 {
-                assert_eq!(t.seal.unwrap().owner as usize, ingress, "the ingress worker forwards only its own consumers");
-            }
-        }
+        assert!(
+            out.transmits.iter().all(|t| t.dest.port() == 1000),
+            "the ingress worker leaves every owned consumer to its owner's share, its own included"
+        );
         seal_into(&mut rings, std::mem::take(&mut out.transmits), &mut got);
         pending.extend(r.take_shares());
         if !late {
@@ -97,7 +96,7 @@ fn run_shares(r: &mut Router, now: Instant, rings: &mut [Keyring], pending: &mut
         targets.push(to);
         let mut out = Output::new();
         r.act_as(Some(to));
-        r.run_share(now, share, &mut out);
+        r.run_share(now, &share, &mut out);
         r.act_as(None);
         assert!(r.take_shares().is_empty(), "a share makes no further shares");
         for t in &out.transmits {
@@ -134,14 +133,120 @@ fn each_owner_forwards_its_consumers_and_together_they_send_what_one_worker_send
         for late in [false, true] {
             let (r, got, targets) = run_split(ingress, 40, late);
             assert_eq!(got, want, "ingress {ingress}, shares run late: {late}");
-            assert_eq!(targets.len(), 40, "one share per packet for the one other owner");
-            assert!(targets.iter().all(|&t| t != ingress));
+            assert_eq!(targets.len(), 80, "one share per packet for each owner");
+            for w in 0..WORKERS {
+                assert_eq!(targets.iter().filter(|&&t| t == w).count(), 40, "worker {w}'s shares");
+            }
             for h in [10, 20, 30, 40, 50, 60, 70, 80, 90] {
                 assert_eq!(stat(&r, h, "packetsSent"), stat(&inline, h, "packetsSent"), "object {h}");
                 assert_eq!(stat(&r, h, "bytesSent"), stat(&inline, h, "bytesSent"), "object {h}");
             }
         }
     }
+}
+
+/// Each worker's shares of `pending`, with their consumer lists taken now, all at once.
+fn lists_of(r: &mut Router, pending: Vec<Share>, w: usize) -> Vec<(Share, std::sync::Arc<[Handle]>)> {
+    pending.into_iter().filter(|s| s.to == w).map(|s| {
+        let l = r.share_consumers(&s).expect("producer");
+        (s, l)
+    }).collect()
+}
+
+/// Run `shares` of worker `w` over consumer positions `at` of each list.
+fn run_part(r: &mut Router, now: Instant, w: usize, shares: &[(Share, std::sync::Arc<[Handle]>)], at: std::ops::Range<usize>, rings: &mut [Keyring], got: &mut HashMap<u16, Vec<Vec<u8>>>) {
+    let mut out = Output::new();
+    r.act_as(Some(w));
+    for (s, l) in shares {
+        r.run_share_part(now, s, &l[at.start.min(l.len())..at.end.min(l.len())], &mut out);
+    }
+    r.act_as(None);
+    for t in &out.transmits {
+        assert_eq!(t.seal.unwrap().owner as usize, w, "a share's worker forwards its own consumers only");
+    }
+    seal_into(rings, out.transmits, got);
+}
+
+#[test]
+fn shares_run_in_parts_send_every_consumer_what_one_worker_sends_in_order() {
+    let (_, want) = one_worker(12);
+    for part in [1usize, 3, 8] {
+        let (mut r, now, mut host, mut rings) = room_of(WORKERS);
+        let mut got = HashMap::new();
+        // Batches of 4 packets; each worker takes a batch's shares and runs them part by
+        // part (the same consumer positions of every share), as the engine does.
+        for batch in 0..3u16 {
+            let mut pending = Vec::new();
+            for i in 0..4 {
+                let mut out = Output::new();
+                r.act_as(Some(0));
+                r.handle_datagram(now, addr(1000), &host_packet(&mut host, 100 + batch * 4 + i), &mut out);
+                r.act_as(None);
+                seal_into(&mut rings, std::mem::take(&mut out.transmits), &mut got);
+                pending.extend(r.take_shares());
+            }
+            assert_eq!(pending.len(), 4 * WORKERS);
+            let mut by_worker: Vec<Vec<Share>> = (0..WORKERS).map(|_| Vec::new()).collect();
+            for s in pending {
+                by_worker[s.to].push(s);
+            }
+            for (w, shares) in by_worker.into_iter().enumerate() {
+                let shares = lists_of(&mut r, shares, w);
+                let longest = shares.iter().map(|(_, l)| l.len()).max().unwrap();
+                for from in (0..longest).step_by(part) {
+                    run_part(&mut r, now, w, &shares, from..from + part, &mut rings, &mut got);
+                }
+            }
+        }
+        assert_eq!(got, want, "parts of {part}");
+    }
+}
+
+#[test]
+fn a_consumer_removed_between_parts_is_skipped_and_one_added_starts_with_a_later_packet() {
+    let (mut r, now, mut host, mut rings) = room_of(WORKERS);
+    let mut out = Output::new();
+    r.act_as(Some(0));
+    r.handle_datagram(now, addr(1000), &host_packet(&mut host, 100), &mut out);
+    r.act_as(None);
+    let mut got = HashMap::new();
+    let pending = r.take_shares();
+    let mut by_worker: Vec<Vec<Share>> = (0..WORKERS).map(|_| Vec::new()).collect();
+    for s in pending {
+        by_worker[s.to].push(s);
+    }
+    let runs: Vec<_> = by_worker.into_iter().enumerate().map(|(w, shares)| lists_of(&mut r, shares, w)).collect();
+    for (w, shares) in runs.iter().enumerate() {
+        run_part(&mut r, now, w, shares, 0..1, &mut rings, &mut got);
+    }
+    // Between the parts: the last consumer of worker 0's list goes, viewer 11 comes.
+    let gone = *runs[0][0].1.last().unwrap();
+    assert!(runs[0][0].1.len() > 1);
+    r.remove_consumer(gone).unwrap();
+    connect(&mut r, now, 11, 11_000, &mut out);
+    r.add_consumer(now, 110, 11, 10, consumer_spec(0xB000, "c0", false), &mut out).unwrap();
+    deliver_keys(&mut r, &mut rings);
+    for (w, shares) in runs.iter().enumerate() {
+        run_part(&mut r, now, w, shares, 1..usize::MAX, &mut rings, &mut got);
+    }
+    let gone_port = (gone * 100) as u16;
+    assert!(!got.contains_key(&gone_port), "the removed consumer got nothing");
+    assert!(!got.contains_key(&11_000), "the new consumer was not in the lists taken");
+    assert_eq!(got.keys().filter(|&&p| p != 1000).count(), VIEWERS as usize - 1);
+    // The next packet (a key frame) reaches the new viewer.
+    let mut key_frame = rtp_packet(0x1234, 101, VP8_PT, Some("0"), &vp8_payload(true));
+    host.protect_rtp(&mut key_frame).unwrap();
+    r.act_as(Some(0));
+    r.handle_datagram(now, addr(1000), &key_frame, &mut out);
+    r.act_as(None);
+    for share in r.take_shares() {
+        let mut out = Output::new();
+        r.act_as(Some(share.to));
+        r.run_share(now, &share, &mut out);
+        r.act_as(None);
+        seal_into(&mut rings, out.transmits, &mut got);
+    }
+    assert!(got.contains_key(&11_000), "the new viewer got the next packet");
 }
 
 #[test]
@@ -192,11 +297,12 @@ fn a_share_whose_producer_went_forwards_nothing() {
     r.handle_datagram(now, addr(1000), &host_packet(&mut host, 100), &mut out);
     r.act_as(None);
     let shares = r.take_shares();
-    assert_eq!(shares.len(), 1);
+    assert_eq!(shares.len(), WORKERS, "a share for each owner");
     r.remove_producer(10).unwrap();
     for share in shares {
         let mut out = Output::new();
-        r.run_share(now, share, &mut out);
+        assert!(r.share_consumers(&share).is_none());
+        r.run_share(now, &share, &mut out);
         assert!(out.transmits.is_empty());
     }
     assert_eq!(r.counts().consumers, 0);
