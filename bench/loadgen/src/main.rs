@@ -46,6 +46,10 @@ const KIND_VIDEO: u8 = 1;
 const KIND_AUDIO: u8 = 2;
 /// Latency histogram: 1 µs buckets up to this, then one overflow bucket.
 const HIST_US: usize = 200_000;
+/// Each viewer's own latency histogram (its median in the JSON's `viewer_p50_ms`, in viewer
+/// order): buckets of this many µs, up to `VIEWER_HIST_BUCKETS` of them, then overflow.
+const VIEWER_HIST_STEP_US: usize = 20;
+const VIEWER_HIST_BUCKETS: usize = 500;
 const RECV_BATCH: usize = 32;
 const SLOT: usize = 2048;
 /// With `viewer_gro` on: a coalesced receive holds up to 64 KiB (one GSO message), so the
@@ -412,6 +416,7 @@ struct Viewer {
     audio_ssrc: u32,
     video: StreamState,
     audio: StreamState,
+    hist: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -615,6 +620,7 @@ impl Receiver {
             }
             let us = (stamp.saturating_sub(sent) / 1000) as usize;
             self.hist[us.min(HIST_US)] += 1;
+            v.hist[(us / VIEWER_HIST_STEP_US).min(VIEWER_HIST_BUCKETS)] += 1;
         } else {
             self.stats.late_or_early += 1;
         }
@@ -861,6 +867,7 @@ fn main() {
             audio_ssrc: v.audio_ssrc,
             video: StreamState::default(),
             audio: StreamState::default(),
+            hist: vec![0; VIEWER_HIST_BUCKETS + 1],
         })
         .collect();
     let now = realtime_ns();
@@ -943,7 +950,7 @@ fn main() {
             "\"lag_all_ms\": {{\"mean\": {:.1}, \"max\": {:.1}}}, ",
             "\"latency_ms\": {{\"p1\": {}, \"p10\": {}, \"p25\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max_bucket_overflow\": {}}}, ",
             "\"checks\": {{\"rtp\": {}, \"rtcp\": {}, \"rtcp_bad\": {}, \"decrypt_errors\": {}, \"unknown_ssrc\": {}, \"malformed\": {}, \"seq_errors\": {}, \"reordered\": {}, \"outside_window\": {}, \"producer_rtcp\": {}, \"producer_stale\": {}, \"plis\": {}, \"other\": {}, \"recv_calls\": {}, \"coalesced\": {}}}, ",
-            "\"udp\": {{\"RcvbufErrors\": {}, \"SndbufErrors\": {}, \"InErrors\": {}}}, \"consent_checks_sent\": {}}}"
+            "\"udp\": {{\"RcvbufErrors\": {}, \"SndbufErrors\": {}, \"InErrors\": {}}}, \"consent_checks_sent\": {}, \"viewer_p50_ms\": [{}]}}"
         ),
         n,
         cfg.profile.name(),
@@ -1001,5 +1008,23 @@ fn main() {
         d("SndbufErrors"),
         d("InErrors"),
         consent_sent,
+        viewer_p50s(&rx.viewers),
     );
+}
+
+/// Each viewer's median latency in ms (`VIEWER_HIST_STEP_US` resolution, the bucket's middle),
+/// comma-separated in viewer order; `null` for a viewer that received nothing in the window.
+fn viewer_p50s(viewers: &[Viewer]) -> String {
+    let step = VIEWER_HIST_STEP_US as f64 / 1000.0;
+    let median = |h: &[u32]| {
+        let total: u64 = h.iter().map(|&c| c as u64).sum();
+        let mut acc = 0u64;
+        h.iter().position(|&c| {
+            acc += c as u64;
+            total > 0 && acc * 2 >= total
+        })
+    };
+    let parts: Vec<String> =
+        viewers.iter().map(|v| median(&v.hist).map_or("null".into(), |b| format!("{:.3}", (b as f64 + 0.5) * step))).collect();
+    parts.join(", ")
 }
