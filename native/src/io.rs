@@ -1,5 +1,5 @@
 //! UDP edge: one non-blocking socket, batched receive (recvmmsg) and batched send (sendmmsg).
-//! Nothing here knows about RTP; the router is fed and drained by `engine.rs`.
+//! Nothing here knows about RTP; the router is fed and drained by `engine/`.
 
 use std::io;
 use std::mem;

@@ -1,7 +1,7 @@
 //! Where a datagram came from and where one goes: a remote address and the local socket kind
 //! it is reached through. A UDP flow and a TCP connection from the same ip:port are different
 //! remotes. The router keys tuples by `Remote` and knows nothing else of sockets; the I/O edge
-//! (`engine.rs`) maps a `Via` to a socket (the UDP media socket, a TCP connection). More
+//! (`engine/`) maps a `Via` to a socket (the UDP media socket, a TCP connection). More
 //! socket kinds are new `Via` variants.
 
 use std::fmt;
