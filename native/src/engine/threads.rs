@@ -52,12 +52,7 @@ pub(super) fn side_worker(shared: Arc<Shared>, me: usize) {
 
 /// Worker 0: its UDP socket, TCP (listener and connections), the router's timers.
 pub(super) fn io_thread(shared: Arc<Shared>) {
-    let mut w = Worker::new(&shared, 0);
-    let mut events = Events::new(256);
-    let mut frames = Frames::default();
-    let mut proven: Vec<std::net::SocketAddr> = Vec::new();
-    let mut last_tick = Instant::now();
-    let mut last_tcp_poll = last_tick;
+    let mut z = Zero::new(&shared);
     loop {
         // The router's next timer (NACK retries, reports), refreshed after each locked
         // section here and lowered by the other workers.
@@ -65,105 +60,147 @@ pub(super) fn io_thread(shared: Arc<Shared>) {
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        w.absorb_returns(&shared);
-        let n = if shared.udp { w.batch.recv(w.fd).unwrap_or_default() } else { 0 };
-        // Wait when UDP is idle; otherwise only glance at TCP now and then.
-        let ready = if n == 0 {
-            let mut wait = TICK.saturating_sub(last_tick.elapsed());
+        z.w.absorb_returns(&shared);
+        let n = if shared.udp { z.w.batch.recv(z.w.fd).unwrap_or_default() } else { 0 };
+        let ready = z.wait(&shared, n, deadline);
+        if ready > 0 && z.events.iter().any(|e| e.token == TOKEN_WAKE) {
+            shared.workers[0].wake.reset();
+        }
+        z.w.drain_inbox(&shared);
+        z.w.run_shares(&shared);
+        let now = Instant::now();
+        z.frames.clear();
+        let Some(closed) = z.poll_tcp(&shared, ready, n, now) else { break };
+        let tick = now.duration_since(z.last_tick) >= TICK || deadline.is_some_and(|d| now >= d);
+        if n == 0 && !tick && z.frames.is_empty() && closed.is_empty() {
+            continue;
+        }
+        z.route(&shared, n, now, tick, closed);
+        if tick {
+            z.last_tick = now;
+        }
+        z.w.dispatch(&shared);
+        z.w.run_shares(&shared);
+    }
+}
+
+/// Worker 0's loop state: its worker, its epoll events, the TCP frames read and the
+/// connections whose STUN the router proved, and when it last ticked and looked at TCP.
+struct Zero {
+    w: Worker,
+    events: Events,
+    frames: Frames,
+    proven: Vec<std::net::SocketAddr>,
+    last_tick: Instant,
+    last_tcp_poll: Instant,
+}
+
+impl Zero {
+    fn new(shared: &Shared) -> Self {
+        let now = Instant::now();
+        Zero {
+            w: Worker::new(shared, 0),
+            events: Events::new(256),
+            frames: Frames::default(),
+            proven: Vec::new(),
+            last_tick: now,
+            last_tcp_poll: now,
+        }
+    }
+
+    /// Wait when UDP is idle (`n` = 0: until the tick or the router's `deadline`); otherwise
+    /// only glance at TCP now and then. The events ready.
+    fn wait(&mut self, shared: &Shared, n: usize, deadline: Option<Instant>) -> usize {
+        if n == 0 {
+            let mut wait = TICK.saturating_sub(self.last_tick.elapsed());
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(Instant::now()));
             }
             let ms = wait.as_millis().clamp(1, 1000) as i32;
-            shared.poller.wait(&mut events, ms)
-        } else if shared.tcp.is_some() && last_tcp_poll.elapsed() >= TCP_POLL_EVERY {
-            shared.poller.wait(&mut events, 0)
+            shared.poller.wait(&mut self.events, ms)
+        } else if shared.tcp.is_some() && self.last_tcp_poll.elapsed() >= TCP_POLL_EVERY {
+            shared.poller.wait(&mut self.events, 0)
         } else {
-            events.clear();
+            self.events.clear();
             0
+        }
+    }
+
+    /// Accept, read (into `frames`) and sweep TCP connections as the events and the tick say:
+    /// the addresses of the connections closed, or None when the engine is stopping.
+    fn poll_tcp(&mut self, shared: &Shared, ready: usize, n: usize, now: Instant) -> Option<Vec<std::net::SocketAddr>> {
+        let Some(tcp) = &shared.tcp else {
+            let stop = ready > 0 && self.events.iter().any(|e| e.token == TOKEN_STOP);
+            return (!stop).then(Vec::new);
         };
-        if ready > 0 && events.iter().any(|e| e.token == TOKEN_WAKE) {
-            shared.workers[0].wake.reset();
+        if n == 0 || now.duration_since(self.last_tcp_poll) >= TCP_POLL_EVERY {
+            self.last_tcp_poll = now; // polled just now (waited, or looked)
         }
-        w.drain_inbox(&shared);
-        w.run_shares(&shared);
-        let now = Instant::now();
+        let tick = now.duration_since(self.last_tick) >= TICK;
+        let tcp_events = ready > 0 && self.events.iter().any(|e| e.token != TOKEN_UDP && e.token != TOKEN_WAKE);
+        if !tcp_events && !tick {
+            return Some(Vec::new());
+        }
+        let mut tcp = tcp.lock();
         let mut stop = false;
-        let mut closed = Vec::new();
-        frames.clear();
-        if let Some(tcp) = &shared.tcp {
-            if n == 0 || now.duration_since(last_tcp_poll) >= TCP_POLL_EVERY {
-                last_tcp_poll = now; // polled just now (waited, or looked)
+        for ev in self.events.iter() {
+            match ev.token {
+                TOKEN_UDP | TOKEN_WAKE => {}
+                TOKEN_STOP => stop = true,
+                TOKEN_LISTENER => tcp.accept(&shared.poller, now),
+                token => tcp.on_ready(&shared.poller, token, ev.events, now, &mut self.frames),
             }
-            let tick = now.duration_since(last_tick) >= TICK;
-            let tcp_events = ready > 0 && events.iter().any(|e| e.token != TOKEN_UDP && e.token != TOKEN_WAKE);
-            if tcp_events || tick {
-                let mut tcp = tcp.lock();
-                for ev in events.iter() {
-                    match ev.token {
-                        TOKEN_UDP | TOKEN_WAKE => {}
-                        TOKEN_STOP => stop = true,
-                        TOKEN_LISTENER => tcp.accept(&shared.poller, now),
-                        token => tcp.on_ready(&shared.poller, token, ev.events, now, &mut frames),
-                    }
-                }
-                if tick {
-                    tcp.sweep(&shared.poller, now);
-                }
-                closed = tcp.take_closed();
-            }
-        } else if ready > 0 && events.iter().any(|e| e.token == TOKEN_STOP) {
-            stop = true;
         }
-        if stop {
-            break;
+        if tick {
+            tcp.sweep(&shared.poller, now);
         }
-        let tick = now.duration_since(last_tick) >= TICK || deadline.is_some_and(|d| now >= d);
-        if n == 0 && !tick && frames.is_empty() && closed.is_empty() {
-            continue;
-        }
+        let closed = tcp.take_closed();
+        (!stop).then_some(closed)
+    }
+
+    /// Under the router: the closed TCP connections forgotten, the TCP frames and the UDP
+    /// batch (`n` datagrams) routed, the timers run if `tick`; then the STUN the router
+    /// proved on TCP connections noted on them.
+    fn route(&mut self, shared: &Shared, n: usize, now: Instant, tick: bool, closed: Vec<std::net::SocketAddr>) {
         {
             let mut st = shared.state.lock();
             let st = &mut *st;
-            let early_at = early_at(&shared);
-            for addr in closed.drain(..) {
+            let early_at = early_at(shared);
+            for addr in closed {
                 st.router.forget_remote(Remote::tcp(addr));
             }
-            for (from, data) in frames.iter() {
+            for (from, data) in self.frames.iter() {
+                let (w, proven) = (&mut self.w, &mut self.proven);
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     if st.router.handle_datagram(now, Remote::tcp(from), data, &mut w.out) {
                         proven.push(from);
                     }
                 }));
                 if let Err(e) = result {
-                    on_io_panic(&shared, st, &*e);
+                    on_io_panic(shared, st, &*e);
                 }
-                if w.out.transmits.len() >= early_at {
-                    w.dispatch(&shared);
+                if self.w.out.transmits.len() >= early_at {
+                    self.w.dispatch(shared);
                 }
             }
-            w.route_udp(&shared, st, n, now, early_at);
+            self.w.route_udp(shared, st, n, now, early_at);
             if tick {
-                if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.handle_timeout(now, &mut w.out))) {
-                    on_io_panic(&shared, st, &*e);
+                if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.handle_timeout(now, &mut self.w.out))) {
+                    on_io_panic(shared, st, &*e);
                 }
             }
             let next = shared.timer_ns(st.router.poll_timeout());
             shared.timer_at.store(next, Ordering::Release);
             shared.signal(st, Some(0));
         }
-        if !proven.is_empty() {
+        if !self.proven.is_empty() {
             if let Some(tcp) = &shared.tcp {
                 let mut tcp = tcp.lock();
-                for addr in proven.drain(..) {
+                for addr in self.proven.drain(..) {
                     tcp.note_stun(addr, now);
                 }
             }
         }
-        if tick {
-            last_tick = now;
-        }
-        w.dispatch(&shared);
-        w.run_shares(&shared);
     }
 }
 
