@@ -139,20 +139,7 @@ impl Engine {
         let poller = Poller::new().map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
         let epoll_err = |e: std::io::Error| PyValueError::new_err(format!("epoll: {e}"));
         let reg = |fd: i32, token: u64| poller.add(fd, token, READABLE).map_err(epoll_err);
-        let mut ios = Vec::with_capacity(sockets.len());
-        for (i, socket) in sockets.into_iter().enumerate() {
-            let wake = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
-            let own = if i == 0 { None } else { Some(Poller::new().map_err(epoll_err)?) };
-            let set = own.as_ref().unwrap_or(&poller);
-            if udp {
-                set.add(socket.as_raw_fd(), TOKEN_UDP, READABLE).map_err(epoll_err)?;
-            }
-            set.add(wake.as_raw_fd(), TOKEN_WAKE, READABLE).map_err(epoll_err)?;
-            if i > 0 {
-                set.add(stop_fd.as_raw_fd(), TOKEN_STOP, READABLE).map_err(epoll_err)?;
-            }
-            ios.push(WorkerIo { socket, wake, poller: own, cpu: AtomicI64::new(-1) });
-        }
+        let ios = worker_ios(sockets, udp, &poller, &stop_fd)?;
         reg(stop_fd.as_raw_fd(), TOKEN_STOP)?;
         let tcp = listener.map(|l| TcpEdge::new(l, TOKEN_LISTENER));
         if let Some(t) = &tcp {
@@ -180,44 +167,7 @@ impl Engine {
             gro_on,
             gro: GroCounters { refused: AtomicU64::new(u64::from(gro_refused)), ..GroCounters::default() },
         });
-        let mut threads = Vec::with_capacity(shared.workers.len());
-        let allowed = if pin_workers { affinity::allowed_cpus() } else { Vec::new() };
-        // Each worker reports once it has pinned itself: the engine is whole on return.
-        let (started_tx, started) = std::sync::mpsc::channel::<()>();
-        for me in 0..shared.workers.len() {
-            let s2 = shared.clone();
-            let cpu = affinity::cpu_for(me, s2.workers.len(), &allowed);
-            let started_tx = started_tx.clone();
-            // Every worker is named pysfu-io: metrics and benches sum the CPU of those threads.
-            let spawned = std::thread::Builder::new().name("pysfu-io".into()).spawn(move || {
-                if let Some(cpu) = cpu {
-                    if affinity::pin_current(cpu).is_ok() {
-                        s2.workers[me].cpu.store(cpu as i64, Ordering::Relaxed);
-                    }
-                }
-                started_tx.send(()).ok();
-                if me == 0 {
-                    io_thread(s2)
-                } else {
-                    side_worker(s2, me)
-                }
-            });
-            match spawned {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    shared.stop.store(true, Ordering::Release);
-                    shared.stop_fd.set();
-                    threads.into_iter().for_each(|t| drop(t.join()));
-                    return Err(PyValueError::new_err(format!("cannot start I/O thread: {e}")));
-                }
-            }
-        }
-        drop(started_tx);
-        for _ in 0..threads.len() {
-            if started.recv_timeout(Duration::from_secs(5)).is_err() {
-                break; // a worker that never reports is not waited for forever
-            }
-        }
+        let threads = spawn_workers(&shared, pin_workers)?;
         Ok(Engine { port, up_raw_fd, inner: Mutex::new(Some((shared, threads))) })
     }
 

@@ -38,3 +38,25 @@ pub(super) fn enable_gro(sockets: &[UdpSocket], want: bool) -> (bool, bool) {
     let on = io::set_gro_all(&fds);
     (on, !on)
 }
+
+/// Each worker's I/O: its socket, its wake fd and, for workers other than 0, its own epoll
+/// set (socket, wake fd, `stop_fd`); worker 0's socket and wake fd go in `poller`, the
+/// engine's set. Without `udp`, the sockets are not watched (TCP shares their port number).
+pub(super) fn worker_ios(sockets: Vec<UdpSocket>, udp: bool, poller: &Poller, stop_fd: &EventFd) -> PyResult<Vec<WorkerIo>> {
+    let epoll_err = |e: std::io::Error| PyValueError::new_err(format!("epoll: {e}"));
+    let mut ios = Vec::with_capacity(sockets.len());
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let wake = EventFd::new().map_err(|e| PyValueError::new_err(format!("eventfd: {e}")))?;
+        let own = if i == 0 { None } else { Some(Poller::new().map_err(epoll_err)?) };
+        let set = own.as_ref().unwrap_or(poller);
+        if udp {
+            set.add(socket.as_raw_fd(), TOKEN_UDP, READABLE).map_err(epoll_err)?;
+        }
+        set.add(wake.as_raw_fd(), TOKEN_WAKE, READABLE).map_err(epoll_err)?;
+        if i > 0 {
+            set.add(stop_fd.as_raw_fd(), TOKEN_STOP, READABLE).map_err(epoll_err)?;
+        }
+        ios.push(WorkerIo { socket, wake, poller: own, cpu: AtomicI64::new(-1) });
+    }
+    Ok(ios)
+}

@@ -50,6 +50,50 @@ pub(super) fn side_worker(shared: Arc<Shared>, me: usize) {
     }
 }
 
+/// Start one thread per worker (named pysfu-io: metrics and benches sum the CPU of those
+/// threads), each pinned to its CPU first if `pin_workers`; return once each has reported
+/// (or after 5 s). If one cannot be started, the others are stopped and joined.
+pub(super) fn spawn_workers(shared: &Arc<Shared>, pin_workers: bool) -> PyResult<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::with_capacity(shared.workers.len());
+    let allowed = if pin_workers { affinity::allowed_cpus() } else { Vec::new() };
+    // Each worker reports once it has pinned itself: the engine is whole on return.
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    for me in 0..shared.workers.len() {
+        let s2 = shared.clone();
+        let cpu = affinity::cpu_for(me, s2.workers.len(), &allowed);
+        let started_tx = started_tx.clone();
+        let spawned = std::thread::Builder::new().name("pysfu-io".into()).spawn(move || {
+            if let Some(cpu) = cpu {
+                if affinity::pin_current(cpu).is_ok() {
+                    s2.workers[me].cpu.store(cpu as i64, Ordering::Relaxed);
+                }
+            }
+            started_tx.send(()).ok();
+            if me == 0 {
+                io_thread(s2)
+            } else {
+                side_worker(s2, me)
+            }
+        });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                shared.stop.store(true, Ordering::Release);
+                shared.stop_fd.set();
+                threads.into_iter().for_each(|t| drop(t.join()));
+                return Err(PyValueError::new_err(format!("cannot start I/O thread: {e}")));
+            }
+        }
+    }
+    drop(started_tx);
+    for _ in 0..threads.len() {
+        if started.recv_timeout(Duration::from_secs(5)).is_err() {
+            break; // a worker that never reports is not waited for forever
+        }
+    }
+    Ok(threads)
+}
+
 /// Worker 0: its UDP socket, TCP (listener and connections), the router's timers.
 pub(super) fn io_thread(shared: Arc<Shared>) {
     let mut z = Zero::new(&shared);
