@@ -130,8 +130,12 @@ async def next_answer(ws: trio_websocket.WebSocketConnection, text: str) -> dict
 
 
 # Mutated joins fail by the hundred on one connection: the close after max_failed_joins
-# (access control) is lifted so that the fuzz keeps going.
-@pytest.mark.parametrize("config_overrides", [{"max_failed_joins": 1_000_000}])
+# (access control) is lifted so that the fuzz keeps going; so are the request rates (per
+# connection and per address: test_signaling_abuse.py covers them), or the frames would be
+# paced at 50 a second.
+@pytest.mark.parametrize("config_overrides", [{
+    "max_failed_joins": 1_000_000, "requests_per_second": 1e6, "request_burst": 1_000_000,
+    "requests_per_second_per_address": 1e6, "request_burst_per_address": 1_000_000}])
 async def test_mutated_requests_over_websocket(server: Server, client: Any) -> None:
     rnd = random.Random(20261125)
     url = f"ws://127.0.0.1:{server.port}/ws"
