@@ -19,24 +19,41 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo fuzz list --fuzz-dir fuzz)
 fi
 cargo fuzz build --fuzz-dir fuzz -s none
-summary=()
-status=0
-for t in "${targets[@]}"; do
+# One target per core at a time (FUZZ_JOBS): each libFuzzer run is one thread, and the
+# whole set is bounded by seconds-per-target x targets / jobs.
+jobs="${FUZZ_JOBS:-$(nproc)}"
+mkdir -p fuzz/artifacts
+run_one() {
+  local t="$1" log="fuzz/artifacts/$1.log"
   mkdir -p "fuzz/corpus/$t"
-  log="fuzz/artifacts/$t.log"
-  mkdir -p fuzz/artifacts
   # fuzz/regressions/<target>/ (committed): inputs that once crashed, run first every time.
-  dirs=("fuzz/corpus/$t")
+  local dirs=("fuzz/corpus/$t")
   [ -d "fuzz/regressions/$t" ] && dirs+=("fuzz/regressions/$t")
   if cargo fuzz run --fuzz-dir fuzz -s none "$t" "${dirs[@]}" -- -max_total_time="$secs" -max_len=4096 \
        -print_final_stats=1 >"$log" 2>&1; then
     runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' || echo "?")
-    summary+=("$t: ok, $runs inputs in ${secs}s")
+    echo "$t: ok, $runs inputs in ${secs}s" >"fuzz/artifacts/$t.result"
   else
-    status=1
-    summary+=("$t: CRASH (see $log and fuzz/artifacts/$t/)")
-    tail -40 "$log" >&2
+    echo "$t: CRASH (see $log and fuzz/artifacts/$t/)" >"fuzz/artifacts/$t.result"
+  fi
+}
+running=0
+for t in "${targets[@]}"; do
+  rm -f "fuzz/artifacts/$t.result"
+  run_one "$t" &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
   fi
 done
-printf 'fuzz: %s\n' "${summary[@]}"
+wait
+status=0
+for t in "${targets[@]}"; do
+  line=$(cat "fuzz/artifacts/$t.result" 2>/dev/null || echo "$t: CRASH (no result; see fuzz/artifacts/$t.log)")
+  echo "fuzz: $line"
+  case "$line" in
+    *CRASH*) status=1; tail -40 "fuzz/artifacts/$t.log" >&2 ;;
+  esac
+done
 exit $status
