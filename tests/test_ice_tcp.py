@@ -31,7 +31,6 @@ from pysfu.transport import ice_candidates
 
 MAX_TCP_UNPROVEN_PER_IP = _native.MAX_TCP_UNPROVEN_PER_IP
 TCP_STUN_DEADLINE = _native.TCP_STUN_DEADLINE
-TCP_IDLE_TIMEOUT = _native.TCP_IDLE_TIMEOUT
 MAX_TCP_FRAME = 4096  # native/src/framing.rs MAX_FRAME (README: RFC 4571 frames up to 4096 B)
 
 
@@ -315,12 +314,18 @@ async def test_rtcp_both_ways_over_tcp(server: Server, client: Any) -> None:
             viewer.close()
 
 
+# A proven connection's idle timeout is the consent timeout: shortened here (the live stream
+# keeps its consent every 2 s) so the test waits 6 s for it, not TCP_IDLE_TIMEOUT's 30.
+IDLE_TIMEOUT = 6.0
+
+
+@pytest.mark.parametrize("config_overrides", [{"consent_timeout": IDLE_TIMEOUT}])
 async def test_half_open_connections_are_closed_and_counted(server: Server,
                                                             client: Any) -> None:
     """A connection that stops mid-frame, one that half-closes (its FIN after a partial frame)
     and a proven connection whose peer vanished without a FIN (no more consent checks, reads
-    nothing): each is closed by its deadline and counted, while a live stream in another room
-    runs intact."""
+    nothing): each is closed by its deadline (the proven one's: the consent timeout) and
+    counted, while a live stream in another room runs intact."""
     port = server.media.port
     before = _drops(server)
     async with live_stream(server) as live, client() as c:
@@ -348,10 +353,10 @@ async def test_half_open_connections_are_closed_and_counted(server: Server,
         assert _drops(server)["tcp_closed_no_stun"] == before["tcp_closed_no_stun"] + 1
         await partial.aclose()
         assert server.media.counts()["tcp_connections"] == 1  # the proven one stays...
-        # ... until TCP_IDLE_TIMEOUT passes without a valid STUN request.
+        # ... until the consent timeout passes without a valid STUN request.
         await _wait_for(lambda: _drops(server)["tcp_closed_idle"]
-                        == before["tcp_closed_idle"] + 1, timeout=TCP_IDLE_TIMEOUT + 5)
-        assert trio.current_time() - proven_at >= TCP_IDLE_TIMEOUT - 0.5
+                        == before["tcp_closed_idle"] + 1, timeout=IDLE_TIMEOUT + 5)
+        assert trio.current_time() - proven_at >= IDLE_TIMEOUT - 0.5
         assert server.media.counts()["tcp_connections"] == 0
         proven.close()
     live.assert_intact()

@@ -6,7 +6,8 @@
 //! (a frame that does not fit is dropped and counted, and a queue that stays over half full
 //! for `TCP_STALL_DEADLINE` closes the connection); a connection must send a STUN request that
 //! passes a known transport's integrity check within `TCP_STUN_DEADLINE` of its accept, and
-//! one at least every `TCP_IDLE_TIMEOUT` after (browsers check consent every few seconds);
+//! one at least every idle timeout after (the consent timeout's, `TCP_IDLE_TIMEOUT` where
+//! consent never expires; browsers check consent every few seconds);
 //! connections are limited per remote IP (and those still unproven separately) and in total.
 //! A closed connection's remote is handed to the router to forget (`take_closed`).
 //!
@@ -32,7 +33,9 @@ pub const MAX_TCP_UNPROVEN_PER_IP: usize = 32;
 /// A new connection must send a valid STUN Binding request (integrity-checked, for a known
 /// transport) within this time, or it is closed.
 pub const TCP_STUN_DEADLINE: Duration = Duration::from_secs(5);
-/// After that, a valid STUN request at least this often (consent checks), or it is closed.
+/// After that, a valid STUN request at least this often (consent checks), or it is closed:
+/// the default, and the timeout where the engine's consent timeout is off; otherwise a
+/// proven connection's idle timeout is the consent timeout (`TcpEdge::set_idle_timeout`).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes (frames with their prefixes) queued for one connection; more is dropped, counted.
 pub const TCP_WRITE_QUEUE_BYTES: usize = 256 * 1024;
@@ -163,6 +166,8 @@ pub struct TcpEdge {
     listener_token: u64,
     accept_paused_until: Option<Instant>,
     limits: TcpLimits,
+    /// How long a proven connection may go without a valid STUN request.
+    idle_timeout: Duration,
     conns: HashMap<u64, Conn>,
     by_addr: HashMap<SocketAddr, u64>,
     per_ip: HashMap<IpAddr, PerIp>,
@@ -193,6 +198,7 @@ impl TcpEdge {
             listener_token,
             accept_paused_until: None,
             limits,
+            idle_timeout: TCP_IDLE_TIMEOUT,
             conns: HashMap::new(),
             by_addr: HashMap::new(),
             per_ip: HashMap::new(),
@@ -417,11 +423,17 @@ impl TcpEdge {
         }
     }
 
-    /// A valid STUN request came over the connection from `remote`: it may stay
-    /// `TCP_IDLE_TIMEOUT` more.
+    /// How long a proven connection may go without a valid STUN request from now on (each
+    /// connection's current deadline stands until its next request).
+    pub fn set_idle_timeout(&mut self, timeout: Duration) {
+        self.idle_timeout = timeout;
+    }
+
+    /// A valid STUN request came over the connection from `remote`: it may stay the idle
+    /// timeout more.
     pub fn note_stun(&mut self, remote: SocketAddr, now: Instant) {
         let Some(c) = self.by_addr.get(&remote).and_then(|t| self.conns.get_mut(t)) else { return };
-        c.deadline = now + TCP_IDLE_TIMEOUT;
+        c.deadline = now + self.idle_timeout;
         if !c.proven {
             c.proven = true;
             if let Some(p) = self.per_ip.get_mut(&c.remote.ip()) {
@@ -605,6 +617,27 @@ mod tests {
         assert_eq!(e.connections(), 0);
         assert_eq!(e.counters.closed_idle, 1);
         assert!(e.per_ip.is_empty());
+    }
+
+    #[test]
+    fn a_proven_connection_idles_out_after_the_idle_timeout_set() {
+        let (mut e, p, addr) = edge();
+        let now = Instant::now();
+        let mut frames = Frames::default();
+        let client = TcpStream::connect(addr).unwrap();
+        pump(&mut e, &p, now, &mut frames, |e, _| e.connections() == 1);
+        let short = Duration::from_secs(6);
+        e.set_idle_timeout(short);
+        e.note_stun(client.local_addr().unwrap(), now);
+        assert_eq!(e.next_deadline(), Some(now + short));
+        e.sweep(&p, now + short - Duration::from_millis(1));
+        assert_eq!(e.connections(), 1);
+        // Each valid request moves the deadline by the timeout in force.
+        e.note_stun(client.local_addr().unwrap(), now + Duration::from_secs(5));
+        e.sweep(&p, now + short);
+        assert_eq!(e.connections(), 1);
+        e.sweep(&p, now + Duration::from_secs(5) + short);
+        assert_eq!((e.connections(), e.counters.closed_idle), (0, 1));
     }
 
     #[test]

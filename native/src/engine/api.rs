@@ -332,8 +332,16 @@ impl Engine {
     }
 
     /// RFC 7675 consent timeout for every transport, seconds (<= 0: consent never expires).
+    /// A proven ICE-TCP connection without a valid STUN request for as long is closed too
+    /// (`TCP_IDLE_TIMEOUT` where consent never expires).
     fn set_consent_timeout(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
         let limit = (seconds > 0.0 && seconds.is_finite()).then(|| Duration::from_secs_f64(seconds));
+        let shared = self.shared()?;
+        py.detach(|| {
+            if let Some(tcp) = &shared.tcp {
+                tcp.lock().set_idle_timeout(limit.unwrap_or(crate::tcp::TCP_IDLE_TIMEOUT));
+            }
+        });
         self.control(py, move |r, _, _| {
             r.set_consent_timeout(limit);
             Ok(())
