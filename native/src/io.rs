@@ -477,91 +477,164 @@ pub fn send_planned<'a>(
 ) -> GsoResult {
     let mut result = GsoResult::default();
     let Some(end) = runs.last().map(|r| (r.start + r.len) as usize) else { return result };
-    // SAFETY (all zeroed arrays): plain old data; all-zero is valid.
-    let mut addrs: [libc::sockaddr_storage; SEND_BATCH] = unsafe { mem::zeroed() };
-    let mut iov: [libc::iovec; SEND_IOVS] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; SEND_IOVS];
-    let mut cmsgs: [SegmentCmsg; SEND_BATCH] = [SegmentCmsg([0; 32]); SEND_BATCH];
-    let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { mem::zeroed() };
-    // Per message of the current call: its datagrams, and where its run starts in `order`.
-    let mut count = [0usize; SEND_BATCH];
-    let mut from = [0usize; SEND_BATCH];
+    PLANNED_CALL.with_borrow_mut(|call| send_runs(call, fd, &item, order, runs, end, &mut result));
+    result
+}
+
+thread_local! {
+    /// Each thread's `PlannedCall`, reused: not zeroed (about 30 KiB) for every send.
+    static PLANNED_CALL: std::cell::RefCell<Box<PlannedCall>> = std::cell::RefCell::new(Box::new(PlannedCall::new()));
+}
+
+/// `send_planned` with the thread's call buffers.
+fn send_runs<'a>(
+    call: &mut PlannedCall,
+    fd: RawFd,
+    item: &impl Fn(usize) -> (&'a SocketAddr, &'a [u8]),
+    order: &[u32],
+    runs: &[crate::gso::Run],
+    end: usize,
+    result: &mut GsoResult,
+) {
     let mut next_run = 0usize;
     while next_run < runs.len() {
         // Fill one sendmmsg call.
-        let mut n = 0usize;
-        let mut used_iov = 0usize;
-        while n < SEND_BATCH && next_run < runs.len() {
+        call.clear();
+        while next_run < runs.len() {
             let run = runs[next_run];
-            let len = run.len as usize;
-            let idx = &order[run.start as usize..run.start as usize + len];
+            let idx = &order[run.start as usize..(run.start + run.len) as usize];
             let datagrams = || idx.iter().map(|&i| item(i as usize)).filter(|(_, d)| !d.is_empty());
-            let live = datagrams().count();
-            let segment = datagrams().next().map_or(0, |(_, d)| d.len());
-            let fits = datagrams().enumerate().all(|(k, (_, d))| d.len() == segment || (k + 1 == live && d.len() < segment));
-            // One message for the run, or (it no longer fits) one per datagram.
-            let messages = if live > 1 && !fits { live } else { 1 };
-            // (A run fits an empty call: `MAX_SEGMENTS <= SEND_BATCH`, asserted below.)
-            if used_iov + live > SEND_IOVS || n + messages > SEND_BATCH {
+            if !call.push_run(run.start as usize, datagrams) {
                 break;
             }
             next_run += 1;
-            if live == 0 {
-                continue;
-            }
-            let dest = datagrams().next().map(|(a, _)| a).expect("live > 0");
-            if messages > 1 {
-                for (_, data) in datagrams() {
-                    let alen = std_to_sockaddr(dest, &mut addrs[n]);
-                    plain_message(&mut msgs[n], &mut addrs[n], alen, &mut iov[used_iov], data);
-                    count[n] = 1;
-                    from[n] = run.start as usize;
-                    used_iov += 1;
-                    n += 1;
-                }
-                continue;
-            }
-            let alen = std_to_sockaddr(dest, &mut addrs[n]);
-            for (k, (_, data)) in datagrams().enumerate() {
-                iov[used_iov + k].iov_base = data.as_ptr() as *mut libc::c_void;
-                iov[used_iov + k].iov_len = data.len();
-            }
-            let h = &mut msgs[n].msg_hdr;
-            h.msg_name = &mut addrs[n] as *mut _ as *mut libc::c_void;
-            h.msg_namelen = alen;
-            h.msg_iov = &mut iov[used_iov];
-            h.msg_iovlen = live as _;
-            h.msg_flags = 0;
-            if live > 1 {
-                h.msg_control = cmsgs[n].0.as_mut_ptr() as *mut libc::c_void;
-                // SAFETY: CMSG_SPACE/LEN are arithmetic; the buffer holds CMSG_SPACE(2) bytes
-                // (checked by the assert), 8-aligned, and msg_controllen says so.
-                unsafe {
-                    let space = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as usize;
-                    debug_assert!(space <= mem::size_of::<SegmentCmsg>());
-                    h.msg_controllen = space as _;
-                    let c = libc::CMSG_FIRSTHDR(h);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = libc::UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, segment as u16);
-                }
-            } else {
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
-            }
-            count[n] = live;
-            from[n] = run.start as usize;
-            used_iov += live;
-            n += 1;
         }
-        let mut start = 0usize;
+        if let Some(refused_from) = call.send(fd, result) {
+            // No GSO: the refused run and the rest of `runs`, one datagram each, in order.
+            let rest = send_batch(fd, order[refused_from..end].iter().map(|&i| item(i as usize)).filter(|(_, d)| !d.is_empty()));
+            result.sent += rest.sent;
+            result.failed += rest.failed;
+            result.refused = true;
+            return;
+        }
+    }
+}
+
+/// The buffers of one `sendmmsg` call of a plan (`send_planned`): its messages with their
+/// addresses, iovecs and `UDP_SEGMENT` control messages; per message its datagrams and where
+/// its run starts in the plan's `order`. Messages point into these buffers: the call is
+/// filled and sent in place.
+struct PlannedCall {
+    addrs: [libc::sockaddr_storage; SEND_BATCH],
+    iov: [libc::iovec; SEND_IOVS],
+    cmsgs: [SegmentCmsg; SEND_BATCH],
+    msgs: [libc::mmsghdr; SEND_BATCH],
+    count: [usize; SEND_BATCH],
+    from: [usize; SEND_BATCH],
+    /// Messages and iovecs filled.
+    n: usize,
+    used_iov: usize,
+}
+
+impl PlannedCall {
+    fn new() -> Self {
+        PlannedCall {
+            // SAFETY (zeroed arrays): plain old data; all-zero is valid.
+            addrs: unsafe { mem::zeroed() },
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; SEND_IOVS],
+            cmsgs: [SegmentCmsg([0; 32]); SEND_BATCH],
+            msgs: unsafe { mem::zeroed() },
+            count: [0; SEND_BATCH],
+            from: [0; SEND_BATCH],
+            n: 0,
+            used_iov: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.n = 0;
+        self.used_iov = 0;
+    }
+
+    /// Add the run starting at `from` in `order` (`datagrams`: its non-empty datagrams) as
+    /// one message, or one per datagram where they no longer fit its segment size. False
+    /// (nothing added) if the call has no room left for it; a run of no datagram is done.
+    #[inline]
+    fn push_run<'a, I>(&mut self, from: usize, datagrams: impl Fn() -> I) -> bool
+    where
+        I: Iterator<Item = (&'a SocketAddr, &'a [u8])>,
+    {
+        let live = datagrams().count();
+        let segment = datagrams().next().map_or(0, |(_, d)| d.len());
+        let fits = datagrams().enumerate().all(|(k, (_, d))| d.len() == segment || (k + 1 == live && d.len() < segment));
+        let messages = if live > 1 && !fits { live } else { 1 };
+        // (A run fits an empty call: `MAX_SEGMENTS <= SEND_BATCH`, asserted below.)
+        if self.used_iov + live > SEND_IOVS || self.n + messages > SEND_BATCH {
+            return false;
+        }
+        let Some((dest, _)) = datagrams().next() else { return true };
+        if messages > 1 {
+            for (_, data) in datagrams() {
+                self.push_message(dest, std::iter::once(data), 1, 0, from);
+            }
+        } else {
+            self.push_message(dest, datagrams().map(|(_, d)| d), live, segment, from);
+        }
+        true
+    }
+
+    /// One message of `live` datagrams to `dest`; with more than one, a `UDP_SEGMENT` of
+    /// `segment`.
+    #[inline]
+    fn push_message<'a>(&mut self, dest: &SocketAddr, data: impl Iterator<Item = &'a [u8]>, live: usize, segment: usize, from: usize) {
+        let (n, at) = (self.n, self.used_iov);
+        let alen = std_to_sockaddr(dest, &mut self.addrs[n]);
+        for (k, d) in data.enumerate() {
+            self.iov[at + k].iov_base = d.as_ptr() as *mut libc::c_void;
+            self.iov[at + k].iov_len = d.len();
+        }
+        let h = &mut self.msgs[n].msg_hdr;
+        h.msg_name = &mut self.addrs[n] as *mut _ as *mut libc::c_void;
+        h.msg_namelen = alen;
+        h.msg_iov = &mut self.iov[at];
+        h.msg_iovlen = live as _;
+        h.msg_flags = 0;
+        if live > 1 {
+            h.msg_control = self.cmsgs[n].0.as_mut_ptr() as *mut libc::c_void;
+            // SAFETY: CMSG_SPACE/LEN are arithmetic; the buffer holds CMSG_SPACE(2) bytes
+            // (checked by the assert), 8-aligned, and msg_controllen says so.
+            unsafe {
+                let space = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as usize;
+                debug_assert!(space <= mem::size_of::<SegmentCmsg>());
+                h.msg_controllen = space as _;
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, segment as u16);
+            }
+        } else {
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+        }
+        self.count[n] = live;
+        self.from[n] = from;
+        self.used_iov += live;
+        self.n += 1;
+    }
+
+    /// Send the call's messages (counted into `result`): retried once on a full buffer, a
+    /// message whose destination fails skipped and counted. If the kernel refuses GSO, stop
+    /// and return where the refused message's run starts in `order`.
+    fn send(&mut self, fd: RawFd, result: &mut GsoResult) -> Option<usize> {
+        let (mut start, n) = (0usize, self.n);
         let mut retried = false;
         while start < n {
-            // SAFETY: msgs[start..n] point at addrs/iov/cmsgs of this frame and at borrowed
+            // SAFETY: msgs[start..n] point at this call's addrs/iov/cmsgs and at borrowed
             // data that outlives the call.
-            let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr().add(start), (n - start) as libc::c_uint, 0) };
+            let r = unsafe { libc::sendmmsg(fd, self.msgs.as_mut_ptr().add(start), (n - start) as libc::c_uint, 0) };
             if r > 0 {
-                for &len in &count[start..start + r as usize] {
+                for &len in &self.count[start..start + r as usize] {
                     result.sent += len;
                     if len > 1 {
                         result.gso_messages += 1;
@@ -572,8 +645,7 @@ pub fn send_planned<'a>(
                 retried = false;
                 continue;
             }
-            let e = io::Error::last_os_error();
-            let raw = e.raw_os_error().unwrap_or(0);
+            let raw = io::Error::last_os_error().raw_os_error().unwrap_or(0);
             if raw == libc::EINTR {
                 continue;
             }
@@ -584,42 +656,20 @@ pub fn send_planned<'a>(
                 retried = true;
                 continue;
             }
-            let len = count[start];
+            let len = self.count[start];
             if len > 1 && gso_refusal(raw) {
-                // No GSO: this run and the rest of `runs`, one datagram each, in order.
-                let rest = send_batch(
-                    fd,
-                    order[from[start]..end].iter().map(|&i| item(i as usize)).filter(|(_, d)| !d.is_empty()),
-                );
-                result.sent += rest.sent;
-                result.failed += rest.failed;
-                result.refused = true;
-                return result;
+                return Some(self.from[start]);
             }
             // This message cannot go (its destination): skip it.
             start += 1;
             result.failed += len;
             retried = false;
         }
+        None
     }
-    result
 }
 
 const _: () = assert!(crate::gso::MAX_SEGMENTS <= SEND_BATCH);
-
-/// Fill `m` as a plain datagram (no control message) of `data` to `addr`.
-fn plain_message(m: &mut libc::mmsghdr, addr: &mut libc::sockaddr_storage, alen: libc::socklen_t, iov: &mut libc::iovec, data: &[u8]) {
-    iov.iov_base = data.as_ptr() as *mut libc::c_void;
-    iov.iov_len = data.len();
-    let h = &mut m.msg_hdr;
-    h.msg_name = addr as *mut _ as *mut libc::c_void;
-    h.msg_namelen = alen;
-    h.msg_iov = iov;
-    h.msg_iovlen = 1;
-    h.msg_flags = 0;
-    h.msg_control = std::ptr::null_mut();
-    h.msg_controllen = 0;
-}
 
 /// Wait until `sock_fd` is readable, `wake_fd` is readable, or `timeout_ms` passed.
 /// Returns whether the wake fd fired.
