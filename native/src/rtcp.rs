@@ -372,20 +372,7 @@ pub fn parse_raw<'a>(buf: &'a [u8], raw: &RawPacket) -> Result<Packet<'a>, RtcpE
     let count = raw.count as usize;
     let short = RtcpError::BadLength;
     Ok(match raw.packet_type {
-        PT_SR => {
-            let blocks = c.get(24..24 + count * REPORT_BLOCK_LEN).ok_or(short)?;
-            Packet::Sr(SenderReport {
-                info: SenderInfo {
-                    ssrc: be32(c, 0).ok_or(short)?,
-                    ntp: ((be32(c, 4).ok_or(short)? as u64) << 32)
-                        | be32(c, 8).ok_or(short)? as u64,
-                    rtp_timestamp: be32(c, 12).ok_or(short)?,
-                    packet_count: be32(c, 16).ok_or(short)?,
-                    octet_count: be32(c, 20).ok_or(short)?,
-                },
-                blocks,
-            })
-        }
+        PT_SR => parse_sr(c, count)?,
         PT_RR => {
             let blocks = c.get(4..4 + count * REPORT_BLOCK_LEN).ok_or(short)?;
             Packet::Rr(ReceiverReport {
@@ -397,65 +384,91 @@ pub fn parse_raw<'a>(buf: &'a [u8], raw: &RawPacket) -> Result<Packet<'a>, RtcpE
         PT_BYE => Packet::Bye(Bye {
             ssrcs: c.get(..count * 4).ok_or(short)?,
         }),
-        PT_RTPFB | PT_PSFB => {
-            let sender_ssrc = be32(c, 0).ok_or(short)?;
-            let media_ssrc = be32(c, 4).ok_or(short)?;
-            let fci = c.get(8..).unwrap_or(&[]);
-            match (raw.packet_type, raw.count) {
-                (PT_RTPFB, FMT_NACK) => {
-                    if fci.is_empty() || !fci.len().is_multiple_of(4) {
-                        return Err(short);
-                    }
-                    Packet::Nack(Nack {
-                        sender_ssrc,
-                        media_ssrc,
-                        fci,
-                    })
-                }
-                (PT_RTPFB, FMT_TRANSPORT_CC) => {
-                    // base seq, status count, reference time + fb count: 8 bytes minimum.
-                    if fci.len() < 8 {
-                        return Err(short);
-                    }
-                    Packet::TransportCc(TransportCc {
-                        sender_ssrc,
-                        media_ssrc,
-                        fci,
-                    })
-                }
-                (PT_PSFB, FMT_PLI) => Packet::Pli(Pli {
-                    sender_ssrc,
-                    media_ssrc,
-                }),
-                (PT_PSFB, FMT_FIR) => {
-                    if fci.is_empty() || !fci.len().is_multiple_of(8) {
-                        return Err(short);
-                    }
-                    Packet::Fir(Fir { sender_ssrc, fci })
-                }
-                (PT_PSFB, FMT_AFB) if fci.get(..4) == Some(b"REMB") => {
-                    let n = *fci.get(4).ok_or(short)? as usize;
-                    let exp = fci.get(5).ok_or(short)? >> 2;
-                    let mantissa = (be32(fci, 4).ok_or(short)? & 0x3_ffff) as u128;
-                    let bitrate = (mantissa << exp).min(u64::MAX as u128) as u64;
-                    let ssrcs = fci.get(8..8 + 4 * n).ok_or(short)?;
-                    Packet::Remb(Remb {
-                        sender_ssrc,
-                        bitrate,
-                        ssrcs,
-                    })
-                }
-                (pt, fmt) => Packet::Other {
-                    packet_type: pt,
-                    fmt,
-                },
-            }
-        }
+        PT_RTPFB | PT_PSFB => parse_feedback(c, raw.packet_type, raw.count)?,
         pt => Packet::Other {
             packet_type: pt,
             fmt: raw.count,
         },
     })
+}
+
+/// A sender report's content `c` (after the common header) with `count` report blocks.
+fn parse_sr(c: &[u8], count: usize) -> Result<Packet<'_>, RtcpError> {
+    let short = RtcpError::BadLength;
+    let blocks = c.get(24..24 + count * REPORT_BLOCK_LEN).ok_or(short)?;
+    Ok(Packet::Sr(SenderReport {
+        info: SenderInfo {
+            ssrc: be32(c, 0).ok_or(short)?,
+            ntp: ((be32(c, 4).ok_or(short)? as u64) << 32) | be32(c, 8).ok_or(short)? as u64,
+            rtp_timestamp: be32(c, 12).ok_or(short)?,
+            packet_count: be32(c, 16).ok_or(short)?,
+            octet_count: be32(c, 20).ok_or(short)?,
+        },
+        blocks,
+    }))
+}
+
+/// A transport-layer (RTPFB) or payload-specific (PSFB) feedback message's content `c`, of
+/// feedback message type `fmt`.
+fn parse_feedback(c: &[u8], packet_type: u8, fmt: u8) -> Result<Packet<'_>, RtcpError> {
+    let short = RtcpError::BadLength;
+    let sender_ssrc = be32(c, 0).ok_or(short)?;
+    let media_ssrc = be32(c, 4).ok_or(short)?;
+    let fci = c.get(8..).unwrap_or(&[]);
+    Ok(match (packet_type, fmt) {
+        (PT_RTPFB, FMT_NACK) => {
+            if fci.is_empty() || !fci.len().is_multiple_of(4) {
+                return Err(short);
+            }
+            Packet::Nack(Nack {
+                sender_ssrc,
+                media_ssrc,
+                fci,
+            })
+        }
+        (PT_RTPFB, FMT_TRANSPORT_CC) => {
+            // base seq, status count, reference time + fb count: 8 bytes minimum.
+            if fci.len() < 8 {
+                return Err(short);
+            }
+            Packet::TransportCc(TransportCc {
+                sender_ssrc,
+                media_ssrc,
+                fci,
+            })
+        }
+        (PT_PSFB, FMT_PLI) => Packet::Pli(Pli {
+            sender_ssrc,
+            media_ssrc,
+        }),
+        (PT_PSFB, FMT_FIR) => {
+            if fci.is_empty() || !fci.len().is_multiple_of(8) {
+                return Err(short);
+            }
+            Packet::Fir(Fir { sender_ssrc, fci })
+        }
+        (PT_PSFB, FMT_AFB) if fci.get(..4) == Some(b"REMB") => parse_remb(sender_ssrc, fci)?,
+        (pt, fmt) => Packet::Other {
+            packet_type: pt,
+            fmt,
+        },
+    })
+}
+
+/// REMB (draft-alvestrand-rmcat-remb): "REMB", the SSRC count, the bitrate's 6-bit exponent
+/// and 18-bit mantissa, then the SSRCs.
+fn parse_remb(sender_ssrc: u32, fci: &[u8]) -> Result<Packet<'_>, RtcpError> {
+    let short = RtcpError::BadLength;
+    let n = *fci.get(4).ok_or(short)? as usize;
+    let exp = fci.get(5).ok_or(short)? >> 2;
+    let mantissa = (be32(fci, 4).ok_or(short)? & 0x3_ffff) as u128;
+    let bitrate = (mantissa << exp).min(u64::MAX as u128) as u64;
+    let ssrcs = fci.get(8..8 + 4 * n).ok_or(short)?;
+    Ok(Packet::Remb(Remb {
+        sender_ssrc,
+        bitrate,
+        ssrcs,
+    }))
 }
 
 /// Parse a single RTCP packet (the first one of `buf`).

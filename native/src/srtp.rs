@@ -173,6 +173,23 @@ struct GcmKeys {
     salt: [u8; 12],
 }
 
+impl CmKeys {
+    /// Verify and (E flag in `word`) decrypt SRTCP packet `pkt` of `ssrc` in place (RFC 3711
+    /// §3.4): `body` bytes of header and payload, the tag over everything before `tag_at`;
+    /// the trailer is left for the caller to cut.
+    fn open_rtcp(&self, pkt: &mut [u8], ssrc: u32, word: u32, body: usize, tag_at: usize) -> Result<(), SrtpError> {
+        let tag = self.mac.tag(pkt.get(..tag_at).ok_or(SrtpError::TooShort)?, &[]);
+        if !hmac_sha1::tag_matches(&tag, pkt.get(tag_at..).ok_or(SrtpError::TooShort)?) {
+            return Err(SrtpError::AuthFailed);
+        }
+        if word & SRTCP_E_FLAG != 0 {
+            let iv = cm_iv(&self.salt, ssrc, (word & SRTCP_INDEX_MASK) as u64);
+            self.aes.apply(&iv, pkt.get_mut(8..body).ok_or(SrtpError::TooShort)?);
+        }
+        Ok(())
+    }
+}
+
 impl Clone for GcmKeys {
     fn clone(&self) -> Self {
         // LessSafeKey is not Clone; re-expanding is fine off the packet path.
@@ -182,6 +199,29 @@ impl Clone for GcmKeys {
 }
 
 impl GcmKeys {
+    /// Verify and (E flag in `word`) decrypt SRTCP packet `pkt` of `ssrc` in place (RFC 7714
+    /// §9): `body` bytes of header and payload, its tag at `tag_at`; the trailer is left for
+    /// the caller to cut.
+    fn open_rtcp(&self, pkt: &mut [u8], ssrc: u32, word: u32, body: usize, tag_at: usize) -> Result<(), SrtpError> {
+        let iv = gcm_rtcp_iv(&self.salt, ssrc, word & SRTCP_INDEX_MASK);
+        let mut tag = [0u8; GCM_TAG_LEN];
+        tag.copy_from_slice(pkt.get(tag_at..tag_at + GCM_TAG_LEN).ok_or(SrtpError::TooShort)?);
+        if word & SRTCP_E_FLAG != 0 {
+            let mut aad = [0u8; 12];
+            aad[..8].copy_from_slice(pkt.get(..8).ok_or(SrtpError::TooShort)?);
+            aad[8..].copy_from_slice(&word.to_be_bytes());
+            // ciphertext | tag are contiguous.
+            self.open(&iv, &aad, pkt.get_mut(8..body + GCM_TAG_LEN).ok_or(SrtpError::TooShort)?)
+        } else {
+            // §9.2: AAD = whole packet || E+index word, no ciphertext. Move the word next to
+            // the packet (where the tag was) so the AAD is contiguous; the trailer is cut off
+            // by the caller anyway.
+            pkt.get_mut(body..body + 4).ok_or(SrtpError::TooShort)?.copy_from_slice(&word.to_be_bytes());
+            let aad = pkt.get(..body + 4).ok_or(SrtpError::TooShort)?;
+            self.open(&iv, aad, &mut tag)
+        }
+    }
+
     fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16], SrtpError> {
         let tag = self
             .aead
@@ -749,12 +789,7 @@ impl SrtpContext {
     /// the trailer is removed. Packets with E = 0 (authenticated only) are accepted.
     pub fn unprotect_rtcp(&mut self, pkt: &mut Vec<u8>) -> Result<(), SrtpError> {
         if matches!(self.rtcp, Keys::Null) {
-            // Plain RTCP: a compound packet of at least one header, nothing to remove.
-            return match pkt.first() {
-                _ if pkt.len() < 8 => Err(SrtpError::TooShort),
-                Some(b) if b >> 6 == 2 => Ok(()),
-                _ => Err(SrtpError::Malformed),
-            };
+            return check_plain_rtcp(pkt);
         }
         let tag_len = self.profile.tag_len();
         let len = pkt.len();
@@ -774,51 +809,13 @@ impl SrtpContext {
             Keys::Null => return Ok(()),
         };
         let word = be32(pkt, word_at).ok_or(SrtpError::TooShort)?;
-        let encrypted = word & SRTCP_E_FLAG != 0;
         let index = word & SRTCP_INDEX_MASK;
         if let Some(r) = self.streams.get(ssrc).and_then(|s| s.rtcp_rx) {
             r.check(index as u64)?;
         }
         match &self.rtcp {
-            Keys::Cm(k) => {
-                let tag = k.mac.tag(pkt.get(..tag_at).ok_or(SrtpError::TooShort)?, &[]);
-                if !hmac_sha1::tag_matches(&tag, pkt.get(tag_at..).ok_or(SrtpError::TooShort)?) {
-                    return Err(SrtpError::AuthFailed);
-                }
-                if encrypted {
-                    let iv = cm_iv(&k.salt, ssrc, index as u64);
-                    k.aes.apply(&iv, pkt.get_mut(8..body).ok_or(SrtpError::TooShort)?);
-                }
-            }
-            Keys::Gcm(k) => {
-                let iv = gcm_rtcp_iv(&k.salt, ssrc, index);
-                let mut tag = [0u8; GCM_TAG_LEN];
-                tag.copy_from_slice(
-                    pkt.get(tag_at..tag_at + GCM_TAG_LEN)
-                        .ok_or(SrtpError::TooShort)?,
-                );
-                if encrypted {
-                    let mut aad = [0u8; 12];
-                    aad[..8].copy_from_slice(pkt.get(..8).ok_or(SrtpError::TooShort)?);
-                    aad[8..].copy_from_slice(&word.to_be_bytes());
-                    // ciphertext | tag are contiguous.
-                    k.open(
-                        &iv,
-                        &aad,
-                        pkt.get_mut(8..body + GCM_TAG_LEN)
-                            .ok_or(SrtpError::TooShort)?,
-                    )?;
-                } else {
-                    // RFC 7714 §9.2: AAD = whole packet || E+index word, no ciphertext.
-                    // Move the word next to the packet (where the tag was) so the AAD is
-                    // contiguous; the trailer is cut off below anyway.
-                    pkt.get_mut(body..body + 4)
-                        .ok_or(SrtpError::TooShort)?
-                        .copy_from_slice(&word.to_be_bytes());
-                    let aad = pkt.get(..body + 4).ok_or(SrtpError::TooShort)?;
-                    k.open(&iv, aad, &mut tag)?;
-                }
-            }
+            Keys::Cm(k) => k.open_rtcp(pkt, ssrc, word, body, tag_at)?,
+            Keys::Gcm(k) => k.open_rtcp(pkt, ssrc, word, body, tag_at)?,
             Keys::Null => return Ok(()),
         }
         pkt.truncate(body);
@@ -828,6 +825,15 @@ impl SrtpContext {
             Some(r) => r.update(index as u64),
         }
         Ok(())
+    }
+}
+
+/// Plain RTCP (`Profile::Null`): a compound packet of at least one header, nothing to remove.
+fn check_plain_rtcp(pkt: &[u8]) -> Result<(), SrtpError> {
+    match pkt.first() {
+        _ if pkt.len() < 8 => Err(SrtpError::TooShort),
+        Some(b) if b >> 6 == 2 => Ok(()),
+        _ => Err(SrtpError::Malformed),
     }
 }
 
