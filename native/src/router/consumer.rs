@@ -186,6 +186,37 @@ fn check(spec: &ConsumerSpec) -> Result<()> {
     Ok(())
 }
 
+/// The kind of consumer a spec makes: a pipe (one stream per producer encoding, `pipe_ssrcs`),
+/// an SVC filter (one video stream with `svc`), simulcast (several encodings, starting on
+/// `encoding`), or simple.
+fn consumer_kind(spec: &ConsumerSpec, video: bool, encodings: usize, encoding: usize, rng: &mut Rng, now: Instant) -> Result<Kind> {
+    if !spec.pipe_ssrcs.is_empty() && spec.pipe_ssrcs.len() != encodings {
+        return Err(invalid(format!("consumer spec: {} pipe SSRCs for {encodings} encodings", spec.pipe_ssrcs.len())));
+    }
+    Ok(if !spec.pipe_ssrcs.is_empty() {
+        let streams = spec
+            .pipe_ssrcs
+            .iter()
+            .map(|&(ssrc, rtx_ssrc)| PipeStream { ssrc, rtx_ssrc, rtx_seq: rng.initial_seq(), tx: SendStats::default() })
+            .collect();
+        Kind::Pipe(Box::new(Pipe { streams }))
+    } else if let (Some((spatial, temporal, ksvc)), true) = (spec.svc, video && encodings == 1) {
+        Kind::Svc(Box::new(SvcFilter::new(spatial, temporal, ksvc, now)))
+    } else if encodings > 1 {
+        Kind::Simulcast(Simulcast {
+            target: encoding,
+            preferred_spatial: encoding,
+            layers: LayerState::new(now),
+            layer_switches: 0,
+            ts: TsOffset::new(),
+            ts_source: encoding,
+            ts_prev: (encoding, 0),
+        })
+    } else {
+        Kind::Simple
+    })
+}
+
 impl Consumer {
     /// A consumer on `transport` of `producer` (`video`, with `encodings` streams), from its
     /// spec; the caller checked the handles, the encoding index and the SSRCs in use.
@@ -219,31 +250,7 @@ impl Consumer {
             nack_budget_drops: 0,
             nack_max_resend_drops: 0,
         };
-        if !spec.pipe_ssrcs.is_empty() && spec.pipe_ssrcs.len() != encodings {
-            return Err(invalid(format!("consumer spec: {} pipe SSRCs for {encodings} encodings", spec.pipe_ssrcs.len())));
-        }
-        let kind = if !spec.pipe_ssrcs.is_empty() {
-            let streams = spec
-                .pipe_ssrcs
-                .iter()
-                .map(|&(ssrc, rtx_ssrc)| PipeStream { ssrc, rtx_ssrc, rtx_seq: rng.initial_seq(), tx: SendStats::default() })
-                .collect();
-            Kind::Pipe(Box::new(Pipe { streams }))
-        } else if let (Some((spatial, temporal, ksvc)), true) = (spec.svc, video && encodings == 1) {
-            Kind::Svc(Box::new(SvcFilter::new(spatial, temporal, ksvc, now)))
-        } else if encodings > 1 {
-            Kind::Simulcast(Simulcast {
-                target: encoding,
-                preferred_spatial: encoding,
-                layers: LayerState::new(now),
-                layer_switches: 0,
-                ts: TsOffset::new(),
-                ts_source: encoding,
-                ts_prev: (encoding, 0),
-            })
-        } else {
-            Kind::Simple
-        };
+        let kind = consumer_kind(spec, video, encodings, encoding, rng, now)?;
         Ok(Consumer {
             transport,
             producer,
