@@ -34,10 +34,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from pysfu.client import SignalingClient, connect
 from pysfu.testing.fixtures import device_caps, opus_producer, vp8_producer
@@ -65,8 +67,10 @@ def srtp_keys(peer: WebRtcPeer) -> tuple[bytes, bytes, bytes, bytes]:
 
 
 def start_server(viewers: int, own_session: bool,
-                 workers: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+                 workers: int | None = None) -> tuple[subprocess.Popen[bytes], int, int]:
+    """The server process, its signaling port and its metrics port."""
     port, rtc_port = free_port(socket.SOCK_STREAM), free_media_port()
+    metrics_port = free_port(socket.SOCK_STREAM)
     env = dict(os.environ)
     if workers is not None:
         env["PYSFU_WORKERS"] = str(workers)
@@ -84,9 +88,43 @@ def start_server(viewers: int, own_session: bool,
     })
     proc = subprocess.Popen(
         [sys.executable, "-m", "pysfu", "serve", "--port", str(port), "--rtc-port", str(rtc_port),
-         "--metrics-port", "0"],
+         "--metrics-port", str(metrics_port)],
         env=env, cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=own_session)
-    return proc, port
+    return proc, port, metrics_port
+
+
+def worker_times(metrics_port: int) -> tuple[dict[str, float], float]:
+    """The server's media workers' time by phase, seconds summed over the workers, and the
+    kernel messages they sent (``pysfu_worker_seconds_total``,
+    ``pysfu_worker_messages_sent_total``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    phases: dict[str, float] = {}
+    messages = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "pysfu_worker_seconds_total":
+                phase = sample.labels["phase"]
+                phases[phase] = phases.get(phase, 0.0) + sample.value
+            elif sample.name == "pysfu_worker_messages_sent_total":
+                messages += sample.value
+    return phases, messages
+
+
+def worker_phases(before: tuple[dict[str, float], float],
+                  after: tuple[dict[str, float], float], seconds: float) -> dict[str, Any]:
+    """Where the workers' time went while the generator ran (warm-up and window): per kernel
+    message sent, µs of each phase (all workers), and each phase's share of the run's wall
+    time summed over the workers."""
+    messages = after[1] - before[1]
+    spent = {k: after[0].get(k, 0.0) - before[0].get(k, 0.0) for k in after[0]}
+    return {
+        "messages": int(messages),
+        "us_per_message": {k: round(v / messages * 1e6, 3) if messages else None
+                           for k, v in spent.items()},
+        "share_of_run": {k: round(v / seconds, 4) if seconds else None
+                         for k, v in spent.items()},
+    }
 
 
 def set_priority(pid: int, nice: int) -> None:
@@ -143,7 +181,7 @@ def ice_credentials(peer: WebRtcPeer) -> str:
 async def run_point(viewers: int, profile: str, args: argparse.Namespace,
                     workers: int | None = None) -> dict[str, Any]:
     name, srtp = PROFILES[profile]
-    proc, port = start_server(viewers, own_session=bool(args.nice), workers=workers)
+    proc, port, metrics_port = start_server(viewers, own_session=bool(args.nice), workers=workers)
     url = f"ws://127.0.0.1:{port}/ws"
     peers: list[WebRtcPeer] = []
     try:
@@ -191,11 +229,16 @@ async def run_point(viewers: int, profile: str, args: argparse.Namespace,
             fds = [p.sock.fileno() for p in peers]
             if args.nice:
                 set_priority(proc.pid, args.nice)
+            times_before = worker_times(metrics_port)
+            t_run = time.monotonic()
             done = await trio.run_process(
                 [str(LOADGEN)], stdin="\n".join(config).encode(), capture_stdout=True,
                 pass_fds=fds, start_new_session=bool(args.nice),
                 preexec_fn=(lambda: set_priority(os.getpid(), args.nice)) if args.nice else None)
+            run_s = time.monotonic() - t_run
             result = json.loads(done.stdout)
+            result["worker_phases"] = worker_phases(times_before, worker_times(metrics_port),
+                                                    run_s)
     finally:
         for p in peers:
             p.close()

@@ -163,7 +163,10 @@ class Engine:
         (outbound SRTP contexts it holds now: the transports it owns); ``shares`` (producer
         packets another worker left for this worker's consumers, forwarded here),
         ``sharesFull`` (not forwarded here: its share queue was full), ``sharePeak`` (shares
-        waiting at most); ``cpu``: the CPU it is pinned to (``pin_workers``), else None."""
+        waiting at most); where its time went, nanoseconds: ``lockWaitNs`` (waiting for the
+        router's lock), ``routerNs`` (holding it), ``sealNs`` (protecting), ``sendNs`` (in the
+        kernel's send calls, which carried ``messages`` messages: a GSO message or a plain
+        datagram each); ``cpu``: the CPU it is pinned to (``pin_workers``), else None."""
     @property
     def gso(self) -> bool:
         """GSO in use now: the setting, unless the kernel refused it since."""

@@ -223,7 +223,9 @@ class MediaEngine:
     def worker_stats(self) -> list[dict[str, int | None]]:
         """Per media worker: datagrams received, sent, handed to other workers, taken from
         its inbox, dropped with its inbox full, protected as the owner of their transport;
-        the CPU it is pinned to or None (``Engine.worker_stats``)."""
+        nanoseconds spent waiting for and holding the router's lock, protecting and sending,
+        and the kernel messages sent; the CPU it is pinned to or None
+        (``Engine.worker_stats``)."""
         return [dict(w) for w in self.native.worker_stats()]
 
     def totals(self) -> dict[str, int]:

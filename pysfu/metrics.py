@@ -59,6 +59,10 @@ _PLAIN_TOTALS: tuple[tuple[str, str, str], ...] = (
     ("groRefused", "gro_refused", "1 if the kernel refused UDP GRO (then received without)"),
 )
 
+# Engine.worker_stats() key -> phase label of pysfu_worker_seconds_total.
+_WORKER_PHASES = (("lockWaitNs", "lock_wait"), ("routerNs", "router"), ("sealNs", "seal"),
+                  ("sendNs", "send"))
+
 
 @dataclass
 class RoomGauges:
@@ -167,6 +171,23 @@ class EngineCollector(Collector):
         for reason, n in sorted(self.media.drops().items()):
             drops.add_metric([reason], n)
         yield drops
+        yield from self._workers()
+
+    def _workers(self) -> Iterator[Metric]:
+        """Per media worker: where its time goes and the kernel messages it sent (the cost of
+        one message = send seconds / messages)."""
+        seconds = CounterMetricFamily(
+            "pysfu_worker_seconds", "media worker time by phase: waiting for the router's lock, "
+            "holding it, protecting (SRTP), in the kernel's send calls", labels=["worker", "phase"])
+        messages = CounterMetricFamily("pysfu_worker_messages_sent",
+                                       "kernel messages a media worker sent (GSO or plain)",
+                                       labels=["worker"])
+        for i, w in enumerate(self.media.worker_stats()):
+            for key, phase in _WORKER_PHASES:
+                seconds.add_metric([str(i), phase], (w.get(key) or 0) / 1e9)
+            messages.add_metric([str(i)], w.get("messages") or 0)
+        yield seconds
+        yield messages
 
     def _control(self) -> Iterator[Metric]:
         m = self.metrics

@@ -52,6 +52,13 @@ async def test_two_viewers_receive_every_packet_intact(viewer_gro: bool) -> None
     assert r["loadgen_rx_runqueue_s"] >= 0
     assert 0 < r["lag_all_ms"]["mean"] <= r["lag_all_ms"]["max"] < 1000
     assert isinstance(r["bound"], str) and r["bound"] != "unexplained"
+    # Where the workers' time went (the server's metrics, around the generator's run): the
+    # viewers' datagrams in at most as many kernel messages, each phase costed per message.
+    phases = r["worker_phases"]
+    assert 0 < phases["messages"] <= r["received"] + 100, phases
+    assert set(phases["us_per_message"]) == {"lock_wait", "router", "seal", "send"}
+    assert phases["us_per_message"]["send"] > 0 and phases["us_per_message"]["seal"] > 0
+    assert 0 < phases["share_of_run"]["send"] < 2  # summed over at most two workers
     if viewer_gro:
         return
     # The ceiling run at the same point sent and drained its packets and measured a cost.

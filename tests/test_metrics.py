@@ -119,6 +119,20 @@ async def test_metrics_follow_a_live_stream(server: Server, client: Any,
         assert (value(after, "pysfu_dropped_datagrams_total", reason="srtp_auth")
                 - value(before, "pysfu_dropped_datagrams_total", reason="srtp_auth")) == 7
         forwarded = value(after, "pysfu_forwarded_packets_total", kind="video")
+        # Where the workers' time went: the viewer's 40 packets (and the server's RTCP) sent
+        # in at most as many kernel messages, with time spent in each phase but the wait.
+        workers = server.media.native.workers
+
+        def across(snapshot: Any, name: str, **labels: str) -> float:
+            return sum(value(snapshot, name, worker=str(w), **labels) for w in range(workers))
+
+        messages = (across(after, "pysfu_worker_messages_sent_total")
+                    - across(before, "pysfu_worker_messages_sent_total"))
+        assert 1 <= messages <= got + 20, messages
+        for phase in ("router", "seal", "send"):
+            assert (across(after, "pysfu_worker_seconds_total", phase=phase)
+                    > across(before, "pysfu_worker_seconds_total", phase=phase)), phase
+        assert across(after, "pysfu_worker_seconds_total", phase="lock_wait") >= 0
         assert value(after, "pysfu_join_to_first_packet_seconds_count") == 1  # once per join
 
         # The room closes (the host leaves): gauges to zero, counters stay.

@@ -97,6 +97,14 @@ async def test_producer_on_one_worker_consumers_on_another(
         assert shares[other] == FRAMES and shares[ingress] == FRAMES, shares
         assert all(w["sharesFull"] == 0 and w["inboxFull"] == 0 for w in after)
         assert media.drops()["workerInboxFull"] == 0 and media.drops()["workerSharesFull"] == 0
+        # Where each worker's time went: both forwarded under the router's lock, protected
+        # and sent; the kernel messages are at most the datagrams (GSO puts several in one).
+        messages = _delta(after, before, "messages")
+        for w in (0, 1):
+            assert 0 < messages[w] <= sent[w], (w, messages, sent)
+            for key in ("routerNs", "sealNs", "sendNs"):
+                assert _delta(after, before, key)[w] > 0, (w, key, after)
+            assert _delta(after, before, "lockWaitNs")[w] >= 0
         await host_client.leave(ROOM)
         for viewer in viewers:
             await viewer.client.next_notification("roomClosed")
@@ -116,7 +124,8 @@ async def test_workers_setting_reaches_the_engine(server: Server) -> None:
     assert len(stats) == server.config.workers
     assert set(stats[0]) == {"received", "sent", "handedOff", "taken", "inboxFull",
                              "inboxPeak", "sealed", "sealNoKey", "sealFailed",
-                             "contexts", "shares", "sharesFull", "sharePeak", "cpu"}
+                             "contexts", "shares", "sharesFull", "sharePeak", "lockWaitNs",
+                             "routerNs", "sealNs", "sendNs", "messages", "cpu"}
 
 
 def _io_threads() -> dict[tuple[int, int], set[int]]:

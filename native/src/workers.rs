@@ -111,6 +111,24 @@ pub struct WorkerCounters {
     pub shares_full: AtomicU64,
     /// Shares waiting at most (a depth high-water mark).
     pub share_peak: AtomicU64,
+    /// Where the worker's time goes, nanoseconds: waiting for the router's lock, holding it
+    /// (routing, forwarding to its consumers, timers), protecting datagrams, and in the
+    /// kernel's send calls; with `messages` (the messages those calls carried: a GSO message
+    /// or a plain datagram each), the cost of one kernel message.
+    pub lock_wait_ns: AtomicU64,
+    pub router_ns: AtomicU64,
+    pub seal_ns: AtomicU64,
+    pub send_ns: AtomicU64,
+    pub messages: AtomicU64,
+}
+
+impl WorkerCounters {
+    /// Add the time from `since` to now to `counter`; now.
+    pub fn lap(counter: &AtomicU64, since: std::time::Instant) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        counter.fetch_add(now.saturating_duration_since(since).as_nanos() as u64, Ordering::Relaxed);
+        now
+    }
 }
 
 /// One worker's queues: batches for it to send, its own sent batches coming back, the

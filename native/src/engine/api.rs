@@ -189,7 +189,10 @@ impl Engine {
     /// `sealFailed` those it dropped instead (no context for their keys; protection failed),
     /// `contexts` (outbound SRTP contexts it holds now: the transports it owns); `shares`
     /// (producer packets other workers left for its consumers), `sharesFull` (dropped: its
-    /// share queue was full), `sharePeak` (shares waiting at most).
+    /// share queue was full), `sharePeak` (shares waiting at most); where its time went,
+    /// nanoseconds: `lockWaitNs` waiting for the router's lock, `routerNs` holding it,
+    /// `sealNs` protecting, `sendNs` in the kernel's send calls, which carried `messages`
+    /// messages (a GSO message or a plain datagram each).
     fn worker_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let shared = self.shared()?;
         let list = PyList::empty(py);
@@ -210,6 +213,11 @@ impl Engine {
                 ("shares", &c.shares),
                 ("sharesFull", &c.shares_full),
                 ("sharePeak", &c.share_peak),
+                ("lockWaitNs", &c.lock_wait_ns),
+                ("routerNs", &c.router_ns),
+                ("sealNs", &c.seal_ns),
+                ("sendNs", &c.send_ns),
+                ("messages", &c.messages),
             ] {
                 d.set_item(k, v.load(Ordering::Relaxed))?;
             }

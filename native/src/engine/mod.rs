@@ -38,7 +38,7 @@ use crate::tcp::{self, Frames, TcpEdge};
 use crate::router::{ConsumerSpec, DropReason, Handle, Output, ProducerSpec, Removed, Router, RouterError, Share, SrtpKeys, StatValue, Transmit};
 use crate::wake::EventFd;
 use crate::sealing::{Keyring, SealCounts};
-use crate::workers::{Batch, Mesh, Partitioner, MAX_WORKERS, NO_WORKER};
+use crate::workers::{Batch, Mesh, Partitioner, WorkerCounters, MAX_WORKERS, NO_WORKER};
 
 mod api;
 mod convert;
@@ -66,6 +66,33 @@ struct State {
     last_panic: Option<String>,
     /// Test hook (`_test_panic("io")`): the next datagram's processing panics.
     panic_next: bool,
+}
+
+/// The router's lock as a worker holds it: the wait for it and the time it is held are added
+/// to the worker's counters (`lock_wait_ns`, `router_ns`).
+struct Held<'a> {
+    st: parking_lot::MutexGuard<'a, State>,
+    since: Instant,
+    held: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.st
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        WorkerCounters::lap(self.held, self.since);
+    }
 }
 
 /// 64 random bits from the OS for the router's seed (the router itself draws no randomness);
@@ -270,6 +297,15 @@ impl Shared {
     }
 
     /// What a worker's seals did, into its counters.
+    /// The router's lock, for worker `me` (its wait and hold timed: `Held`).
+    fn lock_for(&self, me: usize) -> Held<'_> {
+        let asked = Instant::now();
+        let st = self.state.lock();
+        let c = &self.mesh.inbox(me).counters;
+        let since = WorkerCounters::lap(&c.lock_wait_ns, asked);
+        Held { st, since, held: &c.router_ns }
+    }
+
     fn count_seals(&self, me: usize, keys: &Keyring, d: SealCounts) {
         let counters = &self.mesh.inbox(me).counters;
         counters.contexts.store(keys.len() as u64, Ordering::Relaxed);

@@ -38,7 +38,7 @@ pub(super) fn side_worker(shared: Arc<Shared>, me: usize) {
         }
         let now = Instant::now();
         {
-            let mut st = shared.state.lock();
+            let mut st = shared.lock_for(me);
             let st = &mut *st;
             w.route_udp(&shared, st, n, now, early_at(&shared));
             shared.note_timer(st.router.poll_timeout());
@@ -207,7 +207,7 @@ impl Zero {
     /// proved on TCP connections noted on them.
     fn route(&mut self, shared: &Shared, n: usize, now: Instant, tick: bool, closed: Vec<std::net::SocketAddr>) {
         {
-            let mut st = shared.state.lock();
+            let mut st = shared.lock_for(0);
             let st = &mut *st;
             let early_at = early_at(shared);
             for addr in closed {

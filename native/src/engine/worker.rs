@@ -114,7 +114,7 @@ impl Worker {
     pub(super) fn run_share_part(&mut self, shared: &Shared, from: usize) -> bool {
         let mut more = false;
         {
-            let mut st = shared.state.lock();
+            let mut st = shared.lock_for(self.me);
             let st = &mut *st;
             let now = Instant::now();
             st.router.act_as(Some(self.me));
@@ -173,9 +173,18 @@ impl Worker {
     /// batch to be protected, and each datagram is still in cache when the kernel copies it.
     /// Returns the UDP datagrams sent.
     pub(super) fn seal_send(keys: &mut Keyring, planner: &mut Planner, shared: &Shared, me: usize, fd: RawFd, transmits: &mut Vec<Transmit>) -> usize {
+        let times = &shared.mesh.inbox(me).counters;
         if transmits.len() < 2 || !shared.gso_on.load(Ordering::Relaxed) || transmits.iter().all(|t| t.seal.is_none()) {
+            let t = WorkerCounters::lap(&times.seal_ns, Instant::now());
             Self::seal(keys, shared, me, transmits);
-            return shared.send_transmits(fd, transmits, Some(planner));
+            let t = WorkerCounters::lap(&times.seal_ns, t);
+            let planned = transmits.len() > 1 && shared.gso_on.load(Ordering::Relaxed);
+            let sent = shared.send_transmits(fd, transmits, Some(planner));
+            WorkerCounters::lap(&times.send_ns, t);
+            // With GSO on, several went through the planner: one message per run.
+            let messages = if planned { planner.runs().len() } else { sent };
+            times.messages.fetch_add(messages as u64, Ordering::Relaxed);
+            return sent;
         }
         let mut more = || shared.mesh.pop_key(me);
         keys.absorb(&mut more);
@@ -190,11 +199,15 @@ impl Worker {
         );
         let (order, runs) = (planner.order(), planner.runs());
         let mut sent = 0usize;
+        let mut t = Instant::now();
         for chunk in runs.chunks(SEAL_CHUNK) {
             let indices = chunk.iter().flat_map(|run| &order[run.start as usize..(run.start + run.len) as usize]);
             keys.seal_many(transmits, indices.map(|&i| i as usize), &mut more, &mut counts);
+            t = WorkerCounters::lap(&times.seal_ns, t);
             sent += shared.send_planned(fd, transmits, order, chunk);
+            t = WorkerCounters::lap(&times.send_ns, t);
         }
+        times.messages.fetch_add(runs.len() as u64, Ordering::Relaxed);
         shared.count_seals(me, keys, counts);
         if not_udp {
             shared.send_not_udp(transmits);
