@@ -16,8 +16,14 @@ core" extrapolates from it at the run's average packet rate per consumer. Genera
 server share the machine's cores, so forwarded packets/s saturate with the machine, not
 with the server.
 
+With ``--rounds N`` the whole sweep runs N times, one round after the other (so a noisy
+spell of a shared machine touches every point a little rather than one point a lot); every
+round's points are kept (``round``) and ``medians`` holds, per profile, workers and viewers,
+the median over the rounds of the figures quoted (``summarize``), with each round's value.
+
 Usage: python bench/sfu_load.py [--viewers 10,50,100] [--profiles gcm,cm] [--warmup 3]
        [--duration 5] [--out bench/results] [--no-save] [--nice -10] [--workers 1,2]
+       [--rounds 3]
 Prints a table; writes bench/results/<UTC time>-<git rev>.json (one file per run).
 """
 
@@ -31,6 +37,7 @@ import os
 import platform
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -348,6 +355,56 @@ def table(points: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+# The figures `summarize` takes the median of: name -> how to read it from a point.
+SUMMARY: dict[str, Any] = {
+    "server_us_per_packet": lambda p: p["server_us_per_packet"],
+    "consumers_per_core": lambda p: p["consumers_per_core"],
+    "p50_ms": lambda p: p["latency_ms"]["p50"],
+    "p99_ms": lambda p: p["latency_ms"]["p99"],
+    "forwarded_pps": lambda p: p["forwarded_pps"],
+    "loss": lambda p: p["loss"],
+}
+PHASES = ("lock_wait", "router", "seal", "send")
+
+
+def summarize(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (profile, workers, viewers), in the sweep's order: the median over its rounds of
+    each ``SUMMARY`` figure and of the workers' µs per kernel message per phase, with the
+    rounds' values (``rounds``) and the largest loss of any round (``loss_max``)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for p in points:
+        groups.setdefault((p["profile"], p.get("workers"), p["viewers"]), []).append(p)
+    out = []
+    for (profile, workers, viewers), ps in groups.items():
+        row: dict[str, Any] = {"profile": profile, "workers": workers, "viewers": viewers,
+                               "rounds": len(ps), "values": {}}
+        for name, read in SUMMARY.items():
+            values = [read(p) for p in ps]
+            known = [v for v in values if v is not None]
+            row["values"][name] = values
+            row[name] = statistics.median(known) if known else None
+        row["loss_max"] = max(p["loss"] for p in ps)
+        per_message = [p["worker_phases"]["us_per_message"] for p in ps
+                       if p.get("worker_phases", {}).get("us_per_message")]
+        if per_message:
+            row["us_per_message"] = {ph: statistics.median(m.get(ph, 0.0) for m in per_message)
+                                     for ph in PHASES}
+        out.append(row)
+    return out
+
+
+def median_table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'median of rounds':<24} {'wk':>2} {'viewers':>7} {'rounds':>6} {'µs/pkt':>7} "
+            f"{'cons/core':>9} {'p50 ms':>7} {'p99 ms':>7} {'loss max':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['profile']:<24} {r['workers'] or '-':>2} {r['viewers']:>7} "
+                     f"{r['rounds']:>6} {r['server_us_per_packet']:>7.2f} "
+                     f"{r['consumers_per_core'] or 0:>9.0f} {r['p50_ms'] or 0:>7.3f} "
+                     f"{r['p99_ms'] or 0:>7.3f} {r['loss_max']:>9.2e}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--viewers", default="10,50,100,250,500,1000,2000")
@@ -378,6 +435,8 @@ def main() -> None:
     ap.add_argument("--workers", default="",
                     help="the server's media workers, a list swept like --viewers (e.g. 1,2; "
                          "default: the server's, one per core)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the whole sweep this many times and record the medians")
     args = ap.parse_args()
     if args.gso is not None:
         os.environ["PYSFU_GSO"] = "true" if args.gso else "false"  # servers inherit it
@@ -395,11 +454,13 @@ def main() -> None:
     started = datetime.datetime.now(datetime.UTC)
     points = []
     worker_counts: list[int | None] = [int(w) for w in args.workers.split(",") if w] or [None]
-    for profile, workers, n in itertools.product(profiles, worker_counts, viewers):
+    sweep = itertools.product(range(max(1, args.rounds)), profiles, worker_counts, viewers)
+    for round_, profile, workers, n in sweep:
         if 2 * n + 64 > hard:
             print(f"skipping {n} viewers: file descriptor limit {hard}", file=sys.stderr)
             continue
         point = trio.run(run_point, n, profile, args, workers)
+        point["round"] = round_
         points.append(point)
         print(table([point]).splitlines()[-1] if len(points) > 1 else table([point]),
               file=sys.stderr, flush=True)
@@ -423,7 +484,9 @@ def main() -> None:
                      "audio": "50 packets/s, 160-byte payload",
                      "consumers_per_viewer": 2, "warmup_s": args.warmup,
                      "duration_s": args.duration, "nice": args.nice},
+        "rounds": max(1, args.rounds),
         "points": points,
+        "medians": summarize(points),
     }
     if not args.no_save:
         out = Path(args.out)
@@ -436,6 +499,8 @@ def main() -> None:
         print(json.dumps(record))
     else:
         print(table(points))
+        if args.rounds > 1:
+            print(median_table(record["medians"]))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,37 @@ async def test_two_viewers_receive_every_packet_intact(viewer_gro: bool) -> None
     ceiling = r["ceiling"]
     assert ceiling["consumers"] == 2 and ceiling["sent"] > 0
     assert ceiling["received"] == ceiling["sent"] and ceiling["cpu_us_per_pkt"] > 0
+
+
+def _point(profile: str, viewers: int, us: float, p50: float, loss: float,
+           send: float) -> dict[str, Any]:
+    return {"profile": profile, "workers": 2, "viewers": viewers, "server_us_per_packet": us,
+            "consumers_per_core": round(1e6 / us / 100), "latency_ms": {"p50": p50, "p99": 9 * p50},
+            "forwarded_pps": 100 * viewers, "loss": loss,
+            "worker_phases": {"us_per_message": {"lock_wait": 0.2, "router": 2.0, "seal": 1.5,
+                                                 "send": send}}}
+
+
+def test_rounds_are_summarized_by_their_medians_per_point() -> None:
+    # Three rounds of a two-point sweep, in the order main() runs them (round-major).
+    points = [
+        _point("gcm", 100, 4.0, 0.50, 0.0, 6.0), _point("gcm", 200, 3.8, 0.80, 0.0, 5.0),
+        _point("gcm", 100, 4.6, 0.70, 1e-4, 7.0), _point("gcm", 200, 3.6, 0.90, 0.0, 6.0),
+        _point("gcm", 100, 4.2, 0.40, 0.0, 5.0), _point("gcm", 200, 4.4, 0.70, 2e-5, 5.5),
+    ]
+    rows = sfu_load.summarize(points)
+    assert [(r["viewers"], r["rounds"]) for r in rows] == [(100, 3), (200, 3)]
+    first, second = rows
+    assert first["server_us_per_packet"] == 4.2 and first["p50_ms"] == 0.50
+    assert first["values"]["p50_ms"] == [0.50, 0.70, 0.40]
+    assert first["loss_max"] == 1e-4 and first["loss"] == 0.0
+    assert first["us_per_message"]["send"] == 6.0 and first["us_per_message"]["router"] == 2.0
+    assert second["server_us_per_packet"] == 3.8 and second["p99_ms"] == 9 * 0.80
+    assert second["loss_max"] == 2e-5
+    # A point without a latency figure (no packet in its window) does not count as 0.
+    points[0]["latency_ms"]["p50"] = None
+    assert sfu_load.summarize(points)[0]["p50_ms"] == (0.70 + 0.40) / 2
+    assert "median of rounds" in sfu_load.median_table(rows)
 
 
 data_fanout = _load_script(ROOT / "bench" / "data_fanout.py")
