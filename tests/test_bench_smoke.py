@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,22 @@ def test_rounds_are_summarized_by_their_medians_per_point() -> None:
     points[0]["latency_ms"]["p50"] = None
     assert sfu_load.summarize(points)[0]["p50_ms"] == (0.70 + 0.40) / 2
     assert "median of rounds" in sfu_load.median_table(rows)
+
+
+def test_wakecost_measures_a_sleep_and_wake_up_per_gap() -> None:
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "pysfu-loadgen"], cwd=ROOT,
+                   check=True, timeout=900)
+    out = subprocess.run([str(ROOT / "target" / "release" / "pysfu-wakecost"), "--gaps",
+                          "300,1000", "--cycles", "40"], check=True, timeout=60,
+                         capture_output=True, text=True).stdout
+    record = json.loads(out)
+    assert record["bench"] == "wakecost"
+    assert [p["gap_us"] for p in record["points"]] == [300, 1000]
+    for p in record["points"]:
+        # Every write is seen; two writes before one read are one wake-up.
+        assert p["cycles"] == 40 and 0 < p["wakes"] <= 40, p
+        assert p["sleeper_cpu_us_per_wake"] > 0 and p["waker_cpu_us_per_cycle"] > 0, p
+        assert 0 < p["wake_delay_us_p50"] <= p["wake_delay_us_p90"], p
 
 
 data_fanout = _load_script(ROOT / "bench" / "data_fanout.py")
