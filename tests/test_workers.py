@@ -184,3 +184,40 @@ async def test_server_pins_its_workers_by_default(server: Server) -> None:
         assert len(set(cpus)) == min(server.config.workers, len(os.sched_getaffinity(0)))
     else:
         assert cpus == [None]
+
+
+def _voluntary_switches(tids: list[int]) -> list[int]:
+    """Each thread's voluntary context switches so far (each one a sleep it woke from)."""
+    counts = []
+    for tid in tids:
+        with open(f"/proc/self/task/{tid}/status") as f:
+            line = next(ln for ln in f if ln.startswith("voluntary_ctxt_switches"))
+        counts.append(int(line.split()[1]))
+    return counts
+
+
+def test_idle_workers_sleep_until_there_is_work() -> None:
+    """With nothing to do, worker 0 wakes once per router tick (its waits rounded up, not cut
+    short into a second wake-up) and the other workers about once a second: everything they
+    serve wakes them (datagrams, shares, key events, stop), and on a VM every sleep ended by a
+    timer costs tens of µs of CPU (bench/README.md, pysfu-wakecost)."""
+    before = set(_io_threads())
+    engine = Engine("127.0.0.1", 0, workers=2, pin_workers=False)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            mine = [tid for (tid, start) in _io_threads() if (tid, start) not in before]
+            if len(mine) == 2:
+                break
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.01)
+        time.sleep(0.3)
+        first = _voluntary_switches(mine)
+        time.sleep(2.0)
+        woke = sorted(b - a for a, b in zip(first, _voluntary_switches(mine), strict=True))
+        # Worker 0: its 50 ms tick, 40 in 2 s (80 when each wait was cut to whole ms);
+        # the other worker: its 1 s safety net (40 with the former 50 ms tick).
+        assert woke[0] <= 4, woke
+        assert woke[1] <= 50, woke
+    finally:
+        engine.close()

@@ -206,10 +206,11 @@ impl Mesh {
     }
 
     /// Queue a key event for its owner worker (call with the router lock held, in the call
-    /// that produced it: then it is queued before any datagram that needs it).
-    pub fn push_key(&self, ev: KeyEvent) {
+    /// that produced it: then it is queued before any datagram that needs it); that worker.
+    pub fn push_key(&self, ev: KeyEvent) -> usize {
         let to = ev.owner().min(self.inboxes.len() - 1);
         self.inboxes[to].keys.push(ev);
+        to
     }
 
     /// The oldest key event for worker `me`.

@@ -5,6 +5,11 @@ use super::*;
 
 /// Periodic router work (key frame re-requests) at least this often.
 const TICK: Duration = Duration::from_millis(50);
+/// An idle worker other than 0 looks at its queues at least this often. Everything it serves
+/// wakes it (datagrams, shares, batches and key events in its inbox, stop), so this is a
+/// safety net only: on a VM a sleep ended by a timer costs tens of µs of CPU
+/// (`pysfu-wakecost`), 20 a second per worker with the 50 ms tick.
+const SIDE_IDLE: Duration = Duration::from_secs(1);
 /// While UDP keeps the thread busy, TCP readiness is looked at this often (no extra syscall
 /// per UDP batch).
 const TCP_POLL_EVERY: Duration = Duration::from_millis(1);
@@ -23,7 +28,7 @@ pub(super) fn side_worker(shared: Arc<Shared>, me: usize) {
         w.absorb_returns(&shared);
         let n = w.batch.recv(w.fd).unwrap_or_default();
         if n == 0 {
-            poller.wait(&mut events, TICK.as_millis() as i32);
+            poller.wait(&mut events, SIDE_IDLE.as_millis() as i32);
             if events.iter().any(|e| e.token == TOKEN_STOP) {
                 break;
             }
@@ -160,7 +165,9 @@ impl Zero {
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(Instant::now()));
             }
-            let ms = wait.as_millis().clamp(1, 1000) as i32;
+            // Rounded up: a wait cut to whole ms ends before the tick or the deadline, and
+            // the loop would sleep again for the rest (two timer wake-ups instead of one).
+            let ms = wait.as_micros().div_ceil(1000).clamp(1, 1000) as i32;
             shared.poller.wait(&mut self.events, ms)
         } else if shared.tcp.is_some() && self.last_tcp_poll.elapsed() >= TCP_POLL_EVERY {
             shared.poller.wait(&mut self.events, 0)
