@@ -184,7 +184,17 @@ def test_chromium_camera_recorded_by_ffmpeg_through_a_plain_consumer(
         _post(sfu, f"/rooms/{room}/plain/consumers/{cid}/resume")
         _post(sfu, f"/rooms/{room}/plain/consumers/{cid}/keyframe")
         before = host.evaluate(STATS)["video"]
-        _, err = recorder.communicate(timeout=40)
+        # Chromium sends a key frame only when asked, and ffmpeg never asks: while the
+        # recorder runs, ask again now and then (the first answer is lost if ffmpeg was still
+        # starting, which a loaded machine makes slow).
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                _, err = recorder.communicate(timeout=2)
+                break
+            except subprocess.TimeoutExpired:
+                assert time.monotonic() < deadline, "the recorder did not finish in 40 s"
+                _post(sfu, f"/rooms/{room}/plain/consumers/{cid}/keyframe")
     finally:
         if recorder.poll() is None:
             recorder.kill()
