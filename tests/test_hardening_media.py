@@ -275,6 +275,20 @@ async def nack_scenario(server: Server, client: Any, streamer: Streamer, produce
     }
 
 
+# How late the bucket may learn of what was forwarded: it is refilled when a NACK is
+# answered (native/src/budget.rs), so the first NACK inside the window can spend the share of
+# the media forwarded since the last one before it (NACK_INTERVAL apart, later on a loaded
+# machine: the attacker's loop runs in this process).
+REFILL_LAG = 5 * NACK_INTERVAL
+
+
+def refill_slack(media: int) -> float:
+    """Retransmitted bytes a window may hold beyond half its media: one packet's worth the
+    bucket held when the window opened, and the share of the media forwarded in the
+    REFILL_LAG before it (at the window's rate)."""
+    return MTU + 0.5 * media / WINDOW * REFILL_LAG
+
+
 async def test_nacking_everything_is_bounded_by_the_retransmission_budget(
         server: Server, client: Any, host: Any) -> None:  # noqa: F811
     _, host_peer, producer_id = host
@@ -288,10 +302,11 @@ async def test_nacking_everything_is_bounded_by_the_retransmission_budget(
           f"{attack['drops']}; live stream p50/p99 {attack['live']['p50_ms']:.2f}/"
           f"{attack['live']['p99_ms']:.2f} ms, same load with NACKs built, not sent "
           f"{control['live']['p50_ms']:.2f}/{control['live']['p99_ms']:.2f} ms")
-    # At most half of what was forwarded in the window (up to one packet's worth that the
-    # bucket held when the window opened): bytes out <= 1.5x the stream for this viewer.
-    assert rtx <= 0.5 * media + MTU, (media, rtx)
-    assert attack["engine_rtx"] <= 0.5 * attack["engine_media"] + MTU
+    # At most half of what was forwarded in the window: bytes out <= 1.5x the stream for
+    # this viewer, plus what the bucket could bring into the window (`refill_slack`).
+    assert rtx <= 0.5 * media + refill_slack(media), (media, rtx)
+    assert attack["engine_rtx"] <= (0.5 * attack["engine_media"]
+                                    + refill_slack(attack["engine_media"])), attack
     assert attack["drops"].get("nack_budget", 0) > 0
     assert control["rtx"] == 0 and "nack_budget" not in control["drops"]
     # Latency of the viewer in the other room: within noise of the same load, NACKs unsent.
