@@ -33,7 +33,7 @@ impl Engine {
         py.detach(move || {
             let mut out = Output::new();
             let r = {
-                let mut st = shared.state.lock();
+                let mut st = shared.lock();
                 let r = catch_unwind(AssertUnwindSafe(|| f(&mut st.router, Instant::now(), &mut out)));
                 shared.publish_keys(&mut st);
                 match r {
@@ -149,7 +149,7 @@ impl Engine {
         let plain = PlainSockets::new().map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
         plain.watch_stop(stop_fd.as_raw_fd()).map_err(|e| PyValueError::new_err(format!("epoll: {e}")))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { router: new_router(ios.len()), signalled: false, last_panic: None, panic_next: false }),
+            state: Mutex::new(State { router: new_router(ios.len()), signalled: false, last_panic: None, panic_next: false, wakes: Wakes::default() }),
             mesh: Mesh::new(ios.len()),
             timer_at: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),

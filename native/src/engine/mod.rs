@@ -66,32 +66,58 @@ struct State {
     last_panic: Option<String>,
     /// Test hook (`_test_panic("io")`): the next datagram's processing panics.
     panic_next: bool,
+    /// Wake-ups decided under the lock, made once it is released (`Held`).
+    wakes: Wakes,
 }
 
-/// The router's lock as a worker holds it: the wait for it and the time it is held are added
-/// to the worker's counters (`lock_wait_ns`, `router_ns`).
+/// Whom to wake once the router's lock is released: workers (one bit each: shares, key
+/// events, an earlier timer for worker 0) and Python (the up fd). An eventfd write that wakes
+/// a sleeping thread on another CPU is a syscall with a cross-CPU wake-up in it (10-19 µs of
+/// its writer's time on the 2-vCPU VM of the benches): not something to do while every
+/// other worker waits for the lock.
+#[derive(Default, Clone, Copy)]
+struct Wakes {
+    workers: u64,
+    up: bool,
+}
+
+impl Wakes {
+    fn worker(&mut self, to: usize) {
+        self.workers |= 1 << to.min(MAX_WORKERS - 1);
+    }
+}
+
+/// The router's lock as held by a thread: on release the wake-ups it decided are made
+/// (`Wakes`). A worker's hold (`Shared::lock_for`) also adds its wait for the lock and the
+/// time held to its counters (`lock_wait_ns`, `router_ns`).
 struct Held<'a> {
-    st: parking_lot::MutexGuard<'a, State>,
-    since: Instant,
-    held: &'a AtomicU64,
+    st: Option<parking_lot::MutexGuard<'a, State>>,
+    shared: &'a Shared,
+    timed: Option<(Instant, &'a AtomicU64)>,
 }
 
 impl std::ops::Deref for Held<'_> {
     type Target = State;
     fn deref(&self) -> &State {
-        &self.st
+        self.st.as_ref().expect("held until dropped")
     }
 }
 
 impl std::ops::DerefMut for Held<'_> {
     fn deref_mut(&mut self) -> &mut State {
-        &mut self.st
+        self.st.as_mut().expect("held until dropped")
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        WorkerCounters::lap(self.held, self.since);
+        let Some(mut st) = self.st.take() else { return };
+        let wakes = std::mem::take(&mut st.wakes);
+        drop(st);
+        if let Some((since, held)) = self.timed {
+            WorkerCounters::lap(held, since);
+        }
+        self.shared.wake(wakes);
     }
 }
 
@@ -145,12 +171,13 @@ fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
 }
 
 
-/// Count a panic caught on an I/O thread and wake Python so it logs it.
-fn on_io_panic(shared: &Shared, st: &mut State, e: &(dyn std::any::Any + Send)) {
+/// Count a panic caught on an I/O thread and wake Python (once the lock is released) so it
+/// logs it.
+fn on_io_panic(st: &mut State, e: &(dyn std::any::Any + Send)) {
     st.router.count_drop(DropReason::Panic, 1);
     st.last_panic = Some(panic_message(e));
     st.signalled = true;
-    shared.up_fd.set();
+    st.wakes.up = true;
 }
 
 /// One worker's socket (all in one `SO_REUSEPORT` group on the rtc port) and wake-up fd.
@@ -249,13 +276,9 @@ impl Shared {
     /// before releasing the router lock of any call that may have produced some
     /// (`sealing.rs`).
     fn publish_keys(&self, st: &mut State) {
-        let mut woken = 0u64;
         for ev in st.router.take_key_events() {
             let to = self.mesh.push_key(ev);
-            if woken & (1 << to.min(63)) == 0 {
-                woken |= 1 << to.min(63);
-                self.workers[to].wake.set();
-            }
+            st.wakes.worker(to);
         }
     }
 
@@ -333,7 +356,28 @@ impl Shared {
         let st = self.state.try_lock().or_else(|| spin_for(&self.state, asked)).unwrap_or_else(|| self.state.lock());
         let c = &self.mesh.inbox(me).counters;
         let since = WorkerCounters::lap(&c.lock_wait_ns, asked);
-        Held { st, since, held: &c.router_ns }
+        Held { st: Some(st), shared: self, timed: Some((since, &c.router_ns)) }
+    }
+
+    /// The router's lock for a thread that is not a worker (control calls, the plain
+    /// thread): as `lock_for`, untimed.
+    fn lock(&self) -> Held<'_> {
+        Held { st: Some(self.state.lock()), shared: self, timed: None }
+    }
+
+    /// Make the wake-ups a released hold decided (`Wakes`).
+    fn wake(&self, wakes: Wakes) {
+        let mut bits = wakes.workers;
+        while bits != 0 {
+            let to = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if let Some(w) = self.workers.get(to) {
+                w.wake.set();
+            }
+        }
+        if wakes.up {
+            self.up_fd.set();
+        }
     }
 
     fn count_seals(&self, me: usize, keys: &Keyring, d: SealCounts) {
@@ -420,40 +464,39 @@ impl Shared {
         (ns != u64::MAX).then(|| self.epoch + Duration::from_nanos(ns))
     }
 
-    /// A worker other than 0 made the router's next timer `at` (call with the lock): if
-    /// earlier than worker 0 knows, tell it and wake it.
-    fn note_timer(&self, at: Option<Instant>) {
-        let ns = self.timer_ns(at);
+    /// A worker other than 0 made the router's next timer (call with the lock): if earlier
+    /// than worker 0 knows, tell it and wake it (once the lock is released).
+    fn note_timer(&self, st: &mut State) {
+        let ns = self.timer_ns(st.router.poll_timeout());
         if ns < self.timer_at.fetch_min(ns, Ordering::AcqRel) {
-            self.workers[0].wake.set();
+            st.wakes.worker(0);
         }
     }
 
     /// Queue the shares the router left to their workers (after the key events: a share's
-    /// consumers' contexts are queued first) and wake them, except the calling worker `me`
-    /// (it runs its own next). Call with the router lock.
+    /// consumers' contexts are queued first) and wake them once the lock is released, except
+    /// the calling worker `me` (it runs its own next). Call with the router lock.
     fn publish_shares(&self, st: &mut State, me: Option<usize>) {
         if !st.router.has_shares() {
             return;
         }
-        let mut woken = 0u64;
         for share in st.router.take_shares() {
             let to = share.to;
-            if self.mesh.push_share(share) && Some(to) != me && woken & (1 << to.min(63)) == 0 {
-                woken |= 1 << to.min(63);
-                self.workers[to].wake.set();
+            if self.mesh.push_share(share) && Some(to) != me {
+                st.wakes.worker(to);
             }
         }
     }
 
-    /// Set the up fd if there is something to drain and it is not set yet; queue the key
-    /// events and shares (`me`: the calling worker). Call with the lock.
+    /// Set the up fd (once the lock is released) if there is something to drain and it is
+    /// not set yet; queue the key events and shares (`me`: the calling worker). Call with the
+    /// lock.
     fn signal(&self, st: &mut State, me: Option<usize>) {
         self.publish_keys(st);
         self.publish_shares(st, me);
         if !st.signalled && st.router.has_upcalls() {
             st.signalled = true;
-            self.up_fd.set();
+            st.wakes.up = true;
         }
     }
 }

@@ -46,7 +46,7 @@ pub(super) fn side_worker(shared: Arc<Shared>, me: usize) {
             let mut st = shared.lock_for(me);
             let st = &mut *st;
             w.route_udp(&shared, st, n, now, early_at(&shared));
-            shared.note_timer(st.router.poll_timeout());
+            shared.note_timer(st);
             shared.signal(st, Some(me));
         }
         w.dispatch(&shared);
@@ -228,7 +228,7 @@ impl Zero {
                     }
                 }));
                 if let Err(e) = result {
-                    on_io_panic(shared, st, &*e);
+                    on_io_panic(st, &*e);
                 }
                 if self.w.out.transmits.len() >= early_at {
                     self.w.dispatch(shared);
@@ -237,7 +237,7 @@ impl Zero {
             self.w.route_udp(shared, st, n, now, early_at);
             if tick {
                 if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.handle_timeout(now, &mut self.w.out))) {
-                    on_io_panic(shared, st, &*e);
+                    on_io_panic(st, &*e);
                 }
             }
             let next = shared.timer_ns(st.router.poll_timeout());
@@ -262,7 +262,7 @@ pub(super) fn plain_thread(shared: Arc<Shared>) {
     shared.plain.run(&shared.stop, |th, rtcp_port, batch, n| {
         let now = Instant::now();
         {
-            let mut st = shared.state.lock();
+            let mut st = shared.lock();
             let st = &mut *st;
             for i in 0..n {
                 let result = catch_unwind(AssertUnwindSafe(|| {
@@ -277,7 +277,7 @@ pub(super) fn plain_thread(shared: Arc<Shared>) {
                     }
                 }));
                 if let Err(e) = result {
-                    on_io_panic(&shared, st, &*e);
+                    on_io_panic(st, &*e);
                 }
             }
             shared.signal(st, None);

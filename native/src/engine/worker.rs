@@ -130,12 +130,12 @@ impl Worker {
                 }
                 let out = &mut self.out;
                 if let Err(e) = catch_unwind(AssertUnwindSafe(|| st.router.run_share_part(now, share, part, out))) {
-                    on_io_panic(shared, st, &*e);
+                    on_io_panic(st, &*e);
                 }
             }
             st.router.act_as(None);
             if self.me != 0 {
-                shared.note_timer(st.router.poll_timeout());
+                shared.note_timer(st);
             }
             shared.signal(st, Some(self.me));
         }
@@ -241,7 +241,7 @@ impl Worker {
                 }
             }));
             if let Err(e) = result {
-                on_io_panic(shared, st, &*e);
+                on_io_panic(st, &*e);
             }
             if self.out.transmits.len() >= early_at {
                 self.dispatch(shared);
