@@ -271,10 +271,10 @@ impl Shared {
         self.send_via(self.socket().as_raw_fd(), out, None);
     }
 
-    /// Queue the router's key events to their owner workers and wake those (a removed
-    /// transport's context goes at once, not at the worker's next traffic or idle turn). Call
-    /// before releasing the router lock of any call that may have produced some
-    /// (`sealing.rs`).
+    /// Queue the router's key events to their owner workers and wake those once the lock is
+    /// released (a removed transport's context goes at once, not at the worker's next traffic
+    /// or idle turn). Call before releasing the router lock of any call that may have
+    /// produced some (`sealing.rs`).
     fn publish_keys(&self, st: &mut State) {
         for ev in st.router.take_key_events() {
             let to = self.mesh.push_key(ev);
