@@ -353,7 +353,10 @@ def gst_send_command(video: RtpTarget, *, source: str = "videotestsrc is-live=tr
     VP8 and sends it into a plain transport (comedia) through ``rtpbin``: RTP to
     ``video``'s port and, for a target with an ``rtcp_port`` (``rtcpMux: false``), rtpbin's
     sender reports to that port (a rtcp-mux transport gets none: they would come from
-    another source port). ``shlex.join`` it (or ``shell``) for a shell."""
+    another source port). ``shlex.join`` it (or ``shell``) for a shell.
+
+    With a finite source and an ``rtcp_port``, GStreamer 1.22 sometimes does not exit at the
+    end of the stream (its rtpsession sends the BYE but not the EOS after it): bound the run."""
     argv = [gst, "-q", "rtpbin", "name=rb", *shlex.split(source), "!", caps, "!", "vp8enc",
             "deadline=1", "keyframe-max-dist=60", f"target-bitrate={bitrate}", "!",
             "rtpvp8pay", f"pt={video.payload_type}", f"ssrc={video.ssrc}", "mtu=1200", "!",

@@ -3,6 +3,11 @@ test``): gst-launch-1.0 encodes a VP8 test pattern and sends it through rtpbin
 (``pysfu.plain.gst_send_command``) into a comedia plain transport without rtcp-mux (RTP to
 its port, rtpbin's sender reports to its RTCP port); an independent WebRTC test peer (real
 ICE, DTLS, SRTP) consumes it and gets GStreamer's key frames at the pattern's size.
+
+The test stops gst-launch-1.0 once it has seen what it checks rather than waiting for it to
+exit: GStreamer 1.22's rtpsession sometimes sends its BYE without the EOS that should
+follow it on the RTCP pad, and then gst-launch-1.0 never exits (2 of 40 runs of this
+command here; the official CI met it once).
 """
 
 from __future__ import annotations
@@ -24,15 +29,15 @@ pytestmark = pytest.mark.skipif(shutil.which("gst-launch-1.0") is None,
 
 WIDTH, HEIGHT = 320, 240
 VIDEO_PT, VIDEO_SSRC = 101, 0x2345678
-FRAMES = 240  # 8 s at 30 fps: rtpbin's first sender report comes within its first seconds
+FRAMES = 900  # 30 s at 30 fps: a bound; the test stops gst-launch-1.0 once it has its answer
 # How long gst-launch-1.0 and the viewer may take (s), on a loaded machine too.
 BOUND = 60
 
 
 async def run_gst(argv: list[str]) -> None:
-    with trio.fail_after(BOUND):
-        result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
-                                        check=False)
+    """Runs gst-launch-1.0 until it ends (it must end well) or the caller cancels it."""
+    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
+                                    check=False)
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
 
 
@@ -80,10 +85,16 @@ async def test_gstreamer_into_split_plain_transport_reaches_a_webrtc_viewer(
                     size = vp8_key_frame_size(rtp.payload)
                     if size is not None:
                         sizes.append(size)
+                # rtpbin sends its first sender report within its first seconds.
+                while True:
+                    answer = await c.request("getStats", {"roomId": ROOM,
+                                                          "transportId": plain["transportId"]})
+                    (record,) = answer["stats"]
+                    if record["rtcpPacketsReceived"] >= 1:
+                        break
+                    await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()
         assert sizes and set(sizes) == {(WIDTH, HEIGHT)}, sizes
-        answer = await c.request("getStats", {"roomId": ROOM,
-                                              "transportId": plain["transportId"]})
-        (record,) = answer["stats"]
         # rtpbin's sender reports came to the RTCP port, which latched their source.
         assert record["rtcpTuple"]["remoteIp"] == "127.0.0.1", record
         assert record["rtcpPacketsReceived"] >= 1, record
