@@ -34,6 +34,7 @@ pub mod svc;
 pub mod wake;
 pub mod workers;
 pub mod sealing;
+pub mod prefetch;
 pub mod dcep;
 pub mod dd;
 pub mod dd_filter;

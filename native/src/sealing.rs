@@ -114,6 +114,17 @@ impl Keyring {
         }
     }
 
+    /// Ask for the contexts `seal_many` will use for `transmits[i]`, each `i` of `order`
+    /// (`prefetch.rs`).
+    pub fn prefetch(&self, transmits: &[Transmit], order: impl IntoIterator<Item = usize>) {
+        for i in order {
+            let Some(seal) = transmits.get(i).and_then(|t| t.seal) else { continue };
+            if let Some((_, ctx)) = self.contexts.get(&seal.transport) {
+                ctx.prefetch();
+            }
+        }
+    }
+
     /// [`Keyring::seal_one`] for `transmits[i]`, each `i` of `order` in turn; the AES-CM
     /// tags are computed [`LANES`] datagrams at a time (`hmac_sha1.rs`).
     pub fn seal_many(
@@ -234,6 +245,22 @@ mod tests {
             rx.unprotect_rtp(&mut got).unwrap();
             assert_eq!(got, rtp(65533u16.wrapping_add(k as u16)));
         }
+    }
+
+    #[test]
+    fn prefetching_changes_nothing_and_takes_any_index() {
+        let mut ring = Keyring::new();
+        ring.apply(install(9, 1));
+        let mut ts = vec![sealed(9, 1, rtp(7)), sealed(4, 1, rtp(8))];
+        ts.push(Transmit::new(Remote::udp(SocketAddr::from(([127, 0, 0, 1], 1))), vec![1, 2, 3]));
+        // Known and unknown transports, an unsealed datagram, an index past the end.
+        ring.prefetch(&ts, [0, 1, 2, 3]);
+        assert_eq!(ts[0].buf, rtp(7), "a hint only: nothing is protected");
+        let counts = ring.seal(&mut ts, || None);
+        assert_eq!(counts, SealCounts { sealed: 1, no_key: 1, failed: 0 });
+        let mut want = rtp(7);
+        ctx().protect_rtp(&mut want).unwrap();
+        assert_eq!(ts[0].buf, want, "the context's state is what it was");
     }
 
     #[test]

@@ -643,6 +643,18 @@ impl SrtpContext {
         Ok(())
     }
 
+    /// Ask for the cache lines `protect_rtp_deferred` reads (this context, its RTP keys and
+    /// its streams' state) ahead of it (`prefetch.rs`).
+    pub fn prefetch(&self) {
+        crate::prefetch::prefetch(self);
+        match &self.rtp {
+            Keys::Cm(k) => crate::prefetch::prefetch(&**k),
+            Keys::Gcm(k) => crate::prefetch::prefetch(&**k),
+            Keys::Null => {}
+        }
+        crate::prefetch::prefetch_slice(&self.streams.entries, 256);
+    }
+
     /// [`SrtpContext::protect_rtp`] but for an AES-CM packet's tag, returned to be appended
     /// by [`finish_tags`] together with other packets' (the packet stays encrypted and
     /// untagged until then). Other profiles finish here: `None`.

@@ -118,9 +118,15 @@ impl Worker {
             let st = &mut *st;
             let now = Instant::now();
             st.router.act_as(Some(self.me));
+            let mut warmed = Warmed::default();
             for (share, list) in self.shares.iter_mut() {
                 if from == 0 {
                     *list = st.router.share_consumers(share);
+                }
+                // Ask for this part's consumer state once per list (shares of one producer
+                // share their list) before it is forwarded (`prefetch.rs`).
+                if let Some(l) = list.as_deref().filter(|l| warmed.first_time(l.as_ptr() as usize)) {
+                    st.router.warm_part(&l[from.min(l.len())..(from + SHARE_PART).min(l.len())]);
                 }
                 let Some(list) = list.as_deref() else { continue };
                 let part = &list[from.min(list.len())..(from + SHARE_PART).min(list.len())];
@@ -201,6 +207,8 @@ impl Worker {
         let mut sent = 0usize;
         let mut t = Instant::now();
         for chunk in runs.chunks(SEAL_CHUNK) {
+            // Their contexts asked for first (one per run: a run is one destination's).
+            keys.prefetch(transmits, chunk.iter().map(|run| order[run.start as usize] as usize));
             let indices = chunk.iter().flat_map(|run| &order[run.start as usize..(run.start + run.len) as usize]);
             keys.seal_many(transmits, indices.map(|&i| i as usize), &mut more, &mut counts);
             t = WorkerCounters::lap(&times.seal_ns, t);
@@ -251,10 +259,46 @@ impl Worker {
     }
 }
 
+/// The lists of consumers a part has asked the cache for already (`run_share_part`): a few
+/// addresses; past that a list is asked for again, which costs little.
+#[derive(Default)]
+struct Warmed {
+    lists: [usize; 4],
+    len: usize,
+}
+
+impl Warmed {
+    fn first_time(&mut self, list: usize) -> bool {
+        if self.lists[..self.len].contains(&list) {
+            return false;
+        }
+        if self.len < self.lists.len() {
+            self.lists[self.len] = list;
+            self.len += 1;
+        }
+        true
+    }
+}
+
 pub(super) fn early_at(shared: &Shared) -> usize {
     if shared.gso_on.load(Ordering::Relaxed) {
         SEND_EARLY_AT_GSO
     } else {
         SEND_EARLY_AT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Warmed;
+
+    #[test]
+    fn a_list_is_warmed_once_per_part_and_again_past_four() {
+        let mut w = Warmed::default();
+        assert!(w.first_time(10) && !w.first_time(10));
+        assert!(w.first_time(20) && w.first_time(30) && w.first_time(40));
+        assert!(!w.first_time(20) && !w.first_time(40));
+        // A fifth list is not remembered: asked for each time (harmless, only a hint).
+        assert!(w.first_time(50) && w.first_time(50));
     }
 }

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::fasthash::HandleMap;
+use crate::prefetch::prefetch;
 use crate::rtp::{Codec, RtpHeader};
 
 use super::consumer::Consumer;
@@ -138,6 +139,20 @@ impl Router {
         }
         p.split.refresh(shares.generation, workers, &p.consumers, consumers, transports);
         Some(p.split.by_worker[share.to].clone())
+    }
+
+    /// Start loading the state of `part`'s consumers and of their transports into the cache
+    /// (one pass, the loads of different consumers overlapping), before their packets are
+    /// forwarded one consumer after another.
+    pub fn warm_part(&self, part: &[Handle]) {
+        for h in part {
+            if let Some(c) = self.consumers.get(h) {
+                prefetch(c);
+                if let Some(t) = self.transports.get(&c.transport) {
+                    prefetch(t);
+                }
+            }
+        }
     }
 
     /// Forward `share` to all of its worker's consumers (the one running this), at `now`.
