@@ -114,6 +114,13 @@ impl SeqMap {
     }
 
     #[inline]
+    /// Ask the cache for the entry output `out` will be recorded in (`prefetch.rs`).
+    pub fn prefetch(&self, out: u16) {
+        if let Some(e) = self.entries.get(out as usize & MASK) {
+            crate::prefetch::prefetch(e);
+        }
+    }
+
     pub fn record(&mut self, out: u16, input: u16, stream: u8) {
         self.entries[out as usize & MASK] = MapEntry { out, input, stream, valid: true, resent_ms: 0, resends: 0 };
     }
@@ -464,6 +471,17 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn seq_map_prefetch_is_a_hint_for_any_output() {
+        let mut m = SeqMap::new(Instant::now());
+        m.record(7, 1007, 1);
+        for out in [0u16, 7, 8, u16::MAX] {
+            m.prefetch(out);
+        }
+        assert_eq!(m.lookup(7), Some((1, 1007)));
+        assert_eq!(m.lookup(8), None);
     }
 
     #[test]

@@ -177,6 +177,15 @@ impl SendSide {
         s
     }
 
+    /// Ask the cache for what stamping and `on_sent` of the next packet touch: this
+    /// state and the history slot of the next sequence number (`prefetch.rs`).
+    pub fn prefetch(&self) {
+        crate::prefetch::prefetch(self);
+        if let Some(slot) = self.history.get(self.next_seq as usize & (HISTORY - 1)) {
+            crate::prefetch::prefetch(slot);
+        }
+    }
+
     /// Packet `seq` of `len` bytes (as sent, protected) left now.
     #[inline]
     pub fn on_sent(&mut self, now: Instant, seq: u16, len: usize) {

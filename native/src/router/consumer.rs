@@ -384,6 +384,15 @@ impl Consumer {
     /// number, timestamp and MID) protected with its transport's keys and queued to its
     /// sending tuple. The length queued, if any.
     #[inline]
+    /// Ask the cache for this record and the sequence map entry of its next packet
+    /// (`prefetch.rs`; `Router::warm_part`).
+    pub(super) fn prefetch(&self) {
+        crate::prefetch::prefetch(self);
+        if let (Some(m), Some(out)) = (self.quality.seq_map.as_ref(), self.seq.max_output()) {
+            m.prefetch(out.wrapping_add(1));
+        }
+    }
+
     pub(super) fn forward(&mut self, pkt: &Ingress<'_>, cx: &mut Fanout<'_>, now: Instant) -> Option<usize> {
         if let Kind::Pipe(_) = self.kind {
             return self.forward_pipe(pkt, cx, now);

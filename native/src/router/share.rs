@@ -147,9 +147,12 @@ impl Router {
     pub fn warm_part(&self, part: &[Handle]) {
         for h in part {
             if let Some(c) = self.consumers.get(h) {
-                prefetch(c);
+                c.prefetch();
                 if let Some(t) = self.transports.get(&c.transport) {
                     prefetch(t);
+                    if let Some(ss) = t.bwe.send_side.as_deref() {
+                        ss.prefetch();
+                    }
                 }
             }
         }

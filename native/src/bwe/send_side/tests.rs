@@ -221,3 +221,14 @@ fn a_higher_send_rate_that_arrives_without_congestion_lifts_the_estimate_at_once
     assert!(after >= 1_150_000, "{before} -> {after}");
     assert_eq!(s.ss.overuses, 0);
 }
+
+#[test]
+fn prefetch_changes_nothing() {
+    let t0 = Instant::now();
+    let mut ss = SendSide::new(t0);
+    ss.prefetch();
+    let seq = ss.next_seq();
+    ss.prefetch();
+    assert_eq!(ss.next_seq(), seq.wrapping_add(1), "the sequence goes on as before");
+    assert_eq!(ss.packets_sent, 0);
+}
