@@ -80,6 +80,41 @@ pub(super) fn fan_out(
     (packets, bytes)
 }
 
+/// Consumers a fan-out asks the cache for at a time (`fan_out_warmed`), as a worker's part.
+const WARM_AHEAD: usize = 8;
+
+/// Ask the cache for the state forwarding to `part` touches: each consumer's record and the
+/// entry of its next packet, its transport's record, send-side estimator and SRTP keys, in
+/// one pass so that the loads of different consumers overlap (`prefetch.rs`).
+pub(super) fn warm(all: &HandleMap<Consumer>, transports: &HandleMap<Transport>, part: &[Handle]) {
+    for h in part {
+        let Some(c) = all.get(h) else { continue };
+        c.prefetch();
+        if let Some(t) = transports.get(&c.transport) {
+            t.prefetch();
+        }
+    }
+}
+
+/// `fan_out` over every consumer of a packet (one worker, or a producer forwarded whole):
+/// `WARM_AHEAD` consumers are asked for (`warm`) before they are forwarded.
+pub(super) fn fan_out_warmed(
+    all: &mut HandleMap<Consumer>,
+    consumers: &[Handle],
+    pkt: &Ingress<'_>,
+    cx: &mut Fanout<'_>,
+    now: Instant,
+) -> (u64, u64) {
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    for part in consumers.chunks(WARM_AHEAD) {
+        warm(all, cx.transports, part);
+        let (p, b) = fan_out(all, part, pkt, cx, now);
+        packets += p;
+        bytes += b;
+    }
+    (packets, bytes)
+}
+
 /// Protect an RTCP packet we built and queue it to `dest`, counting it on its transport;
 /// false (the buffer recycled, the drop counted) if protection failed.
 pub(super) fn push_rtcp(

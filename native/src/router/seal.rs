@@ -70,6 +70,14 @@ impl TxSrtp {
 
     /// Protect RTP in place now (None), or tell what the owner must do (`buf` unchanged).
     #[inline]
+    /// Ask the cache for the context's keys and streams when it protects here (not sealed
+    /// for a worker, whose `Keyring` holds the one it uses).
+    pub(super) fn prefetch(&self) {
+        if self.at.is_none() {
+            self.ctx.prefetch();
+        }
+    }
+
     pub(super) fn protect_rtp(&mut self, buf: &mut Vec<u8>) -> Result<Option<Seal>, SrtpError> {
         match self.at {
             None => self.ctx.protect_rtp(buf).map(|()| None),

@@ -34,11 +34,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::fasthash::HandleMap;
-use crate::prefetch::prefetch;
 use crate::rtp::{Codec, RtpHeader};
 
 use super::consumer::Consumer;
-use super::egress::{fan_out, Fanout, Ingress};
+use super::egress::{fan_out, fan_out_warmed, warm, Fanout, Ingress};
 use super::output::Output;
 use super::transport::Transport;
 use super::{Handle, Router, UpKind};
@@ -145,17 +144,7 @@ impl Router {
     /// (one pass, the loads of different consumers overlapping), before their packets are
     /// forwarded one consumer after another.
     pub fn warm_part(&self, part: &[Handle]) {
-        for h in part {
-            if let Some(c) = self.consumers.get(h) {
-                c.prefetch();
-                if let Some(t) = self.transports.get(&c.transport) {
-                    prefetch(t);
-                    if let Some(ss) = t.bwe.send_side.as_deref() {
-                        ss.prefetch();
-                    }
-                }
-            }
-        }
+        warm(&self.consumers, &self.transports, part);
     }
 
     /// Forward `share` to all of its worker's consumers (the one running this), at `now`.
@@ -215,7 +204,7 @@ pub(super) fn fan_out_split(
     now: Instant,
 ) -> (u64, u64) {
     if shares.acting.is_none() || !splittable {
-        return fan_out(consumers, all, ingress, cx, now);
+        return fan_out_warmed(consumers, all, ingress, cx, now);
     }
     split.refresh(shares.generation, workers, all, consumers, cx.transports);
     let forwarded = fan_out(consumers, &split.anyone, ingress, cx, now);

@@ -142,6 +142,18 @@ pub(super) struct Transport {
 /// and feedback keep going to the previous proven tuple, if any; the unproven address gets
 /// only the STUN/DTLS answers Python sends.
 impl Transport {
+    /// Ask the cache for what forwarding to this transport touches: its record, its
+    /// send-side estimator, its outbound SRTP keys when it protects inline (`prefetch.rs`).
+    pub(super) fn prefetch(&self) {
+        crate::prefetch::prefetch(self);
+        if let Some(ss) = self.bwe.send_side.as_deref() {
+            ss.prefetch();
+        }
+        if let Some(tx) = self.tx.as_ref() {
+            tx.prefetch();
+        }
+    }
+
     /// Where media goes: the selected (proven) tuple, else none.
     #[inline]
     pub(super) fn media_dest(&self) -> Option<Remote> {

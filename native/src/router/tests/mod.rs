@@ -260,3 +260,35 @@ fn nack_room(n: u16, payload_len: usize) -> (Router, Instant, u16) {
     }
     (r, now, first.unwrap())
 }
+
+/// One packet to 20 viewers on one worker: the fan-out goes over them `WARM_AHEAD` at a
+/// time (asking the cache for each group first) and still reaches every live consumer once,
+/// in their order, each copy decryptable with its viewer's keys; a removed and a paused
+/// consumer in between get nothing.
+#[test]
+fn a_packet_reaches_every_one_of_many_viewers_in_order() {
+    let now = Instant::now();
+    let mut r = router(now);
+    let mut out = Output::new();
+    connect(&mut r, now, 1, 1000, &mut out);
+    r.add_producer(now, 10, 1, producer_spec(None)).unwrap();
+    for h in 30..50u64 {
+        connect(&mut r, now, h, 30000 + h as u16, &mut out);
+        let spec = consumer_spec(0x1000 + h as u32, &format!("c{h}"), h == 41);
+        r.add_consumer(now, 200 + h, h, 10, spec, &mut out).unwrap();
+    }
+    r.remove_consumer(237).unwrap();
+    let (mut host, _) = peer(1);
+    let mut pkt = rtp_packet(0x1234, 500, VP8_PT, Some("0"), &vp8_payload(true));
+    host.protect_rtp(&mut pkt).unwrap();
+    let mut out = Output::new();
+    r.handle_datagram(now, addr(1000), &pkt, &mut out);
+    let want: Vec<u16> = (30..50u16).filter(|&h| h != 37 && h != 41).map(|h| 30000 + h).collect();
+    assert_eq!(dests(&out), want);
+    for t in &out.transmits {
+        let h = Handle::from(t.dest.port() - 30000);
+        let mut b = t.buf.clone();
+        peer(h).1.unprotect_rtp(&mut b).unwrap();
+        assert_eq!(rtp::parse(&b).unwrap().ssrc, 0x1000 + h as u32);
+    }
+}
