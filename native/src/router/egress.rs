@@ -60,7 +60,14 @@ pub(super) struct Fanout<'a> {
     pub(super) key_frame_wanted: bool,
 }
 
-/// Forward `pkt` to each of `consumers`; the number of packets and bytes queued.
+/// Consumers a fan-out asks the cache for at a time (`fan_out` with `warm_ahead`), as a
+/// worker's part.
+const WARM_AHEAD: usize = 8;
+
+/// Forward `pkt` to each of `consumers`; the number of packets and bytes queued. With
+/// `warm_ahead` (the caller has not asked the cache for them: one worker, a producer
+/// forwarded whole) they are asked for `WARM_AHEAD` at a time (`warm`) before being
+/// forwarded.
 #[inline]
 pub(super) fn fan_out(
     all: &mut HandleMap<Consumer>,
@@ -68,20 +75,24 @@ pub(super) fn fan_out(
     pkt: &Ingress<'_>,
     cx: &mut Fanout<'_>,
     now: Instant,
+    warm_ahead: bool,
 ) -> (u64, u64) {
     let (mut packets, mut bytes) = (0u64, 0u64);
-    for ch in consumers {
-        let Some(c) = all.get_mut(ch) else { continue };
-        if let Some(len) = c.forward(pkt, cx, now) {
-            packets += 1;
-            bytes += len as u64;
+    let step = if warm_ahead { WARM_AHEAD } else { consumers.len().max(1) };
+    for part in consumers.chunks(step) {
+        if warm_ahead {
+            warm(all, cx.transports, part);
+        }
+        for ch in part {
+            let Some(c) = all.get_mut(ch) else { continue };
+            if let Some(len) = c.forward(pkt, cx, now) {
+                packets += 1;
+                bytes += len as u64;
+            }
         }
     }
     (packets, bytes)
 }
-
-/// Consumers a fan-out asks the cache for at a time (`fan_out_warmed`), as a worker's part.
-const WARM_AHEAD: usize = 8;
 
 /// Ask the cache for the state forwarding to `part` touches: each consumer's record and the
 /// entry of its next packet, its transport's record, send-side estimator and SRTP keys, in
@@ -94,25 +105,6 @@ pub(super) fn warm(all: &HandleMap<Consumer>, transports: &HandleMap<Transport>,
             t.prefetch();
         }
     }
-}
-
-/// `fan_out` over every consumer of a packet (one worker, or a producer forwarded whole):
-/// `WARM_AHEAD` consumers are asked for (`warm`) before they are forwarded.
-pub(super) fn fan_out_warmed(
-    all: &mut HandleMap<Consumer>,
-    consumers: &[Handle],
-    pkt: &Ingress<'_>,
-    cx: &mut Fanout<'_>,
-    now: Instant,
-) -> (u64, u64) {
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    for part in consumers.chunks(WARM_AHEAD) {
-        warm(all, cx.transports, part);
-        let (p, b) = fan_out(all, part, pkt, cx, now);
-        packets += p;
-        bytes += b;
-    }
-    (packets, bytes)
 }
 
 /// Protect an RTCP packet we built and queue it to `dest`, counting it on its transport;

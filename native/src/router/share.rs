@@ -37,7 +37,7 @@ use crate::fasthash::HandleMap;
 use crate::rtp::{Codec, RtpHeader};
 
 use super::consumer::Consumer;
-use super::egress::{fan_out, fan_out_warmed, warm, Fanout, Ingress};
+use super::egress::{fan_out, warm, Fanout, Ingress};
 use super::output::Output;
 use super::transport::Transport;
 use super::{Handle, Router, UpKind};
@@ -171,7 +171,8 @@ impl Router {
             dd: None,
         };
         let mut cx = Fanout { transports, drops, out, first_media, key_frame_wanted: false };
-        let (packets, bytes) = fan_out(consumers, part, &ingress, &mut cx, now);
+        // Asked for by the worker before the part (`warm_part`).
+        let (packets, bytes) = fan_out(consumers, part, &ingress, &mut cx, now, false);
         let key_frame_wanted = cx.key_frame_wanted;
         p.stats.packets_out += packets;
         p.stats.bytes_out += bytes;
@@ -204,10 +205,10 @@ pub(super) fn fan_out_split(
     now: Instant,
 ) -> (u64, u64) {
     if shares.acting.is_none() || !splittable {
-        return fan_out_warmed(consumers, all, ingress, cx, now);
+        return fan_out(consumers, all, ingress, cx, now, true);
     }
     split.refresh(shares.generation, workers, all, consumers, cx.transports);
-    let forwarded = fan_out(consumers, &split.anyone, ingress, cx, now);
+    let forwarded = fan_out(consumers, &split.anyone, ingress, cx, now, true);
     for (to, list) in split.by_worker.iter().enumerate() {
         if !list.is_empty() {
             shares.out.push(Share {
