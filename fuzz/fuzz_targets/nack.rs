@@ -1,5 +1,6 @@
 //! Loss repair state (nack.rs) against models: the retransmission buffer returns exactly
-//! the last packet stored under a sequence number while it is in the ring and young enough;
+//! the last packet stored under a sequence number while it is in the ring and young enough,
+//! from storage never larger than the ring;
 //! the consumer SeqMap returns the last record of an output number and rate-limits resends;
 //! the NACK generator never asks for a packet that arrived, keeps its list bounded and never
 //! panics on any arrival order.
@@ -15,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
     let mut now = t0;
     let max_age = Duration::from_millis(500);
-    let mut buf = RetransmissionBuffer::new(max_age);
+    let mut buf = RetransmissionBuffer::new(t0, max_age);
     // slot → (seq, stored at, bytes): what the ring should hold.
     let mut model: HashMap<usize, (u16, Instant, Vec<u8>)> = HashMap::new();
     let mut map = SeqMap::new(t0);
@@ -34,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
                 let s = arg;
                 let pkt = vec![a; (c as usize) % 64 + 1];
                 buf.store(now, s, &pkt);
+                assert!(buf.storage() <= SLOTS, "storage {} past the ring", buf.storage());
                 model.insert(s as usize % SLOTS, (s, now, pkt));
             }
             1 => {

@@ -7,8 +7,8 @@
 //! - [`NackGenerator`]: per producer stream, the gaps in what arrived, and when to ask the
 //!   producer (again) for them.
 //!
-//! Nothing here allocates per packet once warm: buffer slots keep their `Vec`s, the missing
-//! list and the batch keep their capacity.
+//! Nothing here allocates per packet once warm: a buffer's storage is reused once its packet
+//! is too old to resend, the missing list and the batch keep their capacity.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -27,62 +27,130 @@ const SLOT_CAP: usize = 1500;
 // ---------------------------------------------------------------------------------------
 // Retransmission buffer
 
+/// A slot without a packet (`Slot::buf`).
+const NO_BUF: u32 = u32::MAX;
+
+#[derive(Clone, Copy)]
 struct Slot {
     seq: u16,
-    valid: bool,
     at: Instant,
-    data: Vec<u8>,
+    /// Index of the packet's storage in `RetransmissionBuffer::bufs`, or `NO_BUF`.
+    buf: u32,
+}
+
+/// A packet stored, in `RetransmissionBuffer::order`: stale once its slot holds another.
+#[derive(Clone, Copy)]
+struct Stored {
+    slot: u16,
+    seq: u16,
+    at: Instant,
 }
 
 /// Recent packets of one stream, indexed by sequence number (ring of [`SLOTS`]).
+///
+/// The ring's index is made whole with the buffer (no growth while packets flow); the packets'
+/// storage is as much as the stream needs within `max_age`: a packet too old to be resent
+/// gives its storage to the next one. A 1.5 Mbit/s stream holds about 300 packets
+/// (0.5 MB) instead of one per slot, and stops allocating two seconds after it starts,
+/// not once it has filled the ring.
 pub struct RetransmissionBuffer {
-    slots: Vec<Slot>,
+    slots: Box<[Slot]>,
+    bufs: Vec<Vec<u8>>,
+    /// Storage not holding a packet.
+    free: Vec<u32>,
+    /// Packets in the order stored, oldest first (some stale: their slot holds another).
+    order: VecDeque<Stored>,
     max_age: Duration,
     pub stored: u64,
 }
 
 impl RetransmissionBuffer {
-    pub fn new(max_age: Duration) -> Self {
-        RetransmissionBuffer { slots: Vec::new(), max_age, stored: 0 }
+    /// An empty buffer for packets up to `max_age` old; `now` is any time (slots are empty).
+    pub fn new(now: Instant, max_age: Duration) -> Self {
+        RetransmissionBuffer {
+            slots: vec![Slot { seq: 0, at: now, buf: NO_BUF }; SLOTS].into_boxed_slice(),
+            bufs: Vec::new(),
+            free: Vec::new(),
+            order: VecDeque::new(),
+            max_age,
+            stored: 0,
+        }
     }
 
     /// Keep `pkt` (the decrypted packet with sequence number `seq`), replacing whatever
-    /// occupied its slot. Slots are created on first use and reused afterwards.
+    /// occupied its slot. Storage of packets past `max_age` is reused first.
     pub fn store(&mut self, now: Instant, seq: u16, pkt: &[u8]) {
+        self.expire(now);
         let i = seq as usize & MASK;
-        if self.slots.len() <= i {
-            // Grow to cover the slot (once per slot index over the buffer's life).
-            while self.slots.len() <= i {
-                self.slots.push(Slot { seq: 0, valid: false, at: now, data: Vec::new() });
+        let old = self.slots[i];
+        let buf = if old.buf != NO_BUF {
+            old.buf
+        } else if let Some(b) = self.free.pop() {
+            b
+        } else {
+            self.bufs.push(Vec::with_capacity(SLOT_CAP.max(pkt.len())));
+            (self.bufs.len() - 1) as u32
+        };
+        let data = &mut self.bufs[buf as usize];
+        data.clear();
+        data.extend_from_slice(pkt);
+        self.slots[i] = Slot { seq, at: now, buf };
+        // The same packet stored again at the same time keeps its one entry.
+        if !(old.buf != NO_BUF && old.seq == seq && old.at == now) {
+            if self.order.len() >= 2 * SLOTS {
+                // Mostly stale entries (a stream far faster than `SLOTS` per `max_age`): keep
+                // the current ones, at most one per slot.
+                let slots = &self.slots;
+                self.order.retain(|e| is_current(slots, e));
             }
+            self.order.push_back(Stored { slot: i as u16, seq, at: now });
         }
-        let s = &mut self.slots[i];
-        if s.data.capacity() == 0 {
-            s.data.reserve(SLOT_CAP.max(pkt.len()));
-        }
-        s.data.clear();
-        s.data.extend_from_slice(pkt);
-        s.seq = seq;
-        s.valid = true;
-        s.at = now;
         self.stored += 1;
+    }
+
+    /// Give the storage of packets older than `max_age` back; drop stale entries ahead.
+    fn expire(&mut self, now: Instant) {
+        while let Some(e) = self.order.front().copied() {
+            if is_current(&self.slots, &e) {
+                if now.saturating_duration_since(e.at) <= self.max_age {
+                    break;
+                }
+                let slot = &mut self.slots[e.slot as usize];
+                self.free.push(slot.buf);
+                slot.buf = NO_BUF;
+            }
+            self.order.pop_front();
+        }
     }
 
     /// The packet with sequence number `seq`, if still held and not older than the window.
     pub fn get(&self, now: Instant, seq: u16) -> Option<&[u8]> {
         let s = self.slots.get(seq as usize & MASK)?;
-        if !s.valid || s.seq != seq || now.saturating_duration_since(s.at) > self.max_age {
+        if s.buf == NO_BUF || s.seq != seq || now.saturating_duration_since(s.at) > self.max_age {
             return None;
         }
-        Some(&s.data)
+        Some(&self.bufs[s.buf as usize])
+    }
+
+    /// Packets' storage allocated (held or free): what the stream has needed at most.
+    pub fn storage(&self) -> usize {
+        self.bufs.len()
     }
 
     /// Forget everything (stream restarted); the memory is kept.
     pub fn clear(&mut self) {
-        for s in &mut self.slots {
-            s.valid = false;
+        for s in self.slots.iter_mut().filter(|s| s.buf != NO_BUF) {
+            self.free.push(s.buf);
+            s.buf = NO_BUF;
         }
+        self.order.clear();
     }
+}
+
+/// Whether `e` is what its slot holds now.
+fn is_current(slots: &[Slot], e: &Stored) -> bool {
+    let s = &slots[e.slot as usize];
+    s.buf != NO_BUF && s.seq == e.seq && s.at == e.at
 }
 
 // ---------------------------------------------------------------------------------------
@@ -487,7 +555,7 @@ mod tests {
     #[test]
     fn buffer_keeps_packets_by_seq_within_the_window_and_reuses_slots() {
         let t0 = Instant::now();
-        let mut b = RetransmissionBuffer::new(ms(2000));
+        let mut b = RetransmissionBuffer::new(t0, ms(2000));
         for s in 0..3000u32 {
             let seq = (65000 + s) as u16; // wraps
             b.store(t0, seq, &[seq as u8; 100]);
@@ -506,6 +574,47 @@ mod tests {
         assert_eq!(b.get(t0, newest.wrapping_add(2048)).unwrap().as_ptr(), ptr);
         b.clear();
         assert!(b.get(t0, newest.wrapping_add(2048)).is_none());
+    }
+
+    #[test]
+    fn buffer_storage_follows_the_stream_rate_not_the_ring() {
+        // 150 packets/s for 10 s, packets kept 2 s: about 300 held at a time, never 1,500.
+        let t0 = Instant::now();
+        let mut b = RetransmissionBuffer::new(t0, ms(2000));
+        for n in 0..1500u64 {
+            let now = t0 + Duration::from_micros(n * 6667);
+            b.store(now, n as u16, &[n as u8; 1200]);
+        }
+        assert!((300..=310).contains(&b.storage()), "storage {}", b.storage());
+        let end = t0 + Duration::from_micros(1499 * 6667);
+        // The last 2 s are all there; older ones are gone (their storage reused).
+        assert_eq!(b.get(end, 1499), Some(&[1499u64 as u8; 1200][..]));
+        assert!(b.get(end, 1499 - 299).is_some());
+        assert!(b.get(end, 1499 - 301).is_none());
+        assert!(b.get(end, 0).is_none());
+    }
+
+    #[test]
+    fn buffer_reuses_expired_storage_and_keeps_its_order_bounded() {
+        let t0 = Instant::now();
+        let mut b = RetransmissionBuffer::new(t0, ms(100));
+        // Many numbers over the same few slots at one instant: entries beyond the ring's
+        // are compacted, storage stays at one per slot used.
+        for n in 0..20_000u32 {
+            b.store(t0, (n * 2048 + n % 7) as u16, &[1; 10]);
+        }
+        assert_eq!(b.storage(), 7);
+        assert!(b.order.len() <= 2 * SLOTS);
+        // Later, all of that is too old: a new packet takes expired storage, none is added.
+        b.store(t0 + ms(101), 5000, &[2; 10]);
+        assert_eq!(b.storage(), 7);
+        assert_eq!(b.order.len(), 1);
+        assert_eq!(b.get(t0 + ms(101), 5000), Some(&[2u8; 10][..]));
+        // A restart frees everything; the storage is kept for the new numbering.
+        b.clear();
+        assert!(b.get(t0 + ms(101), 5000).is_none());
+        b.store(t0 + ms(102), 7, &[3; 10]);
+        assert_eq!(b.storage(), 7);
     }
 
     #[test]

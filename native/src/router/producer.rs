@@ -81,7 +81,7 @@ impl StreamQuality {
         let max_age = if video { nack::MAX_AGE_VIDEO } else { nack::MAX_AGE_AUDIO };
         StreamQuality {
             rx: ReceiveStats::new(now, clock_rate),
-            buffer: video.then(|| RetransmissionBuffer::new(max_age)),
+            buffer: video.then(|| RetransmissionBuffer::new(now, max_age)),
             nack: nack.then(|| NackGenerator::new(NackConfig { max_age, ..NackConfig::default() })),
             rtx_in: 0,
             rtx_duplicate: 0,
